@@ -1,0 +1,167 @@
+"""Triggers and trigger files.
+
+A `PatchTrigger` is a mask (H, W) in [0, 1] and a pattern (C, H, W) in [0, 1]; the triggered
+input is `(1 - mask) * x + mask * pattern` (BadNets, Blended, and what `scan` reconstructs).
+A `WarpTrigger` is WaNet's warping field, which no mask can express.
+
+Trigger files are `.npz` read with `allow_pickle=False`: `mask`, `pattern`, `target` (int64)
+for a patch; `kind="wanet"`, `flow` (H, W, 2), `target` for a warp. A negative `target`
+means all-to-all (label y goes to (y + 1) mod K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from poisonguard.errors import UserError
+from poisonguard.utils import atomic_path
+
+ALL_TO_ALL = -1
+
+
+class Trigger(Protocol):
+    target: int
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def to_arrays(self) -> dict[str, np.ndarray]: ...
+
+
+def target_labels(trigger: Trigger, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The labels a triggered input should receive under the attack."""
+    if trigger.target == ALL_TO_ALL:
+        return (y + 1) % num_classes
+    return torch.full_like(y, trigger.target)
+
+
+def attack_eligible(trigger: Trigger, y: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of samples whose true label differs from the attack's target."""
+    if trigger.target == ALL_TO_ALL:
+        return torch.ones_like(y, dtype=torch.bool)
+    return y != trigger.target
+
+
+@dataclass(frozen=True)
+class PatchTrigger:
+    """Mask-and-pattern trigger: `(1 - mask) * x + mask * pattern`.
+
+    Shapes: mask (H, W), pattern (C, H, W), both in [0, 1].
+    """
+
+    mask: torch.Tensor
+    pattern: torch.Tensor
+    target: int
+
+    def __post_init__(self) -> None:
+        if self.mask.ndim != 2 or self.pattern.ndim != 3 or self.pattern.shape[1:] != self.mask.shape:
+            raise UserError(f"trigger mask {tuple(self.mask.shape)} and pattern {tuple(self.pattern.shape)} do not fit")
+        for name, t in (("mask", self.mask), ("pattern", self.pattern)):
+            if not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1:
+                raise UserError(f"trigger {name} values must lie in [0, 1]")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.pattern.shape)  # type: ignore[return-value]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        check_fits(self.input_shape, x)
+        mask = self.mask.to(x.device, x.dtype)
+        return (1 - mask) * x + mask * self.pattern.to(x.device, x.dtype)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "mask": self.mask.cpu().numpy().astype(np.float32),
+            "pattern": self.pattern.cpu().numpy().astype(np.float32),
+            "target": np.asarray(self.target, dtype=np.int64),
+        }
+
+
+@dataclass(frozen=True)
+class WarpTrigger:
+    """WaNet's warping trigger (Nguyen & Tran, 2021): resample x on identity grid + `flow`.
+
+    `flow` (H, W, 2) is the fixed offset in grid_sample's [-1, 1] coordinates.
+    """
+
+    flow: torch.Tensor
+    target: int
+
+    def __post_init__(self) -> None:
+        if self.flow.ndim != 3 or self.flow.shape[2] != 2 or not torch.isfinite(self.flow).all():
+            raise UserError(f"warp flow must be a finite (H, W, 2) array, got {tuple(self.flow.shape)}")
+
+    def grid(self, extra: torch.Tensor | None = None) -> torch.Tensor:
+        h, w, _ = self.flow.shape
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        grid = torch.stack([xs, ys], dim=-1) + self.flow
+        if extra is not None:
+            grid = grid + extra
+        return grid.clamp(-1, 1)
+
+    def apply(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        h, w, _ = self.flow.shape
+        if x.ndim != 4 or tuple(x.shape[2:]) != (h, w):
+            raise UserError(f"warp trigger is for {h}x{w} images, data is {tuple(x.shape[1:])}")
+        grid = self.grid(extra).to(x.device, x.dtype)  # (H, W, 2), or (N, H, W, 2) with extra
+        if grid.ndim == 3:
+            grid = grid.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
+        return F.grid_sample(x, grid, align_corners=True).clamp(0, 1)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "kind": np.asarray("wanet"),
+            "flow": self.flow.cpu().numpy().astype(np.float32),
+            "target": np.asarray(self.target, dtype=np.int64),
+        }
+
+
+def check_fits(shape: tuple[int, ...], x: torch.Tensor) -> None:
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+        raise UserError(f"trigger is for inputs {tuple(shape)}, data is {tuple(x.shape[1:])}")
+
+
+def save_trigger(trigger: Trigger, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **trigger.to_arrays())
+
+
+def load_trigger(path: str | Path) -> Trigger:
+    """Read a trigger file without unpickling anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"trigger file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            data = {k: arrays[k] for k in arrays.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read trigger file {path}: {exc}") from exc
+    if "target" not in data or data["target"].size != 1 or not np.issubdtype(data["target"].dtype, np.integer):
+        raise UserError(f"{path}: trigger file needs an integer 'target'")
+    target = int(data["target"].reshape(()))
+    if "kind" in data and str(data["kind"]) == "wanet":
+        if "flow" not in data:
+            raise UserError(f"{path}: a wanet trigger needs 'flow'")
+        return WarpTrigger(torch.from_numpy(data["flow"].astype(np.float32)), target)
+    if "mask" not in data or "pattern" not in data:
+        raise UserError(f"{path}: trigger file needs 'mask' and 'pattern'")
+    mask, pattern = data["mask"].astype(np.float32), data["pattern"].astype(np.float32)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    return PatchTrigger(torch.from_numpy(mask), torch.from_numpy(pattern), target)
+
+
+def check_trigger_fits(trigger: Trigger, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """UserError unless the trigger matches the data's image shape and class count."""
+    if isinstance(trigger, PatchTrigger) and trigger.input_shape != tuple(input_shape):
+        raise UserError(f"trigger is for inputs {trigger.input_shape}, data is {tuple(input_shape)}")
+    if isinstance(trigger, WarpTrigger) and tuple(trigger.flow.shape[:2]) != tuple(input_shape[1:]):
+        raise UserError(f"warp trigger is for {tuple(trigger.flow.shape[:2])} images, data is {tuple(input_shape)}")
+    if trigger.target >= num_classes or trigger.target < ALL_TO_ALL:
+        raise UserError(f"trigger target {trigger.target} is not a class of this {num_classes}-class data")

@@ -1,0 +1,58 @@
+"""Loading data sets into tensors: `load_data("mnist5k")`, CIFAR-10, image folders, zips, `.npz`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from poisonguard.data.dataset import ImageData, Splits, per_class_subset, stratified_split
+from poisonguard.errors import UserError
+
+__all__ = ["ImageData", "Splits", "load_data", "per_class_subset", "stratified_split", "DATASET_NAMES"]
+
+DATASET_NAMES = ("mnist5k", "cifar10")
+
+
+def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = None) -> Splits:
+    """Load a data set by name or path.
+
+    Args:
+        spec: `mnist5k`; `cifar10` (the JPEG archive found by `default_cifar10_path`);
+            a `cifar10_jpeg.npz`-style archive; a `cifar-10-batches-py` folder; an image
+            folder or `.zip` of one (one sub-folder per class, optional train/ and test/);
+            or an `.npz` with arrays `x` and `y`.
+        seed: seeds the train/test split of sources that come without one.
+        image_size: (width, height) to resize folder images to.
+
+    Returns:
+        Splits with float images in [0, 1], shape (N, C, H, W).
+    """
+    from poisonguard.data import arrays, cifar, folder, mnist
+
+    key = spec.strip().lower()
+    if key == "mnist5k":
+        return mnist.load_mnist5k()
+    if key == "cifar10":
+        path = cifar.default_cifar10_path()
+        if path is None:
+            raise UserError("CIFAR-10 archive not found; set POISONGUARD_CIFAR10 or pass its path")
+        return cifar.load_cifar10_npz(path)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        known = ", ".join(DATASET_NAMES)
+        raise UserError(f"unknown data set {spec!r}: not one of {known} and no such file or folder")
+    if path.is_dir():
+        if (path / "data_batch_1").is_file():
+            return cifar.load_cifar10_batches(path)
+        return folder.load_image_folder(path, image_size=image_size, seed=seed)
+    if path.suffix.lower() == ".zip":
+        return folder.load_image_zip(path, image_size=image_size, seed=seed)
+    if path.suffix.lower() == ".npz":
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as probe:
+                is_cifar = "train_jpeg" in probe.files
+        except (ValueError, OSError, EOFError) as exc:
+            raise UserError(f"cannot read {path} as a pickle-free .npz: {exc}") from exc
+        return cifar.load_cifar10_npz(path) if is_cifar else arrays.load_npz(path, seed=seed)
+    raise UserError(f"cannot tell what data set {path} is (expected a folder, .zip or .npz)")

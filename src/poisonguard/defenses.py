@@ -1,0 +1,68 @@
+"""Training-time defences for `poisonguard train --defense NAME` (DP-SGD, Gaussian
+augmentation, partition aggregation, ...). A family registers one in its own module:
+
+    TRAIN_DEFENSES.register("gaussian_augment")(TrainDefense(
+        help="...", add_arguments=..., run=..., implied_by=("sigma",)))
+
+`run(job)` trains and returns the model the command then evaluates (and saves to
+DIR/model.pt unless the defence saved its own files and set `job.saved = True`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from poisonguard.attacks.triggers import Trigger
+from poisonguard.data import ImageData, Splits
+from poisonguard.registry import Registry
+from poisonguard.report import Report
+from poisonguard.train import FitConfig
+
+DEFENSE_MODULES = (
+    "poisonguard.certify.defenses",
+    "poisonguard.privacy.defenses",
+)
+
+
+@dataclass
+class TrainJob:
+    """Everything a training defence needs. `train` may hold poisoned samples."""
+
+    args: argparse.Namespace
+    splits: Splits
+    train: ImageData
+    arch: str
+    config: FitConfig
+    out_dir: Path
+    report: Report
+    trigger: Trigger | None = None
+    saved: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainDefense:
+    help: str
+    add_arguments: Callable[[argparse._ArgumentGroup], None]
+    run: Callable[[TrainJob], nn.Module]
+    # Giving any of these options (not None) selects the defence without --defense.
+    implied_by: tuple[str, ...] = ()
+
+
+TRAIN_DEFENSES: Registry[TrainDefense] = Registry("training defence")
+
+
+def load_defenses() -> Registry[TrainDefense]:
+    for module in DEFENSE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return TRAIN_DEFENSES

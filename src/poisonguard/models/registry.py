@@ -1,0 +1,47 @@
+"""The architecture registry: `build_model("mnist_cnn", num_classes=10, input_shape=(1, 28, 28))`."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from poisonguard.errors import UserError
+from poisonguard.registry import Registry
+
+ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
+
+# Per-channel statistics used when an architecture normalises internally and the caller
+# gives none: MNIST for 1 channel, CIFAR-10 for 3 (models take [0, 1] inputs, DESIGN.md).
+DEFAULT_STATS = {
+    1: ((0.1307,), (0.3081,)),
+    3: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, so models accept raw [0, 1] images."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def normalizer(channels: int) -> Normalize:
+    mean, std = DEFAULT_STATS.get(channels, ((0.5,) * channels, (0.25,) * channels))
+    return Normalize(mean, std)
+
+
+def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+    """Instantiate a registered architecture for images of `input_shape` (C, H, W)."""
+    if num_classes < 2:
+        raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if len(input_shape) != 3:
+        raise UserError(f"input shape must be (C, H, W), got {tuple(input_shape)}")
+    factory = ARCHITECTURES.get(arch)
+    return factory(num_classes=num_classes, input_shape=tuple(int(s) for s in input_shape))
