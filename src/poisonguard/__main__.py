@@ -1,0 +1,5 @@
+import sys
+
+from poisonguard.cli import main
+
+sys.exit(main())
