@@ -117,6 +117,13 @@ def _zip_names(path: Path) -> list[str]:
         return []
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle stream (legacy format, protocol >= 2)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
@@ -129,6 +136,8 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_like_torch_file(path):
+            raise UserError(f"cannot read model file {path}: not a valid PyTorch file") from exc
         raise UserError(
             f"refused {path}: it holds pickled Python objects beyond tensors, which could run code "
             "when loaded; save a state_dict, safetensors, TorchScript or torch.export file instead"
