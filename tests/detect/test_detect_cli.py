@@ -49,7 +49,7 @@ def test_reconstructed_trigger_works_as_a_trigger(scan_out, badnets_model, mnist
 
 
 def test_data_free_scan(saved_badnets, tmp_path):
-    code = cli.main(["scan", str(saved_badnets), "--data", "none", "--method", "deepinspect", "--steps", "150",
+    code = cli.main(["scan", str(saved_badnets), "--data", "none", "--method", "deepinspect",
                      "--out", str(tmp_path), "--quiet", "--device", "cpu"])
     assert code == 0
     det = json.loads((tmp_path / "report.json").read_text())["detections"][0]

@@ -13,7 +13,7 @@ from poisonguard.errors import UserError
 FAST = {
     "neural_cleanse": {"epochs": 20},
     "tabor": {"epochs": 20},
-    "deepinspect": {"steps": 200, "inversion_steps": 100},
+    "deepinspect": {},
 }
 
 
