@@ -47,7 +47,7 @@ def reverse_one_class(model, x, target: int, config: InversionConfig, seed: int)
             loss.backward()
             opt.step()
             acc_sum += float((logits.argmax(1) == t).float().mean())
-            reg_sum += float(reg)
+            reg_sum += float(reg.detach())
         epochs += 1
         avg_acc, avg_reg = acc_sum / steps, reg_sum / steps
         if avg_acc >= config.attack_threshold and avg_reg < reg_best:
