@@ -1,0 +1,115 @@
+"""Detection quality of Neural Cleanse, TABOR and data-free DeepInspect over the MNIST 5k zoo.
+
+Scans every model of benchmarks/detect_zoo.py (building missing ones first unless
+--no-build) with each method's defaults and prints, per method: the share of backdoored
+models whose true target is flagged (detection rate), the share of clean models flagged at
+all (false-flag rate), and the ROC-AUC of "largest small-side anomaly index" as a
+backdoor score. Results are appended to CACHE/scans.jsonl, so an interrupted run resumes.
+
+    PYTHONPATH=src python benchmarks/detect_benchmark.py [--methods neural_cleanse,tabor,deepinspect]
+        [--quick] [--no-build] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from detect_zoo import DEFAULT_CACHE, build_zoo, zoo_specs  # noqa: E402
+
+from poisonguard.data import load_data, per_class_subset  # noqa: E402
+from poisonguard.detect import DETECTORS  # noqa: E402
+from poisonguard.models import load_model  # noqa: E402
+
+
+def score(det: dict) -> float:
+    """Backdoor score of one scan: the largest anomaly index among classes below the median."""
+    sizes = det["mask_l1"]
+    med = sorted(sizes)[len(sizes) // 2]
+    return max([i for i, s in zip(det["anomaly_index"], sizes) if s <= med] or [0.0])
+
+
+def roc_auc(pos: list[float], neg: list[float]) -> float:
+    """Probability that a backdoored model scores above a clean one (ties count half)."""
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def summarise(rows: list[dict], methods: list[str]) -> None:
+    print(f"{'method':16s} {'kind':8s} {'models':>6s} {'target found':>12s} {'flagged':>8s}")
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        for kind in ("badnets", "blended", "wanet", "clean"):
+            part = [r for r in mine if r["kind"] == kind]
+            if not part:
+                continue
+            found = sum(r["target"] in r["flagged_classes"] for r in part) if kind != "clean" else 0
+            flagged = sum(bool(r["flagged_classes"]) for r in part)
+            print(f"{method:16s} {kind:8s} {len(part):6d} {found if kind != 'clean' else '-':>12} {flagged:8d}")
+        bad = [r for r in mine if r["kind"] != "clean"]
+        clean = [r for r in mine if r["kind"] == "clean"]
+        rate = sum(r["target"] in r["flagged_classes"] for r in bad) / max(1, len(bad))
+        false = sum(bool(r["flagged_classes"]) for r in clean) / max(1, len(clean))
+        auc = roc_auc([r["score"] for r in bad], [r["score"] for r in clean])
+        secs = sum(r["seconds"] for r in mine) / max(1, len(mine))
+        print(f"==> {method}: detection rate {rate:.0%} ({len(bad)} backdoored), false-flag rate {false:.0%} "
+              f"({len(clean)} clean), ROC-AUC {auc:.3f}, mean {secs:.1f} s per scan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="neural_cleanse,tabor,deepinspect")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--quick", action="store_true", help="one seed of each attack, two clean models")
+    parser.add_argument("--no-build", action="store_true", help="scan only models already in the cache")
+    parser.add_argument("--limit", type=int, default=None, help="scan at most this many models")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = [DETECTORS.normalise(m) for m in args.methods.split(",")]
+    if args.no_build:
+        specs = [{**s, "path": str(args.cache / s["name"] / "model.pt")} for s in zoo_specs(args.quick)]
+        specs = [s for s in specs if (args.cache / s["name"] / "report.json").is_file()]
+    else:
+        specs = build_zoo(args.cache, args.quick)
+    specs = specs[: args.limit]
+    splits = load_data("mnist5k")
+    clean = per_class_subset(splits.train, fraction=0.05, seed=0)
+    log_path = args.cache / "scans.jsonl"
+    done = {}
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["model"], r["method"])] = r
+    for spec in specs:
+        model = load_model(spec["path"]).model
+        for method in methods:
+            if (spec["name"], method) in done:
+                continue
+            start = time.perf_counter()
+            det = DETECTORS.get(method)(seed=0, device="cpu")
+            det = det.detect(model, None, input_shape=splits.input_shape) if method == "deepinspect" else det.detect(model, clean)
+            d = det.to_dict()
+            row = {"model": spec["name"], "kind": spec["kind"], "target": spec["target"], "method": method,
+                   "flagged_classes": d["flagged_classes"], "anomaly_index": d["anomaly_index"],
+                   "mask_l1": d["mask_l1"], "score": score(d), "seconds": time.perf_counter() - start}
+            done[(spec["name"], method)] = row
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(f"{spec['name']:36s} {method:15s} target={spec['target']!s:4s} flagged={row['flagged_classes']} "
+                  f"score={row['score']:.2f} {row['seconds']:.0f}s", flush=True)
+    names = {s["name"] for s in specs}
+    summarise([r for r in done.values() if r["model"] in names], methods)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Outlier tests on per-class trigger sizes (plain tensor functions).
+
+Neural Cleanse (Wang et al., 2019) scores each class by how far its reversed-trigger size
+lies from the median, in units of the median absolute deviation scaled by the consistency
+constant 1.4826 (so it estimates a normal standard deviation); a class whose index exceeds
+2 on the small side (> 95% under normality) is flagged. DeepInspect (Chen et al., 2019)
+uses the double MAD: the deviation of the lower half only, since a backdoor can only make
+a trigger *smaller* and the upper tail of the distribution is irrelevant and skewed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CONSISTENCY = 1.4826
+THRESHOLD = 2.0
+
+
+def _as_vector(values) -> torch.Tensor:
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if v.numel() < 3:
+        raise ValueError(f"an anomaly index needs at least 3 classes, got {v.numel()}")
+    if not torch.isfinite(v).all():
+        raise ValueError("trigger sizes must be finite")
+    return v
+
+
+def _median(v: torch.Tensor) -> torch.Tensor:
+    """The textbook median (mean of the two middle values for even counts), as NC's numpy code."""
+    return v.quantile(0.5)
+
+
+def mad_anomaly_index(values) -> torch.Tensor:
+    """Neural Cleanse's anomaly index |v - median| / (1.4826 * MAD), shape (K,) like `values`.
+
+    Args:
+        values: (K,) per-class trigger sizes (mask L1 norms).
+    Returns:
+        (K,) float64 anomaly indices; 0 everywhere when all values are equal.
+    """
+    v = _as_vector(values)
+    med = _median(v)
+    mad = CONSISTENCY * _median((v - med).abs())
+    if mad <= 0:
+        # Fall back to the mean absolute deviation; identical values mean no anomaly at all.
+        mad = CONSISTENCY * (v - med).abs().mean()
+        if mad <= 0:
+            return torch.zeros_like(v)
+    return (v - med).abs() / mad
+
+
+def dmad_anomaly_index(values) -> torch.Tensor:
+    """Double-MAD index of the small side (DeepInspect): (median - v) / (1.4826 * lower MAD).
+
+    Values above the median get index 0 (they can never indicate a backdoor).
+    Args:
+        values: (K,) per-class perturbation magnitudes.
+    Returns:
+        (K,) float64 indices.
+    """
+    v = _as_vector(values)
+    med = _median(v)
+    lower = v[v <= med]
+    mad = CONSISTENCY * _median((lower - med).abs())
+    if mad <= 0:
+        mad = CONSISTENCY * (lower - med).abs().mean()
+        if mad <= 0:
+            return torch.zeros_like(v)
+    return ((med - v) / mad).clamp_min(0)
+
+
+def flag_small(values, index: torch.Tensor, threshold: float = THRESHOLD) -> list[int]:
+    """Classes whose index exceeds `threshold` and whose value lies below the median."""
+    v = _as_vector(values)
+    med = _median(v)
+    return [int(i) for i in torch.nonzero((index > threshold) & (v < med)).flatten()]

@@ -1,0 +1,366 @@
+"""The batched trigger-inversion engine shared by Neural Cleanse and TABOR.
+
+For a set of candidate target classes it optimises one mask (H, W) and one pattern
+(C, H, W) per class *at once*: every step stamps each class's trigger on the same clean
+mini-batch and sends all classes x images through the model in one forward pass. The
+objective, parametrisation and per-class cost schedule are those of Neural Cleanse
+(Wang et al., 2019): mask and pattern live in tanh space, Adam (lr 0.1, betas 0.5/0.9),
+loss = CE(f((1 - m) x + m p), t) + cost_t * ||m||_1, the cost of each class raised after
+`patience` epochs of attack success >= 99% and lowered after `patience` epochs below it,
+the smallest successful mask kept, and early stop once the best mask stops shrinking.
+
+Adam is element-wise, so running the classes side by side is exactly the same algorithm
+as running them one at a time (benchmarks/detect_sequential_reference.py does that) - only
+faster. Classes that stop early leave the batch; classes are processed in chunks bounded
+by memory so 100+ class models fit; `prune_after` optionally drops the classes that are
+furthest from a small trigger early (the K-Arm observation that a full scan is wasteful).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poisonguard.errors import UserError
+from poisonguard.utils import batches, progress
+
+log = logging.getLogger(__name__)
+
+# extra_loss(model, x (B,C,H,W), y (B,), masks (k,H,W), patterns (k,C,H,W), targets (k,)) -> (k,)
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Hyperparameters of the inversion (keyword-only, checked on construction).
+
+    `epochs` is an upper bound; an epoch is `steps_per_epoch` mini-batches (default: one
+    pass over the clean images). Patience values count epochs, as in Neural Cleanse; the
+    defaults are scaled down from NC's (5 / 25 over up to 1000 epochs) to short epochs
+    on a small clean set.
+    """
+
+    epochs: int = 40
+    batch_size: int = 32
+    steps_per_epoch: int | None = None
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.5, 0.9)
+    init_cost: float = 1e-3
+    cost_multiplier: float = 2.0
+    patience: int = 3
+    attack_threshold: float = 0.99
+    early_stop: bool = True
+    early_stop_threshold: float = 0.99
+    early_stop_patience: int = 10
+    chunk_classes: int | None = None
+    max_memory_mb: float = 1024.0
+    prune_after: int | None = None
+    prune_keep: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "early_stop_patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("steps_per_epoch", "chunk_classes", "prune_after"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be at least 1 or None, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas) or len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.init_cost >= 0:
+            raise ValueError(f"init_cost must be non-negative, got {self.init_cost}")
+        if not self.cost_multiplier > 1:
+            raise ValueError(f"cost_multiplier must exceed 1, got {self.cost_multiplier}")
+        if not 0 < self.attack_threshold <= 1:
+            raise ValueError(f"attack_threshold must lie in (0, 1], got {self.attack_threshold}")
+        if not 0 < self.early_stop_threshold <= 1:
+            raise ValueError(f"early_stop_threshold must lie in (0, 1], got {self.early_stop_threshold}")
+        if not self.max_memory_mb > 0:
+            raise ValueError(f"max_memory_mb must be positive, got {self.max_memory_mb}")
+        if not 0 < self.prune_keep <= 1:
+            raise ValueError(f"prune_keep must lie in (0, 1], got {self.prune_keep}")
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """Per-class outcome of the inversion, K = number of candidate classes.
+
+    masks (K, H, W) and patterns (K, C, H, W) in [0, 1]; mask_l1 (K,); attack_success (K,)
+    on all clean images; found (K,) whether a mask reached the attack threshold; epochs (K,)
+    run; pruned (K,) dropped early by `prune_after` (their size is an upper bound).
+    """
+
+    targets: tuple[int, ...]
+    masks: torch.Tensor
+    patterns: torch.Tensor
+    mask_l1: torch.Tensor
+    attack_success: torch.Tensor
+    found: torch.Tensor
+    epochs: torch.Tensor
+    pruned: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+
+def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """An eval-mode copy of `model` on `device` with gradients off (the caller's model is untouched)."""
+    try:
+        model = copy.deepcopy(model)
+    except Exception:  # some exported/scripted modules refuse deepcopy; we only read them then
+        log.debug("model cannot be deep-copied; using it read-only")
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def to_tanh_space(v: torch.Tensor) -> torch.Tensor:
+    """Inverse of (tanh(w) + 1) / 2, kept finite at 0 and 1."""
+    return torch.atanh((v - 0.5) * (2 - 1e-4))
+
+
+def from_tanh_space(w: torch.Tensor) -> torch.Tensor:
+    return (torch.tanh(w) + 1) / 2
+
+
+def initial_trigger(target: int, shape: tuple[int, int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """NC's random initial mask (1, H, W) and pattern (C, H, W), seeded per class.
+
+    Seeding by (seed, class) makes a class's run independent of which classes share its chunk.
+    """
+    c, h, w = shape
+    gen = torch.Generator().manual_seed(seed * 100_003 + int(target))
+    return torch.rand(1, h, w, generator=gen), torch.rand(c, h, w, generator=gen)
+
+
+def epoch_order(n: int, epoch: int, seed: int, steps: int, batch_size: int) -> list[torch.Tensor]:
+    """The image indices of each mini-batch of one epoch, the same for every class."""
+    gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
+    need = steps * batch_size
+    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(need / n))])
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def stamp(x: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """All triggers on all images: x (B, C, H, W), masks (k, H, W), patterns (k, C, H, W) -> (k*B, C, H, W)."""
+    m = masks.unsqueeze(1).unsqueeze(2)  # (k, 1, 1, H, W)
+    out = (1 - m) * x.unsqueeze(0) + (m * patterns.unsqueeze(1))
+    return out.reshape(-1, *x.shape[1:])
+
+
+def _activation_bytes(model: nn.Module, shape: tuple[int, int, int], device: torch.device) -> int:
+    """Bytes of activations one input keeps for backward (summed module outputs, a rough bound)."""
+    total = [0]
+
+    def hook(_module, _inp, out):
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel() * out.element_size()
+
+    handles = []
+    for module in model.modules():
+        if not list(module.children()):
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, device=device))
+    except Exception:
+        total[0] = 0
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], 4 * int(torch.tensor(shape).prod()))
+
+
+def chunk_size(model: nn.Module, shape: tuple[int, int, int], config: InversionConfig, device: torch.device, n_classes: int) -> int:
+    """How many classes fit one forward pass within the memory budget (at least 1)."""
+    if config.chunk_classes is not None:
+        return min(config.chunk_classes, n_classes)
+    budget = config.max_memory_mb * 2**20
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = max(budget, 0.5 * free)
+    per_class = 3 * config.batch_size * _activation_bytes(model, shape, device)
+    return int(max(1, min(n_classes, budget // max(per_class, 1))))
+
+
+def _attack_success(model, x, masks, patterns, targets, batch_size=256) -> torch.Tensor:
+    """(k,) share of all clean images sent to each class's target by its trigger."""
+    hits = torch.zeros(len(targets))
+    with torch.no_grad():
+        for sl in batches(len(x), max(1, batch_size // max(1, len(targets)))):
+            xb = x[sl]
+            pred = model(stamp(xb, masks, patterns)).argmax(1).view(len(targets), -1)
+            hits += (pred == targets.view(-1, 1)).float().sum(1).cpu()
+    return hits / len(x)
+
+
+def _invert_chunk(model, x, y, targets: torch.Tensor, config: InversionConfig, extra_loss: ExtraLoss | None,
+                  seed: int, device: torch.device) -> dict[str, torch.Tensor]:
+    k = len(targets)
+    shape = tuple(x.shape[1:])
+    inits = [initial_trigger(int(t), shape, seed) for t in targets]
+    mask_w = to_tanh_space(torch.stack([m for m, _ in inits])).to(device)       # (k, 1, H, W)
+    pattern_w = to_tanh_space(torch.stack([p for _, p in inits])).to(device)    # (k, C, H, W)
+    params = [mask_w, pattern_w]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    b1, b2 = config.betas
+    steps = config.steps_per_epoch or math.ceil(len(x) / config.batch_size)
+    tgt = targets.to(device)
+
+    # Per-class schedule state (CPU, shape (k,)), exactly NC's counters.
+    cost = torch.full((k,), float(config.init_cost), dtype=torch.float64)
+    up_count = torch.zeros(k, dtype=torch.long)
+    down_count = torch.zeros(k, dtype=torch.long)
+    up_flag = torch.zeros(k, dtype=torch.bool)
+    down_flag = torch.zeros(k, dtype=torch.bool)
+    reg_best = torch.full((k,), math.inf, dtype=torch.float64)
+    es_best = torch.full((k,), math.inf, dtype=torch.float64)
+    es_count = torch.zeros(k, dtype=torch.long)
+    best_mask = from_tanh_space(mask_w).detach().clone()
+    best_pattern = from_tanh_space(pattern_w).detach().clone()
+    epochs_run = torch.zeros(k, dtype=torch.long)
+    active = torch.ones(k, dtype=torch.bool)
+    pruned = torch.zeros(k, dtype=torch.bool)
+    t_adam = 0
+
+    for epoch in range(config.epochs):
+        act = torch.nonzero(active).flatten()
+        if len(act) == 0:
+            break
+        act_dev = act.to(device)
+        acc_sum = torch.zeros(len(act), dtype=torch.float64)
+        reg_sum = torch.zeros(len(act), dtype=torch.float64)
+        for idx in epoch_order(len(x), epoch, seed, steps, config.batch_size):
+            xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
+            leaves = [p[act_dev].detach().requires_grad_(True) for p in params]
+            masks = from_tanh_space(leaves[0])      # (a, 1, H, W)
+            patterns = from_tanh_space(leaves[1])   # (a, C, H, W)
+            logits = model(stamp(xb, masks[:, 0], patterns))
+            t_rep = tgt[act_dev].repeat_interleave(len(xb))
+            ce = F.cross_entropy(logits, t_rep, reduction="none").view(len(act), -1).mean(1)
+            acc = (logits.argmax(1) == t_rep).float().view(len(act), -1).mean(1)
+            reg = masks.abs().sum((1, 2, 3))
+            loss = ce + cost[act].to(device, ce.dtype) * reg
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, xb, yb, masks[:, 0], patterns, tgt[act_dev])
+            grads = torch.autograd.grad(loss.sum(), leaves)
+            # Adam on the active rows only (element-wise, so identical to one optimiser per class).
+            t_adam += 1
+            for p, (m1, m2), g in zip(params, moments, grads):
+                m1[act_dev] = b1 * m1[act_dev] + (1 - b1) * g
+                m2[act_dev] = b2 * m2[act_dev] + (1 - b2) * g * g
+                m_hat = m1[act_dev] / (1 - b1 ** t_adam)
+                v_hat = m2[act_dev] / (1 - b2 ** t_adam)
+                p[act_dev] = p[act_dev] - config.lr * m_hat / (v_hat.sqrt() + 1e-8)
+            acc_sum += acc.detach().double().cpu()
+            reg_sum += reg.detach().double().cpu()
+        epochs_run[act] += 1
+        avg_acc, avg_reg = acc_sum / steps, reg_sum / steps
+        success = avg_acc >= config.attack_threshold
+
+        # Keep the smallest successful trigger (NC stores the mask at the end of the epoch).
+        improved = success & (avg_reg < reg_best[act])
+        if improved.any():
+            rows = act[improved]
+            best_mask[rows.to(device)] = from_tanh_space(mask_w[rows.to(device)]).detach()
+            best_pattern[rows.to(device)] = from_tanh_space(pattern_w[rows.to(device)]).detach()
+            reg_best[rows] = avg_reg[improved]
+
+        # Early stop: the best mask has not shrunk by (1 - threshold) for `early_stop_patience` epochs.
+        has_best = torch.isfinite(reg_best[act])
+        stalled = reg_best[act] >= config.early_stop_threshold * es_best[act]
+        es_count[act] = torch.where(has_best, torch.where(stalled, es_count[act] + 1, 0), es_count[act])
+        es_best[act] = torch.where(has_best, torch.minimum(es_best[act], reg_best[act]), es_best[act])
+        if config.early_stop:
+            stop = up_flag[act] & down_flag[act] & (es_count[act] >= config.early_stop_patience)
+            active[act[stop]] = False
+
+        # NC's cost schedule: up after `patience` successful epochs, down after `patience` failures.
+        up_count[act] = torch.where(success, up_count[act] + 1, 0)
+        down_count[act] = torch.where(success, 0, down_count[act] + 1)
+        go_up = up_count[act] >= config.patience
+        go_down = ~go_up & (down_count[act] >= config.patience)
+        cost[act] = torch.where(go_up, cost[act] * config.cost_multiplier, cost[act])
+        cost[act] = torch.where(go_down, cost[act] / config.cost_multiplier ** 1.5, cost[act])
+        up_count[act[go_up]] = 0
+        down_count[act[go_down]] = 0
+        up_flag[act[go_up]] = True
+        down_flag[act[go_down]] = True
+
+        if config.prune_after is not None and epoch + 1 == config.prune_after:
+            # Rank by the best successful mask size, else the current size plus a large offset.
+            score = torch.where(torch.isfinite(reg_best), reg_best, avg_reg.new_zeros(k).index_put_((act,), avg_reg) + 1e9)
+            keep = max(1, math.ceil(config.prune_keep * k))
+            drop = torch.argsort(score, stable=True)[keep:]
+            pruned[drop] = active[drop]
+            active[drop] = False
+
+    found = torch.isfinite(reg_best)
+    # A class that never reached the threshold reports its final mask.
+    final_mask, final_pattern = from_tanh_space(mask_w).detach(), from_tanh_space(pattern_w).detach()
+    fd = found.to(device)
+    masks = torch.where(fd.view(-1, 1, 1, 1), best_mask, final_mask)[:, 0]
+    patterns = torch.where(fd.view(-1, 1, 1, 1), best_pattern, final_pattern)
+    return {"masks": masks, "patterns": patterns, "found": found, "epochs": epochs_run, "pruned": pruned,
+            "cost": cost}
+
+
+def invert_triggers(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    targets: list[int] | None = None,
+    num_classes: int,
+    config: InversionConfig | None = None,
+    extra_loss: ExtraLoss | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Inversion:
+    """Reverse-engineer the smallest trigger that sends clean images to each target class.
+
+    Args:
+        model: a frozen classifier (see `frozen_copy`) taking (N, C, H, W) inputs in [0, 1].
+        x: clean images (N, C, H, W); y: their labels (N,) (model predictions if None).
+        targets: candidate target classes (default all `num_classes`).
+        config: hyperparameters; extra_loss: per-class extra terms (TABOR's regularisers).
+    Returns:
+        An `Inversion` with masks (K, H, W), patterns (K, C, H, W) and sizes (K,).
+    """
+    config = config or InversionConfig()
+    device = torch.device(device)
+    if len(x) == 0:
+        raise UserError("trigger inversion needs at least one clean image")
+    x = x.to(device)
+    if y is None:
+        with torch.no_grad():
+            y = torch.cat([model(x[sl]).argmax(1) for sl in batches(len(x), 512)])
+    y = y.to(device)
+    targets = list(range(num_classes)) if targets is None else [int(t) for t in targets]
+    shape = tuple(int(s) for s in x.shape[1:])
+    size = chunk_size(model, shape, config, device, len(targets))
+    parts = []
+    chunks = [targets[i:i + size] for i in range(0, len(targets), size)]
+    for chunk in progress(chunks, total=len(chunks), desc="invert"):
+        t = torch.tensor(chunk, dtype=torch.long)
+        out = _invert_chunk(model, x, y, t, config, extra_loss, seed, device)
+        out["attack_success"] = _attack_success(model, x, out["masks"], out["patterns"], t.to(device))
+        parts.append(out)
+    cat = {key: torch.cat([p[key].cpu() if key not in ("masks", "patterns") else p[key].cpu() for p in parts])
+           for key in parts[0]}
+    return Inversion(
+        targets=tuple(targets), masks=cat["masks"], patterns=cat["patterns"],
+        mask_l1=cat["masks"].abs().sum((1, 2)).double(), attack_success=cat["attack_success"],
+        found=cat["found"], epochs=cat["epochs"], pruned=cat["pruned"],
+        extra={"chunk_classes": size, "final_cost": cat["cost"]},
+    )

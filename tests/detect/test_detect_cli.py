@@ -1,0 +1,106 @@
+"""`poisonguard scan` end to end: report files, trigger files, and one-line errors for bad input."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from poisonguard import cli
+from poisonguard.models import save_model
+
+
+@pytest.fixture(scope="module")
+def saved_badnets(badnets_model, mnist, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_model(badnets_model, path, arch="mnist_cnn", classes=mnist.classes, input_shape=mnist.input_shape)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scan_out(saved_badnets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scan")
+    code = cli.main(["scan", str(saved_badnets), "--data", "mnist5k", "--method", "neural-cleanse",
+                     "--epochs", "20", "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_scan_writes_report_and_trigger(scan_out):
+    report = json.loads((scan_out / "report.json").read_text())
+    assert report["command"] == "scan"
+    det = report["detections"][0]
+    assert det["method"] == "neural_cleanse" and det["backdoored"] and det["flagged_classes"] == [0]
+    assert len(det["anomaly_index"]) == 10 and det["seconds"] > 0
+    with np.load(scan_out / "trigger_0.npz", allow_pickle=False) as f:
+        assert f["mask"].shape == (28, 28) and f["pattern"].shape == (1, 28, 28) and int(f["target"]) == 0
+    html = (scan_out / "report.html").read_text()
+    assert "BACKDOORED" in html and "data:image/png;base64" in html
+
+
+def test_reconstructed_trigger_works_as_a_trigger(scan_out, badnets_model, mnist):
+    from poisonguard.attacks import load_trigger
+    from poisonguard.train import evaluate
+
+    ev = evaluate(badnets_model, mnist.test, load_trigger(scan_out / "trigger_0.npz"))
+    assert ev.attack_success_rate > 0.9
+
+
+def test_data_free_scan(saved_badnets, tmp_path):
+    code = cli.main(["scan", str(saved_badnets), "--data", "none", "--method", "deepinspect",
+                     "--out", str(tmp_path), "--quiet", "--device", "cpu"])
+    assert code == 0
+    det = json.loads((tmp_path / "report.json").read_text())["detections"][0]
+    assert det["method"] == "deepinspect" and det["flagged_classes"][:1] == [0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "none", "--method", "neural-cleanse"], "needs clean data"),
+    (["--data", "mnist5k", "--method", "strip"], "unknown detection method"),
+    (["--data", "mnist5k", "--method", ""], "empty"),
+])
+def test_bad_input_is_one_line_exit_2(saved_badnets, tmp_path, capsys, argv, message):
+    code = cli.main(["scan", str(saved_badnets), *argv, "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_shape_mismatch_and_non_classifier(tmp_path, mnist, capsys):
+    # A CIFAR-shaped model against MNIST data.
+    from poisonguard.models import build_model
+
+    wrong = build_model("mnist_cnn", num_classes=10, input_shape=(3, 32, 32))
+    path = tmp_path / "m" / "model.pt"
+    save_model(wrong, path, arch="mnist_cnn", classes=[str(i) for i in range(10)], input_shape=(3, 32, 32))
+    assert cli.main(["scan", str(path), "--data", "mnist5k", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "inputs" in capsys.readouterr().err
+    # A TorchScript module that returns images, not class scores.
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1)))
+    ts = tmp_path / "ts.pt"
+    scripted.save(str(ts))
+    assert cli.main(["scan", str(ts), "--data", "mnist5k", "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "not a classifier" in capsys.readouterr().err
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome", "headless_shell"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed for the screenshot test")
+def test_report_renders_in_headless_chromium(scan_out, tmp_path):
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
+                    "--window-size=1200,2000", (scan_out / "report.html").resolve().as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1200, 2000)
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50  # the page drew images, not a blank screen
