@@ -41,7 +41,7 @@ def find_prune_layer(model: nn.Module, sample: torch.Tensor, layer: str | None =
         return layer
     order = execution_order(model, sample, CONV_LIKE)
     if not order:
-        raise UserError("fine-pruning needs a convolutional layer and this model has none; "
+        raise UserError("fine-pruning: the model has no convolutional layer; "
                         f"choose a layer to prune with layer= (--prune-layer): {_describe(model)}")
     return order[-1]
 
@@ -132,7 +132,7 @@ class FinePruning(Repairer):
     """
 
     def __init__(self, *, max_accuracy_drop: float = 0.04, max_prune_fraction: float = 0.9, prune_step: int = 0,
-                 layer: str | None = None, epochs: int = 20, lr: float = 0.01, batch_size: int = 32,
+                 layer: str | None = None, epochs: int = 20, lr: float = 0.05, batch_size: int = 32,
                  optimizer: str = "sgd", weight_decay: float = 5e-4, seed: int = 0, device: str = "auto") -> None:
         check_fraction("max_accuracy_drop", max_accuracy_drop)
         check_fraction("max_prune_fraction", max_prune_fraction)

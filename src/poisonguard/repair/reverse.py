@@ -70,7 +70,7 @@ def reverse_trigger(model: nn.Module, data: ImageData, target: int, *, steps: in
         return PatchTrigger(torch.sigmoid(mask_logit).cpu(), torch.sigmoid(pattern_logit).cpu(), target)
 
 
-def reconstruct_triggers(model: nn.Module, data: ImageData, *, steps: int = 150, batch_size: int = 32, lr: float = 0.1,
+def reconstruct_triggers(model: nn.Module, data: ImageData, *, steps: int = 100, batch_size: int = 32, lr: float = 0.1,
                          init_lambda: float = 1e-3, threshold: float = 2.0, generator: torch.Generator,
                          device: torch.device) -> Reconstruction:
     """Reverse-engineer a trigger for every class of `data` and flag small-mask outliers."""

@@ -103,7 +103,7 @@ class Unlearning(Repairer):
     def __init__(self, *, mode: str = "unlearn", triggers: Sequence[PatchTrigger] | None = None, stamp_share: float = 0.2,
                  epochs: int = 20, lr: float = 0.01, batch_size: int = 32, optimizer: str = "sgd",
                  weight_decay: float = 5e-4, max_accuracy_drop: float = 0.05, stop_rate: float = 0.05,
-                 prune_step: int = 0, filter_fraction: float = 0.01, filter_fpr: float = 0.05, reverse_steps: int = 150,
+                 prune_step: int = 0, filter_fraction: float = 0.01, filter_fpr: float = 0.05, reverse_steps: int = 100,
                  seed: int = 0, device: str = "auto") -> None:
         check_choice("mode", mode, MODES)
         if triggers is not None:

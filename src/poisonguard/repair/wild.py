@@ -22,7 +22,7 @@ from poisonguard.repair.base import (
 )
 
 
-def random_erase(x: torch.Tensor, generator: torch.Generator, *, p: float = 0.5, area: tuple[float, float] = (0.02, 0.25),
+def random_erase(x: torch.Tensor, generator: torch.Generator, *, p: float = 0.5, area: tuple[float, float] = (0.01, 0.2),
                  aspect: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
     """Random erasing (Zhong et al., 2020) with uniform-noise or constant content, per image.
 
@@ -106,8 +106,8 @@ class Wild(Repairer):
         seed, device: as everywhere.
     """
 
-    def __init__(self, *, epochs: int = 20, lr: float = 0.01, batch_size: int = 32, optimizer: str = "sgd",
-                 weight_decay: float = 5e-4, erase_p: float = 0.8, noise_sigma: float = 0.1, align_weight: float = 1.0,
+    def __init__(self, *, epochs: int = 20, lr: float = 0.03, batch_size: int = 32, optimizer: str = "sgd",
+                 weight_decay: float = 5e-4, erase_p: float = 1.0, noise_sigma: float = 0.1, align_weight: float = 1.0,
                  clean_weight: float = 1.0, seed: int = 0, device: str = "auto") -> None:
         check_positive("epochs", epochs, integer=True)
         check_positive("lr", lr)
