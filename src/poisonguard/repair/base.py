@@ -173,14 +173,41 @@ def make_optimizer(model: nn.Module, *, optimizer: str, lr: float, weight_decay:
 def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch_size: int, generator: torch.Generator,
              device: torch.device, optimizer: str = "sgd", weight_decay: float = 5e-4,
              schedule: Callable[[int], float] | None = None, loss_fn: LossFn | None = None,
-             after_step: Callable[[], None] | None = None, desc: str = "fine-tune") -> list[float]:
+             after_step: Callable[[], None] | None = None, desc: str = "fine-tune", max_retries: int = 3,
+             loss_scale: float = 1.0, info: dict[str, Any] | None = None) -> list[float]:
     """Train `model` in place for `epochs` on `data`; return the mean loss of each epoch.
 
     `loss_fn(model, x, y)` replaces plain cross-entropy (methods add their regularisers
     there); `schedule(epoch)` multiplies the learning rate; `after_step` runs after every
     optimiser step (e.g. to keep pruned weights at zero). Batch-norm statistics are
     updated, as in ordinary fine-tuning.
+
+    A run that diverges (an epoch's loss non-finite or above 0.9 x chance level, 0.9 log K,
+    times `loss_scale` for losses that add several cross-entropies) is undone
+    and restarted with half the learning rate, up to `max_retries` times; `info` (if given)
+    records the learning rate finally used and the number of restarts.
     """
+    snapshot = copy.deepcopy(model.state_dict())
+    chance = 0.9 * math.log(max(2, data.num_classes)) * loss_scale
+    for attempt in range(max_retries + 1):
+        losses = _finetune_once(model, data, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
+                                device=device, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
+                                loss_fn=loss_fn, after_step=after_step, desc=desc, stop_above=chance)
+        if losses is not None:
+            break
+        log.warning("%s diverged at learning rate %g; restarting at %g", desc, lr, lr / 2)
+        model.load_state_dict(snapshot)
+        lr /= 2
+    else:
+        raise UserError(f"{desc} diverged even at learning rate {lr * 2:g}; lower the learning rate")
+    if info is not None:
+        info.update({"lr_used": lr, "lr_restarts": attempt})
+    return losses
+
+
+def _finetune_once(model, data, *, epochs, lr, batch_size, generator, device, optimizer, weight_decay, schedule,
+                   loss_fn, after_step, desc, stop_above) -> list[float] | None:
+    """One fine-tuning run; None as soon as an epoch's mean loss is non-finite or above `stop_above`."""
     loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
     opt = make_optimizer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
     x_all, y_all = data.x.to(device), data.y.to(device)
@@ -201,6 +228,9 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
                 after_step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(data))
+        if not math.isfinite(losses[-1]) or losses[-1] > stop_above:
+            model.eval()
+            return None
     model.eval()
     return losses
 

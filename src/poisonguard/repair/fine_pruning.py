@@ -174,12 +174,13 @@ class FinePruning(Repairer):
             mask.mask.fill_(1)
             mask.mask[pruned] = 0
             accuracy_pruned = clean_accuracy(model, clean, ctx.device)
+            tuned: dict[str, Any] = {}
             finetune(model, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, generator=ctx.generator,
                      device=ctx.device, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                     schedule=cosine(self.epochs), desc="fine-pruning")
+                     schedule=cosine(self.epochs), desc="fine-pruning", info=tuned)
         finally:
             mask.remove()
         zero_channels(layer, pruned)
         return {"layer": name, "channels": channels, "pruned_channels": n_pruned,
                 "pruned_fraction": n_pruned / channels, "clean_accuracy_after_pruning": accuracy_pruned,
-                "pruned_indices": pruned.cpu().tolist(), "curve": curve, "curve_measured_on": "clean_data"}
+                "pruned_indices": pruned.cpu().tolist(), "curve": curve, "curve_measured_on": "clean_data", **tuned}

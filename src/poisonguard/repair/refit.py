@@ -124,7 +124,8 @@ class Refit(Repairer):
                 loss = loss + self.ewc_lambda * ewc_penalty(m, fisher, anchor)
             return loss
 
+        tuned: dict[str, Any] = {}
         losses = finetune(model, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, generator=ctx.generator,
                           device=ctx.device, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                          schedule=step_decay(every=self.decay_every, gamma=self.gamma), loss_fn=loss_fn, desc="refit")
-        return {"fisher_samples": n_fisher if fisher else 0, "aux_samples": n_aux, "final_loss": losses[-1]}
+                          schedule=step_decay(every=self.decay_every, gamma=self.gamma), loss_fn=loss_fn, desc="refit", info=tuned)
+        return {"fisher_samples": n_fisher if fisher else 0, "aux_samples": n_aux, "final_loss": losses[-1], **tuned}

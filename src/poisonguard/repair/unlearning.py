@@ -168,10 +168,11 @@ class Unlearning(Repairer):
             return F.cross_entropy(m(stamp_some(x, triggers, self.stamp_share, gen)), y)
 
         before = trigger_rate(ctx.model, ctx.clean, triggers, ctx.device)
+        tuned: dict[str, Any] = {}
         losses = finetune(ctx.model, ctx.clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, generator=gen,
                           device=ctx.device, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                          schedule=cosine(self.epochs), loss_fn=loss_fn, desc="unlearn")
-        return {"final_loss": losses[-1], "reconstructed_trigger_rate_before": before,
+                          schedule=cosine(self.epochs), loss_fn=loss_fn, desc="unlearn", info=tuned)
+        return {"final_loss": losses[-1], **tuned, "reconstructed_trigger_rate_before": before,
                 "reconstructed_trigger_rate_after": trigger_rate(ctx.model, ctx.clean, triggers, ctx.device)}
 
     def _prune_or_filter(self, ctx: Context, triggers: Sequence[PatchTrigger]) -> dict[str, Any]:

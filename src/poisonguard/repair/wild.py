@@ -141,11 +141,13 @@ class Wild(Repairer):
                 loss = loss + self.align_weight * align
             return loss
 
+        tuned: dict[str, Any] = {}
         try:
             losses = finetune(model, ctx.clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, generator=gen,
                               device=ctx.device, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                              schedule=cosine(self.epochs), loss_fn=loss_fn, desc="wild")
+                              schedule=cosine(self.epochs), loss_fn=loss_fn, desc="wild",
+                              loss_scale=1 + self.clean_weight, info=tuned)
         finally:
             tap.remove()
         return {"feature_layer": name, "final_loss": losses[-1],
-                "final_alignment": aligns[-1] if aligns else None}
+                "final_alignment": aligns[-1] if aligns else None, **tuned}
