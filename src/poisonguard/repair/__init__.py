@@ -1,0 +1,15 @@
+"""Backdoor removal: one file per method, all in the `REPAIRERS` registry.
+
+    from poisonguard.repair import REPAIRERS
+    result = REPAIRERS.get("fine_pruning")(seed=0).repair(model, clean, trigger=t, test=test)
+    result.model  # the repaired copy; `model` itself is unchanged
+"""
+
+from poisonguard.repair import fine_pruning, refit, unlearning, wild  # noqa: F401  (register methods)
+from poisonguard.repair.base import REPAIRERS, Repairer, register_repairer
+from poisonguard.repair.fine_pruning import FinePruning
+from poisonguard.repair.refit import Refit
+from poisonguard.repair.unlearning import Unlearning
+from poisonguard.repair.wild import Wild
+
+__all__ = ["REPAIRERS", "FinePruning", "Refit", "Repairer", "Unlearning", "Wild", "register_repairer"]

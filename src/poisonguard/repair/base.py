@@ -1,0 +1,281 @@
+"""What every backdoor-removal method shares: the registry, input checks, before/after
+evaluation, a small fine-tuning loop with hooks for extra losses, and layer lookup.
+
+A repairer is a class with keyword-only hyperparameters checked in the constructor and a
+`.repair(model, clean_data, *, trigger=None, test=None, aux_data=None)` call that copies the
+model, repairs the copy, and returns a `results.Repair` with the repaired copy on `.model`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poisonguard.attacks.triggers import Trigger, check_trigger_fits
+from poisonguard.data import ImageData
+from poisonguard.errors import UserError
+from poisonguard.registry import Registry
+from poisonguard.results import Evaluation, Repair
+from poisonguard.train import evaluate
+from poisonguard.utils import batches, progress, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+REPAIRERS: Registry[type] = Registry("repair method")
+
+
+def register_repairer(name: str):
+    """Class decorator: add a repairer to `REPAIRERS` and record its registry name on it."""
+
+    def decorator(cls: type) -> type:
+        cls.name = REPAIRERS.normalise(name)
+        return REPAIRERS.register(name)(cls)
+
+    return decorator
+
+
+# ---------------------------------------------------------------- argument checks
+
+def check_positive(name: str, value: float, *, integer: bool = False, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if integer:
+        ok = ok and float(value).is_integer()
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise UserError(f"{name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def check_fraction(name: str, value: float, *, allow_zero: bool = True) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and value <= 1):
+        raise UserError(f"{name} must lie in {'[0' if allow_zero else '(0'}, 1], got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {name} {value!r}; known: {', '.join(choices)}")
+
+
+def check_inputs(model: nn.Module, clean: ImageData, trigger: Trigger | None, test: ImageData | None,
+                 aux: ImageData | None = None) -> None:
+    """One clear UserError for data a repair cannot work with."""
+    if clean is None or len(clean) == 0:
+        raise UserError("repair needs some clean labelled data (got none)")
+    if len(torch.unique(clean.y)) < 2:
+        raise UserError("the clean data holds a single class; repair needs images of several classes")
+    for name, d in (("test", test), ("auxiliary", aux)):
+        if d is not None and d.input_shape != clean.input_shape:
+            raise UserError(f"{name} data has images {d.input_shape} but the clean data has {clean.input_shape}")
+    if trigger is not None:
+        check_trigger_fits(trigger, clean.input_shape, clean.num_classes)
+
+
+# ---------------------------------------------------------------- orchestration
+
+@dataclass
+class Context:
+    """What a method's `_run` gets: the copy it may change, the data, the device and the RNG."""
+
+    model: nn.Module
+    clean: ImageData
+    trigger: Trigger | None
+    aux: ImageData | None
+    device: torch.device
+    generator: torch.Generator
+    seed: int
+
+
+class Repairer:
+    """Shared `.repair` orchestration; subclasses set `name` and implement `_run(ctx) -> extra`.
+
+    `_run` changes `ctx.model` in place and returns a dict for `Repair.extra`. It may return
+    `{"trigger": t}` (key removed from extra) to say which trigger measured the attack
+    success rate when the caller gave none (e.g. a reconstructed one).
+    """
+
+    name = "repairer"
+    seed: int = 0
+    device: str = "auto"
+
+    def repair(self, model: nn.Module, clean_data: ImageData, *, trigger: Trigger | None = None,
+               test: ImageData | None = None, aux_data: ImageData | None = None) -> Repair:
+        """Repair a copy of `model` using `clean_data` (N, C, H, W) in [0, 1] and its labels.
+
+        Args:
+            model: the suspect classifier; never modified.
+            clean_data: the little clean labelled data the defender has.
+            trigger: the attack's trigger, when known (or reconstructed by `scan`), used to
+                measure the attack success rate before and after; some methods also use it.
+            test: held-out data for the before/after evaluation (default: `clean_data`).
+            aux_data: unlabelled in-distribution images (labels ignored), for methods that use them.
+
+        Returns:
+            `Repair` with before/after `Evaluation`s, seconds, method details in `extra`,
+            and the repaired copy on `.model` (eval mode).
+        """
+        check_inputs(model, clean_data, trigger, test, aux_data)
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        work = copy.deepcopy(model).to(device).eval()
+        for p in work.parameters():
+            p.requires_grad_(True)
+        eval_set = test if test is not None else clean_data
+        ctx = Context(work, clean_data, trigger, aux_data, device, gen, self.seed)
+        start = time.perf_counter()
+        extra: dict[str, Any] = dict(self._run(ctx) or {})
+        seconds = time.perf_counter() - start
+        work.eval()
+        asr_trigger = trigger if trigger is not None else extra.pop("trigger", None)
+        extra.pop("trigger", None)
+        if trigger is None and asr_trigger is not None:
+            extra["attack_success_rate_trigger"] = "reconstructed"
+        before = evaluate(model, eval_set, asr_trigger)  # predict() restores the model's mode
+        after = evaluate(work, eval_set, asr_trigger)
+        extra.setdefault("evaluated_on", "test" if test is not None else "clean_data")
+        extra["clean_samples"] = len(clean_data)
+        extra["hyperparameters"] = self.hyperparameters()
+        log.info("%s: clean accuracy %.3f -> %.3f, attack success %s -> %s (%.1fs)", self.name,
+                 before.clean_accuracy, after.clean_accuracy, _fmt(before), _fmt(after), seconds)
+        return Repair(method=self.name, seconds=seconds, before=before, after=after, extra=extra, model=work.cpu())
+
+    def _run(self, ctx: Context) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def _fmt(ev: Evaluation) -> str:
+    return "n/a" if ev.attack_success_rate is None else f"{ev.attack_success_rate:.3f}"
+
+
+# ---------------------------------------------------------------- training helpers
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_optimizer(model: nn.Module, *, optimizer: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch_size: int, generator: torch.Generator,
+             device: torch.device, optimizer: str = "sgd", weight_decay: float = 5e-4,
+             schedule: Callable[[int], float] | None = None, loss_fn: LossFn | None = None,
+             after_step: Callable[[], None] | None = None, desc: str = "fine-tune", max_retries: int = 3,
+             loss_scale: float = 1.0, info: dict[str, Any] | None = None) -> list[float]:
+    """Train `model` in place for `epochs` on `data`; return the mean loss of each epoch.
+
+    `loss_fn(model, x, y)` replaces plain cross-entropy (methods add their regularisers
+    there); `schedule(epoch)` multiplies the learning rate; `after_step` runs after every
+    optimiser step (e.g. to keep pruned weights at zero). Batch-norm statistics are
+    updated, as in ordinary fine-tuning.
+
+    A run that diverges (an epoch's loss non-finite or above 0.9 x chance level, 0.9 log K,
+    times `loss_scale` for losses that add several cross-entropies) is undone
+    and restarted with half the learning rate, up to `max_retries` times; `info` (if given)
+    records the learning rate finally used and the number of restarts.
+    """
+    snapshot = copy.deepcopy(model.state_dict())
+    chance = 0.9 * math.log(max(2, data.num_classes)) * loss_scale
+    for attempt in range(max_retries + 1):
+        losses = _finetune_once(model, data, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
+                                device=device, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
+                                loss_fn=loss_fn, after_step=after_step, desc=desc, stop_above=chance)
+        if losses is not None:
+            break
+        log.warning("%s diverged at learning rate %g; restarting at %g", desc, lr, lr / 2)
+        model.load_state_dict(snapshot)
+        lr /= 2
+    else:
+        raise UserError(f"{desc} diverged even at learning rate {lr * 2:g}; lower the learning rate")
+    if info is not None:
+        info.update({"lr_used": lr, "lr_restarts": attempt})
+    return losses
+
+
+def _finetune_once(model, data, *, epochs, lr, batch_size, generator, device, optimizer, weight_decay, schedule,
+                   loss_fn, after_step, desc, stop_above) -> list[float] | None:
+    """One fine-tuning run; None as soon as an epoch's mean loss is non-finite or above `stop_above`."""
+    loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
+    opt = make_optimizer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
+    x_all, y_all = data.x.to(device), data.y.to(device)
+    losses = []
+    model.train()
+    for epoch in progress(range(epochs), total=epochs, desc=desc):
+        for group in opt.param_groups:
+            group["lr"] = lr * (schedule(epoch) if schedule else 1.0)
+        order = torch.randperm(len(data), generator=generator).to(device)
+        total = 0.0
+        for sl in batches(len(data), batch_size):
+            idx = order[sl]
+            loss = loss_fn(model, x_all[idx], y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / len(data))
+        if not math.isfinite(losses[-1]) or losses[-1] > stop_above:
+            model.eval()
+            return None
+    model.eval()
+    return losses
+
+
+def cosine(epochs: int) -> Callable[[int], float]:
+    """Cosine decay from 1 to near 0 over `epochs` (multiplier for the base learning rate)."""
+    return lambda e: 0.5 * (1 + math.cos(math.pi * e / max(1, epochs)))
+
+
+@torch.no_grad()
+def clean_accuracy(model: nn.Module, data: ImageData, device: torch.device, *, batch_size: int = 512) -> float:
+    model.eval()
+    hits = 0
+    for sl in batches(len(data), batch_size):
+        hits += int((model(data.x[sl].to(device)).argmax(1).cpu() == data.y[sl]).sum())
+    return hits / max(1, len(data))
+
+
+# ---------------------------------------------------------------- layers
+
+def named_layers(model: nn.Module, kinds: tuple[type, ...]) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds) and name}
+
+
+def execution_order(model: nn.Module, sample: torch.Tensor, kinds: tuple[type, ...]) -> list[str]:
+    """Names of the modules of `kinds` in the order one forward pass calls them."""
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: order.append(n))
+               for name, m in named_layers(model, kinds).items()]
+    try:
+        with torch.no_grad():
+            model.eval()(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    seen: list[str] = []
+    for n in order:
+        if n not in seen:
+            seen.append(n)
+    return seen
+
+
+def last_linear(model: nn.Module, sample: torch.Tensor) -> tuple[str, nn.Linear]:
+    """The classifier's output layer (the last Linear one forward pass calls)."""
+    order = execution_order(model, sample, (nn.Linear,))
+    if not order:
+        raise UserError("the model has no Linear output layer to work on")
+    return order[-1], dict(model.named_modules())[order[-1]]

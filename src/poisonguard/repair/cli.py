@@ -1,0 +1,141 @@
+"""`poisonguard repair MODEL --data D --method M --out DIR`: remove a backdoor from a model.
+
+Writes DIR/model.pt (+ metadata.json) with the repaired model, DIR/report.json with a
+`repairs` entry, and DIR/report.html (before/after table, pruning curve, trigger used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from poisonguard.errors import UserError
+
+METHOD_CHOICES = ("fine-pruning", "refit", "wild", "unlearn")
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from exc
+    return value  # range checked in the handler so the message is one clear line with exit 2
+
+
+def add_commands(sub) -> None:
+    from poisonguard.cli import add_common, add_data, add_model
+
+    p = sub.add_parser("repair", help="remove a backdoor from a model using a little clean data")
+    add_model(p)
+    add_data(p)
+    p.add_argument("--method", default="fine-pruning",
+                   help=f"{', '.join(METHOD_CHOICES)} (default fine-pruning)")
+    p.add_argument("--clean-fraction", type=fraction, default=0.05,
+                   help="share of the training split used as the defender's clean data, in (0, 1] (default 0.05)")
+    p.add_argument("--aux-data", default=None, help="unlabelled in-distribution images (REFIT labels them with the model)")
+    p.add_argument("--from-scan", default=None, help="folder of a `poisonguard scan` run: its trigger_<class>.npz files")
+    p.add_argument("--trigger", default=None, help="the real trigger .npz, if known, to measure the attack success rate")
+    p.add_argument("--unlearn-mode", choices=["unlearn", "prune", "filter"], default="unlearn",
+                   help="Neural Cleanse mitigation for --method unlearn (default unlearn)")
+    p.add_argument("--prune-layer", default=None, help="fine-pruning: dotted name of the layer to prune (default: last conv)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None, help="fine-pruning: accuracy budget for pruning")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the method's own)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the method's own)")
+    p.add_argument("--out", required=True, help="output folder (must not hold the input model)")
+    add_common(p)
+    p.set_defaults(func=cmd_repair)
+
+
+def scan_triggers(folder: str, splits) -> list:
+    """Every trigger_<class>.npz that `poisonguard scan` wrote in `folder`, checked against the data."""
+    from poisonguard.attacks import PatchTrigger, check_trigger_fits, load_trigger
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--from-scan {path} is not a folder")
+    files = sorted(f for f in path.glob("trigger_*.npz") if re.fullmatch(r"trigger_\d+\.npz", f.name))
+    if not files:
+        raise UserError(f"--from-scan {path} holds no trigger_<class>.npz files (did the scan flag any class?)")
+    triggers = []
+    for f in files:
+        trig = load_trigger(f)
+        if not isinstance(trig, PatchTrigger):
+            raise UserError(f"{f} is not a mask-and-pattern trigger")
+        check_trigger_fits(trig, splits.input_shape, splits.num_classes)
+        triggers.append(trig)
+    return triggers
+
+
+def build_repairer(method: str, args, scan: list | None):
+    from poisonguard.repair import REPAIRERS
+
+    key = REPAIRERS.normalise(method)
+    if key not in REPAIRERS:
+        raise UserError(f"unknown repair method {method!r}; known: {', '.join(METHOD_CHOICES)}")
+    kwargs = {"seed": args.seed, "device": args.device}
+    for opt in ("epochs", "lr"):
+        if getattr(args, opt) is not None:
+            kwargs[opt] = getattr(args, opt)
+    if key == "fine_pruning":
+        kwargs["layer"] = args.prune_layer
+        if args.max_accuracy_drop is not None:
+            kwargs["max_accuracy_drop"] = args.max_accuracy_drop
+    if key == "unlearn":
+        kwargs["mode"] = args.unlearn_mode
+        kwargs["triggers"] = scan
+    return REPAIRERS.get(key)(**kwargs)
+
+
+def cmd_repair(args) -> int:
+    from poisonguard.cli import load_checked_model, load_checked_trigger, load_splits, out_dir
+    from poisonguard.data import per_class_subset
+    from poisonguard.models import save_model
+    from poisonguard.report import Report
+    from poisonguard.repair.report import repair_section
+
+    if not 0 < args.clean_fraction <= 1:
+        raise UserError(f"--clean-fraction must lie in (0, 1], got {args.clean_fraction}")
+    out = out_dir(args.out, args.model, args.trigger)
+    model_path = Path(args.model).expanduser()
+    if (out / "model.pt").exists() and model_path.exists() and (out / "model.pt").resolve() == model_path.resolve():
+        raise UserError("--out would overwrite the input model; choose another folder")
+    splits = load_splits(args.data, args.seed)
+    loaded, info = load_checked_model(args.model, splits, args.arch)
+    trigger = load_checked_trigger(args.trigger, splits)
+    scan = scan_triggers(args.from_scan, splits) if args.from_scan else None
+    aux = None
+    if args.aux_data:
+        aux = load_splits(args.aux_data, args.seed).train
+        if aux.input_shape != splits.input_shape:
+            raise UserError(f"--aux-data images are {aux.input_shape} but the model takes {splits.input_shape}")
+    arch = info.get("architecture") or args.arch
+    if arch is None:
+        raise UserError("the repaired model is saved as a state dict and needs its architecture; pass --arch")
+    repairer = build_repairer(args.method, args, scan)
+    if repairer.name == "fine_pruning":  # fail before any work when there is nothing to prune
+        from poisonguard.repair.fine_pruning import find_prune_layer
+
+        find_prune_layer(loaded.model, splits.train.x[:2], args.prune_layer)
+    clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=args.seed)
+    # Without --trigger, measure the attack with the scan's reconstruction (the first flagged class).
+    asr_trigger = trigger if trigger is not None else (scan[0] if scan else None)
+    result = repairer.repair(loaded.model, clean, trigger=asr_trigger, test=splits.test, aux_data=aux)
+    if trigger is None and scan:
+        result.extra["attack_success_rate_trigger"] = "scan reconstruction"
+    meta = save_model(result.model, out / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
+                      training={"command": "repair", "method": result.method, "source_sha256": info["sha256"],
+                                "clean_samples": len(clean), "seed": args.seed},
+                      extra={"clean_accuracy": result.after.clean_accuracy,
+                             "attack_success_rate": result.after.attack_success_rate})
+    report = Report("repair")
+    report.set("model", info)
+    report.set("repaired_model", {"path": str(out / "model.pt"), "sha256": meta["sha256"]})
+    report.append("repairs", result)
+    title, html, summary = repair_section([result], splits=splits, trigger=asr_trigger)
+    report.add_section(title, html, summary=summary, order=30)
+    report.write(out)
+    print(json.dumps({"out": str(out), "method": result.method, "seconds": round(result.seconds, 2),
+                      "before": result.before.to_dict(), "after": result.after.to_dict()}))
+    return 0
