@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             importlib.import_module(module).add_commands(sub)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if not (exc.name == module or module.startswith(f"{exc.name}.")):  # family not installed
                 raise
     return parser
 
