@@ -99,6 +99,25 @@ class Certification(_ToDict):
 
 
 @dataclass(frozen=True)
+class PoisoningCertification(_ToDict):
+    """Deep Partition Aggregation certificate summary (the report's `poisoning_certification` block).
+
+    `certified_accuracy[b]`: share of test examples predicted correctly whose prediction
+    provably survives any b inserted, removed or relabelled training samples.
+    """
+
+    method: str
+    partitions: int
+    clean_accuracy: float
+    certified_accuracy: dict[str, float]
+    median_certified: float
+    seconds: float
+    predictions: tuple[int, ...] = ()
+    certified: tuple[int, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Privacy(_ToDict):
     """Privacy spent by DP training (the report's `privacy` block)."""
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from poisonguard.errors import UserError
-from poisonguard.models import preact_resnet, small_cnn  # noqa: F401  (register architectures)
+from poisonguard.models import preact_resnet, resnet_cifar, small_cnn  # noqa: F401  (register architectures)
 from poisonguard.models.files import LoadedModel, load_model, metadata_path, save_model
 from poisonguard.models.registry import ARCHITECTURES, Normalize, build_model
 
