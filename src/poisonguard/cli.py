@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             importlib.import_module(module).add_commands(sub)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if not (exc.name and (module == exc.name or module.startswith(exc.name + "."))):
                 raise
     return parser
 

@@ -63,6 +63,6 @@ def load_defenses() -> Registry[TrainDefense]:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if not (exc.name and (module == exc.name or module.startswith(exc.name + "."))):
                 raise
     return TRAIN_DEFENSES
