@@ -157,3 +157,23 @@ def test_privacy_stage_compares_dp_with_non_private_training(mnist, badnets_trig
     assert run_stages(ctx, only=["privacy"])
     sigmas = [p["noise_multiplier"] for p in plan_report.data["privacy_plan"]]
     assert sigmas == sorted(sigmas) and "privacy" not in plan_report.data
+
+
+def test_a_model_with_replaced_layers_is_saved_so_it_loads_back(mnist, tmp_path):
+    """BatchNorm -> GroupNorm changes the state dict, so the DP defence saves TorchScript instead."""
+    from types import SimpleNamespace
+
+    from poisonguard.data import Splits
+    from poisonguard.models import load_model
+    from poisonguard.privacy.defenses import _save_fixed
+    from poisonguard.report import Report
+
+    fixed, fixes = make_dp_compatible(bn_net())
+    splits = Splits("mini", mnist.train.subset(np.arange(10)), mnist.test.subset(np.arange(10)))
+    job = SimpleNamespace(out_dir=tmp_path, splits=splits, arch="bn_net", report=Report("train"), saved=False)
+    _save_fixed(fixed, job)
+    loaded = load_model(tmp_path / "model.pt")
+    assert job.saved and loaded.format == "torchscript" and fixes
+    x = mnist.test.x[:4]
+    torch.testing.assert_close(loaded.model(x), fixed.eval()(x))
+    assert job.report.data["model"]["based_on"] == "bn_net"
