@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from poisonguard.federated.aggregators.median import coordinate_median
 from poisonguard.federated.aggregators.base import check_updates, register_aggregator
 
 
@@ -39,7 +40,7 @@ def centered_clipping(updates: torch.Tensor, weights: torch.Tensor | None = None
     for _ in range(iters):
         diff = updates - v
         norms = diff.norm(dim=1)
-        radius = float(norms.median()) if tau is None else tau
+        radius = float(coordinate_median(norms[:, None])[0]) if tau is None else tau
         scale = (radius / norms.clamp_min(1e-12)).clamp(max=1.0)
         v = v + (weights * scale) @ diff
     if info is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from poisonguard.federated.aggregators.median import coordinate_median
 from poisonguard.federated.aggregators.base import check_updates, register_aggregator
 from poisonguard.federated.aggregators.norm_bound import clip_rows
 
@@ -60,7 +61,7 @@ def flame(updates: torch.Tensor, weights: torch.Tensor | None = None, *, noise_l
         raise ValueError(f"flame: noise_lambda must be non-negative, got {noise_lambda}")
     updates, _ = check_updates(updates, weights)
     admitted = flame_admitted(updates)
-    bound = updates.norm(dim=1).median()
+    bound = coordinate_median(updates.norm(dim=1, keepdim=True))[0]
     out = clip_rows(updates[admitted], bound).mean(0)
     if noise_lambda > 0:
         out = out + noise_lambda * float(bound) * torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from poisonguard.federated.aggregators.median import coordinate_median
 from poisonguard.federated.aggregators.base import check_updates, register_aggregator, weighted_mean
 
 
@@ -35,7 +36,7 @@ def norm_bound(updates: torch.Tensor, weights: torch.Tensor | None = None, *, ma
     if sigma < 0:
         raise ValueError(f"norm_bound: sigma must be non-negative, got {sigma}")
     updates, weights = check_updates(updates, weights)
-    bound = float(updates.norm(dim=1).median()) if max_norm is None else max_norm
+    bound = float(coordinate_median(updates.norm(dim=1, keepdim=True))[0]) if max_norm is None else max_norm
     out = weighted_mean(clip_rows(updates, bound), weights)
     if sigma > 0:
         out = out + sigma * torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
