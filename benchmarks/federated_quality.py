@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -31,6 +32,7 @@ def main() -> None:
     p.add_argument("--attacks", default=DEFAULT_ATTACKS)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spin-wait stalls on a shared CPU)")
     p.add_argument("--json", default=None)
+    p.add_argument("--warm-file", default=None, help="cache the warm start here (a tensor file) and reuse it")
     p.add_argument("--quick", action="store_true", help="fewer rounds and attacks")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -39,7 +41,15 @@ def main() -> None:
     splits = load_data("mnist5k")
     sim = Simulator(clients=args.clients, malicious=args.malicious, rounds=args.rounds, seed=0)
     start = time.perf_counter()
-    results = run_table(splits, sim, args.aggregators.split(","), args.attacks.split(","), warmup_rounds=args.warmup)
+    initial = None
+    if args.warm_file and os.path.exists(args.warm_file):
+        initial = torch.load(args.warm_file, weights_only=True)
+    elif args.warmup > 0:
+        initial = sim.pretrain(splits, args.warmup)
+        if args.warm_file:
+            torch.save(initial, args.warm_file)
+    print(f"# warm start ready after {time.perf_counter() - start:.0f} s", flush=True)
+    results = run_table(splits, sim, args.aggregators.split(","), args.attacks.split(","), initial=initial)
     print(f"# MNIST 5k, {args.clients} clients, {args.malicious} malicious, warm start {args.warmup} FedAvg rounds, "
           f"{args.rounds} attacked rounds; {time.perf_counter() - start:.0f} s")
     print("| attack | aggregator | clean acc (last) | ASR (last) | ASR (max) | malicious selected |")

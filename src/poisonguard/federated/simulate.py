@@ -305,7 +305,8 @@ class Simulator:
 
 def run_table(splits: Splits, simulator: Simulator, aggregators: list[str], attacks: list[str], *,
               warmup_rounds: int = 0, attack_options: dict[str, Any] | None = None,
-              aggregator_options: dict[str, dict[str, Any]] | None = None) -> list[Federated]:
+              aggregator_options: dict[str, dict[str, Any]] | None = None,
+              initial: torch.Tensor | None = None) -> list[Federated]:
     """Every aggregator against every attack from one shared warm start (attack-free FedAvg).
 
     A rule that cannot run in a setting (e.g. Bulyan with too many malicious clients) gets a
@@ -313,7 +314,8 @@ def run_table(splits: Splits, simulator: Simulator, aggregators: list[str], atta
     """
     from poisonguard.federated.attacks import make_attack
 
-    initial = simulator.pretrain(splits, warmup_rounds) if warmup_rounds > 0 else None
+    if initial is None and warmup_rounds > 0:
+        initial = simulator.pretrain(splits, warmup_rounds)
     out = []
     for attack_name in attacks:
         for name in aggregators:
