@@ -20,6 +20,8 @@ def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
         raise UserError(f"cannot read {path} as a pickle-free .npz: {exc}") from exc
     if "x" not in data or "y" not in data:
         raise UserError(f"{path} must hold arrays 'x' and 'y' (found {', '.join(sorted(data)) or 'none'})")
+    if data["y"].size == 0:
+        raise UserError(f"{path}: the data set is empty")
     classes = tuple(str(c) for c in data["classes"]) if "classes" in data else None
     if classes is None:
         top = max(int(np.max(data[k])) for k in ("y", "y_test") if k in data and data[k].size)

@@ -1,0 +1,149 @@
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from poisonguard.data import load_data, per_class_subset
+from poisonguard.data.cifar import load_cifar10_batches, load_cifar10_npz
+from poisonguard.errors import UserError
+
+
+def test_mnist5k_split_is_fixed_and_stratified(mnist):
+    assert mnist.train.x.shape == (4000, 1, 28, 28) and mnist.test.x.shape == (1000, 1, 28, 28)
+    assert mnist.train.x.dtype == torch.float32 and 0 <= mnist.train.x.min() and mnist.train.x.max() <= 1
+    assert torch.equal(mnist.train.y.bincount(), torch.full((10,), 400))
+    again = load_data("mnist5k", seed=123)  # the split belongs to the data set, not the seed
+    assert torch.equal(again.test.y, mnist.test.y)
+
+
+def test_per_class_subset_fraction_and_count(mnist):
+    sub = per_class_subset(mnist.train, fraction=0.05, seed=1)
+    assert len(sub) == 200 and torch.equal(sub.y.bincount(), torch.full((10,), 20))
+    assert torch.equal(per_class_subset(mnist.train, fraction=0.05, seed=1).x, sub.x)
+    assert len(per_class_subset(mnist.train, per_class=3)) == 30
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(UserError):
+            per_class_subset(mnist.train, fraction=bad)
+
+
+def _png(value, size=(8, 8), mode="L"):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_folder_and_zip(tmp_path):
+    root = tmp_path / "imgs"
+    with zipfile.ZipFile(tmp_path / "imgs.zip", "w") as zf:
+        for cls, value in (("cat", 10), ("dog", 200)):
+            (root / cls).mkdir(parents=True)
+            for i in range(10):
+                (root / cls / f"{i}.png").write_bytes(_png(value))
+                zf.writestr(f"imgs/{cls}/{i}.png", _png(value))
+    for spec in (root, tmp_path / "imgs.zip"):
+        s = load_data(str(spec))
+        assert s.classes == ("cat", "dog") and s.input_shape == (1, 8, 8)
+        assert len(s.train) + len(s.test) == 20
+        dark = s.train.x[s.train.y == 0]
+        assert torch.allclose(dark, torch.full_like(dark, 10 / 255))
+
+
+def test_zip_with_traversal_names_never_writes_outside(tmp_path):
+    zpath = tmp_path / "evil.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("../../escaped/a/0.png", _png(0))
+        zf.writestr("x/b/0.png", _png(255))
+    load_data(str(zpath))
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+def test_mixed_sizes_rejected(tmp_path):
+    for cls, size in (("a", (8, 8)), ("b", (9, 9))):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "0.png").write_bytes(_png(0, size))
+    with pytest.raises(UserError, match="differ in size"):
+        load_data(str(tmp_path))
+
+
+def test_npz_arrays_nhwc_uint8(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(50, 12, 12, 3), dtype=np.uint8)
+    y = np.arange(50) % 5
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    s = load_data(str(tmp_path / "d.npz"))
+    assert s.input_shape == (3, 12, 12) and s.num_classes == 5 and len(s.train) + len(s.test) == 50
+
+
+def test_npz_with_pickled_object_refused(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as zf:
+        zf.write(tmp_path / "obj.npy", "x.npy")
+        zf.write(tmp_path / "obj.npy", "y.npy")
+    with pytest.raises(UserError):
+        load_data(str(tmp_path / "bad.npz"))
+
+
+def test_empty_and_unknown_data(tmp_path):
+    np.savez(tmp_path / "e.npz", x=np.zeros((0, 1, 4, 4), np.uint8), y=np.zeros(0, np.int64))
+    with pytest.raises(UserError):
+        load_data(str(tmp_path / "e.npz"))
+    with pytest.raises(UserError, match="unknown data set"):
+        load_data("imagenet-9000")
+
+
+def _cifar_jpeg_archive(path, n=6):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for split in ("train", "test"):
+        blobs = []
+        for _ in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+        out[f"{split}_jpeg"] = np.concatenate(blobs)
+        out[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+        out[f"{split}_labels"] = (np.arange(n) % 10).astype(np.uint8)
+    np.savez(path, **out)
+
+
+def test_cifar_npz_decodes_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("POISONGUARD_CACHE", str(tmp_path / "cache"))
+    _cifar_jpeg_archive(tmp_path / "c.npz")
+    first = load_cifar10_npz(tmp_path / "c.npz")
+    assert first.train.x.shape == (6, 3, 32, 32) and len(list((tmp_path / "cache").iterdir())) == 1
+    second = load_data(str(tmp_path / "c.npz"))
+    assert torch.equal(first.train.x, second.train.x)
+
+
+def _write_batch(path, payload):
+    with open(path, "wb") as fh:
+        pickle.dump(payload, fh)
+
+
+def test_cifar_batches_folder_and_malicious_batch(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        _write_batch(folder / name, {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]})
+    s = load_data(str(folder))
+    assert s.train.x.shape == (20, 3, 32, 32) and s.test.x.shape == (4, 3, 32, 32)
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    _write_batch(folder / "test_batch", {b"data": Payload(), b"labels": [0]})
+    with pytest.raises(UserError, match="refusing"):
+        load_cifar10_batches(folder)
+    assert not marker.exists()
