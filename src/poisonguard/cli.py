@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             importlib.import_module(module).add_commands(sub)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):  # a missing family is skipped, a broken import is not
                 raise
     return parser
 

@@ -63,6 +63,6 @@ def load_defenses() -> Registry[TrainDefense]:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):  # a missing family is skipped, a broken import is not
                 raise
     return TRAIN_DEFENSES

@@ -85,15 +85,18 @@ def check_f(name: str, f: int) -> None:
         raise ValueError(f"{name}: f (number of malicious clients tolerated) must be a non-negative integer, got {f!r}")
 
 
-def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
+def pairwise_sq_distances(x: torch.Tensor, *, centre: bool = False) -> torch.Tensor:
     """Squared Euclidean distances between rows, (n, d) -> (n, n), from one Gram matrix.
 
     ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b needs one (n, d) x (d, n) matmul, which BLAS runs
-    near peak speed, instead of n^2 passes over d. Rows are centred first: distances do not
-    change, and the cancellation error of the formula shrinks with the norms involved.
+    near peak speed, instead of n^2 passes over d. The formula loses precision when the rows'
+    norms dwarf their distances (e.g. whole models that share the global weights); client
+    *updates* are not like that, so rows are only centred on request (`centre=True`), which
+    costs two more passes over the data and leaves the distances unchanged.
     """
-    centred = x - x.mean(0, keepdim=True)
-    gram = centred @ centred.T
+    if centre:
+        x = x - x.mean(0, keepdim=True)
+    gram = x @ x.T
     sq = gram.diagonal()
     dist = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min_(0)
     dist.fill_diagonal_(0)

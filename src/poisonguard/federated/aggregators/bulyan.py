@@ -59,5 +59,6 @@ def bulyan(updates: torch.Tensor, weights: torch.Tensor | None = None, *, f: int
     if beta == theta:
         return selected.mean(0)
     med = coordinate_median(selected)
-    closest = (selected - med).abs().topk(beta, dim=0, largest=False).indices
-    return selected.gather(0, closest).mean(0)
+    # The beta values closest to the median are all but the 2f farthest: select the few.
+    farthest = (selected - med).abs().topk(2 * f, dim=0, largest=True, sorted=False).indices
+    return (selected.sum(0) - selected.gather(0, farthest).sum(0)) / beta

@@ -75,4 +75,7 @@ def multi_krum(updates: torch.Tensor, weights: torch.Tensor | None = None, *, f:
         info["scores"] = scores.tolist()
     if m == 1:
         return updates[chosen[0]].clone()
-    return weighted_mean(updates[chosen], weights[chosen])
+    # Zero weight for the rest: one pass over all rows instead of copying the chosen ones.
+    keep = torch.zeros_like(weights)
+    keep[chosen] = weights[chosen]
+    return weighted_mean(updates, keep)
