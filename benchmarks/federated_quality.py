@@ -49,21 +49,26 @@ def main() -> None:
         if args.warm_file:
             torch.save(initial, args.warm_file)
     print(f"# warm start ready after {time.perf_counter() - start:.0f} s", flush=True)
-    results = run_table(splits, sim, args.aggregators.split(","), args.attacks.split(","), initial=initial)
     print(f"# MNIST 5k, {args.clients} clients, {args.malicious} malicious, warm start {args.warmup} FedAvg rounds, "
-          f"{args.rounds} attacked rounds; {time.perf_counter() - start:.0f} s")
-    print("| attack | aggregator | clean acc (last) | ASR (last) | ASR (max) | malicious selected |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        if not r.rounds:
-            print(f"| {r.attack} | {r.aggregator} | error: {r.extra['error']} | | | |")
-            continue
-        last = r.rounds[-1]
-        asrs = [x.attack_success_rate for x in r.rounds if x.attack_success_rate is not None]
-        sel = [x.extra.get("malicious_selected") for x in r.rounds if "malicious_selected" in x.extra]
-        print(f"| {r.attack} | {r.aggregator} | {last.clean_accuracy:.3f} | "
-              f"{'—' if last.attack_success_rate is None else f'{last.attack_success_rate:.3f}'} | "
-              f"{'—' if not asrs else f'{max(asrs):.3f}'} | {'—' if not sel else sel} |", flush=True)
+          f"{args.rounds} attacked rounds")
+    print("| attack | aggregator | clean acc (last) | ASR (last) | ASR (max) | malicious selected per round | s |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    results = []
+    for attack in args.attacks.split(","):
+        for agg in args.aggregators.split(","):
+            t0 = time.perf_counter()
+            r = run_table(splits, sim, [agg], [attack], initial=initial)[0]
+            results.append(r)
+            if not r.rounds:
+                print(f"| {r.attack} | {r.aggregator} | error: {r.extra['error']} | | | | |", flush=True)
+                continue
+            last = r.rounds[-1]
+            asrs = [x.attack_success_rate for x in r.rounds if x.attack_success_rate is not None]
+            sel = [x.extra.get("malicious_selected") for x in r.rounds if "malicious_selected" in x.extra]
+            print(f"| {r.attack} | {r.aggregator} | {last.clean_accuracy:.3f} | "
+                  f"{'—' if last.attack_success_rate is None else f'{last.attack_success_rate:.3f}'} | "
+                  f"{'—' if not asrs else f'{max(asrs):.3f}'} | {'—' if not sel else sel} | "
+                  f"{time.perf_counter() - t0:.0f} |", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump([r.to_dict() for r in results], fh, indent=1)
