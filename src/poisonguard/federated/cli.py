@@ -62,7 +62,8 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--agg-opt", action="append", metavar="NAME=VALUE", help="aggregator hyperparameter, repeatable")
     g.add_argument("--attack-opt", action="append", metavar="NAME=VALUE",
                    help="attack option (boost, poison_rate, target, scale, sigma, epsilon, backdoor, z), repeatable")
-    g.add_argument("--no-vmap", action="store_true", help="train clients in a plain loop instead of vmap")
+    g.add_argument("--vmap", choices=["auto", "on", "off"], default="auto",
+                   help="train clients together with torch.func.vmap (auto: on CUDA only)")
     add_common(p)
 
 
@@ -75,7 +76,7 @@ def _simulator(args):
         raise UserError(f"--warmup must be non-negative, got {args.warmup}")
     return Simulator(clients=args.clients, malicious=args.malicious, rounds=args.rounds, dirichlet=args.dirichlet,
                      sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
-                     batch_size=args.batch_size, lr=args.lr, arch=args.arch, vectorize=not args.no_vmap,
+                     batch_size=args.batch_size, lr=args.lr, arch=args.arch, vectorize={'auto': None, 'on': True, 'off': False}[args.vmap],
                      seed=args.seed, device=args.device)
 
 

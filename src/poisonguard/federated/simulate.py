@@ -153,14 +153,15 @@ class Simulator:
         lr: local SGD learning rate (momentum 0.9).
         arch: model architecture (default mnist_cnn for 1 channel, else lenet5).
         root_size: images per class in the server's clean root set (FLTrust).
-        vectorize: train clients with vmap (False: plain loop over clients).
+        vectorize: train clients with vmap (True) or a plain loop (False); None picks vmap on
+            CUDA and the loop on a CPU, where vmapped (grouped) convolutions measured slower.
         seed: every random choice.
         device: "auto", "cpu" or "cuda".
     """
 
     def __init__(self, *, clients: int = 20, malicious: int = 0, rounds: int = 10, dirichlet: float | None = None,
                  sample_fraction: float = 1.0, local_epochs: int = 1, batch_size: int = 32, lr: float = 0.02,
-                 arch: str | None = None, root_size: int = 10, vectorize: bool = True, seed: int = 0,
+                 arch: str | None = None, root_size: int = 10, vectorize: bool | None = None, seed: int = 0,
                  device: str = "auto") -> None:
         if clients < 1:
             raise UserError(f"clients must be at least 1, got {clients}")
@@ -257,7 +258,8 @@ class Simulator:
             raise UserError(f"initial parameters have {flat.shape[0]} values, the model {flat_params(model).shape[0]}")
         model.to(device)
         flat = flat.to(device)
-        trainer = LocalTrainer(model, lr=self.lr, vectorize=self.vectorize)
+        vectorize = device.type == "cuda" if self.vectorize is None else self.vectorize
+        trainer = LocalTrainer(model, lr=self.lr, vectorize=vectorize)
         steps = self._steps([len(c.data) for c in clients])
         root = per_class_subset(splits.train, per_class=self.root_size, seed=self.seed) \
             if "root_update" in aggregator.spec.needs else None
