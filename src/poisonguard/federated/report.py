@@ -1,0 +1,50 @@
+"""HTML for federated results: accuracy and ASR curves per round, and the aggregator x attack table."""
+
+from __future__ import annotations
+
+from poisonguard.report import Report, img, table
+from poisonguard.report.plots import line_chart
+from poisonguard.results import Federated
+
+
+def summary_rows(results: list[Federated]) -> list[dict]:
+    """One dict per run: last-round clean accuracy and ASR, the highest ASR, or the error."""
+    rows = []
+    for r in results:
+        if not r.rounds:
+            rows.append({"aggregator": r.aggregator, "attack": r.attack, "error": r.extra.get("error")})
+            continue
+        asrs = [x.attack_success_rate for x in r.rounds if x.attack_success_rate is not None]
+        rows.append({"aggregator": r.aggregator, "attack": r.attack, "clean_accuracy": r.rounds[-1].clean_accuracy,
+                     "attack_success_rate": r.rounds[-1].attack_success_rate,
+                     "max_attack_success_rate": max(asrs) if asrs else None})
+    return rows
+
+
+def federated_section(report: Report, results: list[Federated], *, order: int = 60,
+                      title: str = "Federated learning: malicious clients vs aggregation") -> None:
+    """Add curves (clean accuracy, ASR per round) and a summary table for one or more runs."""
+    runs = [r for r in results if r.rounds]
+    rounds = [x.round for x in runs[0].rounds] if runs else []
+    acc = {f"{r.aggregator} / {r.attack}": [x.clean_accuracy for x in r.rounds] for r in runs}
+    asr = {f"{r.aggregator} / {r.attack}": [x.attack_success_rate for x in r.rounds]
+           for r in runs if r.rounds[0].attack_success_rate is not None}
+    html = ""
+    if runs and len(runs) <= 12:
+        html += img(line_chart(rounds, acc, xlabel="round", ylabel="clean accuracy", title="Clean accuracy"), "accuracy")
+        if asr:
+            html += img(line_chart(rounds, asr, xlabel="round", ylabel="attack success rate",
+                                   title="Backdoor attack success rate"), "ASR")
+    rows = [[r["aggregator"], r["attack"], r.get("clean_accuracy"), r.get("attack_success_rate"),
+             r.get("max_attack_success_rate"), r.get("error")] for r in summary_rows(results)]
+    html += table(["aggregator", "attack", "clean accuracy (last round)", "ASR (last round)", "ASR (highest)",
+                   "error"], rows)
+    worst = [r for r in summary_rows(results) if (r.get("attack_success_rate") or 0) > 0.5]
+    if worst:
+        summary = ("The backdoor got through " + ", ".join(sorted({r["aggregator"] for r in worst})) +
+                   ": with those aggregation rules a few malicious clients control what the shared model "
+                   "does on triggered inputs.")
+    else:
+        summary = ("No backdoor reached a 50% success rate: the aggregation rules shown kept the malicious "
+                   "clients from taking over the shared model.")
+    report.add_section(title, html, summary=summary, order=order)
