@@ -78,7 +78,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         rows.append(row)
     radii = list(rows[0]["certified_accuracy"])
-    print(f"\n| sigma | clean acc (base) | " + " | ".join(f"r={float(r):g}" for r in radii) + " | abstain | s/example |")
+    print("\n| sigma | clean acc (base) | " + " | ".join(f"r={float(r):g}" for r in radii) + " | abstain | s/example |")
     print("|---|---|" + "---|" * len(radii) + "---|---|")
     for r in rows:
         cells = " | ".join(f"{r['certified_accuracy'][k]:.3f}" for k in radii)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp

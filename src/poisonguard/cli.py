@@ -8,7 +8,6 @@ A user's mistake prints one line and exits with code 2; nothing the user gave is
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -20,6 +19,7 @@ import torch
 
 from poisonguard import __version__, utils
 from poisonguard.errors import UserError
+from poisonguard.registry import import_plugins
 
 log = logging.getLogger("poisonguard")
 
@@ -210,8 +210,7 @@ def poison(method: str, args, splits):
 
 def evaluation_section(report, model, splits, trigger, *, title: str, order: int = 10):
     """Evaluate, add a before-anything section with the trigger shown, and return the Evaluation."""
-    from poisonguard.report import img, table
-    from poisonguard.report.plots import image_grid
+    from poisonguard.report import table
     from poisonguard.train import evaluate
 
     ev = evaluate(model, splits.test, trigger)
@@ -467,12 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_demo)
 
-    for module in CLI_MODULES:
-        try:
-            importlib.import_module(module).add_commands(sub)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
-                raise
+    for module in import_plugins(CLI_MODULES):
+        module.add_commands(sub)
     return parser
 
 

@@ -11,7 +11,6 @@ DIR/model.pt unless the defence saved its own files and set `job.saved = True`).
 from __future__ import annotations
 
 import argparse
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,7 @@ from torch import nn
 
 from poisonguard.attacks.triggers import Trigger
 from poisonguard.data import ImageData, Splits
-from poisonguard.registry import Registry
+from poisonguard.registry import Registry, import_plugins
 from poisonguard.report import Report
 from poisonguard.train import FitConfig
 
@@ -59,10 +58,5 @@ TRAIN_DEFENSES: Registry[TrainDefense] = Registry("training defence")
 
 
 def load_defenses() -> Registry[TrainDefense]:
-    for module in DEFENSE_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
-                raise
+    import_plugins(DEFENSE_MODULES)
     return TRAIN_DEFENSES

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Callable, Generic, TypeVar
 
 from poisonguard.errors import UserError
@@ -49,3 +51,19 @@ class Registry(Generic[T]):
 
     def __iter__(self):
         return iter(self.names())
+
+
+def import_plugins(modules: tuple[str, ...]) -> list[ModuleType]:
+    """Import each family's plugin module; a family whose package is absent is skipped.
+
+    Only a missing family is skipped: an import error raised inside a present family
+    (a bug, or a missing third-party dependency) still surfaces.
+    """
+    loaded = []
+    for module in modules:
+        try:
+            loaded.append(importlib.import_module(module))
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise
+    return loaded

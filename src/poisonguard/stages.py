@@ -15,7 +15,6 @@ useful than none); the CLI exits non-zero when any stage failed.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from torch import nn
 from poisonguard.attacks.triggers import Trigger
 from poisonguard.data import Splits
 from poisonguard.errors import UserError
-from poisonguard.registry import Registry
+from poisonguard.registry import Registry, import_plugins
 from poisonguard.report import Report
 
 log = logging.getLogger(__name__)
@@ -92,12 +91,7 @@ def register_stage(name: str, *, order: int = 50) -> Callable[[Callable[[StageCo
 
 
 def load_stages() -> list[Stage]:
-    for module in STAGE_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
-                raise
+    import_plugins(STAGE_MODULES)
     return sorted((STAGES.get(n) for n in STAGES.names()), key=lambda s: s.order)
 
 

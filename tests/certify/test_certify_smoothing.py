@@ -10,7 +10,6 @@ from torch import nn
 
 from poisonguard.certify import RandomizedSmoothing, SmoothedClassifier
 from poisonguard.certify import bounds
-from poisonguard.data import ImageData
 from poisonguard.errors import UserError
 
 SHAPE = (1, 4, 4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from poisonguard.data import ImageData, Splits, per_class_subset
+from poisonguard.data import Splits, per_class_subset
 from poisonguard.federated import aggregators as A
 from poisonguard.federated.attacks import alie_z, attack_names, make_attack
 from poisonguard.federated.simulate import Simulator, flat_params, split_clients

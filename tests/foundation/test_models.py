@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from poisonguard.errors import UserError
-from poisonguard.models import ARCHITECTURES, build_model, check_classifier, load_model, save_model
+from poisonguard.models import build_model, check_classifier, load_model, save_model
 
 
 @pytest.mark.parametrize("arch,shape", [("mnist_cnn", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("preact_resnet18", (3, 32, 32))])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from torch import nn
 
 from poisonguard.data import ImageData

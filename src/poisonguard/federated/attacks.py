@@ -13,7 +13,6 @@ Registered in `FL_ATTACKS`; `make_attack(name, input_shape=..., num_classes=...)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 

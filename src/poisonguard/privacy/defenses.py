@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 
 import torch
 from torch import nn
@@ -22,7 +21,6 @@ from poisonguard.privacy.dp_sgd import DPSGD
 from poisonguard.privacy.engine import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES
 from poisonguard.privacy.report import privacy_section
 from poisonguard.privacy.shaping import GradientShaping
-from poisonguard.results import Privacy
 
 log = logging.getLogger(__name__)
 

@@ -14,33 +14,25 @@ from typing import Any
 
 import torch
 
-from poisonguard.federated.aggregators import (  # noqa: F401  (register the rules)
-    bulyan, centered_clipping, fedavg, flame, fltrust, geometric_median, krum, median, norm_bound, trimmed_mean,
-)
 from poisonguard.federated.aggregators.base import (
     AGGREGATORS, AggregatorSpec, check_updates, pairwise_sq_distances, register_aggregator,
 )
-from poisonguard.federated.aggregators.bulyan import bulyan as bulyan_rule
-from poisonguard.federated.aggregators.centered_clipping import centered_clipping as centered_clipping_rule
-from poisonguard.federated.aggregators.fedavg import fedavg as fedavg_rule
-from poisonguard.federated.aggregators.flame import flame as flame_rule
-from poisonguard.federated.aggregators.fltrust import fltrust as fltrust_rule
-from poisonguard.federated.aggregators.geometric_median import geometric_median as geometric_median_rule
-from poisonguard.federated.aggregators.krum import krum as krum_rule
-from poisonguard.federated.aggregators.krum import multi_krum as multi_krum_rule
-from poisonguard.federated.aggregators.median import median as median_rule
+# Importing each rule registers it; the plain functions shadow the modules of the same name.
+from poisonguard.federated.aggregators.bulyan import bulyan
+from poisonguard.federated.aggregators.centered_clipping import centered_clipping
+from poisonguard.federated.aggregators.fedavg import fedavg
+from poisonguard.federated.aggregators.flame import flame
+from poisonguard.federated.aggregators.fltrust import fltrust
+from poisonguard.federated.aggregators.geometric_median import geometric_median
+from poisonguard.federated.aggregators.krum import krum
+from poisonguard.federated.aggregators.krum import multi_krum
+from poisonguard.federated.aggregators.median import median
 from poisonguard.federated.aggregators.nnm import nnm
-from poisonguard.federated.aggregators.norm_bound import norm_bound as norm_bound_rule
-from poisonguard.federated.aggregators.trimmed_mean import trimmed_mean as trimmed_mean_rule
+from poisonguard.federated.aggregators.norm_bound import norm_bound
+from poisonguard.federated.aggregators.trimmed_mean import trimmed_mean
 from poisonguard.errors import UserError
 
 log = logging.getLogger(__name__)
-
-# The plain functions, under their rule names (shadowing the modules of the same name).
-fedavg, median, trimmed_mean = fedavg_rule, median_rule, trimmed_mean_rule
-krum, multi_krum, bulyan = krum_rule, multi_krum_rule, bulyan_rule
-geometric_median, centered_clipping, norm_bound = geometric_median_rule, centered_clipping_rule, norm_bound_rule
-fltrust, flame = fltrust_rule, flame_rule
 
 __all__ = [
     "fedavg", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median",
