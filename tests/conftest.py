@@ -36,7 +36,7 @@ def _train(mnist, trigger, *, arch="mnist_cnn", seed=0, epochs=8):
     from poisonguard.train import fit
 
     data = poison_dataset(mnist.train, trigger, rate=0.1, seed=seed).data if trigger is not None else mnist.train
-    model = build_model(arch, num_classes=10, input_shape=mnist.input_shape)
+    model = build_model(arch, num_classes=10, input_shape=mnist.input_shape, seed=seed)
     return fit(model, data, epochs=epochs, batch_size=64, seed=seed, device="cpu")
 
 

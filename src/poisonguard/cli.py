@@ -58,6 +58,13 @@ def probability(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -248,7 +255,8 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
     config = fit_config(args, splits)
     start = time.perf_counter()
     if defense is None:
-        model = fit(build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape), train_data, config)
+        model = fit(build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=config.seed),
+                    train_data, config)
         saved = False
     else:
         job = TrainJob(args=args, splits=splits, train=train_data, arch=arch, config=config, out_dir=out,
@@ -384,7 +392,8 @@ def cmd_demo(args) -> int:
     models = {}
     for name, data in (("backdoored", poisoned), ("clean", splits.train)):
         start = time.perf_counter()
-        model = fit(build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape), data, config)
+        model = fit(build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=config.seed),
+                    data, config)
         ev = evaluate(model, splits.test, trigger)
         meta = save_model(model, out / name / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
                           training={"command": "demo", "poisoned": name == "backdoored", "epochs": config.epochs},

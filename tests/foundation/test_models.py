@@ -125,3 +125,12 @@ def test_check_classifier_rejects_non_classifiers():
 
     with pytest.raises(UserError, match="NaN"):
         check_classifier(NaNNet(), (1, 28, 28), 10)
+
+
+def test_build_model_seed_fixes_the_initial_weights():
+    a = build_model("mnist_cnn", num_classes=10, input_shape=(1, 28, 28), seed=5)
+    torch.randn(100)  # whatever else used the global generator in between must not matter
+    state = torch.get_rng_state()
+    b = build_model("mnist_cnn", num_classes=10, input_shape=(1, 28, 28), seed=5)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's generator is left alone
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

@@ -31,7 +31,8 @@ def _run_gaussian(job: TrainJob) -> nn.Module:
     sigma = job.args.sigma
     if sigma is None:
         raise UserError("--defense gaussian-augment needs --sigma")
-    model = build_model(job.arch, num_classes=job.splits.num_classes, input_shape=job.splits.input_shape)
+    model = build_model(job.arch, num_classes=job.splits.num_classes, input_shape=job.splits.input_shape,
+                        seed=job.config.seed)
     fit_gaussian_augment(model, job.train, job.config, sigma=sigma)
     job.extra["sigma"] = sigma
     job.report.set("defense", {"name": "gaussian_augment", "sigma": sigma})

@@ -37,11 +37,21 @@ def normalizer(channels: int) -> Normalize:
     return Normalize(mean, std)
 
 
-def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
-    """Instantiate a registered architecture for images of `input_shape` (C, H, W)."""
+def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int], seed: int | None = None) -> nn.Module:
+    """Instantiate a registered architecture for images of `input_shape` (C, H, W).
+
+    With `seed` the initial weights depend on the seed alone; without it they come from
+    torch's global generator, i.e. from whatever ran before in the process (test order,
+    earlier models), which made "the same seed" give different models.
+    """
     if num_classes < 2:
         raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
     if len(input_shape) != 3:
         raise UserError(f"input shape must be (C, H, W), got {tuple(input_shape)}")
     factory = ARCHITECTURES.get(arch)
-    return factory(num_classes=num_classes, input_shape=tuple(int(s) for s in input_shape))
+    shape = tuple(int(s) for s in input_shape)
+    if seed is None:
+        return factory(num_classes=num_classes, input_shape=shape)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's generator as it was
+        torch.manual_seed(seed)
+        return factory(num_classes=num_classes, input_shape=shape)

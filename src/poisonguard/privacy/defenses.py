@@ -91,7 +91,8 @@ def _save_fixed(model: nn.Module, job: TrainJob) -> None:
 
 def run(job: TrainJob) -> nn.Module:
     trainer = trainer_from_args(job.args, job)
-    model = build_model(job.arch, num_classes=job.splits.num_classes, input_shape=job.splits.input_shape)
+    model = build_model(job.arch, num_classes=job.splits.num_classes, input_shape=job.splits.input_shape,
+                        seed=job.config.seed)
     trained, privacy = trainer.fit(model, job.train)
     job.report.set("privacy", privacy)
     job.extra["privacy"] = privacy

@@ -44,7 +44,8 @@ def _compare(ctx: StageContext) -> None:
     keep = np.sort(rng.choice(len(train), size=min(DEMO_SAMPLES, len(train)), replace=False))
     poisoned = poison_dataset(train.subset(keep), ctx.trigger, rate=DEMO_POISON_RATE, seed=ctx.seed)
     data, k = poisoned.data, len(poisoned.poisoned_index)
-    build = lambda: build_model(ctx.arch, num_classes=ctx.splits.num_classes, input_shape=ctx.splits.input_shape)  # noqa: E731
+    build = lambda: build_model(ctx.arch, num_classes=ctx.splits.num_classes, input_shape=ctx.splits.input_shape,  # noqa: E731
+                                seed=ctx.seed)
     start = time.perf_counter()
     plain = fit(build(), data, epochs=3, batch_size=64, seed=ctx.seed, device=ctx.device)
     plain_s = time.perf_counter() - start
