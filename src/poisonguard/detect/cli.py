@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def add_commands(sub) -> None:
-    from poisonguard.cli import add_common, add_model, positive_int, probability
+    from poisonguard.cli import add_common, add_model, positive_float, positive_int, probability
 
     p = sub.add_parser("scan", help="is this model backdoored? reverse-engineer triggers (Neural Cleanse, TABOR, DeepInspect)")
     add_model(p)
@@ -20,6 +20,8 @@ def add_commands(sub) -> None:
     p.add_argument("--clean-fraction", type=probability, default=0.05, help="share of the training part used as clean data (default 0.05)")
     p.add_argument("--epochs", type=positive_int, default=None, help="inversion epochs for neural-cleanse / tabor (default 40)")
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect (default 300)")
+    p.add_argument("--threshold", type=positive_float, default=None,
+                   help="anomaly index above which a class is flagged (default 2, the papers' ~95%% level)")
     p.add_argument("--prune-after", type=positive_int, default=None, help="drop the least promising classes after this many epochs")
     p.add_argument("--input-shape", default=None, help="C,H,W for --data none when the model has no metadata.json")
     p.add_argument("--num-classes", type=positive_int, default=None, help="class count for --data none without metadata.json")
@@ -56,6 +58,8 @@ def build_detector(name: str, args):
 
     cls = DETECTORS.get(name)
     options = {"seed": args.seed, "device": args.device}
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
     if name in ("neural_cleanse", "tabor"):
         if args.epochs:
             options["epochs"] = args.epochs

@@ -34,15 +34,8 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
-    from poisonguard.cli import add_common, add_data, positive_int
+    from poisonguard.cli import add_common, add_data, positive_float, positive_int
 
     add_data(p, required=False)
     g = p.add_argument_group("federation")
@@ -51,12 +44,12 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rounds", type=positive_int, default=10, help="attacked rounds R (default 10)")
     g.add_argument("--warmup", type=int, default=0,
                    help="attack-free FedAvg rounds first (a converging model, where model replacement strikes)")
-    g.add_argument("--dirichlet", type=_positive_float, default=None, metavar="ALPHA",
+    g.add_argument("--dirichlet", type=positive_float, default=None, metavar="ALPHA",
                    help="non-IID Dirichlet(ALPHA) split (default: IID)")
     g.add_argument("--sample-fraction", type=float, default=1.0, help="share of clients sampled per round")
     g.add_argument("--local-epochs", type=positive_int, default=1)
     g.add_argument("--batch-size", type=positive_int, default=32)
-    g.add_argument("--lr", type=_positive_float, default=0.02, help="local SGD learning rate (momentum 0.9)")
+    g.add_argument("--lr", type=positive_float, default=0.02, help="local SGD learning rate (momentum 0.9)")
     g.add_argument("--arch", default=None, help="model (default mnist_cnn for 1 channel, lenet5 for 3)")
     g.add_argument("--f", type=int, default=None, help="malicious clients the rule tolerates (default: --malicious)")
     g.add_argument("--agg-opt", action="append", metavar="NAME=VALUE", help="aggregator hyperparameter, repeatable")
