@@ -1,12 +1,17 @@
-"""The `scan` stage of `demo` and `checklist`: Neural Cleanse on the model under test.
+"""The `scan` stage of `demo` and `checklist`: Neural Cleanse, then data-free DeepInspect.
 
-It shares the Detection as `ctx.shared["scan"]` (masks and patterns on it) and writes
-`trigger_<class>.npz` for each flagged class, so the repair stage can unlearn that trigger.
+The two rest on different evidence (NC: the smallest mask that flips clean images;
+DeepInspect: the smallest perturbation a generator needs on inputs synthesised from the
+model alone), and on small models one can miss what the other finds, so both report.
+`ctx.shared["scan"]` is NC's Detection when NC flags the model, else DeepInspect's when it
+does (masks and patterns on it), and `trigger_<class>.npz` is written for each flagged
+class, so the repair stage can unlearn that trigger.
 """
 
 from __future__ import annotations
 
 from poisonguard.data import per_class_subset
+from poisonguard.detect.deepinspect import DeepInspect
 from poisonguard.detect.neural_cleanse import NeuralCleanse
 from poisonguard.detect.report import add_to_report, write_triggers
 from poisonguard.stages import StageContext, register_stage
@@ -17,14 +22,20 @@ def scan_stage(ctx: StageContext) -> None:
     clean = per_class_subset(ctx.splits.train, fraction=0.05, seed=ctx.seed)
     # Quick (demo) mode: fewer, shorter epochs keep the stage near 20 s on 2 CPU cores.
     options = {"epochs": 12, "early_stop_patience": 4, "patience": 2} if ctx.quick else {}
-    det = NeuralCleanse(seed=ctx.seed, device=ctx.device, **options).detect(ctx.model, clean)
-    ctx.shared["scan"] = det
-    paths = write_triggers(det, ctx.out_dir)
+    detections = [
+        NeuralCleanse(seed=ctx.seed, device=ctx.device, **options).detect(ctx.model, clean),
+        DeepInspect(seed=ctx.seed, device=ctx.device).detect(ctx.model, None, input_shape=ctx.splits.input_shape,
+                                                             num_classes=ctx.splits.num_classes),
+    ]
+    ctx.shared["scan"] = next((d for d in detections if d.backdoored), detections[0])
+    examples = ctx.splits.test.x[: ctx.splits.num_classes]
+    taken: set[int] = set()
+    paths = []
+    for order, det in enumerate(detections):
+        paths += write_triggers(det, ctx.out_dir, taken=taken)
+        if ctx.trigger is not None and getattr(ctx.trigger, "target", None) is not None:
+            det.extra["true_target"] = int(ctx.trigger.target)
+            det.extra["true_target_found"] = ctx.trigger.target in det.flagged_classes
+        add_to_report(ctx.report, det, examples, list(ctx.splits.classes), order=20 + order)
     if paths:
         ctx.shared["scan_triggers"] = paths
-    if ctx.trigger is not None and getattr(ctx.trigger, "target", None) is not None:
-        found = ctx.trigger.target in det.flagged_classes
-        det.extra["true_target"] = int(ctx.trigger.target)
-        det.extra["true_target_found"] = bool(found)
-    examples = ctx.splits.test.x[: ctx.splits.num_classes]
-    add_to_report(ctx.report, det, examples, list(ctx.splits.classes), order=20)
