@@ -30,6 +30,26 @@ def test_median_odd_and_even():
     assert torch.allclose(A.median(t([[1], [2], [10], [4]])), t([3]))  # (2 + 4) / 2
 
 
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["cpu-numpy", "torch"])
+@pytest.mark.parametrize("n", [7, 8])
+def test_order_statistics_equal_a_full_sort_on_both_paths(monkeypatch, numpy_path, n):
+    from poisonguard.federated.aggregators import order_stats
+
+    monkeypatch.setattr(order_stats, "_on_numpy", lambda x: numpy_path)
+    g = torch.Generator().manual_seed(n)
+    ties = torch.randint(0, 4, (n, 300), generator=g).float()  # many equal values per coordinate
+    s = ties.sort(0).values
+    median = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+    assert torch.equal(order_stats.coordinate_median(ties), median)
+    assert torch.allclose(order_stats.coordinate_trimmed_mean(ties, 2), s[2:n - 2].mean(0))
+    # Bulyan's stage: the mean of the beta values nearest the median (continuous data: no
+    # ties in distance, so the nearest set is unique).
+    x = torch.randn(n, 300, generator=g)
+    med = order_stats.coordinate_median(x)
+    nearest = (x - med).abs().argsort(0)[: n - 3]
+    assert torch.allclose(order_stats.mean_closest_to_median(x, n - 3), x.gather(0, nearest).mean(0), atol=1e-6)
+
+
 def test_trimmed_mean():
     out = A.trimmed_mean(t([[1, -50], [2, 0], [3, 1], [100, 2]]), f=1)
     assert torch.allclose(out, t([2.5, 0.5]))
@@ -41,6 +61,12 @@ def test_pairwise_distances_match_cdist():
     assert torch.allclose(pairwise_sq_distances(x), ref, rtol=1e-4, atol=1e-3)
     shifted = x + 50  # whole models sharing large weights: centring keeps the precision
     assert torch.allclose(pairwise_sq_distances(shifted, centre=True), ref, rtol=1e-4, atol=1e-2)
+    # float64 (scipy's dsyrk) and a non-contiguous view take the same path to the same answer.
+    assert torch.allclose(pairwise_sq_distances(x.double()), torch.cdist(x.double(), x.double()).pow(2), rtol=1e-9,
+                          atol=1e-8)
+    wide = torch.randn(1000, 7, generator=torch.Generator().manual_seed(1)).T
+    assert torch.allclose(pairwise_sq_distances(wide), torch.cdist(wide.double(), wide.double()).pow(2).float(),
+                          rtol=1e-4, atol=1e-3)
 
 
 def test_krum_and_multi_krum():

@@ -8,7 +8,7 @@ from poisonguard.federated.aggregators.base import (
     check_f, check_updates, pairwise_sq_distances, register_aggregator,
 )
 from poisonguard.federated.aggregators.krum import krum_scores
-from poisonguard.federated.aggregators.median import coordinate_median
+from poisonguard.federated.aggregators.order_stats import mean_closest_to_median
 
 
 def bulyan_select(dist: torch.Tensor, f: int, theta: int) -> list[int]:
@@ -56,9 +56,4 @@ def bulyan(updates: torch.Tensor, weights: torch.Tensor | None = None, *, f: int
     if info is not None:
         info["selected"] = sorted(chosen)
     selected = updates[torch.tensor(chosen, device=updates.device)]
-    if beta == theta:
-        return selected.mean(0)
-    med = coordinate_median(selected)
-    # The beta values closest to the median are all but the 2f farthest: select the few.
-    farthest = (selected - med).abs().topk(2 * f, dim=0, largest=True, sorted=False).indices
-    return (selected.sum(0) - selected.gather(0, farthest).sum(0)) / beta
+    return mean_closest_to_median(selected, beta)

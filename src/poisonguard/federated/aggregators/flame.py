@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from poisonguard.federated.aggregators.median import coordinate_median
+from poisonguard.federated.aggregators.order_stats import coordinate_median
 from poisonguard.federated.aggregators.base import check_updates, register_aggregator
 from poisonguard.federated.aggregators.norm_bound import clip_rows
 

@@ -5,19 +5,7 @@ from __future__ import annotations
 import torch
 
 from poisonguard.federated.aggregators.base import check_updates, register_aggregator
-
-
-def coordinate_median(x: torch.Tensor) -> torch.Tensor:
-    """Exact per-column median of (n, d) -> (d,); the mean of the two middle values when n is even.
-
-    torch.median returns the lower middle value, which is not the statistical median for even
-    n; the lower median of x and of -x give the two middle values.
-    """
-    n = x.shape[0]
-    if n % 2 == 1:
-        return x.median(dim=0).values
-    # Lower median of x and of -x (= minus the upper median): two selections, no full sort.
-    return 0.5 * (x.median(dim=0).values - x.neg().median(dim=0).values)
+from poisonguard.federated.aggregators.order_stats import coordinate_median
 
 
 @register_aggregator("median", summary="coordinate-wise median (Yin et al., 2018)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from poisonguard.federated.aggregators.median import coordinate_median
+from poisonguard.federated.aggregators.order_stats import coordinate_median
 from poisonguard.federated.aggregators.base import check_updates, register_aggregator, weighted_mean
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from poisonguard.federated.aggregators.base import check_f, check_updates, register_aggregator
+from poisonguard.federated.aggregators.order_stats import coordinate_trimmed_mean
 
 
 @register_aggregator("trimmed_mean", summary="coordinate-wise trimmed mean (Yin et al., 2018)")
@@ -25,9 +26,4 @@ def trimmed_mean(updates: torch.Tensor, weights: torch.Tensor | None = None, *, 
     n = updates.shape[0]
     if n <= 2 * f:
         raise ValueError(f"trimmed_mean needs n > 2f clients (n={n}, f={f})")
-    if f == 0:
-        return updates.mean(0)
-    # The sum minus the f largest and f smallest needs two partial selections, not a full sort.
-    top = updates.topk(f, dim=0, largest=True, sorted=False).values.sum(0)
-    bottom = updates.topk(f, dim=0, largest=False, sorted=False).values.sum(0)
-    return (updates.sum(0) - top - bottom) / (n - 2 * f)
+    return coordinate_trimmed_mean(updates, f)
