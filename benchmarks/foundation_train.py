@@ -24,14 +24,15 @@ import torch
 
 from poisonguard import utils
 from poisonguard.attacks import badnets_trigger, poison_dataset
-from poisonguard.data import load_data
+from poisonguard.data import load_data, per_class_subset
 from poisonguard.models import build_model
 from poisonguard.train import FitConfig, evaluate, fit
 
 
 def train_badnets(data: str, arch: str, config: FitConfig, limit: int | None) -> dict:
     splits = load_data(data)
-    train = splits.train if limit is None else splits.train.subset(torch.arange(min(limit, len(splits.train))))
+    # A balanced subset: CIFAR's training part is stored class by class.
+    train = splits.train if limit is None else per_class_subset(splits.train, per_class=max(1, limit // splits.num_classes))
     trigger = badnets_trigger(splits.input_shape, target=0, size=3)
     poisoned = poison_dataset(train, trigger, rate=0.1, seed=config.seed).data
     start = time.perf_counter()
@@ -57,7 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", action="store_true", help="CIFAR-10 PreActResNet-18 instead of MNIST 5k mnist_cnn")
     p.add_argument("--epochs", type=int, default=None, help="default: 10 (MNIST, as `poisonguard attack`), 1 (CIFAR)")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
+    p.add_argument("--limit", type=int, default=None, help="train on a balanced subset of about N training images")
     p.add_argument("--demo", action="store_true", help="also time `poisonguard demo`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
