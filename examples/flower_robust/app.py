@@ -28,7 +28,7 @@ server = ServerApp()
 
 
 def _model(splits):
-    return build_model("mnist_cnn", num_classes=splits.num_classes, input_shape=splits.input_shape)
+    return build_model("mnist_cnn", num_classes=splits.num_classes, input_shape=splits.input_shape, seed=0)
 
 
 @client.train()
