@@ -185,8 +185,7 @@ class Simulator:
 
     def build_model(self, splits: Splits) -> nn.Module:
         arch = self.arch or ("mnist_cnn" if splits.input_shape[0] == 1 else "lenet5")
-        torch.manual_seed(self.seed)
-        return build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape)
+        return build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=self.seed)
 
     def _clients(self, splits: Splits, attack: FLAttack) -> list[_Client]:
         parts = split_clients(splits.train.y.numpy(), self.clients, dirichlet=self.dirichlet, seed=self.seed)
