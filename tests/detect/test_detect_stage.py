@@ -24,3 +24,19 @@ def test_scan_stage_runs_nc_and_deepinspect_and_shares_the_flagging_one(mnist, b
     assert report.data["detections"][1]["flagged_classes"][:1] == [0]
     assert shared.backdoored and shared.flagged_classes[0] == 0
     assert (tmp_path / "trigger_0.npz").is_file() and ctx.shared["scan_triggers"]
+
+
+def test_scan_stage_keeps_nc_when_deepinspect_cannot_run(mnist, badnets_model, tmp_path, monkeypatch):
+    from poisonguard.detect import stage
+    from poisonguard.errors import UserError
+
+    def refuse(self, *args, **kwargs):
+        raise UserError("deepinspect: cannot invert this model")
+
+    monkeypatch.setattr(stage.DeepInspect, "detect", refuse)
+    report = Report("checklist")
+    ctx = StageContext(command="checklist", model=badnets_model, splits=mnist, report=report, out_dir=tmp_path,
+                       arch="mnist_cnn", trigger=None, quick=True, shared={}, device="cpu")
+    stage.scan_stage(ctx)
+    assert [d["method"] for d in report.data["detections"]] == ["neural_cleanse"]
+    assert ctx.shared["scan"].method == "neural_cleanse"

@@ -10,11 +10,16 @@ class, so the repair stage can unlearn that trigger.
 
 from __future__ import annotations
 
+import logging
+
 from poisonguard.data import per_class_subset
 from poisonguard.detect.deepinspect import DeepInspect
 from poisonguard.detect.neural_cleanse import NeuralCleanse
 from poisonguard.detect.report import add_to_report, write_triggers
+from poisonguard.errors import UserError
 from poisonguard.stages import StageContext, register_stage
+
+log = logging.getLogger(__name__)
 
 
 @register_stage("scan", order=20)
@@ -22,11 +27,12 @@ def scan_stage(ctx: StageContext) -> None:
     clean = per_class_subset(ctx.splits.train, fraction=0.05, seed=ctx.seed)
     # Quick (demo) mode: fewer, shorter epochs keep the stage near 20 s on 2 CPU cores.
     options = {"epochs": 12, "early_stop_patience": 4, "patience": 2} if ctx.quick else {}
-    detections = [
-        NeuralCleanse(seed=ctx.seed, device=ctx.device, **options).detect(ctx.model, clean),
-        DeepInspect(seed=ctx.seed, device=ctx.device).detect(ctx.model, None, input_shape=ctx.splits.input_shape,
-                                                             num_classes=ctx.splits.num_classes),
-    ]
+    detections = [NeuralCleanse(seed=ctx.seed, device=ctx.device, **options).detect(ctx.model, clean)]
+    try:
+        detections.append(DeepInspect(seed=ctx.seed, device=ctx.device).detect(
+            ctx.model, None, input_shape=ctx.splits.input_shape, num_classes=ctx.splits.num_classes))
+    except UserError as exc:  # e.g. a model the inversion cannot handle: keep NC's verdict
+        log.warning("scan stage: DeepInspect skipped: %s", exc)
     ctx.shared["scan"] = next((d for d in detections if d.backdoored), detections[0])
     examples = ctx.splits.test.x[: ctx.splits.num_classes]
     taken: set[int] = set()
