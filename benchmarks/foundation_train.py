@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -50,7 +51,7 @@ def time_demo() -> dict:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "poisonguard", "demo", "--out", out, "--quiet"], check=True,
                    env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    report = json.loads(open(os.path.join(out, "report.json")).read())
+    report = json.loads(Path(out, "report.json").read_text())
     return {"demo_seconds": round(time.perf_counter() - start, 1), "stages": {s["stage"]: s["status"] for s in report.get("stages", [])}}
 
 

@@ -44,6 +44,13 @@ class TrainJob:
     saved: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model of the job's architecture for its data, seeded by its recipe."""
+        from poisonguard.models import build_model
+
+        return build_model(self.arch, num_classes=self.splits.num_classes, input_shape=self.splits.input_shape,
+                           seed=self.config.seed)
+
 
 @dataclass(frozen=True)
 class TrainDefense:

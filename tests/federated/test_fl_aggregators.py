@@ -35,7 +35,7 @@ def test_median_odd_and_even():
 def test_order_statistics_equal_a_full_sort_on_both_paths(monkeypatch, numpy_path, n):
     from poisonguard.federated.aggregators import order_stats
 
-    monkeypatch.setattr(order_stats, "_on_numpy", lambda x: numpy_path)
+    monkeypatch.setattr(order_stats, "runs_on_numpy", lambda x: numpy_path)
     g = torch.Generator().manual_seed(n)
     ties = torch.randint(0, 4, (n, 300), generator=g).float()  # many equal values per coordinate
     s = ties.sort(0).values

@@ -17,7 +17,6 @@ from poisonguard.certify.augment import fit_gaussian_augment
 from poisonguard.certify.ensemble import PartitionTraining, check_partitions, save_ensemble, train_partition_models
 from poisonguard.defenses import TRAIN_DEFENSES, TrainDefense, TrainJob
 from poisonguard.errors import UserError
-from poisonguard.models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +30,7 @@ def _run_gaussian(job: TrainJob) -> nn.Module:
     sigma = job.args.sigma
     if sigma is None:
         raise UserError("--defense gaussian-augment needs --sigma")
-    model = build_model(job.arch, num_classes=job.splits.num_classes, input_shape=job.splits.input_shape,
-                        seed=job.config.seed)
+    model = job.build_model()
     fit_gaussian_augment(model, job.train, job.config, sigma=sigma)
     job.extra["sigma"] = sigma
     job.report.set("defense", {"name": "gaussian_augment", "sigma": sigma})

@@ -35,13 +35,14 @@ def scan_stage(ctx: StageContext) -> None:
         log.warning("scan stage: DeepInspect skipped: %s", exc)
     ctx.shared["scan"] = next((d for d in detections if d.backdoored), detections[0])
     examples = ctx.splits.test.x[: ctx.splits.num_classes]
+    true_target = getattr(ctx.trigger, "target", None)  # known only when the caller gave the real trigger
     taken: set[int] = set()
     paths = []
     for order, det in enumerate(detections):
         paths += write_triggers(det, ctx.out_dir, taken=taken)
-        if ctx.trigger is not None and getattr(ctx.trigger, "target", None) is not None:
-            det.extra["true_target"] = int(ctx.trigger.target)
-            det.extra["true_target_found"] = ctx.trigger.target in det.flagged_classes
+        if true_target is not None:
+            det.extra["true_target"] = int(true_target)
+            det.extra["true_target_found"] = true_target in det.flagged_classes
         add_to_report(ctx.report, det, examples, list(ctx.splits.classes), order=20 + order)
     if paths:
         ctx.shared["scan_triggers"] = paths

@@ -15,7 +15,6 @@ from torch import nn
 
 from poisonguard.defenses import TRAIN_DEFENSES, TrainDefense, TrainJob
 from poisonguard.errors import UserError
-from poisonguard.models import build_model
 from poisonguard.privacy.accounting import ACCOUNTANTS, default_delta
 from poisonguard.privacy.dp_sgd import DPSGD
 from poisonguard.privacy.engine import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES
@@ -91,8 +90,7 @@ def _save_fixed(model: nn.Module, job: TrainJob) -> None:
 
 def run(job: TrainJob) -> nn.Module:
     trainer = trainer_from_args(job.args, job)
-    model = build_model(job.arch, num_classes=job.splits.num_classes, input_shape=job.splits.input_shape,
-                        seed=job.config.seed)
+    model = job.build_model()
     trained, privacy = trainer.fit(model, job.train)
     job.report.set("privacy", privacy)
     job.extra["privacy"] = privacy

@@ -85,10 +85,15 @@ def check_f(name: str, f: int) -> None:
         raise ValueError(f"{name}: f (number of malicious clients tolerated) must be a non-negative integer, got {f!r}")
 
 
+def runs_on_numpy(x: torch.Tensor) -> bool:
+    """Whether `x` can be handed to NumPy/SciPy kernels as it is (a CPU float tensor, no autograd)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad
+
+
 def _gram(x: torch.Tensor) -> torch.Tensor:
     """x @ x.T. On a CPU, BLAS's symmetric rank-k update (syrk) computes only one triangle:
     about half the work of the general product, which is most of Krum's time."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
+    if not runs_on_numpy(x):
         return x @ x.T
     from scipy.linalg.blas import dsyrk, ssyrk
 

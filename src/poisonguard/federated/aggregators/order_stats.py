@@ -13,9 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def _on_numpy(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad
+from poisonguard.federated.aggregators.base import runs_on_numpy
 
 
 def _rows(x: torch.Tensor) -> np.ndarray:
@@ -35,7 +33,7 @@ def _median_of_rows(rows: np.ndarray) -> np.ndarray:
 
 def coordinate_median(x: torch.Tensor) -> torch.Tensor:
     """Exact per-column median of (n, d) -> (d,); the mean of the two middle values when n is even."""
-    if _on_numpy(x):
+    if runs_on_numpy(x):
         return torch.from_numpy(_median_of_rows(_rows(x)))
     n = x.shape[0]
     lower = x.median(dim=0).values  # torch gives the lower middle value
@@ -53,7 +51,7 @@ def coordinate_trimmed_mean(x: torch.Tensor, f: int) -> torch.Tensor:
     n = x.shape[0]
     if f == 0:
         return x.mean(0)
-    if _on_numpy(x):
+    if runs_on_numpy(x):
         kept = np.partition(_rows(x), f, axis=1)[:, f:]                 # without the f smallest
         kept = np.partition(kept, n - 2 * f - 1, axis=1)[:, : n - 2 * f]  # and the f largest
         return torch.from_numpy(kept.mean(axis=1))
@@ -67,7 +65,7 @@ def mean_closest_to_median(x: torch.Tensor, beta: int) -> torch.Tensor:
     n = x.shape[0]
     if beta == n:
         return x.mean(0)
-    if _on_numpy(x):
+    if runs_on_numpy(x):
         rows = _rows(x)
         distance = np.abs(rows - _median_of_rows(rows)[:, None])
         nearest = np.argpartition(distance, beta - 1, axis=1)[:, :beta]
