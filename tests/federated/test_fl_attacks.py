@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from poisonguard.data import Splits, per_class_subset
+from poisonguard.errors import UserError
 from poisonguard.federated import aggregators as A
 from poisonguard.federated.attacks import alie_z, attack_names, make_attack
 from poisonguard.federated.simulate import Simulator, flat_params, split_clients
@@ -46,6 +47,54 @@ def test_alie_stays_in_the_benign_range_and_shifts_fedavg_down():
     # range a robust rule accepts (every crafted value lies within mu +- sigma).
     assert torch.allclose(shift, -0.2 * z * sigma, atol=1e-6)
     assert ((crafted - mu).abs() <= sigma).all()
+
+
+def test_alie_backdoor_training_pulls_hardest_where_benign_clients_agree():
+    benign, own = _updates()
+    benign[:, 0] = 1.0 + 0.001 * torch.randn(benign.shape[0])  # a coordinate every benign client agrees on
+    alpha, lr = 0.2, 0.05
+    attack = make_attack("alie", input_shape=SHAPE, num_classes=10, alpha=alpha)
+    start, prox = attack.local_training(benign, own, n_clients=10, lr=lr)
+    mu, sigma = benign.mean(0), benign.std(0)
+    assert torch.equal(start, mu)  # training starts at the benign mean (the paper's initialisation)
+    away = mu + 1.0
+    pulled = prox(away[None])[0]
+    # Prox of (1 - alpha)/alpha * mean_j ((u_j - mu_j)/sigma_j)^2 at rate lr, by hand:
+    rate = lr * 2 * (1 - alpha) / (alpha * mu.numel()) / sigma.square()
+    assert torch.allclose(pulled, away - rate / (1 + rate) * 1.0, atol=1e-5)
+    # The agreed coordinate snaps back to the mean; the spread ones keep a good part of the move.
+    assert (pulled[0] - mu[0]).abs() < 0.01 and ((pulled[1:] - mu[1:]) > 0.2).all()
+    crafted = attack.craft(pulled[None].expand_as(own), benign, generator=torch.Generator(), n_clients=10)
+    assert ((crafted - mu).abs() <= alie_z(10, 2) * sigma + 1e-6).all()
+
+
+def test_alie_projected_training_stays_in_the_box_and_plain_attacks_do_not_retrain():
+    benign, own = _updates()
+    attack = make_attack("alie", input_shape=SHAPE, num_classes=10, project=True, z=0.5)
+    start, prox = attack.local_training(benign, own, n_clients=10, lr=0.1)
+    mu, sigma = benign.mean(0), benign.std(0)
+    boxed = prox(torch.stack([mu + 3 * sigma, mu - 3 * sigma, mu]))
+    assert torch.allclose(boxed, torch.stack([mu + 0.5 * sigma, mu - 0.5 * sigma, mu]))
+    assert make_attack("alie", input_shape=SHAPE, num_classes=10, backdoor=False).local_training(
+        benign, own, n_clients=10, lr=0.1) is None
+    assert make_attack("backdoor", input_shape=SHAPE, num_classes=10).local_training(
+        benign, own, n_clients=10, lr=0.1) is None
+    with pytest.raises(UserError):
+        make_attack("alie", input_shape=SHAPE, num_classes=10, alpha=0)
+
+
+def test_local_training_applies_the_prox_after_every_step(mnist):
+    from poisonguard.federated.simulate import LocalTrainer
+    from poisonguard.models import build_model
+
+    model = build_model("mnist_cnn", num_classes=10, input_shape=SHAPE, seed=0)
+    trainer = LocalTrainer(model, lr=0.1, vectorize=False)
+    start = flat_params(model)
+    xs, ys = mnist.train.x[:64].view(1, 2, 32, *SHAPE), mnist.train.y[:64].view(1, 2, 32)
+    free = trainer.train(start, xs, ys)[0]
+    boxed = trainer.train(start, xs, ys, prox=lambda w: start + (w - start).clamp(-1e-4, 1e-4))[0]
+    assert (free - start).abs().max() > 1e-3
+    assert (boxed - start).abs().max() <= 1e-4 + 1e-7
 
 
 def test_backdoor_and_label_flip_poison_client_data(mnist):

@@ -4,6 +4,9 @@ An attack acts at two points of a round (both optional):
 
 * `client_data(data, seed)`: what a malicious client trains on (data poisoning: backdoor
   triggers from `poisonguard.attacks`, flipped labels);
+* `local_training(benign, own, n_clients, lr)`: optionally, a start and a proximal step for
+  retraining the malicious clients once the benign updates are known (ALIE's backdoor
+  training stays near the benign mean);
 * `craft(own, benign, generator)`: what malicious clients send, given their own honest-looking
   updates (m, d) and, for omniscient attacks, the benign clients' updates (b, d).
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -39,6 +42,12 @@ class FLAttack:
 
     def client_data(self, data: ImageData, *, seed: int = 0) -> ImageData:
         return data
+
+    def local_training(self, benign: torch.Tensor, own: torch.Tensor, *, n_clients: int, lr: float
+                       ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """Retrain the malicious clients: (start update (d,), prox on (k, d) updates applied
+        after every local SGD step of rate `lr`). None (the default): keep plain local training."""
+        return None
 
     def craft(self, own: torch.Tensor, benign: torch.Tensor, *, generator: torch.Generator,
               n_clients: int) -> torch.Tensor:
@@ -144,28 +153,65 @@ class ALIE(_Backdoor):
     """"A little is enough" (Baruch, Baruch & Goldberg, 2019).
 
     Attackers estimate the per-coordinate mean mu and std sigma of the benign updates and stay
-    inside mu +- z sigma, where the robust rules cannot tell them apart. With `backdoor=True`
-    (default) each attacker trains on backdoored data and its update is clamped to that box
-    (the paper's backdoor variant); with `backdoor=False` it sends mu - z sigma (the
-    untargeted variant, which drags every coordinate the same way).
+    inside mu +- z sigma, where the robust rules cannot tell them apart (z from `alie_z`).
+
+    Backdoor variant (`backdoor=True`, the default; the paper's backdooring algorithm): each
+    attacker trains on its backdoored data starting from the benign mean update, with the loss
+    alpha * CE + (1 - alpha) * l_delta, where l_delta = mean_j ((delta_j - mu_j) / sigma_j)^2
+    keeps the update near the mean in units of sigma, so the backdoor is learnt in the
+    coordinates the benign clients disagree on and survives the final clamp to mu +- z sigma.
+    The paper states l_delta as a distance to the mean; measuring it in sigma units (the same
+    units as the clamp) is our choice. `alpha=1` drops the term (train, then clamp).
+
+    Untargeted variant (`backdoor=False`): send mu - z sigma, which drags every coordinate the
+    same way.
+
+    mu and sigma come from the benign clients' updates of the round (the omniscient estimate;
+    the paper's attackers estimate them from their own clean data).
     """
 
     name = "alie"
 
-    def __init__(self, *, backdoor: bool = True, z: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, backdoor: bool = True, z: float | None = None, alpha: float = 0.2,
+                 project: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        _check(0 < alpha <= 1, f"alpha must lie in (0, 1], got {alpha}")
+        _check(z is None or z > 0, f"z must be positive, got {z}")
         self.backdoor = bool(backdoor)
-        self.z = z
+        self.z, self.alpha, self.project = z, float(alpha), bool(project)
         if not self.backdoor:
             self.trigger = None
 
     def client_data(self, data, *, seed=0):
         return super().client_data(data, seed=seed) if self.backdoor else data
 
-    def craft(self, own, benign, *, generator, n_clients):
+    @staticmethod
+    def _moments(benign: torch.Tensor, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pool = torch.cat([benign, own]) if benign.shape[0] < 2 else benign
-        mu, sigma = pool.mean(0), pool.std(0)
-        z = self.z if self.z is not None else alie_z(n_clients, own.shape[0])
+        return pool.mean(0), pool.std(0)
+
+    def local_training(self, benign, own, *, n_clients, lr):
+        if not self.backdoor:
+            return None
+        mu, sigma = self._moments(benign, own)
+        if self.project:
+            z = self._z(n_clients, own.shape[0])
+            return mu, lambda u: torch.maximum(torch.minimum(u, mu + z * sigma), mu - z * sigma)
+        if self.alpha == 1:
+            return None
+        # Prox of (1-alpha)/alpha * mean_j ((u_j - mu_j)/sigma_j)^2 relative to the CE term; the
+        # floor pins coordinates no benign client moved without dividing by zero.
+        sigma = sigma.clamp_min(torch.finfo(sigma.dtype).tiny ** 0.25)
+        rate = lr * 2 * (1 - self.alpha) / (self.alpha * mu.numel()) / sigma.square()
+        shrink = rate / (1 + rate)
+        return mu, lambda u: u + shrink * (mu - u)
+
+    def _z(self, n_clients: int, m: int) -> float:
+        return self.z if self.z is not None else alie_z(n_clients, m)
+
+    def craft(self, own, benign, *, generator, n_clients):
+        mu, sigma = self._moments(benign, own)
+        z = self._z(n_clients, own.shape[0])
         if self.backdoor:
             return torch.maximum(torch.minimum(own, mu + z * sigma), mu - z * sigma)
         return (mu - z * sigma).expand_as(own).clone()

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -92,25 +92,29 @@ class LocalTrainer:
         self._grad = grad(loss)
         self._vgrad = vmap(self._grad)
 
-    def train(self, start: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    def train(self, start: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
+              prox: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Run local SGD from the flat global parameters for k clients.
 
         Args:
             start: (d,) global parameters.
             xs: (k, steps, B, C, H, W) each client's batches; ys: (k, steps, B) labels.
+            prox: optional map applied to the (k, d) parameters after every SGD step: the
+                proximal step of an extra loss term or a projection onto a constraint set
+                (a plain gradient step on a stiff quadratic would diverge).
 
         Returns:
             (k, d) clients' trained flat parameters.
         """
         if self.vectorize:
             try:
-                return self._train_vmap(start, xs, ys)
+                return self._train_vmap(start, xs, ys, prox)
             except Exception as exc:  # vmap has no batching rule for some layers: loop instead
                 log.warning("vmap over clients failed (%s: %s); falling back to a loop", type(exc).__name__, exc)
                 self.vectorize = False
-        return torch.stack([self._train_one(start, xs[i], ys[i]) for i in range(xs.shape[0])])
+        return torch.stack([self._train_one(start, xs[i], ys[i], prox) for i in range(xs.shape[0])])
 
-    def _train_vmap(self, start, xs, ys):
+    def _train_vmap(self, start, xs, ys, prox=None):
         k = xs.shape[0]
         flat = start.expand(k, -1).clone()
         velocity = torch.zeros_like(flat)
@@ -120,9 +124,11 @@ class LocalTrainer:
             g = torch.cat([grads[n].reshape(k, -1) for n in self.names], dim=1)
             velocity.mul_(self.momentum).add_(g)
             flat -= self.lr * velocity
+            if prox is not None:
+                flat = prox(flat)
         return flat
 
-    def _train_one(self, start, xs, ys):
+    def _train_one(self, start, xs, ys, prox=None):
         flat = start.clone()
         velocity = torch.zeros_like(flat)
         for step in range(xs.shape[0]):
@@ -130,6 +136,8 @@ class LocalTrainer:
             g = torch.cat([grads[n].reshape(-1) for n in self.names])
             velocity.mul_(self.momentum).add_(g)
             flat -= self.lr * velocity
+            if prox is not None:
+                flat = prox(flat)
         return flat
 
 
@@ -273,6 +281,13 @@ class Simulator:
             updates = trained - flat
             bad = torch.tensor([clients[c].malicious for c in ids], device=device)
             if bad.any():
+                retrain = attack.local_training(updates[~bad], updates[bad], n_clients=k, lr=self.lr)
+                if retrain is not None:  # the attack retrains its clients from its own start, with its prox
+                    begin, prox = retrain
+                    t0 = time.perf_counter()
+                    updates[bad] = trainer.train(flat + begin, xs[bad.cpu()].to(device), ys[bad.cpu()].to(device),
+                                                 prox=lambda w: flat + prox(w - flat)) - flat
+                    train_seconds += time.perf_counter() - t0
                 updates[bad] = attack.craft(updates[bad], updates[~bad], generator=noise_gen, n_clients=k).to(updates)
             weights = torch.tensor([len(clients[c].data) for c in ids], dtype=flat.dtype, device=device)
             root_update = None
