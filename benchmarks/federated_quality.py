@@ -17,6 +17,7 @@ import torch
 
 from poisonguard.data import load_data
 from poisonguard.federated.aggregators import aggregator_names
+from poisonguard.federated.cli import parse_options
 from poisonguard.federated.simulate import Simulator, run_table
 
 DEFAULT_ATTACKS = "none,model_replacement,alie,backdoor,sign_flip,gaussian,ipm,label_flip"
@@ -30,6 +31,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--aggregators", default=",".join(aggregator_names()))
     p.add_argument("--attacks", default=DEFAULT_ATTACKS)
+    p.add_argument("--attack-opt", action="append", metavar="NAME=VALUE",
+                   help="attack option, e.g. z=1.0 or backdoor=false (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids spin-wait stalls on a shared CPU)")
     p.add_argument("--json", default=None)
     p.add_argument("--warm-file", default=None, help="cache the warm start here (a tensor file) and reuse it")
@@ -38,6 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.warmup, args.rounds, args.attacks = 10, 2, "none,model_replacement"
+    attack_options = parse_options(args.attack_opt)
     splits = load_data("mnist5k")
     sim = Simulator(clients=args.clients, malicious=args.malicious, rounds=args.rounds, seed=0)
     start = time.perf_counter()
@@ -50,14 +54,14 @@ def main() -> None:
             torch.save(initial, args.warm_file)
     print(f"# warm start ready after {time.perf_counter() - start:.0f} s", flush=True)
     print(f"# MNIST 5k, {args.clients} clients, {args.malicious} malicious, warm start {args.warmup} FedAvg rounds, "
-          f"{args.rounds} attacked rounds")
+          f"{args.rounds} attacked rounds{', attack options ' + str(attack_options) if attack_options else ''}")
     print("| attack | aggregator | clean acc (last) | ASR (last) | ASR (max) | malicious selected per round | s |")
     print("|---|---|---|---|---|---|---|", flush=True)
     results = []
     for attack in args.attacks.split(","):
         for agg in args.aggregators.split(","):
             t0 = time.perf_counter()
-            r = run_table(splits, sim, [agg], [attack], initial=initial)[0]
+            r = run_table(splits, sim, [agg], [attack], initial=initial, attack_options=attack_options)[0]
             results.append(r)
             if not r.rounds:
                 print(f"| {r.attack} | {r.aggregator} | error: {r.extra['error']} | | | | |", flush=True)
