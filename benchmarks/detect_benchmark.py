@@ -22,10 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from detect_zoo import DEFAULT_CACHE, build_zoo, zoo_specs  # noqa: E402
+from detect_zoo import DEFAULT_CACHE, build_zoo, parse_seeds, zoo_specs  # noqa: E402
 
 from poisonguard.data import load_data, per_class_subset  # noqa: E402
 from poisonguard.detect import DETECTORS  # noqa: E402
+from poisonguard.utils import parse_options  # noqa: E402
 from poisonguard.models import load_model  # noqa: E402
 
 
@@ -73,14 +74,19 @@ def main() -> None:
     parser.add_argument("--no-build", action="store_true", help="scan only models already in the cache")
     parser.add_argument("--limit", type=int, default=None, help="scan at most this many models")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=parse_seeds, default=None, help="zoo seeds (default 0,1,2; others to tune on)")
+    parser.add_argument("--option", action="append", metavar="NAME=VALUE",
+                        help="detector hyperparameter for every method, e.g. steps_per_epoch=28 (repeatable)")
     args = parser.parse_args()
+    options = parse_options(args.option)
+    tag = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
     torch.set_num_threads(args.threads)
     methods = [DETECTORS.normalise(m) for m in args.methods.split(",")]
     if args.no_build:
-        specs = [{**s, "path": str(args.cache / s["name"] / "model.pt")} for s in zoo_specs(args.quick)]
+        specs = [{**s, "path": str(args.cache / s["name"] / "model.pt")} for s in zoo_specs(args.quick, args.seeds)]
         specs = [s for s in specs if (args.cache / s["name"] / "report.json").is_file()]
     else:
-        specs = build_zoo(args.cache, args.quick)
+        specs = build_zoo(args.cache, args.quick, args.seeds)
     specs = specs[: args.limit]
     splits = load_data("mnist5k")
     clean = per_class_subset(splits.train, fraction=0.05, seed=0)
@@ -89,26 +95,28 @@ def main() -> None:
     if log_path.is_file():
         for line in log_path.read_text().splitlines():
             r = json.loads(line)
-            done[(r["model"], r["method"])] = r
+            done[(r["model"], r["method"], r.get("options", ""))] = r
     for spec in specs:
         model = load_model(spec["path"]).model
         for method in methods:
-            if (spec["name"], method) in done:
+            if (spec["name"], method, tag) in done:
                 continue
             start = time.perf_counter()
-            det = DETECTORS.get(method)(seed=0, device="cpu")
+            det = DETECTORS.get(method)(seed=0, device="cpu", **options)
             det = det.detect(model, None, input_shape=splits.input_shape) if method == "deepinspect" else det.detect(model, clean)
             d = det.to_dict()
             row = {"model": spec["name"], "kind": spec["kind"], "target": spec["target"], "method": method,
                    "flagged_classes": d["flagged_classes"], "anomaly_index": d["anomaly_index"],
                    "mask_l1": d["mask_l1"], "score": score(d), "seconds": time.perf_counter() - start}
-            done[(spec["name"], method)] = row
+            if tag:
+                row["options"] = tag
+            done[(spec["name"], method, tag)] = row
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
             print(f"{spec['name']:36s} {method:15s} target={spec['target']!s:4s} flagged={row['flagged_classes']} "
                   f"score={row['score']:.2f} {row['seconds']:.0f}s", flush=True)
     names = {s["name"] for s in specs}
-    summarise([r for r in done.values() if r["model"] in names], methods)
+    summarise([r for r in done.values() if r["model"] in names and r.get("options", "") == tag], methods)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 
 from poisonguard.data import load_data
 from poisonguard.federated.aggregators import aggregator_names
-from poisonguard.federated.cli import parse_options
+from poisonguard.utils import parse_options
 from poisonguard.federated.simulate import Simulator, run_table
 
 DEFAULT_ATTACKS = "none,model_replacement,alie,backdoor,sign_flip,gaussian,ipm,label_flip"

@@ -1,4 +1,5 @@
-"""Small shared helpers: seeding, device choice, progress bars, atomic file writes, hashing."""
+"""Small shared helpers: seeding, device choice, progress bars, atomic file writes, hashing,
+NAME=VALUE options."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -98,3 +99,28 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices covering range(n)."""
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+def _value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """`["m=5", "sigma=0.01"]` -> {"m": 5, "sigma": 0.01}."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"option {item!r} must look like NAME=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = _value(value)
+    return out

@@ -4,34 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from poisonguard.errors import UserError
-
-
-def _value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """`["m=5", "sigma=0.01"]` -> {"m": 5, "sigma": 0.01}."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserError(f"option {item!r} must look like NAME=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = _value(value)
-    return out
+from poisonguard.utils import parse_options
 
 
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
