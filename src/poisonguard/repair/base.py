@@ -188,8 +188,9 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
     makes the loss spike and forget clean knowledge along with the backdoor), and `clip_norm`
     caps the gradient norm of every step for the same reason.
 
-    A run that diverges (an epoch's loss non-finite or above 0.9 x chance level, 0.9 log K,
-    times `loss_scale` for losses that add several cross-entropies) is undone
+    A run that diverges (a non-finite loss, or the epoch loss above 0.9 x chance level,
+    0.9 log K, times `loss_scale` for losses that add several terms, at the end or for a
+    quarter of the epochs in a row; a shorter spike is allowed) is undone
     and restarted with half the learning rate, up to `max_retries` times; `info` (if given)
     records the learning rate finally used and the number of restarts.
     """
@@ -221,6 +222,7 @@ def _finetune_once(model, data, *, epochs, lr, batch_size, generator, device, op
     params = [p for p in model.parameters() if p.requires_grad]
     x_all, y_all = data.x.to(device), data.y.to(device)
     steps_per_epoch = math.ceil(len(data) / batch_size)
+    patience = max(3, epochs // 4)
     warmup_steps = warmup_epochs * steps_per_epoch
     losses = []
     step = 0
@@ -245,11 +247,14 @@ def _finetune_once(model, data, *, epochs, lr, batch_size, generator, device, op
                 after_step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(data))
-        if not math.isfinite(losses[-1]) or losses[-1] > stop_above:
+        # A large learning rate may spike the loss for an epoch or two and recover (that is
+        # how it leaves the backdoor's basin); only a run stuck near chance level has collapsed.
+        stuck = len(losses) >= patience and all(v > stop_above for v in losses[-patience:])
+        if not math.isfinite(losses[-1]) or stuck:
             model.eval()
             return None
     model.eval()
-    return losses
+    return None if losses and losses[-1] > stop_above else losses
 
 
 def random_shift(x: torch.Tensor, generator: torch.Generator, *, max_shift: int) -> torch.Tensor:
