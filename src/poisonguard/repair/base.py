@@ -216,7 +216,8 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
 def _finetune_once(model, data, *, epochs, lr, batch_size, generator, device, optimizer, weight_decay, schedule,
                    loss_fn, after_step, desc, stop_above, augment=None, warmup_epochs=0.0,
                    clip_norm=None) -> list[float] | None:
-    """One fine-tuning run; None as soon as an epoch's mean loss is non-finite or above `stop_above`."""
+    """One fine-tuning run; None if it collapsed (a non-finite epoch loss, or the epoch loss above
+    `stop_above` for `patience` epochs in a row or at the end), else the epoch losses."""
     loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
     opt = make_optimizer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -296,7 +297,8 @@ class Teacher:
 
     Distilling them (Hinton et al., 2015) gives the few clean images the suspect model's full
     soft labels instead of one-hot ones; the trigger never appears in clean images, so the
-    backdoor is not what is passed on.
+    backdoor is not what is passed on. Build it before hooking the model: the copy keeps
+    whatever forward hooks the model has at that moment.
     """
 
     def __init__(self, model: nn.Module, *, temperature: float) -> None:
