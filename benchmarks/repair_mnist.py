@@ -45,7 +45,7 @@ def backdoored_model(splits, attack: str, seed: int, cache: Path | None):
     trigger = make(splits.input_shape, seed)
     start = time.perf_counter()
     data = poison_dataset(splits.train, trigger, rate=0.1, seed=seed).data
-    model = fit(build_model("mnist_cnn", num_classes=10, input_shape=splits.input_shape), data,
+    model = fit(build_model("mnist_cnn", num_classes=10, input_shape=splits.input_shape, seed=seed), data,
                 epochs=epochs, batch_size=64, seed=seed, device="cpu")
     seconds = time.perf_counter() - start
     if folder:

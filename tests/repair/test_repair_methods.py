@@ -16,22 +16,15 @@ from poisonguard.data import per_class_subset
 from poisonguard.errors import UserError
 from poisonguard.repair import REPAIRERS, FinePruning, Refit, Unlearning, Wild
 from poisonguard.repair.fine_pruning import find_prune_layer
+from poisonguard.repair.base import distillation_loss, finetune, random_shift
 from poisonguard.repair.refit import diagonal_fisher, ewc_penalty
 from poisonguard.repair.reverse import anomaly_index
 from poisonguard.repair.wild import mmd, random_erase
 
-# (attack success rate at most, clean-accuracy points lost at most) after repair, per method.
-# The issue's goal is (0.05, 0.03) for every method. Measured (benchmarks/results/issue-4.md):
-# only unlearning meets it; fine-pruning and WILD remove the backdoor at a higher accuracy
-# cost. REFIT keeps the accuracy but at its defaults leaves the backdoor in place on BadNets
-# (after-ASR 0.67-0.97 across training runs), so only its accuracy is asserted here and its
-# ASR is the known gap of test_refit_removes_the_backdoor.
-BUDGETS = {
-    "unlearn": (0.05, 0.03),
-    "fine_pruning": (0.05, 0.08),
-    "wild": (0.10, 0.07),
-    "refit": (1.0, 0.06),
-}
+# (attack success rate at most, clean-accuracy points lost at most) after repair, per method:
+# the issue's goal for every method (benchmarks/results/issue-4.md: met by all four on the
+# seed-0 and seed-1 benchmark models, defaults tuned on seed 1 only).
+BUDGETS = {name: (0.05, 0.03) for name in ("unlearn", "fine_pruning", "wild", "refit")}
 
 @pytest.fixture(scope="module")
 def clean(mnist):
@@ -59,13 +52,6 @@ def test_method_removes_planted_backdoor(name, mnist, clean, badnets_model, badn
     json.dumps(entry)
     assert entry["method"] == name and set(entry["before"]) >= {"clean_accuracy", "attack_success_rate"}
     assert "model" not in entry
-
-
-@pytest.mark.xfail(strict=False, reason="known gap (notes/issue-4.md): REFIT's large-lr fine-tuning + EWC at its "
-                   "defaults does not remove a BadNets backdoor on MNIST 5k with 5% clean data")
-def test_refit_removes_the_backdoor(mnist, clean, badnets_model, badnets_trigger_3x3):
-    result = Refit(seed=0, device="cpu").repair(badnets_model, clean, trigger=badnets_trigger_3x3, test=mnist.test)
-    assert result.after.attack_success_rate <= 0.05
 
 
 def test_fine_pruning_prunes_dormant_channels_and_records_curve(mnist, clean, badnets_model, badnets_trigger_3x3):
@@ -161,3 +147,63 @@ def test_random_erase_changes_a_rectangle_only():
         if len(rows):  # a constant fill of 0 may leave nothing visible
             box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
             assert box <= 0.25 * 100 * 1.3
+
+
+def test_random_shift_moves_each_image_within_the_limit():
+    x = torch.zeros(6, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = 1.0  # a 2x2 square in the middle
+    out = random_shift(x, torch.Generator().manual_seed(0), max_shift=2)
+    assert out.shape == x.shape and torch.equal(out.sum((1, 2, 3)), x.sum((1, 2, 3)))  # nothing falls off
+    for img in out[:, 0]:
+        rows, cols = torch.nonzero(img, as_tuple=True)
+        assert rows.max() - rows.min() == 1 and cols.max() - cols.min() == 1  # still one 2x2 square
+        assert 1 <= rows.min() <= 5 and 1 <= cols.min() <= 5  # moved by at most 2 pixels
+    assert torch.equal(random_shift(x, torch.Generator(), max_shift=0), x)
+
+
+def test_distillation_loss_is_zero_on_agreement_and_tempered():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    assert float(distillation_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-7)
+    other = torch.tensor([[0.0, 2.0, -1.0]])
+    p, q = torch.softmax(other / 2, 1), torch.softmax(logits / 2, 1)
+    expected = float((p * (p.log() - q.log())).sum()) * 4  # KL(teacher || student) * T^2
+    assert float(distillation_loss(logits, other, 2.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def _tiny_data_and_model():
+    """16 images whose class is written in pixel 0 or 1, and a linear model that already reads it."""
+    from poisonguard.data import ImageData
+
+    y = torch.arange(16) % 2
+    x = torch.zeros(16, 1, 4, 4)
+    x[torch.arange(16), 0, 0, y] = 1.0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[1].weight[0, 0] = model[1].weight[1, 1] = 5.0
+    return ImageData(x, y, ("a", "b")), model
+
+
+def test_finetune_restarts_a_collapsed_run_but_allows_a_spike():
+    data, model = _tiny_data_and_model()
+    calls = {"n": 0}
+
+    def collapsed(m, x, y):  # far above chance level for the first run's batches, normal after
+        calls["n"] += 1
+        return torch.nn.functional.cross_entropy(m(x), y) + (100.0 if calls["n"] <= 6 else 0.0)
+
+    info: dict = {}
+    finetune(model, data, epochs=8, lr=0.1, batch_size=8, generator=torch.Generator().manual_seed(0),
+             device=torch.device("cpu"), loss_fn=collapsed, info=info)
+    assert info["lr_restarts"] >= 1 and info["lr_used"] < 0.1
+    epochs_seen = {"n": 0}
+
+    def spike(m, x, y):  # one bad epoch (its batches 3-4), then normal
+        epochs_seen["n"] += 1
+        return torch.nn.functional.cross_entropy(m(x), y) + (100.0 if epochs_seen["n"] in (3, 4) else 0.0)
+
+    info = {}
+    finetune(model, data, epochs=8, lr=0.1, batch_size=8, generator=torch.Generator().manual_seed(0),
+             device=torch.device("cpu"), loss_fn=spike, info=info)
+    assert info["lr_restarts"] == 0

@@ -174,16 +174,23 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
              device: torch.device, optimizer: str = "sgd", weight_decay: float = 5e-4,
              schedule: Callable[[int], float] | None = None, loss_fn: LossFn | None = None,
              after_step: Callable[[], None] | None = None, desc: str = "fine-tune", max_retries: int = 3,
-             loss_scale: float = 1.0, info: dict[str, Any] | None = None) -> list[float]:
+             loss_scale: float = 1.0, info: dict[str, Any] | None = None,
+             augment: Callable[[torch.Tensor], torch.Tensor] | None = None, warmup_epochs: float = 0.0,
+             clip_norm: float | None = None) -> list[float]:
     """Train `model` in place for `epochs` on `data`; return the mean loss of each epoch.
 
     `loss_fn(model, x, y)` replaces plain cross-entropy (methods add their regularisers
     there); `schedule(epoch)` multiplies the learning rate; `after_step` runs after every
     optimiser step (e.g. to keep pruned weights at zero). Batch-norm statistics are
-    updated, as in ordinary fine-tuning.
+    updated, as in ordinary fine-tuning. `augment(x)` transforms each batch's images before
+    `loss_fn` sees them (e.g. `random_shift`). The learning rate rises linearly from 0 over
+    the first `warmup_epochs` (a large rate applied at once to a sharp, converged minimum
+    makes the loss spike and forget clean knowledge along with the backdoor), and `clip_norm`
+    caps the gradient norm of every step for the same reason.
 
-    A run that diverges (an epoch's loss non-finite or above 0.9 x chance level, 0.9 log K,
-    times `loss_scale` for losses that add several cross-entropies) is undone
+    A run that diverges (a non-finite loss, or the epoch loss above 0.9 x chance level,
+    0.9 log K, times `loss_scale` for losses that add several terms, at the end or for a
+    quarter of the epochs in a row; a shorter spike is allowed) is undone
     and restarted with half the learning rate, up to `max_retries` times; `info` (if given)
     records the learning rate finally used and the number of restarts.
     """
@@ -192,7 +199,8 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
     for attempt in range(max_retries + 1):
         losses = _finetune_once(model, data, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
                                 device=device, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
-                                loss_fn=loss_fn, after_step=after_step, desc=desc, stop_above=chance)
+                                loss_fn=loss_fn, after_step=after_step, desc=desc, stop_above=chance, augment=augment,
+                                warmup_epochs=warmup_epochs, clip_norm=clip_norm)
         if losses is not None:
             break
         log.warning("%s diverged at learning rate %g; restarting at %g", desc, lr, lr / 2)
@@ -206,33 +214,103 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
 
 
 def _finetune_once(model, data, *, epochs, lr, batch_size, generator, device, optimizer, weight_decay, schedule,
-                   loss_fn, after_step, desc, stop_above) -> list[float] | None:
-    """One fine-tuning run; None as soon as an epoch's mean loss is non-finite or above `stop_above`."""
+                   loss_fn, after_step, desc, stop_above, augment=None, warmup_epochs=0.0,
+                   clip_norm=None) -> list[float] | None:
+    """One fine-tuning run; None if it collapsed (a non-finite epoch loss, or the epoch loss above
+    `stop_above` for `patience` epochs in a row or at the end), else the epoch losses."""
     loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
     opt = make_optimizer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
     x_all, y_all = data.x.to(device), data.y.to(device)
+    steps_per_epoch = math.ceil(len(data) / batch_size)
+    patience = max(3, epochs // 4)
+    warmup_steps = warmup_epochs * steps_per_epoch
     losses = []
+    step = 0
     model.train()
     for epoch in progress(range(epochs), total=epochs, desc=desc):
-        for group in opt.param_groups:
-            group["lr"] = lr * (schedule(epoch) if schedule else 1.0)
+        epoch_lr = lr * (schedule(epoch) if schedule else 1.0)
         order = torch.randperm(len(data), generator=generator).to(device)
         total = 0.0
         for sl in batches(len(data), batch_size):
             idx = order[sl]
-            loss = loss_fn(model, x_all[idx], y_all[idx])
+            step += 1
+            for group in opt.param_groups:
+                group["lr"] = epoch_lr * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
+            x = x_all[idx] if augment is None else augment(x_all[idx])
+            loss = loss_fn(model, x, y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
             opt.step()
             if after_step is not None:
                 after_step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(data))
-        if not math.isfinite(losses[-1]) or losses[-1] > stop_above:
+        # A large learning rate may spike the loss for an epoch or two and recover (that is
+        # how it leaves the backdoor's basin); only a run stuck near chance level has collapsed.
+        stuck = len(losses) >= patience and all(v > stop_above for v in losses[-patience:])
+        if not math.isfinite(losses[-1]) or stuck:
             model.eval()
             return None
     model.eval()
-    return losses
+    return None if losses and losses[-1] > stop_above else losses
+
+
+def random_shift(x: torch.Tensor, generator: torch.Generator, *, max_shift: int) -> torch.Tensor:
+    """Translate each image of x (N, C, H, W) by up to `max_shift` pixels along each axis, zero-filled.
+
+    The pad-and-random-crop augmentation of standard image training: with a few hundred
+    clean images, fine-tuning without it overfits them and loses clean accuracy.
+    """
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift))
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).to(x.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def shifter(pixels: int, generator: torch.Generator):
+    """`augment` callable for `finetune`: random shifts of up to `pixels` (None when 0)."""
+    if pixels <= 0:
+        return None
+    return lambda x: random_shift(x, generator, max_shift=pixels)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of temperature-softened outputs, times T^2 (Hinton et al., 2015).
+
+    Logits (N, K). The T^2 keeps the gradient's scale independent of the temperature.
+    """
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+class Teacher:
+    """A frozen copy of the suspect model whose outputs on clean (augmented) images keep its clean behaviour.
+
+    Distilling them (Hinton et al., 2015) gives the few clean images the suspect model's full
+    soft labels instead of one-hot ones; the trigger never appears in clean images, so the
+    backdoor is not what is passed on. Build it before hooking the model: the copy keeps
+    whatever forward hooks the model has at that moment.
+    """
+
+    def __init__(self, model: nn.Module, *, temperature: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.temperature = temperature
+
+    def loss(self, student_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.model(x)
+        return distillation_loss(student_logits, target, self.temperature)
 
 
 def cosine(epochs: int) -> Callable[[int], float]:

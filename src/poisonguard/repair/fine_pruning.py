@@ -13,14 +13,15 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from poisonguard.attacks.triggers import attack_eligible, target_labels
 from poisonguard.data import ImageData
 from poisonguard.errors import UserError
 from poisonguard.repair.base import (
-    Context, Repairer, check_choice, check_fraction, check_positive, clean_accuracy, cosine, execution_order,
-    finetune, named_layers, register_repairer,
+    Context, Repairer, Teacher, check_choice, check_fraction, check_positive, clean_accuracy, cosine, execution_order,
+    finetune, named_layers, register_repairer, shifter,
 )
 from poisonguard.utils import batches
 
@@ -127,13 +128,24 @@ class FinePruning(Repairer):
         prune_step: channels pruned per step (0: about 1/64 of the layer, at least 1).
         layer: dotted name of the layer to prune (default: the last convolutional layer).
         epochs, lr, batch_size, optimizer, weight_decay: the fine-tuning after pruning
-            (cosine learning-rate decay).
+            (linear warm-up over `warmup_epochs`, then cosine decay).
+        shift: random translations of up to this many pixels while fine-tuning (0: none): the
+            standard augmentation, which the few clean images need. Kept small because a model
+            trained without augmentation is invariant only to small shifts; larger ones make
+            it relearn invariance from the few images (set 4 for a CIFAR model trained with crops).
+        distill: weight of distilling the unpruned suspect model's outputs on the clean
+            (shifted) images, which keeps its clean behaviour (0: plain cross-entropy).
+        temperature: softening of the distilled outputs.
+        clip_norm: largest gradient norm of a fine-tuning step (0: no clipping); keeps the large
+            learning rate, which removes the backdoor, from blowing up the converged model.
         seed, device: as everywhere.
     """
 
     def __init__(self, *, max_accuracy_drop: float = 0.04, max_prune_fraction: float = 0.9, prune_step: int = 0,
-                 layer: str | None = None, epochs: int = 20, lr: float = 0.05, batch_size: int = 32,
-                 optimizer: str = "sgd", weight_decay: float = 5e-4, seed: int = 0, device: str = "auto") -> None:
+                 layer: str | None = None, epochs: int = 40, lr: float = 0.05, batch_size: int = 32,
+                 optimizer: str = "sgd", weight_decay: float = 5e-4, warmup_epochs: float = 1.0, shift: int = 1,
+                 distill: float = 1.0, temperature: float = 2.0, clip_norm: float = 5.0, seed: int = 0,
+                 device: str = "auto") -> None:
         check_fraction("max_accuracy_drop", max_accuracy_drop)
         check_fraction("max_prune_fraction", max_prune_fraction)
         check_positive("prune_step", prune_step, integer=True, allow_zero=True)
@@ -142,6 +154,13 @@ class FinePruning(Repairer):
         check_positive("batch_size", batch_size, integer=True)
         check_choice("optimizer", optimizer, ("sgd", "adam"))
         check_positive("weight_decay", weight_decay, allow_zero=True)
+        check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
+        check_positive("shift", shift, integer=True, allow_zero=True)
+        check_positive("distill", distill, allow_zero=True)
+        check_positive("temperature", temperature)
+        check_positive("clip_norm", clip_norm, allow_zero=True)
+        self.warmup_epochs, self.shift, self.distill, self.temperature = warmup_epochs, shift, distill, temperature
+        self.clip_norm = clip_norm
         self.max_accuracy_drop, self.max_prune_fraction, self.prune_step = max_accuracy_drop, max_prune_fraction, prune_step
         self.layer, self.epochs, self.lr, self.batch_size = layer, epochs, lr, batch_size
         self.optimizer, self.weight_decay, self.seed, self.device = optimizer, weight_decay, seed, device
@@ -156,6 +175,7 @@ class FinePruning(Repairer):
         step = self.prune_step or max(1, math.ceil(channels / 64))
         limit = int(self.max_prune_fraction * channels)
         base = clean_accuracy(model, clean, ctx.device)
+        teacher = Teacher(model, temperature=self.temperature) if self.distill > 0 else None  # before the mask hook
         mask = ChannelMask(layer, channels, ctx.device)
         curve = [{"pruned": 0, "fraction": 0.0, "clean_accuracy": base,
                   "attack_success_rate": _attack_rate(model, clean, ctx.trigger, ctx.device)}]
@@ -175,9 +195,19 @@ class FinePruning(Repairer):
             mask.mask[pruned] = 0
             accuracy_pruned = clean_accuracy(model, clean, ctx.device)
             tuned: dict[str, Any] = {}
-            finetune(model, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, generator=ctx.generator,
-                     device=ctx.device, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                     schedule=cosine(self.epochs), desc="fine-pruning", info=tuned)
+
+            def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                logits = m(x)
+                loss = F.cross_entropy(logits, y)
+                return loss + self.distill * teacher.loss(logits, x) if teacher is not None else loss
+
+            if self.epochs:
+                finetune(model, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                         generator=ctx.generator, device=ctx.device, optimizer=self.optimizer,
+                         weight_decay=self.weight_decay, schedule=cosine(self.epochs), loss_fn=loss_fn,
+                         desc="fine-pruning", info=tuned, loss_scale=1 + self.distill,
+                         augment=shifter(self.shift, ctx.generator),
+                         warmup_epochs=self.warmup_epochs, clip_norm=self.clip_norm or None)
         finally:
             mask.remove()
         zero_channels(layer, pruned)

@@ -9,6 +9,11 @@ its diagonal Fisher information on the available data, while weights the clean t
 not need (where the backdoor lives) move freely. Optionally, unlabelled in-distribution
 data is labelled by the model itself and added to the fine-tuning set ("augmentation with
 unlabelled data").
+
+With no auxiliary data we extend that augmentation to what is always at hand: randomly
+shifted copies of the clean images, labelled by the suspect model's own (softened) outputs,
+i.e. distillation. The large learning rate starts after a short warm-up and its steps are
+gradient-clipped, so that it moves the weights far without blowing up the converged model.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torch import nn
 
 from poisonguard.data import ImageData
 from poisonguard.repair.base import (
-    Context, Repairer, check_choice, check_positive, finetune, register_repairer,
+    Context, Repairer, Teacher, check_choice, check_positive, finetune, register_repairer, shifter,
 )
 from poisonguard.train import predict
 from poisonguard.utils import batches
@@ -81,12 +86,20 @@ class Refit(Repairer):
             largest entry is 1 (0 turns EWC off: plain fine-tuning).
         fisher_samples: at most this many clean images estimate the Fisher information.
         pseudo_label: label `aux_data` with the suspect model's predictions and add it.
+        shift: random translations of up to this many pixels of every fine-tuning image (0: none).
+        distill: weight of matching the suspect model's softened outputs on those images
+            (the unlabelled-data augmentation applied to the shifted clean images; 0: off).
+        temperature: softening of the suspect model's outputs.
+        warmup_epochs: linear learning-rate warm-up before the step decay.
+        clip_norm: largest gradient norm of a step (0: no clipping).
         batch_size, optimizer, weight_decay, seed, device: as everywhere.
     """
 
-    def __init__(self, *, epochs: int = 20, lr: float = 0.05, decay_every: int = 5, gamma: float = 0.5,
-                 ewc_lambda: float = 20.0, fisher_samples: int = 512, pseudo_label: bool = True, batch_size: int = 32,
-                 optimizer: str = "sgd", weight_decay: float = 5e-4, seed: int = 0, device: str = "auto") -> None:
+    def __init__(self, *, epochs: int = 30, lr: float = 0.1, decay_every: int = 5, gamma: float = 0.5,
+                 ewc_lambda: float = 5.0, fisher_samples: int = 512, pseudo_label: bool = True, batch_size: int = 32,
+                 optimizer: str = "sgd", weight_decay: float = 5e-4, shift: int = 1, distill: float = 1.0,
+                 temperature: float = 2.0, warmup_epochs: float = 1.0, clip_norm: float = 5.0, seed: int = 0,
+                 device: str = "auto") -> None:
         check_positive("epochs", epochs, integer=True)
         check_positive("lr", lr)
         check_positive("decay_every", decay_every, integer=True)
@@ -96,6 +109,13 @@ class Refit(Repairer):
         check_positive("batch_size", batch_size, integer=True)
         check_choice("optimizer", optimizer, ("sgd", "adam"))
         check_positive("weight_decay", weight_decay, allow_zero=True)
+        check_positive("shift", shift, integer=True, allow_zero=True)
+        check_positive("distill", distill, allow_zero=True)
+        check_positive("temperature", temperature)
+        check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
+        check_positive("clip_norm", clip_norm, allow_zero=True)
+        self.shift, self.distill, self.temperature = shift, distill, temperature
+        self.warmup_epochs, self.clip_norm = warmup_epochs, clip_norm
         self.epochs, self.lr, self.decay_every, self.gamma = epochs, lr, decay_every, gamma
         self.ewc_lambda, self.fisher_samples, self.pseudo_label = ewc_lambda, fisher_samples, bool(pseudo_label)
         self.batch_size, self.optimizer, self.weight_decay, self.seed, self.device = batch_size, optimizer, weight_decay, seed, device
@@ -111,6 +131,7 @@ class Refit(Repairer):
             peak = max(float(f.max()) for f in fisher.values())
             fisher = {n: f / max(peak, 1e-30) for n, f in fisher.items()}
         anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+        teacher = Teacher(model, temperature=self.temperature) if self.distill > 0 else None
         data, n_aux = clean, 0
         if ctx.aux is not None and self.pseudo_label and len(ctx.aux):
             # The suspect model labels the unlabelled images: its clean behaviour is what we keep.
@@ -119,7 +140,10 @@ class Refit(Repairer):
             n_aux = len(ctx.aux)
 
         def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            loss = F.cross_entropy(m(x), y)
+            logits = m(x)
+            loss = F.cross_entropy(logits, y)
+            if teacher is not None:
+                loss = loss + self.distill * teacher.loss(logits, x)
             if fisher:
                 loss = loss + self.ewc_lambda * ewc_penalty(m, fisher, anchor)
             return loss
@@ -127,5 +151,7 @@ class Refit(Repairer):
         tuned: dict[str, Any] = {}
         losses = finetune(model, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, generator=ctx.generator,
                           device=ctx.device, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                          schedule=step_decay(every=self.decay_every, gamma=self.gamma), loss_fn=loss_fn, desc="refit", info=tuned)
+                          schedule=step_decay(every=self.decay_every, gamma=self.gamma), loss_fn=loss_fn, desc="refit",
+                          info=tuned, loss_scale=1 + self.distill, augment=shifter(self.shift, ctx.generator),
+                          warmup_epochs=self.warmup_epochs, clip_norm=self.clip_norm or None)
         return {"fisher_samples": n_fisher if fisher else 0, "aux_samples": n_aux, "final_loss": losses[-1], **tuned}

@@ -7,6 +7,10 @@ random content, additive noise) under their true labels, so no small region or p
 override the label, and aligns the feature distribution of the perturbed images with that
 of the clean ones (here with a multi-bandwidth Gaussian-kernel MMD on the classifier's
 input features), so the network learns to treat perturbed inputs like clean ones.
+
+To keep clean accuracy with a few hundred images, the clean images are also randomly
+shifted, the suspect model's outputs on them are distilled, and the fine-tuning warms up
+and clips its gradients (shared helpers in `base.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonguard.repair.base import (
-    Context, Repairer, check_choice, check_fraction, check_positive, cosine, finetune, last_linear, register_repairer,
+    Context, Repairer, Teacher, check_choice, check_fraction, check_positive, cosine, finetune, last_linear,
+    register_repairer, shifter,
 )
 
 
@@ -27,7 +32,8 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, *, p: float = 0.5,
     """Random erasing (Zhong et al., 2020) with uniform-noise or constant content, per image.
 
     x: (N, C, H, W) in [0, 1]. Each image is erased with probability p by one rectangle of
-    `area` share of the image and `aspect` ratio; content is noise or a random constant.
+    `area` share of the image (drawn log-uniformly) and `aspect` ratio; content is noise or a
+    random constant.
     """
     n, c, h, w = x.shape
     out = x.clone()
@@ -35,7 +41,9 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, *, p: float = 0.5,
     for i in range(n):
         if u[i, 0] >= p:
             continue
-        s = (area[0] + (area[1] - area[0]) * u[i, 1]) * h * w
+        # Log-uniform area: triggers are mostly small patches, and a uniform draw over
+        # (1%, 20%) would make nine in ten rectangles larger than 3% of the image.
+        s = area[0] * (area[1] / area[0]) ** float(u[i, 1]) * h * w
         r = torch.exp(torch.log(torch.tensor(aspect[0])) + u[i, 2] * torch.log(torch.tensor(aspect[1] / aspect[0])))
         eh = int(min(h, max(1, round(float(torch.sqrt(s * r))))))
         ew = int(min(w, max(1, round(float(torch.sqrt(s / r))))))
@@ -103,12 +111,19 @@ class Wild(Repairer):
         noise_sigma: largest standard deviation of the additive Gaussian noise.
         align_weight: weight of the feature-distribution alignment (MMD) loss.
         clean_weight: weight of the cross-entropy on the unperturbed images.
+        shift: random translations of up to this many pixels of every image (0: none).
+        distill: weight of distilling the suspect model's outputs on the unperturbed (shifted)
+            images (0: off). Never on the erased ones: an erased patch may fire the backdoor.
+        temperature: softening of the distilled outputs.
+        warmup_epochs: linear learning-rate warm-up before the cosine decay.
+        clip_norm: largest gradient norm of a step (0: no clipping).
         seed, device: as everywhere.
     """
 
-    def __init__(self, *, epochs: int = 20, lr: float = 0.03, batch_size: int = 32, optimizer: str = "sgd",
+    def __init__(self, *, epochs: int = 20, lr: float = 0.06, batch_size: int = 32, optimizer: str = "sgd",
                  weight_decay: float = 5e-4, erase_p: float = 1.0, noise_sigma: float = 0.1, align_weight: float = 1.0,
-                 clean_weight: float = 1.0, seed: int = 0, device: str = "auto") -> None:
+                 clean_weight: float = 1.0, shift: int = 1, distill: float = 1.0, temperature: float = 2.0,
+                 warmup_epochs: float = 1.0, clip_norm: float = 5.0, seed: int = 0, device: str = "auto") -> None:
         check_positive("epochs", epochs, integer=True)
         check_positive("lr", lr)
         check_positive("batch_size", batch_size, integer=True)
@@ -118,6 +133,13 @@ class Wild(Repairer):
         check_positive("noise_sigma", noise_sigma, allow_zero=True)
         check_positive("align_weight", align_weight, allow_zero=True)
         check_positive("clean_weight", clean_weight, allow_zero=True)
+        check_positive("shift", shift, integer=True, allow_zero=True)
+        check_positive("distill", distill, allow_zero=True)
+        check_positive("temperature", temperature)
+        check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
+        check_positive("clip_norm", clip_norm, allow_zero=True)
+        self.shift, self.distill, self.temperature = shift, distill, temperature
+        self.warmup_epochs, self.clip_norm = warmup_epochs, clip_norm
         self.epochs, self.lr, self.batch_size, self.optimizer, self.weight_decay = epochs, lr, batch_size, optimizer, weight_decay
         self.erase_p, self.noise_sigma, self.align_weight, self.clean_weight = erase_p, noise_sigma, align_weight, clean_weight
         self.seed, self.device = seed, device
@@ -125,6 +147,7 @@ class Wild(Repairer):
     def _run(self, ctx: Context) -> dict[str, Any]:
         model = ctx.model
         name, head = last_linear(model, ctx.clean.x[:2].to(ctx.device))
+        teacher = Teacher(model, temperature=self.temperature) if self.distill > 0 else None  # before the tap
         tap = FeatureTap(head)
         gen = ctx.generator
         aligns: list[float] = []
@@ -135,6 +158,8 @@ class Wild(Repairer):
             feats = tap.value
             n = len(x)
             loss = F.cross_entropy(logits[n:], y) + self.clean_weight * F.cross_entropy(logits[:n], y)
+            if teacher is not None:
+                loss = loss + self.distill * teacher.loss(logits[:n], x)
             if self.align_weight > 0 and n > 1:
                 align = mmd(feats[:n], feats[n:])
                 aligns.append(float(align.detach()))
@@ -146,7 +171,9 @@ class Wild(Repairer):
             losses = finetune(model, ctx.clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, generator=gen,
                               device=ctx.device, optimizer=self.optimizer, weight_decay=self.weight_decay,
                               schedule=cosine(self.epochs), loss_fn=loss_fn, desc="wild",
-                              loss_scale=1 + self.clean_weight, info=tuned)
+                              loss_scale=1 + self.clean_weight + self.distill, info=tuned,
+                              augment=shifter(self.shift, gen), warmup_epochs=self.warmup_epochs,
+                              clip_norm=self.clip_norm or None)
         finally:
             tap.remove()
         return {"feature_layer": name, "final_loss": losses[-1],
