@@ -258,6 +258,19 @@ def _finetune_once(model, data, *, epochs, lr, batch_size, generator, device, op
     return None if losses and losses[-1] > stop_above else losses
 
 
+def set_finetune_aids(repairer: Any, *, shift: int, distill: float, temperature: float, warmup_epochs: float,
+                      clip_norm: float) -> None:
+    """Check and store the fine-tuning aids the trigger-agnostic repairers share (see `finetune`,
+    `shifter`, `Teacher`): 0 switches shift, distillation, warm-up or clipping off."""
+    check_positive("shift", shift, integer=True, allow_zero=True)
+    check_positive("distill", distill, allow_zero=True)
+    check_positive("temperature", temperature)
+    check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
+    check_positive("clip_norm", clip_norm, allow_zero=True)
+    repairer.shift, repairer.distill, repairer.temperature = shift, distill, temperature
+    repairer.warmup_epochs, repairer.clip_norm = warmup_epochs, clip_norm
+
+
 def random_shift(x: torch.Tensor, generator: torch.Generator, *, max_shift: int) -> torch.Tensor:
     """Translate each image of x (N, C, H, W) by up to `max_shift` pixels along each axis, zero-filled.
 

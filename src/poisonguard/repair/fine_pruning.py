@@ -20,6 +20,7 @@ from poisonguard.attacks.triggers import attack_eligible, target_labels
 from poisonguard.data import ImageData
 from poisonguard.errors import UserError
 from poisonguard.repair.base import (
+    set_finetune_aids,
     Context, Repairer, Teacher, check_choice, check_fraction, check_positive, clean_accuracy, cosine, execution_order,
     finetune, named_layers, register_repairer, shifter,
 )
@@ -154,13 +155,8 @@ class FinePruning(Repairer):
         check_positive("batch_size", batch_size, integer=True)
         check_choice("optimizer", optimizer, ("sgd", "adam"))
         check_positive("weight_decay", weight_decay, allow_zero=True)
-        check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
-        check_positive("shift", shift, integer=True, allow_zero=True)
-        check_positive("distill", distill, allow_zero=True)
-        check_positive("temperature", temperature)
-        check_positive("clip_norm", clip_norm, allow_zero=True)
-        self.warmup_epochs, self.shift, self.distill, self.temperature = warmup_epochs, shift, distill, temperature
-        self.clip_norm = clip_norm
+        set_finetune_aids(self, shift=shift, distill=distill, temperature=temperature,
+                          warmup_epochs=warmup_epochs, clip_norm=clip_norm)
         self.max_accuracy_drop, self.max_prune_fraction, self.prune_step = max_accuracy_drop, max_prune_fraction, prune_step
         self.layer, self.epochs, self.lr, self.batch_size = layer, epochs, lr, batch_size
         self.optimizer, self.weight_decay, self.seed, self.device = optimizer, weight_decay, seed, device

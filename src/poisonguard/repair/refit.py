@@ -27,6 +27,7 @@ from torch import nn
 
 from poisonguard.data import ImageData
 from poisonguard.repair.base import (
+    set_finetune_aids,
     Context, Repairer, Teacher, check_choice, check_positive, finetune, register_repairer, shifter,
 )
 from poisonguard.train import predict
@@ -109,13 +110,8 @@ class Refit(Repairer):
         check_positive("batch_size", batch_size, integer=True)
         check_choice("optimizer", optimizer, ("sgd", "adam"))
         check_positive("weight_decay", weight_decay, allow_zero=True)
-        check_positive("shift", shift, integer=True, allow_zero=True)
-        check_positive("distill", distill, allow_zero=True)
-        check_positive("temperature", temperature)
-        check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
-        check_positive("clip_norm", clip_norm, allow_zero=True)
-        self.shift, self.distill, self.temperature = shift, distill, temperature
-        self.warmup_epochs, self.clip_norm = warmup_epochs, clip_norm
+        set_finetune_aids(self, shift=shift, distill=distill, temperature=temperature,
+                          warmup_epochs=warmup_epochs, clip_norm=clip_norm)
         self.epochs, self.lr, self.decay_every, self.gamma = epochs, lr, decay_every, gamma
         self.ewc_lambda, self.fisher_samples, self.pseudo_label = ewc_lambda, fisher_samples, bool(pseudo_label)
         self.batch_size, self.optimizer, self.weight_decay, self.seed, self.device = batch_size, optimizer, weight_decay, seed, device

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonguard.repair.base import (
+    set_finetune_aids,
     Context, Repairer, Teacher, check_choice, check_fraction, check_positive, cosine, finetune, last_linear,
     register_repairer, shifter,
 )
@@ -133,13 +134,8 @@ class Wild(Repairer):
         check_positive("noise_sigma", noise_sigma, allow_zero=True)
         check_positive("align_weight", align_weight, allow_zero=True)
         check_positive("clean_weight", clean_weight, allow_zero=True)
-        check_positive("shift", shift, integer=True, allow_zero=True)
-        check_positive("distill", distill, allow_zero=True)
-        check_positive("temperature", temperature)
-        check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
-        check_positive("clip_norm", clip_norm, allow_zero=True)
-        self.shift, self.distill, self.temperature = shift, distill, temperature
-        self.warmup_epochs, self.clip_norm = warmup_epochs, clip_norm
+        set_finetune_aids(self, shift=shift, distill=distill, temperature=temperature,
+                          warmup_epochs=warmup_epochs, clip_norm=clip_norm)
         self.epochs, self.lr, self.batch_size, self.optimizer, self.weight_decay = epochs, lr, batch_size, optimizer, weight_decay
         self.erase_p, self.noise_sigma, self.align_weight, self.clean_weight = erase_p, noise_sigma, align_weight, clean_weight
         self.seed, self.device = seed, device
