@@ -88,7 +88,7 @@ def test_shape_mismatch_and_non_classifier(tmp_path, mnist, capsys):
 
 
 def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome", "headless_shell"):
+    for name in ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "chrome", "headless_shell"):
         path = shutil.which(name)
         if path:
             return path

@@ -53,6 +53,24 @@ def write_triggers(det: Detection, out: Path, *, taken: set[int] | None = None) 
     return paths
 
 
+MAX_DRAWN = 20
+
+
+def classes_to_draw(det: Detection) -> list[int]:
+    """Row indices to draw: all of them for small models; else flagged first, then smallest triggers.
+
+    With 100+ classes only some fit the page, and the ones a reader needs are the suspects.
+    """
+    k = len(det.anomaly_index)
+    if k <= MAX_DRAWN:
+        return list(range(k))
+    targets = det.extra.get("targets") or list(range(k))
+    flagged = [targets.index(c) for c in det.flagged_classes if c in targets]
+    sizes = det.mask_l1 or [-a for a in det.anomaly_index]
+    rest = sorted((i for i in range(k) if i not in flagged), key=lambda i: sizes[i])
+    return (flagged + rest)[:MAX_DRAWN]
+
+
 def detection_html(det: Detection, examples: torch.Tensor | None, classes=None) -> str:
     """Bar chart of anomaly indices with the threshold, then every class's trigger as images."""
     k = len(det.anomaly_index)
@@ -66,16 +84,17 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None) 
     if det.masks is not None:
         masks, patterns = det.masks.detach().cpu(), det.patterns.detach().cpu()
         grid_rows, row_titles = [], []
-        for i in range(min(k, 20)):
+        for i in classes_to_draw(det):
             example = examples[i % len(examples)] if examples is not None and len(examples) else torch.zeros_like(patterns[i])
             stamped = (1 - masks[i]) * example + masks[i] * patterns[i]
             grid_rows.append([masks[i], patterns[i], masks[i] * patterns[i], stamped])
             row_titles.append(f"class {labels[i]}" + (" *" if i in det.flagged_classes else ""))
         html += img(image_grid(grid_rows, row_titles=row_titles,
-                               col_titles=["mask", "pattern", "mask x pattern", "triggered example"], scale=1.1),
+                               col_titles=["mask", "pattern", "trigger", "stamped input"], scale=1.1),
                     "reversed triggers")
-        if k > 20:
-            html += f"<p>Only the first 20 of {k} classes are drawn.</p>"
+        if k > MAX_DRAWN:
+            html += (f"<p>{MAX_DRAWN} of {k} classes are drawn: the flagged ones first (marked *), "
+                     "then those with the smallest triggers.</p>")
     return html
 
 
