@@ -53,7 +53,8 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], *, row_titles: Sequence[s
             if i == 0 and j < len(col_titles):
                 ax.set_title(col_titles[j], fontsize=8)
             if j == 0 and i < len(row_titles):
-                ax.set_ylabel(row_titles[i], fontsize=8)
+                # Horizontal, so long titles ("class airplane *") do not run into the next row.
+                ax.set_ylabel(row_titles[i], fontsize=8, rotation=0, ha="right", va="center")
     return figure_to_data_uri(fig)
 
 
@@ -62,7 +63,10 @@ def bar_chart(values: Sequence[float], *, labels: Sequence[str], threshold: floa
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(values)), 2.8))
     colors = ["#c0392b" if i in set(highlight) else "#4a77b4" for i in range(len(values))]
     ax.bar(range(len(values)), values, color=colors)
-    ax.set_xticks(range(len(values)), labels, rotation=45 if len(values) > 12 else 0, fontsize=8)
+    # Slant the labels when there are many or they are words (CIFAR's "automobile"), so they do not overlap.
+    slant = len(values) > 12 or max((len(str(label)) for label in labels), default=0) > 3
+    ax.set_xticks(range(len(values)), labels, rotation=45 if slant else 0, ha="right" if slant else "center",
+                  fontsize=8)
     if threshold is not None:
         ax.axhline(threshold, color="#c0392b", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
         ax.legend(fontsize=8)
