@@ -20,8 +20,8 @@ from poisonguard.detect.engine import InversionConfig, epoch_order, from_tanh_sp
 def reverse_one_class(model, x, target: int, config: InversionConfig, seed: int):
     """NC for one target class: returns (mask (H, W), pattern (C, H, W), found, epochs)."""
     mask0, pattern0 = initial_trigger(target, tuple(x.shape[1:]), seed)
-    mask_w = to_tanh_space(mask0).unsqueeze(0).requires_grad_(True)      # (1, 1, H, W)
-    pattern_w = to_tanh_space(pattern0).unsqueeze(0).requires_grad_(True)  # (1, C, H, W)
+    mask_w = to_tanh_space(mask0).unsqueeze(0).to(x.device).requires_grad_(True)      # (1, 1, H, W)
+    pattern_w = to_tanh_space(pattern0).unsqueeze(0).to(x.device).requires_grad_(True)  # (1, C, H, W)
     opt = torch.optim.Adam([mask_w, pattern_w], lr=config.lr, betas=config.betas)
     steps = config.steps_per_epoch or math.ceil(len(x) / config.batch_size)
     cost = config.init_cost
@@ -34,12 +34,12 @@ def reverse_one_class(model, x, target: int, config: InversionConfig, seed: int)
     for epoch in range(config.epochs):
         acc_sum = reg_sum = 0.0
         for idx in epoch_order(len(x), epoch, seed, steps, config.batch_size):
-            xb = x[idx]
+            xb = x[idx.to(x.device)]
             mask = from_tanh_space(mask_w)
             pattern = from_tanh_space(pattern_w)
             adv = (1 - mask) * xb + mask * pattern
             logits = model(adv)
-            t = torch.full((len(xb),), target, dtype=torch.long)
+            t = torch.full((len(xb),), target, dtype=torch.long, device=x.device)
             ce = F.cross_entropy(logits, t)
             reg = mask.abs().sum()
             loss = ce + cost * reg
