@@ -22,7 +22,7 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect (default 300)")
     p.add_argument("--threshold", type=positive_float, default=None,
                    help="anomaly index above which a class is flagged (default 2, the papers' ~95%% level)")
-    p.add_argument("--prune-after", type=positive_int, default=None, help="drop the least promising classes after this many epochs")
+    p.add_argument("--prune-after", type=positive_int, default=None, help="drop the least promising classes after this many epochs (faster; may add false flags, since pruned classes keep unfinished masks)")
     p.add_argument("--input-shape", default=None, help="C,H,W for --data none when the model has no metadata.json")
     p.add_argument("--num-classes", type=positive_int, default=None, help="class count for --data none without metadata.json")
     p.add_argument("--out", required=True, help="folder for report.json, report.html, trigger_<class>.npz")
