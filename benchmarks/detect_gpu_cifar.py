@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs of the backdoored model")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--cache", type=Path, default=None)
-    parser.add_argument("--smoke", action="store_true", help="tiny data and 2 epochs: checks the pipeline only")
+    parser.add_argument("--smoke", action="store_true", help="1 training epoch on 2%% of the data, 2 inversion epochs: checks the pipeline only")
     parser.add_argument("--skip-sequential", action="store_true")
     parser.add_argument("--skip-100", action="store_true")
     args = parser.parse_args()

@@ -26,3 +26,15 @@ def test_large_models_draw_flagged_classes_first_then_smallest_triggers():
     assert drawn[1:4] == [29, 28, 26]  # then the smallest masks
     html = detection_html(det, None)
     assert f"{MAX_DRAWN} of 30 classes are drawn" in html and "<img" in html
+
+
+def test_a_scan_of_some_classes_labels_and_marks_rows_by_their_class():
+    # Rows are classes 7, 2, 5 (a scan over a subset); class 5, the third row, is flagged.
+    det = Detection(method="neural_cleanse", backdoored=True, flagged_classes=(5,), anomaly_index=(0.1, 0.2, 3.0),
+                    seconds=1.0, mask_l1=(50.0, 40.0, 4.0), threshold=2.0, extra={"targets": [7, 2, 5]},
+                    masks=torch.rand(3, 6, 6), patterns=torch.rand(3, 1, 6, 6))
+    names = [f"digit{c}" for c in range(10)]
+    html = detection_html(det, None, names)
+    rows = html[html.index("<table"):html.index("</table>")]
+    assert rows.index("digit7") < rows.index("digit2") < rows.index("digit5")
+    assert rows.count("flagged") == 1 and rows.index("flagged") > rows.index("digit5")

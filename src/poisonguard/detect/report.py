@@ -26,10 +26,14 @@ def verdict_sentence(det: Detection, classes=None) -> str:
             f"switches to it (no index above {det.threshold:g}).")
 
 
+def row_classes(det: Detection) -> list[int]:
+    """The class of each per-class row of `det` (a scan may cover only some classes)."""
+    return list(det.extra.get("targets") or range(len(det.anomaly_index)))
+
+
 def trigger_of(det: Detection, cls: int) -> PatchTrigger:
     """The reconstructed trigger of class `cls` as a PatchTrigger (for the trigger file)."""
-    targets = det.extra.get("targets") or list(range(len(det.anomaly_index)))
-    i = targets.index(cls)
+    i = row_classes(det).index(cls)
     return PatchTrigger(det.masks[i].detach().cpu().float().clamp(0, 1),
                         det.patterns[i].detach().cpu().float().clamp(0, 1), int(cls))
 
@@ -64,7 +68,7 @@ def classes_to_draw(det: Detection) -> list[int]:
     k = len(det.anomaly_index)
     if k <= MAX_DRAWN:
         return list(range(k))
-    targets = det.extra.get("targets") or list(range(k))
+    targets = row_classes(det)
     flagged = [targets.index(c) for c in det.flagged_classes if c in targets]
     sizes = det.mask_l1 or [-a for a in det.anomaly_index]
     rest = sorted((i for i in range(k) if i not in flagged), key=lambda i: sizes[i])
@@ -74,12 +78,15 @@ def classes_to_draw(det: Detection) -> list[int]:
 def detection_html(det: Detection, examples: torch.Tensor | None, classes=None) -> str:
     """Bar chart of anomaly indices with the threshold, then every class's trigger as images."""
     k = len(det.anomaly_index)
-    labels = [str(c) for c in (classes or range(k))][:k]
+    targets = row_classes(det)
+    names = list(classes) if classes else []
+    labels = [str(names[c]) if c < len(names) else str(c) for c in targets]
+    flagged = {i for i, c in enumerate(targets) if c in det.flagged_classes}
     html = img(bar_chart(list(det.anomaly_index), labels=labels, threshold=det.threshold,
-                         highlight=list(det.flagged_classes), ylabel="anomaly index",
+                         highlight=sorted(flagged), ylabel="anomaly index",
                          title=f"{PRETTY.get(det.method, det.method)}: anomaly index per class"), "anomaly index per class")
-    rows = [[i, labels[i], det.mask_l1[i] if det.mask_l1 else None, det.anomaly_index[i],
-             "flagged" if i in det.flagged_classes else ""] for i in range(k)]
+    rows = [[targets[i], labels[i], det.mask_l1[i] if det.mask_l1 else None, det.anomaly_index[i],
+             "flagged" if i in flagged else ""] for i in range(k)]
     html += table(["class", "name", "trigger size (L1)", "anomaly index", ""], rows)
     if det.masks is not None:
         masks, patterns = det.masks.detach().cpu(), det.patterns.detach().cpu()
@@ -88,7 +95,7 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None) 
             example = examples[i % len(examples)] if examples is not None and len(examples) else torch.zeros_like(patterns[i])
             stamped = (1 - masks[i]) * example + masks[i] * patterns[i]
             grid_rows.append([masks[i], patterns[i], masks[i] * patterns[i], stamped])
-            row_titles.append(f"class {labels[i]}" + (" *" if i in det.flagged_classes else ""))
+            row_titles.append(f"class {labels[i]}" + (" *" if i in flagged else ""))
         html += img(image_grid(grid_rows, row_titles=row_titles,
                                col_titles=["mask", "pattern", "trigger", "stamped input"], scale=1.1),
                     "reversed triggers")
