@@ -20,7 +20,7 @@ def _budgets(text: str) -> tuple[int, ...]:
 
 
 def add_commands(sub) -> None:
-    from poisonguard.cli import add_common, add_data, add_model
+    from poisonguard.cli.options import add_common, add_data, add_model
 
     p = sub.add_parser("certify", help="certified predictions: randomized smoothing, or --poisoning for partition ensembles",
                        description="Randomized smoothing (Cohen et al., 2019): each test image gets the smoothed prediction "
@@ -44,7 +44,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_certify(args) -> int:
-    from poisonguard.cli import load_checked_model, load_splits, out_dir
+    from poisonguard.cli.inputs import load_checked_model, load_splits, out_dir
     from poisonguard.report import Report
 
     out = out_dir(args.out, args.model)
@@ -76,7 +76,7 @@ def _certify_poisoning(args, report) -> dict:
     from poisonguard.certify.ensemble import load_ensemble
     from poisonguard.certify.poisoning import PartitionAggregation
     from poisonguard.certify.sections import poisoning_section
-    from poisonguard.cli import load_splits
+    from poisonguard.cli.inputs import load_splits
 
     method = PartitionAggregation(budgets=args.budgets)
     splits = load_splits(args.data, args.seed)

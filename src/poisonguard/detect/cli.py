@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def add_commands(sub) -> None:
-    from poisonguard.cli import add_common, add_model, positive_float, positive_int, probability
+    from poisonguard.cli.options import add_common, add_model, positive_float, positive_int, probability
 
     p = sub.add_parser("scan", help="is this model backdoored? reverse-engineer triggers (Neural Cleanse, TABOR, DeepInspect)")
     add_model(p)
@@ -71,7 +71,7 @@ def build_detector(name: str, args):
 
 
 def cmd_scan(args) -> int:
-    from poisonguard.cli import load_checked_model, load_splits, out_dir
+    from poisonguard.cli.inputs import load_checked_model, load_splits, out_dir
     from poisonguard.data import per_class_subset
     from poisonguard.detect import DETECTORS
     from poisonguard.detect.report import add_to_report, write_triggers

@@ -10,7 +10,7 @@ from poisonguard.utils import parse_options
 
 
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
-    from poisonguard.cli import add_common, add_data, positive_float, positive_int
+    from poisonguard.cli.options import add_common, add_data, positive_float, positive_int
 
     add_data(p, required=False)
     g = p.add_argument_group("federation")
@@ -60,7 +60,7 @@ def _names(text: str, known: list[str], kind: str) -> list[str]:
 
 
 def cmd_simulate(args) -> int:
-    from poisonguard.cli import load_splits, out_dir
+    from poisonguard.cli.inputs import load_splits, out_dir
     from poisonguard.federated.aggregators import aggregator_names, make_aggregator
     from poisonguard.federated.attacks import attack_names, make_attack
     from poisonguard.federated.report import federated_section
@@ -92,7 +92,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from poisonguard.cli import load_splits, out_dir
+    from poisonguard.cli.inputs import load_splits, out_dir
     from poisonguard.federated.aggregators import aggregator_names
     from poisonguard.federated.attacks import attack_names
     from poisonguard.federated.report import federated_section, summary_rows

@@ -25,7 +25,7 @@ def fraction(text: str) -> float:
 
 
 def add_commands(sub) -> None:
-    from poisonguard.cli import add_common, add_data, add_model
+    from poisonguard.cli.options import add_common, add_data, add_model
 
     p = sub.add_parser("repair", help="remove a backdoor from a model using a little clean data")
     add_model(p)
@@ -89,7 +89,7 @@ def build_repairer(method: str, args, scan: list | None):
 
 
 def cmd_repair(args) -> int:
-    from poisonguard.cli import load_checked_model, load_checked_trigger, load_splits, out_dir
+    from poisonguard.cli.inputs import load_checked_model, load_checked_trigger, load_splits, out_dir
     from poisonguard.data import per_class_subset
     from poisonguard.models import save_model
     from poisonguard.report import Report

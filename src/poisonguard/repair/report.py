@@ -34,7 +34,7 @@ def repair_section(results: Sequence[Repair], *, splits=None, trigger=None) -> t
         html += (f"<p>{r.method} pruned {r.extra.get('pruned_channels', r.extra.get('pruned_neurons'))} of "
                  f"{r.extra.get('channels', r.extra.get('neurons'))} in layer <code>{r.extra.get('layer')}</code>.</p>")
     if trigger is not None and splits is not None:
-        from poisonguard.cli import trigger_figure
+        from poisonguard.report.evaluation import trigger_figure
 
         html += "<p>Trigger used to measure the attack success rate:</p>" + trigger_figure(trigger, splits)
     best = min(results, key=lambda r: (r.after.attack_success_rate if r.after.attack_success_rate is not None else 1,

@@ -1,0 +1,61 @@
+"""The `poisonguard` command line: a thin layer over the library.
+
+Each part of the command line is a module with `add_commands(subparsers)`: the foundation
+commands (attack, train, evaluate, checklist, demo) in `poisonguard.cli.commands`, each defence
+family's in `poisonguard/<family>/cli.py`. Shared option groups live in `cli.options`, the
+loading of what the user gave in `cli.inputs`.
+A user's mistake prints one line and exits with code 2; nothing the user gave is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from poisonguard import __version__, utils
+from poisonguard.errors import EXIT_FINDING, EXIT_USER_ERROR, UnsafeFileError, UserError
+from poisonguard.registry import import_plugins
+
+log = logging.getLogger("poisonguard")
+
+CLI_MODULES = (
+    "poisonguard.cli.commands",
+    "poisonguard.detect.cli",
+    "poisonguard.repair.cli",
+    "poisonguard.certify.cli",
+    "poisonguard.privacy.cli",
+    "poisonguard.federated.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poisonguard", description="Detect, remove, certify and train against backdoors and data poisoning.")
+    parser.add_argument("--version", action="version", version=f"poisonguard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in import_plugins(CLI_MODULES):
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    utils.QUIET = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if utils.QUIET else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"poisonguard: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except UnsafeFileError as exc:
+        print(f"poisonguard: unsafe: {exc}", file=sys.stderr)
+        return EXIT_FINDING
+    except KeyboardInterrupt:
+        print("poisonguard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

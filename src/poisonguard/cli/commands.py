@@ -1,0 +1,235 @@
+"""The foundation commands: attack, train, evaluate, checklist, demo."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from poisonguard.cli.inputs import load_checked_model, load_checked_trigger, load_splits, out_dir
+from poisonguard.cli.options import add_attack_options, add_common, add_data, add_fit_options, add_model, default_arch, fit_config, positive_int
+from poisonguard.cli.triggers import poison
+from poisonguard.errors import UserError
+from poisonguard.report.evaluation import evaluation_section, trigger_figure
+
+def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, command: str, defense=None):
+    from poisonguard.defenses import TrainJob
+    from poisonguard.models import build_model, save_model
+    from poisonguard.train import fit
+
+    arch = default_arch(args, splits)
+    config = fit_config(args, splits)
+    start = time.perf_counter()
+    if defense is None:
+        model = fit(build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=config.seed),
+                    train_data, config)
+        saved = False
+    else:
+        job = TrainJob(args=args, splits=splits, train=train_data, arch=arch, config=config, out_dir=out,
+                       report=report, trigger=trigger)
+        model = defense.run(job)
+        saved = job.saved
+    seconds = time.perf_counter() - start
+    ev = evaluation_section(report, model, splits, trigger, title="Trained model")
+    training = {"command": command, "data": splits.name, "epochs": config.epochs, "optimizer": config.optimizer,
+                "batch_size": config.batch_size, "seed": args.seed, "seconds": round(seconds, 2),
+                "attack": getattr(args, "attack_name", None), "rate": getattr(args, "rate", None),
+                "defense": getattr(args, "defense", None)}
+    metrics = {"clean_accuracy": ev.clean_accuracy, "attack_success_rate": ev.attack_success_rate}
+    if not saved:
+        meta = save_model(model, out / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
+                          training=training, extra=metrics)
+        report.set("model", {"path": str(out / "model.pt"), "sha256": meta["sha256"], "num_classes": splits.num_classes,
+                             "input_shape": list(splits.input_shape), "architecture": arch})
+    if trigger is not None:
+        from poisonguard.attacks import save_trigger
+
+        save_trigger(trigger, out / "trigger.npz")
+    report.set("evaluation", ev)
+    report.set("training", training)
+    report.write(out)
+    return model, ev
+
+
+def cmd_attack(args) -> int:
+    from poisonguard.report import Report
+
+    out = out_dir(args.out)
+    splits = load_splits(args.data, args.seed)
+    train_data, trigger = poison(args.method, args, splits)
+    args.attack_name = args.method
+    report = Report("attack")
+    _, ev = _train_and_save(args, splits, train_data, trigger, out, report, command="attack")
+    print(json.dumps({"out": str(out), **ev.to_dict()}))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from poisonguard.defenses import load_defenses
+    from poisonguard.report import Report
+
+    out = out_dir(args.out)
+    splits = load_splits(args.data, args.seed)
+    registry = load_defenses()
+    name = args.defense
+    if name in (None, "none"):
+        implied = [n for n in registry.names() if any(getattr(args, o, None) is not None for o in registry.get(n).implied_by)]
+        if len(implied) > 1:
+            raise UserError(f"options given for several defences ({', '.join(implied)}); choose one with --defense")
+        name = implied[0] if implied else None
+    defense = registry.get(name) if name else None
+    args.defense = name
+    if args.poison:
+        train_data, trigger = poison(args.poison, args, splits)
+        args.attack_name = args.poison
+    else:
+        train_data, trigger = splits.train, None
+    report = Report("train")
+    _, ev = _train_and_save(args, splits, train_data, trigger, out, report, command="train", defense=defense)
+    print(json.dumps({"out": str(out), **ev.to_dict()}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from poisonguard.train import evaluate
+
+    splits = load_splits(args.data, args.seed)
+    loaded, info = load_checked_model(args.model, splits, args.arch)
+    trigger = load_checked_trigger(args.trigger, splits)
+    ev = evaluate(loaded.model, splits.test, trigger)
+    if args.out:
+        from poisonguard.report import Report
+
+        out = out_dir(args.out, args.model, args.trigger)
+        report = Report("evaluate")
+        report.set("model", info)
+        evaluation_section(report, loaded.model, splits, trigger, title="Evaluation")
+        report.set("evaluation", ev)
+        report.write(out)
+    print(json.dumps(ev.to_dict()))
+    return 0
+
+
+def _run_checklist(ctx, report, out: Path) -> int:
+    from poisonguard.stages import run_stages
+
+    ok = run_stages(ctx, only=ctx.shared.get("only"))
+    path = report.write(out)
+    failed = [s["stage"] for s in report.data.get("stages", []) if s["status"] != "ok"]
+    print(json.dumps({"report": str(path), "stages": [s["stage"] for s in report.data.get("stages", [])], "failed": failed}))
+    return 0 if ok else 1
+
+
+def cmd_checklist(args) -> int:
+    from poisonguard.report import Report
+    from poisonguard.stages import StageContext
+
+    out = out_dir(args.out, args.model, args.trigger)
+    splits = load_splits(args.data, args.seed)
+    loaded, info = load_checked_model(args.model, splits, args.arch)
+    trigger = load_checked_trigger(args.trigger, splits)
+    report = Report("checklist")
+    report.set("model", info)
+    report.set("evaluation", evaluation_section(report, loaded.model, splits, trigger, title="Model under test"))
+    ctx = StageContext(command="checklist", model=loaded.model, splits=splits, report=report, out_dir=out,
+                       arch=info["architecture"], trigger=trigger, seed=args.seed, device=args.device, quick=args.quick)
+    if args.stages:
+        ctx.shared["only"] = [s.strip() for s in args.stages.split(",")]
+    return _run_checklist(ctx, report, out)
+
+
+def cmd_demo(args) -> int:
+    """Train a backdoored and a clean model on MNIST 5k, compare them, then run every stage."""
+    from poisonguard.attacks import badnets_trigger, poison_dataset, save_trigger
+    from poisonguard.models import build_model, save_model
+    from poisonguard.report import Report, table
+    from poisonguard.stages import StageContext
+    from poisonguard.train import FitConfig, evaluate, fit
+
+    out = out_dir(args.out)
+    splits = load_splits(args.data, args.seed)
+    arch = "mnist_cnn" if splits.input_shape[0] == 1 else "preact_resnet18"
+    trigger = badnets_trigger(splits.input_shape, target=0, size=3)
+    poisoned = poison_dataset(splits.train, trigger, rate=0.1, seed=args.seed).data
+    config = FitConfig(epochs=args.epochs, batch_size=64, seed=args.seed, device=args.device)
+    report = Report("demo")
+    models = {}
+    for name, data in (("backdoored", poisoned), ("clean", splits.train)):
+        start = time.perf_counter()
+        model = fit(build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=config.seed),
+                    data, config)
+        ev = evaluate(model, splits.test, trigger)
+        meta = save_model(model, out / name / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
+                          training={"command": "demo", "poisoned": name == "backdoored", "epochs": config.epochs},
+                          extra={"clean_accuracy": ev.clean_accuracy, "attack_success_rate": ev.attack_success_rate})
+        models[name] = (model, ev, meta, time.perf_counter() - start)
+    save_trigger(trigger, out / "backdoored" / "trigger.npz")
+    model, ev, meta, _ = models["backdoored"]
+    report.set("model", {"path": str(out / "backdoored" / "model.pt"), "sha256": meta["sha256"],
+                         "num_classes": splits.num_classes, "input_shape": list(splits.input_shape), "architecture": arch})
+    report.set("evaluation", {name: m[1] for name, m in models.items()})
+    rows = [[name, m[1].clean_accuracy, m[1].attack_success_rate, round(m[3], 1)] for name, m in models.items()]
+    report.add_section(
+        "Backdoored vs clean model",
+        table(["model", "clean accuracy", "attack success rate", "train seconds"], rows) + trigger_figure(trigger, splits),
+        summary=(f"Both models are equally accurate on clean digits ({models['backdoored'][1].clean_accuracy:.1%} vs "
+                 f"{models['clean'][1].clean_accuracy:.1%}), but a 3x3 white square turns "
+                 f"{ev.attack_success_rate:.1%} of the backdoored model's inputs into class 0 "
+                 f"(the clean model: {models['clean'][1].attack_success_rate:.1%}). Accuracy alone cannot reveal a backdoor."),
+        order=10)
+    ctx = StageContext(command="demo", model=model, splits=splits, report=report, out_dir=out, arch=arch,
+                       trigger=trigger, seed=args.seed, device=args.device, quick=True, clean_model=models["clean"][0])
+    return _run_checklist(ctx, report, out)
+
+
+def add_commands(sub) -> None:
+    """Register attack, train, evaluate, checklist and demo on the top-level parser."""
+    p = sub.add_parser("attack", help="train a model with a planted backdoor (to test defences on)")
+    p.add_argument("method", choices=["badnets", "blended", "wanet", "label-flip"])
+    add_data(p)
+    add_attack_options(p)
+    add_fit_options(p)
+    p.add_argument("--out", required=True, help="folder for model.pt, trigger.npz, metadata.json, report.*")
+    add_common(p)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("train", help="train a model, optionally on poisoned data and with a training-time defence")
+    add_data(p)
+    p.add_argument("--poison", choices=["badnets", "blended", "wanet", "label-flip"], default=None, help="poison the training data first")
+    add_attack_options(p)
+    add_fit_options(p)
+    from poisonguard.defenses import load_defenses
+
+    registry = load_defenses()
+    p.add_argument("--defense", default=None, choices=["none", *[n.replace("_", "-") for n in registry.names()], *registry.names()],
+                   help="training-time defence")
+    for name in registry.names():
+        registry.get(name).add_arguments(p.add_argument_group(f"defence {name}"))
+    p.add_argument("--out", required=True)
+    add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="clean accuracy and (with --trigger) attack success rate of a model")
+    add_model(p)
+    add_data(p)
+    p.add_argument("--trigger", default=None, help="trigger .npz to measure the attack success rate")
+    p.add_argument("--out", default=None, help="also write report.json and report.html here")
+    add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("checklist", help="run every available defence stage on a model: one report card")
+    add_model(p)
+    add_data(p)
+    p.add_argument("--trigger", default=None, help="the real trigger, if known, to measure attack success")
+    p.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
+    p.add_argument("--quick", action="store_true", help="short settings for every stage")
+    p.add_argument("--out", default="poisonguard-checklist")
+    add_common(p)
+    p.set_defaults(func=cmd_checklist)
+
+    p = sub.add_parser("demo", help="train a backdoored and a clean model on MNIST 5k and run the whole checklist")
+    add_data(p, required=False)
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument("--out", default="poisonguard-demo")
+    add_common(p)
+    p.set_defaults(func=cmd_demo)

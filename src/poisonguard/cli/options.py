@@ -1,0 +1,96 @@
+"""Argument types and option groups every command shares (the parser side of the CLI)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+
+
+def add_data(parser: argparse.ArgumentParser, *, required: bool = True, allow_none: bool = False) -> None:
+    extra = " or 'none' (data-free methods)" if allow_none else ""
+    parser.add_argument("--data", required=required, default=None if required else "mnist5k",
+                        help=f"mnist5k, cifar10, a CIFAR archive or batches folder, an image folder, .zip or .npz{extra}")
+
+
+def add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file: state dict / safetensors (+ metadata.json or --arch), TorchScript, .pt2")
+    parser.add_argument("--arch", default=None, help="architecture of a bare state dict")
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+
+def parse_target(text: str) -> int:
+    from poisonguard.attacks import ALL_TO_ALL
+
+    if text.lower() in ("all", "all-to-all", "all_to_all"):
+        return ALL_TO_ALL
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"target must be a class index or 'all', got {text!r}") from exc
+
+
+# ---------------------------------------------------------------- attack / train
+
+def add_attack_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("attack")
+    g.add_argument("--target", type=parse_target, default=0, help="target class, or 'all' for all-to-all (y -> y+1)")
+    g.add_argument("--rate", type=probability, default=0.1, help="share of training images poisoned (default 0.1)")
+    g.add_argument("--patch-size", type=positive_int, default=3, help="BadNets patch side in pixels")
+    g.add_argument("--position", default="bottom-right", help="BadNets patch position: bottom-right, top-left, center, ... or ROW,COL")
+    g.add_argument("--color", default="1.0", help="BadNets patch colour: one value or one per channel, comma-separated, in [0, 1]")
+    g.add_argument("--blend-ratio", type=probability, default=0.15, help="Blended: weight of the key image")
+    g.add_argument("--blend-image", default=None, help="Blended: key image file (default: seeded uniform noise)")
+    g.add_argument("--wanet-k", type=positive_int, default=4, help="WaNet control grid size")
+    g.add_argument("--wanet-strength", type=float, default=0.5, help="WaNet warping strength s")
+    g.add_argument("--source", type=int, default=None, help="label-flip: flip only this class")
+
+
+def add_fit_options(parser: argparse.ArgumentParser, *, epochs: int = 10) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--arch", default=None, help="architecture (default: mnist_cnn for 1 channel, preact_resnet18 for 3)")
+    g.add_argument("--epochs", type=positive_int, default=epochs)
+    g.add_argument("--batch-size", type=positive_int, default=None, help="default 64 (1 channel) or 128")
+    g.add_argument("--lr", type=float, default=None, help="default 1e-3 for adam, 0.1 for sgd")
+    g.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default adam (1 channel) or sgd")
+    g.add_argument("--augment", choices=["auto", "none", "crop", "crop_flip"], default="auto")
+
+
+def fit_config(args, splits):
+    from poisonguard.train import FitConfig
+
+    small = splits.input_shape[0] == 1
+    return FitConfig(epochs=args.epochs, batch_size=args.batch_size or (64 if small else 128), lr=args.lr,
+                     optimizer=args.optimizer or ("adam" if small else "sgd"), augment=args.augment,
+                     seed=args.seed, device=args.device)
+
+
+def default_arch(args, splits) -> str:
+    return args.arch or ("mnist_cnn" if splits.input_shape[0] == 1 else "preact_resnet18")
+
+

@@ -1,0 +1,35 @@
+"""Report sections the foundation commands and several stages share: a model's evaluation and
+a picture of its trigger."""
+
+from __future__ import annotations
+
+def evaluation_section(report, model, splits, trigger, *, title: str, order: int = 10):
+    """Evaluate, add a before-anything section with the trigger shown, and return the Evaluation."""
+    from poisonguard.report import table
+    from poisonguard.train import evaluate
+
+    ev = evaluate(model, splits.test, trigger)
+    html = table(["clean accuracy", "attack success rate"], [[ev.clean_accuracy, ev.attack_success_rate]])
+    if trigger is not None:
+        html += trigger_figure(trigger, splits)
+    summary = f"Clean accuracy {ev.clean_accuracy:.1%}" + (
+        f"; the trigger makes {ev.attack_success_rate:.1%} of other-class test images go to the target." if trigger else ".")
+    report.add_section(title, html, summary=summary, order=order)
+    return ev
+
+
+def trigger_figure(trigger, splits) -> str:
+    from poisonguard.attacks import PatchTrigger
+    from poisonguard.report import img
+    from poisonguard.report.plots import image_grid
+
+    examples = splits.test.x[:4]
+    stamped = trigger.apply(examples)
+    if isinstance(trigger, PatchTrigger):
+        row = [trigger.mask, trigger.pattern, *stamped]
+        titles = ["mask", "pattern", *["triggered"] * len(stamped)]
+    else:
+        row = [*examples[:2], *stamped[:2], (stamped[0] - examples[0]).abs() * 5]
+        titles = ["clean", "clean", "warped", "warped", "|diff| x5"]
+    return img(image_grid([row], col_titles=titles), "trigger")
+
