@@ -27,6 +27,7 @@ CLI_MODULES = (
     "poisonguard.certify.cli",
     "poisonguard.privacy.cli",
     "poisonguard.federated.cli",
+    "poisonguard.filesafety.cli",
 )
 
 

@@ -1,19 +1,32 @@
 """Static file safety: what a file is (by its bytes) and whether loading it could run code.
 
 Nothing here loads or runs the file. `poisonguard.models` calls `require_safe` before torch,
-safetensors, onnx or numpy touch a model file; `poisonguard inspect-file` and `audit` report
-`inspect_file`'s findings.
-
-INTERFACE STUB (to be replaced by the real allowlist-first scanner; see issue 13 / 18).
+safetensors, onnx or numpy touch a model file (and `check_loaded_torchscript` right after
+`torch.jit.load`); `poisonguard inspect-file` and `audit` report `inspect_file`'s findings.
+The policy is allowlist-first: a pickle global, operator, archive member or header field that
+is not known to be harmless makes the file unsafe. One module per concern: `formats` (what a
+file is), `archives` (zip structure, CRCs, bombs), `pickles` (the opcode walk), `torchfiles`,
+`torchscript`, `export`, `safetensors`, `numpy`, `onnx`, `sandbox` (the second wall).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from poisonguard.errors import UnsafeFileError
+from poisonguard.errors import UnsafeFileError, UserError
+from poisonguard.filesafety.formats import FORMATS, sniff
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FORMATS", "FileSafety", "sniff_format", "inspect_file", "require_safe", "check_loaded_torchscript"]
+
+# Paths whose "files" are devices or kernel views: reading them hangs, leaks or never ends.
+_SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
+HASH_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -31,14 +44,58 @@ class FileSafety:
                 "file_safety": "safe" if self.safe else "unsafe", "file_findings": list(self.findings)}
 
 
+def _regular_file(path: str | Path) -> Path:
+    """The path, if it is a regular file outside /proc, /sys and /dev (symlinks resolved); else UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"file not found: {path}")
+    real = path.resolve()
+    if len(real.parts) > 1 and f"/{real.parts[1]}" in _SPECIAL_ROOTS:
+        raise UserError(f"{path} points into /{real.parts[1]}: not a model file")
+    if not real.is_file():
+        raise UserError(f"{path} is not a regular file")
+    return path
+
+
 def sniff_format(path: str | Path) -> str:
-    """One of: zip-torch, torchscript, torch.export, legacy-torch, pickle, safetensors, onnx, npz, npy, unknown."""
-    raise NotImplementedError
+    """What `path` is, from its bytes, never its name.
+
+    One of: "torch-zip" (a torch.save zip, e.g. a state dict), "torchscript" (torch.jit.save),
+    "torch.export" (a .pt2 archive), "legacy-torch" (torch.save's pre-1.6 pickle sequence),
+    "pickle" (a bare pickle), "safetensors", "onnx", "npz", "npy", "unknown".
+    """
+    path = _regular_file(path)
+    with open(path, "rb") as handle:
+        return sniff(handle, path.stat().st_size)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def inspect_file(path: str | Path) -> FileSafety:
-    """Check `path` without loading it; never raises for a hostile file (the verdict says so)."""
-    raise NotImplementedError
+    """Check `path` without loading it; never raises for a hostile file (the verdict says so).
+
+    Raises `UserError` only when there is no readable regular file at `path`.
+    """
+    path = _regular_file(path)
+    try:
+        digest = _sha256(path)
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            fmt = sniff(handle, size)
+            findings = _CHECKS[fmt](handle, size, path)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # a scanner bug must not pass a file: fail closed
+        log.debug("file safety check crashed on %s", path, exc_info=True)
+        return FileSafety(str(path), locals().get("digest", ""), locals().get("fmt", "unknown"), False,
+                          (f"the safety check could not finish ({type(exc).__name__}: {str(exc)[:120]})",))
+    return FileSafety(str(path), digest, fmt, not findings, tuple(findings))
 
 
 def require_safe(path: str | Path) -> FileSafety:
@@ -47,3 +104,93 @@ def require_safe(path: str | Path) -> FileSafety:
     if not report.safe:
         raise UnsafeFileError(report.path, report.findings)
     return report
+
+
+def check_loaded_torchscript(module: Any) -> list[str]:
+    """Findings for a module that `torch.jit.load` returned (see `torchscript.check_loaded_torchscript`)."""
+    from poisonguard.filesafety.torchscript import check_loaded_torchscript as check
+
+    return check(module)
+
+
+def _with_archive(check_members: Callable[[Any], list[str]]) -> Callable[[Any, int, Path], list[str]]:
+    def run(handle, size, path):
+        from poisonguard.filesafety.archives import check_archive
+
+        archive = check_archive(handle, size)
+        try:
+            if archive.archive is None or archive.findings:
+                return archive.findings
+            return check_members(archive) + archive.findings
+        finally:
+            archive.close()
+    return run
+
+
+def _torch_zip(check):
+    from poisonguard.filesafety.torchfiles import check_torch_zip
+    return check_torch_zip(check)
+
+
+def _torchscript(check):
+    from poisonguard.filesafety.torchscript import check_torchscript
+    return check_torchscript(check)
+
+
+def _export(check):
+    from poisonguard.filesafety.export import check_export
+    return check_export(check)
+
+
+def _npz(check):
+    from poisonguard.filesafety.numpy import check_npz
+    return check_npz(check)
+
+
+def _legacy(handle, size, path):
+    from poisonguard.filesafety.torchfiles import check_legacy
+    return check_legacy(handle, size)
+
+
+def _pickle(handle, size, path):
+    from poisonguard.filesafety.torchfiles import check_raw_pickle
+    return check_raw_pickle(handle, size)
+
+
+def _safetensors(handle, size, path):
+    from poisonguard.filesafety.safetensors import check_safetensors
+    return check_safetensors(handle, size)
+
+
+def _onnx(handle, size, path):
+    from poisonguard.filesafety.onnx import check_onnx
+    return check_onnx(handle, size, path)
+
+
+def _npy(handle, size, path):
+    from poisonguard.filesafety.numpy import check_npy
+    handle.seek(0)
+    return check_npy(handle, size)
+
+
+def _unknown(handle, size, path):
+    from poisonguard.filesafety.archives import is_zip
+
+    handle.seek(0)
+    if is_zip(handle.read(4)):
+        return ["a zip archive that is none of torch.save, TorchScript, torch.export or .npz"]
+    return ["not a model format poisonguard reads (recognised by its bytes: " + ", ".join(FORMATS[:-1]) + ")"]
+
+
+_CHECKS: dict[str, Callable[[Any, int, Path], list[str]]] = {
+    "torch-zip": _with_archive(_torch_zip),
+    "torchscript": _with_archive(_torchscript),
+    "torch.export": _with_archive(_export),
+    "npz": _with_archive(_npz),
+    "legacy-torch": _legacy,
+    "pickle": _pickle,
+    "safetensors": _safetensors,
+    "onnx": _onnx,
+    "npy": _npy,
+    "unknown": _unknown,
+}

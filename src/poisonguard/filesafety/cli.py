@@ -1,0 +1,45 @@
+"""`poisonguard inspect-file FILE... [--out DIR]`: static file safety, nothing loaded or run.
+
+Prints one JSON object on stdout (`{"files": [...], "unsafe": N}`, each file as
+`FileSafety.to_dict()`); with `--out`, the same object goes to `DIR/report.json`. Exit 1 when
+any file is unsafe (a finding, as for a backdoor found), 0 when all are safe, 2 for a missing file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from poisonguard.errors import EXIT_FINDING, EXIT_OK
+
+log = logging.getLogger(__name__)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("inspect-file", help="is this model file safe to load? static checks by format, nothing is loaded or run")
+    p.add_argument("files", nargs="+", metavar="FILE", help="model or data files (format recognised by their bytes)")
+    p.add_argument("--out", default=None, help="also write the result to OUT/report.json")
+    p.add_argument("--quiet", action="store_true", help="no log lines")
+    p.set_defaults(func=cmd_inspect_file)
+
+
+def cmd_inspect_file(args) -> int:
+    from poisonguard import __version__
+    from poisonguard.cli.inputs import out_dir
+    from poisonguard.filesafety import inspect_file
+    from poisonguard.utils import atomic_write_text
+
+    out = out_dir(args.out, *args.files) if args.out is not None else None
+    results = [inspect_file(path).to_dict() for path in args.files]
+    unsafe = sum(r["file_safety"] == "unsafe" for r in results)
+    for result in results:
+        if result["file_safety"] == "unsafe":
+            log.warning("unsafe: %s (%s): %s", result["path"], result["format"], "; ".join(result["file_findings"][:3]))
+    report = {"tool": "poisonguard", "version": __version__, "command": "inspect-file", "files": results, "unsafe": unsafe}
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "report.json", text)
+    sys.stdout.write(text + "\n")
+    return EXIT_FINDING if unsafe else EXIT_OK

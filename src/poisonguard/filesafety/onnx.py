@@ -1,0 +1,117 @@
+"""ONNX models: a protobuf graph of standard operators, possibly with tensors stored in other files.
+
+ONNX carries no Python, but a model can point its external data at any path (`/etc/passwd`,
+`../../secret`) and have the runtime read it, use operators of custom domains (native code a
+runtime registers), or declare tensors far larger than the file. Checked without loading any
+external data: every external location is a relative path that stays inside the model's
+folder, every node's domain is a standard one (or a function the model itself defines from
+standard operators), and every initializer's declared size is within the element limit and,
+when stored inline, matches its bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from poisonguard.filesafety.limits import LIMITS
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"})
+_BYTES_PER = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2}
+
+
+def check_onnx(handle: BinaryIO, size: int, path: Path) -> list[str]:
+    import onnx
+
+    if size > LIMITS.onnx_bytes:
+        return [f"an ONNX file of {size} bytes, over protobuf's {LIMITS.onnx_bytes}-byte limit"]
+    handle.seek(0)
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(handle.read())
+    except Exception as exc:  # protobuf's DecodeError
+        return [f"not a readable ONNX model ({type(exc).__name__})"]
+    findings: list[str] = []
+    local = {(f.domain, f.name) for f in model.functions}
+    for opset in model.opset_import:
+        if opset.domain not in STANDARD_DOMAINS and opset.domain not in {d for d, _ in local}:
+            findings.append(f"imports operator set of custom domain {opset.domain!r}")
+    for graph_name, node in _nodes(model):
+        if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in local:
+            findings.append(f"{graph_name}: node {node.op_type} of custom domain {node.domain!r}")
+    for tensor in _tensors(model):
+        findings += _tensor_problems(tensor, path)
+    return sorted(set(findings))[:40]
+
+
+def _nodes(model: Any):
+    for function in model.functions:
+        for node in function.node:
+            yield f"function {function.name}", node
+    yield from _graph_nodes(model.graph, "graph", 0)
+
+
+def _graph_nodes(graph: Any, name: str, depth: int):
+    if depth > 20:
+        return
+    for node in graph.node:
+        yield name, node
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _graph_nodes(sub, f"{name}/{node.op_type}", depth + 1)
+
+
+def _tensors(model: Any):
+    """Initializers and tensor attributes of every (sub)graph."""
+    graphs = [model.graph]
+    seen = 0
+    while graphs and seen < 10_000:
+        graph = graphs.pop()
+        seen += 1
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+
+
+def _tensor_problems(tensor: Any, path: Path) -> list[str]:
+    count = math.prod(tensor.dims) if tensor.dims else 1
+    if any(d < 0 for d in tensor.dims) or count > LIMITS.elements:
+        return [f"tensor {tensor.name!r} declares dims {list(tensor.dims)[:8]} (over the limit of {LIMITS.elements} elements)"]
+    if tensor.data_location == 1 or tensor.external_data:  # EXTERNAL
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        problem = _escapes(location, path)
+        if problem:
+            return [f"tensor {tensor.name!r}: external data {problem}"]
+        for key in ("offset", "length"):
+            if key in entries and (not entries[key].isdigit() or int(entries[key]) > LIMITS.archive_bytes):
+                return [f"tensor {tensor.name!r}: external data {key} {entries[key][:30]!r}"]
+        return []
+    width = _BYTES_PER.get(tensor.data_type)
+    if tensor.raw_data and width and len(tensor.raw_data) != count * width:
+        return [f"tensor {tensor.name!r}: {len(tensor.raw_data)} bytes for dims {list(tensor.dims)} ({count * width} needed)"]
+    return []
+
+
+def _escapes(location: str, model_path: Path) -> str | None:
+    if not location:
+        return "without a location"
+    pure = PurePosixPath(location.replace("\\", "/"))
+    if pure.is_absolute() or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
+        return f"at an absolute path {location[:80]!r}"
+    if ".." in pure.parts:
+        return f"climbing out of the model's folder {location[:80]!r}"
+    folder = model_path.resolve().parent
+    target = (folder / pure).resolve()
+    if folder != target and folder not in target.parents:
+        return f"leaving the model's folder through a link {location[:80]!r}"
+    return None

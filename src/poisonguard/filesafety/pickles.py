@@ -1,0 +1,274 @@
+"""Allowlist-first pickle check: walk the opcodes, never unpickle.
+
+A pickle runs code through the globals it imports (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) and
+the calls it makes on them (REDUCE, NEWOBJ, BUILD). `walk_pickle` simulates the pickle machine's
+stack symbolically (`pickletools.genops` decodes the opcodes, nothing is imported), so a
+STACK_GLOBAL's module and name are resolved however they were pushed: plain strings, strings
+fetched back from the memo (BINPUT/MEMOIZE then BINGET), or not resolvable at all (then unsafe).
+Every global must be in a small vetted set, and the ones that get *called* must be in a
+smaller one: a storage class or dtype may appear as data, but calling `torch.FloatStorage(1e11)`
+is a memory bomb, so it is not on the callable list. Denylist scanners miss whatever they did not
+think of (`pkgutil.resolve_name`, `torch.utils.collect_env.run`, `builtins.bytearray`); here
+anything not vetted is a finding.
+"""
+
+from __future__ import annotations
+
+import io
+import pickletools
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+# Called while a torch.save file (state dict, checkpoint) is unpickled: tensor rebuilders and
+# containers. Arguments are tensors, tuples and plain numbers.
+TORCH_CALLABLES = frozenset({
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    "collections.OrderedDict",
+    "torch.Size",
+    "torch.device",
+})
+
+# Appear as data only: the storage type or dtype a rebuilder is given.
+_STORAGE_NAMES = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
+                  "ComplexFloat", "ComplexDouble", "Untyped")
+_DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+                "complex64", "complex128", "float", "double", "half", "long", "int", "short")
+TORCH_DATA = frozenset(
+    {f"torch.{n}Storage" for n in _STORAGE_NAMES}
+    | {f"torch.{n}" for n in _DTYPE_NAMES}
+    | {"torch.contiguous_format", "torch.channels_last", "torch.preserve_format", "torch.strided"}
+)
+
+# numpy arrays and scalars inside checkpoints (e.g. a metric kept as np.float64); object dtypes
+# are refused by `_check_call` below.
+NUMPY_CALLABLES = frozenset({
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+})
+NUMPY_DATA = frozenset({"numpy.ndarray"})
+PLAIN_NUMPY_DTYPES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"})
+
+# `_codecs.encode(text, "latin1")` is how protocol 2 writes bytes (numpy buffers); any other use
+# (another codec, a non-string argument) is refused.
+CODECS_ENCODE = "_codecs.encode"
+
+# The TorchScript unpickler (C++) resolves these itself; it never imports Python.
+TORCHSCRIPT_CALLABLES = frozenset({
+    "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_qtensor", "collections.OrderedDict",
+    "torch.jit._pickle.build_intlist", "torch.jit._pickle.build_floatlist", "torch.jit._pickle.build_boollist",
+    "torch.jit._pickle.build_doublelist", "torch.jit._pickle.build_tensorlist", "torch.jit._pickle.build_tensor_from_id",
+    "torch.jit._pickle.restore_type_tag",
+})
+
+
+@dataclass(frozen=True)
+class PicklePolicy:
+    """Which globals a pickle may name, and which of those it may call."""
+
+    callables: frozenset[str]
+    data: frozenset[str]
+    # TorchScript archives: classes `__torch__.<module>.<Class>` that the archive's own code defines.
+    script_classes: frozenset[str] = frozenset()
+
+
+TORCH_POLICY = PicklePolicy(callables=TORCH_CALLABLES | NUMPY_CALLABLES | {CODECS_ENCODE},
+                            data=TORCH_DATA | NUMPY_DATA)
+
+
+def torchscript_policy(script_classes: Iterable[str]) -> PicklePolicy:
+    return PicklePolicy(callables=TORCHSCRIPT_CALLABLES, data=TORCH_DATA, script_classes=frozenset(script_classes))
+
+
+@dataclass
+class PickleReport:
+    """What one pickle imports and what makes it unsafe; `storages` lists its persistent ids."""
+
+    globals: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    storages: list[tuple[Any, ...]] = field(default_factory=list)
+    end: int = 0  # offset just past the STOP opcode
+
+
+class _Global(str):
+    """A global the pickle imported (its dotted name), as a value on the simulated stack."""
+
+
+class _Unknown:
+    """A value the walk does not track (the result of a call, a container being filled)."""
+
+    def __init__(self, origin: str | None = None) -> None:
+        self.origin = origin  # the allowlisted global whose call produced it, if any
+
+
+_MARK = object()
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+_CONST_OPS = _STRING_OPS | {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
+                            "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"}
+_TUPLES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+MAX_FINDINGS = 20
+
+
+def walk_pickle(data: bytes | io.BufferedIOBase, policy: PicklePolicy = TORCH_POLICY, *, context: str = "pickle") -> PickleReport:
+    """Walk one pickle (up to its STOP) and judge every global it names against `policy`."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    report = PickleReport()
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+
+    def finding(text: str) -> None:
+        if len(report.findings) < MAX_FINDINGS and text not in report.findings:
+            report.findings.append(f"{context}: {text}")
+
+    def pop() -> Any:
+        return stack.pop() if stack else _Unknown()
+
+    def pop_mark() -> list[Any]:
+        items: list[Any] = []
+        while stack:
+            item = stack.pop()
+            if item is _MARK:
+                return items[::-1]
+            items.append(item)
+        finding("malformed pickle: no MARK for a MARK-based opcode")
+        return items[::-1]
+
+    def name_global(dotted: str) -> _Global:
+        if dotted not in report.globals:
+            report.globals.append(dotted)
+        if not _allowed_name(dotted, policy):
+            finding(f"imports {dotted}")
+        return _Global(dotted)
+
+    def call(func: Any, args: Any, how: str) -> _Unknown:
+        if isinstance(func, _Global):
+            problem = _check_call(str(func), args, policy)
+            if problem:
+                finding(problem)
+            return _Unknown(str(func))
+        if isinstance(func, _Unknown) and func.origin is None:
+            finding(f"{how} on a value the check cannot resolve")
+        elif isinstance(func, _Unknown):
+            finding(f"{how} on the result of {func.origin}")
+        else:
+            finding(f"{how} on a non-callable constant")
+        return _Unknown()
+
+    stopped = False
+    try:
+        for opcode, arg, pos in pickletools.genops(stream):
+            name = opcode.name
+            report.end = pos + 1
+            if name == "STOP":
+                stopped = True
+                break
+            if name in _CONST_OPS:
+                stack.append(arg)
+            elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
+                stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
+            elif name == "MARK":
+                stack.append(_MARK)
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = stack[-1] if stack else _Unknown()
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else _Unknown()
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                if int(arg) not in memo:
+                    finding(f"memo index {arg} read before it was written")
+                stack.append(memo.get(int(arg), _Unknown()))
+            elif name == "GLOBAL":
+                module, _, attr = str(arg).partition(" ")
+                stack.append(name_global(f"{module}.{attr}"))
+            elif name == "STACK_GLOBAL":
+                attr, module = pop(), pop()
+                if isinstance(module, str) and isinstance(attr, str) and not isinstance(module, _Global):
+                    stack.append(name_global(f"{module}.{attr}"))
+                else:
+                    finding("STACK_GLOBAL whose module or name is not a plain string")
+                    stack.append(_Unknown())
+            elif name == "INST":
+                module, _, attr = str(arg).partition(" ")
+                stack.append(call(name_global(f"{module}.{attr}"), tuple(pop_mark()), "INST"))
+            elif name == "OBJ":
+                items = pop_mark()
+                stack.append(call(items[0] if items else _Unknown(), tuple(items[1:]), "OBJ"))
+            elif name in ("EXT1", "EXT2", "EXT4"):
+                finding(f"{name} (a global from the copyreg extension registry, code {arg})")
+                stack.append(_Unknown())
+            elif name == "REDUCE":
+                args, func = pop(), pop()
+                stack.append(call(func, args, "REDUCE"))
+            elif name in ("NEWOBJ", "NEWOBJ_EX"):
+                if name == "NEWOBJ_EX":
+                    pop()
+                args, cls = pop(), pop()
+                stack.append(call(cls, args, name))
+            elif name == "BUILD":
+                pop()
+                target = stack[-1] if stack else _Unknown()
+                if not (isinstance(target, _Unknown) and target.origin is not None) and not isinstance(target, (list, dict)):
+                    finding("BUILD (sets state) on an object the check did not see made by a vetted call")
+            elif name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
+                if name == "TUPLE":
+                    items = pop_mark()
+                else:
+                    count = _TUPLES.get(name, 0)
+                    items = [pop() for _ in range(count)][::-1]
+                stack.append(tuple(items))
+            elif name in ("BINPERSID", "PERSID"):
+                pid = pop() if name == "BINPERSID" else arg
+                report.storages.append(pid if isinstance(pid, tuple) else (pid,))
+                stack.append(_Unknown("persistent_load"))
+            elif name in ("SETITEMS", "APPENDS", "ADDITEMS"):
+                pop_mark()  # the container below the mark stays as it was (keeps its origin for BUILD)
+            elif name in ("SETITEM", "APPEND"):
+                for _ in range(2 if name == "SETITEM" else 1):
+                    pop()
+            elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
+                stack.append(_Unknown())
+            else:
+                _generic(opcode, stack, pop, pop_mark)
+    except Exception as exc:  # genops raises ValueError and friends on a malformed stream
+        finding(f"malformed pickle ({type(exc).__name__}: {str(exc)[:120]})")
+    else:
+        if not stopped:
+            finding("pickle ends without STOP")
+    return report
+
+
+def _generic(opcode: pickletools.OpcodeInfo, stack: list[Any], pop, pop_mark) -> None:
+    """Apply any other opcode's stack effect from its pickletools description."""
+    before = list(opcode.stack_before)
+    if pickletools.markobject in before:
+        pop_mark()
+        for _ in range(before.index(pickletools.markobject)):
+            pop()
+    else:
+        for _ in before:
+            pop()
+    for _ in opcode.stack_after:
+        stack.append(_Unknown())
+
+
+def _allowed_name(dotted: str, policy: PicklePolicy) -> bool:
+    return dotted in policy.callables or dotted in policy.data or dotted in policy.script_classes
+
+
+def _check_call(func: str, args: Any, policy: PicklePolicy) -> str | None:
+    """Why calling `func(*args)` is unsafe, or None."""
+    if func in policy.script_classes:
+        return None  # TorchScript objects are made by NEWOBJ on their own class
+    if func not in policy.callables:
+        return f"calls {func}" if _allowed_name(func, policy) else None  # an unknown name is already reported
+    if func == CODECS_ENCODE:
+        if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) and args[1] == "latin1"):
+            return "calls _codecs.encode other than as protocol 2 encodes bytes"
+    if func == "numpy.dtype":
+        spec = args[0] if isinstance(args, tuple) and args else None
+        if not (isinstance(spec, str) and spec.lstrip("<>|=") in PLAIN_NUMPY_DTYPES):
+            return f"numpy dtype {spec!r} is not a plain number type (object arrays hold pickled objects)"
+    return None
