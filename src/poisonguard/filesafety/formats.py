@@ -51,7 +51,7 @@ def sniff(handle: BinaryIO, size: int) -> str:
         return "pickle"
     if len(head) >= 9:
         (header_len,) = struct.unpack("<Q", head[:8])
-        if 2 <= header_len <= size - 8 and head[8:9] == b"{":
+        if header_len >= 2 and head[8:9] == b"{":  # a length past the file is a lie the check reports
             return "safetensors"
     if head[:1] == b"\x08" and _looks_like_onnx(handle, size):
         return "onnx"

@@ -1,0 +1,147 @@
+"""Issue 13/18 corpus: no payload runs, every hostile file is unsafe, no benign file is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from poisonguard.errors import UnsafeFileError
+from poisonguard.filesafety import inspect_file, require_safe, sniff_format
+
+PYTHON = sys.executable
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _markers(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "markers").iterdir())
+
+
+def test_corpus_sizes(corpus):
+    _, files = corpus
+    hostile = [n for n, (_, h) in files.items() if h]
+    assert len(hostile) >= 30 and len(files) - len(hostile) >= 20
+
+
+def test_every_hostile_file_unsafe_and_every_benign_file_safe(corpus):
+    root, files = corpus
+    wrong = {}
+    for name, (path, hostile) in files.items():
+        verdict = inspect_file(path)
+        if verdict.safe == hostile or (hostile and not verdict.findings):
+            wrong[name] = verdict.findings
+        assert len(verdict.sha256) == 64
+    assert wrong == {}
+    assert _markers(root) == []
+
+
+def test_require_safe_raises_for_hostile_and_runs_nothing(corpus):
+    root, files = corpus
+    for name, (path, hostile) in files.items():
+        if hostile:
+            with pytest.raises(UnsafeFileError) as info:
+                require_safe(path)
+            assert info.value.findings
+        else:
+            assert require_safe(path).safe
+    assert _markers(root) == []
+
+
+def test_formats_come_from_bytes_not_names(corpus):
+    from filesafety_corpus import BENIGN_FORMATS
+
+    root, _ = corpus
+    for name, expected in BENIGN_FORMATS.items():
+        assert sniff_format(root / "benign" / name) == expected, name
+    assert sniff_format(root / "hostile" / "setstate_named.safetensors") == "torchscript"
+    assert sniff_format(root / "hostile" / "payload_named.safetensors") == "torch-zip"
+
+
+def test_findings_name_what_the_file_imports(corpus):
+    root, _ = corpus
+    hostile = root / "hostile"
+    assert any("pkgutil.resolve_name" in f for f in inspect_file(hostile / "pkgutil_resolve_name.pkl").findings)
+    assert any("os.system" in f for f in inspect_file(hostile / "memo_trick.pkl").findings)
+    assert any("__setstate__" in f for f in inspect_file(hostile / "setstate_from_file.pt").findings)
+    assert any("aten::save" in f for f in inspect_file(hostile / "forward_saves.pt").findings)
+    assert any("use_pickle" in f for f in inspect_file(hostile / "pt2_use_pickle.pt2").findings)
+
+
+def test_special_files_are_a_user_error(tmp_path):
+    from poisonguard.errors import UserError
+
+    link = tmp_path / "mem.pt"
+    link.symlink_to("/proc/self/mem")
+    with pytest.raises(UserError):
+        inspect_file(link)
+    with pytest.raises(UserError):
+        inspect_file(tmp_path / "missing.pt")
+
+
+def test_cli_inspect_file_json_and_exit_codes(corpus, tmp_path):
+    root, _ = corpus
+    env = {**os.environ, "PYTHONPATH": SRC}
+    benign = [str(root / "benign" / n) for n in ("state_dict.pt", "model.onnx", "exported.pt2")]
+    ok = subprocess.run([PYTHON, "-m", "poisonguard", "inspect-file", *benign, "--out", str(tmp_path / "out")],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert [f["file_safety"] for f in report["files"]] == ["safe"] * 3
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["unsafe"] == 0
+    bad = subprocess.run([PYTHON, "-m", "poisonguard", "inspect-file", benign[0], str(root / "hostile" / "os_system.pkl")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["unsafe"] == 1 and "Traceback" not in bad.stderr
+    missing = subprocess.run([PYTHON, "-m", "poisonguard", "inspect-file", str(tmp_path / "nope.pt")],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert _markers(root) == []
+
+
+_CONTROL = r"""
+import pickle, sys, warnings, torch
+warnings.simplefilter("ignore")
+kind, path = sys.argv[1], sys.argv[2]
+try:
+    if kind == "pickle":
+        pickle.loads(open(path, "rb").read())
+    elif kind == "jit":
+        torch.jit.load(path)(torch.randn(2, 4))
+    elif kind == "export":
+        torch.export.load(path).module()(torch.randn(2, 4))
+except Exception:
+    pass
+"""
+
+
+def test_the_payloads_are_real(corpus, tmp_path):
+    """Loaded the unsafe way (in a child process), the same files do create their markers."""
+    import io
+    import zipfile
+
+    root, _ = corpus
+    control = root / "control"
+    control.mkdir(exist_ok=True)
+    cases = {"os_system.pkl": "pickle", "memo_trick.pkl": "pickle", "pkgutil_resolve_name.pkl": "pickle",
+             "unresolved_stack_global.pkl": "pickle", "marshal_function.pkl": "pickle", "importlib_chain.pkl": "pickle",
+             "setstate_from_file.pt": "jit", "forward_saves.pt": "jit", "pt2_guards_code.pt2": "export"}
+    for name, kind in cases.items():
+        data = (root / "hostile" / name).read_bytes()
+        if data[:2] == b"PK":  # same-length path swap in every member, so CRCs are rewritten
+            out = io.BytesIO()
+            with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+                for info in zin.infolist():
+                    zout.writestr(info.filename, zin.read(info).replace(b"/markers/", b"/control/"))
+            data = out.getvalue()
+        else:
+            data = data.replace(b"/markers/", b"/control/")
+        target = tmp_path / name
+        target.write_bytes(data)
+        subprocess.run([PYTHON, "-c", _CONTROL, kind, str(target)], capture_output=True, timeout=120, cwd=tmp_path)
+    made = sorted(p.name for p in control.iterdir())
+    assert made == sorted(n.rsplit(".", 1)[0] for n in cases)
+    assert _markers(root) == []
