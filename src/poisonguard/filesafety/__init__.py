@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -98,12 +99,43 @@ def inspect_file(path: str | Path) -> FileSafety:
     return FileSafety(str(path), digest, fmt, not findings, tuple(findings))
 
 
-def require_safe(path: str | Path) -> FileSafety:
-    """`inspect_file`, raising `UnsafeFileError` (CLI exit 1) when the file is unsafe."""
+TRIAL_ENV = "POISONGUARD_TRIAL_LOAD"
+CODE_FORMATS = ("torchscript", "torch.export")
+
+
+def require_safe(path: str | Path, *, trial: bool | None = None, input_shape: list[int] | None = None,
+                 timeout: float = 60.0) -> FileSafety:
+    """`inspect_file`, raising `UnsafeFileError` (CLI exit 1) when the file is unsafe.
+
+    With `trial` (default: the environment variable POISONGUARD_TRIAL_LOAD=1), a file that
+    passed and carries code (TorchScript, .pt2) is also loaded once in an isolated process
+    (`sandbox.run_isolated`), its graphs checked and one probe forward run (on `input_shape`
+    when given, else the .pt2's own example inputs); a hang past `timeout`, a crash or a refused
+    graph is unsafe too. It costs a fresh interpreter and `import torch` (about 2-4 s), hence opt-in.
+    """
     report = inspect_file(path)
     if not report.safe:
         raise UnsafeFileError(report.path, report.findings)
+    if trial is None:
+        trial = os.environ.get(TRIAL_ENV, "0") not in ("", "0")
+    if trial and report.format in CODE_FORMATS:
+        findings = _trial_findings(report, input_shape, timeout)
+        if findings:
+            raise UnsafeFileError(report.path, findings)
     return report
+
+
+def _trial_findings(report: FileSafety, input_shape: list[int] | None, timeout: float) -> list[str]:
+    from poisonguard.filesafety.sandbox import SandboxError, run_isolated, trial_load
+
+    try:
+        return list(run_isolated(trial_load, str(Path(report.path).resolve()), report.format, input_shape,
+                                 timeout=timeout, cpu_seconds=int(timeout) + 5))
+    except SandboxError as exc:
+        return [f"trial load in an isolated process: {exc}"]
+    except RuntimeError as exc:  # the file does not load: the in-process load reports that as a user error
+        log.info("trial load of %s failed: %s", report.path, exc)
+        return []
 
 
 def check_loaded_torchscript(module: Any) -> list[str]:

@@ -1,0 +1,94 @@
+"""Pieces of the scanner on hand-made inputs: the opcode walk, names, expressions, operators."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from collections import OrderedDict
+
+import pytest
+
+from poisonguard.filesafety.archives import bad_name, check_archive
+from poisonguard.filesafety.expressions import unsafe_expression
+from poisonguard.filesafety.operators import is_allowed_operator, normalise_operator
+from poisonguard.filesafety.pickles import walk_pickle
+
+
+def test_plain_data_pickles_are_clean_and_globals_listed():
+    data = pickle.dumps({"a": [1, 2.5, "x", b"y", None, True], "b": (1, 2), "c": OrderedDict(k=1)}, protocol=4)
+    report = walk_pickle(data)
+    assert report.findings == [] and report.globals == ["collections.OrderedDict"]
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+def test_every_protocol_reports_the_same_import(protocol):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, ("true",)
+
+    report = walk_pickle(pickle.dumps(Evil(), protocol=protocol))
+    assert any("system" in f for f in report.findings)
+
+
+def test_truncated_and_garbage_pickles_are_findings_not_crashes():
+    data = pickle.dumps(list(range(100)), protocol=2)
+    assert walk_pickle(data[:-5]).findings
+    assert walk_pickle(b"\x80\x02\xff\xff\xff").findings
+
+
+def test_memo_read_before_write_is_a_finding():
+    assert walk_pickle(b"\x80\x04h\x07.").findings
+
+
+def test_codecs_encode_only_as_protocol_2_uses_it():
+    good = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00latin1\x86R."
+    bad = good.replace(b"latin1", b"rot_13")
+    assert walk_pickle(good).findings == [] and walk_pickle(bad).findings
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../b", "/abs", "C:/x", "a//b", "a/./b", "a\\b", ""])
+def test_bad_member_names(name):
+    assert bad_name(name)
+
+
+def test_good_member_names():
+    assert bad_name("archive/data/0") is None and bad_name("archive/code/__torch__/m.py") is None
+
+
+def test_archive_with_appended_junk_before_entries_is_refused():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a/data.pkl", pickle.dumps(1))
+    data = b"junk" * 10 + buffer.getvalue()
+    check = check_archive(io.BytesIO(data), len(data))
+    assert any("before the first zip entry" in f for f in check.findings)
+
+
+@pytest.mark.parametrize("expr", ["Symbol('s0', positive=True, integer=True)", "Add(Symbol('s1'), Integer(3))",
+                                  "FloorDiv(s0, 2) + 1", "Max(2, s3)"])
+def test_sympy_expressions_accepted(expr):
+    assert unsafe_expression(expr) is None
+
+
+@pytest.mark.parametrize("expr", ["__import__('os').system('x')", "s0.__class__", "(lambda: 1)()", "eval('1')",
+                                  "Symbol('a; import os')", "[x for x in ()]", "Symbol('s', **{})"])
+def test_code_in_expressions_refused(expr):
+    assert unsafe_expression(expr) is not None
+
+
+def test_guard_input_paths_accepted_only_in_guards():
+    guard = "L['x'].size()[0] <= 64"
+    assert unsafe_expression(guard, guard=True) is None and unsafe_expression(guard) is not None
+    assert unsafe_expression("L['x'].__class__", guard=True) is not None
+
+
+def test_operator_names():
+    assert normalise_operator("torch.ops.aten.linear.default") == "aten::linear"
+    assert normalise_operator("aten::add.out") == "aten::add"
+    for allowed in ("aten::conv2d", "torch.ops.aten.relu_.default", "prim::If", "_operator.getitem"):
+        assert is_allowed_operator(allowed)
+    for refused in ("aten::from_file", "aten::save", "prim::Print", "torch.save", "attacker::op", "aten::manual_seed"):
+        assert not is_allowed_operator(refused)
