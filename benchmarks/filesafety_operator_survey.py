@@ -62,29 +62,45 @@ def _graph_ops(graph, found: set[str]) -> None:
             _graph_ops(block, found)
 
 
-def survey() -> dict[str, set[str]]:
-    """Operator name -> the models whose graphs use it."""
+def _static_verdict(label: str, save, verdicts: dict[str, list[str]]) -> None:
+    """Save a scripted / exported model to a file and run the static scanner on it."""
+    import tempfile
+    from pathlib import Path
+
+    from poisonguard.filesafety import inspect_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.bin"
+        save(path)
+        verdicts[label] = list(inspect_file(path).findings)
+
+
+def survey(verdicts: dict[str, list[str]] | None = None) -> dict[str, set[str]]:
+    """Operator name -> the models whose graphs use it; `verdicts` gets each saved file's static findings."""
     seen: dict[str, set[str]] = {}
+    verdicts = {} if verdicts is None else verdicts
     warnings.simplefilter("ignore")
     for name, model, example in _zoo():
         model.eval()
         ops: set[str] = set()
-        for maker in (lambda: torch.jit.script(model), lambda: torch.jit.trace(model, example)):
+        for kind, maker in (("scripted", lambda: torch.jit.script(model)), ("traced", lambda: torch.jit.trace(model, example))):
             try:
                 scripted = maker()
             except Exception:
                 continue
+            _static_verdict(f"{name} {kind}", lambda p: torch.jit.save(scripted, str(p)), verdicts)
             for module in scripted.modules():
                 for method_name in module._c._method_names():
                     _graph_ops(module._c._get_method(method_name).inlined_graph, ops)
         try:
             exported = torch.export.export(model, (example,))
+            _static_verdict(f"{name} exported", lambda p: torch.export.save(exported, str(p)), verdicts)
             for node in exported.graph.nodes:
                 if node.op == "call_function":
-                    target = str(node.target)
-                    ops.add(target if "::" not in target else target.split(".")[0])
                     if hasattr(node.target, "_schema"):
                         ops.add(node.target._schema.name)
+                    else:  # a Python callable such as operator.getitem, named as .pt2 files name it
+                        ops.add(f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', node.target)}")
         except Exception:
             pass
         for op in ops:
@@ -95,9 +111,13 @@ def survey() -> dict[str, set[str]]:
 def main() -> None:
     from poisonguard.filesafety.operators import is_allowed_operator
 
-    for op, models in sorted(survey().items()):
+    verdicts: dict[str, list[str]] = {}
+    for op, models in sorted(survey(verdicts).items()):
         mark = "allowed" if is_allowed_operator(op) else "REFUSED"
         print(f"{mark:8s} {op:45s} {', '.join(sorted(models))}")
+    print(f"\nstatic scan of the saved files: {sum(not f for f in verdicts.values())}/{len(verdicts)} safe")
+    for label, findings in sorted(verdicts.items()):
+        print(f"  {label:32s} {'safe' if not findings else 'UNSAFE: ' + '; '.join(findings[:2])}")
 
 
 if __name__ == "__main__":

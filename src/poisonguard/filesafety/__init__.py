@@ -84,6 +84,7 @@ def inspect_file(path: str | Path) -> FileSafety:
     Raises `UserError` only when there is no readable regular file at `path`.
     """
     path = _regular_file(path)
+    digest, fmt = "", "unknown"
     try:
         digest = _sha256(path)
         size = path.stat().st_size
@@ -94,7 +95,7 @@ def inspect_file(path: str | Path) -> FileSafety:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except Exception as exc:  # a scanner bug must not pass a file: fail closed
         log.debug("file safety check crashed on %s", path, exc_info=True)
-        return FileSafety(str(path), locals().get("digest", ""), locals().get("fmt", "unknown"), False,
+        return FileSafety(str(path), digest, fmt, False,
                           (f"the safety check could not finish ({type(exc).__name__}: {str(exc)[:120]})",))
     return FileSafety(str(path), digest, fmt, not findings, tuple(findings))
 

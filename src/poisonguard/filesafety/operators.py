@@ -80,7 +80,7 @@ Bool Float Int IntImplicit FloatImplicit ScalarImplicit Complex ComplexImplicit 
 remove clear copy reverse list keys values items get setdefault update __range_length __derive_index
 format join split strip lower upper startswith endswith replace isdigit floordiv floor_divide divmod
 mathremainder modf gcd factorial log is_autocast_enabled is_grad_enabled warn
-item tolist _set_item dict __upsample __interpolate _infer_size broadcast_shapes requires_grad_ _dim_arange
+item tolist _set_item dict __upsample __interpolate _infer_size broadcast_shapes requires_grad_ _dim_arange device
 """
 _PRIM = """
 Constant GetAttr SetAttr ListConstruct ListUnpack ListIndex TupleConstruct TupleUnpack TupleIndex TupleSlice

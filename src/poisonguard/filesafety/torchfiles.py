@@ -79,13 +79,16 @@ def _check_storages(storages: list[tuple[Any, ...]], sizes: dict[str, int], pref
 
 
 def check_legacy(handle: BinaryIO, size: int) -> list[str]:
-    """The legacy format: pickled magic, protocol, system info, the object, its storage keys; then raw data."""
+    """The legacy format: pickled magic, protocol, system info, the object, its storage keys; then raw data.
+
+    The pickles are walked straight from the file (they come first), so a large file is not read whole.
+    """
     findings: list[str] = []
     handle.seek(0)
-    head = handle.read(min(size, LIMITS.parsed_member))
-    offset, claimed = 0, 0
+    stream = _Bounded(handle, size)
+    claimed = 0
     for part in ("magic number", "protocol version", "system info", "object", "storage keys"):
-        report = walk_pickle(io.BytesIO(head[offset:]), TORCH_POLICY, context=f"legacy {part}")
+        report = walk_pickle(stream, TORCH_POLICY, context=f"legacy {part}")
         findings += report.findings
         if report.findings:
             break
@@ -95,10 +98,27 @@ def check_legacy(handle: BinaryIO, size: int) -> list[str]:
                 findings.append(f"legacy object: a persistent id that is not a tensor storage ({str(pid)[:80]})")
             else:
                 claimed += nbytes
-        offset += report.end
     if claimed > size:
         findings.append(f"storages claim {claimed} bytes, the file holds {size} (a memory bomb)")
     return findings
+
+
+class _Bounded:
+    """A file whose reads never ask for more than what is left (a pickle's length claim cannot make
+    the reader allocate past the file's size)."""
+
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        self.handle, self.size = handle, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.handle.tell())
+        return self.handle.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.handle.readline(1 << 16)
+
+    def tell(self) -> int:
+        return self.handle.tell()
 
 
 def check_raw_pickle(handle: BinaryIO, size: int) -> list[str]:
