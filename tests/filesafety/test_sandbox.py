@@ -45,3 +45,30 @@ def test_trial_load_passes_benign_code_formats(corpus):
     root, _ = corpus
     assert require_safe(root / "benign" / "scripted.pt", trial=True, input_shape=[4]).safe
     assert require_safe(root / "benign" / "exported.pt2", trial=True).safe
+
+
+def test_a_forward_that_never_ends_is_refused_by_the_trial_load(tmp_path):
+    """Issue 13: Ctrl-C could not stop a looping TorchScript forward; the trial load kills it."""
+    from filesafety_corpus import spinning_torchscript
+
+    from poisonguard.errors import UnsafeFileError
+    from poisonguard.filesafety import inspect_file, require_safe
+
+    path = tmp_path / "spins.pt"
+    path.write_bytes(spinning_torchscript())
+    assert inspect_file(path).safe  # nothing in it is refused statically: this is the second wall's case
+    start = time.monotonic()
+    with pytest.raises(UnsafeFileError, match="did not finish"):
+        require_safe(path, trial=True, input_shape=[4], timeout=12)
+    assert time.monotonic() - start < 30
+
+
+def test_unknown_formats_are_a_user_error(tmp_path):
+    from poisonguard.errors import UserError
+    from poisonguard.filesafety import inspect_file, require_safe
+
+    path = tmp_path / "notes.txt"
+    path.write_text("just text")
+    assert not inspect_file(path).safe and inspect_file(path).format == "unknown"
+    with pytest.raises(UserError):
+        require_safe(path)

@@ -108,6 +108,9 @@ def require_safe(path: str | Path, *, trial: bool | None = None, input_shape: li
                  timeout: float = 60.0) -> FileSafety:
     """`inspect_file`, raising `UnsafeFileError` (CLI exit 1) when the file is unsafe.
 
+    A file of no format poisonguard reads (format "unknown": text, a truncated or foreign zip)
+    raises `UserError` (exit 2) instead: no loader would open it, so it is the user's mistake.
+
     With `trial` (default: the environment variable POISONGUARD_TRIAL_LOAD=1), a file that
     passed and carries code (TorchScript, .pt2) is also loaded once in an isolated process
     (`sandbox.run_isolated`), its graphs checked and one probe forward run (on `input_shape`
@@ -115,6 +118,8 @@ def require_safe(path: str | Path, *, trial: bool | None = None, input_shape: li
     graph is unsafe too. It costs a fresh interpreter and `import torch` (about 2-4 s), hence opt-in.
     """
     report = inspect_file(path)
+    if report.format == "unknown":  # nothing any loader would read: the user's mistake, not a finding
+        raise UserError(f"{report.path} is not a model file poisonguard reads: {report.findings[0]}")
     if not report.safe:
         raise UnsafeFileError(report.path, report.findings)
     if trial is None:
