@@ -376,8 +376,12 @@ def benign_files() -> dict[str, bytes]:
     hf["classifier.bias"] = torch.zeros(2)
     mixed = {"half": torch.randn(3).half(), "bf16": torch.randn(3).bfloat16(), "long": torch.arange(5),
              "bool": torch.tensor([True, False]), "int8": torch.tensor([1, -1], dtype=torch.int8)}
+    exotic = {"u16": torch.zeros(3, dtype=torch.uint16), "f8": torch.zeros(3).to(torch.float8_e4m3fn),
+              "q": torch.quantize_per_tensor(torch.rand(3), 0.1, 0, torch.quint8), "meta": torch.zeros(2, device="meta"),
+              "param": nn.Parameter(torch.zeros(2)), "c64": torch.zeros(2, dtype=torch.complex64)}
     return {
         "state_dict.pt": _torch_save_bytes(state),
+        "exotic_dtypes.pt": _torch_save_bytes(exotic),
         "state_dict_legacy.pt": _torch_save_bytes(state, legacy=True),
         "lightning.ckpt": _torch_save_bytes(lightning),
         "checkpoint_numpy.pth": _torch_save_bytes({"model": state, "best": np.float64(0.5), "hist": np.arange(4.0)}),
@@ -418,6 +422,11 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     # torch.save archives and legacy files carrying a payload
     files["payload_in_state_dict.pt"] = _torch_save_bytes({"w": torch.zeros(2), "x": _Reduce(os.system, touch("payload_in_state_dict"))})
     files["payload_legacy.pt"] = _torch_save_bytes({"x": _Reduce(os.system, touch("payload_legacy"))}, legacy=True)
+    # legacy format: the payload in the third pickle (system info), which torch.load unpickles before the object
+    legacy_magic = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little") + b"."
+    files["legacy_sys_info.pt"] = (legacy_magic + pickle.dumps(1001, protocol=2)
+                                   + pickle.dumps(_Reduce(os.system, touch("legacy_sys_info")), protocol=2)
+                                   + pickle.dumps({}, protocol=2) + pickle.dumps([], protocol=2))
     files["payload_named.safetensors"] = _torch_save_bytes({"x": _Reduce(os.system, touch("payload_named"))})
     sd = _torch_save_bytes(state)
     data_pkl = _member(sd, "data.pkl")
@@ -456,21 +465,24 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     files["pt2_sample_inputs.pt2"] = _rewrite_zip(base, {inputs_name: _torch_save_bytes(_Reduce(os.system, touch("pt2_sample_inputs")))})
     files["pt2_opaque_constant.pt2"] = _pt2_extra_member(
         base, "data/constants/opaque_obj_0", pickle.dumps(_Reduce(os.system, touch("pt2_opaque_constant")), protocol=2),
-        {"evil": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False, "tensor_meta": None}})
+        {"evil": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}})
     files["pt2_custom_obj.pt2"] = _pt2_extra_member(
         base, "data/constants/custom_obj_0", b"\x80\x02N.",
-        {"obj": {"path_name": "custom_obj_0", "is_param": False, "use_pickle": False, "tensor_meta": None}})
+        {"obj": {"path_name": "custom_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}})
     files["pt2_guards_code.pt2"] = _pt2_model_json(base, lambda p: p.__setitem__(
         "guards_code", [f"__import__('os').system({touch('pt2_guards_code')!r}) == 0"]))
     dynamic = _export_bytes(dynamic=True)
 
-    def sympy_payload(program):
-        values = program["graph_module"]["graph"]["sym_int_values"]
-        if not values:
-            program["range_constraints"][f"__import__('os').system({touch('pt2_sympy_expr')!r})"] = {"min_val": 0, "max_val": 1}
-            return
-        for value in values.values():
-            value["as_expr"]["expr_str"] = f"__import__('os').system({touch('pt2_sympy_expr')!r})"
+    def sympy_payload(node):  # every symbolic size of the dynamic program becomes the payload
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "expr_str":
+                    node[key] = f"__import__('os').system({touch('pt2_sympy_expr')!r})"
+                else:
+                    sympy_payload(value)
+        elif isinstance(node, list):
+            for value in node:
+                sympy_payload(value)
     files["pt2_sympy_expr.pt2"] = _pt2_model_json(dynamic, sympy_payload)
 
     def torch_save_target(program):

@@ -107,7 +107,9 @@ for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
             pickle.loads(open(path, "rb").read())
             continue
         import torch
-        if kind == "jit":
+        if kind == "torchload":
+            torch.load(path, weights_only=False)
+        elif kind == "jit":
             torch.jit.load(path)(torch.randn(2, 4))
         elif kind == "export":
             torch.export.load(path).module()(torch.randn(2, 4))
@@ -126,7 +128,9 @@ def test_the_payloads_are_real(corpus, tmp_path):
     control.mkdir(exist_ok=True)
     cases = {"os_system.pkl": "pickle", "memo_trick.pkl": "pickle", "pkgutil_resolve_name.pkl": "pickle",
              "unresolved_stack_global.pkl": "pickle", "marshal_function.pkl": "pickle", "importlib_chain.pkl": "pickle",
-             "setstate_from_file.pt": "jit", "forward_saves.pt": "jit", "pt2_guards_code.pt2": "export"}
+             "setstate_from_file.pt": "jit", "forward_saves.pt": "jit", "pt2_guards_code.pt2": "export",
+             "pt2_sympy_expr.pt2": "export", "pt2_opaque_constant.pt2": "export",
+             "legacy_sys_info.pt": "torchload", "payload_in_state_dict.pt": "torchload"}
     jobs: list[list[str]] = [[], []]
     for name, kind in cases.items():
         data = (root / "hostile" / name).read_bytes()

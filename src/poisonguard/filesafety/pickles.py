@@ -27,6 +27,8 @@ TORCH_CALLABLES = frozenset({
     "torch._utils._rebuild_tensor_v3",
     "torch._utils._rebuild_parameter",
     "torch._utils._rebuild_parameter_with_state",
+    "torch._utils._rebuild_qtensor",
+    "torch._utils._rebuild_meta_tensor_no_storage",  # shape and dtype only, no data
     "collections.OrderedDict",
     "torch.Size",
     "torch.device",
@@ -34,13 +36,18 @@ TORCH_CALLABLES = frozenset({
 
 # Appear as data only: the storage type or dtype a rebuilder is given.
 _STORAGE_NAMES = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
-                  "ComplexFloat", "ComplexDouble", "Untyped")
+                  "ComplexFloat", "ComplexDouble", "Untyped", "QUInt8", "QInt8", "QInt32", "QUInt4x2", "QUInt2x4")
 _DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
-                "complex64", "complex128", "float", "double", "half", "long", "int", "short")
+                "uint16", "uint32", "uint64", "complex32", "complex64", "complex128", "float", "double", "half",
+                "long", "int", "short", "cfloat", "cdouble", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                "float8_e5m2fnuz", "float8_e8m0fnu", "quint8", "qint8", "qint32", "quint4x2", "quint2x4")
+_QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_tensor_symmetric", "per_channel_symmetric",
+             "per_channel_affine_float_qparams")
 TORCH_DATA = frozenset(
     {f"torch.{n}Storage" for n in _STORAGE_NAMES}
-    | {f"torch.{n}" for n in _DTYPE_NAMES}
-    | {"torch.contiguous_format", "torch.channels_last", "torch.preserve_format", "torch.strided"}
+    | {"torch.storage.UntypedStorage", "torch.storage.TypedStorage"}
+    | {f"torch.{n}" for n in _DTYPE_NAMES + _QSCHEMES}
+    | {"torch.contiguous_format", "torch.channels_last", "torch.channels_last_3d", "torch.preserve_format", "torch.strided"}
 )
 
 # numpy arrays and scalars inside checkpoints (e.g. a metric kept as np.float64); object dtypes
@@ -270,5 +277,5 @@ def _check_call(func: str, args: Any, policy: PicklePolicy) -> str | None:
     if func == "numpy.dtype":
         spec = args[0] if isinstance(args, tuple) and args else None
         if not (isinstance(spec, str) and spec.lstrip("<>|=") in PLAIN_NUMPY_DTYPES):
-            return f"numpy dtype {spec!r} is not a plain number type (object arrays hold pickled objects)"
+            return f"numpy dtype {spec!r} is not a plain number type (only those are vetted; object arrays hold pickles)"
     return None

@@ -15,7 +15,8 @@ from poisonguard.filesafety.limits import LIMITS
 from poisonguard.filesafety.pickles import TORCH_POLICY, PicklePolicy, walk_pickle
 
 _ELEMENT_SIZE = {"Float": 4, "Double": 8, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
-                 "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "Untyped": 1}
+                 "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "Untyped": 1, "Typed": 1,
+                 "QUInt8": 1, "QInt8": 1, "QInt32": 4, "QUInt4x2": 1, "QUInt2x4": 1}
 
 
 def storage_bytes(pid: tuple[Any, ...]) -> tuple[str | None, int | None]:
@@ -23,7 +24,7 @@ def storage_bytes(pid: tuple[Any, ...]) -> tuple[str | None, int | None]:
     if len(pid) < 5 or pid[0] != "storage":
         return None, None
     kind, key, numel = str(pid[1]), pid[2], pid[4]
-    size = _ELEMENT_SIZE.get(kind.removeprefix("torch.").removesuffix("Storage"))
+    size = _ELEMENT_SIZE.get(kind.rsplit(".", 1)[-1].removesuffix("Storage"))
     if not isinstance(key, str) or not isinstance(numel, int) or size is None:
         return None, None
     return key, numel * size
