@@ -92,6 +92,8 @@ def test_cli_inspect_file_json_and_exit_codes(corpus, tmp_path, capsys):
     assert main(["inspect-file", benign[0], str(root / "hostile" / "os_system.pkl")]) == 1
     bad = json.loads(capsys.readouterr().out)
     assert bad["unsafe"] == 1 and bad["files"][1]["file_findings"]
+    assert main(["inspect-file", "--exit-zero", str(root / "hostile" / "os_system.pkl")]) == 0
+    assert json.loads(capsys.readouterr().out)["unsafe"] == 1
     assert main(["inspect-file", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "not found" in err

@@ -92,3 +92,30 @@ def test_operator_names():
         assert is_allowed_operator(allowed)
     for refused in ("aten::from_file", "aten::save", "prim::Print", "torch.save", "attacker::op", "aten::manual_seed"):
         assert not is_allowed_operator(refused)
+
+
+def test_torchscript_chains():
+    from poisonguard.filesafety.torchscript import _check_chain
+
+    assert _check_chain(["torch", "relu"]) is None and _check_chain(["ops", "prim", "RaiseException"]) is None
+    assert "custom class" in _check_chain(["torch", "classes", "ns", "Thing"])
+    assert _check_chain(["torch", "ops", "aten", "from_file"]) and _check_chain(["ops", "attacker", "run"])
+    assert _check_chain(["self", "fc"]) is None
+
+
+def test_onnx_external_data_inside_the_folder_is_accepted(tmp_path):
+    import onnx
+    import torch
+
+    from poisonguard.filesafety import inspect_file
+
+    torch.onnx.export(torch.nn.Linear(64, 64), (torch.randn(1, 64),), tmp_path / "m.onnx", dynamo=False)
+    model = onnx.load(tmp_path / "m.onnx")
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").exists()
+    assert inspect_file(tmp_path / "ext.onnx").safe
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ext.onnx").write_bytes((tmp_path / "ext.onnx").read_bytes())
+    (tmp_path / "sub" / "weights.bin").symlink_to(tmp_path / "weights.bin")  # a link out of the folder
+    assert not inspect_file(tmp_path / "sub" / "ext.onnx").safe

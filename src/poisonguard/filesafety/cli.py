@@ -2,7 +2,8 @@
 
 Prints one JSON object on stdout (`{"files": [...], "unsafe": N}`, each file as
 `FileSafety.to_dict()`); with `--out`, the same object goes to `DIR/report.json`. Exit 1 when
-any file is unsafe (a finding, as for a backdoor found), 0 when all are safe, 2 for a missing file.
+any file is unsafe (a finding, as for a backdoor found; `--exit-zero` makes it 0), 0 when all are
+safe, 2 for a missing file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("inspect-file", help="is this model file safe to load? static checks by format, nothing is loaded or run")
     p.add_argument("files", nargs="+", metavar="FILE", help="model or data files (format recognised by their bytes)")
     p.add_argument("--out", default=None, help="also write the result to OUT/report.json")
+    p.add_argument("--exit-zero", action="store_true", help="exit 0 even when a file is unsafe (the JSON still says so)")
     p.add_argument("--quiet", action="store_true", help="no log lines")
     p.set_defaults(func=cmd_inspect_file)
 
@@ -42,4 +44,4 @@ def cmd_inspect_file(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "report.json", text)
     sys.stdout.write(text + "\n")
-    return EXIT_FINDING if unsafe else EXIT_OK
+    return EXIT_FINDING if unsafe and not args.exit_zero else EXIT_OK
