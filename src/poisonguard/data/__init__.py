@@ -47,12 +47,5 @@ def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = 
     if path.suffix.lower() == ".zip":
         return folder.load_image_zip(path, image_size=image_size, seed=seed)
     if path.suffix.lower() == ".npz":
-        import numpy as np
-
-        try:
-            with np.load(path, allow_pickle=False) as probe:
-                is_cifar = "train_jpeg" in probe.files
-        except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"cannot read {path} as a pickle-free .npz: {exc}") from exc
-        return cifar.load_cifar10_npz(path) if is_cifar else arrays.load_npz(path, seed=seed)
+        return cifar.load_cifar10_npz(path) if cifar.is_cifar_archive(path) else arrays.load_npz(path, seed=seed)
     raise UserError(f"cannot tell what data set {path} is (expected a folder, .zip or .npz)")
