@@ -38,10 +38,11 @@ def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
         top = max(int(y.max()) for y in labels)
         limits.check("max_classes", top + 1, f"{path}: the number of classes (largest label + 1)")
         classes = tuple(str(c) for c in range(top + 1))
+    if "x_test" in data:  # both parts together, before either becomes float32
+        limits.check("max_dataset_values", data["x"].size + data["x_test"].size, f"{path}: the data set's value count")
     train = to_image_data(data["x"], data["y"], classes, f"{path}:x")
     if "x_test" in data and "y_test" in data:
         test = to_image_data(data["x_test"], data["y_test"], classes, f"{path}:x_test")
-        limits.check("max_dataset_values", train.x.numel() + test.x.numel(), f"{path}: the data set's value count")
     else:
         from poisonguard.data.dataset import stratified_split
 

@@ -43,8 +43,10 @@ def read_npz(path: str | Path, *, kinds: dict[str, str] | None = None, what: str
     path = Path(path)
     what = what or str(path)
     kinds = kinds or {}
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{what}: no such file")
+    if not path.is_file():
+        raise UserError(f"{what}: not a regular file")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
