@@ -124,7 +124,7 @@ def _jpeg32(value=100) -> bytes:
 def _checksums(root: Path) -> dict[str, str]:
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.is_symlink():
+        if not p.is_symlink() and p.is_file():
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
@@ -190,11 +190,14 @@ def test_hostile_npz_files(inputs, tmp_path, capsys):
     np.savez(bad / "strlabels.npz", x=np.zeros((2, 1, 4, 4), np.uint8), y=np.array(["0", "1"]))
     np.savez(bad / "nan.npz", x=np.full((4, 1, 8, 8), np.nan, np.float32), y=y)
     (bad / "notzip.npz").write_bytes(b"not a zip at all")
+    (bad / "mem.npz").symlink_to("/proc/self/mem")
+    os.mkfifo(bad / "fifo.npz")
     before = _checksums(bad)
     model = inputs / "m" / "model.pt"
     cases = {"crc.npz": "crc", "claims.npz": "max_values", "strings.npz": "string", "structured.npz": "structured",
              "complex.npz": "complex", "datetime.npz": "datetime", "object.npz": "object",
-             "labels.npz": "max_classes", "strlabels.npz": "string", "nan.npz": "finite", "notzip.npz": "cannot read"}
+             "labels.npz": "max_classes", "strlabels.npz": "string", "nan.npz": "finite", "notzip.npz": "cannot read",
+             "mem.npz": "cannot read", "fifo.npz": "not a regular file"}
     for name, match in cases.items():
         refused(capsys, "evaluate", model, "--data", bad / name, match=match)
     assert _checksums(bad) == before
@@ -352,6 +355,9 @@ def test_bad_option_values_one_line(inputs, tmp_path, capsys):
             match="max_pixels")
     refused(capsys, "attack", "blended", "--data", data, "--blend-image", tmp_path / "missing.png", "--out", out,
             match="cannot read")
+    os.mkfifo(tmp_path / "fifo.png")  # opening it would block forever
+    refused(capsys, "attack", "blended", "--data", data, "--blend-image", tmp_path / "fifo.png", "--out", out,
+            match="not a regular file")
     np.savez(tmp_path / "one.npz", x=np.zeros((20, 1, 1, 1), np.uint8), y=np.arange(20) % 2)
     refused(capsys, "train", "--data", tmp_path / "one.npz", "--epochs", "1", "--out", out, match="cannot take 1x1x1 images")
     refused(capsys, "scan", model, "--data", "none", "--input-shape", "1,30000,30000", "--out", out,
@@ -376,11 +382,12 @@ def test_hostile_trigger_files(inputs, tmp_path, capsys):
     np.savez(bad / "object.npz", mask=np.array([None, 1], dtype=object), pattern=pattern, target=target)
     np.savez(bad / "empty.npz", mask=np.zeros((0, 0), np.float32), pattern=np.zeros((1, 0, 0), np.float32), target=target)
     np.savez(bad / "kind.npz", kind=np.asarray("evil"), target=target)
+    os.mkfifo(bad / "fifo.npz")
     _raw_zip(bad / "claims.npz", [{"name": "mask.npy", "data": _npy_header((10**6, 10**6), "<f4")}])
     before = _checksums(bad)
     cases = {"strmask.npz": "string", "complex.npz": "complex", "nan.npz": "[0, 1]", "shape.npz": "(h, w)",
              "fits.npz": "trigger is for inputs", "target.npz": "float", "object.npz": "object", "empty.npz": "empty",
-             "kind.npz": "unknown trigger kind", "claims.npz": "max_values"}
+             "kind.npz": "unknown trigger kind", "claims.npz": "max_values", "fifo.npz": "not a regular file"}
     for name, match in cases.items():
         refused(capsys, "evaluate", inputs / "m" / "model.pt", "--data", inputs / "tiny.npz", "--trigger", bad / name,
                 match=match)

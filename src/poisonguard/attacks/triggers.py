@@ -138,7 +138,7 @@ def load_trigger(path: str | Path) -> Trigger:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"trigger file not found: {path}")
+        raise UserError(f"trigger file {'is not a regular file' if path.exists() else 'not found'}: {path}")
     real = "biuf"  # bool, integer or float values; strings, objects, complex numbers are refused
     data = read_npz(path, kinds={"mask": real, "pattern": real, "flow": real, "target": INTEGER, "kind": TEXT},
                     what=f"trigger file {path}")

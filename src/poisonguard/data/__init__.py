@@ -40,6 +40,8 @@ def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = 
     if not path.exists():
         known = ", ".join(DATASET_NAMES)
         raise UserError(f"unknown data set {spec!r}: not one of {known} and no such file or folder")
+    if not path.is_dir() and not path.is_file():  # a fifo or device: opening it could block forever
+        raise UserError(f"data set {spec!r} is not a regular file or folder")
     if path.is_dir():
         if (path / "data_batch_1").is_file():
             return cifar.load_cifar10_batches(path)

@@ -65,9 +65,14 @@ def decode_image(blob: bytes, name: str, *, mode: str | None = None, size: tuple
 
 def read_file(path, name: str | None = None) -> bytes:
     """A file's bytes, read with a cap (limits.max_bytes), every OSError as one UserError."""
+    import os
+    import stat
+
     name = name or str(path)
     cap = limits.get("max_bytes")
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a fifo would block on open, a device never end
+            raise UserError(f"cannot read {name}: not a regular file")
         with open(path, "rb") as handle:
             blob = handle.read(cap + 1)
     except OSError as exc:
