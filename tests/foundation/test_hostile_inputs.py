@@ -358,8 +358,10 @@ def test_bad_option_values_one_line(inputs, tmp_path, capsys):
     os.mkfifo(tmp_path / "fifo.png")  # opening it would block forever
     refused(capsys, "attack", "blended", "--data", data, "--blend-image", tmp_path / "fifo.png", "--out", out,
             match="not a regular file")
-    np.savez(tmp_path / "one.npz", x=np.zeros((20, 1, 1, 1), np.uint8), y=np.arange(20) % 2)
+    np.savez(tmp_path / "one.npz", x=np.zeros((200, 1, 1, 1), np.uint8), y=np.arange(200) % 2)
     refused(capsys, "train", "--data", tmp_path / "one.npz", "--epochs", "1", "--out", out, match="cannot take 1x1x1 images")
+    refused(capsys, "fl", "simulate", "--data", tmp_path / "one.npz", "--clients", "2", "--out", out,
+            match="cannot take 1x1x1 images")
     refused(capsys, "scan", model, "--data", "none", "--input-shape", "1,30000,30000", "--out", out,
             match="max_input_values")
     refused(capsys, "checklist", model, "--data", data, "--stages", "scan,bogus", "--out", out, match="unknown stage")

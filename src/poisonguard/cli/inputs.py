@@ -290,27 +290,33 @@ def build_checked_model(arch: str, splits, seed: int | None = None):
     are too small for the pooling of mnist_cnn: one line instead of a traceback mid-training)."""
     import warnings
 
-    import torch
-
     from poisonguard.models import build_model
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zero-sized layers warn at construction; the probe below says why
+        warnings.simplefilter("ignore")  # zero-sized layers warn at construction; the probe says why
         model = build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=seed)
-        try:
-            with torch.no_grad():
-                was = model.training
-                model.eval()
-                out = model(torch.zeros(2, *splits.input_shape))
-                model.train(was)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            size = "x".join(str(s) for s in splits.input_shape)
-            raise UserError(f"architecture {arch!r} cannot take {size} images ({first}); "
-                            "use larger images or another --arch") from exc
-    if tuple(out.shape) != (2, splits.num_classes):
-        raise UserError(f"architecture {arch!r} gives outputs {tuple(out.shape[1:])} for {splits.num_classes} classes")
+    check_model_fits(model, f"architecture {arch!r}", splits)
     return model
+
+
+def check_model_fits(model, what: str, splits) -> None:
+    """UserError unless `model` maps two zero images of the data's shape to one score per class."""
+    import torch
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *splits.input_shape))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        size = "x".join(str(s) for s in splits.input_shape)
+        raise UserError(f"{what} cannot take {size} images ({first}); "
+                        "use larger images or another --arch") from exc
+    finally:
+        model.train(was)
+    if tuple(out.shape) != (2, splits.num_classes):
+        raise UserError(f"{what} gives outputs {tuple(out.shape[1:])} for {splits.num_classes} classes")
 
 
 def check_finite_model(model, what: str = "the trained model", x=None) -> None:

@@ -48,6 +48,18 @@ def _simulator(args):
                      seed=args.seed, device=args.device)
 
 
+def _check_model(sim, splits) -> None:
+    """The federation's model must take these images (1x1 images and mnist_cnn: one line, not a traceback)."""
+    import warnings
+
+    from poisonguard.cli.inputs import check_model_fits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sim.build_model(splits)
+    check_model_fits(model, f"architecture {sim.arch!r}" if sim.arch else "the default model", splits)
+
+
 def _names(text: str, known: list[str], kind: str) -> list[str]:
     names = [n.strip().replace("-", "_") for n in text.split(",") if n.strip()]
     for name in names:
@@ -93,6 +105,7 @@ def cmd_simulate(args) -> int:
     out = guard_out(args.out, command="fl-simulate", force=args.force, inputs=data_inputs(args.data))
     splits = load_splits(args.data, args.seed)
     sim = _simulator(args)
+    _check_model(sim, splits)
     f = args.malicious if args.f is None else args.f
     agg_options = parse_options(args.agg_opt)
     from poisonguard.federated.aggregators import AGGREGATORS
@@ -136,6 +149,7 @@ def cmd_compare(args) -> int:
     out = guard_out(args.out, command="fl-compare", force=args.force, inputs=data_inputs(args.data))
     splits = load_splits(args.data, args.seed)
     sim = _simulator(args)
+    _check_model(sim, splits)
     results = run_table(splits, sim, aggs, attacks, warmup_rounds=args.warmup,
                         attack_options=parse_options(args.attack_opt))
     report = Report("fl")
