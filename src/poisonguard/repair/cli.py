@@ -89,7 +89,8 @@ def build_repairer(method: str, args, scan: list | None):
 
 
 def cmd_repair(args) -> int:
-    from poisonguard.cli.inputs import data_inputs, file_inputs, guard_out, load_checked_model, load_checked_trigger, load_splits, model_inputs
+    from poisonguard.cli.inputs import (check_finite_model, data_inputs, file_inputs, guard_out, load_checked_model,
+                                        load_checked_trigger, load_splits, model_inputs)
     from poisonguard.data import per_class_subset
     from poisonguard.models import save_model
     from poisonguard.report import Report
@@ -126,6 +127,7 @@ def cmd_repair(args) -> int:
     result = repairer.repair(loaded.model, clean, trigger=asr_trigger, test=splits.test, aux_data=aux)
     if trigger is None and scan:
         result.extra["attack_success_rate_trigger"] = "scan reconstruction"
+    check_finite_model(result.model, "the repaired model", x=splits.test.x[:64])  # a diverged fine-tune is not saved
     meta = save_model(result.model, out / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
                       training={"command": "repair", "method": result.method, "source_sha256": info["sha256"],
                                 "clean_samples": len(clean), "seed": args.seed},
