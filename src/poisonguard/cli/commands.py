@@ -134,9 +134,7 @@ def _run_checklist(ctx, report, out: Path) -> int:
 
 def cmd_checklist(args) -> int:
     from poisonguard.report import Report
-    from poisonguard.stages import StageContext
-
-    from poisonguard.stages import load_stages
+    from poisonguard.stages import StageContext, load_stages
 
     only = None
     if args.stages:
