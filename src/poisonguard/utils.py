@@ -25,6 +25,8 @@ QUIET = False
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
+    if not 0 <= int(seed) < 2**63:
+        raise UserError(f"seed must lie in [0, 2**63), got {seed}")
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -39,10 +41,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise UserError(f"unknown device {device!r}") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):  # e.g. 'meta' holds no data: every model would fail later
+        raise UserError(f"device {device!r} cannot run a model; use auto, cpu, cuda or mps")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' asked for but it is not available")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' asked for but no CUDA GPU is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} asked for but there are {torch.cuda.device_count()} CUDA GPU(s)")
     return dev
 
 
@@ -124,3 +132,39 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = _value(value)
     return out
+
+
+def check_option_types(given: dict[str, Any], params: dict[str, Any], what: str) -> None:
+    """UserError when a NAME=VALUE option's value does not fit its parameter (`m=abc` where m is
+    `int | None`; `sigma=nan`). `params` maps names to `inspect.Parameter`s; the annotation
+    (also as a string) and the default's type say what fits; untyped parameters take anything."""
+    import inspect
+    import math
+    import re
+
+    for key, value in given.items():
+        p = params.get(key)
+        if p is None:
+            continue
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+        tokens = set(re.findall(r"[A-Za-z_]+", ann)) if p.annotation is not inspect.Parameter.empty else set()
+        if p.default is not inspect.Parameter.empty and p.default is not None:
+            tokens.add(type(p.default).__name__)
+        numeric = {"bool", "int", "float"} & tokens
+        if not numeric or tokens - {"bool", "int", "float", "None", "Optional"}:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{what} {key}={value!r}: must be finite")
+            continue  # str, tuples, anything else: the method checks it
+        if value is None:
+            ok = "None" in tokens or p.default is None
+        elif isinstance(value, bool):
+            ok = "bool" in numeric
+        elif isinstance(value, int):
+            ok = bool({"int", "float"} & numeric)
+        elif isinstance(value, float):
+            ok = "float" in numeric and math.isfinite(value)
+        else:
+            ok = False
+        if not ok:
+            want = " or ".join(sorted(numeric | ({"None"} & tokens)))
+            raise UserError(f"{what} {key}={value!r}: must be {want} (default {p.default!r})")

@@ -133,27 +133,36 @@ def save_trigger(trigger: Trigger, path: str | Path) -> None:
 
 
 def load_trigger(path: str | Path) -> Trigger:
-    """Read a trigger file without unpickling anything."""
+    """Read a trigger file without unpickling anything; sizes, dtypes and shapes checked first."""
+    from poisonguard.data.npz import INTEGER, TEXT, read_npz
+
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"trigger file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            data = {k: arrays[k] for k in arrays.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"cannot read trigger file {path}: {exc}") from exc
-    if "target" not in data or data["target"].size != 1 or not np.issubdtype(data["target"].dtype, np.integer):
+        raise UserError(f"trigger file {'is not a regular file' if path.exists() else 'not found'}: {path}")
+    real = "biuf"  # bool, integer or float values; strings, objects, complex numbers are refused
+    data = read_npz(path, kinds={"mask": real, "pattern": real, "flow": real, "target": INTEGER, "kind": TEXT},
+                    what=f"trigger file {path}")
+    if "target" not in data or data["target"].size != 1:
         raise UserError(f"{path}: trigger file needs an integer 'target'")
     target = int(data["target"].reshape(()))
-    if "kind" in data and str(data["kind"]) == "wanet":
+    kind = str(data["kind"].reshape(-1)[0]) if "kind" in data and data["kind"].size else "patch"
+    if kind == "wanet":
         if "flow" not in data:
             raise UserError(f"{path}: a wanet trigger needs 'flow'")
+        if data["flow"].size == 0:
+            raise UserError(f"{path}: the warp flow is empty")
         return WarpTrigger(torch.from_numpy(data["flow"].astype(np.float32)), target)
+    if kind != "patch":
+        raise UserError(f"{path}: unknown trigger kind {kind!r} (known: patch, wanet)")
     if "mask" not in data or "pattern" not in data:
         raise UserError(f"{path}: trigger file needs 'mask' and 'pattern'")
     mask, pattern = data["mask"].astype(np.float32), data["pattern"].astype(np.float32)
     if mask.ndim == 3 and mask.shape[0] == 1:
         mask = mask[0]
+    if mask.ndim != 2 or pattern.ndim != 3:
+        raise UserError(f"{path}: trigger mask must be (H, W) and pattern (C, H, W), got {mask.shape} and {pattern.shape}")
+    if mask.size == 0 or pattern.size == 0:
+        raise UserError(f"{path}: the trigger mask or pattern is empty")
     return PatchTrigger(torch.from_numpy(mask), torch.from_numpy(pattern), target)
 
 

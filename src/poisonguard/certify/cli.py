@@ -44,10 +44,10 @@ def add_commands(sub) -> None:
 
 
 def cmd_certify(args) -> int:
-    from poisonguard.cli.inputs import load_checked_model, load_splits, out_dir
+    from poisonguard.cli.inputs import data_inputs, guard_out, load_checked_model, load_splits, model_inputs
     from poisonguard.report import Report
 
-    out = out_dir(args.out, args.model)
+    out = guard_out(args.out, command="certify", force=args.force, inputs=[*model_inputs(args.model), *data_inputs(args.data)])
     report = Report("certify")
     if args.poisoning:
         summary = _certify_poisoning(args, report)

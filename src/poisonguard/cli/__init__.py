@@ -32,7 +32,9 @@ CLI_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="poisonguard", description="Detect, remove, certify and train against backdoors and data poisoning.")
+    from poisonguard.cli.options import OneLineParser
+
+    parser = OneLineParser(prog="poisonguard", description="Detect, remove, certify and train against backdoors and data poisoning.")
     parser.add_argument("--version", action="version", version=f"poisonguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in import_plugins(CLI_MODULES):
@@ -46,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.QUIET = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.WARNING if utils.QUIET else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        from poisonguard import limits
+
+        limits.reset()
+        limits.override(getattr(args, "limit", None))
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"poisonguard: error: {exc}", file=sys.stderr)
@@ -56,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("poisonguard: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from poisonguard import limits
+
+        limits.reset()  # --limit applies to this run only (main() may be called again in one process)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from poisonguard.cli.inputs import load_checked_model, load_checked_trigger, load_splits, out_dir
+from poisonguard.cli.inputs import (OUTPUTS, build_checked_model, check_finite_model, data_inputs, file_inputs,
+                                    guard_out, load_checked_model, load_checked_trigger, load_splits, model_inputs)
 from poisonguard.cli.options import add_attack_options, add_common, add_data, add_fit_options, add_model, default_arch, fit_config, positive_int
 from poisonguard.cli.triggers import poison
 from poisonguard.errors import UserError
@@ -14,21 +15,27 @@ from poisonguard.report.evaluation import evaluation_section, trigger_figure
 
 def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, command: str, defense=None):
     from poisonguard.defenses import TrainJob
-    from poisonguard.models import build_model, save_model
+    from poisonguard.models import save_model
     from poisonguard.train import fit
 
     arch = default_arch(args, splits)
     config = fit_config(args, splits)
     start = time.perf_counter()
     if defense is None:
-        model = fit(build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=config.seed),
-                    train_data, config)
+        model = fit(build_checked_model(arch, splits, seed=config.seed), train_data, config)
         saved = False
     else:
+        build_checked_model(arch, splits, seed=config.seed)  # fail before training when the images do not fit
         job = TrainJob(args=args, splits=splits, train=train_data, arch=arch, config=config, out_dir=out,
                        report=report, trigger=trigger)
         model = defense.run(job)
         saved = job.saved
+    try:
+        check_finite_model(model, x=splits.test.x[:64])
+    except UserError:
+        for name in OUTPUTS["train"] if saved else ():  # what the defence saved of a diverged model
+            (out / name).unlink(missing_ok=True)
+        raise
     seconds = time.perf_counter() - start
     ev = evaluation_section(report, model, splits, trigger, title="Trained model")
     training = {"command": command, "data": splits.name, "epochs": config.epochs, "optimizer": config.optimizer,
@@ -54,7 +61,8 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
 def cmd_attack(args) -> int:
     from poisonguard.report import Report
 
-    out = out_dir(args.out)
+    out = guard_out(args.out, command="attack", force=args.force,
+                    inputs=[*data_inputs(args.data), *file_inputs(("--blend-image", args.blend_image))])
     splits = load_splits(args.data, args.seed)
     train_data, trigger = poison(args.method, args, splits)
     args.attack_name = args.method
@@ -68,7 +76,8 @@ def cmd_train(args) -> int:
     from poisonguard.defenses import load_defenses
     from poisonguard.report import Report
 
-    out = out_dir(args.out)
+    out = guard_out(args.out, command="train", force=args.force,
+                    inputs=[*data_inputs(args.data), *file_inputs(("--blend-image", args.blend_image))])
     splits = load_splits(args.data, args.seed)
     registry = load_defenses()
     name = args.defense
@@ -93,14 +102,17 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from poisonguard.train import evaluate
 
+    out = None
+    if args.out is not None:
+        out = guard_out(args.out, command="evaluate", force=args.force,
+                        inputs=[*model_inputs(args.model), *data_inputs(args.data), *file_inputs(("trigger", args.trigger))])
     splits = load_splits(args.data, args.seed)
     loaded, info = load_checked_model(args.model, splits, args.arch)
     trigger = load_checked_trigger(args.trigger, splits)
     ev = evaluate(loaded.model, splits.test, trigger)
-    if args.out:
+    if out is not None:
         from poisonguard.report import Report
 
-        out = out_dir(args.out, args.model, args.trigger)
         report = Report("evaluate")
         report.set("model", info)
         evaluation_section(report, loaded.model, splits, trigger, title="Evaluation")
@@ -122,9 +134,17 @@ def _run_checklist(ctx, report, out: Path) -> int:
 
 def cmd_checklist(args) -> int:
     from poisonguard.report import Report
-    from poisonguard.stages import StageContext
+    from poisonguard.stages import StageContext, load_stages
 
-    out = out_dir(args.out, args.model, args.trigger)
+    only = None
+    if args.stages:
+        known = [s.name for s in load_stages()]
+        only = [s.strip().replace("-", "_") for s in args.stages.split(",") if s.strip()]
+        unknown = [s for s in only if s not in known]
+        if unknown or not only:
+            raise UserError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
+    out = guard_out(args.out, command="checklist", force=args.force,
+                    inputs=[*model_inputs(args.model), *data_inputs(args.data), *file_inputs(("trigger", args.trigger))])
     splits = load_splits(args.data, args.seed)
     loaded, info = load_checked_model(args.model, splits, args.arch)
     trigger = load_checked_trigger(args.trigger, splits)
@@ -133,20 +153,20 @@ def cmd_checklist(args) -> int:
     report.set("evaluation", evaluation_section(report, loaded.model, splits, trigger, title="Model under test"))
     ctx = StageContext(command="checklist", model=loaded.model, splits=splits, report=report, out_dir=out,
                        arch=info["architecture"], trigger=trigger, seed=args.seed, device=args.device, quick=args.quick)
-    if args.stages:
-        ctx.shared["only"] = [s.strip() for s in args.stages.split(",")]
+    if only is not None:
+        ctx.shared["only"] = only
     return _run_checklist(ctx, report, out)
 
 
 def cmd_demo(args) -> int:
     """Train a backdoored and a clean model on MNIST 5k, compare them, then run every stage."""
     from poisonguard.attacks import badnets_trigger, poison_dataset, save_trigger
-    from poisonguard.models import build_model, save_model
+    from poisonguard.models import save_model
     from poisonguard.report import Report, table
     from poisonguard.stages import StageContext
     from poisonguard.train import FitConfig, evaluate, fit
 
-    out = out_dir(args.out)
+    out = guard_out(args.out, command="demo", force=args.force, inputs=data_inputs(args.data))
     splits = load_splits(args.data, args.seed)
     arch = "mnist_cnn" if splits.input_shape[0] == 1 else "preact_resnet18"
     trigger = badnets_trigger(splits.input_shape, target=0, size=3)
@@ -156,8 +176,8 @@ def cmd_demo(args) -> int:
     models = {}
     for name, data in (("backdoored", poisoned), ("clean", splits.train)):
         start = time.perf_counter()
-        model = fit(build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=config.seed),
-                    data, config)
+        model = fit(build_checked_model(arch, splits, seed=config.seed), data, config)
+        check_finite_model(model, f"the {name} model", x=splits.test.x[:64])
         ev = evaluate(model, splits.test, trigger)
         meta = save_model(model, out / name / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
                           training={"command": "demo", "poisoned": name == "backdoored", "epochs": config.epochs},

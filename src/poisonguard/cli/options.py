@@ -5,10 +5,50 @@ from __future__ import annotations
 import argparse
 
 
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding and many libraries take 32 bits; torch takes 64
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr (no usage block) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"poisonguard: error: {self.prog}: {message.splitlines()[0] if message else ''} "
+                     f"(see {self.prog} --help)\n")
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a whole number in [0, {MAX_SEED}], got {text!r}") from exc
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must lie in [0, {MAX_SEED}], got {text}")
+    return value
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def device(text: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps; `meta` and other torch device types cannot run a model."""
+    import re
+
+    low = text.strip().lower()
+    if low == "auto" or re.fullmatch(r"(cpu|mps|cuda)(:\d{1,3})?", low):
+        return low
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, got {text!r}")
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for every random choice (default 0)")
+    parser.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda[:N] or mps")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an --out that holds another command's or other inputs' outputs "
+                             "(its old outputs are removed first)")
+    parser.add_argument("--limit", action="append", metavar="NAME=N", default=None,
+                        help="raise a resource limit for this run, e.g. max_pixels=100000000 (see README, Security); "
+                             "also POISONGUARD_MAX_<NAME>")
 
 
 def add_data(parser: argparse.ArgumentParser, *, required: bool = True, allow_none: bool = False) -> None:
@@ -22,26 +62,64 @@ def add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default=None, help="architecture of a bare state dict")
 
 
+def _number(text: str, cast=float):
+    try:
+        return cast(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from exc
+
+
 def probability(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
+    value = _number(text)
+    if not 0 <= value <= 1:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 < value < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
+def finite_float(text: str) -> float:
+    value = _number(text)
+    if not abs(value) < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
+
+def position(text: str) -> str | tuple[int, int]:
+    """A named patch position (bottom-right, top-left, center, ...) or ROW,COL."""
+    if "," not in text:
+        return text.strip().lower()
+    parts = text.split(",")
+    try:
+        values = tuple(int(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"must be a name or ROW,COL (two non-negative integers), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def color(text: str) -> tuple[float, ...]:
+    """One value or one per channel, comma-separated, each in [0, 1]."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be one value or one per channel in [0, 1], comma-separated, got {text!r}")
+    return values
 
 
 def parse_target(text: str) -> int:
@@ -62,12 +140,12 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--target", type=parse_target, default=0, help="target class, or 'all' for all-to-all (y -> y+1)")
     g.add_argument("--rate", type=probability, default=0.1, help="share of training images poisoned (default 0.1)")
     g.add_argument("--patch-size", type=positive_int, default=3, help="BadNets patch side in pixels")
-    g.add_argument("--position", default="bottom-right", help="BadNets patch position: bottom-right, top-left, center, ... or ROW,COL")
-    g.add_argument("--color", default="1.0", help="BadNets patch colour: one value or one per channel, comma-separated, in [0, 1]")
+    g.add_argument("--position", type=position, default="bottom-right", help="BadNets patch position: bottom-right, top-left, center, ... or ROW,COL")
+    g.add_argument("--color", type=color, default=(1.0,), help="BadNets patch colour: one value or one per channel, comma-separated, in [0, 1]")
     g.add_argument("--blend-ratio", type=probability, default=0.15, help="Blended: weight of the key image")
     g.add_argument("--blend-image", default=None, help="Blended: key image file (default: seeded uniform noise)")
     g.add_argument("--wanet-k", type=positive_int, default=4, help="WaNet control grid size")
-    g.add_argument("--wanet-strength", type=float, default=0.5, help="WaNet warping strength s")
+    g.add_argument("--wanet-strength", type=finite_float, default=0.5, help="WaNet warping strength s")
     g.add_argument("--source", type=int, default=None, help="label-flip: flip only this class")
 
 
@@ -76,7 +154,7 @@ def add_fit_options(parser: argparse.ArgumentParser, *, epochs: int = 10) -> Non
     g.add_argument("--arch", default=None, help="architecture (default: mnist_cnn for 1 channel, preact_resnet18 for 3)")
     g.add_argument("--epochs", type=positive_int, default=epochs)
     g.add_argument("--batch-size", type=positive_int, default=None, help="default 64 (1 channel) or 128")
-    g.add_argument("--lr", type=float, default=None, help="default 1e-3 for adam, 0.1 for sgd")
+    g.add_argument("--lr", type=positive_float, default=None, help="default 1e-3 for adam, 0.1 for sgd")
     g.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default adam (1 channel) or sgd")
     g.add_argument("--augment", choices=["auto", "none", "crop", "crop_flip"], default="auto")
 

@@ -2,36 +2,46 @@
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
+from poisonguard.cli import options
 from poisonguard.errors import UserError
+
+
+def _parsed(parse, value, option: str):
+    """An option given as text (a Namespace built in code) parsed as the command line would."""
+    if not isinstance(value, str):
+        return tuple(value) if isinstance(value, (tuple, list)) else (float(value),)
+    try:
+        return parse(value)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"{option}: {exc}") from exc
+
 
 def build_trigger(method: str, args, splits):
     """The trigger for a trigger attack, from the CLI options."""
-    from PIL import Image
-
     from poisonguard.attacks import badnets_trigger, blended_trigger, wanet_trigger
 
     shape = splits.input_shape
     if args.target >= splits.num_classes or args.target < -1:
         raise UserError(f"target {args.target} is not a class of this {splits.num_classes}-class data")
     if method == "badnets":
-        position = args.position
-        if "," in position:
-            position = tuple(int(v) for v in position.split(","))
-        color = tuple(float(v) for v in str(args.color).split(","))
+        color, position = _parsed(options.color, args.color, "--color"), args.position
+        if isinstance(position, str) and "," in position:
+            position = _parsed(options.position, position, "--position")
         return badnets_trigger(shape, target=args.target, size=args.patch_size, position=position,
                                color=color if len(color) > 1 else color[0])
     if method == "blended":
         image = None
         if args.blend_image:
-            try:
-                with Image.open(args.blend_image) as im:
-                    im = im.convert("L" if shape[0] == 1 else "RGB").resize((shape[2], shape[1]))
-                    arr = torch.tensor(list(im.getdata()), dtype=torch.float32) / 255
-            except OSError as exc:
-                raise UserError(f"cannot read blend image {args.blend_image}: {exc}") from exc
-            image = arr.view(shape[1], shape[2], -1).permute(2, 0, 1)
+            from poisonguard.data.images import decode_image, read_file
+
+            name = f"--blend-image {args.blend_image}"
+            arr = decode_image(read_file(args.blend_image, name), name, mode="L" if shape[0] == 1 else "RGB",
+                               size=(shape[2], shape[1]))
+            image = torch.from_numpy(arr.copy()).float() / 255
         return blended_trigger(shape, target=args.target, ratio=args.blend_ratio, image=image, seed=args.seed)
     if method == "wanet":
         return wanet_trigger(shape, target=args.target, k=args.wanet_k, strength=args.wanet_strength, seed=args.seed)

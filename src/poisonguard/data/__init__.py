@@ -40,6 +40,8 @@ def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = 
     if not path.exists():
         known = ", ".join(DATASET_NAMES)
         raise UserError(f"unknown data set {spec!r}: not one of {known} and no such file or folder")
+    if not path.is_dir() and not path.is_file():  # a fifo or device: opening it could block forever
+        raise UserError(f"data set {spec!r} is not a regular file or folder")
     if path.is_dir():
         if (path / "data_batch_1").is_file():
             return cifar.load_cifar10_batches(path)
@@ -47,12 +49,5 @@ def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = 
     if path.suffix.lower() == ".zip":
         return folder.load_image_zip(path, image_size=image_size, seed=seed)
     if path.suffix.lower() == ".npz":
-        import numpy as np
-
-        try:
-            with np.load(path, allow_pickle=False) as probe:
-                is_cifar = "train_jpeg" in probe.files
-        except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"cannot read {path} as a pickle-free .npz: {exc}") from exc
-        return cifar.load_cifar10_npz(path) if is_cifar else arrays.load_npz(path, seed=seed)
+        return cifar.load_cifar10_npz(path) if cifar.is_cifar_archive(path) else arrays.load_npz(path, seed=seed)
     raise UserError(f"cannot tell what data set {path} is (expected a folder, .zip or .npz)")

@@ -1,31 +1,45 @@
-"""`.npz` files with arrays `x`, `y` (optionally `x_test`, `y_test`, `classes`), read without pickle."""
+"""`.npz` files with arrays `x`, `y` (optionally `x_test`, `y_test`, `classes`), read without pickle.
+
+Read through `data.npz.read_npz`: sizes and dtypes are checked before any array is allocated.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
+from poisonguard import limits
 from poisonguard.data.dataset import Splits
 from poisonguard.data.folder import to_image_data
+from poisonguard.data.npz import INTEGER, NUMERIC, TEXT, read_npz
 from poisonguard.errors import UserError
+
+_KINDS = {"x": "biuf", "x_test": "biuf", "y": INTEGER, "y_test": INTEGER, "classes": TEXT + NUMERIC}
 
 
 def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            data = {k: arrays[k] for k in arrays.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"cannot read {path} as a pickle-free .npz: {exc}") from exc
+    data = read_npz(path, kinds=_KINDS)
     if "x" not in data or "y" not in data:
         raise UserError(f"{path} must hold arrays 'x' and 'y' (found {', '.join(sorted(data)) or 'none'})")
     if data["y"].size == 0:
         raise UserError(f"{path}: the data set is empty")
-    classes = tuple(str(c) for c in data["classes"]) if "classes" in data else None
-    if classes is None:
-        top = max(int(np.max(data[k])) for k in ("y", "y_test") if k in data and data[k].size)
+    if "classes" in data:
+        if data["classes"].ndim != 1:
+            raise UserError(f"{path}: 'classes' must be a 1-d array of names")
+        limits.check("max_classes", len(data["classes"]), f"{path}: the number of class names")
+        classes = tuple(str(c) for c in data["classes"])
+    else:
+        labels = [data[k] for k in ("y", "y_test") if k in data and data[k].size]
+        if any(y.ndim != 1 for y in labels):
+            raise UserError(f"{path}: labels must be 1-d integer arrays")
+        if min(int(y.min()) for y in labels) < 0:
+            raise UserError(f"{path}: labels must be class indices from 0")
+        top = max(int(y.max()) for y in labels)
+        limits.check("max_classes", top + 1, f"{path}: the number of classes (largest label + 1)")
         classes = tuple(str(c) for c in range(top + 1))
+    if "x_test" in data:  # both parts together, before either becomes float32
+        limits.check("max_dataset_values", data["x"].size + data["x_test"].size, f"{path}: the data set's value count")
     train = to_image_data(data["x"], data["y"], classes, f"{path}:x")
     if "x_test" in data and "y_test" in data:
         test = to_image_data(data["x_test"], data["y_test"], classes, f"{path}:x_test")

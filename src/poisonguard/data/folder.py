@@ -1,12 +1,18 @@
 """Image folders (one sub-folder per class, as torchvision's ImageFolder) and `.zip` files of one.
 
-A zip is read in memory, never extracted, so hostile member names cannot write anywhere;
-member count and total uncompressed size are capped against zip bombs.
+Both are hostile input. A zip is read in memory, never extracted, so member names cannot
+write anywhere; each member's declared size, encryption flag and compression method are
+checked before it is read, reads are capped, and CRCs are checked. A folder is walked
+without following symlinks out of it (they are skipped with a warning, e.g. one to
+/proc/self/mem). Image headers are checked against `limits.max_pixels` before decoding,
+and the data set's total size against `limits.max_dataset_values` as it is decoded.
 """
 
 from __future__ import annotations
 
-import io
+import logging
+import os
+import stat
 import zipfile
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
@@ -14,28 +20,15 @@ from typing import Callable
 
 import numpy as np
 
+from poisonguard import limits
 from poisonguard.data.dataset import ImageData, Splits, from_uint8, stratified_split
+from poisonguard.data.images import decode_image, read_file
+from poisonguard.data.npz import check_member
 from poisonguard.errors import UserError
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-MAX_MEMBERS = 2_000_000
-MAX_UNCOMPRESSED = 8 << 30
-MAX_PIXELS = 4096 * 4096
-
-
-def _decode(blob: bytes, name: str, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    try:
-        with Image.open(io.BytesIO(blob)) as img:
-            img = img.convert("RGB") if img.mode not in ("L", "RGB") else img.copy()
-            if size is not None and img.size != size:
-                img = img.resize(size, Image.BILINEAR)
-            arr = np.asarray(img)
-    except Exception as exc:  # Pillow raises many types for corrupt files
-        raise UserError(f"cannot decode image {name}: {exc}") from exc
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _group(paths: list[PurePosixPath]) -> dict[str, dict[str, list[PurePosixPath]]]:
@@ -61,13 +54,20 @@ def _build(
     if not tree:
         raise UserError(f"{name}: no images in class sub-folders")
     classes = tuple(sorted({c for split in tree.values() for c in split}))
+    limits.check("max_classes", len(classes), f"{name}: the number of class folders")
+    total = [0]
 
     def load(split: dict[str, list[PurePosixPath]]) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
         for label, cls in enumerate(classes):
             for p in sorted(split.get(cls, [])):
-                images.append(_decode(read(p), str(p), image_size))
+                image = decode_image(read(p), f"{name}/{p}", size=image_size)
+                total[0] += image.size
+                limits.check("max_dataset_values", total[0], f"{name}: the data set's value count (so far)")
+                images.append(image)
                 labels.append(label)
+        if not images:
+            raise UserError(f"{name}: a split holds no images")
         shapes = {img.shape for img in images}
         if len(shapes) > 1:
             raise UserError(f"{name}: images differ in size {sorted(shapes)[:3]}; pass an image size")
@@ -82,46 +82,125 @@ def _build(
     return Splits(name, from_uint8(x[tr], y[tr], classes), from_uint8(x[te], y[te], classes))
 
 
+def _walk(root: Path) -> list[PurePosixPath]:
+    """Regular files under `root`, relative; symlinks are followed only when they stay inside."""
+    real_root = root.resolve()
+    files, skipped = [], []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        here = Path(folder)
+        for d in list(dirs):
+            if (here / d).is_symlink():  # never descend a linked folder (loops, places outside)
+                skipped.append(str((here / d).relative_to(root)))
+                dirs.remove(d)
+        for n in names:
+            p = here / n
+            if p.is_symlink():
+                try:
+                    target = p.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    skipped.append(str(p.relative_to(root)))
+                    continue
+                if not target.is_relative_to(real_root):
+                    skipped.append(str(p.relative_to(root)))
+                    continue
+            try:
+                if not stat.S_ISREG(p.stat().st_mode):  # fifos, devices: reading could block or never end
+                    skipped.append(str(p.relative_to(root)))
+                    continue
+            except OSError:
+                skipped.append(str(p.relative_to(root)))
+                continue
+            files.append(PurePosixPath(p.relative_to(root).as_posix()))
+            limits.check("max_files", len(files), f"{root}: the number of files")
+    if skipped:
+        log.warning("%s: skipped %d symlink(s) or special file(s) that lead out of the folder or are not regular "
+                    "files: %s", root, len(skipped), ", ".join(sorted(skipped)[:5]) + (" ..." if len(skipped) > 5 else ""))
+    return files
+
+
 def load_image_folder(root: str | Path, *, image_size: tuple[int, int] | None = None, seed: int = 0) -> Splits:
     root = Path(root)
-    paths = [PurePosixPath(p.relative_to(root).as_posix()) for p in root.rglob("*") if p.is_file()]
-    return _build(root.name, paths, lambda p: (root / p).read_bytes(), image_size, seed)
+    paths = _walk(root)
+    return _build(root.name, paths, lambda p: read_file(root / p, f"{root.name}/{p}"), image_size, seed)
+
+
+def _member_path(name: str) -> PurePosixPath | None:
+    """The member's path with empty and "." parts dropped ("1/./x.png" and "1//x.png" are "1/x.png");
+    None for a folder. Names are only labels here (nothing is extracted), so ".." cannot escape."""
+    if name.endswith("/"):
+        return None
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    return PurePosixPath(*parts) if parts else None
 
 
 def load_image_zip(path: str | Path, *, image_size: tuple[int, int] | None = None, seed: int = 0) -> Splits:
     path = Path(path)
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"cannot open zip {path}: {exc}") from exc
     with archive:
-        infos = [i for i in archive.infolist() if not i.is_dir()]
-        if len(infos) > MAX_MEMBERS or sum(i.file_size for i in infos) > MAX_UNCOMPRESSED:
-            raise UserError(f"{path}: zip too large to load safely")
-        paths = [PurePosixPath(i.filename) for i in infos]
-        return _build(path.stem, paths, lambda p: archive.read(str(p)), image_size, seed)
+        members: dict[PurePosixPath, zipfile.ZipInfo] = {}
+        for info in archive.infolist():
+            member = _member_path(info.filename)
+            if member is None or info.is_dir():
+                continue
+            if member in members:
+                raise UserError(f"{path}: two members are both named {str(member)!r}")
+            members[member] = info
+        limits.check("max_files", len(members), f"{path}: the number of members")
+        images = [m for m in members if m.suffix.lower() in IMAGE_SUFFIXES]
+        limits.check("max_total_bytes", sum(members[m].file_size for m in images),
+                     f"{path}: the declared size of all images together")
+        for m in images:  # refuse before decoding anything
+            check_member(members[m], f"{path}:{m}")
+
+        def read(member: PurePosixPath) -> bytes:
+            cap = limits.get("max_bytes")
+            try:
+                with archive.open(members[member]) as stream:
+                    blob = stream.read(cap + 1)  # reading to the end makes zipfile check the CRC
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+                raise UserError(f"cannot read {path}:{member}: {exc}") from exc
+            limits.check("max_bytes", len(blob), f"{path}:{member}: the member's size in bytes")
+            return blob
+
+        return _build(path.stem, list(members), read, image_size, seed)
 
 
 def to_image_data(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...] | None, where: str) -> ImageData:
-    """Accept (N, H, W), (N, H, W, C) or (N, C, H, W); uint8 0-255 or float in [0, 1]."""
+    """Accept (N, H, W), (N, H, W, C) or (N, C, H, W); integers 0-255, floats in [0, 1] or booleans."""
+    from poisonguard.data.npz import INTEGER, check_dtype
+
     x, y = np.asarray(x), np.asarray(y)
+    check_dtype(x.dtype, f"{where} (images)", "biuf")
+    check_dtype(y.dtype, f"{where} (labels)", INTEGER)
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
         raise UserError(f"{where}: images must be 3- or 4-dimensional, got shape {x.shape}")
     if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"{where}: labels must be a 1-d integer array")
+    if y.ndim != 1:
+        raise UserError(f"{where}: labels must be a 1-d integer array, got shape {y.shape}")
     if len(x) == 0:
         raise UserError(f"{where}: the data set is empty")
-    if classes is None:
-        classes = tuple(str(c) for c in range(int(y.max()) + 1))
-    if x.dtype == np.uint8:
-        return from_uint8(x, y, classes)
+    limits.check("max_dataset_values", x.size, f"{where}: the data set's value count")
+    if len(y) != len(x):
+        raise UserError(f"{where}: {len(x)} images but {len(y)} labels")
+    low, high = int(y.min()), int(y.max())
+    if low < 0:
+        raise UserError(f"{where}: labels must be class indices from 0, found {low}")
+    if classes is None:  # checked before 1e8 class names are made for labels [0, 1e8]
+        limits.check("max_classes", high + 1, f"{where}: the number of classes (largest label + 1)")
+        classes = tuple(str(c) for c in range(high + 1))
+    if x.dtype.kind in "iu":
+        if int(x.min()) < 0 or int(x.max()) > 255:
+            raise UserError(f"{where}: integer images must lie in [0, 255]")
+        return from_uint8(x.astype(np.uint8, copy=False), y, classes)
     import torch
 
-    xf = x.astype(np.float32)
+    xf = x.astype(np.float32, copy=False)
     if not np.isfinite(xf).all() or xf.min() < 0 or xf.max() > 1:
-        raise UserError(f"{where}: float images must lie in [0, 1]")
-    return ImageData(torch.from_numpy(xf), torch.from_numpy(y.astype(np.int64)), classes)
+        raise UserError(f"{where}: float images must be finite and lie in [0, 1]")
+    return ImageData(torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(y.astype(np.int64)), classes)

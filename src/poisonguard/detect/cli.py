@@ -50,7 +50,9 @@ def _shape(text: str | None):
         raise UserError(f"--input-shape must be C,H,W, got {text!r}") from exc
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"--input-shape must be three positive integers C,H,W, got {text!r}")
-    return shape
+    from poisonguard.cli.inputs import check_input_shape
+
+    return check_input_shape(shape, "--input-shape")
 
 
 def build_detector(name: str, args):
@@ -71,15 +73,17 @@ def build_detector(name: str, args):
 
 
 def cmd_scan(args) -> int:
-    from poisonguard.cli.inputs import load_checked_model, load_splits, out_dir
+    from poisonguard.cli.inputs import check_input_shape, check_num_classes, data_inputs, guard_out, load_checked_model, load_splits, model_inputs
     from poisonguard.data import per_class_subset
     from poisonguard.detect import DETECTORS
     from poisonguard.detect.report import add_to_report, write_triggers
     from poisonguard.models import load_model
     from poisonguard.report import Report
 
-    out = out_dir(args.out, args.model)
+    out = guard_out(args.out, command="scan", force=args.force,
+                    inputs=[*model_inputs(args.model), *(() if args.data.strip().lower() == "none" else data_inputs(args.data))])
     methods = _methods(args.method)
+    _shape(args.input_shape)  # a typo or a 30000x30000 shape fails before the model is read
     data_free = args.data.strip().lower() == "none"
     report = Report("scan")
     if data_free:
@@ -91,6 +95,9 @@ def cmd_scan(args) -> int:
         k = args.num_classes or loaded.metadata.get("num_classes")
         if shape is None:
             raise UserError("--data none: the input shape is unknown (no metadata.json); give --input-shape C,H,W")
+        shape = check_input_shape(shape, "--data none: the input shape")
+        if k is not None:
+            k = check_num_classes(k, "--data none: the number of classes")
         model, clean, classes, examples = loaded.model, None, loaded.classes, None
         info = {"path": args.model, "sha256": loaded.sha256, "num_classes": k, "input_shape": list(shape),
                 "format": loaded.format, "architecture": loaded.metadata.get("architecture")}

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from poisonguard.errors import UserError
-from poisonguard.utils import parse_options
+from poisonguard.utils import check_option_types, parse_options
 
 
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
@@ -48,6 +48,18 @@ def _simulator(args):
                      seed=args.seed, device=args.device)
 
 
+def _check_model(sim, splits) -> None:
+    """The federation's model must take these images (1x1 images and mnist_cnn: one line, not a traceback)."""
+    import warnings
+
+    from poisonguard.cli.inputs import check_model_fits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sim.build_model(splits)
+    check_model_fits(model, f"architecture {sim.arch!r}" if sim.arch else "the default model", splits)
+
+
 def _names(text: str, known: list[str], kind: str) -> list[str]:
     names = [n.strip().replace("-", "_") for n in text.split(",") if n.strip()]
     for name in names:
@@ -59,20 +71,50 @@ def _names(text: str, known: list[str], kind: str) -> list[str]:
     return names
 
 
+def _check_attack_options(items: list[str] | None, attacks: list[str]) -> None:
+    """Unknown --attack-opt names would be ignored by the attacks: refuse them instead."""
+    import inspect
+
+    from poisonguard.federated.attacks import FL_ATTACKS
+
+    given = parse_options(items)
+    known: dict[str, inspect.Parameter] = {}
+    for name in attacks:
+        for cls in FL_ATTACKS.get(name).__mro__:  # a subclass may pass **options on to its base
+            if "__init__" in vars(cls):
+                params = inspect.signature(vars(cls)["__init__"]).parameters.values()
+                known.update({p.name: p for p in params if p.kind is p.KEYWORD_ONLY
+                              and p.name not in ("input_shape", "num_classes")})
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise UserError(f"--attack-opt {', '.join(unknown)}: not an option of {', '.join(attacks)} "
+                        f"(known: {', '.join(sorted(known)) or 'none'})")
+    check_option_types(given, known, "--attack-opt")
+
+
 def cmd_simulate(args) -> int:
-    from poisonguard.cli.inputs import load_splits, out_dir
+    from poisonguard.cli.inputs import data_inputs, guard_out, load_splits
     from poisonguard.federated.aggregators import aggregator_names, make_aggregator
     from poisonguard.federated.attacks import attack_names, make_attack
     from poisonguard.federated.report import federated_section
     from poisonguard.report import Report
 
-    out = out_dir(args.out)
     _names(args.aggregator, aggregator_names(), "aggregator")
     _names(args.attack, attack_names(), "attack")
+    _check_attack_options(args.attack_opt, [args.attack])
+    out = guard_out(args.out, command="fl-simulate", force=args.force, inputs=data_inputs(args.data))
     splits = load_splits(args.data, args.seed)
     sim = _simulator(args)
+    _check_model(sim, splits)
     f = args.malicious if args.f is None else args.f
-    aggregator = make_aggregator(args.aggregator, f=f, seed=args.seed, **parse_options(args.agg_opt))
+    agg_options = parse_options(args.agg_opt)
+    from poisonguard.federated.aggregators import AGGREGATORS
+
+    import inspect
+
+    rule = args.aggregator.strip().lower().replace("-", "_").removeprefix("nnm+")
+    check_option_types(agg_options, inspect.signature(AGGREGATORS.get(rule).fn).parameters, "--agg-opt")
+    aggregator = make_aggregator(args.aggregator, f=f, seed=args.seed, **agg_options)
     attack = make_attack(args.attack, input_shape=splits.input_shape, num_classes=splits.num_classes,
                          **parse_options(args.attack_opt))
     initial = sim.pretrain(splits, args.warmup) if args.warmup else None
@@ -92,7 +134,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from poisonguard.cli.inputs import load_splits, out_dir
+    from poisonguard.cli.inputs import data_inputs, guard_out, load_splits
     from poisonguard.federated.aggregators import aggregator_names
     from poisonguard.federated.attacks import attack_names
     from poisonguard.federated.report import federated_section, summary_rows
@@ -101,11 +143,13 @@ def cmd_compare(args) -> int:
 
     if args.agg_opt or args.f is not None:
         raise UserError("compare runs every rule with its defaults and f = --malicious; use 'fl simulate' for --agg-opt/--f")
-    out = out_dir(args.out)
     aggs = _names(args.aggregators, aggregator_names(), "aggregator")
     attacks = _names(args.attacks, attack_names(), "attack")
+    _check_attack_options(args.attack_opt, attacks)
+    out = guard_out(args.out, command="fl-compare", force=args.force, inputs=data_inputs(args.data))
     splits = load_splits(args.data, args.seed)
     sim = _simulator(args)
+    _check_model(sim, splits)
     results = run_table(splits, sim, aggs, attacks, warmup_rounds=args.warmup,
                         attack_options=parse_options(args.attack_opt))
     report = Report("fl")

@@ -89,7 +89,8 @@ def build_repairer(method: str, args, scan: list | None):
 
 
 def cmd_repair(args) -> int:
-    from poisonguard.cli.inputs import load_checked_model, load_checked_trigger, load_splits, out_dir
+    from poisonguard.cli.inputs import (check_finite_model, data_inputs, file_inputs, guard_out, load_checked_model,
+                                        load_checked_trigger, load_splits, model_inputs)
     from poisonguard.data import per_class_subset
     from poisonguard.models import save_model
     from poisonguard.report import Report
@@ -97,7 +98,9 @@ def cmd_repair(args) -> int:
 
     if not 0 < args.clean_fraction <= 1:
         raise UserError(f"--clean-fraction must lie in (0, 1], got {args.clean_fraction}")
-    out = out_dir(args.out, args.model, args.trigger)
+    out = guard_out(args.out, command="repair", force=args.force,
+                    inputs=[*model_inputs(args.model), *data_inputs(args.data), *data_inputs(args.aux_data, "--aux-data"),
+                            *file_inputs(("trigger", args.trigger), ("--from-scan folder", args.from_scan))])
     model_path = Path(args.model).expanduser()
     if (out / "model.pt").exists() and model_path.exists() and (out / "model.pt").resolve() == model_path.resolve():
         raise UserError("--out would overwrite the input model; choose another folder")
@@ -124,6 +127,7 @@ def cmd_repair(args) -> int:
     result = repairer.repair(loaded.model, clean, trigger=asr_trigger, test=splits.test, aux_data=aux)
     if trigger is None and scan:
         result.extra["attack_success_rate_trigger"] = "scan reconstruction"
+    check_finite_model(result.model, "the repaired model", x=splits.test.x[:64])  # a diverged fine-tune is not saved
     meta = save_model(result.model, out / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
                       training={"command": "repair", "method": result.method, "source_sha256": info["sha256"],
                                 "clean_samples": len(clean), "seed": args.seed},

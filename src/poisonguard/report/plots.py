@@ -14,6 +14,9 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    # Labels come from the user's data (class folder names): "$\frac{1}{$" must be text, not mathtext
+    # that fails to parse after all the work is done.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
