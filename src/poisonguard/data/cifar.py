@@ -165,6 +165,7 @@ def load_cifar10_batches(folder: str | os.PathLike) -> Splits:
         raise UserError(f"{folder} is not a cifar-10-batches-py folder (missing {', '.join(missing)})")
     parts = [_read_batch(folder / n) for n in names]
     xte, yte = _read_batch(folder / "test_batch")
+    limits.check("max_dataset_values", sum(p[0].size for p in parts) + xte.size, f"{folder}: the data set's value count")
     return _splits(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xte, yte)
 
 
