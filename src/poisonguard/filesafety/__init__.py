@@ -151,7 +151,17 @@ def check_loaded_torchscript(module: Any) -> list[str]:
     return check(module)
 
 
-def _with_archive(check_members: Callable[[Any], list[str]]) -> Callable[[Any, int, Path], list[str]]:
+def _lazy(module: str, function: str) -> Callable[..., list[str]]:
+    """A checker imported when first used, so `import poisonguard.filesafety` stays light (no torch, no onnx)."""
+    def run(*args):
+        from importlib import import_module
+
+        return getattr(import_module(f"poisonguard.filesafety.{module}"), function)(*args)
+    return run
+
+
+def _archive(check_members: Callable[[Any], list[str]]) -> Callable[[Any, int, Path], list[str]]:
+    """Zip structure first (archives.check_archive); the members' own checks only on a sound archive."""
     def run(handle, size, path):
         from poisonguard.filesafety.archives import check_archive
 
@@ -165,53 +175,14 @@ def _with_archive(check_members: Callable[[Any], list[str]]) -> Callable[[Any, i
     return run
 
 
-def _torch_zip(check):
-    from poisonguard.filesafety.torchfiles import check_torch_zip
-    return check_torch_zip(check)
+def _stream(check: Callable[..., list[str]], *, with_path: bool = False) -> Callable[[Any, int, Path], list[str]]:
+    def run(handle, size, path):
+        handle.seek(0)
+        return check(handle, size, path) if with_path else check(handle, size)
+    return run
 
 
-def _torchscript(check):
-    from poisonguard.filesafety.torchscript import check_torchscript
-    return check_torchscript(check)
-
-
-def _export(check):
-    from poisonguard.filesafety.export import check_export
-    return check_export(check)
-
-
-def _npz(check):
-    from poisonguard.filesafety.numpy import check_npz
-    return check_npz(check)
-
-
-def _legacy(handle, size, path):
-    from poisonguard.filesafety.torchfiles import check_legacy
-    return check_legacy(handle, size)
-
-
-def _pickle(handle, size, path):
-    from poisonguard.filesafety.torchfiles import check_raw_pickle
-    return check_raw_pickle(handle, size)
-
-
-def _safetensors(handle, size, path):
-    from poisonguard.filesafety.safetensors import check_safetensors
-    return check_safetensors(handle, size)
-
-
-def _onnx(handle, size, path):
-    from poisonguard.filesafety.onnx import check_onnx
-    return check_onnx(handle, size, path)
-
-
-def _npy(handle, size, path):
-    from poisonguard.filesafety.numpy import check_npy
-    handle.seek(0)
-    return check_npy(handle, size)
-
-
-def _unknown(handle, size, path):
+def _unknown(handle, size, path) -> list[str]:
     from poisonguard.filesafety.archives import is_zip
 
     handle.seek(0)
@@ -221,14 +192,14 @@ def _unknown(handle, size, path):
 
 
 _CHECKS: dict[str, Callable[[Any, int, Path], list[str]]] = {
-    "torch-zip": _with_archive(_torch_zip),
-    "torchscript": _with_archive(_torchscript),
-    "torch.export": _with_archive(_export),
-    "npz": _with_archive(_npz),
-    "legacy-torch": _legacy,
-    "pickle": _pickle,
-    "safetensors": _safetensors,
-    "onnx": _onnx,
-    "npy": _npy,
+    "torch-zip": _archive(_lazy("torchfiles", "check_torch_zip")),
+    "torchscript": _archive(_lazy("torchscript", "check_torchscript")),
+    "torch.export": _archive(_lazy("export", "check_export")),
+    "npz": _archive(_lazy("numpy", "check_npz")),
+    "legacy-torch": _stream(_lazy("torchfiles", "check_legacy")),
+    "pickle": _stream(_lazy("torchfiles", "check_raw_pickle")),
+    "safetensors": _stream(_lazy("safetensors", "check_safetensors")),
+    "onnx": _stream(_lazy("onnx", "check_onnx"), with_path=True),
+    "npy": _stream(_lazy("numpy", "check_npy")),
     "unknown": _unknown,
 }

@@ -123,142 +123,163 @@ MAX_FINDINGS = 20
 def walk_pickle(data: bytes | io.BufferedIOBase, policy: PicklePolicy = TORCH_POLICY, *, context: str = "pickle") -> PickleReport:
     """Walk one pickle (up to its STOP) and judge every global it names against `policy`."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    report = PickleReport()
-    stack: list[Any] = []
-    memo: dict[int, Any] = {}
+    return _Walk(policy, context).run(stream)
 
-    def finding(text: str) -> None:
-        if len(report.findings) < MAX_FINDINGS and text not in report.findings:
-            report.findings.append(f"{context}: {text}")
 
-    def pop() -> Any:
-        return stack.pop() if stack else _Unknown()
+class _Walk:
+    """The pickle machine run symbolically: a stack and a memo of tracked values, no imports."""
 
-    def pop_mark() -> list[Any]:
+    def __init__(self, policy: PicklePolicy, context: str) -> None:
+        self.policy, self.context = policy, context
+        self.report = PickleReport()
+        self.stack: list[Any] = []
+        self.memo: dict[int, Any] = {}
+        self.handlers = {name: handler for names, handler in (
+            (_CONST_OPS, lambda op, arg: self.stack.append(arg)),
+            (("NONE", "NEWTRUE", "NEWFALSE"), lambda op, arg: self.stack.append(_SINGLETONS[op])),
+            (("MARK",), lambda op, arg: self.stack.append(_MARK)),
+            (("PUT", "BINPUT", "LONG_BINPUT"), lambda op, arg: self.memo.__setitem__(int(arg), self.top())),
+            (("MEMOIZE",), lambda op, arg: self.memo.__setitem__(len(self.memo), self.top())),
+            (("GET", "BINGET", "LONG_BINGET"), self.get),
+            (("GLOBAL",), lambda op, arg: self.stack.append(self.name_global(*str(arg).partition(" ")[::2]))),
+            (("STACK_GLOBAL",), self.stack_global),
+            (("INST",), lambda op, arg: self.stack.append(
+                self.call(self.name_global(*str(arg).partition(" ")[::2]), tuple(self.pop_mark()), op))),
+            (("OBJ",), self.obj),
+            (("EXT1", "EXT2", "EXT4"), self.extension),
+            (("REDUCE", "NEWOBJ", "NEWOBJ_EX"), self.reduce),
+            (("BUILD",), self.build),
+            (("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"), self.make_tuple),
+            (("BINPERSID", "PERSID"), self.persistent_id),
+            (("SETITEMS", "APPENDS", "ADDITEMS"), lambda op, arg: self.pop_mark()),  # the container keeps its origin
+            (("SETITEM",), lambda op, arg: (self.pop(), self.pop())),
+            (("APPEND",), lambda op, arg: self.pop()),
+            (("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"), lambda op, arg: self.stack.append(_Unknown())),
+        ) for name in names}
+
+    def run(self, stream) -> PickleReport:
+        stopped = False
+        try:
+            for opcode, arg, pos in pickletools.genops(stream):
+                self.report.end = pos + 1
+                if opcode.name == "STOP":
+                    stopped = True
+                    break
+                handler = self.handlers.get(opcode.name)
+                if handler is None:
+                    self.generic(opcode)
+                else:
+                    handler(opcode.name, arg)
+        except Exception as exc:  # genops raises ValueError and friends on a malformed stream
+            self.finding(f"malformed pickle ({type(exc).__name__}: {str(exc)[:120]})")
+        else:
+            if not stopped:
+                self.finding("pickle ends without STOP")
+        return self.report
+
+    # -- stack helpers
+    def finding(self, text: str) -> None:
+        if len(self.report.findings) < MAX_FINDINGS and f"{self.context}: {text}" not in self.report.findings:
+            self.report.findings.append(f"{self.context}: {text}")
+
+    def top(self) -> Any:
+        return self.stack[-1] if self.stack else _Unknown()
+
+    def pop(self) -> Any:
+        return self.stack.pop() if self.stack else _Unknown()
+
+    def pop_mark(self) -> list[Any]:
         items: list[Any] = []
-        while stack:
-            item = stack.pop()
+        while self.stack:
+            item = self.stack.pop()
             if item is _MARK:
                 return items[::-1]
             items.append(item)
-        finding("malformed pickle: no MARK for a MARK-based opcode")
+        self.finding("malformed pickle: no MARK for a MARK-based opcode")
         return items[::-1]
 
-    def name_global(dotted: str) -> _Global:
-        if dotted not in report.globals:
-            report.globals.append(dotted)
-        if not _allowed_name(dotted, policy):
-            finding(f"imports {dotted}")
+    # -- opcodes that name or call globals
+    def name_global(self, module: str, attr: str) -> _Global:
+        dotted = f"{module}.{attr}"
+        if dotted not in self.report.globals:
+            self.report.globals.append(dotted)
+        if not _allowed_name(dotted, self.policy):
+            self.finding(f"imports {dotted}")
         return _Global(dotted)
 
-    def call(func: Any, args: Any, how: str) -> _Unknown:
+    def stack_global(self, op: str, arg: Any) -> None:
+        attr, module = self.pop(), self.pop()
+        plain = all(isinstance(v, str) and not isinstance(v, _Global) for v in (module, attr))
+        if plain:
+            self.stack.append(self.name_global(module, attr))
+        else:
+            self.finding("STACK_GLOBAL whose module or name is not a plain string")
+            self.stack.append(_Unknown())
+
+    def call(self, func: Any, args: Any, how: str) -> _Unknown:
         if isinstance(func, _Global):
-            problem = _check_call(str(func), args, policy)
+            problem = _check_call(str(func), args, self.policy)
             if problem:
-                finding(problem)
+                self.finding(problem)
             return _Unknown(str(func))
         if isinstance(func, _Unknown) and func.origin is None:
-            finding(f"{how} on a value the check cannot resolve")
+            self.finding(f"{how} on a value the check cannot resolve")
         elif isinstance(func, _Unknown):
-            finding(f"{how} on the result of {func.origin}")
+            self.finding(f"{how} on the result of {func.origin}")
         else:
-            finding(f"{how} on a non-callable constant")
+            self.finding(f"{how} on a non-callable constant")
         return _Unknown()
 
-    stopped = False
-    try:
-        for opcode, arg, pos in pickletools.genops(stream):
-            name = opcode.name
-            report.end = pos + 1
-            if name == "STOP":
-                stopped = True
-                break
-            if name in _CONST_OPS:
-                stack.append(arg)
-            elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-                stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
-            elif name == "MARK":
-                stack.append(_MARK)
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(arg)] = stack[-1] if stack else _Unknown()
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1] if stack else _Unknown()
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
-                if int(arg) not in memo:
-                    finding(f"memo index {arg} read before it was written")
-                stack.append(memo.get(int(arg), _Unknown()))
-            elif name == "GLOBAL":
-                module, _, attr = str(arg).partition(" ")
-                stack.append(name_global(f"{module}.{attr}"))
-            elif name == "STACK_GLOBAL":
-                attr, module = pop(), pop()
-                if isinstance(module, str) and isinstance(attr, str) and not isinstance(module, _Global):
-                    stack.append(name_global(f"{module}.{attr}"))
-                else:
-                    finding("STACK_GLOBAL whose module or name is not a plain string")
-                    stack.append(_Unknown())
-            elif name == "INST":
-                module, _, attr = str(arg).partition(" ")
-                stack.append(call(name_global(f"{module}.{attr}"), tuple(pop_mark()), "INST"))
-            elif name == "OBJ":
-                items = pop_mark()
-                stack.append(call(items[0] if items else _Unknown(), tuple(items[1:]), "OBJ"))
-            elif name in ("EXT1", "EXT2", "EXT4"):
-                finding(f"{name} (a global from the copyreg extension registry, code {arg})")
-                stack.append(_Unknown())
-            elif name == "REDUCE":
-                args, func = pop(), pop()
-                stack.append(call(func, args, "REDUCE"))
-            elif name in ("NEWOBJ", "NEWOBJ_EX"):
-                if name == "NEWOBJ_EX":
-                    pop()
-                args, cls = pop(), pop()
-                stack.append(call(cls, args, name))
-            elif name == "BUILD":
-                pop()
-                target = stack[-1] if stack else _Unknown()
-                if not (isinstance(target, _Unknown) and target.origin is not None) and not isinstance(target, (list, dict)):
-                    finding("BUILD (sets state) on an object the check did not see made by a vetted call")
-            elif name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
-                if name == "TUPLE":
-                    items = pop_mark()
-                else:
-                    count = _TUPLES.get(name, 0)
-                    items = [pop() for _ in range(count)][::-1]
-                stack.append(tuple(items))
-            elif name in ("BINPERSID", "PERSID"):
-                pid = pop() if name == "BINPERSID" else arg
-                report.storages.append(pid if isinstance(pid, tuple) else (pid,))
-                stack.append(_Unknown("persistent_load"))
-            elif name in ("SETITEMS", "APPENDS", "ADDITEMS"):
-                pop_mark()  # the container below the mark stays as it was (keeps its origin for BUILD)
-            elif name in ("SETITEM", "APPEND"):
-                for _ in range(2 if name == "SETITEM" else 1):
-                    pop()
-            elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
-                stack.append(_Unknown())
-            else:
-                _generic(opcode, stack, pop, pop_mark)
-    except Exception as exc:  # genops raises ValueError and friends on a malformed stream
-        finding(f"malformed pickle ({type(exc).__name__}: {str(exc)[:120]})")
-    else:
-        if not stopped:
-            finding("pickle ends without STOP")
-    return report
+    def obj(self, op: str, arg: Any) -> None:
+        items = self.pop_mark()
+        self.stack.append(self.call(items[0] if items else _Unknown(), tuple(items[1:]), op))
+
+    def extension(self, op: str, arg: Any) -> None:
+        self.finding(f"{op} (a global from the copyreg extension registry, code {arg})")
+        self.stack.append(_Unknown())
+
+    def reduce(self, op: str, arg: Any) -> None:
+        if op == "NEWOBJ_EX":
+            self.pop()  # kwargs
+        args, func = self.pop(), self.pop()
+        self.stack.append(self.call(func, args, op))
+
+    def build(self, op: str, arg: Any) -> None:
+        self.pop()  # the state
+        target = self.top()
+        if not (isinstance(target, _Unknown) and target.origin is not None):
+            self.finding("BUILD (sets state) on an object the check did not see made by a vetted call")
+
+    # -- data
+    def get(self, op: str, arg: Any) -> None:
+        if int(arg) not in self.memo:
+            self.finding(f"memo index {arg} read before it was written")
+        self.stack.append(self.memo.get(int(arg), _Unknown()))
+
+    def make_tuple(self, op: str, arg: Any) -> None:
+        items = self.pop_mark() if op == "TUPLE" else [self.pop() for _ in range(_TUPLES.get(op, 0))][::-1]
+        self.stack.append(tuple(items))
+
+    def persistent_id(self, op: str, arg: Any) -> None:
+        pid = self.pop() if op == "BINPERSID" else arg
+        self.report.storages.append(pid if isinstance(pid, tuple) else (pid,))
+        self.stack.append(_Unknown("persistent_load"))
+
+    def generic(self, opcode: pickletools.OpcodeInfo) -> None:
+        """Any other opcode's stack effect, from its pickletools description."""
+        before = list(opcode.stack_before)
+        if pickletools.markobject in before:
+            self.pop_mark()
+            for _ in range(before.index(pickletools.markobject)):
+                self.pop()
+        else:
+            for _ in before:
+                self.pop()
+        for _ in opcode.stack_after:
+            self.stack.append(_Unknown())
 
 
-def _generic(opcode: pickletools.OpcodeInfo, stack: list[Any], pop, pop_mark) -> None:
-    """Apply any other opcode's stack effect from its pickletools description."""
-    before = list(opcode.stack_before)
-    if pickletools.markobject in before:
-        pop_mark()
-        for _ in range(before.index(pickletools.markobject)):
-            pop()
-    else:
-        for _ in before:
-            pop()
-    for _ in opcode.stack_after:
-        stack.append(_Unknown())
+_SINGLETONS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 
 
 def _allowed_name(dotted: str, policy: PicklePolicy) -> bool:

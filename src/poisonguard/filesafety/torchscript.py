@@ -49,22 +49,44 @@ def _check_source(source: bytes, module: str, name: str, classes: set[str]) -> l
         tree = ast.parse(source.decode("utf-8"), filename=name)
     except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
         return [f"{name}: TorchScript code that does not parse ({type(exc).__name__})"]
-    findings: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef):
-            classes.add(f"{module}.{node.name}")
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name in _STATE_HOOKS:
-                    findings.append(f"{name}: class {node.name} defines {item.name} (runs during torch.jit.load)")
-        elif isinstance(node, ast.Attribute) and not isinstance(getattr(node, "_parent_attr", None), ast.Attribute):
-            problem = _check_chain(_chain(node))
-            if problem:
-                findings.append(f"{name}: {problem}")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _REFUSED_CALLS:
-            findings.append(f"{name}: calls {node.func.id} ({_REFUSED_CALLS[node.func.id]})")
-        for child in ast.iter_child_nodes(node):
-            child._parent_attr = node  # so only the outermost attribute of a chain is judged
-    return sorted(set(findings))
+    visitor = _CodeVisitor(module)
+    try:
+        visitor.visit(tree)
+    except RecursionError:
+        return [f"{name}: TorchScript code nested too deeply to check"]
+    classes.update(visitor.classes)
+    return sorted({f"{name}: {problem}" for problem in visitor.problems})
+
+
+class _CodeVisitor(ast.NodeVisitor):
+    """Collects the classes a code file defines and what in it is refused."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.classes: set[str] = set()
+        self.problems: list[str] = []
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.classes.add(f"{self.module}.{node.name}")
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef) and item.name in _STATE_HOOKS:
+                self.problems.append(f"class {node.name} defines {item.name} (runs during torch.jit.load)")
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        # judge the whole chain (torch.ops.aten.x) once, then look inside what it is rooted at
+        problem = _check_chain(_chain(node))
+        if problem:
+            self.problems.append(problem)
+        root: ast.AST = node
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        self.visit(root)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if isinstance(node.func, ast.Name) and node.func.id in _REFUSED_CALLS:
+            self.problems.append(f"calls {node.func.id} ({_REFUSED_CALLS[node.func.id]})")
+        self.generic_visit(node)
 
 
 def _chain(node: ast.Attribute) -> list[str]:
