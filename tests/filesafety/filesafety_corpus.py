@@ -111,9 +111,9 @@ def hostile_pickles(markers: Path) -> dict[str, bytes]:
     }
 
 
-def _torch_save_bytes(obj, legacy: bool = False) -> bytes:
+def _torch_save_bytes(obj, legacy: bool = False, protocol: int = 2) -> bytes:
     buffer = io.BytesIO()
-    torch.save(obj, buffer, _use_new_zipfile_serialization=not legacy)
+    torch.save(obj, buffer, _use_new_zipfile_serialization=not legacy, pickle_protocol=protocol)
     return buffer.getvalue()
 
 
@@ -384,6 +384,7 @@ def benign_files() -> dict[str, bytes]:
         "exotic_dtypes.pt": _torch_save_bytes(exotic),
         "state_dict_legacy.pt": _torch_save_bytes(state, legacy=True),
         "lightning.ckpt": _torch_save_bytes(lightning),
+        "protocol5_numpy.pt": _torch_save_bytes({"model": state, "best": np.float32(0.5), "hist": np.arange(4.0)}, protocol=5),
         "checkpoint_numpy.pth": _torch_save_bytes({"model": state, "best": np.float64(0.5), "hist": np.arange(4.0)}),
         "pytorch_model.bin": _torch_save_bytes(hf),
         "pytorch_model_legacy.bin": _torch_save_bytes(hf, legacy=True),

@@ -55,6 +55,7 @@ TORCH_DATA = frozenset(
 NUMPY_CALLABLES = frozenset({
     "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
     "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy._core.numeric._frombuffer", "numpy.core.numeric._frombuffer",  # protocol 5 arrays
     "numpy.dtype",
 })
 NUMPY_DATA = frozenset({"numpy.ndarray"})
