@@ -89,6 +89,8 @@ def test_cli_inspect_file_json_and_exit_codes(corpus, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert [f["file_safety"] for f in report["files"]] == ["safe"] * 3
     assert json.loads((tmp_path / "out" / "report.json").read_text())["unsafe"] == 0
+    assert main(["inspect-file", benign[0], "--out", str(root / "benign")]) == 2  # never into an input's folder
+    capsys.readouterr()
     assert main(["inspect-file", benign[0], str(root / "hostile" / "os_system.pkl")]) == 1
     bad = json.loads(capsys.readouterr().out)
     assert bad["unsafe"] == 1 and bad["files"][1]["file_findings"]
