@@ -152,6 +152,41 @@ def _patch_central(data: bytes, member: str, *, flag: int | None = None, method:
     return bytes(raw)
 
 
+def _patch_size(data: bytes, member: str, size: int) -> bytes:
+    """Declare a smaller uncompressed size for `member` (central and local headers): a size lie."""
+    raw = bytearray(data)
+    key = member.encode()
+    for sig, size_at, name_len_at, name_at in ((b"PK\x01\x02", 24, 28, 46), (b"PK\x03\x04", 22, 26, 30)):
+        start = 0
+        while (pos := raw.find(sig, start)) >= 0:
+            start = pos + 4
+            length = struct.unpack_from("<H", raw, pos + name_len_at)[0]
+            if bytes(raw[pos + name_at:pos + name_at + length]) == key:
+                struct.pack_into("<I", raw, pos + size_at, size)
+    return bytes(raw)
+
+
+def _overlapping_entry(data: bytes, member: str, alias: str) -> bytes:
+    """Add a second directory entry `alias` (same name length) pointing at `member`'s local header."""
+    raw = bytearray(data)
+    eocd = raw.rfind(b"PK\x05\x06")
+    count = struct.unpack_from("<H", raw, eocd + 10)[0]
+    cd_size, cd_offset = struct.unpack_from("<II", raw, eocd + 12)
+    pos = raw.find(b"PK\x01\x02", cd_offset)
+    while pos >= 0:
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", raw, pos + 28)
+        if bytes(raw[pos + 46:pos + 46 + name_len]) == member.encode():
+            record = bytearray(raw[pos:pos + 46 + name_len + extra_len + comment_len])
+            record[46:46 + name_len] = alias.encode()
+            break
+        pos = raw.find(b"PK\x01\x02", pos + 4)
+    out = raw[:eocd] + record + raw[eocd:]
+    end = len(raw[:eocd]) + len(record)
+    struct.pack_into("<HH", out, end + 8, count + 1, count + 1)
+    struct.pack_into("<I", out, end + 12, cd_size + len(record))
+    return bytes(out)
+
+
 # ----------------------------------------------------------------- TorchScript payloads
 
 class _SetstateFromFile(nn.Module):
@@ -438,6 +473,8 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     files["bad_crc.pt"] = bytes(bad_crc)
     files["encrypted_flag.pt"] = _patch_central(sd, record, flag=0x0809)
     files["compression_99.pt"] = _patch_central(sd, record, method=99)
+    files["size_lie.pt"] = _patch_size(sd, record, 8)
+    files["overlapping_entries.pt"] = _overlapping_entry(_rewrite_zip(sd), record, record[:-1] + "9")  # no zip64 records
     prefix = data_pkl.split("/")[0]
     for label, name in (("dotdot", f"{prefix}/../../evil"), ("absolute", "/tmp/x/evil.pkl"), ("dotslash", f"{prefix}/./data.pkl"),
                         ("doubleslash", f"{prefix}//data.pkl")):
