@@ -7,7 +7,8 @@ and, where `resource` exists, limits on CPU seconds, the size of any file it wri
 it creates stays empty) and A timeout, a crash or Ctrl-C kills it.
 
 What it does NOT do: no seccomp filter, no network namespace, no filesystem namespace. The
-child can still read what the user can read, create empty files and open sockets. The child's
+child can still read what the user can read, create empty files, delete or rename the user's
+files and open sockets. The child's
 answer comes back as JSON bytes (never a pickle: a compromised child must not get to run code
 in the parent by what it sends back).
 """
