@@ -41,7 +41,7 @@ def cmd_inspect_file(args) -> int:
     unsafe = sum(r["file_safety"] == "unsafe" for r in results)
     for result in results:
         if result["file_safety"] == "unsafe":
-            log.warning("unsafe: %s (%s): %s", result["path"], result["format"], "; ".join(result["file_findings"][:3]))
+            log.info("unsafe: %s (%s): %s", result["path"], result["format"], "; ".join(result["file_findings"][:3]))
     report = {"tool": "poisonguard", "version": __version__, "command": "inspect-file", "files": results, "unsafe": unsafe}
     text = json.dumps(report, indent=2)
     if out is not None:
