@@ -145,3 +145,30 @@ class Federated(_ToDict):
     attack: str
     rounds: tuple[RoundResult, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sanitization(_ToDict):
+    """Poisoned-sample detection over a training set (the report's `sanitization` block).
+
+    `flagged` are 0-based positions in the input's own order; `scores` summarises each
+    method; `z` (N,) is every sample's combined score, `method_scores` each method's raw
+    scores (N,), both kept off the JSON (they go to scores.npz).
+    """
+
+    verdict: str
+    flagged: tuple[int, ...]
+    targets: tuple[int, ...]
+    methods: tuple[str, ...]
+    scores: dict[str, Any]
+    n_samples: int
+    false_positive_rate: float
+    cut: float
+    class_index: dict[str, float]
+    class_threshold: float
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+    z: np.ndarray | None = field(default=None, metadata={"json": False}, compare=False)
+    method_scores: dict[str, np.ndarray] | None = field(default=None, metadata={"json": False}, compare=False)
+    method_z: dict[str, np.ndarray] | None = field(default=None, metadata={"json": False}, compare=False)
+    model: torch.nn.Module | None = field(default=None, metadata={"json": False}, compare=False)

@@ -28,6 +28,7 @@ CLI_MODULES = (
     "poisonguard.privacy.cli",
     "poisonguard.federated.cli",
     "poisonguard.filesafety.cli",
+    "poisonguard.sanitize.cli",
 )
 
 

@@ -1,0 +1,117 @@
+"""The sanitization report: the verdict in one sentence computed from the numbers, the most
+suspicious samples as images, per-class histograms of the combined score with the cut, the
+per-method table, and the average flagged image (the trigger, where the poison shares one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from poisonguard.report import img, table
+from poisonguard.report.plots import _pyplot, bar_chart, figure_to_data_uri, image_grid
+from poisonguard.results import Sanitization
+
+PRETTY = {"spectral": "Spectral signatures", "spectre": "SPECTRE", "scan": "SCAn", "abl": "ABL isolation", "strip": "STRIP"}
+MOST_SUSPICIOUS = 24
+
+
+def _label(c: int, classes) -> str:
+    name = str(classes[c]) if classes and c < len(classes) else str(c)
+    return f"class {c}" + (f" ('{name}')" if name != str(c) else "")
+
+
+def verdict_sentence(result: Sanitization, classes=None) -> str:
+    n, k = result.n_samples, len(result.flagged)
+    top = max(result.class_index.items(), key=lambda kv: kv[1]) if result.class_index else ("-", 0.0)
+    if result.verdict == "poisoned":
+        where = ", ".join(_label(c, classes) for c in result.targets)
+        return (f"The training data looks POISONED: {k} of {n} samples ({k / n:.1%}) stand out as a separate cluster "
+                f"labelled {where} (class anomaly index {max(result.class_index[str(c)] for c in result.targets):.1f} "
+                f"> {result.class_threshold:.2f}); they are flagged and left out of the cleansed copy.")
+    return (f"No poisoning found: no class holds a cluster of samples that stands out (highest class anomaly index "
+            f"{float(top[1]):.1f}, class {top[0]}, below {result.class_threshold:.2f}); {k} of {n} samples flagged.")
+
+
+def histograms(z: np.ndarray, labels: np.ndarray, cut: float, targets, classes=None) -> str:
+    """Per-class histograms of the combined score, the cut drawn; target classes in red."""
+    plt = _pyplot()
+    present = [int(c) for c in np.unique(labels)][:20]
+    cols = min(5, len(present))
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.8 * rows), squeeze=False)
+    bins = np.linspace(min(float(z.min()), -4.0), max(float(z.max()), cut + 1.0), 40)
+    for ax, c in zip(axes.flat, present):
+        ax.hist(z[labels == c], bins=bins, color="#c0392b" if c in targets else "#4a77b4", log=True)
+        ax.axvline(cut, color="black", linestyle="--", linewidth=1)
+        ax.set_title(_label(c, classes), fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    fig.suptitle(f"combined score per class (log counts); dashed: the cut {cut:.2f}", fontsize=9)
+    fig.tight_layout()
+    return figure_to_data_uri(fig)
+
+
+def suspicious_grid(x: torch.Tensor, labels: np.ndarray, z: np.ndarray, flagged: set[int], classes=None) -> str:
+    order = np.argsort(-z)[:MOST_SUSPICIOUS]
+    per_row = 8
+    rows = [[x[i] for i in order[start:start + per_row]] for start in range(0, len(order), per_row)]
+    titles = [f"ranks {r * per_row + 1}-{r * per_row + len(row)}" for r, row in enumerate(rows)]
+    grid = image_grid(rows, row_titles=titles, scale=1.0)
+    cells = [[int(i), _label(int(labels[i]), classes), float(z[i]), "flagged" if int(i) in flagged else ""] for i in order]
+    return img(grid, "most suspicious samples") + table(["position", "label", "combined score", ""], cells)
+
+
+def trigger_estimate(x: torch.Tensor, labels: np.ndarray, flagged: np.ndarray, targets) -> str:
+    """Mean flagged image beside the mean kept image of the same classes, and their difference."""
+    if not len(flagged):
+        return ""
+    keep = np.setdiff1d(np.flatnonzero(np.isin(labels, targets)), flagged)
+    mean_flagged = x[torch.as_tensor(flagged)].mean(0)
+    mean_kept = x[torch.as_tensor(keep)].mean(0) if len(keep) else torch.zeros_like(mean_flagged)
+    diff = (mean_flagged - mean_kept).abs()
+    diff = diff / max(float(diff.max()), 1e-6)
+    return img(image_grid([[mean_flagged, mean_kept, diff]],
+                          col_titles=["mean flagged", "mean kept (same classes)", "|difference| (scaled)"], scale=1.6),
+               "suspected trigger")
+
+
+def method_table(result: Sanitization) -> str:
+    rows = []
+    for name in result.methods:
+        s = result.scores[name]
+        idx = s.get("class_index", {})
+        top = max(idx.items(), key=lambda kv: kv[1]) if idx else ("-", None)
+        rows.append([PRETTY.get(name, name), s.get("paper", ""), f"class {top[0]}", top[1],
+                     ", ".join(map(str, s.get("targets_alone", []))) or "none", s.get("flagged_alone"), s.get("seconds")])
+    return table(["method", "paper", "most anomalous", "its index", "targets alone", "flagged alone", "seconds"], rows)
+
+
+def add_to_report(report, result: Sanitization, data, classes=None, *, order: int = 30) -> None:
+    labels = data.y.numpy()
+    report.set("sanitization", result)
+    flagged = np.asarray(result.flagged, dtype=np.int64)
+    html = table(["verdict", "samples", "flagged", "target classes", "cut (combined z)", "stated FPR"],
+                 [[result.verdict, result.n_samples, len(flagged), ", ".join(map(str, result.targets)) or "none",
+                   result.cut, result.false_positive_rate]])
+    keys = sorted(result.class_index, key=int)
+    html += img(bar_chart([result.class_index[k] for k in keys], labels=[str(classes[int(k)]) if classes else k for k in keys],
+                          threshold=result.class_threshold, highlight=[i for i, k in enumerate(keys) if int(k) in result.targets],
+                          ylabel="class anomaly index", title="combined class anomaly index"), "class anomaly index")
+    html += "<h3>Most suspicious samples</h3>" + suspicious_grid(data.x, labels, result.z, set(result.flagged), classes)
+    html += "<h3>Scores per class</h3>" + img(histograms(result.z, labels, result.cut, result.targets, classes), "histograms")
+    if len(flagged):
+        html += "<h3>Suspected trigger</h3>" + trigger_estimate(data.x, labels, flagged, result.targets)
+    html += "<h3>Per method</h3>" + method_table(result)
+    report.add_section("Data sanitization", html, summary=verdict_sentence(result, classes), order=order)
+
+
+def retrain_section(report, evaluation, *, kept: int, removed: int, held_out: bool, order: int = 40) -> None:
+    from poisonguard.report import table as _table
+
+    report.set("retrain", {**evaluation.to_dict(), "kept": kept, "removed": removed, "evaluated_on_held_out_kept": held_out})
+    html = _table(["samples kept", "removed", "clean accuracy", "attack success rate"],
+                  [[kept, removed, evaluation.clean_accuracy, evaluation.attack_success_rate]])
+    summary = (f"A model trained on the cleansed data reaches clean accuracy {evaluation.clean_accuracy:.1%}"
+               + (f" and attack success rate {evaluation.attack_success_rate:.1%}." if evaluation.attack_success_rate is not None else "."))
+    report.add_section("Retrained on the cleansed data", html, summary=summary, order=order)

@@ -1,0 +1,96 @@
+"""STRIP (Gao, Xu, Wang, Chen, Ranasinghe & Nepal, "STRIP: A Defence Against Trojan Attacks
+on Deep Neural Networks", ACSAC 2019).
+
+Superimpose an input on random clean images and look at the entropy of the model's
+predictions: a clean input's class is destroyed by the overlay, so predictions scatter (high
+entropy); a trigger survives the overlay and keeps forcing the target (low entropy). The
+paper uses it as a run-time input filter, with the entropy threshold set on clean inputs at a
+chosen false-rejection rate (FRR): `StripFilter.fit(model, clean)` then `.reject(model, x)`.
+As a sanitizer the score is -entropy of each training sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from poisonguard.data import ImageData
+from poisonguard.errors import UserError
+from poisonguard.sanitize.base import SANITIZERS, Method, ScoringInputs, check_number
+from poisonguard.utils import batches, model_device
+
+
+@torch.no_grad()
+def strip_entropy(model, x: torch.Tensor, overlays: torch.Tensor, *, draws: int, seed: int, batch_size: int = 128) -> np.ndarray:
+    """Mean prediction entropy (N,) of each x superimposed (added, clipped to [0, 1], as the
+    paper's image addition) on `draws` overlays drawn at random from `overlays`."""
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = []
+    for sl in batches(len(x), batch_size):
+        xb = x[sl]
+        pick = torch.randint(0, len(overlays), (len(xb), draws), generator=gen)
+        mixed = (xb[:, None] + overlays[pick]).clamp(0, 1).flatten(0, 1)
+        p = torch.softmax(model(mixed.to(device)).float(), 1).cpu()
+        ent = -(p * torch.log2(p.clamp_min(1e-12))).sum(1)
+        out.append(ent.view(len(xb), draws).mean(1))
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+@SANITIZERS.register("strip")
+class Strip(Method):
+    """Scores (N,): minus the STRIP entropy of every training sample."""
+
+    name = "strip"
+    paper = "Gao et al., ACSAC 2019"
+    needs = ("model",)
+    per_class = False
+
+    def __init__(self, *, draws: int = 16, frr: float = 0.01) -> None:
+        check_number("draws", draws, low=1, integer=True)
+        check_number("frr", frr, low=0, high=0.5, open_low=True)
+        self.draws, self.frr = int(draws), float(frr)
+        self.threshold: float | None = None
+
+    def summary(self):
+        return {"draws": self.draws, "frr": self.frr, "entropy_threshold": self.threshold}
+
+    def score(self, inputs: ScoringInputs) -> np.ndarray:
+        overlays = inputs.reference.x if inputs.reference is not None and len(inputs.reference) else inputs.data.x
+        ent = strip_entropy(inputs.model, inputs.data.x, overlays, draws=self.draws, seed=inputs.seed)
+        if inputs.reference is not None and len(inputs.reference):
+            # The paper's threshold: the FRR quantile of clean inputs' entropy.
+            ref = strip_entropy(inputs.model, inputs.reference.x, overlays, draws=self.draws, seed=inputs.seed + 1)
+            self.threshold = float(np.quantile(ref, self.frr))
+        return -ent
+
+
+class StripFilter:
+    """STRIP as the paper's input filter: fit a threshold on clean inputs, reject below it."""
+
+    def __init__(self, *, draws: int = 16, frr: float = 0.01, seed: int = 0) -> None:
+        check_number("draws", draws, low=1, integer=True)
+        check_number("frr", frr, low=0, high=0.5, open_low=True)
+        self.draws, self.frr, self.seed = int(draws), float(frr), int(seed)
+        self.threshold: float | None = None
+        self._overlays: torch.Tensor | None = None
+
+    def fit(self, model, clean: ImageData) -> "StripFilter":
+        if len(clean) < 2:
+            raise UserError("STRIP needs at least 2 clean inputs to set its threshold")
+        self._overlays = clean.x
+        ent = strip_entropy(model, clean.x, clean.x, draws=self.draws, seed=self.seed)
+        self.threshold = float(np.quantile(ent, self.frr))
+        return self
+
+    def entropy(self, model, x: torch.Tensor) -> np.ndarray:
+        if self._overlays is None:
+            raise RuntimeError("call fit() first")
+        return strip_entropy(model, x, self._overlays, draws=self.draws, seed=self.seed + 1)
+
+    def reject(self, model, x: torch.Tensor) -> np.ndarray:
+        """Boolean (N,): True where the input looks trojaned (entropy below the threshold)."""
+        return self.entropy(model, x) < self.threshold

@@ -1,0 +1,141 @@
+"""`poisonguard sanitize` end to end: positions in the input's order, the cleansed copy, the report,
+exit codes, and one-line errors for bad input (the input file never modified)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from poisonguard import cli
+
+from sanitize_helpers import planted, uint8
+
+
+@pytest.fixture(scope="module")
+def shuffled(mnist, tmp_path_factory):
+    """A poisoned .npz whose rows are shuffled, with the poisoned rows' positions after the shuffle."""
+    data, truth, trigger = planted(mnist, rate=0.05, seed=31)
+    perm = np.random.default_rng(7).permutation(len(truth))
+    path = tmp_path_factory.mktemp("data") / "poisoned.npz"
+    np.savez(path, x=uint8(data.x)[perm], y=data.y.numpy()[perm], x_test=uint8(mnist.test.x), y_test=mnist.test.y.numpy())
+    from poisonguard.attacks import save_trigger
+
+    save_trigger(trigger, path.parent / "trigger.npz")
+    return path, truth[perm]
+
+
+@pytest.fixture(scope="module")
+def run(shuffled, tmp_path_factory):
+    path, _ = shuffled
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    out = tmp_path_factory.mktemp("sanitize")
+    code = cli.main(["sanitize", str(path), "--epochs", "4", "--retrain", "--retrain-epochs", "3",
+                     "--trigger", str(path.parent / "trigger.npz"), "--out", str(out), "--quiet", "--device", "cpu"])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    return code, out
+
+
+def test_positions_are_the_inputs_own_rows(run, shuffled):
+    code, out = run
+    _, truth = shuffled
+    block = json.loads((out / "report.json").read_text())["sanitization"]
+    assert code == 1 and block["verdict"] == "poisoned" and block["targets"] == [0]
+    flagged = np.zeros(len(truth), bool)
+    flagged[block["flagged"]] = True
+    assert (flagged & truth).sum() >= 0.8 * truth.sum() and (flagged & ~truth).sum() <= 0.03 * (~truth).sum()
+    assert set(block["methods"]) == {"scan", "spectral"} and set(block["scores"]) == {"scan", "spectral"}
+
+
+def test_cleansed_npz_holds_exactly_the_kept_rows(run, shuffled):
+    _, out = run
+    path, truth = shuffled
+    flagged = json.loads((out / "report.json").read_text())["sanitization"]["flagged"]
+    keep = np.setdiff1d(np.arange(len(truth)), flagged)
+    with np.load(path) as src, np.load(out / "cleansed.npz", allow_pickle=False) as got:
+        assert np.array_equal(got["x"], src["x"][keep]) and np.array_equal(got["y"], src["y"][keep])
+        assert np.array_equal(got["x_test"], src["x_test"]) and np.array_equal(got["y_test"], src["y_test"])
+    with np.load(out / "scores.npz", allow_pickle=False) as s:
+        assert s["combined"].shape == (len(truth),) and s["score_scan"].shape == (len(truth),)
+        assert np.array_equal(np.flatnonzero(s["flagged"]), np.asarray(flagged))
+
+
+def test_report_and_retrain(run):
+    _, out = run
+    report = json.loads((out / "report.json").read_text())
+    assert report["command"] == "sanitize"
+    retrain = report["retrain"]
+    assert retrain["attack_success_rate"] < 0.2 and retrain["clean_accuracy"] > 0.8
+    html = (out / "report.html").read_text()
+    assert "POISONED" in html and html.count("data:image/png;base64") >= 3
+
+
+def _npz(tmp_path, name, **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+def _bad_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (60, 1, 8, 8), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 20)
+    nan = rng.random((60, 1, 8, 8)).astype(np.float32)
+    nan[3, 0, 2, 2] = np.nan
+    return [
+        (_npz(tmp_path, "one.npz", x=x, y=np.zeros(60, np.int64)), [], "at least 3 classes"),
+        (_npz(tmp_path, "few.npz", x=x[:12], y=np.arange(12) % 3), [], "fewer than"),
+        (_npz(tmp_path, "range.npz", x=x, y=y, classes=np.array(["a", "b"])), [], "labels must lie"),
+        (_npz(tmp_path, "neg.npz", x=x, y=y - 1), [], "negative"),
+        (_npz(tmp_path, "nan.npz", x=nan, y=y), [], "NaN"),
+        (_npz(tmp_path, "ok.npz", x=x, y=y), ["--expected-rate", "0.7"], "--expected-rate"),
+        (_npz(tmp_path, "ok2.npz", x=x, y=y), ["--method", "activation-clustering"], "unknown sanitization method"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    for path, extra, message in _bad_inputs(tmp_path):
+        before = path.read_bytes()
+        code = cli.main(["sanitize", str(path), *extra, "--out", str(tmp_path / "o"), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1, (path.name, err)
+        assert path.read_bytes() == before
+
+
+def test_model_with_other_classes_is_exit_2(tmp_path, mnist, capsys):
+    from poisonguard.models import build_model, save_model
+
+    path = tmp_path / "m" / "model.pt"
+    save_model(build_model("mnist_cnn", num_classes=5, input_shape=(1, 28, 28), seed=0), path, arch="mnist_cnn",
+               classes=[str(i) for i in range(5)], input_shape=(1, 28, 28))
+    data = _npz(tmp_path, "d.npz", x=uint8(mnist.train.x[:300]), y=mnist.train.y.numpy()[:300])
+    assert cli.main(["sanitize", str(data), "--model", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "5 outputs" in err and len(err.splitlines()) == 1
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "chrome", "headless_shell"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed for the screenshot test")
+def test_report_renders_in_headless_chromium(run, tmp_path):
+    _, out = run
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
+                    "--window-size=1200,2000", (out / "report.html").resolve().as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1200, 2000)
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50

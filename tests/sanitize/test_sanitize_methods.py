@@ -1,0 +1,114 @@
+"""Every registered method, the calibration/combination math, and the default on planted poison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from poisonguard.data import ImageData
+from poisonguard.sanitize import SANITIZERS, Sanitizer, ScoringInputs
+from poisonguard.sanitize.calibrate import combine, robust_z
+from poisonguard.sanitize.features import penultimate_features
+
+from sanitize_helpers import planted
+
+
+def _clusters(seed=0, n=60, d=16, k=4, poison=8):
+    """Gaussian classes in feature space; class 0 also holds a tight far cluster (the 'poison')."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 6, (k, d))
+    feats = np.concatenate([means[c] + rng.normal(0, 1, (n, d)) for c in range(k)])
+    labels = np.repeat(np.arange(k), n)
+    far = means[0] + 8 * np.eye(d)[0] + rng.normal(0, 0.3, (poison, d))
+    feats = np.concatenate([feats, far]).astype(np.float32)
+    labels = np.concatenate([labels, np.zeros(poison, int)])
+    truth = np.zeros(len(labels), bool)
+    truth[-poison:] = True
+    return feats, labels, truth
+
+
+@pytest.mark.parametrize("name", [n for n in SANITIZERS.names() if SANITIZERS.get(n).needs == ("features",)])
+def test_feature_methods_rank_a_planted_cluster_first(name):
+    feats, labels, truth = _clusters()
+    data = ImageData(torch.zeros(len(labels), 1, 2, 2), torch.as_tensor(labels), tuple("abcd"))
+    scores = SANITIZERS.get(name)().score(ScoringInputs(data=data, features=feats))
+    assert scores.shape == (len(labels),) and np.isfinite(scores).all()
+    in0 = labels == 0
+    # The planted cluster outranks most of its class's own samples (AUC well above chance).
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(truth[in0], scores[in0]) > 0.8
+
+
+@pytest.mark.parametrize("name", SANITIZERS.names())
+def test_bad_hyperparameters_raise_value_error(name):
+    cls = SANITIZERS.get(name)
+    first = next(k for k in cls.__init__.__kwdefaults__)
+    with pytest.raises(ValueError):
+        cls(**{first: -1})
+
+
+def test_robust_z_and_combine_by_hand():
+    z = robust_z(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    assert z[2] == 0 and z[-1] > 30  # median 3, MAD 1 -> (100 - 3) / 1.4826
+    labels = np.array([0] * 5 + [1] * 5 + [2] * 5)
+    zs = {"a": np.r_[[0, 0, 0, 9, 9], np.zeros(10)], "b": np.zeros(15)}
+    stats = {"a": {0: 20.0, 1: 1.0, 2: 1.2}, "b": {0: 1.0, 1: 1.1, 2: 0.9}}
+    out = combine(zs, stats, labels, fpr=0.01)
+    # Stouffer: 9 / sqrt(2) = 6.4 > the 1% cut 2.33; class 0's index towers over the others.
+    assert out.targets == (0,) and list(out.flagged) == [3, 4]
+    with pytest.raises(ValueError):
+        combine(zs, stats, labels, fpr=0.7)
+
+
+def test_features_from_any_module_with_a_final_linear():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    feats = penultimate_features(model, torch.rand(10, 1, 2, 2), batch_size=3)
+    assert feats.shape == (10, 7) and (feats >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def model_methods_inputs(mnist):
+    data, truth, _ = planted(mnist, rate=0.05, seed=11)
+    sanitizer = Sanitizer(epochs=3, seed=0, device="cpu")
+    model = sanitizer.train_model(data)
+    return ScoringInputs(data=data, model=model, reference=mnist.test, features=penultimate_features(model, data.x),
+                         train_model=lambda: sanitizer._build(data), seed=0, device="cpu"), truth
+
+
+def test_strip_scores_poison_above_clean_and_filters(model_methods_inputs):
+    from poisonguard.sanitize import StripFilter
+
+    inputs, truth = model_methods_inputs
+    strip = SANITIZERS.get("strip")(draws=4)
+    scores = strip.score(inputs)
+    assert scores.shape == truth.shape and np.isfinite(scores).all()
+    assert np.median(scores[truth]) > np.quantile(scores[~truth], 0.9)
+    assert strip.threshold is not None  # set on the clean reference at the stated FRR
+    filt = StripFilter(draws=4, frr=0.05).fit(inputs.model, inputs.reference)
+    assert filt.reject(inputs.model, inputs.data.x[truth]).mean() > 0.8
+
+
+def test_abl_scores_every_sample(model_methods_inputs):
+    # ABL's isolation is weak on MNIST's small CNN (notes/issue-17.md): only its contract is tested.
+    inputs, truth = model_methods_inputs
+    scores = SANITIZERS.get("abl")(epochs=1).score(inputs)
+    assert scores.shape == truth.shape and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("seed, rate, attack", [(21, 0.05, "badnets"), (22, 0.1, "blended")])
+def test_default_flags_planted_poison(mnist, seed, rate, attack):
+    data, truth, _ = planted(mnist, rate=rate, seed=seed, attack=attack)
+    result = Sanitizer(epochs=4, seed=seed, device="cpu").run(data, reference=mnist.test)
+    flagged = np.zeros(len(truth), bool)
+    flagged[list(result.flagged)] = True
+    tpr, fpr = (flagged & truth).sum() / truth.sum(), (flagged & ~truth).sum() / (~truth).sum()
+    assert result.verdict == "poisoned" and result.targets == (0,)
+    assert tpr >= 0.8 and fpr <= 0.03, (tpr, fpr)
+
+
+def test_clean_data_is_called_clean(small_clean, mnist):
+    result = Sanitizer(epochs=4, seed=3, device="cpu").run(small_clean, reference=mnist.test)
+    assert result.verdict == "clean" and len(result.flagged) <= 0.02 * len(small_clean)
+    assert max(result.class_index.values()) < result.class_threshold
