@@ -139,3 +139,23 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
         assert im.size == (1200, 2000)
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 50
+
+
+def test_flat_image_folder_scores_every_row_and_names_files(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "imgs"
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    out = tmp_path / "out"
+    code = cli.main(["sanitize", str(root), "--epochs", "1", "--exit-zero", "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["samples"] == 36 and report["data"]["test_part"] == 0
+    with np.load(out / "scores.npz", allow_pickle=False) as s, np.load(out / "cleansed.npz", allow_pickle=False) as c:
+        assert s["combined"].shape == (36,)
+        kept = 36 - len(report["sanitization"]["flagged"])
+        assert c["x"].shape == (kept, 1, 8, 8) and len(c["names"]) == kept and str(c["names"][0]).startswith("a/")

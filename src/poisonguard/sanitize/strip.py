@@ -49,7 +49,7 @@ class Strip(Method):
     needs = ("model",)
     per_class = False
 
-    def __init__(self, *, draws: int = 16, frr: float = 0.01) -> None:
+    def __init__(self, *, draws: int = 10, frr: float = 0.01) -> None:
         check_number("draws", draws, low=1, integer=True)
         check_number("frr", frr, low=0, high=0.5, open_low=True)
         self.draws, self.frr = int(draws), float(frr)
@@ -71,7 +71,7 @@ class Strip(Method):
 class StripFilter:
     """STRIP as the paper's input filter: fit a threshold on clean inputs, reject below it."""
 
-    def __init__(self, *, draws: int = 16, frr: float = 0.01, seed: int = 0) -> None:
+    def __init__(self, *, draws: int = 10, frr: float = 0.01, seed: int = 0) -> None:
         check_number("draws", draws, low=1, integer=True)
         check_number("frr", frr, low=0, high=0.5, open_low=True)
         self.draws, self.frr, self.seed = int(draws), float(frr), int(seed)
