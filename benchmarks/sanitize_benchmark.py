@@ -85,6 +85,22 @@ def decide(result, names, labels):
     return combine(zs, stats, labels, fpr=result.false_positive_rate, class_threshold=result.class_threshold)
 
 
+def paper_rule(name, result, labels, rate):
+    """Positions the paper's own fixed rule removes (None where the paper gives no sample rule)."""
+    from poisonguard.sanitize.abl import isolation_rule
+    from poisonguard.sanitize.spectral import removal_rule
+
+    raw = result.method_scores[name]
+    if name in ("spectral", "spectre"):
+        return removal_rule(raw, labels, rate if rate > 0 else 0.05)
+    if name == "abl":
+        return isolation_rule(raw, 0.01)
+    if name == "strip":
+        threshold = result.scores[name]["options"]["entropy_threshold"]
+        return np.flatnonzero(-raw < threshold)
+    return None
+
+
 def fit_eval(data, splits, trigger, seed, epochs):
     from poisonguard.models import build_model
     from poisonguard.train import accuracy, attack_success_rate, fit
@@ -111,6 +127,15 @@ def one_run(attack, rate, seed, splits, args):
         row["methods"]["+".join(names)] = {"verdict": "poisoned" if d.poisoned else "clean", "targets": list(d.targets),
                                            "flagged": int(len(d.flagged)), "tpr": tpr, "fpr": fpr,
                                            "top_index": max(d.class_index.values())}
+    from sklearn.metrics import roc_auc_score
+
+    for name in result.methods:
+        entry = row["methods"][name]
+        entry["auc"] = float(roc_auc_score(truth, result.method_scores[name])) if truth.any() else None
+        rule = paper_rule(name, result, labels, rate)
+        if rule is not None:
+            entry["paper_rule_flagged"] = int(len(rule))
+            entry["paper_rule_tpr"], entry["paper_rule_fpr"] = rates(rule, truth)
     if trigger is not None and result.model is not None:
         from poisonguard.train import attack_success_rate
 
@@ -164,7 +189,10 @@ def print_row(row) -> None:
     print(head + extra + f" | sanitize wall {row['seconds']['wall_all_methods']:.0f}s (all methods)")
     for name, m in row["methods"].items():
         print(f"    {name:14s} {m['verdict']:8s} targets {m['targets']} flagged {m['flagged']:4d} "
-              f"TPR {m['tpr']:.3f} FPR {m['fpr']:.4f} top class index {m['top_index']:.1f}")
+              f"TPR {m['tpr']:.3f} FPR {m['fpr']:.4f} top class index {m['top_index']:.1f}"
+              + (f" | AUC {m['auc']:.3f}" if m.get("auc") is not None else "")
+              + (f" | paper rule: {m['paper_rule_flagged']} flagged, TPR {m['paper_rule_tpr']:.3f} FPR {m['paper_rule_fpr']:.4f}"
+                 if "paper_rule_flagged" in m else ""))
     if "retrain" in row:
         r = row["retrain"]
         asr = "-" if r["attack_success_rate"] is None else f"{r['attack_success_rate']:.3f}"

@@ -69,12 +69,16 @@ def test_features_from_any_module_with_a_final_linear():
 
 
 @pytest.fixture(scope="module")
-def model_methods_inputs(mnist):
-    data, truth, _ = planted(mnist, rate=0.05, seed=11)
-    sanitizer = Sanitizer(epochs=3, seed=0, device="cpu")
-    model = sanitizer.train_model(data)
-    return ScoringInputs(data=data, model=model, reference=mnist.test, features=penultimate_features(model, data.x),
-                         train_model=lambda: sanitizer._build(data), seed=0, device="cpu"), truth
+def model_methods_inputs(mnist, badnets_model, badnets_trigger_3x3):
+    """The session's backdoored model with (a 1,000-row slice of) the data it was trained on."""
+    from poisonguard.attacks import poison_dataset
+
+    p = poison_dataset(mnist.train, badnets_trigger_3x3, rate=0.1, seed=0)  # as tests/conftest.py trains it
+    truth = np.zeros(len(mnist.train), bool)
+    truth[p.poisoned_index.numpy()] = True
+    data = p.data.subset(np.arange(1000))
+    return ScoringInputs(data=data, model=badnets_model, reference=mnist.test.subset(np.arange(300)),
+                         train_model=lambda: Sanitizer()._build(data), seed=0, device="cpu"), truth[:1000]
 
 
 def test_strip_scores_poison_above_clean_and_filters(model_methods_inputs):
@@ -112,3 +116,11 @@ def test_clean_data_is_called_clean(small_clean, mnist):
     result = Sanitizer(epochs=4, seed=3, device="cpu").run(small_clean, reference=mnist.test)
     assert result.verdict == "clean" and len(result.flagged) <= 0.02 * len(small_clean)
     assert max(result.class_index.values()) < result.class_threshold
+
+
+def test_papers_fixed_rule_flags_clean_data_where_the_default_does_not(small_clean, mnist):
+    # Spectral signatures' rule removes 1.5 x epsilon of every class whatever the data: on
+    # clean data it still "finds" poison, which is why the calibrated rule is the default.
+    result = Sanitizer(methods=["spectral"], rule="paper", expected_rate=0.05, epochs=4, seed=3,
+                       device="cpu").run(small_clean, reference=mnist.test)
+    assert result.verdict == "poisoned" and len(result.flagged) > 0.05 * len(small_clean)

@@ -63,6 +63,9 @@ class ABLIsolation(Method):
             raise UserError("abl: the loss became NaN or Inf while training")
         return -np.log10(losses + 1e-8)
 
+    def paper_flags(self, scores, labels, expected_rate):
+        return isolation_rule(scores, 0.01)
+
 
 def isolation_rule(scores: np.ndarray, share: float = 0.01) -> np.ndarray:
     """The paper's rule: positions of the `share` lowest-loss (highest-score) samples."""

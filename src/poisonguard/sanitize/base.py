@@ -67,6 +67,10 @@ class Method:
 
         return tail_statistic(z, labels, fpr)
 
+    def paper_flags(self, scores: np.ndarray, labels: np.ndarray, expected_rate: float) -> np.ndarray:
+        """Positions the paper's own fixed rule would remove (`Sanitizer(rule="paper")`)."""
+        raise NotImplementedError
+
     def summary(self) -> dict[str, Any]:
         """Hyperparameters for the report."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}

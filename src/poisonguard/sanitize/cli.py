@@ -46,6 +46,9 @@ def add_commands(sub) -> None:
     p.add_argument("--fpr", default="0.01", help="share of a target class's clean samples allowed above the cut (default 0.01)")
     p.add_argument("--expected-rate", default=None, help="poison share you expect, in (0, 0.5): SPECTRE's epsilon; "
                                                                      "the papers' fixed removal counts are reported beside ours")
+    p.add_argument("--rule", choices=["calibrated", "paper"], default="calibrated",
+                   help="calibrated (default): the combined, FPR-calibrated verdict; paper: each method's own fixed "
+                        "removal rule (spectral/SPECTRE 1.5 x --expected-rate, ABL 1%%, ...), for comparison")
     p.add_argument("--epochs", type=positive_int, default=6, help="epochs of the model sanitize trains (default 6)")
     p.add_argument("--retrain", action="store_true", help="train a model on the cleansed data and report its accuracy")
     p.add_argument("--retrain-epochs", type=positive_int, default=10, help="epochs for --retrain (default 10)")
@@ -126,7 +129,7 @@ def cmd_sanitize(args) -> int:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)
     sanitizer = Sanitizer(methods=methods, fpr=fpr, expected_rate=expected, epochs=args.epochs,
-                          arch=args.arch if args.model is None and args.arch else "mnist_cnn",
+                          arch=args.arch if args.model is None and args.arch else "mnist_cnn", rule=args.rule,
                           seed=args.seed, device=args.device)
     result = sanitizer.run(rows.train, model=model, reference=rows.test)
     report = Report("sanitize")

@@ -22,6 +22,10 @@ def _label(c: int, classes) -> str:
 
 def verdict_sentence(result: Sanitization, classes=None) -> str:
     n, k = result.n_samples, len(result.flagged)
+    if result.extra.get("rule") == "paper":
+        return (f"The papers' own fixed removal rules flag {k} of {n} samples ({k / n:.1%}); these rules remove a set "
+                "share whatever the data, so this count alone does not show that the data is poisoned "
+                "(the calibrated default, without --rule paper, decides that).")
     top = max(result.class_index.items(), key=lambda kv: kv[1]) if result.class_index else ("-", 0.0)
     if result.verdict == "poisoned":
         where = ", ".join(_label(c, classes) for c in result.targets)

@@ -104,6 +104,7 @@ class SCAn(Method):
         self.dims, self.steps, self.starts = int(dims), int(steps), int(starts)
         self.likelihood_ratio: dict[int, float] = {}
         self.separation: dict[int, float] = {}
+        self.suspect = np.zeros(0, bool)
 
     def summary(self):
         return {"dims": self.dims, "steps": self.steps, "starts": self.starts,
@@ -124,6 +125,7 @@ class SCAn(Method):
         precision = np.linalg.inv(pooled_within_cov(z, labels))
         scores = np.zeros(len(labels))
         self.likelihood_ratio, self.separation = {}, {}
+        self.suspect = np.zeros(len(labels), bool)
         for c, idx in class_indices(labels).items():
             if len(idx) < 4:
                 continue
@@ -133,10 +135,19 @@ class SCAn(Method):
                 continue
             clean = self._clean_side(z[idx], side, precision, None if ref is None else ref[ref_labels == c])
             w = precision @ (z[idx][~clean].mean(0) - z[idx][clean].mean(0))
+            self.suspect[idx[~clean]] = True
             proj = z[idx] @ w
             base = proj[clean]
             scores[idx] = (proj - base.mean()) / max(base.std(), 1e-12)
         return scores
+
+    def paper_flags(self, scores, labels, expected_rate):
+        """The paper's test: classes whose J has a MAD anomaly index above exp(2); their other subgroup."""
+        from poisonguard.sanitize.calibrate import CLASS_THRESHOLD, class_anomaly_index
+
+        index = class_anomaly_index(self.likelihood_ratio)
+        bad = [c for c, v in index.items() if v > CLASS_THRESHOLD]
+        return np.flatnonzero(self.suspect & np.isin(labels, bad))
 
     @staticmethod
     def _clean_side(z, side, precision, ref) -> np.ndarray:

@@ -37,6 +37,9 @@ class SpectralSignatures(Method):
             scores[idx] = ((r @ vt[: self.top_k].T) ** 2).sum(1)
         return scores
 
+    def paper_flags(self, scores, labels, expected_rate):
+        return removal_rule(scores, labels, expected_rate)
+
 
 def removal_rule(scores: np.ndarray, labels: np.ndarray, epsilon: float) -> np.ndarray:
     """The paper's rule: positions of the 1.5 x epsilon highest scores of every class."""

@@ -81,3 +81,8 @@ class Spectre(Method):
             whiten = evecs / np.sqrt(np.maximum(evals, 1e-12))
             scores[idx] = que_scores((z - mean) @ whiten, self.alpha)
         return scores
+
+    def paper_flags(self, scores, labels, expected_rate):
+        from poisonguard.sanitize.spectral import removal_rule
+
+        return removal_rule(scores, labels, expected_rate)  # SPECTRE also removes 1.5 x epsilon per class

@@ -67,6 +67,13 @@ class Strip(Method):
             self.threshold = float(np.quantile(ref, self.frr))
         return -ent
 
+    def paper_flags(self, scores, labels, expected_rate):
+        if self.threshold is None:
+            from poisonguard.errors import UserError
+
+            raise UserError("strip's own rule needs clean held-out inputs (a test part) to set its threshold")
+        return np.flatnonzero(-scores < self.threshold)
+
 
 class StripFilter:
     """STRIP as the paper's input filter: fit a threshold on clean inputs, reject below it."""
