@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--methods", default="scan,spectral")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     splits = load_data(args.data)
@@ -38,7 +40,8 @@ def main() -> None:
     truth = np.zeros(len(train), bool)
     truth[p.poisoned_index.numpy()] = True
     wall, cpu = time.perf_counter(), time.process_time()
-    result = Sanitizer(seed=args.seed, device="cpu").run(p.data, reference=splits.test)
+    result = Sanitizer(methods=args.methods.split(","), epochs=args.epochs, seed=args.seed,
+                       device="cpu").run(p.data, reference=splits.test)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     flagged = np.zeros(len(truth), bool)
     flagged[list(result.flagged)] = True
@@ -47,12 +50,18 @@ def main() -> None:
     from poisonguard.train import accuracy, attack_success_rate
 
     print(f"CIFAR-10 subset: {len(train)} training images ({args.per_class}/class), {args.attack} at {args.rate:.0%}, "
-          f"seed {args.seed}, {args.threads} thread(s)")
+          f"seed {args.seed}, {args.threads} thread(s), {args.epochs} epochs")
     print(f"sanitize model: clean acc {accuracy(result.model, splits.test):.3f}, "
           f"ASR {attack_success_rate(result.model, splits.test, trigger)[0]:.3f}")
     print(f"verdict {result.verdict} targets {list(result.targets)} flagged {len(result.flagged)} "
           f"TPR {tpr:.3f} FPR {fpr:.4f} | wall {wall:.0f}s cpu {cpu:.0f}s (train {result.extra['train_seconds']:.0f}s)")
     print("class index", result.class_index)
+    from sklearn.metrics import roc_auc_score
+
+    for name in result.methods:
+        s = result.scores[name]
+        print(f"  {name}: alone targets {s['targets_alone']} flagged {s['flagged_alone']}, "
+              f"AUC {roc_auc_score(truth, result.method_scores[name]):.3f}, class statistic {s['class_statistic']}")
 
 
 if __name__ == "__main__":

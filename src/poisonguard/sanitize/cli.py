@@ -31,6 +31,20 @@ def _rate(option: str, text: str | None) -> float | None:
     return value
 
 
+def _threshold(text: str | None) -> float:
+    from poisonguard.sanitize.calibrate import CLASS_THRESHOLD
+
+    if text is None:
+        return CLASS_THRESHOLD
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise UserError(f"--class-threshold must be a positive number, got {text!r}") from exc
+    if not 0 < value < float("inf"):
+        raise UserError(f"--class-threshold must be a positive number, got {text}")
+    return value
+
+
 def add_commands(sub) -> None:
     from poisonguard.cli.options import add_common, positive_int
     from poisonguard.sanitize import DEFAULT_METHODS, SANITIZERS
@@ -46,10 +60,12 @@ def add_commands(sub) -> None:
     p.add_argument("--fpr", default="0.01", help="share of a target class's clean samples allowed above the cut (default 0.01)")
     p.add_argument("--expected-rate", default=None, help="poison share you expect, in (0, 0.5): SPECTRE's epsilon; "
                                                                      "the papers' fixed removal counts are reported beside ours")
+    p.add_argument("--class-threshold", default=None,
+                   help="combined class anomaly index above which a class is a target (default exp(2) = 7.39, SCAn's level)")
     p.add_argument("--rule", choices=["calibrated", "paper"], default="calibrated",
                    help="calibrated (default): the combined, FPR-calibrated verdict; paper: each method's own fixed "
                         "removal rule (spectral/SPECTRE 1.5 x --expected-rate, ABL 1%%, ...), for comparison")
-    p.add_argument("--epochs", type=positive_int, default=6, help="epochs of the model sanitize trains (default 6)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the model sanitize trains (default 10, as train)")
     p.add_argument("--retrain", action="store_true", help="train a model on the cleansed data and report its accuracy")
     p.add_argument("--retrain-epochs", type=positive_int, default=10, help="epochs for --retrain (default 10)")
     p.add_argument("--trigger", default=None, help="a trigger file: --retrain also reports its attack success rate")
@@ -124,12 +140,14 @@ def cmd_sanitize(args) -> int:
     out = out_dir(args.out, args.data, args.model, args.trigger)
     methods = _methods(args.method)
     fpr, expected = _rate("--fpr", args.fpr), _rate("--expected-rate", args.expected_rate)
+    threshold = _threshold(args.class_threshold)
     rows = load_rows(args.data, seed=args.seed)
     if args.trigger and not args.retrain:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)
     sanitizer = Sanitizer(methods=methods, fpr=fpr, expected_rate=expected, epochs=args.epochs,
                           arch=args.arch if args.model is None and args.arch else "mnist_cnn", rule=args.rule,
+                          class_threshold=threshold,
                           seed=args.seed, device=args.device)
     result = sanitizer.run(rows.train, model=model, reference=rows.test)
     report = Report("sanitize")

@@ -5,7 +5,7 @@
     result.verdict, result.flagged, result.targets
 
 Positions in `flagged` index `train_data` as given. The model is trained with a small budget
-(a few epochs of Adam on the built-in `mnist_cnn`, which takes any C x H x W input), enough
+(10 epochs of Adam on the built-in `mnist_cnn`, which takes any C x H x W input), enough
 for the representations to separate classes and to learn a trigger: that is what the methods
 read. Nothing given is modified.
 """
@@ -70,7 +70,7 @@ class Sanitizer:
     """
 
     def __init__(self, *, methods=DEFAULT_METHODS, fpr: float = 0.01, expected_rate: float | None = None,
-                 class_threshold: float = CLASS_THRESHOLD, epochs: int = 6, arch: str = "mnist_cnn",
+                 class_threshold: float = CLASS_THRESHOLD, epochs: int = 10, arch: str = "mnist_cnn",
                  lr: float = 1e-3, batch_size: int = 64, options: dict | None = None, rule: str = "calibrated", seed: int = 0,
                  device: str = "auto") -> None:
         names = [SANITIZERS.normalise(m) for m in methods]
