@@ -90,8 +90,8 @@ def _bad_inputs(tmp_path):
         (_npz(tmp_path, "one.npz", x=x, y=np.zeros(60, np.int64)), [], "at least 3 classes"),
         (_npz(tmp_path, "few.npz", x=x[:12], y=np.arange(12) % 3), [], "fewer than"),
         (_npz(tmp_path, "range.npz", x=x, y=y, classes=np.array(["a", "b"])), [], "labels must lie"),
-        (_npz(tmp_path, "neg.npz", x=x, y=y - 1), [], "negative"),
-        (_npz(tmp_path, "nan.npz", x=nan, y=y), [], "NaN"),
+        (_npz(tmp_path, "neg.npz", x=x, y=y - 1), [], "from 0"),
+        (_npz(tmp_path, "nan.npz", x=nan, y=y), [], "finite"),
         (_npz(tmp_path, "ok.npz", x=x, y=y), ["--expected-rate", "0.7"], "--expected-rate"),
         (_npz(tmp_path, "ok2.npz", x=x, y=y), ["--method", "activation-clustering"], "unknown sanitization method"),
     ]
@@ -159,3 +159,15 @@ def test_flat_image_folder_scores_every_row_and_names_files(tmp_path):
         assert s["combined"].shape == (36,)
         kept = 36 - len(report["sanitization"]["flagged"])
         assert c["x"].shape == (kept, 1, 8, 8) and len(c["names"]) == kept and str(c["names"][0]).startswith("a/")
+
+
+def test_npz_without_test_part_keeps_every_row_in_file_order(tmp_path):
+    from poisonguard.data.rows import load_rows
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 255, (50, 1, 6, 6), dtype=np.uint8)
+    y = rng.permutation(np.arange(50) % 5)
+    rows = load_rows(str(_npz(tmp_path, "only_x.npz", x=x, y=y)))
+    assert rows.test is None and rows.kind == "npz"
+    assert np.array_equal(rows.train.y.numpy(), y)
+    assert np.array_equal(np.rint(rows.train.x.numpy() * 255).astype(np.uint8), x)

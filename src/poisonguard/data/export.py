@@ -32,8 +32,9 @@ def write_cleansed(rows: Rows, keep: np.ndarray, out: str | Path) -> Path:
     if rows.path is not None and out.resolve() == Path(rows.path).resolve():
         raise UserError(f"refusing to overwrite the input {rows.path}")
     if rows.kind == "npz":
-        with np.load(rows.path, allow_pickle=False) as arrays:
-            data = {k: arrays[k] for k in arrays.files}
+        from poisonguard.data.npz import read_npz
+
+        data = read_npz(rows.path)  # the same checked reader the loader used
         data["x"], data["y"] = data["x"][keep], data["y"][keep]
     else:
         data = {"x": _uint8(rows.train.x[keep]), "y": rows.train.y.numpy()[keep],

@@ -2,9 +2,10 @@
 
 `load_data` splits a source without a test part (an `.npz` with only `x`, a flat image
 folder) at random, which suits training but not `sanitize`, whose positions must be the
-file's own row numbers. `load_rows` keeps that order: the judged part is the training part
-of a source that has a test part (`x` of an `.npz` with `x_test`, `train/` of a folder, the
-train set of MNIST 5k and CIFAR-10) and every row of one that has none.
+source's own row numbers. `load_rows` reads through the same hostile-input loaders and undoes
+that split (it is a seeded function of the labels alone): the judged part is the training
+part of a source that has a test part (`x` of an `.npz` with `x_test`, `train/` of a folder,
+the train set of MNIST 5k and CIFAR-10) and every row of one that has none.
 
 Positions of a folder or zip are the order in which the folder loader reads it: classes in
 sorted order, files sorted by path within each class; `Rows.names` holds each row's path.
@@ -12,13 +13,17 @@ sorted order, files sorted by path within each class; `Rows.names` holds each ro
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import torch
 
-from poisonguard.data.dataset import ImageData, from_uint8
+from poisonguard.data.dataset import ImageData, Splits, stratified_split
 from poisonguard.errors import UserError
+
+SPLIT_FRACTION = 0.2  # what the npz and folder loaders hold out when a source has no test part
 
 
 @dataclass(frozen=True)
@@ -40,99 +45,78 @@ class Rows:
         return self.train.classes
 
 
+def _rejoin(splits: Splits, labels: np.ndarray, seed: int) -> ImageData:
+    """Every row in source order, from a split the loader made with stratified_split(labels, 0.2, seed)."""
+    tr, te = stratified_split(labels, SPLIT_FRACTION, seed)
+    if len(tr) != len(splits.train) or len(te) != len(splits.test):
+        raise UserError("cannot restore the source's row order (the loader's split changed)")
+    x = torch.empty((len(labels), *splits.input_shape), dtype=splits.train.x.dtype)
+    x[torch.as_tensor(tr)], x[torch.as_tensor(te)] = splits.train.x, splits.test.x
+    y = torch.empty(len(labels), dtype=torch.long)
+    y[torch.as_tensor(tr)], y[torch.as_tensor(te)] = splits.train.y, splits.test.y
+    if not torch.equal(y, torch.as_tensor(labels, dtype=torch.long)):
+        raise UserError("cannot restore the source's row order (labels do not match)")
+    return ImageData(x, y, splits.classes)
+
+
 def load_rows(spec: str, *, seed: int = 0) -> Rows:
     from poisonguard.data import load_data
 
     key = spec.strip().lower()
     path = Path(spec).expanduser()
-    if path.suffix.lower() == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as probe:
-            is_cifar = "train_jpeg" in probe.files
-        if not is_cifar:
-            return _npz_rows(path)
-    if key not in ("mnist5k", "cifar10") and path.exists() and (path.is_dir() and not (path / "data_batch_1").is_file()
-                                                                 or path.suffix.lower() == ".zip"):
-        return _image_rows(path)
-    splits = load_data(spec, seed=seed)
-    return Rows(splits.name, "builtin", path if path.exists() else None, splits.train, splits.test)
+    splits = load_data(spec, seed=seed)  # every check of the hostile-input loaders happens here
+    if key in ("mnist5k", "cifar10") or not path.exists():
+        return Rows(splits.name, "builtin", None, splits.train, splits.test)
+    if path.is_file() and path.suffix.lower() == ".npz":
+        from poisonguard.data.cifar import is_cifar_archive
+
+        if is_cifar_archive(path):
+            return Rows(splits.name, "builtin", path, splits.train, splits.test)
+        from poisonguard.data.npz import INTEGER, read_npz
+
+        names = _npz_members(path)
+        if "x_test" in names and "y_test" in names:
+            return Rows(splits.name, "npz", path, splits.train, splits.test)
+        labels = read_npz(path, kinds={"y": INTEGER})["y"]
+        return Rows(splits.name, "npz", path, _rejoin(splits, labels, seed), None)
+    if path.is_dir() and (path / "data_batch_1").is_file():
+        return Rows(splits.name, "builtin", path, splits.train, splits.test)
+    files = _image_files(path)
+    tree = _group(files)
+    classes = tuple(sorted({c for split in tree.values() for c in split}))
+    if "train" in tree and "test" in tree:
+        order = [str(p) for label, cls in enumerate(classes) for p in sorted(tree["train"].get(cls, []))]
+        return Rows(splits.name, "zip" if path.is_file() else "folder", path, splits.train, splits.test, tuple(order))
+    split = tree.get("all") or next(iter(tree.values()))
+    order, labels = [], []
+    for label, cls in enumerate(classes):
+        for p in sorted(split.get(cls, [])):
+            order.append(str(p))
+            labels.append(label)
+    return Rows(splits.name, "zip" if path.is_file() else "folder", path,
+                _rejoin(splits, np.asarray(labels), seed), None, tuple(order))
 
 
-def _npz_rows(path: Path) -> Rows:
-    from poisonguard.data.folder import to_image_data
-
+def _npz_members(path: Path) -> set[str]:
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            data = {k: arrays[k] for k in arrays.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"cannot read {path} as a pickle-free .npz: {exc}") from exc
-    if "x" not in data or "y" not in data:
-        raise UserError(f"{path} must hold arrays 'x' and 'y' (found {', '.join(sorted(data)) or 'none'})")
-    for key in ("y", "y_test"):
-        if key in data and data[key].size and np.issubdtype(data[key].dtype, np.integer) and int(data[key].min()) < 0:
-            raise UserError(f"{path}: labels in '{key}' must not be negative")
-    classes = tuple(str(c) for c in data["classes"]) if "classes" in data else None
-    if classes is None and data["y"].size and np.issubdtype(data["y"].dtype, np.integer):
-        top = max(int(np.max(data[k])) for k in ("y", "y_test") if k in data and data[k].size)
-        classes = tuple(str(c) for c in range(top + 1))
-    train = _checked(to_image_data, data["x"], data["y"], classes, f"{path}:x")
-    test = None
-    if "x_test" in data and "y_test" in data:
-        test = _checked(to_image_data, data["x_test"], data["y_test"], classes, f"{path}:x_test")
-        if test.input_shape != train.input_shape:
-            raise UserError(f"{path}: train and test images differ in shape")
-    return Rows(path.stem, "npz", path, train, test)
+        with zipfile.ZipFile(path) as archive:
+            return {n[:-4] if n.endswith(".npy") else n for n in archive.namelist()}
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} as an .npz: {exc}") from exc
 
 
-def _checked(convert, x, y, classes, where) -> ImageData:
-    if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all():
-        raise UserError(f"{where}: images contain NaN or Inf")
-    return convert(x, y, classes, where)
+def _group(files: list[PurePosixPath]):
+    from poisonguard.data.folder import IMAGE_SUFFIXES, _group
+
+    return _group([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES])
 
 
-def _image_rows(path: Path) -> Rows:
-    import zipfile
-
+def _image_files(path: Path) -> list[PurePosixPath]:
+    """The same file list the folder and zip loaders read (they have already checked it)."""
     from poisonguard.data import folder
 
     if path.is_dir():
-        names = [PurePosixPath(p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file()]
-        read = lambda p: (path / p).read_bytes()  # noqa: E731
-        archive = None
-    else:
-        try:
-            archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise UserError(f"cannot open zip {path}: {exc}") from exc
-        infos = [i for i in archive.infolist() if not i.is_dir()]
-        if len(infos) > folder.MAX_MEMBERS or sum(i.file_size for i in infos) > folder.MAX_UNCOMPRESSED:
-            raise UserError(f"{path}: zip too large to load safely")
-        names = [PurePosixPath(i.filename) for i in infos]
-        read = lambda p: archive.read(str(p))  # noqa: E731
-    try:
-        tree = folder._group([p for p in names if p.suffix.lower() in folder.IMAGE_SUFFIXES])
-        if not tree:
-            raise UserError(f"{path}: no images in class sub-folders")
-        classes = tuple(sorted({c for split in tree.values() for c in split}))
-
-        def load(split):
-            images, labels, rows = [], [], []
-            for label, cls in enumerate(classes):
-                for p in sorted(split.get(cls, [])):
-                    images.append(folder._decode(read(p), str(p), None))
-                    labels.append(label)
-                    rows.append(str(p))
-            if len({img.shape for img in images}) > 1:
-                raise UserError(f"{path}: images differ in size; resize them to one size first")
-            return from_uint8(np.stack(images), np.asarray(labels), classes), rows
-
-        if "train" in tree and "test" in tree:
-            train, rows = load(tree["train"])
-            test, _ = load(tree["test"])
-        else:
-            train, rows = load(tree.get("all") or next(iter(tree.values())))
-            test = None
-    finally:
-        if archive is not None:
-            archive.close()
-    return Rows(path.stem if path.is_file() else path.name, "zip" if archive is not None else "folder", path,
-                train, test, tuple(rows))
+        return folder._walk(path)
+    with zipfile.ZipFile(path) as archive:
+        members = [folder._member_path(i.filename) for i in archive.infolist() if not i.is_dir()]
+    return [m for m in members if m is not None]

@@ -17,6 +17,8 @@ from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
 
 log = logging.getLogger(__name__)
 
+OUTPUTS = ("report.json", "report.html", "scores.npz", "cleansed.npz")
+
 
 def _rate(option: str, text: str | None) -> float | None:
     """A share in (0, 0.5), checked here rather than by argparse so a mistake is one line, exit 2."""
@@ -130,14 +132,15 @@ def _retrain(args, rows, keep: np.ndarray, report, sanitizer):
 
 
 def cmd_sanitize(args) -> int:
-    from poisonguard.cli.inputs import out_dir
+    from poisonguard.cli.inputs import data_inputs, file_inputs, guard_out, model_inputs
     from poisonguard.data.export import write_cleansed
     from poisonguard.data.rows import load_rows
     from poisonguard.report import Report
     from poisonguard.sanitize import Sanitizer
     from poisonguard.sanitize.report import add_to_report
 
-    out = out_dir(args.out, args.data, args.model, args.trigger)
+    out = guard_out(args.out, command="sanitize", force=args.force, outputs=OUTPUTS,
+                    inputs=[*data_inputs(args.data), *model_inputs(args.model), *file_inputs(("trigger", args.trigger))])
     methods = _methods(args.method)
     fpr, expected = _rate("--fpr", args.fpr), _rate("--expected-rate", args.expected_rate)
     threshold = _threshold(args.class_threshold)

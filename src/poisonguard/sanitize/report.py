@@ -52,7 +52,7 @@ def histograms(z: np.ndarray, labels: np.ndarray, cut: float, targets, classes=N
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
     fig.suptitle(f"combined score per class (log counts); dashed: the cut {cut:.2f}", fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(hspace=0.6, wspace=0.35)
     return figure_to_data_uri(fig)
 
 
