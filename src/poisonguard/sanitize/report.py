@@ -45,23 +45,37 @@ def histograms(z: np.ndarray, labels: np.ndarray, cut: float, targets, classes=N
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.8 * rows), squeeze=False)
     bins = np.linspace(min(float(z.min()), -4.0), max(float(z.max()), cut + 1.0), 40)
     for ax, c in zip(axes.flat, present):
-        ax.hist(z[labels == c], bins=bins, color="#c0392b" if c in targets else "#4a77b4", log=True)
+        ax.hist(z[labels == c], bins=bins, color="#c0392b" if c in targets else "#4a77b4")
         ax.axvline(cut, color="black", linestyle="--", linewidth=1)
         ax.set_title(_label(c, classes), fontsize=8)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
-    fig.suptitle(f"combined score per class (log counts); dashed: the cut {cut:.2f}", fontsize=9)
+    fig.suptitle(f"combined score per class (counts); dashed: the cut {cut:.2f}, applied only in target classes (red)", fontsize=9)
     fig.subplots_adjust(hspace=0.6, wspace=0.35)
     return figure_to_data_uri(fig)
 
 
 def suspicious_grid(x: torch.Tensor, labels: np.ndarray, z: np.ndarray, flagged: set[int], classes=None) -> str:
+    """The most suspicious samples, each titled with its position and label (red when flagged)."""
+    from poisonguard.report.plots import _as_image
+
+    plt = _pyplot()
     order = np.argsort(-z)[:MOST_SUSPICIOUS]
-    per_row = 8
-    rows = [[x[i] for i in order[start:start + per_row]] for start in range(0, len(order), per_row)]
-    titles = [f"ranks {r * per_row + 1}-{r * per_row + len(row)}" for r, row in enumerate(rows)]
-    grid = image_grid(rows, row_titles=titles, scale=1.0)
+    cols = 8
+    rows = -(-len(order) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.45 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order):
+        image = _as_image(x[int(i)])
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+        name = str(classes[int(labels[i])]) if classes else str(int(labels[i]))
+        ax.set_title(f"#{int(i)} label {name}", fontsize=7, color="#c0392b" if int(i) in flagged else "black")
+    fig.suptitle("most suspicious samples (position in the input, label; red: flagged)", fontsize=9)
+    grid = figure_to_data_uri(fig)
     cells = [[int(i), _label(int(labels[i]), classes), float(z[i]), "flagged" if int(i) in flagged else ""] for i in order]
     return img(grid, "most suspicious samples") + table(["position", "label", "combined score", ""], cells)
 
