@@ -171,3 +171,20 @@ def test_npz_without_test_part_keeps_every_row_in_file_order(tmp_path):
     assert rows.test is None and rows.kind == "npz"
     assert np.array_equal(rows.train.y.numpy(), y)
     assert np.array_equal(np.rint(rows.train.x.numpy() * 255).astype(np.uint8), x)
+
+
+def test_given_model_is_used_and_finds_its_own_poison(tmp_path, mnist, badnets_model, badnets_trigger_3x3):
+    """--model: the session's backdoored model with the data it was trained on; nothing is trained."""
+    from poisonguard.attacks import poison_dataset
+    from poisonguard.models import save_model
+
+    p = poison_dataset(mnist.train, badnets_trigger_3x3, rate=0.1, seed=0)  # as tests/conftest.py trains it
+    data = _npz(tmp_path, "p.npz", x=uint8(p.data.x), y=p.data.y.numpy(), x_test=uint8(mnist.test.x), y_test=mnist.test.y.numpy())
+    model = tmp_path / "m" / "model.pt"
+    save_model(badnets_model, model, arch="mnist_cnn", classes=mnist.classes, input_shape=mnist.input_shape)
+    out = tmp_path / "out"
+    assert cli.main(["sanitize", str(data), "--model", str(model), "--out", str(out), "--quiet", "--device", "cpu"]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["sha256"] and report["sanitization"]["extra"]["trained_model"] is False
+    flagged = set(report["sanitization"]["flagged"])
+    assert len(flagged & set(p.poisoned_index.tolist())) >= 0.9 * len(p.poisoned_index)
