@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from poisonguard.errors import UserError
+from poisonguard.errors import UnsafeFileError, UserError
 from poisonguard.models import build_model, check_classifier, load_model, save_model
 
 
@@ -83,23 +83,24 @@ class _Payload:
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    # A refused file is a finding (UnsafeFileError, exit 1), not a user error (issue 13).
     marker = tmp_path / "PWNED"
     evil = tmp_path / "model.pt"
     with open(evil, "wb") as fh:
         pickle.dump({"weight": _Payload(marker)}, fh)
-    with pytest.raises(UserError, match="refused"):
+    with pytest.raises(UnsafeFileError, match="refused"):
         load_model(evil, arch="mnist_cnn", num_classes=10, input_shape=(1, 28, 28))
     assert not marker.exists()
     # The same payload inside torch.save's zip format.
     torch.save({"weight": _Payload(marker)}, evil)
-    with pytest.raises(UserError, match="refused"):
+    with pytest.raises(UnsafeFileError, match="refused"):
         load_model(evil, arch="mnist_cnn", num_classes=10, input_shape=(1, 28, 28))
     assert not marker.exists()
 
 
 def test_whole_pickled_module_is_refused(tmp_path):
     torch.save(_tiny(), tmp_path / "full.pt")
-    with pytest.raises(UserError, match="refused"):
+    with pytest.raises(UnsafeFileError, match="refused"):
         load_model(tmp_path / "full.pt", arch="mnist_cnn", num_classes=10, input_shape=(1, 28, 28))
 
 

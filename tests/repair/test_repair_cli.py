@@ -44,7 +44,7 @@ def test_repair_writes_model_and_reports_and_leaves_input_alone(saved, tmp_path,
     assert "accuracy vs pruning" in html or "pruning curve" in html
     from poisonguard.models import load_model
 
-    repaired = load_model(out / "model.pt").model
+    repaired = load_model(out / "model.safetensors").model  # a state dict in: safetensors out (issue 15)
     assert repaired(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["after"]["attack_success_rate"] == entry["after"]["attack_success_rate"]
@@ -76,7 +76,7 @@ def test_bad_options_exit_2(saved, tmp_path, capsys, extra, message):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert not (out / "model.pt").exists()
+    assert not list(out.glob("model.*"))
 
 
 def test_trigger_that_does_not_fit_exits_2(saved, tmp_path, capsys):

@@ -60,7 +60,7 @@ def cmd_certify(args) -> int:
                                      max_examples=args.max_examples, batch_size=args.batch_size,
                                      device=args.device, seed=args.seed)
         splits = load_splits(args.data, args.seed)
-        loaded, info = load_checked_model(args.model, splits, args.arch)
+        loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         report.set("model", info)
         cert = method.certify(loaded.model, splits.test)
         report.set("certification", cert)

@@ -107,7 +107,7 @@ def cmd_evaluate(args) -> int:
         out = guard_out(args.out, command="evaluate", force=args.force,
                         inputs=[*model_inputs(args.model), *data_inputs(args.data), *file_inputs(("trigger", args.trigger))])
     splits = load_splits(args.data, args.seed)
-    loaded, info = load_checked_model(args.model, splits, args.arch)
+    loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
     trigger = load_checked_trigger(args.trigger, splits)
     ev = evaluate(loaded.model, splits.test, trigger)
     if out is not None:
@@ -146,13 +146,18 @@ def cmd_checklist(args) -> int:
     out = guard_out(args.out, command="checklist", force=args.force,
                     inputs=[*model_inputs(args.model), *data_inputs(args.data), *file_inputs(("trigger", args.trigger))])
     splits = load_splits(args.data, args.seed)
-    loaded, info = load_checked_model(args.model, splits, args.arch)
+    loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
     trigger = load_checked_trigger(args.trigger, splits)
     report = Report("checklist")
     report.set("model", info)
     report.set("evaluation", evaluation_section(report, loaded.model, splits, trigger, title="Model under test"))
+    from poisonguard.models.arch import spec_kind
+
+    # Stages rebuild the architecture by name (federated, privacy): only a built-in can be.
+    arch = info["architecture"] if info["architecture"] and spec_kind(info["architecture"]) == "builtin" else None
     ctx = StageContext(command="checklist", model=loaded.model, splits=splits, report=report, out_dir=out,
-                       arch=info["architecture"], trigger=trigger, seed=args.seed, device=args.device, quick=args.quick)
+                       arch=arch, trigger=trigger, seed=args.seed, device=args.device, quick=args.quick)
+    ctx.shared["loaded"] = loaded
     if only is not None:
         ctx.shared["only"] = only
     return _run_checklist(ctx, report, out)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 MARKER = ".poisonguard-out.json"  # which command wrote this folder, from which inputs
 
 _REPORT = ("report.json", "report.html")
-_MODEL = ("model.pt", "model.safetensors", "metadata.json")
+_MODEL = ("model.pt", "model.safetensors", "model.pt2", "model.onnx", "metadata.json")  # repair writes the input's format
 # What each command writes into its --out (globs relative to it). When a command runs again
 # into its own folder, or --force takes over another's, the old outputs go first, so no stale
 # file (an old trigger_7.npz that `repair --from-scan` would pick up) passes for a new one.
@@ -340,18 +340,52 @@ def check_finite_model(model, what: str = "the trained model", x=None) -> None:
             raise UserError(f"{what} gives NaN or Inf outputs: training diverged; lower --lr (nothing was saved)")
 
 
-def load_checked_model(path: str, splits, arch: str | None):
-    """Load a model safely and check it is a classifier for this data; return (LoadedModel, info)."""
+def load_checked_model(path: str, splits, arch: str | None, *, args=None):
+    """Load a model safely and check it is a classifier for this data; return (LoadedModel, info).
+
+    `args` (the parsed command line) supplies --arch-kwargs, --normalize and --input-size.
+    A model whose accuracy on the data is near chance gets a warning naming those options.
+    """
+    from poisonguard.cli.options import model_options
     from poisonguard.models import check_classifier, load_model
 
-    loaded = load_model(path, arch=arch, num_classes=splits.num_classes, input_shape=splits.input_shape)
+    options = model_options(args) if args is not None else {}
+    loaded = load_model(path, arch=arch, num_classes=splits.num_classes, input_shape=splits.input_shape, **options)
     if loaded.input_shape is not None and tuple(loaded.input_shape) != tuple(splits.input_shape):
         raise UserError(f"the model takes inputs {tuple(loaded.input_shape)} but the data has {splits.input_shape}")
+    if loaded.metadata.get("num_classes") not in (None, splits.num_classes):
+        raise UserError(f"the model has {loaded.metadata['num_classes']} classes but the data has {splits.num_classes}")
     check_classifier(loaded.model, splits.input_shape, splits.num_classes)
+    warn_near_chance(loaded, splits)
     info = {"path": str(path), "sha256": loaded.sha256, "num_classes": splits.num_classes,
             "input_shape": list(splits.input_shape), "format": loaded.format,
             "architecture": loaded.metadata.get("architecture")}
+    for key in ("normalize", "input_size", "static_batch"):
+        if key in loaded.metadata:
+            info[key] = loaded.metadata[key]
     return loaded, info
+
+
+def warn_near_chance(loaded, splits, *, samples: int = 256) -> float:
+    """Accuracy on up to `samples` test images; a warning when it is within 1.5x of chance."""
+    import logging
+
+    import torch
+
+    from poisonguard.models import set_eval
+
+    data = splits.test
+    n = min(samples, len(data))
+    with torch.no_grad():
+        set_eval(loaded.model)
+        acc = float((loaded.model(data.x[:n]).argmax(1) == data.y[:n]).float().mean())
+    chance = 1 / max(2, splits.num_classes)
+    if acc < 1.5 * chance:
+        logging.getLogger("poisonguard").warning(
+            "the model's accuracy on this data is %.1f%%, near chance (%.1f%%): does it expect other inputs? "
+            "--normalize MEAN,STD and --input-size H,W put its preprocessing inside it (inputs stay in [0, 1])",
+            100 * acc, 100 * chance)
+    return acc
 
 
 def load_checked_trigger(path: str | None, splits):

@@ -58,8 +58,30 @@ def add_data(parser: argparse.ArgumentParser, *, required: bool = True, allow_no
 
 
 def add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model file: state dict / safetensors (+ metadata.json or --arch), TorchScript, .pt2")
-    parser.add_argument("--arch", default=None, help="architecture of a bare state dict")
+    g = parser.add_argument_group("model")
+    parser.add_argument("model", help="model file, recognised by its bytes: TorchScript, torch.export (.pt2), ONNX, "
+                                      "or weights (state dict, pytorch_model.bin, Lightning .ckpt, safetensors, "
+                                      "a sharded *.index.json) with metadata.json or --arch")
+    g.add_argument("--arch", default=None,
+                   help="architecture of a weights-only file: a built-in name, torchvision:NAME, timm:NAME, or YOUR OWN "
+                        "CODE as path/to/file.py:callable or package.module:callable (this runs that code; "
+                        "poisonguard never runs code named by a metadata.json)")
+    g.add_argument("--arch-kwargs", default=None, metavar="K=V,...",
+                   help="keyword arguments for the --arch callable, e.g. num_classes=10,width=2 (it gets exactly these)")
+    g.add_argument("--normalize", default=None, metavar="MEAN,STD",
+                   help="normalise inputs inside the model: MEAN,STD for all channels, M1,M2,M3/S1,S2,S3, or imagenet")
+    g.add_argument("--input-size", default=None, metavar="H,W",
+                   help="resize inputs inside the model to the size it expects (e.g. 224,224)")
+
+
+def model_options(args) -> dict:
+    """load_model keyword arguments from the --arch-kwargs / --normalize / --input-size options."""
+    from poisonguard.models.arch import parse_kwargs
+    from poisonguard.models.wrappers import parse_normalize, parse_size
+
+    return {"arch_kwargs": parse_kwargs(getattr(args, "arch_kwargs", None)),
+            "normalize": parse_normalize(getattr(args, "normalize", None)),
+            "input_size": parse_size(getattr(args, "input_size", None))}
 
 
 def _number(text: str, cast=float):

@@ -9,6 +9,9 @@ from poisonguard.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# What `scan` runs without --method; `poisonguard.scan` (the Python API) follows it.
+DEFAULT_METHODS = ("neural_cleanse",)
+
 
 def add_commands(sub) -> None:
     from poisonguard.cli.options import add_common, add_model, positive_float, positive_int, probability
@@ -16,7 +19,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("scan", help="is this model backdoored? reverse-engineer triggers (Neural Cleanse, TABOR, DeepInspect)")
     add_model(p)
     p.add_argument("--data", required=True, help="clean data: mnist5k, cifar10, a path ... or 'none' (data-free: deepinspect only)")
-    p.add_argument("--method", default="neural-cleanse", help="comma-separated: neural-cleanse, tabor, deepinspect")
+    p.add_argument("--method", default=",".join(DEFAULT_METHODS), help="comma-separated: neural-cleanse, tabor, deepinspect")
     p.add_argument("--clean-fraction", type=probability, default=0.05, help="share of the training part used as clean data (default 0.05)")
     p.add_argument("--epochs", type=positive_int, default=None, help="inversion epochs for neural-cleanse / tabor (default 40)")
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect (default 300)")
@@ -90,7 +93,10 @@ def cmd_scan(args) -> int:
         needing = [m for m in methods if DETECTORS.get(m).needs_data]
         if needing:
             raise UserError(f"--data none: {', '.join(needing)} needs clean data; use --method deepinspect or give --data")
-        loaded = load_model(args.model, arch=args.arch)
+        from poisonguard.cli.options import model_options
+
+        loaded = load_model(args.model, arch=args.arch, input_shape=_shape(args.input_shape), num_classes=args.num_classes,
+                            **model_options(args))
         shape = _shape(args.input_shape) or (tuple(loaded.input_shape) if loaded.input_shape else None)
         k = args.num_classes or loaded.metadata.get("num_classes")
         if shape is None:
@@ -103,7 +109,7 @@ def cmd_scan(args) -> int:
                 "format": loaded.format, "architecture": loaded.metadata.get("architecture")}
     else:
         splits = load_splits(args.data, args.seed)
-        loaded, info = load_checked_model(args.model, splits, args.arch)
+        loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         model, shape, k, classes = loaded.model, splits.input_shape, splits.num_classes, list(splits.classes)
         clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=args.seed)
         examples = splits.test.x[: max(k, 1)]

@@ -18,7 +18,6 @@ furthest from a small trigger early (the K-Arm observation that a full scan is w
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -113,15 +112,14 @@ class Inversion:
 
 
 def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """An eval-mode copy of `model` on `device` with gradients off (the caller's model is untouched)."""
-    try:
-        model = copy.deepcopy(model)
-    except Exception:  # some exported/scripted modules refuse deepcopy; we only read them then
-        log.debug("model cannot be deep-copied; using it read-only")
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    """An eval-mode copy of `model` on `device` with gradients off (the caller's model is untouched).
+
+    Through the model handle: a ScriptModule's deepcopy has non-leaf parameters and an exported
+    module refuses eval(), so each kind is copied the way it supports.
+    """
+    from poisonguard.models.handle import frozen_copy as handle_frozen_copy
+
+    return handle_frozen_copy(model, device)
 
 
 def to_tanh_space(v: torch.Tensor) -> torch.Tensor:
@@ -166,8 +164,10 @@ def _activation_bytes(model: nn.Module, shape: tuple[int, int, int], device: tor
         if isinstance(out, torch.Tensor):
             total[0] += out.numel() * out.element_size()
 
+    from poisonguard.models.handle import supports_hooks
+
     handles = []
-    for module in model.modules():
+    for module in model.modules() if supports_hooks(model) else ():  # ScriptModules take no hooks: use the floor below
         if not list(module.children()):
             handles.append(module.register_forward_hook(hook))
     try:

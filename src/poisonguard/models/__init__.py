@@ -1,4 +1,4 @@
-"""Architecture registry and safe loading/saving of model files."""
+"""Architecture registry, model handles and safe loading/saving of model files."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from torch import nn
 
 from poisonguard.errors import UserError
 from poisonguard.models import preact_resnet, resnet_cifar, small_cnn  # noqa: F401  (register architectures)
-from poisonguard.models.files import LoadedModel, load_model, metadata_path, save_model
+from poisonguard.models.files import load_model, metadata_path, save_model
+from poisonguard.models.handle import LoadedModel, as_eager, copy_module, frozen_copy, module_kind, set_eval, supports_hooks
 from poisonguard.models.registry import ARCHITECTURES, Normalize, build_model
 
 __all__ = [
-    "ARCHITECTURES", "LoadedModel", "Normalize", "build_model", "check_classifier",
-    "load_model", "metadata_path", "save_model",
+    "ARCHITECTURES", "LoadedModel", "Normalize", "as_eager", "build_model", "check_classifier", "copy_module",
+    "frozen_copy", "load_model", "metadata_path", "module_kind", "save_model", "set_eval", "supports_hooks",
 ]
 
 
@@ -25,17 +26,19 @@ def check_classifier(model: nn.Module, input_shape: Sequence[int], num_classes: 
 
     probe = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(model_device(model))
     was_training = model.training
-    model.eval()
+    set_eval(model)
     try:
         out = model(probe)
-    except Exception as exc:  # a shape mismatch surfaces as one of many error types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the model does not accept inputs of shape {tuple(input_shape)}: {first}") from exc
+    except Exception as exc:  # a shape mismatch surfaces as one of many error types, over many lines
+        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(f"the model does not accept inputs of shape {tuple(input_shape)}: {text[:300]}") from exc
     finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        if was_training and module_kind(model) != "export":
+            model.train()
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != probe.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"the model is not a classifier: output {shape}, expected (N, classes)")
+        raise UserError(f"the model is not a classifier for this data: output {shape} for {probe.shape[0]} inputs, "
+                        "expected (N, classes)")
     if out.shape[1] != num_classes:
         raise UserError(f"the model has {out.shape[1]} outputs but the data has {num_classes} classes")
     if not torch.isfinite(out).all():

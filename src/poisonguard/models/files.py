@@ -1,56 +1,42 @@
 """Safe model files: a model file from the internet is the attack surface.
 
-Loading never unpickles arbitrary objects. Accepted formats:
-- state dicts saved by `torch.save` (read with `weights_only=True`), given an architecture;
-- `.safetensors` state dicts, given an architecture;
-- TorchScript archives (`torch.jit.save`) and `torch.export` programs (`.pt2`), which carry
-  their own code as a restricted IR rather than as pickled Python.
+Loading never unpickles arbitrary objects and recognises a file's format by its bytes, never
+its name. `poisonguard.filesafety.require_safe` checks the file before torch, safetensors or
+onnx touch it. Accepted formats (one file each in `models/formats/`):
+- state dicts saved by `torch.save` (read with `weights_only=True`), including Hugging Face
+  `pytorch_model.bin` and Lightning `.ckpt`, `.safetensors`, and sharded checkpoints given by
+  their `*.index.json`, with an architecture from `--arch` or `metadata.json` (`models.arch`);
+- TorchScript archives (`torch.jit.save`), `torch.export` programs (`.pt2`) and ONNX graphs,
+  which carry their own computation and are turned into eager modules (`models.graph`).
 A pickle that names any other global (a whole pickled `nn.Module`, or a payload that would
 run a shell command) is refused before anything in it runs.
 
 `save_model` writes a state dict plus `metadata.json` beside it (architecture, classes,
-input shape, sha256 of the model file, how it was trained).
+input shape, sha256 of the model file, how it was trained); `LoadedModel.save_like` writes a
+repaired model back in the format it was read from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
-import zipfile
-from dataclasses import dataclass, field
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from poisonguard import __version__
+from poisonguard import __version__, limits
 from poisonguard.errors import UserError
-from poisonguard.models.registry import ARCHITECTURES, build_model
+from poisonguard.models.handle import LoadedModel
+from poisonguard.models.registry import ARCHITECTURES
 from poisonguard.utils import atomic_path, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
 METADATA_NAME = "metadata.json"
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for evaluation (eval mode, CPU) and what is known about it."""
-
-    model: nn.Module
-    format: str
-    sha256: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def classes(self) -> list[str] | None:
-        return self.metadata.get("classes")
-
-    @property
-    def input_shape(self) -> list[int] | None:
-        return self.metadata.get("input_shape")
+MAX_METADATA_BYTES = 4 * 2**20
 
 
 def metadata_path(model_path: str | Path) -> Path:
@@ -89,84 +75,138 @@ def save_model(
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
+    """metadata.json beside the model, checked field by field (it is as untrusted as the model)."""
+    from poisonguard.models.arch import spec_kind
+    from poisonguard.models.wrappers import check_normalize, check_size
+
     meta_file = metadata_path(path)
     if not meta_file.is_file():
         return {}
+    if meta_file.stat().st_size > MAX_METADATA_BYTES:
+        raise UserError(f"{meta_file} is larger than {MAX_METADATA_BYTES // 2**20} MiB")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta_file} is not valid JSON: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise UserError(f"{meta_file} is not valid JSON: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
     if not isinstance(meta, dict):
         raise UserError(f"{meta_file} must hold a JSON object")
+    n = meta.get("num_classes")
+    if n is not None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+            raise UserError(f"{meta_file}: num_classes must be a whole number of at least 2, got {n!r}")
+        limits.check("max_classes", n, f"{meta_file}: num_classes")
     shape = meta.get("input_shape")
-    if shape is not None and (
-        not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape)
-    ):
-        raise UserError(f"{meta_file}: input_shape must be three positive integers")
+    if shape is not None:
+        if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                                                     for s in shape):
+            raise UserError(f"{meta_file}: input_shape must be three positive integers")
+        limits.check("max_input_values", shape[0] * shape[1] * shape[2], f"{meta_file}: input_shape {shape}")
     classes = meta.get("classes")
-    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+                                or len(classes) > limits.get("max_classes")):
         raise UserError(f"{meta_file}: classes must be a list of strings")
+    arch = meta.get("architecture")
+    if arch is not None:
+        if not isinstance(arch, str) or not arch.strip():
+            raise UserError(f"{meta_file}: architecture must be a string, got {type(arch).__name__}")
+        spec_kind(arch)
+    kwargs = meta.get("arch_kwargs")
+    if kwargs is not None and (not isinstance(kwargs, dict) or not all(isinstance(v, (str, int, float, bool)) or v is None
+                                                                      for v in kwargs.values())):
+        raise UserError(f"{meta_file}: arch_kwargs must map names to numbers, strings or booleans")
+    if meta.get("sha256") is not None and not isinstance(meta["sha256"], str):
+        raise UserError(f"{meta_file}: sha256 must be a string")
+    try:
+        if meta.get("normalize") is not None:
+            norm = meta["normalize"]
+            if not isinstance(norm, dict):
+                raise UserError("normalize must be {\"mean\": [...], \"std\": [...]}")
+            check_normalize(norm.get("mean"), norm.get("std"), shape[0] if shape else None)
+        if meta.get("input_size") is not None:
+            check_size(meta["input_size"])
+    except UserError as exc:
+        raise UserError(f"{meta_file}: {exc}") from exc
     return meta
 
 
-def _zip_names(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return []
+def _format_of(path: Path) -> str:
+    """The file's format by its bytes, after the static safety check (which raises UnsafeFileError).
+
+    A file of no model format is the user's mistake (exit 2), not a finding; a sharded
+    checkpoint's `*.index.json` is JSON data naming its shards, each checked on its own.
+    """
+    from poisonguard import filesafety
+
+    found = filesafety.sniff_format(path)
+    if found == "unknown":
+        if _is_shard_index(path):
+            return "sharded"
+        _onnx_without_extra(path)
+        raise UserError(f"cannot read model file {path}: unknown format (poisonguard reads TorchScript, torch.export, "
+                        "ONNX, torch.save state dicts, safetensors and sharded *.index.json checkpoints)")
+    filesafety.require_safe(path)
+    return found
 
 
-def _looks_like_torch_file(path: Path) -> bool:
-    """A zip archive (torch.save since 1.6) or a pickle stream (legacy format, protocol >= 2)."""
+def _onnx_without_extra(path: Path) -> None:
+    """filesafety recognises ONNX only with onnx installed: say how to install it rather than 'unknown'."""
+    import importlib.util
+
     with open(path, "rb") as handle:
-        head = handle.read(4)
-    return head.startswith(b"PK") or head[:1] == b"\x80"
+        head = handle.read(2)
+    if head[:1] == b"\x08" and importlib.util.find_spec("onnx") is None:
+        from poisonguard.models.formats.onnx import INSTALL
+
+        raise UserError(f"{path} looks like an ONNX model; reading ONNX needs onnx and onnx2torch: {INSTALL}")
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UserError(f"cannot read safetensors file {path}: {exc}") from exc
+def _is_shard_index(path: Path) -> bool:
+    if not path.name.endswith(".index.json") or path.stat().st_size > MAX_METADATA_BYTES:
+        return False
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not _looks_like_torch_file(path):
-            raise UserError(f"cannot read model file {path}: not a valid PyTorch file") from exc
-        raise UserError(
-            f"refused {path}: it holds pickled Python objects beyond tensors, which could run code "
-            "when loaded; save a state_dict, safetensors, TorchScript or torch.export file instead"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise UserError(f"cannot read model file {path}: {exc}") from exc
-    # Common wrappers from training scripts: {"state_dict": {...}} or {"model": {...}}.
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} is not a state dict of tensors")
-    return obj
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("weight_map"), dict)
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+        return False
+
+
+def _check_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Refuse bool/complex parameters; run other floating types in float32 (with a warning)."""
+    odd = {str(t.dtype).replace("torch.", "") for t in list(model.parameters()) + list(model.buffers())
+           if t.is_floating_point() and t.dtype != torch.float32}
+    bad = {str(t.dtype).replace("torch.", "") for t in model.parameters() if t.dtype.is_complex or t.dtype == torch.bool}
+    if bad:
+        raise UserError(f"{path}: the model has {', '.join(sorted(bad))} parameters; a classifier's weights are real numbers")
+    if odd:
+        log.warning("%s: %s weights converted to float32", path.name, ", ".join(sorted(odd)))
+        model = model.float()
+    return model
 
 
 def load_model(
     path: str | Path,
     *,
     arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> LoadedModel:
     """Load a model file safely; see the module docstring for the formats.
 
     Args:
-        path: the model file.
-        arch: architecture name for a bare state dict (else read from metadata.json).
-        num_classes, input_shape: used when metadata.json does not give them.
+        path: the model file (for a sharded checkpoint, its `*.index.json`).
+        arch: architecture of a weights-only file (else read from metadata.json). Typed by the
+            caller, it may name the caller's own code (`file.py:callable`, `package.module:callable`),
+            called with exactly `arch_kwargs`; metadata.json never may.
+        num_classes, input_shape: used when metadata.json does not give them; the input shape
+            (C, H, W) also lets graph formats become eager modules.
+        normalize: (mean, std) applied inside the model, so it takes [0, 1] inputs.
+        input_size: (H, W) the model expects; inputs are resized to it inside the model.
     """
+    from poisonguard.models.formats import FORMATS, LoadRequest, format_for
+    from poisonguard.models.wrappers import InputAdapter, check_normalize, check_size
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
@@ -174,33 +214,37 @@ def load_model(
     meta = _read_metadata(path)
     if meta.get("sha256") and meta["sha256"] != digest:
         raise UserError(f"{path} does not match the sha256 in {metadata_path(path)}: it was changed after saving")
-    names = _zip_names(path)
-    if path.suffix.lower() == ".pt2":
-        try:
-            model = torch.export.load(str(path)).module()
-        except Exception as exc:  # torch.export raises many types on a bad archive
-            raise UserError(f"cannot load torch.export program {path}: {exc}") from exc
-        return LoadedModel(model, "torch.export", digest, meta)
-    if any(n.split("/", 1)[-1].startswith("code/") for n in names):
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:  # TorchScript raises RuntimeError and friends
-            raise UserError(f"cannot load TorchScript file {path}: {exc}") from exc
-        return LoadedModel(model.eval(), "torchscript", digest, meta)
-    state = _load_state_dict(path)
-    arch = arch or meta.get("architecture")
-    if arch is None:
-        raise UserError(f"{path} is a bare state dict: name its architecture (--arch; known: {', '.join(ARCHITECTURES.names())})")
-    num_classes = meta.get("num_classes") or num_classes
-    input_shape = meta.get("input_shape") or input_shape
-    if num_classes is None or input_shape is None:
-        raise UserError(f"{path}: the number of classes and input shape are unknown (no metadata.json)")
-    model = build_model(arch, num_classes=int(num_classes), input_shape=input_shape)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{path} does not fit architecture {arch!r}: {first}") from exc
-    meta = {**meta, "architecture": ARCHITECTURES.normalise(arch), "num_classes": int(num_classes),
-            "input_shape": [int(s) for s in input_shape]}
-    return LoadedModel(model.eval(), "state_dict", digest, meta)
+    sniffed = _format_of(path)
+    fmt = format_for(sniffed, path)
+    n_classes = meta.get("num_classes") or num_classes
+    shape = meta.get("input_shape") or (list(input_shape) if input_shape is not None else None)
+    if shape is not None:
+        if len(shape) != 3:
+            raise UserError(f"input shape {tuple(shape)} must be (C, H, W)")
+        limits.check("max_input_values", math.prod(int(v) for v in shape), f"the input shape {tuple(shape)}")
+    if normalize is None and meta.get("normalize"):
+        normalize = (meta["normalize"]["mean"], meta["normalize"]["std"])
+    if input_size is None and meta.get("input_size"):
+        input_size = meta["input_size"]
+    inner_shape = shape
+    if input_size is not None:
+        input_size = check_size(list(input_size))
+        inner_shape = [shape[0], *input_size] if shape is not None else None
+    request = LoadRequest(path=path, metadata=meta, arch=arch, arch_kwargs=dict(arch_kwargs or {}),
+                          trusted_arch=arch is not None, num_classes=n_classes, input_shape=inner_shape)
+    if arch is not None and not fmt.needs_arch:
+        log.warning("--arch %s ignored: %s files carry their own architecture", arch, fmt.name)
+    model, found = fmt.load(request)
+    model = _check_weights(model, path)
+    info = {k: v for k, v in found.items() if k != "eager"}
+    if normalize is not None or input_size is not None:
+        mean, std = check_normalize(list(normalize[0]), list(normalize[1]), shape[0] if shape else None) if normalize else (None, None)
+        model = InputAdapter(model, mean=mean, std=std, size=input_size).eval()
+        info.update(model.describe())
+    meta = {**meta, **info, "format": FORMATS.normalise(fmt.name)}
+    if n_classes is not None:
+        meta["num_classes"] = int(n_classes)
+    if shape is not None:
+        meta["input_shape"] = [int(s) for s in shape]
+    return LoadedModel(model.eval() if not isinstance(model, torch.jit.ScriptModule) else model, fmt.name, digest,
+                       meta, str(path))

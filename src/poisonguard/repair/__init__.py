@@ -13,3 +13,8 @@ from poisonguard.repair.unlearning import Unlearning
 from poisonguard.repair.wild import Wild
 
 __all__ = ["REPAIRERS", "FinePruning", "Refit", "Repairer", "Unlearning", "Wild", "register_repairer"]
+
+# `poisonguard.repair(model, x, y, ...)` is the Python API function of the same name (poisonguard.api).
+from poisonguard.api import callable_package  # noqa: E402
+
+callable_package(__name__)

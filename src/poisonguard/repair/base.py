@@ -125,7 +125,10 @@ class Repairer:
         check_inputs(model, clean_data, trigger, test, aux_data)
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
-        work = copy.deepcopy(model).to(device).eval()
+        from poisonguard.models.handle import as_eager, copy_module
+
+        model = as_eager(model, clean_data.x[:2])  # ScriptModule / exported module -> eager (hooks, eval, copy)
+        work = copy_module(model).to(device).eval()
         for p in work.parameters():
             p.requires_grad_(True)
         eval_set = test if test is not None else clean_data
@@ -315,7 +318,9 @@ class Teacher:
     """
 
     def __init__(self, model: nn.Module, *, temperature: float) -> None:
-        self.model = copy.deepcopy(model).eval()
+        from poisonguard.models.handle import copy_module
+
+        self.model = copy_module(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.temperature = temperature
@@ -348,6 +353,9 @@ def named_layers(model: nn.Module, kinds: tuple[type, ...]) -> dict[str, nn.Modu
 
 def execution_order(model: nn.Module, sample: torch.Tensor, kinds: tuple[type, ...]) -> list[str]:
     """Names of the modules of `kinds` in the order one forward pass calls them."""
+    from poisonguard.models.handle import hooks_or_raise
+
+    hooks_or_raise(model, "this method")
     order: list[str] = []
     handles = [m.register_forward_hook(lambda mod, i, o, n=name: order.append(n))
                for name, m in named_layers(model, kinds).items()]

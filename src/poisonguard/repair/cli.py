@@ -1,6 +1,7 @@
 """`poisonguard repair MODEL --data D --method M --out DIR`: remove a backdoor from a model.
 
-Writes DIR/model.pt (+ metadata.json) with the repaired model, DIR/report.json with a
+Writes DIR/model.<ext> (+ metadata.json) with the repaired model in the input's format
+(TorchScript .pt, torch.export .pt2, ONNX .onnx; weights-only files as .safetensors), DIR/report.json with a
 `repairs` entry, and DIR/report.html (before/after table, pruning curve, trigger used).
 """
 
@@ -92,7 +93,6 @@ def cmd_repair(args) -> int:
     from poisonguard.cli.inputs import (check_finite_model, data_inputs, file_inputs, guard_out, load_checked_model,
                                         load_checked_trigger, load_splits, model_inputs)
     from poisonguard.data import per_class_subset
-    from poisonguard.models import save_model
     from poisonguard.report import Report
     from poisonguard.repair.report import repair_section
 
@@ -101,11 +101,8 @@ def cmd_repair(args) -> int:
     out = guard_out(args.out, command="repair", force=args.force,
                     inputs=[*model_inputs(args.model), *data_inputs(args.data), *data_inputs(args.aux_data, "--aux-data"),
                             *file_inputs(("trigger", args.trigger), ("--from-scan folder", args.from_scan))])
-    model_path = Path(args.model).expanduser()
-    if (out / "model.pt").exists() and model_path.exists() and (out / "model.pt").resolve() == model_path.resolve():
-        raise UserError("--out would overwrite the input model; choose another folder")
     splits = load_splits(args.data, args.seed)
-    loaded, info = load_checked_model(args.model, splits, args.arch)
+    loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
     trigger = load_checked_trigger(args.trigger, splits)
     scan = scan_triggers(args.from_scan, splits) if args.from_scan else None
     aux = None
@@ -113,9 +110,6 @@ def cmd_repair(args) -> int:
         aux = load_splits(args.aux_data, args.seed).train
         if aux.input_shape != splits.input_shape:
             raise UserError(f"--aux-data images are {aux.input_shape} but the model takes {splits.input_shape}")
-    arch = info.get("architecture") or args.arch
-    if arch is None:
-        raise UserError("the repaired model is saved as a state dict and needs its architecture; pass --arch")
     repairer = build_repairer(args.method, args, scan)
     if repairer.name == "fine_pruning":  # fail before any work when there is nothing to prune
         from poisonguard.repair.fine_pruning import find_prune_layer
@@ -128,14 +122,15 @@ def cmd_repair(args) -> int:
     if trigger is None and scan:
         result.extra["attack_success_rate_trigger"] = "scan reconstruction"
     check_finite_model(result.model, "the repaired model", x=splits.test.x[:64])  # a diverged fine-tune is not saved
-    meta = save_model(result.model, out / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
+    # Written back in the input's format (TorchScript, .pt2, ONNX; weights as safetensors).
+    meta = loaded.save_like(result.model, out, classes=splits.classes, input_shape=splits.input_shape,
                       training={"command": "repair", "method": result.method, "source_sha256": info["sha256"],
                                 "clean_samples": len(clean), "seed": args.seed},
                       extra={"clean_accuracy": result.after.clean_accuracy,
                              "attack_success_rate": result.after.attack_success_rate})
     report = Report("repair")
     report.set("model", info)
-    report.set("repaired_model", {"path": str(out / "model.pt"), "sha256": meta["sha256"]})
+    report.set("repaired_model", {"path": meta["path"], "sha256": meta["sha256"], "format": meta["format"]})
     report.append("repairs", result)
     title, html, summary = repair_section([result], splits=splits, trigger=asr_trigger)
     report.add_section(title, html, summary=summary, order=30)

@@ -2,7 +2,7 @@
 
 checklist: when the scan stage flagged the model, unlearn its reconstructed triggers
 (Neural Cleanse's mitigation); otherwise run the trigger-agnostic default. The repaired
-model is saved to OUT/repaired/model.pt when the architecture is known.
+model is saved to OUT/repaired/model.<ext> in the input's format (model.pt for demo).
 demo: run every method with short settings and compare them before/after.
 """
 
@@ -61,13 +61,19 @@ def repair_stage(ctx: StageContext) -> None:
                           "demo: every method" if ctx.command == "demo" else "no scan flagged the model: trigger-agnostic default")
         ctx.report.append("repairs", r)
     ctx.shared["repair"] = results
-    if ctx.command == "checklist" and ctx.arch:
+    loaded = ctx.shared.get("loaded")  # the checklist's LoadedModel: write the repair back in its format
+    if ctx.command == "checklist" and (loaded is not None or ctx.arch):
         from poisonguard.models import save_model
 
-        save_model(results[0].model, ctx.out_dir / "repaired" / "model.pt", arch=ctx.arch, classes=ctx.splits.classes,
-                   input_shape=ctx.splits.input_shape, training={"command": "checklist", "method": results[0].method},
-                   extra={"clean_accuracy": results[0].after.clean_accuracy,
-                          "attack_success_rate": results[0].after.attack_success_rate})
+        extra = {"clean_accuracy": results[0].after.clean_accuracy,
+                 "attack_success_rate": results[0].after.attack_success_rate}
+        training = {"command": "checklist", "method": results[0].method}
+        if loaded is not None:
+            loaded.save_like(results[0].model, ctx.out_dir / "repaired", classes=ctx.splits.classes,
+                             input_shape=ctx.splits.input_shape, training=training, extra=extra)
+        else:
+            save_model(results[0].model, ctx.out_dir / "repaired" / "model.pt", arch=ctx.arch, classes=ctx.splits.classes,
+                       input_shape=ctx.splits.input_shape, training=training, extra=extra)
     title, html, summary = repair_section(results, splits=ctx.splits, trigger=trigger)
     if scanned and ctx.trigger is None:
         html = "<p>Attack success measured with the scan's reconstructed trigger.</p>" + html

@@ -1,0 +1,129 @@
+"""The Python API: any `nn.Module` and plain tensors, one call each (as in Captum and torchattacks).
+
+    import poisonguard
+    model = poisonguard.load_model("model.onnx").model          # or any nn.Module of your own
+    det = poisonguard.scan(model, x_clean, y_clean)             # results.Detection per method
+    fix = poisonguard.repair(model, x_clean, y_clean, method="refit")   # results.Repair, .model
+    cert = poisonguard.certify(model, x_test, y_test, sigma=0.25, n=1000)  # results.Certification
+
+Images are float tensors (N, C, H, W) in [0, 1] and labels int (N,), exactly what the command
+line feeds a model; the results are the objects the CLI's reports are made of. ScriptModules,
+`ExportedProgram`s and their `.module()` are turned into eager modules first
+(`models.handle.as_eager`); the caller's model is never changed.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from poisonguard.errors import UserError
+
+
+def _data(x: Any, y: Any, classes: Sequence[str] | None = None):
+    from poisonguard.data import ImageData
+
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if x.ndim != 4 or not x.is_floating_point():
+        raise UserError(f"images must be a float tensor (N, C, H, W) in [0, 1], got {x.dtype} {tuple(x.shape)}")
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise UserError(f"labels must be an integer tensor (N,), got {y.dtype} {tuple(y.shape)}")
+    k = len(classes) if classes is not None else int(y.max()) + 1 if len(y) else 0
+    names = tuple(classes) if classes is not None else tuple(str(i) for i in range(k))
+    return ImageData(x.float().contiguous(), y.long(), names)
+
+
+def _model(model: Any, x: torch.Tensor) -> nn.Module:
+    from poisonguard.models.handle import as_eager
+
+    if hasattr(model, "model") and hasattr(model, "save_like"):  # a LoadedModel
+        model = model.model
+    return as_eager(model, torch.as_tensor(x)[:2].float())
+
+
+def load_model(path: str, *, arch: str | None = None, **options: Any):
+    """`models.load_model`: a `LoadedModel` (`.model`, `.format`, `.save_like(...)`) from any supported file.
+
+    `arch` may name your own code (`"file.py:callable"`): you typed it, so it runs.
+    """
+    from poisonguard.models import load_model as _load
+
+    return _load(path, arch=arch, **options)
+
+
+def scan(model: Any, x_clean: Any, y_clean: Any, *, methods: Sequence[str] | None = None, classes: Sequence[str] | None = None,
+         seed: int = 0, device: str = "auto", **options: Any) -> list:
+    """Trigger reconstruction with each detector in `methods` (default: the scan command's default set).
+
+    `options` go to every detector's constructor (e.g. `epochs=2`). Returns one
+    `results.Detection` per method, in order.
+    """
+    from poisonguard.detect import DETECTORS
+
+    data = _data(x_clean, y_clean, classes)
+    net = _model(model, data.x)
+    names = list(methods) if methods is not None else default_scan_methods()
+    out = []
+    for name in names:
+        detector = DETECTORS.get(name)(seed=seed, device=device, **options)
+        if DETECTORS.normalise(name) == "deepinspect":
+            out.append(detector.detect(net, data, input_shape=data.input_shape, num_classes=data.num_classes))
+        else:
+            out.append(detector.detect(net, data))
+    return out
+
+
+def default_scan_methods() -> list[str]:
+    """The methods `poisonguard scan` runs without --method (one place, so the API follows the CLI)."""
+    from poisonguard.detect import cli as detect_cli
+
+    default = getattr(detect_cli, "DEFAULT_METHODS", None)
+    if default:
+        return list(default)
+    return ["neural_cleanse"]
+
+
+def repair(model: Any, x_clean: Any, y_clean: Any, *, method: str = "refit", trigger: Any = None,
+           x_test: Any = None, y_test: Any = None, classes: Sequence[str] | None = None, seed: int = 0,
+           device: str = "auto", **options: Any):
+    """Remove a backdoor from a copy of `model` with `method` (fine_pruning, refit, wild, unlearn).
+
+    `options` are the method's hyperparameters. Returns `results.Repair`; the repaired copy
+    is `.model` (write it back in a file's format with `LoadedModel.save_like`).
+    """
+    from poisonguard.repair import REPAIRERS
+
+    data = _data(x_clean, y_clean, classes)
+    test = _data(x_test, y_test, data.classes) if x_test is not None else None
+    net = _model(model, data.x)
+    repairer = REPAIRERS.get(method)(seed=seed, device=device, **options)
+    return repairer.repair(net, data, trigger=trigger, test=test)
+
+
+def certify(model: Any, x: Any, y: Any, *, sigma: float = 0.25, n: int = 10_000, n0: int = 100, alpha: float = 0.001,
+            classes: Sequence[str] | None = None, seed: int = 0, device: str = "auto", **options: Any):
+    """Randomized-smoothing certificates (Cohen et al., 2019) for images x with labels y: `results.Certification`."""
+    from poisonguard.certify.smoothing import RandomizedSmoothing
+
+    data = _data(x, y, classes)
+    net = _model(model, data.x)
+    return RandomizedSmoothing(sigma=sigma, n=n, n0=n0, alpha=alpha, seed=seed, device=device, **options).certify(net, data)
+
+
+class _CallablePackage(types.ModuleType):
+    """A package that is also the API function of its name: `poisonguard.repair` is the
+    `poisonguard/repair/` package (`from poisonguard.repair import REPAIRERS` works) and
+    `poisonguard.repair(model, x, y)` calls `api.repair`."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        return globals()[self.__name__.rsplit(".", 1)[-1]](*args, **kwargs)
+
+
+def callable_package(module_name: str) -> None:
+    """Make the package `module_name` (poisonguard.repair, poisonguard.certify) callable as its API function."""
+    sys.modules[module_name].__class__ = _CallablePackage

@@ -1,0 +1,101 @@
+"""Inputs as a foreign model expects them: `--normalize MEAN,STD` and `--input-size H,W`.
+
+poisonguard feeds every model images in [0, 1] at the data's size (DESIGN.md). Models trained
+elsewhere often expect normalised inputs (torchvision and timm: ImageNet mean/std) at another
+size (224 pixels); `InputAdapter` puts that inside the model, so the contract holds and
+triggers are still drawn on the [0, 1] image. The adapter is recorded in `metadata.json` and
+taken off again when a repaired model is written back in the input's format.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poisonguard.errors import UserError
+
+MAX_SIDE = 4096
+
+
+class InputAdapter(nn.Module):
+    """Resize (bilinear) and/or normalise (N, C, H, W) inputs in [0, 1], then call `inner`."""
+
+    def __init__(self, inner: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 size: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.size = tuple(int(s) for s in size) if size is not None else None
+        self.normalize = mean is not None
+        if mean is not None:
+            self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        return self.inner(x)
+
+    def describe(self) -> dict:
+        out: dict = {}
+        if self.normalize:
+            out["normalize"] = {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+        if self.size is not None:
+            out["input_size"] = list(self.size)
+        return out
+
+
+def parse_normalize(text: str | None, channels: int | None = None) -> tuple[list[float], list[float]] | None:
+    """`"0.485,0.456,0.406/0.229,0.224,0.225"`, `"imagenet"`, or `"0.5,0.25"` (one mean and std for all channels)."""
+    if text is None:
+        return None
+    if text.strip().lower() == "imagenet":
+        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    try:
+        if "/" in text:
+            mean_s, std_s = text.split("/", 1)
+            mean, std = [float(v) for v in mean_s.split(",")], [float(v) for v in std_s.split(",")]
+        else:
+            values = [float(v) for v in text.split(",")]
+            if len(values) != 2:
+                raise ValueError
+            mean, std = [values[0]], [values[1]]
+    except ValueError as exc:
+        raise UserError(f"--normalize {text!r}: expected MEAN,STD, M1,M2,M3/S1,S2,S3 or imagenet") from exc
+    return check_normalize(mean, std, channels)
+
+
+def check_normalize(mean, std, channels: int | None = None) -> tuple[list[float], list[float]]:
+    if not isinstance(mean, list) or not isinstance(std, list) or not mean or len(mean) != len(std) \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean + std):
+        raise UserError("normalize needs as many means as standard deviations (numbers)")
+    if not all(torch.isfinite(torch.tensor(float(v))) for v in mean) or not all(0 < float(s) < float("inf") for s in std):
+        raise UserError("normalize: means must be finite and standard deviations positive")
+    if channels is not None and len(mean) not in (1, channels):
+        raise UserError(f"normalize gives {len(mean)} means but the images have {channels} channels")
+    if channels is not None and len(mean) == 1:
+        mean, std = mean * channels, std * channels
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def parse_size(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",")]
+    except ValueError as exc:
+        raise UserError(f"--input-size {text!r}: expected H,W (e.g. 224,224)") from exc
+    if len(values) == 1:
+        values = values * 2
+    return check_size(values)
+
+
+def check_size(values) -> list[int]:
+    if not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   and 1 <= v <= MAX_SIDE for v in values):
+        raise UserError(f"input size must be two integers in [1, {MAX_SIDE}]")
+    return values

@@ -1,0 +1,289 @@
+"""Bad model inputs get one line and exit 2 with nothing written; checkpoints people download load.
+
+Covers issue 15's bad-input list and issue 13's model-loading items (metadata field types and
+bounds, state-dict mismatches, multi-line torch errors, odd weight dtypes, damaged zips,
+formats recognised by bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from poisonguard.cli import main
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import conformance as C  # noqa: E402
+import foreign_archs  # noqa: E402
+
+ARCH = f"{HERE / 'foreign_archs.py'}:strided_gelu"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    data = C.make_data(root / "d.npz")
+    model = C.train("strided_gelu", data, epochs=4)
+    return root, data, model
+
+
+def made(save) -> None:
+    """Run `save` (a test's own torch.jit/export calls) without its deprecation warnings reaching stderr."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save()
+
+
+def one_line_error(capfd, rc: int, out: Path | None = None) -> str:
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1 and err[0].startswith("poisonguard: error:"), err
+    if out is not None:
+        assert not out.exists()
+    return err[0]
+
+
+def run(args, out: Path) -> int:
+    return main([*args, "--out", str(out), "--quiet"])
+
+
+def test_unknown_format(work, tmp_path, capfd):
+    _, data, _ = work
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x00\x01not a model at all" * 10)
+    rc = run(["evaluate", str(bad), "--data", str(data)], tmp_path / "o")
+    assert "unknown format" in one_line_error(capfd, rc, tmp_path / "o")
+
+
+def test_onnx_operator_the_converter_lacks(work, tmp_path, capfd):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    _, data, _ = work
+    # Shrink is a standard operator (so the file is safe) that onnx2torch has no converter for.
+    nodes = [helper.make_node("Shrink", ["x"], ["s"]), helper.make_node("Flatten", ["s"], ["f"]),
+             helper.make_node("Slice", ["f", "starts", "ends", "axes"], ["y"])]
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("starts", 0), ("ends", 4), ("axes", 1))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], initializer=consts)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    path = tmp_path / "model.onnx"
+    onnx.save(proto, str(path))
+    rc = run(["scan", str(path), "--data", str(data)], tmp_path / "o")
+    assert "no converter for operator Shrink" in one_line_error(capfd, rc, tmp_path / "o")
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("{tmp}/missing.py:f", "is not a file"),
+    ("no_such_package_xyz.mod:f", "does not import"),
+    ("{tmp}/broken.py:f", "does not import"),
+    ("{tmp}/three.py:f", "not a torch.nn.Module"),
+    ("{tmp}/three.py:absent", "has no attribute"),
+])
+def test_arch_specs_that_fail(work, tmp_path, capfd, spec, words):
+    _, data, model = work
+    (tmp_path / "broken.py").write_text("import no_such_module_abc\n")
+    (tmp_path / "three.py").write_text("def f(**kw):\n    return 3\n")
+    weights = tmp_path / "w" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(model.state_dict(), weights)
+    rc = run(["repair", str(weights), "--data", str(data), "--arch", spec.format(tmp=tmp_path)], tmp_path / "o")
+    assert words in one_line_error(capfd, rc, tmp_path / "o")
+
+
+def test_state_dict_mismatch_names_keys(work, tmp_path, capfd):
+    _, data, model = work
+    state = dict(model.state_dict())
+    state["extra.weight"] = torch.zeros(3)
+    del state["5.bias"]
+    weights = tmp_path / "model.pt"
+    torch.save(state, weights)
+    rc = run(["evaluate", str(weights), "--data", str(data), "--arch", ARCH, "--arch-kwargs", "num_classes=4"], tmp_path / "o")
+    line = one_line_error(capfd, rc, tmp_path / "o")
+    assert "missing keys: 5.bias" in line and "unexpected keys: extra.weight" in line
+
+
+def test_output_not_n_by_classes(work, tmp_path, capfd):
+    _, data, _ = work
+
+    class Bad(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :8].reshape(-1, 4, 2)
+
+    path = tmp_path / "model.pt"
+    made(lambda: torch.jit.save(torch.jit.trace(Bad(), torch.rand(2, 1, 8, 8)), str(path)))
+    capfd.readouterr()
+    rc = run(["certify", str(path), "--data", str(data)], tmp_path / "o")
+    assert "expected (N, classes)" in one_line_error(capfd, rc, tmp_path / "o")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_classes", "ten"), ("num_classes", {"n": 4}), ("num_classes", 4_000_000), ("num_classes", 10**12),
+    ("architecture", 123), ("architecture", ["a"]), ("input_shape", [1, 60000, 60000]),
+])
+def test_metadata_fields_of_wrong_type_or_size(work, tmp_path, capfd, field, value):
+    _, data, model = work
+    weights = tmp_path / "model.pt"
+    torch.save(model.state_dict(), weights)
+    (tmp_path / "metadata.json").write_text(json.dumps({field: value}))
+    rc = run(["evaluate", str(weights), "--data", str(data), "--arch", ARCH], tmp_path / "o")
+    assert field in one_line_error(capfd, rc, tmp_path / "o")
+
+
+def test_metadata_never_names_code_to_run(work, tmp_path, capfd):
+    _, data, model = work
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef f(**kw):\n    return None\n")
+    weights = tmp_path / "model.pt"
+    torch.save(model.state_dict(), weights)
+    (tmp_path / "metadata.json").write_text(json.dumps({"architecture": f"{tmp_path / 'evil.py'}:f", "num_classes": 4,
+                                                        "input_shape": [1, 8, 8]}))
+    rc = run(["evaluate", str(weights), "--data", str(data)], tmp_path / "o")
+    assert "pass --arch" in one_line_error(capfd, rc)
+    assert not marker.exists()
+
+
+class _DamagedProbe(nn.Module):
+    """A class of its own: TorchScript reuses an already compiled class of the same name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.head(x.flatten(1))
+
+
+def test_damaged_torchscript_and_export_give_one_line(work, tmp_path, capfd):
+    _, data, model = work
+    probe = _DamagedProbe().eval()
+    for name, save in (("ts.pt", lambda p: torch.jit.save(torch.jit.script(probe), str(p))),
+                       ("m.pt2", lambda p: torch.export.save(torch.export.export(model, (torch.rand(2, 1, 8, 8),)), str(p)))):
+        good = tmp_path / ("good_" + name)
+        made(lambda: save(good))
+        capfd.readouterr()
+        bad = tmp_path / name
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+            for item in src.infolist():
+                body = src.read(item)
+                if name == "ts.pt" and b"class _DamagedProbe" in body:
+                    # Parses (so the static check passes) but does not compile: a multi-line torch error.
+                    body = body.replace(b"self.head", b"self.no_such_layer")
+                elif name == "m.pt2" and item.filename.endswith("models/model.json"):
+                    body = b'{"graph_module": {}}'
+                dst.writestr(item, body)
+        rc = run(["evaluate", str(bad), "--data", str(data)], tmp_path / "o")
+        line = one_line_error(capfd, rc, tmp_path / "o")
+        assert "cannot load" in line
+
+
+def test_zip_with_wrong_crc_is_refused(work, tmp_path, capfd):
+    _, data, model = work
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 16)
+    off = info.header_offset
+    start = off + 30 + int.from_bytes(raw[off + 26:off + 28], "little") + int.from_bytes(raw[off + 28:off + 30], "little")
+    raw[start + 4] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    rc = run(["evaluate", str(path), "--data", str(data), "--arch", ARCH, "--arch-kwargs", "num_classes=4"], tmp_path / "o")
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "CRC" in err[0], err  # filesafety's finding: a damaged file is refused
+    assert not (tmp_path / "o").exists()
+
+
+def test_weight_dtypes(work, tmp_path, capfd, caplog):
+    _, data, model = work
+    half = tmp_path / "half" / "model.pt"
+    half.parent.mkdir()
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, half)
+    rc = main(["evaluate", str(half), "--data", str(data), "--arch", ARCH, "--arch-kwargs", "num_classes=4"])
+    assert rc == 0 and "converted" in caplog.text
+    capfd.readouterr()
+    boolean = tmp_path / "bool.pt"
+    torch.save({k: v.bool() for k, v in model.state_dict().items()}, boolean)
+    rc = run(["evaluate", str(boolean), "--data", str(data), "--arch", ARCH, "--arch-kwargs", "num_classes=4"], tmp_path / "o")
+    assert "bool" in one_line_error(capfd, rc, tmp_path / "o")
+
+
+def test_format_by_bytes_not_name(work, tmp_path):
+    from poisonguard.models import load_model
+
+    _, _, model = work
+    disguised = tmp_path / "model.safetensors"
+    made(lambda: torch.jit.save(torch.jit.trace(model, torch.rand(2, 1, 8, 8)), str(disguised)))
+    assert load_model(disguised, input_shape=(1, 8, 8), num_classes=4).format == "torchscript"
+
+
+def test_downloaded_checkpoints(work, tmp_path):
+    """HF pytorch_model.bin, sharded safetensors with an index, Lightning .ckpt: same outputs as the model."""
+    from safetensors.torch import save_file
+
+    from poisonguard.models import load_model
+
+    _, _, model = work
+    probe = torch.rand(3, 1, 8, 8)
+    expected = model(probe)
+    kw = {"arch": ARCH, "arch_kwargs": {"num_classes": 4}, "num_classes": 4, "input_shape": (1, 8, 8)}
+    (tmp_path / "hf").mkdir()
+    torch.save(model.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    (tmp_path / "sharded").mkdir()
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(tmp_path / "sharded" / name))
+    index = tmp_path / "sharded" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {k: n for n, ks in shards.items() for k in ks}}))
+    ckpt = tmp_path / "lightning.ckpt"
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in state.items()},
+                "hyper_parameters": {"lr": 0.01, "width": 8}}, ckpt)
+    for path in (tmp_path / "hf" / "pytorch_model.bin", index, ckpt):
+        loaded = load_model(path, **kw)
+        assert torch.allclose(loaded.model(probe), expected, atol=1e-6), path
+    assert load_model(ckpt, **kw).metadata["checkpoint_hyper_parameters"] == {"lr": 0.01, "width": 8}
+
+
+def test_torchvision_and_timm_specs():
+    from poisonguard.errors import UserError
+    from poisonguard.models.arch import build_from_spec
+
+    net = build_from_spec("torchvision:squeezenet1_1", num_classes=7, input_shape=(3, 32, 32))
+    assert net(torch.rand(2, 3, 64, 64)).shape == (2, 7)
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match=r"pip install 'poisonguard\[timm\]'"):
+            build_from_spec("timm:resnet18", num_classes=7, input_shape=(3, 32, 32))
+
+
+def test_normalize_and_input_size_wrap_and_travel(work, tmp_path):
+    """The adapter normalises and resizes inside the model, is recorded, and is taken off when written back."""
+    from poisonguard.models import load_model
+
+    _, _, model = work
+    big = foreign_archs.strided_gelu(num_classes=4, size=16).eval()
+    path = tmp_path / "in" / "model.pt2"
+    path.parent.mkdir()
+    torch.export.save(torch.export.export(big, (torch.rand(2, 1, 16, 16),)), str(path))
+    loaded = load_model(path, num_classes=4, input_shape=(1, 8, 8), normalize=([0.5], [0.25]), input_size=(16, 16))
+    x = torch.rand(3, 1, 8, 8)
+    want = big((torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear") - 0.5) / 0.25)
+    assert torch.allclose(loaded.model(x), want, atol=1e-5)
+    meta = loaded.save_like(loaded.model, tmp_path / "out", classes=list("abcd"), input_shape=(1, 8, 8))
+    assert meta["normalize"] == {"mean": [0.5], "std": [0.25]} and meta["input_size"] == [16, 16]
+    back = load_model(meta["path"], num_classes=4, input_shape=(1, 8, 8))
+    assert torch.allclose(back.model(x), want, atol=1e-5)
+    assert np.isclose(float(big(torch.rand(1, 1, 16, 16)).shape[1]), 4)
