@@ -63,3 +63,26 @@ def fake_scan(path, settings, *, log: str | None = None, delay: float = 0.0):
     note("end")
     return ({"backdoored": backdoored, "targets": [0] if backdoored else [], "score": 3.0 if backdoored else 0.5,
              "false_positive_rate": None, "evidence": [], "threads": torch.get_num_threads()}, None)
+
+
+def main(argv=None) -> int:
+    """`python audit_fakes.py ZOO OUT LOG DELAY`: an in-process audit with the stand-ins (for kill tests)."""
+    import sys
+
+    import poisonguard.filesafety as filesafety
+    from poisonguard.audit import AuditSettings, discover
+    from poisonguard.audit.run import run_audit
+    from poisonguard.audit.runner import InProcessExecutor
+    from poisonguard.audit.worker import audit_one
+
+    zoo, out, log, delay = (argv or sys.argv[1:])[:4]
+    filesafety.sniff_format = fake_sniff
+    task = lambda item, s: audit_one(item, s, inspect=fake_inspect,
+                                     scan=lambda p, st: fake_scan(p, st, log=log, delay=float(delay)))
+    outcome = run_audit(discover(zoo), AuditSettings(), out, make_executor=lambda: InProcessExecutor(task))
+    print(outcome.resumed, outcome.scanned)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,6 +16,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from poisonguard.audit.discover import AuditItem
@@ -113,7 +114,16 @@ class RayExecutor:
     def _init(self) -> dict[str, float]:
         import ray
 
-        env = {"env_vars": {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}}
+        import poisonguard
+
+        # Ray would otherwise warn on every start; a worker without a GPU share sees none anyway.
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+        # Workers import the same poisonguard as this driver (a checkout on PYTHONPATH, say).
+        here = str(Path(poisonguard.__file__).resolve().parents[1])
+        path = os.pathsep.join([here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env = {"env_vars": {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+                            "PYTHONPATH": path}}
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
                  "configure_logging": False}
         if self.address:
