@@ -19,7 +19,7 @@ from poisonguard.filesafety import FileSafety
 def fake_sniff(path) -> str:
     head = Path(path).read_bytes()[:4]
     if head.startswith(b"PK"):
-        return "zip-torch"
+        return "torch-zip"
     if head[:1] == b"\x80":
         return "pickle"
     return "unknown"

@@ -1,4 +1,4 @@
-"""A small model zoo (2 backdoored, 2 clean, 2 hostile, 1 truncated) built once per test session."""
+"""A small model zoo (2 backdoored, 2 clean, 2 hostile, 1 truncated, 1 unloadable) built once per test session."""
 
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def zoo(tmp_path_factory, badnets_model, clean_model):
     paths["truncated"] = root / "truncated" / "model.pt"
     data = paths["clean_a"].read_bytes()
     paths["truncated"].write_bytes(data[: len(data) // 2])
+    (root / "no_metadata").mkdir()  # a safe state dict that cannot be loaded: no architecture known
+    paths["no_metadata"] = root / "no_metadata" / "weights.pth"
+    torch.save({"weight": torch.zeros(3)}, paths["no_metadata"])
     (root / "notes.md").write_text("not a model")
     return {"root": root, "marker": marker, "paths": paths}
 

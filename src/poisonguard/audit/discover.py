@@ -1,5 +1,5 @@
 """Which files an audit covers: every model file under a folder (recognised by its bytes,
-not its name), or the lines of a manifest that names each file with its own --arch / --data.
+not its name; an unrecognised file is included only when its name says model), or the lines of a manifest that names each file with its own --arch / --data.
 
 Manifest formats (relative paths resolve against the manifest's folder):
 - JSON lines (`.jsonl`, `.json`, or a first character `{`): one object per line,
@@ -20,10 +20,13 @@ from pathlib import Path
 
 from poisonguard.errors import UserError
 
-# Formats `sniff_format` names that hold a model (inspected, then scanned) and those that
-# hold arrays only (inspected: an .npy object array is a pickle; nothing to scan).
-MODEL_FORMATS = frozenset({"zip-torch", "torchscript", "torch.export", "legacy-torch", "pickle", "safetensors", "onnx"})
+# Formats `sniff_format` names that hold arrays only: inspected (an .npy object array is a
+# pickle), nothing to scan. Every other recognised format is a model file: inspected, then scanned.
 ARRAY_FORMATS = frozenset({"npz", "npy"})
+UNKNOWN = "unknown"
+# A file whose bytes are not recognised is still audited when its name says it is a model
+# (a truncated or disguised model is a finding for the file check, not something to skip).
+MODEL_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx", ".pt2", ".pkl", ".pickle", ".jit"})
 MANIFEST_KEYS = ("path", "arch", "data")
 
 
@@ -38,7 +41,7 @@ class AuditItem:
 
     @property
     def is_model(self) -> bool:
-        return self.format in MODEL_FORMATS
+        return self.format not in ARRAY_FORMATS
 
 
 def _sniff(path: Path) -> str:
@@ -76,7 +79,7 @@ def _from_folder(root: Path, exclude) -> list[AuditItem]:
             if path.is_symlink() or not path.is_file():
                 continue
             fmt = _sniff(path)
-            if fmt in MODEL_FORMATS or fmt in ARRAY_FORMATS:
+            if fmt != UNKNOWN or path.suffix.lower() in MODEL_SUFFIXES:
                 items.append(AuditItem(str(path), fmt))
     return items
 
