@@ -63,6 +63,15 @@ def test_bad_workers_or_address(tiny_zoo, tmp_path, capsys, extra, expected):
     assert expected in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize("extra,expected", [
+    (["--data", "no-such-data"], "no-such-data"),
+    (["--data", "mnist5k", "--arch", "no_such_arch"], "no_such_arch"),
+])
+def test_bad_data_or_arch_stops_before_any_worker(tiny_zoo, tmp_path, capsys, extra, expected):
+    assert main(["audit", str(tiny_zoo), "--out", str(tmp_path / "out"), *extra]) == 2
+    assert expected in _one_error_line(capsys)
+
+
 def test_out_must_not_be_the_audited_folder(tiny_zoo, capsys):
     assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tiny_zoo)]) == 2
     assert "is the audited folder" in _one_error_line(capsys)

@@ -61,9 +61,9 @@ def cmd_audit(args) -> int:
     out = _out(args.out, target)
     if args.address:
         check_address(args.address)  # before any work, so a typo costs seconds
-    items = discover(target, exclude=out)
     if args.clean_fraction <= 0:
         raise UserError("--clean-fraction must be above 0")
+    items = discover(target, exclude=out)
     settings = AuditSettings(data=args.data, arch=args.arch, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                              clean_fraction=args.clean_fraction, threshold=args.threshold, seed=args.seed, device=args.device)
     workers = args.workers or (None if args.address else (os.cpu_count() or 1))
@@ -73,7 +73,8 @@ def cmd_audit(args) -> int:
         return RayExecutor(audit_one, workers=n, address=args.address, timeout=args.timeout)
 
     try:
-        outcome = run_audit(items, settings, out, make_executor=make_executor, retry_failed=args.retry_failed)
+        outcome = run_audit(items, settings, out, make_executor=make_executor, retry_failed=args.retry_failed,
+                            before_run=check_options)
     except RuntimeError as exc:
         print(f"poisonguard: audit incomplete: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
@@ -85,6 +86,20 @@ def cmd_audit(args) -> int:
                       "counts": audit_block(outcome.rows, outcome.resumed)["counts"], "resumed": outcome.resumed, "scanned": outcome.scanned,
                       "seconds": outcome.seconds}))
     return exit_code(outcome.rows)
+
+
+def check_options(jobs) -> None:
+    """UserError (exit 2, before any worker starts) for an unknown architecture or data set.
+
+    Otherwise a typo would surface as every model failing, one worker at a time.
+    """
+    from poisonguard.cli.inputs import load_splits
+    from poisonguard.models import ARCHITECTURES
+
+    for arch in sorted({j.settings.arch for j in jobs if j.settings.arch}):
+        ARCHITECTURES.get(arch)
+    for data, seed in sorted({(j.settings.data, j.settings.seed) for j in jobs if j.item.is_model}):
+        load_splits(data, seed)
 
 
 def _cluster_cpus(address: str) -> int:

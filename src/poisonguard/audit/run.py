@@ -65,11 +65,13 @@ def report_dir_name(key: tuple[str, str]) -> str:
 
 
 def run_audit(items: list[AuditItem], settings: AuditSettings, out: str | Path, *,
-              make_executor: Callable[[], Any], retry_failed: bool = False) -> AuditOutcome:
+              make_executor: Callable[[], Any], retry_failed: bool = False,
+              before_run: Callable[[list[Job]], None] | None = None) -> AuditOutcome:
     """Audit `items` into `out` (audit.db and one scan report folder per model).
 
-    `make_executor()` is called only when something is left to do, so a finished audit's
-    rerun starts no workers.
+    `before_run(jobs)` (checks of the user's options, e.g. that the data loads) and
+    `make_executor()` are called only when something is left to do, so a finished audit's
+    rerun loads nothing and starts no workers.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -112,6 +114,8 @@ def run_audit(items: list[AuditItem], settings: AuditSettings, out: str | Path, 
             store.write(*job.key, result, report_dir=folder)
             progress.update(result)
 
+        if jobs and before_run is not None:
+            before_run(jobs)
         try:
             if jobs:
                 make_executor().run(jobs, on_start, on_result)
