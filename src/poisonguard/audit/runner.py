@@ -112,7 +112,11 @@ class RayExecutor:
     # ------------------------------------------------------------------ Ray start and stop
 
     def _init(self) -> dict[str, float]:
-        import ray
+        try:
+            import ray
+        except ImportError as exc:
+            raise UserError("poisonguard audit runs its workers on Ray, which is not installed: "
+                            "pip install 'poisonguard[audit]'") from exc
 
         import poisonguard
 
