@@ -161,7 +161,7 @@ class RayExecutor:
         if not jobs:
             return
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import RayActorError
 
         resources = self._init()
         try:
@@ -210,7 +210,7 @@ class RayExecutor:
                         result = failed(f"worker crashed: {str(exc).strip().splitlines()[0]}", job.item, time.monotonic() - t0)
                         new = actor_cls.remote(self.task, self.threads)
                         starting[new.ready.remote()] = new
-                    except (GetTimeoutError, Exception) as exc:  # the task raised past audit_one's guard
+                    except Exception as exc:  # the task raised past audit_one's guard (e.g. it could not be unpickled)
                         result = failed(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", job.item,
                                         time.monotonic() - t0)
                         idle.append(actor)
