@@ -11,6 +11,8 @@ one at a time; `--stage all` runs them in order, `--stage print` prints the tabl
   resume      `--workers 2`, killed with SIGKILL (the whole process group) once half the models
               are done, then started again: every model must end done, none finished twice
   rerun       the finished ray2 audit started again: nothing left, no workers started
+`--subset K` runs a stage over a manifest of the zoo's first K models instead of the folder
+(used for `resume` and `cluster` when the shared machine is too loaded for 100 models each).
 Per-model scan budget (all stages): Neural Cleanse, 3 inversion epochs over 2% of MNIST 5k's
 training part (80 images, 3 mini-batches of 32 per epoch), threshold 2, seed 0.
 
@@ -272,10 +274,11 @@ def print_table(cache: Path) -> None:
         print(f"ray, 2 workers   : {r['ray2']['seconds']:7.1f} s  {mpm('ray2')} models/min  counts {r['ray2']['counts']}")
     if "cluster" in r:
         print(f"2-node cluster   : {r['cluster']['seconds']:7.1f} s  {mpm('cluster')} models/min  "
-              f"(nodes alive {r['cluster']['nodes_alive']}, counts {r['cluster']['counts']})")
+              f"(nodes alive {r['cluster']['nodes_alive']}, {r['cluster'].get('models_in_run', 100)} models, "
+              f"counts {r['cluster']['counts']})")
     if "resume" in r:
         s = r["resume"]
-        print(f"resume           : killed at {s['done_at_kill']} done + {s['running_at_kill']} running; rerun resumed "
+        print(f"resume ({s.get('models_in_run', 100)} models): killed at {s['done_at_kill']} done + {s['running_at_kill']} running; rerun resumed "
               f"{s['rerun']['resumed']}, scanned {s['rerun']['scanned']}; all finished {s['all_finished']}; "
               f"finished models scanned again {s['finished_models_scanned_again']}; attempts=1: {s['attempts_1']}, "
               f"=2: {s['attempts_2']}")
@@ -292,6 +295,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=100)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--zoo", type=Path, default=None)
+    ap.add_argument("--subset", type=int, default=None, help="audit a manifest of the first K models (resume, cluster)")
     args = ap.parse_args()
     if args.stage == "sequential-child":
         return sequential_child(args.zoo)
@@ -299,6 +303,11 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     zoo = make_zoo(cache, args.models) if args.stage != "print" else cache / "zoo"
     stages = ["sequential", "ray1", "ray2", "cluster", "resume", "rerun"] if args.stage == "all" else [args.stage]
+    target, n = zoo, args.models
+    if args.subset:
+        n = min(args.subset, args.models)
+        target = cache / f"subset-{n}.jsonl"
+        target.write_text("".join(json.dumps({"path": f"zoo/{_name(i)}/model.pt"}) + "\n" for i in range(n)))
     cores = os.cpu_count() or 1
     for stage in stages:
         if stage == "sequential":
@@ -312,11 +321,11 @@ def main() -> None:
         elif stage == "cluster":
             out = cache / "out-cluster"
             subprocess.run(["rm", "-rf", str(out)], check=True)
-            _save(cache, stage, run_cluster(zoo, out))
+            _save(cache, stage, {**run_cluster(target, out), "models_in_run": n})
         elif stage == "resume":
             out = cache / "out-resume"
             subprocess.run(["rm", "-rf", str(out)], check=True)
-            _save(cache, stage, run_resume(zoo, out, args.models))
+            _save(cache, stage, {**run_resume(target, out, n), "models_in_run": n})
         elif stage == "rerun":
             _save(cache, stage, run_cli(zoo, cache / "out-ray2", "--workers", "2", threads=1))
     print_table(cache)
