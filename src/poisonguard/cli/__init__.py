@@ -29,6 +29,7 @@ CLI_MODULES = (
     "poisonguard.federated.cli",
     "poisonguard.filesafety.cli",
     "poisonguard.sanitize.cli",
+    "poisonguard.audit.cli",
 )
 
 

@@ -1,0 +1,113 @@
+"""`poisonguard audit DIR|MANIFEST --data D --out OUT [--workers N] [--address ADDR] [--timeout S]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from poisonguard.errors import EXIT_INCOMPLETE, UserError
+
+log = logging.getLogger(__name__)
+
+
+def add_commands(sub) -> None:
+    from poisonguard.cli.options import add_common, positive_float, positive_int, probability
+
+    p = sub.add_parser("audit", help="audit a model zoo: every file's safety, then each model's scan verdict, in parallel on Ray, resumable")
+    p.add_argument("target", help="folder searched for model files (recognised by their bytes), or a manifest "
+                                  "(JSON lines or CSV: path[,arch][,data] per model)")
+    p.add_argument("--data", required=True, help="clean data for the scans (a manifest line's 'data' overrides it)")
+    p.add_argument("--arch", default=None, help="architecture of bare state dicts (a manifest line's 'arch' overrides it)")
+    p.add_argument("--out", required=True, help="folder for audit.db, report.json, report.html, audit.sarif and models/<key>/; "
+                                                "an audit started again with the same --out resumes")
+    p.add_argument("--workers", type=int, default=None, help="models scanned at once (default: the CPU count, or the cluster's)")
+    p.add_argument("--address", default=None, help="HOST:PORT of an existing Ray cluster's head (default: a local Ray instance)")
+    p.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds a model may take before it is recorded failed (default 1800)")
+    p.add_argument("--retry-failed", action="store_true", help="scan again the models an earlier run recorded as failed")
+    g = p.add_argument_group("scan budget (per model)")
+    g.add_argument("--epochs", type=positive_int, default=None, help="Neural Cleanse inversion epochs (default: scan's, 40)")
+    g.add_argument("--steps-per-epoch", type=positive_int, default=None, help="mini-batches per epoch (default: one pass over the clean images)")
+    g.add_argument("--clean-fraction", type=probability, default=0.05, help="share of the training part used as clean data (default 0.05)")
+    g.add_argument("--threshold", type=positive_float, default=None, help="anomaly index above which a class is flagged (default 2)")
+    add_common(p)
+    p.set_defaults(func=cmd_audit)
+
+
+def _out(path: str, target: Path) -> Path:
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if target.is_dir() and out.resolve() == target.resolve():
+        raise UserError(f"--out {out} is the audited folder; choose another folder (it may lie inside it)")
+    if target.is_file() and out.resolve() == target.resolve().parent:
+        raise UserError(f"--out {out} holds the manifest {target.name}; choose another folder")
+    return out
+
+
+def cmd_audit(args) -> int:
+    from poisonguard.audit.discover import discover
+    from poisonguard.audit.report import audit_block, exit_code, write_reports
+    from poisonguard.audit.run import run_audit
+    from poisonguard.audit.runner import RayExecutor, check_address
+    from poisonguard.audit.settings import AuditSettings
+    from poisonguard.audit.worker import audit_one
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    target = Path(args.target).expanduser()
+    out = _out(args.out, target)
+    if args.address:
+        check_address(args.address)  # before any work, so a typo costs seconds
+    if args.clean_fraction <= 0:
+        raise UserError("--clean-fraction must be above 0")
+    items = discover(target, exclude=out)
+    settings = AuditSettings(data=args.data, arch=args.arch, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                             clean_fraction=args.clean_fraction, threshold=args.threshold, seed=args.seed, device=args.device)
+    workers = args.workers or (None if args.address else (os.cpu_count() or 1))
+
+    def make_executor():  # only called when something is left to do
+        n = workers or _cluster_cpus(args.address)  # an existing cluster: as many workers as it has CPUs
+        return RayExecutor(audit_one, workers=n, address=args.address, timeout=args.timeout)
+
+    try:
+        outcome = run_audit(items, settings, out, make_executor=make_executor, retry_failed=args.retry_failed,
+                            before_run=check_options)
+    except RuntimeError as exc:
+        print(f"poisonguard: audit incomplete: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    root = target if target.is_dir() else target.parent
+    html = write_reports(out, outcome.rows, resumed=outcome.resumed, root=root, settings=settings.to_dict(),
+                         extra={"workers": workers, "address": args.address, "timeout": args.timeout,
+                                "scanned_this_run": outcome.scanned, "seconds": outcome.seconds})
+    print(json.dumps({"report": str(html), "sarif": str(out / "audit.sarif"), "models": len(outcome.rows),
+                      "counts": audit_block(outcome.rows, outcome.resumed)["counts"], "resumed": outcome.resumed, "scanned": outcome.scanned,
+                      "seconds": outcome.seconds}))
+    return exit_code(outcome.rows)
+
+
+def check_options(jobs) -> None:
+    """UserError (exit 2, before any worker starts) for an unknown architecture or data set.
+
+    Otherwise a typo would surface as every model failing, one worker at a time.
+    """
+    from poisonguard.cli.inputs import load_splits
+    from poisonguard.models import ARCHITECTURES
+
+    for arch in sorted({j.settings.arch for j in jobs if j.settings.arch}):
+        ARCHITECTURES.get(arch)
+    for data, seed in sorted({(j.settings.data, j.settings.seed) for j in jobs if j.item.is_model}):
+        load_splits(data, seed)
+
+
+def _cluster_cpus(address: str) -> int:
+    """Worker count for an existing cluster when --workers is not given: its CPU count."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    finally:
+        ray.shutdown()

@@ -1,0 +1,77 @@
+"""`poisonguard audit` bad input: one line on stderr and exit 2, before any worker starts."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from poisonguard.cli import main
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, fake_filesafety):
+    (tmp_path / "zoo" / "a").mkdir(parents=True)
+    (tmp_path / "zoo" / "a" / "model.pt").write_bytes(pickle.dumps(1, protocol=4))
+    return tmp_path / "zoo"
+
+
+def test_empty_folder(tmp_path, capsys, fake_filesafety):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README").write_text("no models here")
+    assert main(["audit", str(tmp_path / "empty"), "--data", "mnist5k", "--out", str(tmp_path / "out")]) == 2
+    assert "no model files" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"path": "a/model.pt"}\n{"path": "missing.pt"}\n', "missing.pt"),
+    ('{"path": "a/model.pt"}\nnot json\n', ":2: not a JSON object"),
+    ('{"path": "a/model.pt", "color": "red"}\n', "unknown key"),
+    ("path,arch\na/model.pt,mnist_cnn,extra\n", "expected 2 fields"),
+    ("file,arch\na/model.pt,mnist_cnn\n", "header must name 'path'"),
+])
+def test_bad_manifest(tiny_zoo, tmp_path, capsys, text, expected):
+    suffix = ".csv" if text.startswith(("path", "file")) else ".jsonl"
+    manifest = tiny_zoo / f"manifest{suffix}"
+    manifest.write_text(text)
+    assert main(["audit", str(manifest), "--data", "mnist5k", "--out", str(tmp_path / "out")]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_manifest_lines_carry_their_own_arch_and_data(tiny_zoo):
+    from poisonguard.audit import discover
+
+    (tiny_zoo / "m.csv").write_text("path,arch,data\na/model.pt,lenet5,mnist5k\n")
+    (tiny_zoo / "m.jsonl").write_text('# a comment\n{"path": "a/model.pt", "arch": "mnist_cnn"}\n\n')
+    assert [(i.arch, i.data, i.format) for i in discover(tiny_zoo / "m.csv")] == [("lenet5", "mnist5k", "pickle")]
+    assert [(i.arch, i.data) for i in discover(tiny_zoo / "m.jsonl")] == [("mnist_cnn", None)]
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--address", "127.0.0.1:9"], "no Ray head reachable"),
+    (["--address", "nonsense"], "HOST:PORT"),
+])
+def test_bad_workers_or_address(tiny_zoo, tmp_path, capsys, extra, expected):
+    assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tmp_path / "out"), *extra]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--data", "no-such-data"], "no-such-data"),
+    (["--data", "mnist5k", "--arch", "no_such_arch"], "no_such_arch"),
+])
+def test_bad_data_or_arch_stops_before_any_worker(tiny_zoo, tmp_path, capsys, extra, expected):
+    assert main(["audit", str(tiny_zoo), "--out", str(tmp_path / "out"), *extra]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_out_must_not_be_the_audited_folder(tiny_zoo, capsys):
+    assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tiny_zoo)]) == 2
+    assert "is the audited folder" in _one_error_line(capsys)

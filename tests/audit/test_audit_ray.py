@@ -1,0 +1,38 @@
+"""The one real Ray test: two local workers, a model that kills its worker, one that hangs."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from pathlib import Path
+
+import pytest
+
+from poisonguard.audit import AuditSettings, discover
+from poisonguard.audit.run import run_audit
+from poisonguard.audit.runner import RayExecutor
+from poisonguard.audit.worker import audit_one
+
+
+def test_ray_audit_survives_a_crashing_and_a_hanging_model(tmp_path, fake_filesafety):
+    pytest.importorskip("ray")
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(fake_filesafety)  # the workers cannot import the test folder
+    zoo = tmp_path / "zoo"
+    for i, name in enumerate(["a_clean", "b_crash", "c_backdoor", "d_hang", "e_clean", "f_backdoor"]):
+        (zoo / name).mkdir(parents=True)
+        (zoo / name / "model.bin").write_bytes(pickle.dumps(i, protocol=4))
+    log = tmp_path / "scans.log"
+    task = functools.partial(audit_one, inspect=fake_filesafety.fake_inspect,
+                             scan=functools.partial(fake_filesafety.fake_scan, log=str(log)))
+    executor = RayExecutor(task, workers=2, timeout=6, threads=1)
+    outcome = run_audit(discover(zoo), AuditSettings(), tmp_path / "out", make_executor=lambda: executor)
+    rows = {Path(r["path"]).parent.name: r for r in outcome.rows}
+    assert rows["b_crash"]["status"] == "failed" and "crashed" in rows["b_crash"]["error"]
+    assert rows["d_hang"]["status"] == "failed" and "timed out" in rows["d_hang"]["error"]
+    for name in ("a_clean", "c_backdoor", "e_clean", "f_backdoor"):
+        assert rows[name]["status"] == "done", rows[name]
+        assert rows[name]["verdict"]["backdoored"] == ("backdoor" in name)
+        assert rows[name]["verdict"]["threads"] == 1  # each worker kept to its share
+    assert log.read_text().count("end ") == 4
