@@ -62,7 +62,7 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
         from poisonguard.attacks import save_trigger
 
         save_trigger(trigger, out / "trigger.npz")
-    report.set("evaluation", ev)
+    report.set("evaluation", evaluation_line(ev, trigger))
     report.set("training", training)
     report.write(out)
     return model, ev
@@ -126,7 +126,7 @@ def cmd_evaluate(args) -> int:
         report = Report("evaluate")
         report.set("model", info)
         evaluation_section(report, loaded.model, splits, trigger, title="Evaluation")
-        report.set("evaluation", ev)
+        report.set("evaluation", evaluation_line(ev, trigger))
         report.write(out)
     print(json.dumps(evaluation_line(ev, trigger)))
     return 0
@@ -187,7 +187,8 @@ def cmd_checklist(args) -> int:
     trigger = load_checked_trigger(args.trigger, splits)
     report = Report("checklist")
     report.set("model", info)
-    report.set("evaluation", evaluation_section(report, loaded.model, splits, trigger, title="Model under test"))
+    report.set("evaluation", evaluation_line(
+        evaluation_section(report, loaded.model, splits, trigger, title="Model under test"), trigger))
     ctx = StageContext(command="checklist", model=loaded.model, splits=splits, report=report, out_dir=out,
                        arch=info["architecture"], trigger=trigger, seed=args.seed, device=args.device, quick=args.quick)
     if only is not None:
@@ -224,7 +225,7 @@ def cmd_demo(args) -> int:
     model, ev, meta, _ = models["backdoored"]
     report.set("model", {"path": str(out / "backdoored" / "model.pt"), "sha256": meta["sha256"],
                          "num_classes": splits.num_classes, "input_shape": list(splits.input_shape), "architecture": arch})
-    report.set("evaluation", {name: m[1] for name, m in models.items()})
+    report.set("evaluation", {name: evaluation_line(m[1], trigger) for name, m in models.items()})
     rows = [[name, m[1].clean_accuracy, m[1].attack_success_rate, round(m[3], 1)] for name, m in models.items()]
     report.add_section(
         "Backdoored vs clean model",
