@@ -50,7 +50,7 @@ def main() -> None:
         if args.reuse and path.is_file():
             model = load_model(path).model
         else:
-            model = build_model("mnist_cnn", num_classes=10, input_shape=splits.input_shape)
+            model = build_model("mnist_cnn", num_classes=10, input_shape=splits.input_shape, seed=0)  # fixed init: comparable runs
             config = FitConfig(epochs=args.epochs, batch_size=64, optimizer="adam", seed=0, device="cpu")
             fit_gaussian_augment(model, splits.train, config, sigma=sigma)
             save_model(model, path, arch="mnist_cnn", classes=splits.classes, input_shape=splits.input_shape,

@@ -35,7 +35,7 @@ SETTINGS = {
     "fine_pruning": {"epochs": 20, "lr": 0.01, "batch_size": 128, "shift": 4},
     "refit": {"epochs": 20, "lr": 0.02, "decay_every": 5, "batch_size": 128, "shift": 4},
     "wild": {"epochs": 20, "lr": 0.01, "batch_size": 128, "shift": 4},
-    "unlearn": {"epochs": 20, "lr": 0.01, "batch_size": 128, "reverse_steps": 300},
+    "unlearn": {"epochs": 20, "lr": 0.01, "batch_size": 128, "reverse_epochs": 40},
 }
 
 

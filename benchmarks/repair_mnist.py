@@ -8,8 +8,8 @@ images). Each method gets 5% of the training data as clean data
 images. Goal: attack success rate <= 5% and at most 3 points of clean accuracy lost,
 <= 60 s per repair on 2 CPU cores.
 
-Unlearning reconstructs its trigger with the small built-in Neural Cleanse optimisation
-(`repair/reverse.py`) unless --unlearn-true-trigger is given.
+Unlearning reconstructs its trigger with the detect family's Neural Cleanse
+(`poisonguard.detect.neural_cleanse`) unless --unlearn-true-trigger is given.
 
     PYTHONPATH=src python benchmarks/repair_mnist.py [--seed 0] [--cache DIR] [--json FILE]
 """

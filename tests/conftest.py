@@ -16,6 +16,24 @@ utils.QUIET = True
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _every_report_follows_the_schema():
+    """Every report.json any test writes (CLI or library) is checked against the repository's JSON Schema."""
+    import json
+
+    from poisonguard.report import Report, validate_report
+
+    write = Report.write
+
+    def checked(self, out_dir):
+        validate_report(json.loads(self.to_json()))
+        return write(self, out_dir)
+
+    Report.write = checked
+    yield
+    Report.write = write
+
+
 @pytest.fixture(scope="session")
 def mnist():
     from poisonguard.data import load_data

@@ -6,6 +6,8 @@ augmentation, partition aggregation, ...). A family registers one in its own mod
 
 `run(job)` trains and returns the model the command then evaluates (and saves to
 DIR/model.pt unless the defence saved its own files and set `job.saved = True`).
+Each defence declares its options as a frozen dataclass (`options`); the command line fills
+one from its arguments of the same names, and `run` reads `job.options`, never argparse.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ DEFENSE_MODULES = (
 
 @dataclass
 class TrainJob:
-    """Everything a training defence needs. `train` may hold poisoned samples."""
+    """Everything a training defence needs. `train` may hold poisoned samples; `options` is an
+    instance of the defence's `options` dataclass."""
 
-    args: argparse.Namespace
+    options: Any
     splits: Splits
     train: ImageData
     arch: str
@@ -57,6 +60,8 @@ class TrainDefense:
     help: str
     add_arguments: Callable[[argparse._ArgumentGroup], None]
     run: Callable[[TrainJob], nn.Module]
+    # A frozen dataclass whose fields are named like the defence's arguments' dests.
+    options: type
     # Giving any of these options (not None) selects the defence without --defense.
     implied_by: tuple[str, ...] = ()
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 EXIT_OK = 0          # ran, nothing found
 EXIT_FINDING = 1     # a finding: backdoor, poisoned data, unsafe file
@@ -26,3 +27,19 @@ class UnsafeFileError(Exception):
         self.findings = list(findings)
         shown = "; ".join(self.findings[:3]) + (f" (+{len(self.findings) - 3} more)" if len(self.findings) > 3 else "")
         super().__init__(f"refused {self.path}: unsafe file, it would run code or attack the reader when loaded: {shown}")
+
+
+@contextlib.contextmanager
+def user_values() -> Iterator[None]:
+    """Around a constructor fed from the command line: its hyperparameter check's ValueError
+    is the user's mistake, so it becomes a UserError (one line, exit 2).
+
+    Only constructor calls are wrapped: a ValueError from deeper inside a run is a bug and
+    keeps its traceback.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc

@@ -10,7 +10,9 @@ A family adds its stage in `poisonguard/<family>/stage.py`:
 
 Stages never modify `ctx.model`. A stage that fails is recorded in the report's `stages`
 list with its error and the rest still run (a report card with one failed line is more
-useful than none); the CLI exits non-zero when any stage failed.
+useful than none); the CLI exits with 3 (incomplete) when any stage failed and nothing was
+found. A stage that does not apply to this model raises `NotApplicable(reason)`: it is
+recorded as "not applicable" with the reason, instead of checking something else.
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ class StageContext:
     clean_model: nn.Module | None = None
 
 
+class NotApplicable(Exception):
+    """Raised by a stage that cannot examine this model (e.g. it would have to rebuild it); the message says why."""
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -96,23 +102,27 @@ def load_stages() -> list[Stage]:
 
 
 def run_stages(ctx: StageContext, *, only: list[str] | None = None) -> bool:
-    """Run every registered stage (or those in `only`) in order; True when all succeeded."""
+    """Run every registered stage (or those in `only`) in order; True when none failed."""
     ok = True
-    for stage in load_stages():
-        if only is not None and stage.name not in only:
-            continue
+    chosen = [s for s in load_stages() if only is None or s.name in only]
+    for number, stage in enumerate(chosen, 1):
+        log.info("stage %d/%d: %s", number, len(chosen), stage.name)
         start = time.perf_counter()
         status, error = "ok", None
         try:
             stage.run(ctx)
+        except NotApplicable as exc:
+            status, error = "not_applicable", str(exc)
         except UserError as exc:
             status, error = "failed", str(exc)
         except Exception as exc:  # one broken stage must not lose the rest of the report card
             log.exception("stage %s failed", stage.name)
             status, error = "failed", f"{type(exc).__name__}: {exc}"
-        ok &= status == "ok"
+        ok &= status != "failed"
         ctx.report.append("stages", {"stage": stage.name, "status": status, "error": error,
                                      "seconds": round(time.perf_counter() - start, 2)})
-        if error:
+        if status == "failed":
             log.error("stage %s failed: %s", stage.name, error)
+        elif status == "not_applicable":
+            log.warning("stage %s not applicable: %s", stage.name, error)
     return ok

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poisonguard.attacks.triggers import Trigger, attack_eligible, target_labels
+from poisonguard.attacks.triggers import Trigger
 from poisonguard.data import ImageData
 from poisonguard.errors import UserError
+from poisonguard.metrics import accuracy, attack_success_rate, predict  # noqa: F401  (re-exported)
 from poisonguard.results import Evaluation
-from poisonguard.utils import batches, model_device, progress, resolve_device, seed_everything
+from poisonguard.utils import batches, progress, resolve_device, seeded
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,15 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise UserError(f"epochs must be at least 1, got {self.epochs}")
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {self.batch_size}")
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"learning rate must be positive, got {self.lr}")
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.augment not in AUGMENTS:
-            raise UserError(f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENTS)}")
+            raise ValueError(f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENTS)}")
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
@@ -90,8 +91,11 @@ def fit(model: nn.Module, data: ImageData, config: FitConfig | None = None, **ov
     if len(data) == 0:
         raise UserError("cannot train on an empty data set")
     device = resolve_device(config.device)
-    seed_everything(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    with seeded(config.seed) as gen:
+        return _fit(model, data, config, device, gen)
+
+
+def _fit(model: nn.Module, data: ImageData, config: FitConfig, device: torch.device, gen: torch.Generator) -> nn.Module:
     fast = config.mixed_precision and device.type == "cuda"
     model.to(device)
     if fast:
@@ -129,39 +133,6 @@ def fit(model: nn.Module, data: ImageData, config: FitConfig | None = None, **ov
             running += float(loss.detach()) * len(idx)
         log.info("epoch %d/%d loss %.4f (%.1fs)", epoch + 1, config.epochs, running / len(data), time.perf_counter() - start)
     return model.eval()
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Predicted labels (N,) for images (N, C, H, W), in batches, on the model's device."""
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    out = []
-    for sl in batches(len(x), batch_size):
-        logits = model(x[sl].to(device))
-        out.append(logits.argmax(1).cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
-
-
-def accuracy(model: nn.Module, data: ImageData, *, batch_size: int = 512) -> float:
-    if len(data) == 0:
-        raise UserError("cannot evaluate on an empty data set")
-    return float((predict(model, data.x, batch_size=batch_size) == data.y).float().mean())
-
-
-def attack_success_rate(model: nn.Module, data: ImageData, trigger: Trigger, *, batch_size: int = 512) -> tuple[float, int]:
-    """Share of triggered test images (true label != target) classified as the target."""
-    keep = attack_eligible(trigger, data.y)
-    x, y = data.x[keep], data.y[keep]
-    if len(x) == 0:
-        raise UserError("no test images outside the target class to measure the attack on")
-    hits = 0
-    for sl in batches(len(x), batch_size):
-        pred = predict(model, trigger.apply(x[sl]), batch_size=batch_size)
-        hits += int((pred == target_labels(trigger, y[sl], data.num_classes)).sum())
-    return hits / len(x), len(x)
 
 
 def evaluate(model: nn.Module, test: ImageData, trigger: Trigger | None = None) -> Evaluation:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import random
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
-import numpy as np
 import torch
 
 from poisonguard.errors import UserError
@@ -23,14 +21,20 @@ T = TypeVar("T")
 QUIET = False
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[torch.Generator]:
+    """Run a block with torch's global RNG seeded, and restore the caller's RNG state after it.
+
+    Yields a CPU generator seeded the same way for every random choice the block makes
+    itself; the global seed only covers what cannot take a generator (dropout, weight
+    initialisation inside third-party code). The caller's random streams are left as they were.
+    """
     if not 0 <= int(seed) < 2**63:
         raise UserError(f"seed must lie in [0, 2**63), got {seed}")
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

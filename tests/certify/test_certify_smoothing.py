@@ -10,7 +10,6 @@ from torch import nn
 
 from poisonguard.certify import RandomizedSmoothing, SmoothedClassifier
 from poisonguard.certify import bounds
-from poisonguard.errors import UserError
 
 SHAPE = (1, 4, 4)
 
@@ -118,8 +117,8 @@ def test_single_image_api():
     ({"n0": 200, "n": 100}, "must not exceed"), ({"n": 9, "n0": 5}, "too small to ever certify"),
     ({"max_examples": 0}, "max examples"),
 ])
-def test_bad_settings_are_user_errors(kwargs, message):
-    with pytest.raises(UserError, match=message):
+def test_bad_settings_are_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         RandomizedSmoothing(**kwargs)
 
 

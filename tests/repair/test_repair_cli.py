@@ -50,7 +50,7 @@ def test_repair_writes_model_and_reports_and_leaves_input_alone(saved, tmp_path,
     assert printed["after"]["attack_success_rate"] == entry["after"]["attack_success_rate"]
 
 
-def test_repair_from_scan_folder_uses_its_triggers(saved, tmp_path):
+def test_repair_from_scan_folder_uses_its_triggers(saved, tmp_path, capsys):
     from poisonguard.attacks import badnets_trigger, save_trigger
 
     scan = tmp_path / "scan"
@@ -60,15 +60,24 @@ def test_repair_from_scan_folder_uses_its_triggers(saved, tmp_path):
                "--from-scan", str(scan), "--out", str(out), "--quiet"])
     assert rc == 0
     entry = json.loads((out / "report.json").read_text())["repairs"][0]
-    assert entry["extra"]["trigger_source"] == "given"
-    assert entry["extra"]["attack_success_rate_trigger"] == "scan reconstruction"
+    # The triggers came from a scan, and without --trigger the attack is measured with the scan's
+    # reconstruction: the JSON, the stdout line and the HTML all say so.
+    assert entry["extra"]["trigger_source"] == "scan"
+    assert entry["extra"]["attack_success_rate_trigger"] == "reconstructed"
+    assert entry["extra"]["trigger_reconstructed_by"] == "scan"
     assert entry["after"]["attack_success_rate"] < entry["before"]["attack_success_rate"]
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["attack_success_rate_trigger"] == "reconstructed" and printed["trigger_reconstructed_by"] == "scan"
+    html = (out / "report.html").read_text()
+    assert "a trigger reconstructed by scan fools the model" in html
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--clean-fraction", "0"], "clean-fraction"),
     (["--clean-fraction", "1.5"], "clean-fraction"),
     (["--method", "magic"], "unknown repair method"),
+    (["--epochs", "-1"], "epochs"),  # the constructor's ValueError, shown as one line
+    (["--lr", "0"], "lr"),
 ])
 def test_bad_options_exit_2(saved, tmp_path, capsys, extra, message):
     out = tmp_path / "out"

@@ -23,7 +23,7 @@ def test_checklist_stage_unlearns_the_scanned_trigger(mnist, badnets_model, badn
                        arch="mnist_cnn", trigger=badnets_trigger_3x3, quick=True, shared={"scan": scan}, device="cpu")
     repair_stage(ctx)
     entry = report.data["repairs"][0]
-    assert entry["method"] == "unlearn" and entry["extra"]["trigger_source"] == "given"
+    assert entry["method"] == "unlearn" and entry["extra"]["trigger_source"] == "scan"
     assert entry["after"]["attack_success_rate"] < 0.1 < entry["before"]["attack_success_rate"]
     assert (tmp_path / "repaired" / "model.pt").is_file()
     assert any(s.title == "Backdoor removal" and s.summary for s in report.sections)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from poisonguard.errors import UserError
+from poisonguard.errors import UserError, user_values
 
 
 def _budgets(text: str) -> tuple[int, ...]:
@@ -56,15 +56,16 @@ def cmd_certify(args) -> int:
         from poisonguard.certify.smoothing import RandomizedSmoothing
 
         # Check the numbers before loading anything, so a typo fails at once.
-        method = RandomizedSmoothing(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
-                                     max_examples=args.max_examples, batch_size=args.batch_size,
-                                     device=args.device, seed=args.seed)
+        with user_values():
+            method = RandomizedSmoothing(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
+                                         max_examples=args.max_examples, batch_size=args.batch_size,
+                                         device=args.device, seed=args.seed)
         splits = load_splits(args.data, args.seed)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         report.set("model", info)
         cert = method.certify(loaded.model, splits.test)
         report.set("certification", cert)
-        smoothing_section(report, cert)
+        smoothing_section(report, cert, model=info)
         summary = {"certified_accuracy": cert.certified_accuracy, "abstain_rate": cert.abstain_rate,
                    "seconds_per_example": round(cert.seconds_per_example, 4)}
     path = report.write(out)
@@ -78,7 +79,8 @@ def _certify_poisoning(args, report) -> dict:
     from poisonguard.certify.sections import poisoning_section
     from poisonguard.cli.inputs import load_splits
 
-    method = PartitionAggregation(budgets=args.budgets)
+    with user_values():
+        method = PartitionAggregation(budgets=args.budgets)
     splits = load_splits(args.data, args.seed)
     ensemble, meta = load_ensemble(args.model)
     if tuple(meta["input_shape"]) != tuple(splits.input_shape) or meta["num_classes"] != splits.num_classes:

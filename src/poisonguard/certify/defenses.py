@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -26,8 +27,19 @@ def _gaussian_arguments(group: argparse._ArgumentGroup) -> None:
                        help="gaussian-augment: noise standard deviation on [0, 1] images (use the sigma you will certify with)")
 
 
+@dataclass(frozen=True)
+class GaussianOptions:
+    sigma: float | None = None
+
+
+@dataclass(frozen=True)
+class PartitionOptions:
+    partitions: int | None = None
+    batch_size: int | None = None  # None: 16, as partitions hold few samples
+
+
 def _run_gaussian(job: TrainJob) -> nn.Module:
-    sigma = job.args.sigma
+    sigma = job.options.sigma
     if sigma is None:
         raise UserError("--defense gaussian-augment needs --sigma")
     model = job.build_model()
@@ -46,12 +58,12 @@ def _run_partition(job: TrainJob) -> nn.Module:
     from poisonguard.certify.poisoning import PartitionAggregation
     from poisonguard.certify.sections import poisoning_section
 
-    k = job.args.partitions
+    k = job.options.partitions
     if k is None:
         raise UserError("--defense partition needs --partitions K")
     check_partitions(k, len(job.train))
     # Partitions hold few samples, so small batches unless the user chose one.
-    batch = job.args.batch_size or 16
+    batch = job.options.batch_size or 16
     recipe = PartitionTraining(epochs=job.config.epochs, batch_size=batch, lr=job.config.lr or 1e-3,
                                weight_decay=job.config.weight_decay, seed=job.config.seed, device=job.config.device)
     ensemble, info = train_partition_models(job.arch, job.train, k, recipe)
@@ -69,7 +81,7 @@ def _run_partition(job: TrainJob) -> nn.Module:
 
 TRAIN_DEFENSES.register("gaussian_augment")(TrainDefense(
     help="Gaussian noise augmentation for randomized smoothing", add_arguments=_gaussian_arguments,
-    run=_run_gaussian, implied_by=("sigma",)))
+    run=_run_gaussian, options=GaussianOptions, implied_by=("sigma",)))
 TRAIN_DEFENSES.register("partition")(TrainDefense(
     help="Deep Partition Aggregation: K base models on hash partitions", add_arguments=_partition_arguments,
-    run=_run_partition, implied_by=("partitions",)))
+    run=_run_partition, options=PartitionOptions, implied_by=("partitions",)))

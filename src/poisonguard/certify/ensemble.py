@@ -37,7 +37,7 @@ from poisonguard.certify.partition import HASH_NAME, hash_partition
 from poisonguard.data import ImageData
 from poisonguard.errors import UserError
 from poisonguard.models import ARCHITECTURES, build_model
-from poisonguard.utils import atomic_path, atomic_write_text, progress, resolve_device, seed_everything, sha256_file
+from poisonguard.utils import seeded, atomic_path, atomic_write_text, progress, resolve_device, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def train_partition_models(arch: str, data: ImageData, k: int, recipe: Partition
     sizes = [len(m) for m in members]
     if min(sizes) == 0:
         log.warning("%d of %d partitions are empty; their base models stay untrained", sizes.count(0), k)
-    gen = seed_everything(recipe.seed)
-    models = [build_model(arch, num_classes=data.num_classes, input_shape=data.input_shape) for _ in range(k)]
+    with seeded(recipe.seed) as gen:  # the K initialisations come from the recipe's seed, not the caller's RNG
+        models = [build_model(arch, num_classes=data.num_classes, input_shape=data.input_shape) for _ in range(k)]
     steps = max(1, math.ceil(max(sizes) / recipe.batch_size)) * recipe.epochs
     schedule = _batch_schedule(members, recipe.batch_size, steps, gen)  # (steps, K, B)
     weights = torch.tensor([1.0 if s else 0.0 for s in sizes])

@@ -31,9 +31,9 @@ class PartitionAggregation:
     def __init__(self, *, budgets: Sequence[int] = DEFAULT_BUDGETS, batch_size: int = 256) -> None:
         budgets = tuple(int(b) for b in budgets)
         if not budgets or min(budgets) < 0:
-            raise UserError(f"poisoning budgets must be non-negative integers, got {budgets}")
+            raise ValueError(f"poisoning budgets must be non-negative integers, got {budgets}")
         if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}")
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.budgets, self.batch_size = budgets, int(batch_size)
 
     def certify(self, ensemble: PartitionEnsemble, data: ImageData) -> PoisoningCertification:

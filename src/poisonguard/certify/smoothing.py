@@ -40,32 +40,32 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def check_sigma(sigma: float) -> float:
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise UserError(f"sigma must be a positive number, got {sigma}")
+        raise ValueError(f"sigma must be a positive number, got {sigma}")
     return float(sigma)
 
 
 def check_alpha(alpha: float) -> float:
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-        raise UserError(f"alpha must lie strictly between 0 and 1, got {alpha}")
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha}")
     return float(alpha)
 
 
 def check_n(n: int, alpha: float, *, what: str = "n") -> int:
     """n must be an integer large enough that an all-correct count could certify."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise UserError(f"{what} must be a positive integer, got {n}")
+        raise ValueError(f"{what} must be a positive integer, got {n}")
     need = bounds.min_samples_to_certify(alpha)
     if n < need:
-        raise UserError(f"{what}={n} is too small to ever certify at alpha={alpha}: even {n} of {n} draws on one "
+        raise ValueError(f"{what}={n} is too small to ever certify at alpha={alpha}: even {n} of {n} draws on one "
                         f"class give a lower bound <= 1/2; use {what} >= {need}")
     return int(n)
 
 
 def check_n0(n0: int, n: int) -> int:
     if isinstance(n0, bool) or not isinstance(n0, (int, np.integer)) or n0 < 1:
-        raise UserError(f"n0 must be a positive integer, got {n0}")
+        raise ValueError(f"n0 must be a positive integer, got {n0}")
     if n0 > n:
-        raise UserError(f"n0 ({n0}) must not exceed n ({n}): n0 draws only guess the class, n draws certify it")
+        raise ValueError(f"n0 ({n0}) must not exceed n ({n}): n0 draws only guess the class, n draws certify it")
     return int(n0)
 
 
@@ -89,7 +89,7 @@ class SmoothedClassifier:
                  batch_size: int = 4000, device: str | torch.device = "auto", autocast: bool = False) -> None:
         self.sigma = check_sigma(sigma)
         if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}")
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
@@ -253,9 +253,9 @@ class RandomizedSmoothing:
         self.n = check_n(n, self.alpha)
         self.n0 = check_n0(n0, self.n)
         if max_examples is not None and max_examples < 1:
-            raise UserError(f"max examples must be at least 1, got {max_examples}")
+            raise ValueError(f"max examples must be at least 1, got {max_examples}")
         if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}")
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.max_examples = max_examples
         self.radii = tuple(float(r) for r in radii)
         self.batch_size, self.device, self.autocast, self.seed = int(batch_size), device, autocast, int(seed)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from poisonguard.certify.sections import smoothing_section
+import dataclasses
+
+from poisonguard.certify.sections import smoothing_section, trigger_coverage
 from poisonguard.certify.smoothing import RandomizedSmoothing
 from poisonguard.stages import StageContext, register_stage
 
@@ -12,10 +14,15 @@ FULL = {"sigma": 0.25, "n0": 100, "n": 10_000, "max_examples": 500}
 
 @register_stage("certify", order=40)
 def certify_stage(ctx: StageContext) -> None:
-    """Certify evenly spaced test images of ctx.model (not modified); quick: n = 500, 60 images."""
+    """Certify evenly spaced test images of ctx.model (not modified); quick: n = 500, 60 images.
+
+    With a known trigger, the report compares each certified radius with the trigger's L2 size.
+    """
     settings = QUICK if ctx.quick else FULL
     method = RandomizedSmoothing(alpha=0.001, seed=ctx.seed, device=ctx.device, **settings)
     cert = method.certify(ctx.model, ctx.splits.test)
+    if ctx.trigger is not None:
+        cert = dataclasses.replace(cert, extra={**cert.extra, "trigger": trigger_coverage(cert, ctx.trigger, ctx.splits.test)})
     ctx.report.set("certification", cert)
     ctx.shared["certify"] = cert
-    smoothing_section(ctx.report, cert)
+    smoothing_section(ctx.report, cert, model=ctx.report.data.get("model"))

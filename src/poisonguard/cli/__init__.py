@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Sequence
 
 from poisonguard import __version__, utils
@@ -44,10 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party loggers that talk at INFO/WARNING about their own internals.
+NOISY_LOGGERS = ("opacus", "flwr", "ray", "matplotlib", "PIL", "onnx2torch", "onnxruntime", "torch")
+
+
+def quieten() -> None:
+    """--quiet: no progress bars, no library warnings (torch FutureWarnings, Opacus notes ...), errors only."""
+    utils.QUIET = True
+    warnings.filterwarnings("ignore")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     utils.QUIET = getattr(args, "quiet", False)
+    if utils.QUIET:
+        quieten()
     logging.basicConfig(level=logging.WARNING if utils.QUIET else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         from poisonguard import limits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,8 +11,16 @@ from poisonguard.cli.inputs import (OUTPUTS, build_checked_model, check_finite_m
                                     guard_out, load_checked_model, load_checked_trigger, load_splits, model_inputs)
 from poisonguard.cli.options import add_attack_options, add_common, add_data, add_fit_options, add_model, default_arch, fit_config, positive_int
 from poisonguard.cli.triggers import poison
-from poisonguard.errors import UserError
+from poisonguard.errors import EXIT_FINDING, EXIT_INCOMPLETE, EXIT_OK, UserError, user_values
 from poisonguard.report.evaluation import evaluation_section, trigger_figure
+
+
+def defense_options(defense, args):
+    """The defence's typed options, filled from the command-line arguments of the same names."""
+    names = [f.name for f in dataclasses.fields(defense.options)]
+    with user_values():
+        return defense.options(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
 
 def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, command: str, defense=None):
     from poisonguard.defenses import TrainJob
@@ -19,14 +28,15 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
     from poisonguard.train import fit
 
     arch = default_arch(args, splits)
-    config = fit_config(args, splits)
+    with user_values():
+        config = fit_config(args, splits)
     start = time.perf_counter()
     if defense is None:
         model = fit(build_checked_model(arch, splits, seed=config.seed), train_data, config)
         saved = False
     else:
         build_checked_model(arch, splits, seed=config.seed)  # fail before training when the images do not fit
-        job = TrainJob(args=args, splits=splits, train=train_data, arch=arch, config=config, out_dir=out,
+        job = TrainJob(options=defense_options(defense, args), splits=splits, train=train_data, arch=arch, config=config, out_dir=out,
                        report=report, trigger=trigger)
         model = defense.run(job)
         saved = job.saved
@@ -52,7 +62,7 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
         from poisonguard.attacks import save_trigger
 
         save_trigger(trigger, out / "trigger.npz")
-    report.set("evaluation", ev)
+    report.set("evaluation", evaluation_line(ev, trigger))
     report.set("training", training)
     report.write(out)
     return model, ev
@@ -68,7 +78,7 @@ def cmd_attack(args) -> int:
     args.attack_name = args.method
     report = Report("attack")
     _, ev = _train_and_save(args, splits, train_data, trigger, out, report, command="attack")
-    print(json.dumps({"out": str(out), **ev.to_dict()}))
+    print(json.dumps({"out": str(out), **evaluation_line(ev, trigger)}))
     return 0
 
 
@@ -95,7 +105,7 @@ def cmd_train(args) -> int:
         train_data, trigger = splits.train, None
     report = Report("train")
     _, ev = _train_and_save(args, splits, train_data, trigger, out, report, command="train", defense=defense)
-    print(json.dumps({"out": str(out), **ev.to_dict()}))
+    print(json.dumps({"out": str(out), **evaluation_line(ev, trigger)}))
     return 0
 
 
@@ -116,20 +126,47 @@ def cmd_evaluate(args) -> int:
         report = Report("evaluate")
         report.set("model", info)
         evaluation_section(report, loaded.model, splits, trigger, title="Evaluation")
-        report.set("evaluation", ev)
+        report.set("evaluation", evaluation_line(ev, trigger))
         report.write(out)
-    print(json.dumps(ev.to_dict()))
+    print(json.dumps(evaluation_line(ev, trigger)))
     return 0
+
+
+def evaluation_line(ev, trigger) -> dict:
+    """An evaluation for the stdout line, saying which trigger its attack success rate used."""
+    return {**ev.to_dict(), "attack_success_rate_trigger": "real" if trigger is not None else None}
+
+
+def found_something(data: dict) -> bool:
+    """Whether a report holds a finding: a backdoor verdict or a method that flagged the model."""
+    verdict = data.get("verdict")
+    if isinstance(verdict, dict) and verdict.get("backdoored"):
+        return True
+    return any(d.get("backdoored") for d in data.get("detections", []))
+
+
+def stages_exit_code(data: dict, *, findings_count: bool = True) -> int:
+    """1 when something was found, else 3 when a stage failed (incomplete), else 0 (DESIGN.md)."""
+    if findings_count and found_something(data):
+        return EXIT_FINDING
+    if any(s["status"] == "failed" for s in data.get("stages", [])):
+        return EXIT_INCOMPLETE
+    return EXIT_OK
 
 
 def _run_checklist(ctx, report, out: Path) -> int:
     from poisonguard.stages import run_stages
 
-    ok = run_stages(ctx, only=ctx.shared.get("only"))
+    run_stages(ctx, only=ctx.shared.get("only"))
     path = report.write(out)
-    failed = [s["stage"] for s in report.data.get("stages", []) if s["status"] != "ok"]
-    print(json.dumps({"report": str(path), "stages": [s["stage"] for s in report.data.get("stages", [])], "failed": failed}))
-    return 0 if ok else 1
+    stages = report.data.get("stages", [])
+    # The demo plants its backdoor on purpose: finding it is the demonstration, not a finding to report.
+    code = stages_exit_code(report.data, findings_count=ctx.command != "demo")
+    print(json.dumps({"report": str(path), "stages": [s["stage"] for s in stages],
+                      "failed": [s["stage"] for s in stages if s["status"] == "failed"],
+                      "not_applicable": [s["stage"] for s in stages if s["status"] == "not_applicable"],
+                      "backdoor_found": found_something(report.data), "exit_code": code}))
+    return code
 
 
 def cmd_checklist(args) -> int:
@@ -150,7 +187,8 @@ def cmd_checklist(args) -> int:
     trigger = load_checked_trigger(args.trigger, splits)
     report = Report("checklist")
     report.set("model", info)
-    report.set("evaluation", evaluation_section(report, loaded.model, splits, trigger, title="Model under test"))
+    report.set("evaluation", evaluation_line(
+        evaluation_section(report, loaded.model, splits, trigger, title="Model under test"), trigger))
     from poisonguard.models.arch import spec_kind
 
     # Stages rebuild the architecture by name (federated, privacy): only a built-in can be.
@@ -192,11 +230,12 @@ def cmd_demo(args) -> int:
     model, ev, meta, _ = models["backdoored"]
     report.set("model", {"path": str(out / "backdoored" / "model.pt"), "sha256": meta["sha256"],
                          "num_classes": splits.num_classes, "input_shape": list(splits.input_shape), "architecture": arch})
-    report.set("evaluation", {name: m[1] for name, m in models.items()})
+    report.set("evaluation", {name: evaluation_line(m[1], trigger) for name, m in models.items()})
     rows = [[name, m[1].clean_accuracy, m[1].attack_success_rate, round(m[3], 1)] for name, m in models.items()]
     report.add_section(
         "Backdoored vs clean model",
-        table(["model", "clean accuracy", "attack success rate", "train seconds"], rows) + trigger_figure(trigger, splits),
+        table(["model", "clean accuracy", "attack success rate (real trigger)", "train seconds"], rows)
+        + trigger_figure(trigger, splits),
         summary=(f"Both models are equally accurate on clean digits ({models['backdoored'][1].clean_accuracy:.1%} vs "
                  f"{models['clean'][1].clean_accuracy:.1%}), but a 3x3 white square turns "
                  f"{ev.attack_success_rate:.1%} of the backdoored model's inputs into class 0 "

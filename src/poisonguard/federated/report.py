@@ -21,6 +21,26 @@ def summary_rows(results: list[Federated]) -> list[dict]:
     return rows
 
 
+def federated_summary(rows: list[dict], *, threshold: float = 0.5) -> str:
+    """One sentence from the table's rows: a backdoor "got through" a rule when its attack success
+    rate passed `threshold` in ANY round (the "highest" column), not only in the last one."""
+    measured = [r for r in rows if r.get("max_attack_success_rate") is not None]
+    if not measured:
+        return "No attack success rate was measured (no backdoor attack in these runs)."
+    through = [r for r in measured if r["max_attack_success_rate"] > threshold]
+    if through:
+        worst = max(through, key=lambda r: r["max_attack_success_rate"])
+        held = sorted({r["aggregator"] for r in measured} - {r["aggregator"] for r in through})
+        return ("The backdoor got through " + ", ".join(sorted({r["aggregator"] for r in through})) +
+                f" (up to {worst['max_attack_success_rate']:.0%} attack success with {worst['aggregator']}): with those "
+                "aggregation rules a few malicious clients control what the shared model does on triggered inputs"
+                + (f"; {', '.join(held)} kept it at or below {threshold:.0%} in every round." if held else "."))
+    top = max(measured, key=lambda r: r["max_attack_success_rate"])
+    return (f"No backdoor reached a {threshold:.0%} success rate in any round (highest: "
+            f"{top['max_attack_success_rate']:.0%}, {top['aggregator']}): the aggregation rules shown kept the "
+            "malicious clients from taking over the shared model.")
+
+
 def federated_section(report: Report, results: list[Federated], *, order: int = 60,
                       title: str = "Federated learning: malicious clients vs aggregation") -> None:
     """Add curves (clean accuracy, ASR per round) and a summary table for one or more runs."""
@@ -39,12 +59,5 @@ def federated_section(report: Report, results: list[Federated], *, order: int = 
              r.get("max_attack_success_rate"), r.get("error")] for r in summary_rows(results)]
     html += table(["aggregator", "attack", "clean accuracy (last round)", "ASR (last round)", "ASR (highest)",
                    "error"], rows)
-    worst = [r for r in summary_rows(results) if (r.get("attack_success_rate") or 0) > 0.5]
-    if worst:
-        summary = ("The backdoor got through " + ", ".join(sorted({r["aggregator"] for r in worst})) +
-                   ": with those aggregation rules a few malicious clients control what the shared model "
-                   "does on triggered inputs.")
-    else:
-        summary = ("No backdoor reached a 50% success rate: the aggregation rules shown kept the malicious "
-                   "clients from taking over the shared model.")
+    summary = federated_summary(summary_rows(results))
     report.add_section(title, html, summary=summary, order=order)

@@ -27,7 +27,7 @@ from poisonguard.federated.aggregators import Aggregator
 from poisonguard.federated.attacks import FLAttack, NoAttack
 from poisonguard.models import build_model
 from poisonguard.results import Federated, RoundResult
-from poisonguard.train import accuracy, attack_success_rate
+from poisonguard.metrics import accuracy, attack_success_rate
 from poisonguard.utils import progress, resolve_device
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 from poisonguard.data import Splits, per_class_subset
-from poisonguard.stages import StageContext, register_stage
+from poisonguard.stages import NotApplicable, StageContext, register_stage
+
+FOREIGN = ("this stage federates the model under test through the tool's own architecture registry; "
+           "{why}, so it would have to train a different model instead")
 
 
 @register_stage("federated", order=60)
@@ -16,21 +19,18 @@ def federated_stage(ctx: StageContext) -> None:
     from poisonguard.federated.report import federated_section
     from poisonguard.federated.simulate import Simulator, flat_params
 
+    if ctx.arch is None:
+        raise NotApplicable(FOREIGN.format(why="the model has no registered architecture (TorchScript, torch.export, ...)"))
     splits = ctx.splits
     if ctx.quick:  # half the data keeps the demo stage near 20 s on two cores
         splits = Splits(splits.name, per_class_subset(splits.train, fraction=0.5, seed=ctx.seed), splits.test)
     sim = Simulator(clients=10, malicious=2, rounds=2 if ctx.quick else 5, arch=ctx.arch, seed=ctx.seed,
                     device=ctx.device)
+    # Federate on from a trained model (where model replacement strikes): the demo's clean one.
     start_model = ctx.clean_model if ctx.clean_model is not None else ctx.model
-    initial = None
-    try:
-        candidate = flat_params(start_model).cpu()
-        if candidate.shape == flat_params(sim.build_model(splits)).shape:
-            initial = candidate  # federate on from a trained model: where model replacement strikes
-    except Exception:  # a model the registry cannot rebuild (TorchScript, ...): train from scratch
-        initial = None
-    if initial is None:
-        initial = sim.pretrain(splits, 3 if ctx.quick else 10)
+    initial = flat_params(start_model).cpu()
+    if initial.shape != flat_params(sim.build_model(splits)).shape:
+        raise NotApplicable(FOREIGN.format(why=f"its parameters do not fit the registered {ctx.arch!r}"))
     results = []
     for name in ("fedavg", "flame"):
         attack = make_attack("model_replacement", input_shape=splits.input_shape, num_classes=splits.num_classes)

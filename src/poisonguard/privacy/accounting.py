@@ -15,10 +15,10 @@ ACCOUNTANTS = ("prv", "rdp")
 
 
 def check_epsilon(epsilon: float) -> float:
-    """A finite epsilon > 0, or a UserError that says why not."""
+    """A finite epsilon > 0, or a ValueError that says why not."""
     epsilon = float(epsilon)
     if not (epsilon > 0 and math.isfinite(epsilon)):
-        raise UserError(f"epsilon must be a positive finite number, got {epsilon:g}")
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon:g}")
     return epsilon
 
 
@@ -30,7 +30,7 @@ def check_delta(delta: float, n: int | None = None) -> float:
     """
     delta = float(delta)
     if not 0 < delta < 1:
-        raise UserError(f"delta must lie strictly between 0 and 1, got {delta:g}")
+        raise ValueError(f"delta must lie strictly between 0 and 1, got {delta:g}")
     if n is not None and delta >= 1 / n:
         raise UserError(f"delta {delta:g} is not below 1/N = {1 / n:.3g} for N = {n} training samples; "
                         f"choose at most {0.1 / n:.1g}")
@@ -40,7 +40,7 @@ def check_delta(delta: float, n: int | None = None) -> float:
 def check_accountant(name: str) -> str:
     key = str(name).strip().lower()
     if key not in ACCOUNTANTS:
-        raise UserError(f"unknown accountant {name!r}; known: {', '.join(ACCOUNTANTS)}")
+        raise ValueError(f"unknown accountant {name!r}; known: {', '.join(ACCOUNTANTS)}")
     return key
 
 

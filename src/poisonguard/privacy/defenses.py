@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from poisonguard.defenses import TRAIN_DEFENSES, TrainDefense, TrainJob
-from poisonguard.errors import UserError
+from poisonguard.errors import UserError, user_values
 from poisonguard.privacy.accounting import ACCOUNTANTS, default_delta
 from poisonguard.privacy.dp_sgd import DPSGD
 from poisonguard.privacy.engine import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES
@@ -41,9 +42,25 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="largest batch sent through the model at once (memory); default 256")
 
 
-def trainer_from_args(args: argparse.Namespace, job: TrainJob):
+@dataclass(frozen=True)
+class DPOptions:
+    """`--defense dp`'s options (named like its command-line arguments)."""
+
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    max_grad_norm: float = 1.0
+    dp_noise: float | None = None
+    accountant: str = "prv"
+    grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE
+    max_physical_batch_size: int = 256
+    batch_size: int | None = None  # None: min(256, N)
+    lr: float | None = None
+    optimizer: str | None = None   # None: sgd
+
+
+def trainer_from_options(args: DPOptions, job: TrainJob):
     """The DPSGD or GradientShaping the options ask for (one of --dp-epsilon, --dp-noise)."""
-    eps, noise = getattr(args, "dp_epsilon", None), getattr(args, "dp_noise", None)
+    eps, noise = args.dp_epsilon, args.dp_noise
     if eps is not None and noise is not None:
         raise UserError("give --dp-epsilon (DP-SGD with a guarantee) or --dp-noise (gradient shaping), not both")
     if eps is None and noise is None:
@@ -55,10 +72,12 @@ def trainer_from_args(args: argparse.Namespace, job: TrainJob):
                   max_physical_batch_size=args.max_physical_batch_size, seed=job.config.seed, device=job.config.device)
     if eps is not None:
         delta = args.dp_delta if args.dp_delta is not None else default_delta(n)
-        return DPSGD(epsilon=eps, delta=delta, accountant=args.accountant, **common)
+        with user_values():  # the numbers came from the command line
+            return DPSGD(epsilon=eps, delta=delta, accountant=args.accountant, **common)
     if args.dp_delta is not None:
         raise UserError("--dp-delta applies to DP-SGD (--dp-epsilon); gradient shaping claims no (epsilon, delta)")
-    return GradientShaping(noise_multiplier=noise, **common)
+    with user_values():
+        return GradientShaping(noise_multiplier=noise, **common)
 
 
 def _save_fixed(model: nn.Module, job: TrainJob) -> None:
@@ -89,7 +108,7 @@ def _save_fixed(model: nn.Module, job: TrainJob) -> None:
 
 
 def run(job: TrainJob) -> nn.Module:
-    trainer = trainer_from_args(job.args, job)
+    trainer = trainer_from_options(job.options, job)
     model = job.build_model()
     trained, privacy = trainer.fit(model, job.train)
     job.report.set("privacy", privacy)
@@ -103,4 +122,4 @@ def run(job: TrainJob) -> nn.Module:
 
 TRAIN_DEFENSES.register("dp")(TrainDefense(
     help="DP-SGD with Opacus (--dp-epsilon) or gradient shaping (--dp-noise): bounds each sample's influence",
-    add_arguments=add_arguments, run=run, implied_by=("dp_epsilon", "dp_noise")))
+    add_arguments=add_arguments, run=run, options=DPOptions, implied_by=("dp_epsilon", "dp_noise")))

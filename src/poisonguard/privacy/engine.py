@@ -20,7 +20,7 @@ from torch import nn
 from poisonguard.data import ImageData
 from poisonguard.errors import UserError
 from poisonguard.privacy.compat import make_dp_compatible
-from poisonguard.utils import progress, resolve_device, seed_everything
+from poisonguard.utils import progress, resolve_device, seeded
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,21 @@ DEFAULT_GRAD_SAMPLE_MODE = "ghost"
 
 def check_common(*, max_grad_norm: float, epochs: int, batch_size: int, lr: float | None, optimizer: str,
                  grad_sample_mode: str, max_physical_batch_size: int) -> None:
-    """Constructor checks both trainers share (clear UserError, which is a ValueError)."""
+    """Constructor checks both trainers share (a clear ValueError)."""
     if not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
-        raise UserError(f"max_grad_norm (clipping bound C) must be positive, got {max_grad_norm:g}")
+        raise ValueError(f"max_grad_norm (clipping bound C) must be positive, got {max_grad_norm:g}")
     if epochs < 1:
-        raise UserError(f"epochs must be at least 1, got {epochs}")
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
     if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if max_physical_batch_size < 1:
-        raise UserError(f"max physical batch size must be at least 1, got {max_physical_batch_size}")
+        raise ValueError(f"max physical batch size must be at least 1, got {max_physical_batch_size}")
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
-        raise UserError(f"learning rate must be positive, got {lr:g}")
+        raise ValueError(f"learning rate must be positive, got {lr:g}")
     if optimizer not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
-        raise UserError(f"unknown grad-sample mode {grad_sample_mode!r}; known: {', '.join(GRAD_SAMPLE_MODES)}")
+        raise ValueError(f"unknown grad-sample mode {grad_sample_mode!r}; known: {', '.join(GRAD_SAMPLE_MODES)}")
 
 
 def _optimizer(model: nn.Module, name: str, lr: float | None) -> torch.optim.Optimizer:
@@ -88,15 +88,25 @@ def train_private(
         (trained plain module in eval mode, facts about the run: noise_multiplier,
         sample_rate, steps, epsilon (None without accounting), fixes, seconds, ...).
     """
-    from torch.utils.data import DataLoader, TensorDataset
-
     n = len(data)
     if n == 0:
         raise UserError("cannot train on an empty data set")
     if batch_size > n:
         raise UserError(f"batch size {batch_size} is larger than the {n} training samples")
     dev = resolve_device(device)
-    seed_everything(seed)
+    with seeded(seed):
+        return _fit_seeded(model, data, dev, seed=seed, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                           accountant=accountant, max_grad_norm=max_grad_norm, poisson=poisson,
+                           grad_sample_mode=grad_sample_mode, epochs=epochs, target_epsilon=target_epsilon, delta=delta,
+                           noise_multiplier=noise_multiplier, max_physical_batch_size=max_physical_batch_size,
+                           on_private=on_private)
+
+
+def _fit_seeded(model, data, dev, *, seed, batch_size, optimizer, lr, accountant, max_grad_norm, poisson,
+                grad_sample_mode, epochs, target_epsilon, delta, noise_multiplier, max_physical_batch_size, on_private):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = len(data)
     fixed, fixes = make_dp_compatible(model)
     fixed.to(dev)
     loader = DataLoader(TensorDataset(data.x.to(dev), data.y.to(dev)), batch_size=batch_size, shuffle=True,

@@ -14,7 +14,6 @@ import math
 from torch import nn
 
 from poisonguard.data import ImageData
-from poisonguard.errors import UserError
 from poisonguard.privacy.engine import DEFAULT_GRAD_SAMPLE_MODE, check_common, train_private
 from poisonguard.privacy.registry import TRAINERS
 from poisonguard.results import Privacy
@@ -36,7 +35,7 @@ class GradientShaping:
                  grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE, max_physical_batch_size: int = 256,
                  seed: int = 0, device: str = "auto") -> None:
         if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
-            raise UserError(f"noise multiplier must be >= 0, got {noise_multiplier:g}")
+            raise ValueError(f"noise multiplier must be >= 0, got {noise_multiplier:g}")
         check_common(max_grad_norm=max_grad_norm, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                      grad_sample_mode=grad_sample_mode, max_physical_batch_size=max_physical_batch_size)
         self.noise_multiplier, self.max_grad_norm = float(noise_multiplier), float(max_grad_norm)

@@ -25,7 +25,7 @@ from poisonguard.errors import UserError
 from poisonguard.registry import Registry
 from poisonguard.results import Evaluation, Repair
 from poisonguard.train import evaluate
-from poisonguard.utils import batches, progress, resolve_device, seed_everything
+from poisonguard.utils import batches, progress, resolve_device, seeded
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +51,18 @@ def check_positive(name: str, value: float, *, integer: bool = False, allow_zero
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
         kind = "an integer" if integer else "a number"
-        raise UserError(f"{name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise ValueError(f"{name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 def check_fraction(name: str, value: float, *, allow_zero: bool = True) -> None:
     low_ok = value >= 0 if allow_zero else value > 0
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and value <= 1):
-        raise UserError(f"{name} must lie in {'[0' if allow_zero else '(0'}, 1], got {value!r}")
+        raise ValueError(f"{name} must lie in {'[0' if allow_zero else '(0'}, 1], got {value!r}")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"unknown {name} {value!r}; known: {', '.join(choices)}")
+        raise ValueError(f"unknown {name} {value!r}; known: {', '.join(choices)}")
 
 
 def check_inputs(model: nn.Module, clean: ImageData, trigger: Trigger | None, test: ImageData | None,
@@ -100,6 +100,11 @@ class Repairer:
     `_run` changes `ctx.model` in place and returns a dict for `Repair.extra`. It may return
     `{"trigger": t}` (key removed from extra) to say which trigger measured the attack
     success rate when the caller gave none (e.g. a reconstructed one).
+
+    Every result says which trigger its attack success rates were measured with:
+    `extra["attack_success_rate_trigger"]` is "real" (the attack's own trigger),
+    "reconstructed" (then `extra["trigger_reconstructed_by"]` names who reconstructed it)
+    or None (no trigger: no attack success rate).
     """
 
     name = "repairer"
@@ -107,7 +112,8 @@ class Repairer:
     device: str = "auto"
 
     def repair(self, model: nn.Module, clean_data: ImageData, *, trigger: Trigger | None = None,
-               test: ImageData | None = None, aux_data: ImageData | None = None) -> Repair:
+               test: ImageData | None = None, aux_data: ImageData | None = None,
+               trigger_reconstructed_by: str | None = None) -> Repair:
         """Repair a copy of `model` using `clean_data` (N, C, H, W) in [0, 1] and its labels.
 
         Args:
@@ -117,6 +123,8 @@ class Repairer:
                 measure the attack success rate before and after; some methods also use it.
             test: held-out data for the before/after evaluation (default: `clean_data`).
             aux_data: unlabelled in-distribution images (labels ignored), for methods that use them.
+            trigger_reconstructed_by: None when `trigger` is the attack's real trigger; else who
+                reconstructed it (e.g. "scan"), which the result and its reports then say.
 
         Returns:
             `Repair` with before/after `Evaluation`s, seconds, method details in `extra`,
@@ -124,7 +132,7 @@ class Repairer:
         """
         check_inputs(model, clean_data, trigger, test, aux_data)
         device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
         from poisonguard.models.handle import as_eager, copy_module
 
         model = as_eager(model, clean_data.x[:2])  # ScriptModule / exported module -> eager (hooks, eval, copy)
@@ -134,20 +142,27 @@ class Repairer:
         eval_set = test if test is not None else clean_data
         ctx = Context(work, clean_data, trigger, aux_data, device, gen, self.seed)
         start = time.perf_counter()
-        extra: dict[str, Any] = dict(self._run(ctx) or {})
+        with seeded(self.seed):  # what a method cannot seed through ctx.generator, without touching the caller's RNG
+            extra: dict[str, Any] = dict(self._run(ctx) or {})
         seconds = time.perf_counter() - start
         work.eval()
-        asr_trigger = trigger if trigger is not None else extra.pop("trigger", None)
-        extra.pop("trigger", None)
-        if trigger is None and asr_trigger is not None:
+        own = extra.pop("trigger", None)
+        asr_trigger = trigger if trigger is not None else own
+        if trigger is not None and trigger_reconstructed_by is None:
+            extra["attack_success_rate_trigger"] = "real"
+        elif asr_trigger is not None:
             extra["attack_success_rate_trigger"] = "reconstructed"
+            extra["trigger_reconstructed_by"] = trigger_reconstructed_by if trigger is not None else self.name
+        else:
+            extra["attack_success_rate_trigger"] = None
         before = evaluate(model, eval_set, asr_trigger)  # predict() restores the model's mode
         after = evaluate(work, eval_set, asr_trigger)
         extra.setdefault("evaluated_on", "test" if test is not None else "clean_data")
         extra["clean_samples"] = len(clean_data)
         extra["hyperparameters"] = self.hyperparameters()
-        log.info("%s: clean accuracy %.3f -> %.3f, attack success %s -> %s (%.1fs)", self.name,
-                 before.clean_accuracy, after.clean_accuracy, _fmt(before), _fmt(after), seconds)
+        log.info("%s: clean accuracy %.3f -> %.3f, attack success %s -> %s%s (%.1fs)", self.name,
+                 before.clean_accuracy, after.clean_accuracy, _fmt(before), _fmt(after),
+                 f" ({extra['attack_success_rate_trigger']} trigger)" if asr_trigger is not None else "", seconds)
         return Repair(method=self.name, seconds=seconds, before=before, after=after, extra=extra, model=work.cpu())
 
     def _run(self, ctx: Context) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -334,15 +349,6 @@ class Teacher:
 def cosine(epochs: int) -> Callable[[int], float]:
     """Cosine decay from 1 to near 0 over `epochs` (multiplier for the base learning rate)."""
     return lambda e: 0.5 * (1 + math.cos(math.pi * e / max(1, epochs)))
-
-
-@torch.no_grad()
-def clean_accuracy(model: nn.Module, data: ImageData, device: torch.device, *, batch_size: int = 512) -> float:
-    model.eval()
-    hits = 0
-    for sl in batches(len(data), batch_size):
-        hits += int((model(data.x[sl].to(device)).argmax(1).cpu() == data.y[sl]).sum())
-    return hits / max(1, len(data))
 
 
 # ---------------------------------------------------------------- layers

@@ -9,12 +9,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 from pathlib import Path
 
-from poisonguard.errors import UserError
+from poisonguard.errors import UserError, user_values
 
-METHOD_CHOICES = ("fine-pruning", "refit", "wild", "unlearn")
+
+def method_choices() -> list[str]:
+    """The registered repair methods as the command line spells them (fine-pruning, refit, ...)."""
+    from poisonguard.repair import REPAIRERS
+
+    return [n.replace("_", "-") for n in REPAIRERS.names()]
+
+
+def _method_help() -> str:
+    from poisonguard.repair import REPAIRERS
+
+    def first_line(name: str) -> str:
+        doc = (REPAIRERS.get(name).__doc__ or "").strip().splitlines()
+        return doc[0].rstrip(".") if doc else ""
+
+    return "; ".join(f"{n.replace('_', '-')}: {first_line(n)}" for n in REPAIRERS.names()) + " (default fine-pruning)"
+
+log = logging.getLogger(__name__)
 
 
 def fraction(text: str) -> float:
@@ -31,8 +49,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("repair", help="remove a backdoor from a model using a little clean data")
     add_model(p)
     add_data(p)
-    p.add_argument("--method", default="fine-pruning",
-                   help=f"{', '.join(METHOD_CHOICES)} (default fine-pruning)")
+    p.add_argument("--method", default="fine-pruning", metavar="METHOD", help=_method_help())
     p.add_argument("--clean-fraction", type=fraction, default=0.05,
                    help="share of the training split used as the defender's clean data, in (0, 1] (default 0.05)")
     p.add_argument("--aux-data", default=None, help="unlabelled in-distribution images (REFIT labels them with the model)")
@@ -74,7 +91,7 @@ def build_repairer(method: str, args, scan: list | None):
 
     key = REPAIRERS.normalise(method)
     if key not in REPAIRERS:
-        raise UserError(f"unknown repair method {method!r}; known: {', '.join(METHOD_CHOICES)}")
+        raise UserError(f"unknown repair method {method!r}; known: {', '.join(method_choices())}")
     kwargs = {"seed": args.seed, "device": args.device}
     for opt in ("epochs", "lr"):
         if getattr(args, opt) is not None:
@@ -85,8 +102,10 @@ def build_repairer(method: str, args, scan: list | None):
             kwargs["max_accuracy_drop"] = args.max_accuracy_drop
     if key == "unlearn":
         kwargs["mode"] = args.unlearn_mode
-        kwargs["triggers"] = scan
-    return REPAIRERS.get(key)(**kwargs)
+        if scan:
+            kwargs.update(triggers=scan, triggers_source="scan")
+    with user_values():
+        return REPAIRERS.get(key)(**kwargs)
 
 
 def cmd_repair(args) -> int:
@@ -94,7 +113,7 @@ def cmd_repair(args) -> int:
                                         load_checked_trigger, load_splits, model_inputs)
     from poisonguard.data import per_class_subset
     from poisonguard.report import Report
-    from poisonguard.repair.report import repair_section
+    from poisonguard.repair.report import repair_section, trigger_label
 
     if not 0 < args.clean_fraction <= 1:
         raise UserError(f"--clean-fraction must lie in (0, 1], got {args.clean_fraction}")
@@ -118,9 +137,8 @@ def cmd_repair(args) -> int:
     clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=args.seed)
     # Without --trigger, measure the attack with the scan's reconstruction (the first flagged class).
     asr_trigger = trigger if trigger is not None else (scan[0] if scan else None)
-    result = repairer.repair(loaded.model, clean, trigger=asr_trigger, test=splits.test, aux_data=aux)
-    if trigger is None and scan:
-        result.extra["attack_success_rate_trigger"] = "scan reconstruction"
+    result = repairer.repair(loaded.model, clean, trigger=asr_trigger, test=splits.test, aux_data=aux,
+                             trigger_reconstructed_by="scan" if trigger is None and scan else None)
     check_finite_model(result.model, "the repaired model", x=splits.test.x[:64])  # a diverged fine-tune is not saved
     # Written back in the input's format (TorchScript, .pt2, ONNX; weights as safetensors).
     meta = loaded.save_like(result.model, out, classes=splits.classes, input_shape=splits.input_shape,
@@ -136,5 +154,10 @@ def cmd_repair(args) -> int:
     report.add_section(title, html, summary=summary, order=30)
     report.write(out)
     print(json.dumps({"out": str(out), "method": result.method, "seconds": round(result.seconds, 2),
-                      "before": result.before.to_dict(), "after": result.after.to_dict()}))
+                      "before": result.before.to_dict(), "after": result.after.to_dict(),
+                      "attack_success_rate_trigger": result.extra["attack_success_rate_trigger"],
+                      "trigger_reconstructed_by": result.extra.get("trigger_reconstructed_by")}))
+    if result.extra["attack_success_rate_trigger"] == "reconstructed":
+        log.warning("attack success rates measured with %s, not the real trigger (give --trigger to measure that)",
+                    trigger_label(result))
     return 0

@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poisonguard.attacks.triggers import attack_eligible, target_labels
-from poisonguard.data import ImageData
 from poisonguard.errors import UserError
+from poisonguard.metrics import accuracy, attack_success_or_none
 from poisonguard.repair.base import (
     set_finetune_aids,
-    Context, Repairer, Teacher, check_choice, check_fraction, check_positive, clean_accuracy, cosine, execution_order,
+    Context, Repairer, Teacher, check_choice, check_fraction, check_positive, cosine, execution_order,
     finetune, named_layers, register_repairer, shifter,
 )
 from poisonguard.utils import batches
@@ -106,18 +105,6 @@ def zero_channels(layer: nn.Module, pruned: torch.Tensor) -> None:
             param[pruned] = 0
 
 
-@torch.no_grad()
-def _attack_rate(model: nn.Module, data: ImageData, trigger, device: torch.device) -> float | None:
-    if trigger is None:
-        return None
-    keep = attack_eligible(trigger, data.y)
-    if not keep.any():
-        return None
-    x, y = data.x[keep], data.y[keep]
-    pred = torch.cat([model(trigger.apply(x[sl]).to(device)).argmax(1).cpu() for sl in batches(len(x), 512)])
-    return float((pred == target_labels(trigger, y, data.num_classes)).float().mean())
-
-
 @register_repairer("fine_pruning")
 class FinePruning(Repairer):
     """Prune dormant channels of the last convolutional layer, then fine-tune (Liu et al., 2018).
@@ -170,26 +157,26 @@ class FinePruning(Repairer):
         order = torch.argsort(activation.cpu())  # most dormant first
         step = self.prune_step or max(1, math.ceil(channels / 64))
         limit = int(self.max_prune_fraction * channels)
-        base = clean_accuracy(model, clean, ctx.device)
+        base = accuracy(model, clean)
         teacher = Teacher(model, temperature=self.temperature) if self.distill > 0 else None  # before the mask hook
         mask = ChannelMask(layer, channels, ctx.device)
         curve = [{"pruned": 0, "fraction": 0.0, "clean_accuracy": base,
-                  "attack_success_rate": _attack_rate(model, clean, ctx.trigger, ctx.device)}]
+                  "attack_success_rate": attack_success_or_none(model, clean, ctx.trigger)}]
         n_pruned = 0
         try:
             for k in range(step, limit + 1, step):
                 mask.mask.fill_(1)
                 mask.mask[order[:k].to(ctx.device)] = 0
-                acc = clean_accuracy(model, clean, ctx.device)
+                acc = accuracy(model, clean)
                 curve.append({"pruned": k, "fraction": k / channels, "clean_accuracy": acc,
-                              "attack_success_rate": _attack_rate(model, clean, ctx.trigger, ctx.device)})
+                              "attack_success_rate": attack_success_or_none(model, clean, ctx.trigger)})
                 if base - acc > self.max_accuracy_drop:
                     break  # this step would cost too much accuracy: keep the previous one
                 n_pruned = k
             pruned = order[:n_pruned].to(ctx.device)
             mask.mask.fill_(1)
             mask.mask[pruned] = 0
-            accuracy_pruned = clean_accuracy(model, clean, ctx.device)
+            accuracy_pruned = accuracy(model, clean)
             tuned: dict[str, Any] = {}
 
             def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

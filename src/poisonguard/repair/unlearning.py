@@ -1,8 +1,8 @@
 """Neural Cleanse mitigation (Wang, Yao, Shan, Li, Viswanath, Zheng & Zhao, 2019,
 "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks", sec. 6).
 
-Given a reconstructed trigger (from `scan`, a trigger file, or the small built-in
-reconstruction when none is given), three mitigations:
+Given a reconstructed trigger (from `scan`, a trigger file, or, when none is given, the
+detect family's Neural Cleanse run on the clean data), three mitigations:
 - "unlearn": fine-tune on clean images of which a share is stamped with the reconstructed
   trigger but keeps its true label, so the trigger stops meaning "target class";
 - "prune": zero the penultimate-layer neurons whose activation the trigger raises most,
@@ -21,13 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonguard.attacks.triggers import PatchTrigger, attack_eligible
-from poisonguard.data import ImageData
 from poisonguard.errors import UserError
+from poisonguard.metrics import accuracy, worst_attack_success
 from poisonguard.repair.base import (
-    Context, Repairer, check_choice, check_fraction, check_positive, clean_accuracy, cosine, finetune, last_linear,
-    register_repairer,
+    Context, Repairer, check_choice, check_fraction, check_positive, cosine, finetune, last_linear, register_repairer,
 )
-from poisonguard.repair.reverse import reconstruct_triggers
+from poisonguard.results import Detection
 from poisonguard.utils import batches
 
 log = logging.getLogger(__name__)
@@ -66,18 +65,21 @@ def neuron_ranking(clean_feats: torch.Tensor, stamped_feats: torch.Tensor) -> to
     return torch.argsort(stamped_feats.mean(0) - clean_feats.mean(0), descending=True)
 
 
-@torch.no_grad()
-def trigger_rate(model: nn.Module, data: ImageData, triggers: Sequence[PatchTrigger], device: torch.device) -> float:
-    """Share of stamped clean images (true label != target) sent to the trigger's target, over triggers."""
-    rates = []
-    for trig in triggers:
-        keep = attack_eligible(trig, data.y)
-        if not keep.any():
-            continue
-        x = trig.apply(data.x[keep])
-        pred = torch.cat([model(x[sl].to(device)).argmax(1).cpu() for sl in batches(len(x), 512)])
-        rates.append(float((pred == trig.target).float().mean()))
-    return max(rates) if rates else 0.0
+def detection_triggers(detection: Detection | None, classes: Sequence[int] | None = None) -> list[PatchTrigger]:
+    """PatchTriggers of a detector's reconstruction (masks (K, H, W), patterns (K, C, H, W)).
+
+    `classes` default to the ones the detection flagged; a detection without masks gives none.
+    """
+    if detection is None or detection.masks is None or detection.patterns is None:
+        return []
+    targets = list(detection.extra.get("targets", range(len(detection.masks))))
+    out = []
+    for k in (detection.flagged_classes if classes is None else classes):
+        row = targets.index(k)  # a scan over some classes keeps one row per scanned class
+        mask = detection.masks[row].detach().float().cpu().clamp(0, 1)
+        pattern = detection.patterns[row].detach().float().cpu().clamp(0, 1)
+        out.append(PatchTrigger(mask, pattern, int(k)))
+    return out
 
 
 @register_repairer("unlearn")
@@ -86,9 +88,11 @@ class Unlearning(Repairer):
 
     Args:
         mode: "unlearn" (default), "prune" or "filter" (see the module docstring).
-        triggers: reconstructed PatchTriggers to unlearn (e.g. from `scan`); None runs the
-            small built-in reconstruction and uses its flagged classes (or, when none is
-            flagged, the class with the smallest mask).
+        triggers: reconstructed PatchTriggers to unlearn (e.g. from `scan`); None runs the detect
+            family's `NeuralCleanse` on the clean data and uses its flagged classes (or, when none
+            is flagged, the class with the smallest mask).
+        triggers_source: where the given `triggers` come from, recorded in the result's
+            `trigger_source` ("given"; "scan" when they are a scan's reconstructions).
         stamp_share: share of fine-tuning images stamped with a trigger (paper: 20%).
         epochs, lr, batch_size, optimizer, weight_decay: the unlearning fine-tune (cosine decay).
         max_accuracy_drop, stop_rate, prune_step: pruning stops once the reconstructed
@@ -96,22 +100,24 @@ class Unlearning(Repairer):
             more than max_accuracy_drop; prune_step neurons at a time (0: about 1/64).
         filter_fraction, filter_fpr: the filter watches the top filter_fraction of neurons
             and sets its threshold for this false-positive rate on clean data.
-        reverse_steps: optimisation steps per class of the built-in reconstruction.
+        reverse_epochs: Neural Cleanse's epoch limit (passes over the clean data) when it reconstructs.
         seed, device: as everywhere.
     """
 
-    def __init__(self, *, mode: str = "unlearn", triggers: Sequence[PatchTrigger] | None = None, stamp_share: float = 0.2,
+    def __init__(self, *, mode: str = "unlearn", triggers: Sequence[PatchTrigger] | None = None,
+                 triggers_source: str = "given", stamp_share: float = 0.2,
                  epochs: int = 20, lr: float = 0.01, batch_size: int = 32, optimizer: str = "sgd",
                  weight_decay: float = 5e-4, max_accuracy_drop: float = 0.05, stop_rate: float = 0.05,
-                 prune_step: int = 0, filter_fraction: float = 0.01, filter_fpr: float = 0.05, reverse_steps: int = 100,
+                 prune_step: int = 0, filter_fraction: float = 0.01, filter_fpr: float = 0.05, reverse_epochs: int = 40,
                  seed: int = 0, device: str = "auto") -> None:
         check_choice("mode", mode, MODES)
         if triggers is not None:
             triggers = tuple(triggers)
             if not triggers or not all(isinstance(t, PatchTrigger) for t in triggers):
-                raise UserError("unlearning needs mask-and-pattern triggers (PatchTrigger / trigger .npz with mask and pattern)")
+                raise ValueError("unlearning needs mask-and-pattern triggers (PatchTrigger / trigger .npz with mask and pattern)")
             if any(t.target < 0 for t in triggers):
-                raise UserError("unlearning needs single-target triggers, not all-to-all")
+                raise ValueError("unlearning needs single-target triggers, not all-to-all")
+        check_choice("triggers_source", triggers_source, ("given", "scan"))
         check_fraction("stamp_share", stamp_share, allow_zero=False)
         check_positive("epochs", epochs, integer=True)
         check_positive("lr", lr)
@@ -123,11 +129,11 @@ class Unlearning(Repairer):
         check_positive("prune_step", prune_step, integer=True, allow_zero=True)
         check_fraction("filter_fraction", filter_fraction, allow_zero=False)
         check_fraction("filter_fpr", filter_fpr, allow_zero=False)
-        check_positive("reverse_steps", reverse_steps, integer=True)
-        self.mode, self.triggers, self.stamp_share = mode, triggers, stamp_share
+        check_positive("reverse_epochs", reverse_epochs, integer=True)
+        self.mode, self.triggers, self.triggers_source, self.stamp_share = mode, triggers, triggers_source, stamp_share
         self.epochs, self.lr, self.batch_size, self.optimizer, self.weight_decay = epochs, lr, batch_size, optimizer, weight_decay
         self.max_accuracy_drop, self.stop_rate, self.prune_step = max_accuracy_drop, stop_rate, prune_step
-        self.filter_fraction, self.filter_fpr, self.reverse_steps = filter_fraction, filter_fpr, reverse_steps
+        self.filter_fraction, self.filter_fpr, self.reverse_epochs = filter_fraction, filter_fpr, reverse_epochs
         self.seed, self.device = seed, device
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -141,13 +147,17 @@ class Unlearning(Repairer):
                 if t.input_shape != ctx.clean.input_shape or t.target >= ctx.clean.num_classes:
                     raise UserError(f"trigger for class {t.target} with inputs {t.input_shape} does not fit the data "
                                     f"({ctx.clean.input_shape}, {ctx.clean.num_classes} classes)")
-            return self.triggers, {"trigger_source": "given"}
-        rec = reconstruct_triggers(ctx.model, ctx.clean, steps=self.reverse_steps, generator=ctx.generator, device=ctx.device)
-        classes = rec.flagged or (int(torch.tensor(rec.mask_l1).argmin()),)
+            return self.triggers, {"trigger_source": self.triggers_source}
+        from poisonguard.detect import DETECTORS
+
+        scan = DETECTORS.get("neural_cleanse")(epochs=self.reverse_epochs, seed=self.seed, device=str(ctx.device))
+        rec = scan.detect(ctx.model, ctx.clean)
+        classes = list(rec.flagged_classes) or [int(torch.tensor(rec.mask_l1).argmin())]
         info = {"trigger_source": "reconstructed", "reconstruction": {
-            "flagged_classes": list(rec.flagged), "used_classes": list(classes),
-            "anomaly_index": [round(a, 3) for a in rec.anomaly_index], "mask_l1": [round(v, 2) for v in rec.mask_l1]}}
-        return tuple(rec.triggers[k] for k in classes), info
+            "method": rec.method, "flagged_classes": list(rec.flagged_classes), "used_classes": classes,
+            "anomaly_index": [round(a, 3) for a in rec.anomaly_index], "mask_l1": [round(v, 2) for v in rec.mask_l1],
+            "seconds": rec.seconds}}
+        return tuple(detection_triggers(rec, classes)), info
 
     def _run(self, ctx: Context) -> dict[str, Any]:
         triggers, extra = self._triggers(ctx)
@@ -167,13 +177,13 @@ class Unlearning(Repairer):
         def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(m(stamp_some(x, triggers, self.stamp_share, gen)), y)
 
-        before = trigger_rate(ctx.model, ctx.clean, triggers, ctx.device)
+        before = worst_attack_success(ctx.model, ctx.clean, triggers)
         tuned: dict[str, Any] = {}
         losses = finetune(ctx.model, ctx.clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, generator=gen,
                           device=ctx.device, optimizer=self.optimizer, weight_decay=self.weight_decay,
                           schedule=cosine(self.epochs), loss_fn=loss_fn, desc="unlearn", info=tuned)
         return {"final_loss": losses[-1], **tuned, "reconstructed_trigger_rate_before": before,
-                "reconstructed_trigger_rate_after": trigger_rate(ctx.model, ctx.clean, triggers, ctx.device)}
+                "reconstructed_trigger_rate_after": worst_attack_success(ctx.model, ctx.clean, triggers)}
 
     def _prune_or_filter(self, ctx: Context, triggers: Sequence[PatchTrigger]) -> dict[str, Any]:
         model, clean = ctx.model, ctx.clean
@@ -185,16 +195,16 @@ class Unlearning(Repairer):
         info: dict[str, Any] = {"layer": name, "neurons": int(clean_f.shape[1])}
         if self.mode == "filter":
             return {**info, **self._filter(model, head, clean_f, stamped_f, order, ctx, triggers)}
-        base = clean_accuracy(model, clean, ctx.device)
+        base = accuracy(model, clean)
         step = self.prune_step or max(1, -(-clean_f.shape[1] // 64))
         original = head.weight.detach().clone()
-        curve = [{"pruned": 0, "clean_accuracy": base, "trigger_rate": trigger_rate(model, clean, triggers, ctx.device)}]
+        curve = [{"pruned": 0, "clean_accuracy": base, "trigger_rate": worst_attack_success(model, clean, triggers)}]
         kept = 0
         for k in range(step, clean_f.shape[1], step):
             with torch.no_grad():
                 head.weight.copy_(original)
                 head.weight[:, order[:k].to(ctx.device)] = 0
-            acc, rate = clean_accuracy(model, clean, ctx.device), trigger_rate(model, clean, triggers, ctx.device)
+            acc, rate = accuracy(model, clean), worst_attack_success(model, clean, triggers)
             curve.append({"pruned": k, "clean_accuracy": acc, "trigger_rate": rate})
             if base - acc > self.max_accuracy_drop:
                 break

@@ -20,6 +20,9 @@ from poisonguard.results import to_jsonable
 from poisonguard.utils import atomic_write_text
 
 LIST_KEYS = ("detections", "repairs")
+# Version of the report.json layout; src/poisonguard/report/schema/report.schema.json describes it.
+# Raise it when a key changes meaning or goes away (new optional keys keep it).
+SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Report:
     sections: list[Section] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.data = {"tool": "poisonguard", "version": __version__, "command": self.command,
+        self.data = {"tool": "poisonguard", "schema_version": SCHEMA_VERSION, "version": __version__, "command": self.command,
                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **self.data}
 
     def set(self, key: str, value: Any) -> None:
@@ -60,8 +63,11 @@ class Report:
 
         env = Environment(loader=PackageLoader("poisonguard.report", "templates"), autoescape=select_autoescape(["html"]))
         sections = sorted(self.sections, key=lambda s: s.order)
+        stages = self.data.get("stages", [])
         return env.get_template("report.html").render(
-            data=self.data, sections=[(s.title, s.summary, Markup(s.html)) for s in sections]
+            data=self.data, sections=[(s.title, s.summary, Markup(s.html)) for s in sections],
+            failed=[s for s in stages if s.get("status") == "failed"],
+            not_applicable=[s for s in stages if s.get("status") == "not_applicable"],
         )
 
     def write(self, out_dir: str | Path) -> Path:
@@ -70,6 +76,21 @@ class Report:
         atomic_write_text(out / "report.json", self.to_json())
         atomic_write_text(out / "report.html", self.to_html())
         return out / "report.html"
+
+
+SCHEMA_PATH = Path(__file__).parent / "schema" / "report.schema.json"
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of report.json (draft 2020-12)."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate_report(data: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError unless `data` (a parsed report.json) follows the schema."""
+    import jsonschema
+
+    jsonschema.validate(data, report_schema(), cls=jsonschema.Draft202012Validator)
 
 
 def img(data_uri: str, alt: str = "") -> str:

@@ -1,0 +1,190 @@
+"""Every report section's summary sentence against the numbers beside it (one test per section),
+and the report card's handling of failed and not-applicable stages.
+
+Sections are built from hand-made results (no training), so each claim can be checked against
+known data: a sentence that read only part of its table (the federated summary once read the
+last round only) fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from poisonguard.report import Report, validate_report
+from poisonguard.results import Evaluation, Federated, Privacy, Repair, RoundResult
+
+
+def percents(text: str) -> list[float]:
+    return [float(p) / 100 for p in re.findall(r"(\d+(?:\.\d+)?)%", text)]
+
+
+def _section(report: Report, title_part: str):
+    found = [s for s in report.sections if title_part in s.title]
+    assert len(found) == 1, [s.title for s in report.sections]
+    return found[0]
+
+
+# ---------------------------------------------------------------- repair
+
+def _repair(method, acc_before, acc_after, asr_before, asr_after, kind="real", by=None):
+    extra = {"attack_success_rate_trigger": kind, **({"trigger_reconstructed_by": by} if by else {})}
+    return Repair(method=method, seconds=1.0, before=Evaluation(acc_before, asr_before),
+                  after=Evaluation(acc_after, asr_after), extra=extra)
+
+
+def test_repair_sentence_names_the_best_row_and_its_trigger():
+    from poisonguard.repair.report import repair_section
+
+    results = [_repair("fine_pruning", 0.97, 0.95, 1.0, 0.19), _repair("wild", 0.97, 0.94, 1.0, 0.021),
+               _repair("refit", 0.97, 0.96, 1.0, 0.36)]
+    _, html, summary = repair_section(results)
+    assert summary.startswith("After wild, the real trigger fools the model on 2.1% of inputs")
+    assert percents(summary) == pytest.approx([0.021, 1.0, 0.94, 0.97])
+    assert "<td>0.021</td>" in html and "the real trigger" in html
+    _, _, summary = repair_section([_repair("unlearn", 0.97, 0.96, 0.89, 0.011, kind="reconstructed", by="scan")])
+    assert "a trigger reconstructed by scan fools the model on 1.1%" in summary
+
+
+# ---------------------------------------------------------------- certify
+
+def _certification(radii, correct_mask):
+    from poisonguard.certify.smoothing import summarize
+
+    labels = [0] * len(radii)
+    preds = [0 if ok else 1 for ok in correct_mask]
+    return summarize(preds, radii, labels, index=list(range(len(radii))), sigma=0.25, n=1000, n0=10, alpha=0.001,
+                     radii_grid=(0.0, 0.25, 0.5), seconds_per_example=0.1)
+
+
+def test_certificate_sentence_matches_its_table_names_the_model_and_the_trigger_size():
+    from poisonguard.attacks import badnets_trigger
+    from poisonguard.certify.sections import smoothing_section, trigger_coverage
+    from poisonguard.data import ImageData
+
+    cert = _certification([0.1, 0.3, 0.6, 0.7], [True, True, True, False])
+    data = ImageData(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), ("a", "b"))
+    trigger = badnets_trigger((1, 8, 8), target=1, size=3)  # 9 pixels 0 -> 1: L2 norm 3
+    import dataclasses
+
+    cert = dataclasses.replace(cert, extra={**cert.extra, "trigger": trigger_coverage(cert, trigger, data)})
+    report = Report("certify")
+    smoothing_section(report, cert, model={"path": "suspect/model.pt"})
+    section = _section(report, "randomized smoothing")
+    # certified accuracy at 0.5: only the third image (0.6, correct) -> 25%; at 0: 3 of 4 right.
+    assert cert.certified_accuracy["0.5"] == 0.25
+    assert "suspect/model.pt" in section.summary and "suspect/model.pt" in section.html
+    assert "up to 0.5 on 25% of 4 test images (75% are right with some guarantee" in section.summary
+    assert cert.extra["trigger"]["l2_median"] == pytest.approx(3.0)
+    assert "L2 3.00 (median), 4.3x the largest radius certified (0.70): 0 of 4 images" in section.summary
+
+
+def test_certificate_sentence_states_the_radius_it_reads():
+    from poisonguard.certify.sections import smoothing_summary
+
+    cert = _certification([0.1, 0.3], [True, True])
+    cert = type(cert)(**{**{f: getattr(cert, f) for f in cert.__dataclass_fields__},
+                         "certified_accuracy": {"0.0": 1.0, "0.25": 0.5}})
+    assert "up to 0.25 on 50%" in smoothing_summary(cert)
+
+
+# ---------------------------------------------------------------- federated
+
+def _run(aggregator, asrs):
+    rounds = tuple(RoundResult(round=i + 1, clean_accuracy=0.9, attack_success_rate=a) for i, a in enumerate(asrs))
+    return Federated(aggregator=aggregator, attack="model_replacement", rounds=rounds)
+
+
+def test_federated_sentence_reads_every_round():
+    from poisonguard.federated.report import federated_section
+
+    report = Report("demo")
+    # FedAvg lets the backdoor through in round 1 (0.999) and it fades by the last round (0.12).
+    federated_section(report, [_run("fedavg", [0.999, 0.12]), _run("flame", [0.05, 0.04])])
+    summary = _section(report, "Federated").summary
+    assert summary.startswith("The backdoor got through fedavg (up to 100% attack success with fedavg)")
+    assert "flame kept it at or below 50% in every round" in summary
+    report = Report("demo")
+    federated_section(report, [_run("flame", [0.05, 0.3])])
+    assert "No backdoor reached a 50% success rate in any round (highest: 30%, flame)" in report.sections[0].summary
+
+
+# ---------------------------------------------------------------- privacy
+
+def test_privacy_sentence_uses_the_tables_epsilon_and_noise():
+    from poisonguard.privacy.report import privacy_section
+
+    report = Report("train")
+    privacy_section(report, Privacy(epsilon=2.5, delta=1e-5, accountant="prv", noise_multiplier=1.1, max_grad_norm=1.0))
+    section = _section(report, "Differential privacy")
+    assert "epsilon 2.50, delta 1e-05" in section.summary and "e^2.50" in section.summary
+    assert "<td>2.500</td>" in section.html
+    report = Report("train")
+    privacy_section(report, Privacy(epsilon=float("inf"), delta=0.0, accountant="none", noise_multiplier=0.5,
+                                    max_grad_norm=2.0))
+    assert "clipped to norm 2 and noised (sigma 0.5)" in report.sections[0].summary
+
+
+# ---------------------------------------------------------------- evaluation
+
+def test_evaluation_sentence_matches_its_table(mnist, badnets_model, badnets_trigger_3x3):
+    from poisonguard.report.evaluation import evaluation_section
+
+    report = Report("evaluate")
+    ev = evaluation_section(report, badnets_model, mnist, badnets_trigger_3x3, title="Evaluation")
+    section = _section(report, "Evaluation")
+    assert percents(section.summary) == pytest.approx([round(ev.clean_accuracy, 3), round(ev.attack_success_rate, 3)],
+                                                      abs=6e-4)
+    assert "the real trigger makes" in section.summary and "(real trigger)" in section.html
+    assert f"<td>{ev.attack_success_rate:.3f}</td>" in section.html
+
+
+# ---------------------------------------------------------------- checklist: failed / not applicable stages
+
+def test_failed_stage_is_at_the_top_of_the_html_and_exits_incomplete(tmp_path):
+    from poisonguard.cli.commands import stages_exit_code
+
+    report = Report("checklist")
+    report.add_section("Model under test", "<p>table</p>", summary="Clean accuracy 97.0%.", order=10)
+    report.append("stages", {"stage": "scan", "status": "failed", "error": "RuntimeError: out of memory", "seconds": 1.0})
+    report.append("stages", {"stage": "federated", "status": "not_applicable", "error": "no registered architecture",
+                             "seconds": 0.0})
+    report.append("stages", {"stage": "certify", "status": "ok", "error": None, "seconds": 2.0})
+    report.write(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert html.index("1 stage failed") < html.index("Model under test")
+    assert "<strong>scan</strong> failed: RuntimeError: out of memory" in html
+    assert "not applicable to this model: no registered architecture" in html
+    validate_report(json.loads((tmp_path / "report.json").read_text()))
+    assert stages_exit_code(report.data) == 3
+    report.append("detections", {"method": "neural_cleanse", "backdoored": True, "flagged_classes": [0],
+                                 "anomaly_index": [3.0, 0.1, 0.2]})
+    assert stages_exit_code(report.data) == 1  # a finding outranks the gap
+    assert stages_exit_code({"stages": [{"stage": "a", "status": "not_applicable"}]}) == 0
+
+
+def test_federated_stage_is_not_applicable_to_a_foreign_architecture(mnist, badnets_model, tmp_path):
+    from poisonguard.stages import StageContext, run_stages
+
+    report = Report("checklist")
+    ctx = StageContext(command="checklist", model=badnets_model, splits=mnist, report=report, out_dir=tmp_path,
+                       arch=None, quick=True, device="cpu")
+    assert run_stages(ctx, only=["federated"])
+    (entry,) = report.data["stages"]
+    assert entry["status"] == "not_applicable" and "no registered architecture" in entry["error"]
+    assert "federated" not in report.data
+
+
+def test_schema_requires_version_and_rejects_a_bad_status():
+    import jsonschema
+
+    data = json.loads(Report("scan").to_json())
+    assert data["schema_version"] == 1
+    validate_report(data)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_report({**data, "stages": [{"stage": "x", "status": "maybe"}]})
+    with pytest.raises(jsonschema.ValidationError):
+        validate_report({k: v for k, v in data.items() if k != "schema_version"})
