@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from poisonguard.errors import UserError
 from poisonguard.sanitize.base import SANITIZERS, Method, ScoringInputs, check_number
 from poisonguard.sanitize.features import per_sample_loss
-from poisonguard.utils import batches, resolve_device, seed_everything
+from poisonguard.utils import batches, resolve_device, seeded
 
 
 @SANITIZERS.register("abl")
@@ -43,21 +43,20 @@ class ABLIsolation(Method):
         if inputs.train_model is None:
             raise UserError("abl needs to train a model of its own; no architecture is known for this data")
         device = resolve_device(inputs.device)
-        seed_everything(inputs.seed)
-        gen = torch.Generator().manual_seed(inputs.seed)
-        model = inputs.train_model().to(device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
-        x, y = inputs.data.x, inputs.data.y
-        for _ in range(self.epochs):
-            order = torch.randperm(len(y), generator=gen)
-            for sl in batches(len(y), self.batch_size):
-                idx = order[sl]
-                loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
-                # LGA: gradient ascent whenever the batch loss is below the floor.
-                lga = torch.sign(loss - self.gamma) * loss
-                opt.zero_grad(set_to_none=True)
-                lga.backward()
-                opt.step()
+        with seeded(inputs.seed) as gen:  # dropout and initialisation draw from the global RNG
+            model = inputs.train_model().to(device).train()
+            opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+            x, y = inputs.data.x, inputs.data.y
+            for _ in range(self.epochs):
+                order = torch.randperm(len(y), generator=gen)
+                for sl in batches(len(y), self.batch_size):
+                    idx = order[sl]
+                    loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+                    # LGA: gradient ascent whenever the batch loss is below the floor.
+                    lga = torch.sign(loss - self.gamma) * loss
+                    opt.zero_grad(set_to_none=True)
+                    lga.backward()
+                    opt.step()
         losses = per_sample_loss(model.eval(), x, y)
         if not np.isfinite(losses).all():
             raise UserError("abl: the loss became NaN or Inf while training")
