@@ -49,7 +49,7 @@ def summarise(rows: list[dict], methods: list[str]) -> None:
     print(f"{'method':16s} {'kind':8s} {'models':>6s} {'target found':>12s} {'flagged':>8s}")
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        for kind in ("badnets", "blended", "wanet", "clean"):
+        for kind in ("patch", "dispersed", "blended", "wanet", "filter", "clean"):
             part = [r for r in mine if r["kind"] == kind]
             if not part:
                 continue
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed of each attack, two clean models")
     parser.add_argument("--no-build", action="store_true", help="scan only models already in the cache")
     parser.add_argument("--limit", type=int, default=None, help="scan at most this many models")
+    parser.add_argument("--skip", default=None, help="skip models whose name contains this text (e.g. resnet20)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=parse_seeds, default=None, help="zoo seeds (default 0,1,2; others to tune on)")
     parser.add_argument("--option", action="append", metavar="NAME=VALUE",
@@ -83,10 +84,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     methods = [DETECTORS.normalise(m) for m in args.methods.split(",")]
     if args.no_build:
-        specs = [{**s, "path": str(args.cache / s["name"] / "model.pt")} for s in zoo_specs(args.quick, args.seeds)]
+        specs = [{**s, "path": str(args.cache / s["name"] / "model.pt")} for s in zoo_specs(args.seeds, args.quick)]
         specs = [s for s in specs if (args.cache / s["name"] / "report.json").is_file()]
     else:
-        specs = build_zoo(args.cache, args.quick, args.seeds)
+        specs = build_zoo(args.cache, args.seeds, args.quick)
+    if args.skip:
+        specs = [s for s in specs if args.skip not in s["name"]]
     specs = specs[: args.limit]
     splits = load_data("mnist5k")
     clean = per_class_subset(splits.train, fraction=0.05, seed=0)
@@ -106,6 +109,7 @@ def main() -> None:
             det = det.detect(model, None, input_shape=splits.input_shape) if method == "deepinspect" else det.detect(model, clean)
             d = det.to_dict()
             row = {"model": spec["name"], "kind": spec["kind"], "target": spec["target"], "method": method,
+                   "split": spec["split"], "arch": spec.get("arch", "mnist_cnn"),
                    "flagged_classes": d["flagged_classes"], "anomaly_index": d["anomaly_index"],
                    "mask_l1": d["mask_l1"], "score": score(d), "seconds": time.perf_counter() - start}
             if tag:

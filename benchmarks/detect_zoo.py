@@ -1,17 +1,24 @@
-"""Build (once) the MNIST 5k model zoo the detection benchmark scans.
+"""Build (once) the MNIST 5k model zoo the detection benchmarks scan (issues 3 and 16).
 
-Every model is made by `poisonguard attack` / `poisonguard train` (called in-process) and
-cached under `--cache` (default `.cache/detect-zoo`, git-ignored), so later benchmark runs
-only scan. Zoo (issue 3):
-  - BadNets: patch sizes 3 and 5 x positions bottom-right and top-left x 3 seeds (12)
-  - Blended: seeded noise key, ratios 0.1 / 0.15 / 0.2 (3)
-  - WaNet: k=4, strength 1.0 (0.5 does not take on 4k images), 15 epochs (3)
-  - clean: seeds 0-5 of mnist_cnn and of lenet5 (12)
-BadNets, Blended and clean models train 6 epochs (the first two models of the cache, built
-before that choice, had 10).
-Targets vary with the seed so the detector cannot profit from a fixed target class.
+Every model is cached under `--cache` (default `.cache/detect-zoo`, git-ignored) as
+`NAME/model.pt` + `metadata.json` + `report.json` (clean accuracy, attack success), so a run
+cut short resumes where it stopped. Families with a `poisonguard attack` / `train` command
+are built through it (called in-process); the two the command line has no option for
+(a dispersed few-pixel pattern, a tone-curve filter) go through the same library calls
+(`poison_dataset`, `build_model`, `fit`, `save_model`).
 
-    PYTHONPATH=src python benchmarks/detect_zoo.py [--cache DIR] [--quick]
+Per zoo seed (issue 16): 7 backdoored and 4 clean models
+  - BadNets patches: sizes 3/4/5 x positions bottom-right/top-left/centre; each seed takes
+    three of the nine (size, position) pairs so three seeds cover all nine
+  - dispersed: 9 seeded random pixels set to white
+  - Blended: seeded noise key, ratio 0.15
+  - WaNet: k=4, strength 1.0, 15 epochs
+  - filter: the tone curve x -> 0.2 + 0.6 x over the whole image (a global colour transform)
+  - clean: mnist_cnn x 2 seeds, lenet5, resnet20 (3 architectures)
+Report seeds are 0-3 (44 models), tuning seeds 10-11 (22): nothing is tuned on report seeds.
+Targets vary with the seed so a detector cannot profit from a fixed target class.
+
+    PYTHONPATH=src python benchmarks/detect_zoo.py [--cache DIR] [--seeds 10,0,1,2,3,11]
 """
 
 from __future__ import annotations
@@ -20,47 +27,84 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from poisonguard import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".cache" / "detect-zoo"
-# Epochs for BadNets, Blended and clean models (WaNet gets 15): MNIST 5k reaches ~96% in 6.
-EPOCHS = "6"
+REPORT_SEEDS = [0, 1, 2, 3]
+TUNING_SEEDS = [10, 11]
+EPOCHS = "6"  # MNIST 5k reaches ~96% in 6 epochs (WaNet needs 15 to take)
+PATCHES = [(s, p) for s in (3, 4, 5) for p in ("bottom-right", "top-left", "center")]
+FILTER = (0.2, 0.6)  # tone curve: black -> 0.2, white -> 0.8
 
 
-def zoo_specs(quick: bool = False, seeds: list[int] | None = None) -> list[dict]:
-    """The list of models: name, kind, CLI arguments, target (None for clean).
+@dataclass(frozen=True)
+class ToneTrigger:
+    """A global filter trigger x -> a + b x (no mask can express it: every pixel changes)."""
 
-    Ordered seed by seed (each seed: 4 BadNets, 1 Blended, 1 WaNet, 4 clean), so a zoo cut
-    short by the time budget is still balanced. The reported zoo is seeds 0-2; other seeds
-    give a separate zoo to tune on.
-    """
+    target: int
+    offset: float = FILTER[0]
+    gain: float = FILTER[1]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.offset + self.gain * x).clamp(0, 1)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"kind": np.array("tone"), "offset": np.float32(self.offset), "gain": np.float32(self.gain),
+                "target": np.int64(self.target)}
+
+
+def dispersed_trigger(input_shape, *, target: int, pixels: int, seed: int):
+    """`pixels` seeded random pixels set to white (a pattern no square patch covers)."""
+    from poisonguard.attacks import PatchTrigger
+
+    c, h, w = input_shape
+    gen = torch.Generator().manual_seed(1000 + seed)
+    mask = torch.zeros(h * w)
+    mask[torch.randperm(h * w, generator=gen)[:pixels]] = 1.0
+    return PatchTrigger(mask.view(h, w), torch.ones(c, h, w), int(target))
+
+
+def split_of(seed: int) -> str:
+    return "tuning" if seed in TUNING_SEEDS else "report"
+
+
+def zoo_specs(seeds: list[int] | None = None, quick: bool = False) -> list[dict]:
+    """The list of models: name, kind (family), split, target (None for clean), how to build it."""
     specs = []
-    seeds = seeds if seeds is not None else [0] if quick else [0, 1, 2]
+    seeds = seeds if seeds is not None else ([TUNING_SEEDS[0]] if quick else TUNING_SEEDS[:1] + REPORT_SEEDS + TUNING_SEEDS[1:])
     for seed in seeds:
-        for size in (3, 5):
-            for pos in ("bottom-right", "top-left"):
-                target = (seed * 3 + size + len(pos)) % 10
-                specs.append({"name": f"badnets_s{size}_{pos}_seed{seed}", "kind": "badnets", "target": target,
-                              "argv": ["attack", "badnets", "--patch-size", str(size), "--position", pos,
-                                       "--target", str(target), "--epochs", EPOCHS, "--seed", str(seed)]})
-        ratio = (0.1, 0.15, 0.2)[seed % 3]
+        base = {"split": split_of(seed), "seed": seed}
+        for j in range(3):
+            size, pos = PATCHES[(3 * seed + j) % len(PATCHES)]
+            target = (seed * 3 + j * 4 + size) % 10
+            specs.append({**base, "name": f"patch_s{size}_{pos}_seed{seed}", "kind": "patch", "target": target,
+                          "argv": ["attack", "badnets", "--patch-size", str(size), "--position", pos,
+                                   "--target", str(target), "--epochs", EPOCHS, "--seed", str(seed)]})
+        target = (seed * 5 + 2) % 10
+        specs.append({**base, "name": f"dispersed_seed{seed}", "kind": "dispersed", "target": target,
+                      "library": {"trigger": "dispersed", "pixels": 9}})
         target = (seed * 7 + 1) % 10
-        specs.append({"name": f"blended_r{ratio}_seed{seed}", "kind": "blended", "target": target,
-                      "argv": ["attack", "blended", "--blend-ratio", str(ratio), "--target", str(target),
+        specs.append({**base, "name": f"blended_seed{seed}", "kind": "blended", "target": target,
+                      "argv": ["attack", "blended", "--blend-ratio", "0.15", "--target", str(target),
                                "--epochs", EPOCHS, "--seed", str(seed)]})
         target = (seed * 3 + 5) % 10
-        specs.append({"name": f"wanet_seed{seed}", "kind": "wanet", "target": target,
+        specs.append({**base, "name": f"wanet_seed{seed}", "kind": "wanet", "target": target,
                       "argv": ["attack", "wanet", "--wanet-strength", "1.0", "--target", str(target),
                                "--epochs", "15", "--seed", str(seed)]})
-        for arch in ("mnist_cnn", "lenet5"):
-            for clean_seed in (2 * seed, 2 * seed + 1):
-                specs.append({"name": f"clean_{arch}_seed{clean_seed}", "kind": "clean", "target": None,
-                              "argv": ["train", "--arch", arch, "--epochs", EPOCHS, "--seed", str(clean_seed)]})
+        target = (seed * 9 + 4) % 10
+        specs.append({**base, "name": f"filter_seed{seed}", "kind": "filter", "target": target,
+                      "library": {"trigger": "tone"}})
+        for arch, clean_seed, epochs in (("mnist_cnn", 2 * seed, EPOCHS), ("mnist_cnn", 2 * seed + 1, EPOCHS),
+                                         ("lenet5", seed, EPOCHS), ("resnet20", seed, "3")):
+            specs.append({**base, "name": f"clean_{arch}_seed{clean_seed}", "kind": "clean", "target": None,
+                          "arch": arch, "argv": ["train", "--arch", arch, "--epochs", epochs, "--seed", str(clean_seed)]})
     return specs
 
 
@@ -68,16 +112,41 @@ def parse_seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
-def build_zoo(cache: Path, quick: bool = False, seeds: list[int] | None = None) -> list[dict]:
+def _build_with_library(spec: dict, folder: Path) -> None:
+    from poisonguard.attacks import poison_dataset
+    from poisonguard.data import load_data
+    from poisonguard.models import build_model, save_model
+    from poisonguard.train import evaluate, fit
+
+    splits = load_data("mnist5k")
+    how = spec["library"]
+    if how["trigger"] == "dispersed":
+        trigger = dispersed_trigger(splits.input_shape, target=spec["target"], pixels=how["pixels"], seed=spec["seed"])
+    else:
+        trigger = ToneTrigger(spec["target"])
+    data = poison_dataset(splits.train, trigger, rate=0.1, seed=spec["seed"]).data
+    model = build_model("mnist_cnn", num_classes=10, input_shape=splits.input_shape, seed=spec["seed"])
+    model = fit(model, data, epochs=int(EPOCHS), batch_size=64, seed=spec["seed"], device="cpu")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, folder / "model.pt", arch="mnist_cnn", classes=splits.classes, input_shape=splits.input_shape)
+    np.savez(folder / "trigger.npz", **trigger.to_arrays())
+    ev = evaluate(model, splits.test, trigger)
+    (folder / "report.json").write_text(json.dumps({"evaluation": ev.to_dict()}))
+
+
+def build_zoo(cache: Path, seeds: list[int] | None = None, quick: bool = False) -> list[dict]:
     """Train every missing model; return the specs with `path` and the attack's figures."""
     out = []
-    for spec in zoo_specs(quick, seeds):
+    for spec in zoo_specs(seeds, quick):
         folder = cache / spec["name"]
         if not (folder / "report.json").is_file():
             start = time.perf_counter()
-            code = cli.main([*spec["argv"], "--data", "mnist5k", "--out", str(folder), "--quiet"])
-            if code != 0:
-                raise RuntimeError(f"building {spec['name']} failed with exit code {code}")
+            if "library" in spec:
+                _build_with_library(spec, folder)
+            else:
+                code = cli.main([*spec["argv"], "--data", "mnist5k", "--out", str(folder), "--quiet"])
+                if code != 0:
+                    raise RuntimeError(f"building {spec['name']} failed with exit code {code}")
             logging.getLogger(__name__).warning("built %s in %.1fs", spec["name"], time.perf_counter() - start)
         report = json.loads((folder / "report.json").read_text())
         out.append({**spec, "path": str(folder / "model.pt"), "evaluation": report.get("evaluation")})
@@ -87,14 +156,16 @@ def build_zoo(cache: Path, quick: bool = False, seeds: list[int] | None = None) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", type=parse_seeds, default=None, help="zoo seeds, e.g. 3,4 (default 0,1,2)")
+    parser.add_argument("--quick", action="store_true", help="the first tuning seed only")
+    parser.add_argument("--seeds", type=parse_seeds, default=None, help="zoo seeds (default 10,0,1,2,3,11)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    for spec in build_zoo(args.cache, args.quick, args.seeds):
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    for spec in build_zoo(args.cache, args.seeds, args.quick):
         ev = spec["evaluation"] or {}
-        print(f"{spec['name']:40s} target={spec['target']!s:5s} clean_acc={ev.get('clean_accuracy', 0):.3f} "
-              f"asr={ev.get('attack_success_rate')}")
+        print(f"{spec['split']:7s} {spec['name']:36s} target={spec['target']!s:5s} "
+              f"clean_acc={ev.get('clean_accuracy', 0):.3f} asr={ev.get('attack_success_rate')}", flush=True)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class Detection(_ToDict):
     # One reconstructed trigger per class, (K, H, W) masks and (K, C, H, W) patterns.
     masks: torch.Tensor | None = field(default=None, metadata={"json": False}, compare=False)
     patterns: torch.Tensor | None = field(default=None, metadata={"json": False}, compare=False)
+    # Reconstructed triggers that are not masks (one Trigger per class, e.g. FeatureRE's generators).
+    triggers: tuple | None = field(default=None, metadata={"json": False}, compare=False)
 
 
 @dataclass(frozen=True)

@@ -22,25 +22,54 @@ def saved_badnets(badnets_model, mnist, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scan_out(saved_badnets, tmp_path_factory):
     out = tmp_path_factory.mktemp("scan")
-    # This tests the files and the report; a threshold below the paper's 2 because NC's index
-    # on this fixture is only about 1.5-1.9 (known gap, notes/issue-3.md; the target's mask is
-    # still the smallest by 5x), and --threshold is an option users have too.
-    code = cli.main(["scan", str(saved_badnets), "--data", "mnist5k", "--method", "neural-cleanse",
-                     "--epochs", "20", "--threshold", "1.2", "--out", str(out), "--quiet", "--device", "cpu"])
-    assert code == 0
+    # Neural Cleanse alone, uncalibrated, so the test stays short; the verdict's own statistic.
+    code = cli.main(["scan", str(saved_badnets), "--data", "mnist5k", "--method", "neural-cleanse", "--calibration",
+                     "none", "--epochs", "20", "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 1  # a backdoor found: the CI-gating exit code
     return out
 
 
 def test_scan_writes_report_and_trigger(scan_out):
     report = json.loads((scan_out / "report.json").read_text())
     assert report["command"] == "scan"
+    verdict = report["verdict"]
+    assert verdict["backdoored"] and verdict["targets"] == [0] and verdict["false_positive_rate"] == 0.05
+    assert 0.95 < verdict["score"] <= 1 and "UNCALIBRATED" in verdict["sentence"]
     det = report["detections"][0]
-    assert det["method"] == "neural_cleanse" and det["backdoored"] and det["flagged_classes"] == [0]
-    assert len(det["anomaly_index"]) == 10 and det["seconds"] > 0
+    assert det["method"] == "neural_cleanse" and len(det["anomaly_index"]) == 10 and det["seconds"] > 0
     with np.load(scan_out / "trigger_0.npz", allow_pickle=False) as f:
         assert f["mask"].shape == (28, 28) and f["pattern"].shape == (1, 28, 28) and int(f["target"]) == 0
     html = (scan_out / "report.html").read_text()
     assert "BACKDOORED" in html and "data:image/png;base64" in html
+
+
+def test_report_sentence_and_charts_agree_with_the_json(scan_out):
+    import html as html_lib
+
+    report = json.loads((scan_out / "report.json").read_text())
+    verdict = report["verdict"]
+    page = html_lib.unescape((scan_out / "report.html").read_text())
+    # The verdict's sentence opens the page, before any method's section.
+    assert verdict["sentence"] in page
+    assert page.index(verdict["sentence"]) < page.index("Trigger reconstruction")
+    # The method's table (drawn from the same numbers as its bar chart) shows the verdict's statistic.
+    section = page[page.index("Trigger reconstruction"):]
+    for e in verdict["evidence"]:
+        assert f"<td>{e['statistic']:.3f}</td>" in section
+    flagged = [e for e in verdict["evidence"] if e["flagged"]]
+    assert [e["class"] for e in flagged] == verdict["targets"]
+    assert section.count(">flagged<") == len(flagged)
+    assert f"above the threshold {flagged[0]['threshold']:.2f}" in section
+
+
+def test_clean_model_exits_0(clean_model, mnist, tmp_path):
+    path = tmp_path / "clean" / "model.pt"
+    save_model(clean_model, path, arch="mnist_cnn", classes=mnist.classes, input_shape=mnist.input_shape)
+    code = cli.main(["scan", str(path), "--data", "mnist5k", "--method", "neural-cleanse", "--calibration", "none",
+                     "--epochs", "20", "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"])
+    assert code == 0
+    verdict = json.loads((tmp_path / "o" / "report.json").read_text())["verdict"]
+    assert not verdict["backdoored"] and verdict["sentence"].startswith("No backdoor found")
 
 
 def test_reconstructed_trigger_works_as_a_trigger(scan_out, badnets_model, mnist):
@@ -51,12 +80,19 @@ def test_reconstructed_trigger_works_as_a_trigger(scan_out, badnets_model, mnist
     assert ev.attack_success_rate > 0.9
 
 
-def test_data_free_scan(saved_badnets, tmp_path):
-    code = cli.main(["scan", str(saved_badnets), "--data", "none", "--method", "deepinspect",
+def test_data_free_scan(saved_badnets, tmp_path, capsys):
+    # No --method: the default set minus what needs data; --exit-zero keeps exit 0 whatever it finds.
+    code = cli.main(["scan", str(saved_badnets), "--data", "none", "--exit-zero",
                      "--out", str(tmp_path), "--quiet", "--device", "cpu"])
     assert code == 0
-    det = json.loads((tmp_path / "report.json").read_text())["detections"][0]
-    assert det["method"] == "deepinspect" and det["flagged_classes"][:1] == [0]
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert out["verdict"] == report["verdict"]
+    assert [d["method"] for d in report["detections"]] == ["deepinspect"]
+    assert report["verdict"]["data"]["clean_images"] == 0 and "data-free" in report["verdict"]["sentence"]
+    assert "UNCALIBRATED" in report["verdict"]["sentence"]
+    top = max(report["verdict"]["evidence"], key=lambda e: e["statistic"])
+    assert top["class"] == 0
 
 
 @pytest.mark.parametrize("argv, message", [

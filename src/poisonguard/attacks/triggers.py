@@ -5,7 +5,8 @@ input is `(1 - mask) * x + mask * pattern` (BadNets, Blended, and what `scan` re
 A `WarpTrigger` is WaNet's warping field, which no mask can express.
 
 Trigger files are `.npz` read with `allow_pickle=False`: `mask`, `pattern`, `target` (int64)
-for a patch; `kind="wanet"`, `flow` (H, W, 2), `target` for a warp. A negative `target`
+for a patch; `kind="wanet"`, `flow` (H, W, 2), `target` for a warp; `kind="generator"`,
+two convolutions' weights, `budget`, `target` for a learned transformation (FeatureRE). A negative `target`
 means all-to-all (label y goes to (y + 1) mod K).
 """
 
@@ -121,6 +122,46 @@ class WarpTrigger:
         }
 
 
+@dataclass(frozen=True)
+class GeneratorTrigger:
+    """An input transformation learned by a trigger inversion (FeatureRE in `scan`).
+
+    x -> clamp(x + budget * tanh(conv2(relu(conv1(x)))), 0, 1): two 3x3 convolutions whose
+    weights are plain arrays (w1 (h, C, 3, 3), b1 (h,), w2 (C, h, 3, 3), b2 (C,)), so the
+    trigger file holds tensors only, never a pickled module. kind="generator".
+    """
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    budget: float
+    target: int
+
+    def __post_init__(self) -> None:
+        ok = (self.w1.ndim == 4 and self.w2.ndim == 4 and self.w1.shape[1] == self.w2.shape[0]
+              and self.w2.shape[1] == self.w1.shape[0] and self.b1.shape == self.w1.shape[:1]
+              and self.b2.shape == self.w2.shape[:1] and self.w1.shape[2:] == (3, 3) and self.w2.shape[2:] == (3, 3))
+        if not ok:
+            raise UserError("generator trigger weights do not fit together (w1 (h, C, 3, 3), w2 (C, h, 3, 3))")
+        if not all(torch.isfinite(t).all() for t in (self.w1, self.b1, self.w2, self.b2)):
+            raise UserError("generator trigger weights must be finite")
+        if not (0 < self.budget <= 1):
+            raise UserError(f"generator trigger budget must lie in (0, 1], got {self.budget}")
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.w1.shape[1]:
+            raise UserError(f"generator trigger is for {self.w1.shape[1]}-channel images, data is {tuple(x.shape[1:])}")
+        w1, b1, w2, b2 = (t.to(x.device, x.dtype) for t in (self.w1, self.b1, self.w2, self.b2))
+        h = F.relu(F.conv2d(x, w1, b1, padding=1))
+        return (x + self.budget * torch.tanh(F.conv2d(h, w2, b2, padding=1))).clamp(0, 1)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {k: getattr(self, k).detach().cpu().numpy().astype(np.float32) for k in ("w1", "b1", "w2", "b2")}
+        return {"kind": np.array("generator"), **arrays, "budget": np.float32(self.budget),
+                "target": np.int64(self.target)}
+
+
 def check_fits(shape: tuple[int, ...], x: torch.Tensor) -> None:
     if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
         raise UserError(f"trigger is for inputs {tuple(shape)}, data is {tuple(x.shape[1:])}")
@@ -140,7 +181,8 @@ def load_trigger(path: str | Path) -> Trigger:
     if not path.is_file():
         raise UserError(f"trigger file {'is not a regular file' if path.exists() else 'not found'}: {path}")
     real = "biuf"  # bool, integer or float values; strings, objects, complex numbers are refused
-    data = read_npz(path, kinds={"mask": real, "pattern": real, "flow": real, "target": INTEGER, "kind": TEXT},
+    data = read_npz(path, kinds={"mask": real, "pattern": real, "flow": real, "target": INTEGER, "kind": TEXT,
+                                 **{k: real for k in ("w1", "b1", "w2", "b2", "budget")}},
                     what=f"trigger file {path}")
     if "target" not in data or data["target"].size != 1:
         raise UserError(f"{path}: trigger file needs an integer 'target'")
@@ -152,8 +194,16 @@ def load_trigger(path: str | Path) -> Trigger:
         if data["flow"].size == 0:
             raise UserError(f"{path}: the warp flow is empty")
         return WarpTrigger(torch.from_numpy(data["flow"].astype(np.float32)), target)
+    if kind == "generator":
+        missing = [k for k in ("w1", "b1", "w2", "b2", "budget") if k not in data]
+        if missing:
+            raise UserError(f"{path}: a generator trigger needs {', '.join(missing)}")
+        weights = {k: torch.from_numpy(data[k].astype(np.float32)) for k in ("w1", "b1", "w2", "b2")}
+        if data["budget"].size != 1:
+            raise UserError(f"{path}: a generator trigger's budget is one number")
+        return GeneratorTrigger(**weights, budget=float(data["budget"].reshape(())), target=target)
     if kind != "patch":
-        raise UserError(f"{path}: unknown trigger kind {kind!r} (known: patch, wanet)")
+        raise UserError(f"{path}: unknown trigger kind {kind!r} (known: patch, wanet, generator)")
     if "mask" not in data or "pattern" not in data:
         raise UserError(f"{path}: trigger file needs 'mask' and 'pattern'")
     mask, pattern = data["mask"].astype(np.float32), data["pattern"].astype(np.float32)
@@ -172,5 +222,7 @@ def check_trigger_fits(trigger: Trigger, input_shape: tuple[int, ...], num_class
         raise UserError(f"trigger is for inputs {trigger.input_shape}, data is {tuple(input_shape)}")
     if isinstance(trigger, WarpTrigger) and tuple(trigger.flow.shape[:2]) != tuple(input_shape[1:]):
         raise UserError(f"warp trigger is for {tuple(trigger.flow.shape[:2])} images, data is {tuple(input_shape)}")
+    if isinstance(trigger, GeneratorTrigger) and trigger.w1.shape[1] != input_shape[0]:
+        raise UserError(f"generator trigger is for {trigger.w1.shape[1]}-channel images, data is {tuple(input_shape)}")
     if trigger.target >= num_classes or trigger.target < ALL_TO_ALL:
         raise UserError(f"trigger target {trigger.target} is not a class of this {num_classes}-class data")

@@ -74,3 +74,38 @@ def flag_small(values, index: torch.Tensor, threshold: float = THRESHOLD) -> lis
     v = _as_vector(values)
     med = _median(v)
     return [int(i) for i in torch.nonzero((index > threshold) & (v < med)).flatten()]
+
+
+def log_lower_mad_index(values, reference=None, *, signed: bool = False) -> torch.Tensor:
+    """The verdict's default statistic: the small-side double-MAD index of log sizes.
+
+    Two changes to Neural Cleanse's MAD, each from the literature and chosen on the tuning
+    zoo (benchmarks/detect_verdict.py): the scale is the deviation of the *lower* half only
+    (DeepInspect's double MAD; TrojanZoo's `normalize_mad(side='double')`), so the wide
+    spread of large clean masks does not hide a small one, and the sizes are compared in
+    log space, where "5x smaller" means the same for a class of size 50 as of size 150.
+    `reference` (K,) are log sizes of the same classes on clean reference models: they are
+    subtracted first, so a naturally easy class (a thin digit) is not taken for a target.
+
+    Args:
+        values: (K,) positive per-class trigger sizes.
+        reference: optional (K,) mean log sizes of the same classes on clean models.
+        signed: keep negative indices (classes above the median), as calibration needs.
+    Returns:
+        (K,) float64 indices, large = suspiciously small trigger.
+    """
+    v = _as_vector(values).clamp_min(1e-12).log()
+    if reference is not None:
+        ref = torch.as_tensor(reference, dtype=torch.float64).reshape(-1)
+        if ref.shape != v.shape:
+            raise ValueError(f"reference has {ref.numel()} classes, the sizes {v.numel()}")
+        v = v - ref
+    med = _median(v)
+    lower = v[v <= med]
+    mad = CONSISTENCY * _median((lower - med).abs())
+    if mad <= 0:
+        mad = CONSISTENCY * (lower - med).abs().mean()
+        if mad <= 0:
+            return torch.zeros_like(v)
+    index = (med - v) / mad
+    return index if signed else index.clamp_min(0)

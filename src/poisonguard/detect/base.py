@@ -93,7 +93,8 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def make_detection(method: str, *, index: torch.Tensor, flagged: list[int], start: float, sizes: torch.Tensor,
-                   masks: torch.Tensor | None, patterns: torch.Tensor | None, threshold: float, extra: dict) -> Detection:
+                   masks: torch.Tensor | None, patterns: torch.Tensor | None, threshold: float, extra: dict,
+                   triggers: tuple | None = None) -> Detection:
     return Detection(
         method=method,
         backdoored=bool(flagged),
@@ -105,4 +106,5 @@ def make_detection(method: str, *, index: torch.Tensor, flagged: list[int], star
         extra=extra,
         masks=masks,
         patterns=patterns,
+        triggers=triggers,
     )

@@ -9,22 +9,40 @@ from poisonguard.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# What `scan` runs without --method; `poisonguard.scan` (the Python API) follows it.
-DEFAULT_METHODS = ("neural_cleanse",)
+
+
+def __getattr__(name: str):
+    """`DEFAULT_METHODS`: what `scan` runs without --method (the verdict's set; `poisonguard.scan` follows it).
+
+    Read lazily so building the parser does not import torch.
+    """
+    if name == "DEFAULT_METHODS":
+        from poisonguard.detect.verdict import DEFAULT_METHODS
+
+        return DEFAULT_METHODS
+    raise AttributeError(name)
 
 
 def add_commands(sub) -> None:
     from poisonguard.cli.options import add_common, add_model, positive_float, positive_int, probability
-
-    p = sub.add_parser("scan", help="is this model backdoored? reverse-engineer triggers (Neural Cleanse, TABOR, DeepInspect)")
+    p = sub.add_parser("scan", help="is this model backdoored? one calibrated verdict from several trigger-inversion methods")
     add_model(p)
-    p.add_argument("--data", required=True, help="clean data: mnist5k, cifar10, a path ... or 'none' (data-free: deepinspect only)")
-    p.add_argument("--method", default=",".join(DEFAULT_METHODS), help="comma-separated: neural-cleanse, tabor, deepinspect")
+    p.add_argument("--data", required=True, help="clean data: mnist5k, cifar10, a path ... or 'none' (data-free: uncalibrated, data-free methods only)")
+    p.add_argument("--method", default=None,
+                   help="comma-separated: neural-cleanse, tabor, deepinspect, feature-re "
+                        "(default: the verdict's set neural-cleanse,deepinspect,feature-re)")
+    p.add_argument("--fpr", type=probability, default=0.05, help="false-positive rate the verdict is set to (default 0.05)")
+    p.add_argument("--statistic", choices=("robust", "paper"), default="robust",
+                   help="robust: calibrated log-space lower-half MAD (default); paper: each paper's own rule")
+    p.add_argument("--calibration", choices=("auto", "none"), default="auto",
+                   help="auto: calibrate on clean reference models trained from --data (cached); none: uncalibrated")
+    p.add_argument("--reference-models", type=positive_int, default=4, help="clean reference models for calibration (default 4)")
+    p.add_argument("--exit-zero", action="store_true", help="exit 0 even when a backdoor is found")
     p.add_argument("--clean-fraction", type=probability, default=0.05, help="share of the training part used as clean data (default 0.05)")
     p.add_argument("--epochs", type=positive_int, default=None, help="inversion epochs for neural-cleanse / tabor (default 40)")
-    p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect (default 300)")
+    p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect / feature-re")
     p.add_argument("--threshold", type=positive_float, default=None,
-                   help="anomaly index above which a class is flagged (default 2, the papers' ~95%% level)")
+                   help="--statistic paper: anomaly index above which a class is flagged (default 2, the papers' ~95%% level)")
     p.add_argument("--prune-after", type=positive_int, default=None, help="drop the least promising classes after this many epochs (faster; may add false flags, since pruned classes keep unfinished masks)")
     p.add_argument("--input-shape", default=None, help="C,H,W for --data none when the model has no metadata.json")
     p.add_argument("--num-classes", type=positive_int, default=None, help="class count for --data none without metadata.json")
@@ -58,41 +76,46 @@ def _shape(text: str | None):
     return check_input_shape(shape, "--input-shape")
 
 
-def build_detector(name: str, args):
-    from poisonguard.detect import DETECTORS
-
-    cls = DETECTORS.get(name)
-    options = {"seed": args.seed, "device": args.device}
-    if args.threshold is not None:
-        options["threshold"] = args.threshold
-    if name in ("neural_cleanse", "tabor"):
-        if args.epochs:
-            options["epochs"] = args.epochs
-        if args.prune_after:
-            options["prune_after"] = args.prune_after
-    elif name == "deepinspect" and args.steps:
-        options["steps"] = args.steps
-    return cls(**options)
+def detector_options(names: list[str], args) -> dict[str, dict]:
+    """Per-method keyword options from the command line."""
+    options: dict[str, dict] = {}
+    for name in names:
+        o = {}
+        if args.threshold is not None:
+            o["threshold"] = args.threshold
+        if name in ("neural_cleanse", "tabor"):
+            if args.epochs:
+                o["epochs"] = args.epochs
+            if args.prune_after:
+                o["prune_after"] = args.prune_after
+        elif name in ("deepinspect", "feature_re") and args.steps:
+            o["steps"] = args.steps
+        options[name] = o
+    return options
 
 
 def cmd_scan(args) -> int:
     from poisonguard.cli.inputs import check_input_shape, check_num_classes, data_inputs, guard_out, load_checked_model, load_splits, model_inputs
     from poisonguard.data import per_class_subset
     from poisonguard.detect import DETECTORS
-    from poisonguard.detect.report import add_to_report, write_triggers
+    from poisonguard.detect.calibration import calibrate, loo_false_positives, reference_architecture
+    from poisonguard.detect.report import add_to_report, add_verdict, write_triggers
+    from poisonguard.detect.verdict import DEFAULT_METHODS, scan_verdict
+    from poisonguard.errors import EXIT_FINDING, EXIT_OK
     from poisonguard.models import load_model
     from poisonguard.report import Report
 
     out = guard_out(args.out, command="scan", force=args.force,
                     inputs=[*model_inputs(args.model), *(() if args.data.strip().lower() == "none" else data_inputs(args.data))])
-    methods = _methods(args.method)
+    methods = _methods(args.method) if args.method is not None else list(DEFAULT_METHODS)
     _shape(args.input_shape)  # a typo or a 30000x30000 shape fails before the model is read
     data_free = args.data.strip().lower() == "none"
     report = Report("scan")
     if data_free:
         needing = [m for m in methods if DETECTORS.get(m).needs_data]
-        if needing:
+        if args.method is not None and needing:
             raise UserError(f"--data none: {', '.join(needing)} needs clean data; use --method deepinspect or give --data")
+        methods = [m for m in methods if not DETECTORS.get(m).needs_data]
         from poisonguard.cli.options import model_options
 
         loaded = load_model(args.model, arch=args.arch, input_shape=_shape(args.input_shape), num_classes=args.num_classes,
@@ -114,19 +137,33 @@ def cmd_scan(args) -> int:
         clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=args.seed)
         examples = splits.test.x[: max(k, 1)]
     report.set("model", info)
-    report.set("scan", {"methods": methods, "data": args.data, "clean_images": 0 if clean is None else len(clean),
+    options = detector_options(methods, args)
+    calibration = None
+    if clean is not None and args.calibration == "auto" and args.statistic == "robust":
+        arch, source = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, shape)
+        calibration = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=args.reference_models,
+                                seed=args.seed, device=args.device, options=options,
+                                data_id=f"{args.data}:{args.clean_fraction}:{args.seed}")
+        flagged, n, ci = loo_false_positives(calibration, args.fpr)
+        report.set("calibration", {**calibration.summary(), "leave_one_out_flagged": flagged,
+                                   "leave_one_out_fpr_ci": list(ci)})
+    skipped = []
+    verdict, detections = scan_verdict(
+        model, clean, methods=methods, fpr=args.fpr, statistic=args.statistic, calibration=calibration, seed=args.seed,
+        device=args.device, input_shape=shape, num_classes=k, options=options, classes=classes,
+        data_info={"clean_fraction": None if clean is None else args.clean_fraction, "data": args.data},
+        on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}))
+    report.set("scan", {"methods": [d.method for d in detections], "skipped": skipped, "data": args.data,
+                        "clean_images": 0 if clean is None else len(clean),
                         "clean_fraction": None if clean is None else args.clean_fraction, "seed": args.seed})
+    add_verdict(report, verdict, classes)
     summary, taken = [], set()
-    for order, name in enumerate(methods):
-        detector = build_detector(name, args)
-        if name == "deepinspect":
-            det = detector.detect(model, clean, input_shape=shape, num_classes=k)
-        else:
-            det = detector.detect(model, clean)
-        add_to_report(report, det, examples, classes, order=20 + order)
-        triggers = write_triggers(det, out, taken=taken)
-        summary.append({"method": name, "backdoored": det.backdoored, "flagged_classes": list(det.flagged_classes),
-                        "seconds": det.seconds, "triggers": [str(p) for p in triggers]})
+    for order, det in enumerate(detections):
+        add_to_report(report, det, examples, classes, order=20 + order, verdict=verdict)
+        flagged_here = [e["class"] for e in verdict.method_rows(det.method) if e["flagged"]]
+        triggers = write_triggers(det, out, taken=taken, classes=flagged_here)
+        summary.append({"method": det.method, "flagged_classes": flagged_here, "seconds": det.seconds,
+                        "triggers": [str(p) for p in triggers]})
     path = report.write(out)
-    print(json.dumps({"report": str(path), "detections": summary}))
-    return 0
+    print(json.dumps({"report": str(path), "verdict": report.data["verdict"], "detections": summary}))
+    return EXIT_FINDING if verdict.backdoored and not args.exit_zero else EXIT_OK

@@ -64,6 +64,7 @@ class InversionConfig:
     max_memory_mb: float = 1024.0
     prune_after: int | None = None
     prune_keep: float = 0.3
+    start_cost_at_zero: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "early_stop_patience"):
@@ -109,6 +110,63 @@ class Inversion:
     epochs: torch.Tensor
     pruned: torch.Tensor
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CostSchedule:
+    """Neural Cleanse's per-class cost schedule (Wang et al., 2019, the authors' `visualizer.py`).
+
+    All fields are (k,) tensors, one entry per class being inverted. Each epoch, given
+    whether the class's trigger reached the attack threshold:
+      - cost-set: while the cost is 0 and the attack succeeds, count; after `patience`
+        such epochs set the cost to `init_cost` and reset every counter and flag (NC starts
+        at cost 0 with `reset_cost_to_zero`, so the mask is free until a trigger works);
+      - up/down: `patience` successes in a row multiply the cost by `multiplier`,
+        `patience` failures in a row divide it by `multiplier ** 1.5`; each sets its flag
+        (early stopping waits for both flags).
+    `step` is pure: it returns a new schedule and never changes this one.
+    """
+
+    cost: torch.Tensor
+    set_count: torch.Tensor
+    up_count: torch.Tensor
+    down_count: torch.Tensor
+    up_flag: torch.Tensor
+    down_flag: torch.Tensor
+
+    @classmethod
+    def start(cls, k: int, cost: float) -> "CostSchedule":
+        zeros = torch.zeros(k, dtype=torch.long)
+        no = torch.zeros(k, dtype=torch.bool)
+        return cls(torch.full((k,), float(cost), dtype=torch.float64), zeros, zeros.clone(), zeros.clone(), no, no.clone())
+
+    def step(self, rows: torch.Tensor, success: torch.Tensor, *, init_cost: float, multiplier: float,
+             patience: int) -> "CostSchedule":
+        """One epoch's update of classes `rows` (indices, (a,)) given their `success` ((a,) bool)."""
+        f = {name: getattr(self, name).clone() for name in
+             ("cost", "set_count", "up_count", "down_count", "up_flag", "down_flag")}
+        cost = f["cost"][rows]
+        at_zero = (cost == 0) & success
+        set_count = torch.where(at_zero, f["set_count"][rows] + 1, 0)
+        do_set = set_count >= patience
+        f["set_count"][rows] = torch.where(do_set, 0, set_count)
+        cost = torch.where(do_set, torch.full_like(cost, float(init_cost)), cost)
+        up = torch.where(do_set, 0, f["up_count"][rows])
+        down = torch.where(do_set, 0, f["down_count"][rows])
+        up_flag = f["up_flag"][rows] & ~do_set
+        down_flag = f["down_flag"][rows] & ~do_set
+        # NC counts successes and failures in a row on every epoch, the cost-set epoch included.
+        up = torch.where(success, up + 1, 0)
+        down = torch.where(success, 0, down + 1)
+        go_up = up >= patience
+        go_down = ~go_up & (down >= patience)
+        cost = torch.where(go_up, cost * multiplier, torch.where(go_down, cost / multiplier ** 1.5, cost))
+        f["cost"][rows] = cost
+        f["up_count"][rows] = torch.where(go_up, 0, up)
+        f["down_count"][rows] = torch.where(go_down, 0, down)
+        f["up_flag"][rows] = up_flag | go_up
+        f["down_flag"][rows] = down_flag | go_down
+        return CostSchedule(**f)
 
 
 def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
@@ -218,11 +276,7 @@ def _invert_chunk(model, x, y, targets: torch.Tensor, config: InversionConfig, e
     tgt = targets.to(device)
 
     # Per-class schedule state (CPU, shape (k,)), exactly NC's counters.
-    cost = torch.full((k,), float(config.init_cost), dtype=torch.float64)
-    up_count = torch.zeros(k, dtype=torch.long)
-    down_count = torch.zeros(k, dtype=torch.long)
-    up_flag = torch.zeros(k, dtype=torch.bool)
-    down_flag = torch.zeros(k, dtype=torch.bool)
+    schedule = CostSchedule.start(k, 0.0 if config.start_cost_at_zero else config.init_cost)
     reg_best = torch.full((k,), math.inf, dtype=torch.float64)
     es_best = torch.full((k,), math.inf, dtype=torch.float64)
     es_count = torch.zeros(k, dtype=torch.long)
@@ -250,7 +304,7 @@ def _invert_chunk(model, x, y, targets: torch.Tensor, config: InversionConfig, e
             ce = F.cross_entropy(logits, t_rep, reduction="none").view(len(act), -1).mean(1)
             acc = (logits.argmax(1) == t_rep).float().view(len(act), -1).mean(1)
             reg = masks.abs().sum((1, 2, 3))
-            loss = ce + cost[act].to(device, ce.dtype) * reg
+            loss = ce + schedule.cost[act].to(device, ce.dtype) * reg
             if extra_loss is not None:
                 loss = loss + extra_loss(model, xb, yb, masks[:, 0], patterns, tgt[act_dev])
             grads = torch.autograd.grad(loss.sum(), leaves)
@@ -282,20 +336,11 @@ def _invert_chunk(model, x, y, targets: torch.Tensor, config: InversionConfig, e
         es_count[act] = torch.where(has_best, torch.where(stalled, es_count[act] + 1, 0), es_count[act])
         es_best[act] = torch.where(has_best, torch.minimum(es_best[act], reg_best[act]), es_best[act])
         if config.early_stop:
-            stop = up_flag[act] & down_flag[act] & (es_count[act] >= config.early_stop_patience)
+            stop = schedule.up_flag[act] & schedule.down_flag[act] & (es_count[act] >= config.early_stop_patience)
             active[act[stop]] = False
 
-        # NC's cost schedule: up after `patience` successful epochs, down after `patience` failures.
-        up_count[act] = torch.where(success, up_count[act] + 1, 0)
-        down_count[act] = torch.where(success, 0, down_count[act] + 1)
-        go_up = up_count[act] >= config.patience
-        go_down = ~go_up & (down_count[act] >= config.patience)
-        cost[act] = torch.where(go_up, cost[act] * config.cost_multiplier, cost[act])
-        cost[act] = torch.where(go_down, cost[act] / config.cost_multiplier ** 1.5, cost[act])
-        up_count[act[go_up]] = 0
-        down_count[act[go_down]] = 0
-        up_flag[act[go_up]] = True
-        down_flag[act[go_down]] = True
+        schedule = schedule.step(act, success, init_cost=config.init_cost, multiplier=config.cost_multiplier,
+                                 patience=config.patience)
 
         if config.prune_after is not None and epoch + 1 == config.prune_after:
             # Rank by the best successful mask size, else the current size plus a large offset.
@@ -312,7 +357,7 @@ def _invert_chunk(model, x, y, targets: torch.Tensor, config: InversionConfig, e
     masks = torch.where(fd.view(-1, 1, 1, 1), best_mask, final_mask)[:, 0]
     patterns = torch.where(fd.view(-1, 1, 1, 1), best_pattern, final_pattern)
     return {"masks": masks, "patterns": patterns, "found": found, "epochs": epochs_run, "pruned": pruned,
-            "cost": cost}
+            "cost": schedule.cost}
 
 
 def invert_triggers(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import torch
@@ -11,7 +12,66 @@ from poisonguard.report import img, table
 from poisonguard.report.plots import bar_chart, image_grid
 from poisonguard.results import Detection
 
-PRETTY = {"neural_cleanse": "Neural Cleanse", "tabor": "TABOR", "deepinspect": "DeepInspect (data-free)"}
+PRETTY = {"neural_cleanse": "Neural Cleanse", "tabor": "TABOR", "deepinspect": "DeepInspect (data-free)",
+          "feature_re": "FeatureRE (feature space)"}
+# What each method's evidence can see, to explain why methods disagree.
+SEES = {"neural_cleanse": "small pixel patches", "tabor": "small, compact pixel patches",
+        "deepinspect": "small perturbations of inputs it synthesises without data",
+        "feature_re": "input transformations (warps, blends, filters) that switch on a few hidden features"}
+
+
+def _label(c: int, classes=None) -> str:
+    return f"class {c}" + (f" ('{classes[c]}')" if classes and c < len(classes) and str(classes[c]) != str(c) else "")
+
+
+def _data_words(verdict) -> str:
+    n = verdict.data.get("clean_images", 0)
+    if not n:
+        return "data-free (no clean images)"
+    frac = verdict.data.get("clean_fraction")
+    return f"{n} clean images" + (f" ({frac:.0%} of the training split)" if frac else "")
+
+
+def _calibration_words(verdict) -> str:
+    cal = verdict.calibration or {}
+    if verdict.statistic == "paper":
+        return "each paper's own rule (anomaly index above its threshold), uncalibrated"
+    if not verdict.calibrated:
+        return ("UNCALIBRATED (no clean reference models: the stated false-positive rate assumes a normal spread "
+                "of clean classes)")
+    return (f"calibrated on {cal.get('reference_models')} clean reference models ({cal.get('source')})")
+
+
+def verdict_text(verdict, classes=None) -> str:
+    """The verdict in one plain sentence, then how it was reached (computed from the evidence)."""
+    names = [PRETTY.get(m, m) for m in verdict.methods]
+    rate = f"{verdict.false_positive_rate:.0%}".replace(".0%", "%")
+    how = (f"Checked with {', '.join(names)} at a {rate} false-positive rate, {_calibration_words(verdict)}; "
+           f"{_data_words(verdict)}; score {verdict.score:.3f}.")
+    if verdict.backdoored:
+        which = ", ".join(_label(c, classes) for c in verdict.targets)
+        return (f"This model looks BACKDOORED: a trigger far smaller than normal turns inputs into {which}. " + how)
+    return "No backdoor found: no class can be reached with an unusually small trigger by any method. " + how
+
+
+def disagreement_notes(verdict, classes=None) -> list[str]:
+    """One sentence per class on which the methods disagree, saying why that is expected."""
+    notes = []
+    classes_seen = sorted({e["class"] for e in verdict.evidence})
+    for c in classes_seen:
+        rows = [e for e in verdict.evidence if e["class"] == c]
+        yes = [e for e in rows if e["flagged"]]
+        no = [e for e in rows if not e["flagged"]]
+        if not yes or not no:
+            continue
+        fmt = lambda e: f"{PRETTY.get(e['method'], e['method'])} (index {e['statistic']:.2f} vs threshold {e['threshold']:.2f})"
+        seen = "; ".join(f"{PRETTY.get(e['method'], e['method'])} looks for {SEES.get(e['method'], 'its own kind of trigger')}"
+                         for e in yes)
+        notes.append(f"{_label(c, classes).capitalize()}: flagged by {', '.join(fmt(e) for e in yes)}, not by "
+                     f"{', '.join(fmt(e) for e in no)}. The methods look for different triggers ({seen}), so one "
+                     "finding is enough: the verdict counts a class as a target when any method flags it, with the "
+                     "thresholds set so that all methods together keep the stated false-positive rate.")
+    return notes
 
 
 def verdict_sentence(det: Detection, classes=None) -> str:
@@ -38,21 +98,22 @@ def trigger_of(det: Detection, cls: int) -> PatchTrigger:
                         det.patterns[i].detach().cpu().float().clamp(0, 1), int(cls))
 
 
-def write_triggers(det: Detection, out: Path, *, taken: set[int] | None = None) -> list[Path]:
-    """`trigger_<class>.npz` for every flagged class; returns the paths.
+def write_triggers(det: Detection, out: Path, *, taken: set[int] | None = None, classes=None) -> list[Path]:
+    """`trigger_<class>.npz` for every flagged class (or for `classes`, the verdict's flags); returns the paths.
 
     `taken` holds classes an earlier method already wrote; this method's trigger for such a
     class goes to `trigger_<class>_<method>.npz` so the first method's file is kept.
     """
     paths = []
-    if det.masks is None:
+    if det.masks is None and det.triggers is None:
         return paths
     taken = set() if taken is None else taken
-    for cls in det.flagged_classes:
+    for cls in (det.flagged_classes if classes is None else classes):
         name = f"trigger_{cls}.npz" if cls not in taken else f"trigger_{cls}_{det.method}.npz"
         taken.add(cls)
         path = out / name
-        save_trigger(trigger_of(det, cls), path)
+        trigger = trigger_of(det, cls) if det.masks is not None else det.triggers[row_classes(det).index(cls)]
+        save_trigger(trigger, path)
         paths.append(path)
     return paths
 
@@ -75,19 +136,50 @@ def classes_to_draw(det: Detection) -> list[int]:
     return (flagged + rest)[:MAX_DRAWN]
 
 
-def detection_html(det: Detection, examples: torch.Tensor | None, classes=None) -> str:
-    """Bar chart of anomaly indices with the threshold, then every class's trigger as images."""
+def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[float], float, set[int], str]:
+    """What the chart and table show: the verdict's one-sided statistic when a verdict is given.
+
+    Returns (value per row, threshold, flagged row numbers, axis label). Without a verdict
+    the method's own anomaly index and flags are shown.
+    """
+    targets = row_classes(det)
+    if evidence:
+        by_class = {e["class"]: e for e in evidence}
+        values = [by_class[c]["statistic"] for c in targets]
+        threshold = by_class[targets[0]]["threshold"]
+        flagged = {i for i, c in enumerate(targets) if by_class[c]["flagged"]}
+        return values, threshold, flagged, "one-sided index (the verdict's statistic)"
+    flagged = {i for i, c in enumerate(targets) if c in det.flagged_classes}
+    return list(det.anomaly_index), det.threshold, flagged, "anomaly index"
+
+
+def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -> str:
+    """One sentence per method, computed from the numbers its chart draws."""
+    name = PRETTY.get(det.method, det.method)
+    values, threshold, flagged, _ = chart_values(det, evidence)
+    targets = row_classes(det)
+    if flagged:
+        which = ", ".join(f"{_label(targets[i], classes)} (index {values[i]:.2f})" for i in sorted(flagged))
+        return (f"{name}: flags {which}, above the threshold {threshold:.2f}: a far smaller trigger than for the "
+                "other classes turns inputs into it.")
+    top = max(range(len(values)), key=lambda i: values[i])
+    return (f"{name}: no class above the threshold {threshold:.2f} (largest index {values[top]:.2f}, "
+            f"{_label(targets[top], classes)}): every class needs a similarly large trigger.")
+
+
+def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, evidence: list[dict] | None = None) -> str:
+    """Bar chart of the per-class statistic with its threshold, then every class's trigger as images."""
     k = len(det.anomaly_index)
     targets = row_classes(det)
     names = list(classes) if classes else []
     labels = [str(names[c]) if c < len(names) else str(c) for c in targets]
-    flagged = {i for i, c in enumerate(targets) if c in det.flagged_classes}
-    html = img(bar_chart(list(det.anomaly_index), labels=labels, threshold=det.threshold,
-                         highlight=sorted(flagged), ylabel="anomaly index",
-                         title=f"{PRETTY.get(det.method, det.method)}: anomaly index per class"), "anomaly index per class")
-    rows = [[targets[i], labels[i], det.mask_l1[i] if det.mask_l1 else None, det.anomaly_index[i],
+    values, threshold, flagged, ylabel = chart_values(det, evidence)
+    html = img(bar_chart(values, labels=labels, threshold=threshold,
+                         highlight=sorted(flagged), ylabel=ylabel,
+                         title=f"{PRETTY.get(det.method, det.method)}: {ylabel} per class"), f"{ylabel} per class")
+    rows = [[targets[i], labels[i], det.mask_l1[i] if det.mask_l1 else None, values[i],
              "flagged" if i in flagged else ""] for i in range(k)]
-    html += table(["class", "name", "trigger size (L1)", "anomaly index", ""], rows)
+    html += table(["class", "name", "trigger size", ylabel, ""], rows)
     if det.masks is not None:
         masks, patterns = det.masks.detach().cpu(), det.patterns.detach().cpu()
         grid_rows, row_titles = [], []
@@ -105,7 +197,32 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None) 
     return html
 
 
-def add_to_report(report, det: Detection, examples, classes=None, *, order: int = 20) -> None:
+def add_to_report(report, det: Detection, examples, classes=None, *, order: int = 20, verdict=None) -> None:
+    """The method's section; with a verdict, its chart, table and sentence use the verdict's statistic."""
     report.append("detections", det)
     title = f"Trigger reconstruction: {PRETTY.get(det.method, det.method)}"
-    report.add_section(title, detection_html(det, examples, classes), summary=verdict_sentence(det, classes), order=order)
+    evidence = verdict.method_rows(det.method) if verdict is not None else None
+    summary = method_sentence(det, evidence, classes) if evidence else verdict_sentence(det, classes)
+    report.add_section(title, detection_html(det, examples, classes, evidence), summary=summary, order=order)
+
+
+def verdict_section_html(verdict) -> str:
+    """The evidence per method and every disagreement explained (the verdict's sentence is the section summary)."""
+    head = ["method", "flags", "largest index (class)", "threshold"]
+    rows = []
+    for method in verdict.methods:
+        mine = verdict.method_rows(method)
+        top = max(mine, key=lambda e: e["statistic"])
+        rows.append([PRETTY.get(method, method), ", ".join(str(e["class"]) for e in mine if e["flagged"]) or "none",
+                     f"{top['statistic']:.2f} ({top['class']})", f"{top['threshold']:.2f}"])
+    html = table(head, rows)
+    if verdict.disagreements:
+        html += "<p><b>Where the methods disagree</b></p><ul>" + "".join(
+            f"<li>{escape(n)}</li>" for n in verdict.disagreements) + "</ul>"
+    return html
+
+
+def add_verdict(report, verdict, classes=None, *, title: str = "Verdict", order: int = 10) -> None:
+    """The verdict first: its sentence, the evidence per method, and every disagreement explained."""
+    report.set("verdict", verdict.to_dict())
+    report.add_section(title, verdict_section_html(verdict), summary=verdict.sentence, order=order)

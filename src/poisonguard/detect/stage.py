@@ -1,48 +1,82 @@
-"""The `scan` stage of `demo` and `checklist`: Neural Cleanse, then data-free DeepInspect.
+"""The `scan` stage of `demo` and `checklist`: the scan verdict on the model (and the demo's clean model).
 
-The two rest on different evidence (NC: the smallest mask that flips clean images;
-DeepInspect: the smallest perturbation a generator needs on inputs synthesised from the
-model alone), and on small models one can miss what the other finds, so both report.
-`ctx.shared["scan"]` is NC's Detection when NC flags the model, else DeepInspect's when it
-does (masks and patterns on it), and `trigger_<class>.npz` is written for each flagged
-class, so the repair stage can unlearn that trigger.
+The stage runs `scan_verdict` (Neural Cleanse and data-free DeepInspect at the demo's
+budget; the full default set otherwise), uncalibrated: training reference models does not
+fit the demo's time budget, and the verdict says so. The clean comparison model of the
+demo is scanned the same way, so the report shows the verdict on both. `ctx.shared["scan"]`
+is the Detection whose verdict flags the prime target (restricted to the verdict's flags,
+with its masks), `ctx.shared["verdict"]` the Verdict, and `trigger_<class>.npz` is written
+for each flagged class so the repair stage can unlearn that trigger.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from poisonguard.data import per_class_subset
-from poisonguard.detect.deepinspect import DeepInspect
-from poisonguard.detect.neural_cleanse import NeuralCleanse
-from poisonguard.detect.report import add_to_report, write_triggers
-from poisonguard.errors import UserError
+from poisonguard.detect.report import add_to_report, add_verdict, write_triggers
+from poisonguard.detect.verdict import DEFAULT_METHODS, QUICK_VERDICT_METHODS, scan_verdict
 from poisonguard.stages import StageContext, register_stage
 
 log = logging.getLogger(__name__)
+
+# Quick (demo) mode: NC with fewer, shorter epochs and DeepInspect keep the stage near 20 s
+# per model on 2 CPU cores; FeatureRE joins outside quick mode.
+QUICK_OPTIONS = {"neural_cleanse": {"epochs": 12, "early_stop_patience": 4, "patience": 2}}
+
+
+def _with_truth(det, true_target):
+    """The Detection with the true target's outcome in `extra` (a new object: results stay frozen)."""
+    if true_target is None:
+        return det
+    return replace(det, extra={**det.extra, "true_target": int(true_target),
+                               "true_target_found": int(true_target) in det.flagged_classes})
+
+
+def shared_detection(verdict, detections):
+    """The Detection repair should use: the first with masks that flags a verdict target."""
+    for det in detections:
+        flagged = tuple(e["class"] for e in verdict.method_rows(det.method) if e["flagged"])
+        if flagged and det.masks is not None:
+            order = sorted(flagged, key=lambda c: verdict.targets.index(c) if c in verdict.targets else len(verdict.targets))
+            return replace(det, backdoored=True, flagged_classes=tuple(order))
+    return replace(detections[0], backdoored=False, flagged_classes=())
+
+
+def _scan(ctx: StageContext, model, clean):
+    methods = QUICK_VERDICT_METHODS if ctx.quick else DEFAULT_METHODS
+    options = QUICK_OPTIONS if ctx.quick else {}
+    return scan_verdict(model, clean, methods=methods, seed=ctx.seed, device=ctx.device,
+                        input_shape=ctx.splits.input_shape, num_classes=ctx.splits.num_classes, options=options,
+                        classes=list(ctx.splits.classes), data_info={"clean_fraction": 0.05},
+                        on_skip=lambda name, exc: log.warning("scan stage: %s skipped: %s", name, exc))
 
 
 @register_stage("scan", order=20)
 def scan_stage(ctx: StageContext) -> None:
     clean = per_class_subset(ctx.splits.train, fraction=0.05, seed=ctx.seed)
-    # Quick (demo) mode: fewer, shorter epochs keep the stage near 20 s on 2 CPU cores.
-    options = {"epochs": 12, "early_stop_patience": 4, "patience": 2} if ctx.quick else {}
-    detections = [NeuralCleanse(seed=ctx.seed, device=ctx.device, **options).detect(ctx.model, clean)]
-    try:
-        detections.append(DeepInspect(seed=ctx.seed, device=ctx.device).detect(
-            ctx.model, None, input_shape=ctx.splits.input_shape, num_classes=ctx.splits.num_classes))
-    except UserError as exc:  # e.g. a model the inversion cannot handle: keep NC's verdict
-        log.warning("scan stage: DeepInspect skipped: %s", exc)
-    ctx.shared["scan"] = next((d for d in detections if d.backdoored), detections[0])
-    examples = ctx.splits.test.x[: ctx.splits.num_classes]
+    verdict, detections = _scan(ctx, ctx.model, clean)
     true_target = getattr(ctx.trigger, "target", None)  # known only when the caller gave the real trigger
+    detections = [_with_truth(d, true_target) for d in detections]
+    add_verdict(ctx.report, verdict, list(ctx.splits.classes), title="Verdict: the model under examination", order=19)
+    ctx.shared["verdict"] = verdict
+    ctx.shared["scan"] = shared_detection(verdict, detections)
+    examples = ctx.splits.test.x[: ctx.splits.num_classes]
     taken: set[int] = set()
     paths = []
     for order, det in enumerate(detections):
-        paths += write_triggers(det, ctx.out_dir, taken=taken)
-        if true_target is not None:
-            det.extra["true_target"] = int(true_target)
-            det.extra["true_target_found"] = true_target in det.flagged_classes
-        add_to_report(ctx.report, det, examples, list(ctx.splits.classes), order=20 + order)
+        flagged = [e["class"] for e in verdict.method_rows(det.method) if e["flagged"]]
+        paths += write_triggers(det, ctx.out_dir, taken=taken, classes=flagged)
+        add_to_report(ctx.report, det, examples, list(ctx.splits.classes), order=20 + order, verdict=verdict)
     if paths:
         ctx.shared["scan_triggers"] = paths
+    clean_model = getattr(ctx, "clean_model", None)
+    if clean_model is not None:
+        clean_verdict, _ = _scan(ctx, clean_model, clean)
+        ctx.shared["clean_verdict"] = clean_verdict
+        ctx.report.set("clean_model_verdict", clean_verdict.to_dict())
+        from poisonguard.detect.report import verdict_section_html
+
+        ctx.report.add_section("Verdict: the clean comparison model", verdict_section_html(clean_verdict),
+                               summary=clean_verdict.sentence, order=19)

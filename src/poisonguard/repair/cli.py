@@ -69,6 +69,7 @@ def add_commands(sub) -> None:
 def scan_triggers(folder: str, splits) -> list:
     """Every trigger_<class>.npz that `poisonguard scan` wrote in `folder`, checked against the data."""
     from poisonguard.attacks import PatchTrigger, check_trigger_fits, load_trigger
+    from poisonguard.attacks.triggers import GeneratorTrigger
 
     path = Path(folder).expanduser()
     if not path.is_dir():
@@ -79,8 +80,8 @@ def scan_triggers(folder: str, splits) -> list:
     triggers = []
     for f in files:
         trig = load_trigger(f)
-        if not isinstance(trig, PatchTrigger):
-            raise UserError(f"{f} is not a mask-and-pattern trigger")
+        if not isinstance(trig, (PatchTrigger, GeneratorTrigger)):
+            raise UserError(f"{f} is not a trigger scan reconstructs (mask-and-pattern or generator)")
         check_trigger_fits(trig, splits.input_shape, splits.num_classes)
         triggers.append(trig)
     return triggers

@@ -1,0 +1,191 @@
+"""Calibrating the verdict on clean reference models that `scan` trains itself.
+
+The defender's clean data trains `n_models` reference models: the suspect's own
+architecture re-initialised when the file says what it is (a state dict with a known
+architecture), else the built-in architecture for the data's shape. Each detector scans
+each reference; per method the calibration keeps
+
+  - `reference`: the mean log trigger size of every class over the references, which the
+    verdict subtracts from the suspect's (a naturally easy class is easy on every model);
+  - `mu`, `s`: the log-normal null of a clean model's largest index, fitted by leave-one-out
+    (each reference against the mean of the others; see `fit_null`).
+
+`loo` records, for every reference, whether the verdict at the stated rate would have
+flagged it against the others: the calibration's own false-positive check, reported with
+its Clopper-Pearson interval. A calibration depends only on its settings, so it is cached
+as JSON under the user cache directory, keyed by a hash of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poisonguard.detect.anomaly import log_lower_mad_index
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Null model per method fitted on clean reference models (see the module docstring)."""
+
+    key: str
+    architecture: str
+    source: str
+    n_models: int
+    clean_images: int
+    seconds: float
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def null_for(self, method: str) -> dict | None:
+        return self.methods.get(method)
+
+    def summary(self) -> dict[str, Any]:
+        return {"calibrated": True, "architecture": self.architecture, "reference_models": self.n_models,
+                "source": self.source, "clean_images": self.clean_images, "seconds": self.seconds, "key": self.key,
+                "null": {m: {"mu": round(v["mu"], 4), "s": round(v["s"], 4)} for m, v in self.methods.items()}}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Calibration":
+        return cls(**json.loads(text))
+
+
+def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
+    """Per-method null from the per-class sizes of R clean reference models ((R, K) lists).
+
+    Each reference's indices are computed against the mean log sizes of the others (leave
+    one out); the log of each reference's largest index gives mu (mean) and s (standard
+    deviation, floored by the verdict's MIN_S: a few references cannot show a narrower null).
+    """
+    logs = torch.tensor(sizes, dtype=torch.float64).clamp_min(1e-12).log()
+    r = len(logs)
+    if r < 2:
+        raise ValueError("calibration needs at least 2 reference models")
+    per_model = []
+    for i in range(r):
+        ref = logs[[j for j in range(r) if j != i]].mean(0)
+        per_model.append([float(v) for v in log_lower_mad_index(logs[i].exp(), ref, signed=True)])
+    top = torch.tensor([math.log(max(max(v), 1e-3)) for v in per_model], dtype=torch.float64)
+    return {"mu": float(top.mean()), "s": float(top.std()) if r > 2 else 0.0, "n": r, "reference": logs.mean(0).tolist(),
+            "loo_index": per_model, "sizes": [list(map(float, s)) for s in sizes]}
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval for k successes in n trials."""
+    from scipy.stats import beta
+
+    a = (1 - level) / 2
+    low = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return low, high
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    blob = json.dumps({"version": VERSION, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_path(key: str) -> Path:
+    from poisonguard.data.cifar import cache_dir
+
+    return cache_dir() / "calibration" / f"{key}.json"
+
+
+def reference_architecture(loaded_meta: dict | None, input_shape) -> tuple[str, str]:
+    """(architecture, source sentence) for the reference models."""
+    from poisonguard.models import ARCHITECTURES
+
+    arch = (loaded_meta or {}).get("architecture")
+    if arch and arch in ARCHITECTURES:
+        return arch, f"the suspect's own architecture ({arch}) re-initialised and trained on the clean data"
+    builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
+    return builtin, (f"the built-in {builtin} trained on the clean data (the suspect's architecture "
+                     "cannot be rebuilt from its file)")
+
+
+def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 4, epochs: int = 30,
+              seed: int = 0, device: str = "auto", options: dict | None = None, data_id: str = "",
+              use_cache: bool = True) -> Calibration:
+    """Train `n_models` clean references on `data` (ImageData), scan each, fit the nulls.
+
+    Cached under the user cache directory by a hash of every setting that changes the result.
+    """
+    from poisonguard.models import build_model
+    from poisonguard.train import fit
+
+    if n_models < 2:
+        raise ValueError(f"calibration needs at least 2 reference models, got {n_models}")
+    settings = {"architecture": architecture, "data": data_id, "n": len(data), "classes": data.num_classes,
+                "shape": list(data.input_shape), "methods": list(methods), "n_models": n_models, "epochs": epochs,
+                "seed": seed, "options": options or {}}
+    key = settings_key(settings)
+    path = cache_path(key)
+    if use_cache and path.is_file():
+        try:
+            cal = Calibration.from_json(path.read_text())
+            log.info("calibration %s read from %s", key, path)
+            return cal
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring an unreadable calibration cache file %s", path)
+    start = time.perf_counter()
+    models = []
+    for r in range(n_models):
+        ref_seed = 10_000 + seed * 101 + r
+        model = build_model(architecture, num_classes=data.num_classes, input_shape=data.input_shape, seed=ref_seed)
+        models.append(fit(model, data, epochs=epochs, batch_size=64, seed=ref_seed, device=device))
+    cal = calibrate_from_models(models, data, architecture=architecture, source=source, methods=methods, seed=seed,
+                                device=device, options=options, start=start)
+    cal = replace(cal, key=key, settings=settings)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from poisonguard.utils import atomic_write_text
+
+        atomic_write_text(path, cal.to_json())
+    return cal
+
+
+def calibrate_from_models(models, data, *, architecture: str, source: str, methods, seed: int = 0,
+                          device: str = "auto", options: dict | None = None, start: float | None = None) -> Calibration:
+    """Fit the nulls from already-trained clean reference `models` (what `calibrate` trains; audit reuses it)."""
+    from poisonguard.detect.verdict import run_detectors
+
+    start = time.perf_counter() if start is None else start
+    sizes: dict[str, list[list[float]]] = {}
+    for model in models:
+        for det in run_detectors(model, data, methods, seed=seed, device=device, options=options,
+                                 input_shape=data.input_shape, num_classes=data.num_classes,
+                                 on_skip=lambda name, exc: log.warning("calibration: %s skipped: %s", name, exc)):
+            sizes.setdefault(det.method, []).append(list(det.mask_l1))
+    nulls = {m: fit_null(s) for m, s in sizes.items()}
+    return Calibration(key="", architecture=architecture, source=source, n_models=len(models), clean_images=len(data),
+                       seconds=round(time.perf_counter() - start, 1), methods=nulls)
+
+
+def loo_false_positives(cal: Calibration, fpr: float) -> tuple[int, int, tuple[float, float]]:
+    """How many references the verdict flags against the others at `fpr`: (flagged, n, 95% CI)."""
+    from poisonguard.detect.verdict import index_threshold
+
+    m = len(cal.methods)
+    flagged = 0
+    for i in range(cal.n_models):
+        hit = False
+        for null in cal.methods.values():
+            idx = null["loo_index"][i]
+            hit |= max(idx) > index_threshold(null, fpr, m)
+        flagged += hit
+    return flagged, cal.n_models, clopper_pearson(flagged, cal.n_models)

@@ -1,0 +1,225 @@
+"""One verdict over several detectors: calibrated per-class statistics, combined p-values.
+
+Each detector reports a per-class trigger size (Neural Cleanse: mask L1; DeepInspect: the
+generated perturbation; FeatureRE: the feature-space mask). The verdict turns the sizes of
+one method into one-sided indices with `log_lower_mad_index` (large = a suspiciously small
+trigger). A clean model's largest index is modelled as log-normal, log(max) ~ N(mu, s),
+fitted on clean reference models (`calibration.py`); without references the priors
+`UNCALIBRATED_NULL` measured on the tuning zoo hold and the verdict says it is uncalibrated.
+
+A class is flagged when its index exceeds exp(mu + s' * q(1 - fpr / M)) for M methods
+(Bonferroni), with q the Student-t quantile of a prediction interval from R references
+(s' = s * sqrt(1 + 1/R); the normal quantile for the priors), the threshold every chart draws, so all methods together keep the stated
+false-positive rate `fpr`; the model is backdoored when any method flags a class, and the
+targets are the classes some method flags. `score` is 1 minus the combined p-value.
+
+`statistic="paper"` keeps each paper's own rule instead: the method's anomaly index against
+its threshold (2), flagged as the paper says; the score is then uncalibrated.
+
+    from poisonguard.detect.verdict import scan_verdict
+    verdict, detections = scan_verdict(model, clean_data, fpr=0.05)   # verdict.to_dict()
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from poisonguard.data import ImageData
+from poisonguard.detect.anomaly import log_lower_mad_index
+from poisonguard.errors import UserError
+from poisonguard.results import Detection, _ToDict
+
+DEFAULT_METHODS = ("neural_cleanse", "deepinspect", "feature_re")
+# The demo's budget (and the tests'): the two methods that fit about 20 s per model on 2 cores.
+QUICK_VERDICT_METHODS = ("neural_cleanse", "deepinspect")
+STATISTICS = ("robust", "paper")
+_NORMAL = NormalDist()
+# Null of a clean model's LARGEST index, per method: log(max index) ~ Normal(mu, s). Without
+# reference models these priors hold, measured on the clean models of the MNIST tuning zoo
+# (benchmarks/detect_verdict.py, tuning seeds only; never the report seeds).
+UNCALIBRATED_NULL = {
+    # 3 clean tuning models (mnist_cnn x 2, lenet5; seed 10): largest NC index 2.1, 1.8, 1.0.
+    "neural_cleanse": {"mu": 0.44, "s": 0.39},
+    "tabor": {"mu": 0.44, "s": 0.39},  # not measured apart: TABOR shares NC's engine and statistic
+    # Same models: largest DeepInspect index 1.5, 0.9, 1.9.
+    "deepinspect": {"mu": 0.31, "s": 0.38},
+    # Spot checks only (a clean class reached index 13.8 on a patch model): a wide prior, so
+    # FeatureRE decides alone only with calibration or on extreme evidence.
+    "feature_re": {"mu": 2.3, "s": 0.5},
+}
+DEFAULT_NULL = {"mu": 0.44, "s": 0.39}
+MIN_S = 0.25  # a handful of references cannot promise a tighter null than this
+
+
+def index_threshold(null: dict, fpr: float, n_methods: int) -> float:
+    """The index above which a class is flagged (what the charts draw): Bonferroni over methods."""
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
+    return math.exp(null["mu"] + _spread(null) * _quantile(null, 1 - fpr / max(1, n_methods)))
+
+
+def _spread(null: dict) -> float:
+    """s widened for a new model's prediction interval when the null was fitted on n references."""
+    n = null.get("n")
+    return max(null["s"], MIN_S) * (math.sqrt(1 + 1 / n) if n else 1.0)
+
+
+def _quantile(null: dict, level: float) -> float:
+    """Student t with n - 1 degrees of freedom for a fitted null (a prediction interval), normal for a prior."""
+    n = null.get("n")
+    if not n:
+        return _NORMAL.inv_cdf(level)
+    from scipy.stats import t
+
+    return float(t.ppf(level, n - 1))
+
+
+def class_p_values(index: torch.Tensor, null: dict) -> list[float]:
+    """P(a clean model's largest index >= this class's index), per class."""
+    z = [(math.log(max(float(v), 1e-9)) - null["mu"]) / _spread(null) for v in index]
+    if not null.get("n"):
+        return [1 - _NORMAL.cdf(v) for v in z]
+    from scipy.stats import t
+
+    return [float(p) for p in t.sf(z, null["n"] - 1)]
+
+
+def model_p_value(p_classes: list[float], n_methods: int) -> float:
+    """The smallest class p-value, Bonferroni over methods."""
+    return min(1.0, n_methods * min(p_classes))
+
+
+@dataclass(frozen=True)
+class Verdict(_ToDict):
+    """The scan's answer (report.json["verdict"]).
+
+    evidence: one entry per method and class: method, class, statistic (the one-sided index
+    the charts show), threshold, flagged (statistic above threshold), agreed (the method's
+    call on this class matches the verdict's), p_value.
+    """
+
+    backdoored: bool
+    targets: tuple[int, ...]
+    score: float
+    false_positive_rate: float
+    evidence: tuple[dict, ...]
+    statistic: str = "robust"
+    calibrated: bool = False
+    calibration: dict[str, Any] = field(default_factory=dict)
+    methods: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict)
+    sentence: str = ""
+    disagreements: tuple[str, ...] = ()
+
+    def method_rows(self, method: str) -> list[dict]:
+        return [e for e in self.evidence if e["method"] == method]
+
+
+def method_index(det: Detection, statistic: str, reference=None) -> tuple[torch.Tensor, list[int]]:
+    """The per-class statistic the verdict uses for `det` and the classes of its rows."""
+    classes = list(det.extra.get("targets") or range(len(det.anomaly_index)))
+    if statistic == "paper":
+        return torch.tensor(det.anomaly_index, dtype=torch.float64), classes
+    return log_lower_mad_index(det.mask_l1, reference), classes
+
+
+def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "robust",
+          calibration=None, classes=None, data: dict | None = None) -> Verdict:
+    """Combine detections into a Verdict (pure: only the detections' numbers are read)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    if not detections:
+        raise ValueError("a verdict needs at least one detection")
+    index_threshold(DEFAULT_NULL, fpr, 1)  # checks fpr
+    m = len(detections)
+    evidence, flagged_by, p_models = [], {}, []
+    for det in detections:
+        null = calibration.null_for(det.method) if calibration is not None and statistic == "robust" else None
+        index, rows = method_index(det, statistic, null.get("reference") if null else None)
+        null = null or UNCALIBRATED_NULL.get(det.method, DEFAULT_NULL)
+        if statistic == "paper":
+            threshold = det.threshold
+            hits = set(det.flagged_classes)
+        else:
+            threshold = index_threshold(null, fpr, m)
+            hits = {c for c, v in zip(rows, index.tolist()) if v > threshold}
+        p_cls = class_p_values(index, null)
+        p_models.append(model_p_value(p_cls, m))
+        flagged_by[det.method] = hits
+        for c, v, p in zip(rows, index.tolist(), p_cls):
+            evidence.append({"method": det.method, "class": int(c), "statistic": round(float(v), 6),
+                             "threshold": round(float(threshold), 6), "flagged": c in hits,
+                             "p_value": round(float(p), 8)})
+    targets = sorted(set().union(*flagged_by.values()))
+    # Targets ordered by their strongest evidence (smallest p) so targets[0] is the prime suspect.
+    best_p = {c: min(e["p_value"] for e in evidence if e["class"] == c) for c in targets}
+    targets = sorted(targets, key=lambda c: (best_p[c], c))
+    for e in evidence:
+        e["agreed"] = e["flagged"] == (e["class"] in targets)
+    p = min(p_models)
+    backdoored = bool(targets)
+    if statistic == "paper":
+        # The papers' rules give a yes/no only; the score keeps the uncalibrated p-value.
+        p = min(p, 0.5) if backdoored else max(p, 0.5)
+    verdict = Verdict(
+        backdoored=backdoored, targets=tuple(targets), score=round(1 - p, 6), false_positive_rate=float(fpr),
+        evidence=tuple(evidence), statistic=statistic, calibrated=calibration is not None and statistic == "robust",
+        calibration=calibration.summary() if calibration is not None else {"calibrated": False},
+        methods=tuple(d.method for d in detections), data=dict(data or {}))
+    from poisonguard.detect.report import disagreement_notes, verdict_text  # words live with the report
+
+    return _with_words(verdict, verdict_text(verdict, classes), disagreement_notes(verdict, classes))
+
+
+def _with_words(verdict: Verdict, sentence: str, notes: list[str]) -> Verdict:
+    from dataclasses import replace
+
+    return replace(verdict, sentence=sentence, disagreements=tuple(notes))
+
+
+def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: int = 0, device: str = "auto",
+                  input_shape=None, num_classes: int | None = None, options: dict | None = None,
+                  on_skip=None) -> list[Detection]:
+    """Run each method (data-free ones only when `data` is None); a method that cannot run is skipped."""
+    from poisonguard.detect import DETECTORS
+
+    detections = []
+    for name in methods:
+        cls = DETECTORS.get(name)
+        if data is None and cls.needs_data:
+            continue
+        detector = cls(seed=seed, device=device, **(options or {}).get(name, {}))
+        try:
+            if cls.needs_data:
+                detections.append(detector.detect(model, data))
+            else:
+                detections.append(detector.detect(model, data, input_shape=input_shape, num_classes=num_classes))
+        except UserError as exc:
+            if on_skip is None or len(methods) == 1:
+                raise
+            on_skip(name, exc)
+    if not detections:
+        raise UserError("no detection method could run on this model and data")
+    return detections
+
+
+def scan_verdict(model: nn.Module, data: ImageData | None, *, methods=DEFAULT_METHODS, fpr: float = 0.05,
+                 statistic: str = "robust", calibration=None, seed: int = 0, device: str = "auto",
+                 input_shape=None, num_classes: int | None = None, options: dict | None = None,
+                 classes=None, data_info: dict | None = None, on_skip=None) -> tuple[Verdict, list[Detection]]:
+    """Run the detectors and judge: (Verdict, the Detections it rests on).
+
+    `data` is the defender's clean data (None: data-free methods only, uncalibrated unless a
+    data-free calibration is given); `calibration` a `Calibration` from `calibration.py`.
+    """
+    detections = run_detectors(model, data, methods, seed=seed, device=device, input_shape=input_shape,
+                               num_classes=num_classes, options=options, on_skip=on_skip)
+    info = {"clean_images": 0 if data is None else len(data), **(data_info or {})}
+    return judge(detections, fpr=fpr, statistic=statistic, calibration=calibration, classes=classes, data=info), detections
+
