@@ -126,16 +126,16 @@ def verdict_data(mnist):
 def test_default_verdict_finds_the_planted_backdoor_and_spares_the_clean_model(badnets_model, clean_model,
                                                                                 verdict_data, seed):
     options = {"neural_cleanse": {"epochs": 12, "early_stop_patience": 4, "patience": 2}, "deepinspect": {"steps": 150}}
-    bad, _ = scan_verdict(badnets_model, verdict_data, methods=QUICK_VERDICT_METHODS, seed=seed, device="cpu",
+    bad = scan_verdict(badnets_model, verdict_data, methods=QUICK_VERDICT_METHODS, seed=seed, device="cpu",
                           options=options)
     assert bad.backdoored and bad.targets[0] == 0, bad.evidence
-    good, _ = scan_verdict(clean_model, verdict_data, methods=QUICK_VERDICT_METHODS, seed=seed, device="cpu",
+    good = scan_verdict(clean_model, verdict_data, methods=QUICK_VERDICT_METHODS, seed=seed, device="cpu",
                            options=options)
     assert not good.backdoored, [e for e in good.evidence if e["flagged"]]
 
 
 def test_same_seed_same_verdict(badnets_model, verdict_data):
     options = {"neural_cleanse": {"epochs": 4}}
-    a, _ = scan_verdict(badnets_model, verdict_data, methods=("neural_cleanse",), seed=5, device="cpu", options=options)
-    b, _ = scan_verdict(badnets_model, verdict_data, methods=("neural_cleanse",), seed=5, device="cpu", options=options)
+    a = scan_verdict(badnets_model, verdict_data, methods=("neural_cleanse",), seed=5, device="cpu", options=options)
+    b = scan_verdict(badnets_model, verdict_data, methods=("neural_cleanse",), seed=5, device="cpu", options=options)
     assert a.to_dict() == b.to_dict()

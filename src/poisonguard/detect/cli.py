@@ -148,11 +148,12 @@ def cmd_scan(args) -> int:
         report.set("calibration", {**calibration.summary(), "leave_one_out_flagged": flagged,
                                    "leave_one_out_fpr_ci": list(ci)})
     skipped = []
-    verdict, detections = scan_verdict(
+    verdict = scan_verdict(
         model, clean, methods=methods, fpr=args.fpr, statistic=args.statistic, calibration=calibration, seed=args.seed,
         device=args.device, input_shape=shape, num_classes=k, options=options, classes=classes,
         data_info={"clean_fraction": None if clean is None else args.clean_fraction, "data": args.data},
         on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}))
+    detections = list(verdict.detections)
     report.set("scan", {"methods": [d.method for d in detections], "skipped": skipped, "data": args.data,
                         "clean_images": 0 if clean is None else len(clean),
                         "clean_fraction": None if clean is None else args.clean_fraction, "seed": args.seed})

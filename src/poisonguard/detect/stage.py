@@ -56,7 +56,8 @@ def _scan(ctx: StageContext, model, clean):
 @register_stage("scan", order=20)
 def scan_stage(ctx: StageContext) -> None:
     clean = per_class_subset(ctx.splits.train, fraction=0.05, seed=ctx.seed)
-    verdict, detections = _scan(ctx, ctx.model, clean)
+    verdict = _scan(ctx, ctx.model, clean)
+    detections = list(verdict.detections)
     true_target = getattr(ctx.trigger, "target", None)  # known only when the caller gave the real trigger
     detections = [_with_truth(d, true_target) for d in detections]
     add_verdict(ctx.report, verdict, list(ctx.splits.classes), title="Verdict: the model under examination", order=19)
@@ -73,7 +74,7 @@ def scan_stage(ctx: StageContext) -> None:
         ctx.shared["scan_triggers"] = paths
     clean_model = getattr(ctx, "clean_model", None)
     if clean_model is not None:
-        clean_verdict, _ = _scan(ctx, clean_model, clean)
+        clean_verdict = _scan(ctx, clean_model, clean)
         ctx.shared["clean_verdict"] = clean_verdict
         ctx.report.set("clean_model_verdict", clean_verdict.to_dict())
         from poisonguard.detect.report import verdict_section_html

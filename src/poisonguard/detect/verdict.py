@@ -17,14 +17,14 @@ targets are the classes some method flags. `score` is 1 minus the combined p-val
 its threshold (2), flagged as the paper says; the score is then uncalibrated.
 
     from poisonguard.detect.verdict import scan_verdict
-    verdict, detections = scan_verdict(model, clean_data, fpr=0.05)   # verdict.to_dict()
+    verdict = scan_verdict(model, clean_data, fpr=0.05)   # verdict.to_dict(), verdict.detections
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -116,6 +116,8 @@ class Verdict(_ToDict):
     data: dict[str, Any] = field(default_factory=dict)
     sentence: str = ""
     disagreements: tuple[str, ...] = ()
+    # The Detections the verdict rests on (masks, triggers); kept for Python callers, not in the JSON.
+    detections: tuple = field(default=(), metadata={"json": False}, compare=False)
 
     def method_rows(self, method: str) -> list[dict]:
         return [e for e in self.evidence if e["method"] == method]
@@ -174,13 +176,8 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         methods=tuple(d.method for d in detections), data=dict(data or {}))
     from poisonguard.detect.report import disagreement_notes, verdict_text  # words live with the report
 
-    return _with_words(verdict, verdict_text(verdict, classes), disagreement_notes(verdict, classes))
-
-
-def _with_words(verdict: Verdict, sentence: str, notes: list[str]) -> Verdict:
-    from dataclasses import replace
-
-    return replace(verdict, sentence=sentence, disagreements=tuple(notes))
+    return replace(verdict, sentence=verdict_text(verdict, classes),
+                   disagreements=tuple(disagreement_notes(verdict, classes)))
 
 
 def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: int = 0, device: str = "auto",
@@ -212,8 +209,8 @@ def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: in
 def scan_verdict(model: nn.Module, data: ImageData | None, *, methods=DEFAULT_METHODS, fpr: float = 0.05,
                  statistic: str = "robust", calibration=None, seed: int = 0, device: str = "auto",
                  input_shape=None, num_classes: int | None = None, options: dict | None = None,
-                 classes=None, data_info: dict | None = None, on_skip=None) -> tuple[Verdict, list[Detection]]:
-    """Run the detectors and judge: (Verdict, the Detections it rests on).
+                 classes=None, data_info: dict | None = None, on_skip=None) -> Verdict:
+    """Run the detectors and judge; `verdict.detections` holds the Detections it rests on.
 
     `data` is the defender's clean data (None: data-free methods only, uncalibrated unless a
     data-free calibration is given); `calibration` a `Calibration` from `calibration.py`.
@@ -221,5 +218,6 @@ def scan_verdict(model: nn.Module, data: ImageData | None, *, methods=DEFAULT_ME
     detections = run_detectors(model, data, methods, seed=seed, device=device, input_shape=input_shape,
                                num_classes=num_classes, options=options, on_skip=on_skip)
     info = {"clean_images": 0 if data is None else len(data), **(data_info or {})}
-    return judge(detections, fpr=fpr, statistic=statistic, calibration=calibration, classes=classes, data=info), detections
+    verdict = judge(detections, fpr=fpr, statistic=statistic, calibration=calibration, classes=classes, data=info)
+    return replace(verdict, detections=tuple(detections))
 
