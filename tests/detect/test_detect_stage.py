@@ -36,7 +36,9 @@ def test_scan_stage_keeps_nc_when_deepinspect_cannot_run(mnist, badnets_model, t
     def refuse(self, *args, **kwargs):
         raise UserError("deepinspect: cannot invert this model")
 
-    monkeypatch.setattr(stage.DeepInspect, "detect", refuse)
+    from poisonguard.detect.deepinspect import DeepInspect
+
+    monkeypatch.setattr(DeepInspect, "detect", refuse)
     report = Report("checklist")
     ctx = StageContext(command="checklist", model=badnets_model, splits=mnist, report=report, out_dir=tmp_path,
                        arch="mnist_cnn", trigger=None, quick=True, shared={}, device="cpu")
