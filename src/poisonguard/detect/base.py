@@ -11,7 +11,7 @@ from torch import nn
 from poisonguard.data import ImageData
 from poisonguard.errors import UserError
 from poisonguard.results import Detection
-from poisonguard.utils import batches, resolve_device
+from poisonguard.utils import resolve_device
 
 
 def check_inputs(model: nn.Module, data: ImageData | None, *, needs_data: bool, name: str,
@@ -84,12 +84,11 @@ def check_number(name: str, value, *, low=None, high=None, integer: bool = False
         raise ValueError(f"{name} must be a {'whole ' if integer else ''}number{bounds}, got {value!r}")
 
 
-@torch.no_grad()
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    hits = 0
-    for sl in batches(len(x), 512):
-        hits += int((model(x[sl]).argmax(1) == y[sl]).sum())
-    return hits / max(1, len(x))
+    """Share of images x (N, C, H, W) classified as y (N,): `poisonguard.metrics.predict`, the one implementation."""
+    from poisonguard.metrics import predict
+
+    return float((predict(model, x) == y.cpu()).float().mean()) if len(x) else 0.0
 
 
 def make_detection(method: str, *, index: torch.Tensor, flagged: list[int], start: float, sizes: torch.Tensor,
