@@ -115,7 +115,7 @@ def test_model_with_other_classes_is_exit_2(tmp_path, mnist, capsys):
     data = _npz(tmp_path, "d.npz", x=uint8(mnist.train.x[:300]), y=mnist.train.y.numpy()[:300])
     assert cli.main(["sanitize", str(data), "--model", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "5 outputs" in err and len(err.splitlines()) == 1
+    assert "5 classes" in err and "10" in err and len(err.splitlines()) == 1
 
 
 def _chromium():
