@@ -136,7 +136,7 @@ def _check_payload_config(check: ArchiveCheck, name: str, folder: str, inner: di
                 findings += walk_pickle(data, context=f"{member} (opaque object, pickle.loads)").findings
         elif meta.get("use_pickle"):
             data = check.read(member, LIMITS.parsed_member) if member else None
-            if data is not None:  # torch.load(..., weights_only=False)
+            if data is not None:  # torch would unpickle this with its unsafe loader
                 findings += check_torch_bytes(data, label=f"{member} (use_pickle) > ", depth=1)
         findings += _tensor_meta_problems(name, fqn, meta.get("tensor_meta"))
     return findings

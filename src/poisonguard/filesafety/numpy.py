@@ -1,7 +1,7 @@
 """numpy files: `.npy` arrays and `.npz` archives of them.
 
 An object array (dtype `O`, or a structured dtype holding one) is a pickle that `np.load` runs
-when `allow_pickle=True`; poisonguard never sets that, and the scanner calls such a file unsafe
+when pickles are allowed; poisonguard never allows them, and the scanner calls such a file unsafe
 (and walks the pickle, to report what it imports). Otherwise the header is parsed as a literal
 (never evaluated) and the claimed shape must match the bytes present and the element limit.
 """
