@@ -81,10 +81,12 @@ def rates(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return tpr, float((mask & ~truth).sum() / (~truth).sum())
 
 
-def decide(result, names, labels):
+def decide(result, names, labels, gate="either"):
     zs = {n: result.method_z[n] for n in names}
     stats = {n: {int(c): v for c, v in result.scores[n]["class_statistic"].items()} for n in names}
-    return combine(zs, stats, labels, fpr=result.false_positive_rate, class_threshold=result.class_threshold)
+    heldout = {n: {int(c): v for c, v in result.scores[n].get("heldout_excess", {}).items()} for n in names}
+    return combine(zs, stats, labels, fpr=result.false_positive_rate, class_threshold=result.class_threshold,
+                   gate=gate, heldout=heldout, heldout_alpha=result.extra["heldout_alpha"])
 
 
 def paper_rule(name, result, labels, rate):
@@ -124,12 +126,14 @@ def one_run(attack, rate, seed, splits, args):
                "train": result.extra["train_seconds"]}
     labels = data.y.numpy()
     row = {"attack": attack, "rate": rate, "seed": seed, "poisoned": int(truth.sum()), "seconds": seconds, "methods": {}}
-    for names in [DEFAULT_METHODS, *[(n,) for n in result.methods]]:
-        d = decide(result, names, labels)
+    for names, gate in [(DEFAULT_METHODS, "either"), (DEFAULT_METHODS, "index"), *[((n,), "either") for n in result.methods]]:
+        d = decide(result, names, labels, gate)
         tpr, fpr = rates(d.flagged, truth)
-        row["methods"]["+".join(names)] = {"verdict": "poisoned" if d.poisoned else "clean", "targets": list(d.targets),
-                                           "flagged": int(len(d.flagged)), "tpr": tpr, "fpr": fpr,
-                                           "top_index": max(d.class_index.values())}
+        key = "+".join(names) + ("" if gate == "either" else f" ({gate} gate)")
+        row["methods"][key] = {"verdict": "poisoned" if d.poisoned else "clean", "targets": list(d.targets),
+                               "flagged": int(len(d.flagged)), "tpr": tpr, "fpr": fpr,
+                               "top_index": max(d.class_index.values()),
+                               "top_heldout": max(d.heldout_index.values(), default=None)}
     from sklearn.metrics import roc_auc_score
 
     for name in result.methods:
@@ -159,7 +163,7 @@ def main() -> None:
     parser.add_argument("--methods", default="all", help="methods to score (all, or a list including the default's)")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--retrain-epochs", type=int, default=10)
-    parser.add_argument("--cache", default="/tmp/poisonguard-sanitize-bench")
+    parser.add_argument("--cache", default="/tmp/poisonguard-sanitize-bench-gate")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = Path(args.cache)
@@ -194,6 +198,7 @@ def print_row(row) -> None:
     for name, m in row["methods"].items():
         print(f"    {name:14s} {m['verdict']:8s} targets {m['targets']} flagged {m['flagged']:4d} "
               f"TPR {m['tpr']:.3f} FPR {m['fpr']:.4f} top class index {m['top_index']:.1f}"
+              + (f" held-out z {m['top_heldout']:.1f}" if m.get("top_heldout") is not None else "")
               + (f" | AUC {m['auc']:.3f}" if m.get("auc") is not None else "")
               + (f" | paper rule: {m['paper_rule_flagged']} flagged, TPR {m['paper_rule_tpr']:.3f} FPR {m['paper_rule_fpr']:.4f}"
                  if "paper_rule_flagged" in m else ""))

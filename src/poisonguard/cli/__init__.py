@@ -30,6 +30,7 @@ CLI_MODULES = (
     "poisonguard.federated.cli",
     "poisonguard.filesafety.cli",
     "poisonguard.sanitize.cli",
+    "poisonguard.sanitize.filter_cli",
     "poisonguard.audit.cli",
 )
 

@@ -194,3 +194,28 @@ def default_arch(args, splits) -> str:
     return args.arch or ("mnist_cnn" if splits.input_shape[0] == 1 else "preact_resnet18")
 
 
+
+
+def method_list(text: str, registry) -> list[str]:
+    """`--method a,b`: registered names, normalised, duplicates dropped, in the order given.
+
+    An empty list or an unknown name is the user's mistake (one line naming the known ones).
+    """
+    from poisonguard.errors import UserError
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UserError("--method is empty")
+    for name in names:
+        registry.get(name)  # unknown name -> UserError listing the known ones
+    return [registry.normalise(n) for n in dict.fromkeys(names)]
+
+
+def add_verdict_options(parser: argparse.ArgumentParser, *, method_default: str | None, method_help: str,
+                        fpr_type, fpr_default, fpr_help: str, finding: str | None = None) -> None:
+    """The options of a command that ends in a calibrated verdict: --method, --fpr and, given
+    `finding` (what exit code 1 means), --exit-zero."""
+    parser.add_argument("--method", default=method_default, help=method_help)
+    parser.add_argument("--fpr", type=fpr_type, default=fpr_default, help=fpr_help)
+    if finding is not None:
+        parser.add_argument("--exit-zero", action="store_true", help=f"exit 0 even when {finding}")

@@ -42,17 +42,18 @@ def add_commands(sub) -> None:
 
 def add_verdict_options(p) -> None:
     """What the verdict rests on (`scan` and `audit` share them)."""
-    from poisonguard.cli.options import positive_int, probability
+    from poisonguard.cli import options
 
-    p.add_argument("--method", default=None,
-                   help="comma-separated: neural-cleanse, tabor, deepinspect, feature-re "
-                        "(default: the verdict's set neural-cleanse,deepinspect,feature-re)")
-    p.add_argument("--fpr", type=probability, default=0.05, help="false-positive rate the verdict is set to (default 0.05)")
+    options.add_verdict_options(p, method_default=None,
+                                method_help="comma-separated: neural-cleanse, tabor, deepinspect, feature-re "
+                                            "(default: the verdict's set neural-cleanse,deepinspect,feature-re)",
+                                fpr_type=options.probability, fpr_default=0.05,
+                                fpr_help="false-positive rate the verdict is set to (default 0.05)")
     p.add_argument("--statistic", choices=("robust", "paper"), default="robust",
                    help="robust: calibrated log-space lower-half MAD (default); paper: each paper's own rule")
     p.add_argument("--calibration", choices=("auto", "none"), default="auto",
                    help="auto: calibrate on clean reference models trained from --data (cached); none: uncalibrated")
-    p.add_argument("--reference-models", type=positive_int, default=4, help="clean reference models for calibration (default 4)")
+    p.add_argument("--reference-models", type=options.positive_int, default=4, help="clean reference models for calibration (default 4)")
 
 
 def add_budget_options(p) -> None:
@@ -74,14 +75,10 @@ def methods_option(text: str | None) -> list[str]:
 
 
 def _methods(text: str) -> list[str]:
+    from poisonguard.cli.options import method_list
     from poisonguard.detect import DETECTORS
 
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise UserError("--method is empty")
-    for name in names:
-        DETECTORS.get(name)  # unknown name -> UserError listing the known ones
-    return [DETECTORS.normalise(n) for n in dict.fromkeys(names)]
+    return method_list(text, DETECTORS)
 
 
 def _shape(text: str | None):

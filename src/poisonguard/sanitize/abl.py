@@ -27,10 +27,7 @@ from poisonguard.utils import batches, resolve_device, seeded
 class ABLIsolation(Method):
     """Scores (N,): -log10 of each sample's loss after LGA training of a fresh model."""
 
-    name = "abl"
-    paper = "Li et al., NeurIPS 2021"
-    needs = ("train_model",)
-    per_class = False
+    name, paper, needs, per_class = "abl", "Li et al., NeurIPS 2021", ("train_model",), False
 
     def __init__(self, *, epochs: int = 5, gamma: float = 0.5, lr: float = 1e-3, batch_size: int = 64) -> None:
         check_number("epochs", epochs, low=1, integer=True)

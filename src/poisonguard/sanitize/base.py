@@ -67,6 +67,11 @@ class Method:
 
         return tail_statistic(z, labels, fpr)
 
+    def heldout_scores(self) -> dict[int, np.ndarray]:
+        """After `score`: each class's held-out samples scored on the training z scale, where the
+        method can (the class gate's held-out test reads them); {} where it cannot."""
+        return {}
+
     def paper_flags(self, scores: np.ndarray, labels: np.ndarray, expected_rate: float) -> np.ndarray:
         """Positions the paper's own fixed rule would remove (`Sanitizer(rule="paper")`)."""
         raise NotImplementedError

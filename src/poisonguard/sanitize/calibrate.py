@@ -13,7 +13,16 @@ class's upper-tail z (its 1 - 2 x FPR quantile), which rises only where a cluste
 stands out.
 
 Verdict: a class is a suspected target when its combined index exceeds `class_threshold`
-(exp(2), SCAn's level); the data set is "poisoned" when some class is. Flagged samples are
+(exp(2), SCAn's level), or -- where the source has a held-out part assumed clean (SCAn's
+threat model: the defender holds a small clean set) -- when its training samples stand above
+the held-out samples of the same class more often than exchangeability allows (a one-sided
+hypergeometric test at the pooled 1 - q quantile, q = 5%, family-wise level `heldout_alpha`
+over the classes, Bonferroni). The cross-class index needs a target class far from the
+other classes' spread, which a short-trained model's representations on CIFAR-10 do not
+reach (index 4.5 < 7.39 with the poison well ranked); the held-out test compares a class
+with its own clean samples, so it needs no other class at all. `gate="index"` is the index
+alone (the previous default), `gate="heldout"` the test alone. The data set is "poisoned"
+when some class is a target. Flagged samples are
 those of target classes whose combined z exceeds the normal quantile of 1 - FPR, so within a
 target class about FPR of its clean samples are flagged and nothing outside target classes:
 a clean data set flags nothing, and a method's fixed removal share never decides the verdict.
@@ -25,11 +34,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import hypergeom, norm
 
 from poisonguard.sanitize.base import class_indices
 
 CLASS_THRESHOLD = math.exp(2)
+HELDOUT_QUANTILE = 0.05
+HELDOUT_ALPHA = 0.01
+GATES = ("either", "index", "heldout")
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -68,6 +80,24 @@ def tail_statistic(z: np.ndarray, labels: np.ndarray, fpr: float) -> dict[int, f
     return {c: float(np.quantile(z[idx], q)) for c, idx in class_indices(labels).items()}
 
 
+def heldout_excess(train: np.ndarray, held_out: np.ndarray, quantile: float = HELDOUT_QUANTILE) -> float:
+    """z (one-sided) of an excess of `train` scores above the pooled 1 - quantile cut.
+
+    Under "the class's training samples are exchangeable with its held-out clean ones", the
+    number of training samples among the pooled samples above the cut is hypergeometric;
+    poison (present in training only, scoring high) makes it too large. The cut is computed
+    on the pooled scores, so the test needs no assumption about the scores' distribution.
+    """
+    train, held_out = np.asarray(train, dtype=np.float64), np.asarray(held_out, dtype=np.float64)
+    if len(train) < 2 or len(held_out) < 2:
+        return 0.0
+    pool = np.concatenate([train, held_out])
+    cut = np.quantile(pool, 1 - quantile)
+    above, above_train = int((pool > cut).sum()), int((train > cut).sum())
+    p = hypergeom.sf(above_train - 1, len(pool), len(train), above)
+    return float(norm.isf(min(max(p, 1e-300), 1.0)))
+
+
 @dataclass(frozen=True)
 class Combined:
     """The combined decision: per-sample z (N,), per-class index, targets, flagged positions."""
@@ -80,6 +110,9 @@ class Combined:
     fpr: float
     class_threshold: float
     per_method_index: dict[str, dict[int, float]] = field(default_factory=dict)
+    gate: str = "index"
+    heldout_index: dict[int, float] = field(default_factory=dict)
+    heldout_cut: float | None = None
 
     @property
     def poisoned(self) -> bool:
@@ -87,20 +120,41 @@ class Combined:
 
 
 def combine(zs: dict[str, np.ndarray], class_stats: dict[str, dict[int, float]], labels: np.ndarray, *,
-            fpr: float = 0.01, class_threshold: float = CLASS_THRESHOLD) -> Combined:
-    """Stouffer-combine calibrated z-scores and class statistics into one decision."""
+            fpr: float = 0.01, class_threshold: float = CLASS_THRESHOLD, gate: str = "either",
+            heldout: dict[str, dict[int, float]] | None = None, heldout_alpha: float = HELDOUT_ALPHA) -> Combined:
+    """Stouffer-combine calibrated z-scores and class statistics into one decision.
+
+    `heldout`: per method that scores held-out samples, each class's `heldout_excess` z;
+    Stouffer-combined over those methods and compared with the Bonferroni cut. Without it
+    (no held-out part) every gate falls back to the index.
+    """
     if not zs:
         raise ValueError("combine needs at least one method's scores")
     if not 0 < fpr < 0.5:
         raise ValueError(f"fpr must lie in (0, 0.5), got {fpr}")
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+    if not 0 < heldout_alpha < 1:
+        raise ValueError(f"heldout_alpha must lie in (0, 1), got {heldout_alpha}")
     m = len(zs)
     z = sum(zs.values()) / math.sqrt(m)
     per_method = {name: class_anomaly_index(class_stats[name]) for name in zs}
     classes = sorted(int(c) for c in np.unique(labels))
     index = {c: sum(per_method[name].get(c, 0.0) for name in zs) / math.sqrt(m) for c in classes}
-    targets = tuple(c for c in classes if index[c] > class_threshold)
+    tests = {name: v for name, v in (heldout or {}).items() if name in zs and v}
+    h_index, h_cut = {}, None
+    if tests:
+        h_index = {c: sum(v.get(c, 0.0) for v in tests.values()) / math.sqrt(len(tests)) for c in classes}
+        h_cut = float(norm.isf(heldout_alpha / len(classes)))
+    else:
+        gate = "index"
+    by_index = {c for c in classes if index[c] > class_threshold}
+    by_heldout = {c for c in classes if h_cut is not None and h_index[c] > h_cut}
+    chosen = {"index": by_index, "heldout": by_heldout, "either": by_index | by_heldout}[gate]
+    targets = tuple(sorted(chosen))
     cut = float(norm.ppf(1 - fpr))
     in_target = np.isin(labels, targets)
     flagged = np.flatnonzero(in_target & (z > cut))
     return Combined(z=z, class_index=index, targets=targets, flagged=flagged, cut=cut, fpr=fpr,
-                    class_threshold=class_threshold, per_method_index=per_method)
+                    class_threshold=class_threshold, per_method_index=per_method, gate=gate,
+                    heldout_index=h_index, heldout_cut=h_cut)

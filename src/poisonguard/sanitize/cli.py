@@ -20,50 +20,51 @@ log = logging.getLogger(__name__)
 OUTPUTS = ("report.json", "report.html", "scores.npz", "cleansed.npz")
 
 
+def _number(option: str, text: str | None, *, default: float | None = None, high: float = float("inf")) -> float | None:
+    """A number in (0, high), checked here rather than by argparse so a mistake is one line, exit 2."""
+    if text is None:
+        return default
+    what = f"a number in (0, {high})" if high < float("inf") else "a positive number"
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise UserError(f"{option} must be {what}, got {text!r}") from exc
+    if not 0 < value < high:  # also refuses nan and inf
+        raise UserError(f"{option} must be {what}, got {text}")
+    return value
+
+
 def _rate(option: str, text: str | None) -> float | None:
-    """A share in (0, 0.5), checked here rather than by argparse so a mistake is one line, exit 2."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise UserError(f"{option} must be a number in (0, 0.5), got {text!r}") from exc
-    if not 0 < value < 0.5:  # also refuses nan
-        raise UserError(f"{option} must lie in (0, 0.5), got {text}")
-    return value
-
-
-def _threshold(text: str | None) -> float:
-    from poisonguard.sanitize.calibrate import CLASS_THRESHOLD
-
-    if text is None:
-        return CLASS_THRESHOLD
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise UserError(f"--class-threshold must be a positive number, got {text!r}") from exc
-    if not 0 < value < float("inf"):
-        raise UserError(f"--class-threshold must be a positive number, got {text}")
-    return value
+    """A share in (0, 0.5): --fpr, --expected-rate, --heldout-alpha, filter's --frr."""
+    return _number(option, text, high=0.5)
 
 
 def add_commands(sub) -> None:
-    from poisonguard.cli.options import add_common, positive_int
+    from poisonguard.cli.options import add_common, add_verdict_options, positive_int
     from poisonguard.sanitize import DEFAULT_METHODS, SANITIZERS
+    from poisonguard.sanitize.calibrate import GATES, HELDOUT_ALPHA
 
     p = sub.add_parser("sanitize", help="is my training data poisoned? flag the poisoned samples, write a cleansed copy")
     p.add_argument("data", help="the training data: mnist5k, cifar10, a CIFAR archive, an image folder, .zip or .npz")
     p.add_argument("--model", default=None, help="a model trained on DATA (any format scan takes); default: train one")
     p.add_argument("--arch", default=None, help="architecture of a bare state dict given with --model, or to train "
                                                 "(default mnist_cnn, small and fast for any image size)")
-    p.add_argument("--method", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated, combined into one verdict: {', '.join(SANITIZERS.names())} "
-                        f"(default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--fpr", default="0.01", help="share of a target class's clean samples allowed above the cut (default 0.01)")
+    add_verdict_options(p, method_default=",".join(DEFAULT_METHODS),
+                        method_help=f"comma-separated, combined into one verdict: {', '.join(SANITIZERS.names())} "
+                                    f"(default {','.join(DEFAULT_METHODS)})",
+                        fpr_type=str, fpr_default="0.01",  # checked by _rate: a mistake is one line, exit 2
+                        fpr_help="share of a target class's clean samples allowed above the cut (default 0.01)",
+                        finding="the data looks poisoned")
     p.add_argument("--expected-rate", default=None, help="poison share you expect, in (0, 0.5): SPECTRE's epsilon; "
                                                                      "the papers' fixed removal counts are reported beside ours")
     p.add_argument("--class-threshold", default=None,
                    help="combined class anomaly index above which a class is a target (default exp(2) = 7.39, SCAn's level)")
+    p.add_argument("--class-gate", choices=GATES, default="either",
+                   help="either (default): the class anomaly index, or the held-out test where DATA has a test part "
+                        "(its training samples score above its clean held-out samples); index: the index alone; "
+                        "heldout: the test alone")
+    p.add_argument("--heldout-alpha", default=None,
+                   help=f"family-wise level of the held-out test over the classes, in (0, 0.5) (default {HELDOUT_ALPHA})")
     p.add_argument("--rule", choices=["calibrated", "paper"], default="calibrated",
                    help="calibrated (default): the combined, FPR-calibrated verdict; paper: each method's own fixed "
                         "removal rule (spectral/SPECTRE 1.5 x --expected-rate, ABL 1%%, ...), for comparison")
@@ -71,21 +72,16 @@ def add_commands(sub) -> None:
     p.add_argument("--retrain", action="store_true", help="train a model on the cleansed data and report its accuracy")
     p.add_argument("--retrain-epochs", type=positive_int, default=10, help="epochs for --retrain (default 10)")
     p.add_argument("--trigger", default=None, help="a trigger file: --retrain also reports its attack success rate")
-    p.add_argument("--exit-zero", action="store_true", help="exit 0 even when the data looks poisoned")
     p.add_argument("--out", required=True, help="folder for report.json, report.html, scores.npz, cleansed.npz")
     add_common(p)
     p.set_defaults(func=cmd_sanitize)
 
 
 def _methods(text: str) -> list[str]:
+    from poisonguard.cli.options import method_list
     from poisonguard.sanitize import SANITIZERS
 
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise UserError("--method is empty")
-    for name in names:
-        SANITIZERS.get(name)  # unknown name -> UserError listing the known ones
-    return [SANITIZERS.normalise(n) for n in dict.fromkeys(names)]
+    return method_list(text, SANITIZERS)
 
 
 def _model(args, rows):
@@ -137,20 +133,23 @@ def cmd_sanitize(args) -> int:
     from poisonguard.data.rows import load_rows
     from poisonguard.report import Report
     from poisonguard.sanitize import Sanitizer
+    from poisonguard.sanitize.calibrate import CLASS_THRESHOLD, HELDOUT_ALPHA
     from poisonguard.sanitize.report import add_to_report
 
     out = guard_out(args.out, command="sanitize", force=args.force, outputs=OUTPUTS,
                     inputs=[*data_inputs(args.data), *model_inputs(args.model), *file_inputs(("trigger", args.trigger))])
     methods = _methods(args.method)
     fpr, expected = _rate("--fpr", args.fpr), _rate("--expected-rate", args.expected_rate)
-    threshold = _threshold(args.class_threshold)
+    threshold = _number("--class-threshold", args.class_threshold, default=CLASS_THRESHOLD)
+    alpha = _rate("--heldout-alpha", args.heldout_alpha)
     rows = load_rows(args.data, seed=args.seed)
     if args.trigger and not args.retrain:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)
     sanitizer = Sanitizer(methods=methods, fpr=fpr, expected_rate=expected, epochs=args.epochs,
                           arch=args.arch if args.model is None and args.arch else "mnist_cnn", rule=args.rule,
-                          class_threshold=threshold,
+                          class_threshold=threshold, gate=args.class_gate,
+                          heldout_alpha=HELDOUT_ALPHA if alpha is None else alpha,
                           seed=args.seed, device=args.device)
     result = sanitizer.run(rows.train, model=model, reference=rows.test)
     report = Report("sanitize")

@@ -30,10 +30,22 @@ def verdict_sentence(result: Sanitization, classes=None) -> str:
     if result.verdict == "poisoned":
         where = ", ".join(_label(c, classes) for c in result.targets)
         return (f"The training data looks POISONED: {k} of {n} samples ({k / n:.1%}) stand out as a separate cluster "
-                f"labelled {where} (class anomaly index {max(result.class_index[str(c)] for c in result.targets):.1f} "
-                f"> {result.class_threshold:.2f}); they are flagged and left out of the cleansed copy.")
+                f"labelled {where} ({_why(result)}); they are flagged and left out of the cleansed copy.")
     return (f"No poisoning found: no class holds a cluster of samples that stands out (highest class anomaly index "
             f"{float(top[1]):.1f}, class {top[0]}, below {result.class_threshold:.2f}); {k} of {n} samples flagged.")
+
+
+def _why(result: Sanitization) -> str:
+    """Which gate made the targets: the class anomaly index, the held-out test, or both."""
+    index = max(result.class_index[str(c)] for c in result.targets)
+    parts = [f"class anomaly index {index:.1f} > {result.class_threshold:.2f}"] if index > result.class_threshold else []
+    held, cut = result.extra.get("heldout_index") or {}, result.extra.get("heldout_cut")
+    if held and cut is not None:
+        top = max(held.get(str(c), 0.0) for c in result.targets)
+        if top > cut:
+            parts.append(f"held-out test z {top:.1f} > {cut:.2f}: more of its training samples score high than of "
+                         "its clean held-out samples")
+    return "; ".join(parts) or "class gate"
 
 
 def histograms(z: np.ndarray, labels: np.ndarray, cut: float, targets, classes=None) -> str:

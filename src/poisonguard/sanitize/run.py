@@ -24,7 +24,7 @@ from poisonguard.data import ImageData
 from poisonguard.errors import UserError
 from poisonguard.results import Sanitization
 from poisonguard.sanitize.base import SANITIZERS, ScoringInputs, check_number
-from poisonguard.sanitize.calibrate import CLASS_THRESHOLD, calibrate, combine
+from poisonguard.sanitize.calibrate import CLASS_THRESHOLD, GATES, HELDOUT_ALPHA, calibrate, combine, heldout_excess
 from poisonguard.sanitize.features import penultimate_features
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class Sanitizer:
         expected_rate: the poison share the user expects, if any: SPECTRE's epsilon and the
             size of the papers' fixed removal rules reported beside ours (never the cut).
         class_threshold: combined class anomaly index above which a class is a target.
+        gate: how a class becomes a target: "either" (default: the index above, or the
+            held-out test of `calibrate.py` where `reference` is given), "index", "heldout".
+        heldout_alpha: family-wise level of the held-out test over the classes (default 0.01).
         epochs, arch, lr, batch_size: the small training budget when no model is given.
         options: per-method keyword arguments, e.g. {"spectre": {"dims": 16}}.
         rule: "calibrated" (the default described above) or "paper": the union of each
@@ -70,7 +73,8 @@ class Sanitizer:
     """
 
     def __init__(self, *, methods=DEFAULT_METHODS, fpr: float = 0.01, expected_rate: float | None = None,
-                 class_threshold: float = CLASS_THRESHOLD, epochs: int = 10, arch: str = "mnist_cnn",
+                 class_threshold: float = CLASS_THRESHOLD, gate: str = "either", heldout_alpha: float = HELDOUT_ALPHA,
+                 epochs: int = 10, arch: str = "mnist_cnn",
                  lr: float = 1e-3, batch_size: int = 64, options: dict | None = None, rule: str = "calibrated", seed: int = 0,
                  device: str = "auto") -> None:
         names = [SANITIZERS.normalise(m) for m in methods]
@@ -82,6 +86,10 @@ class Sanitizer:
         if expected_rate is not None and not (isinstance(expected_rate, (int, float)) and 0 < expected_rate < 0.5):
             raise ValueError(f"expected_rate must lie in (0, 0.5), got {expected_rate!r}")
         check_number("class_threshold", class_threshold, low=0, open_low=True)
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+        check_number("heldout_alpha", heldout_alpha, low=0, high=0.5, open_low=True)
+        self.gate, self.heldout_alpha = gate, float(heldout_alpha)
         if rule not in ("calibrated", "paper"):
             raise ValueError(f"rule must be 'calibrated' or 'paper', got {rule!r}")
         if rule == "paper" and expected_rate is None and {"spectral", "spectre"} & {SANITIZERS.normalise(m) for m in methods}:
@@ -138,7 +146,7 @@ class Sanitizer:
                                reference=reference, train_model=lambda: self._build(data).to(torch.device("cpu")),
                                seed=self.seed, device=self.device)
         labels = data.y.numpy()
-        raw, zs, stats, summaries, paper = {}, {}, {}, {}, []
+        raw, zs, stats, summaries, paper, heldout = {}, {}, {}, {}, [], {}
         for name in self.methods:
             method = self._method(name)
             t0 = time.perf_counter()
@@ -149,13 +157,17 @@ class Sanitizer:
             if self.rule == "paper":
                 paper.append(np.asarray(method.paper_flags(raw[name], labels, self.expected_rate), dtype=np.int64))
             stats[name] = method.class_stats(zs[name], labels, self.fpr)
+            heldout[name] = {c: heldout_excess(zs[name][labels == c], ref) for c, ref in method.heldout_scores().items()}
             summaries[name] = {"paper": method.paper, "options": method.summary(),
                                "class_statistic": {str(c): round(float(v), 4) for c, v in stats[name].items()},
                                "seconds": round(time.perf_counter() - t0, 3)}
-        decision = combine(zs, stats, labels, fpr=self.fpr, class_threshold=self.class_threshold)
+            if heldout[name]:
+                summaries[name]["heldout_excess"] = {str(c): round(v, 3) for c, v in heldout[name].items()}
+        gate = {"gate": self.gate, "heldout_alpha": self.heldout_alpha}
+        decision = combine(zs, stats, labels, fpr=self.fpr, class_threshold=self.class_threshold, heldout=heldout, **gate)
         for name in self.methods:
             alone = combine({name: zs[name]}, {name: stats[name]}, labels, fpr=self.fpr,
-                            class_threshold=self.class_threshold)
+                            class_threshold=self.class_threshold, heldout={name: heldout[name]}, **gate)
             summaries[name].update({"targets_alone": list(alone.targets), "flagged_alone": int(len(alone.flagged)),
                                     "class_index": {str(c): round(v, 3) for c, v in decision.per_method_index[name].items()}})
             if self.expected_rate is not None:
@@ -174,7 +186,9 @@ class Sanitizer:
             extra={"trained_model": trained, "arch": self.arch if trained else None,
                    "epochs": self.epochs if trained else None, "train_seconds": round(train_seconds, 2),
                    "expected_rate": self.expected_rate, "feature_dim": int(feats.shape[1]),
-                   "reference_samples": 0 if reference is None else len(reference), "rule": self.rule},
+                   "reference_samples": 0 if reference is None else len(reference), "rule": self.rule,
+                   "gate": decision.gate, "heldout_alpha": self.heldout_alpha, "heldout_cut": decision.heldout_cut,
+                   "heldout_index": {str(c): round(v, 3) for c, v in decision.heldout_index.items()}},
             z=decision.z, method_scores=raw, method_z=zs, model=model)
 
 

@@ -105,6 +105,7 @@ class SCAn(Method):
         self.likelihood_ratio: dict[int, float] = {}
         self.separation: dict[int, float] = {}
         self.suspect = np.zeros(0, bool)
+        self.reference_scores: dict[int, np.ndarray] = {}
 
     def summary(self):
         return {"dims": self.dims, "steps": self.steps, "starts": self.starts,
@@ -112,6 +113,9 @@ class SCAn(Method):
 
     def class_stats(self, z, labels, fpr):
         return dict(self.separation)
+
+    def heldout_scores(self):
+        return dict(self.reference_scores)
 
     def score(self, inputs: ScoringInputs) -> np.ndarray:
         feats, labels = inputs.features.astype(np.float64), inputs.data.y.numpy()
@@ -126,6 +130,7 @@ class SCAn(Method):
         scores = np.zeros(len(labels))
         self.likelihood_ratio, self.separation = {}, {}
         self.suspect = np.zeros(len(labels), bool)
+        self.reference_scores = {}
         for c, idx in class_indices(labels).items():
             if len(idx) < 4:
                 continue
@@ -139,6 +144,9 @@ class SCAn(Method):
             proj = z[idx] @ w
             base = proj[clean]
             scores[idx] = (proj - base.mean()) / max(base.std(), 1e-12)
+            if ref is not None and (ref_labels == c).any():
+                # Held-out samples on the same scale: what this class's clean samples score.
+                self.reference_scores[c] = (ref[ref_labels == c] @ w - base.mean()) / max(base.std(), 1e-12)
         return scores
 
     def paper_flags(self, scores, labels, expected_rate):

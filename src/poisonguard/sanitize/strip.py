@@ -40,64 +40,67 @@ def strip_entropy(model, x: torch.Tensor, overlays: torch.Tensor, *, draws: int,
     return torch.cat(out).numpy()
 
 
-@SANITIZERS.register("strip")
-class Strip(Method):
-    """Scores (N,): minus the STRIP entropy of every training sample."""
-
-    name = "strip"
-    paper = "Gao et al., ACSAC 2019"
-    needs = ("model",)
-    per_class = False
-
-    def __init__(self, *, draws: int = 10, frr: float = 0.01) -> None:
-        check_number("draws", draws, low=1, integer=True)
-        check_number("frr", frr, low=0, high=0.5, open_low=True)
-        self.draws, self.frr = int(draws), float(frr)
-        self.threshold: float | None = None
-
-    def summary(self):
-        return {"draws": self.draws, "frr": self.frr, "entropy_threshold": self.threshold}
-
-    def score(self, inputs: ScoringInputs) -> np.ndarray:
-        overlays = inputs.reference.x if inputs.reference is not None and len(inputs.reference) else inputs.data.x
-        ent = strip_entropy(inputs.model, inputs.data.x, overlays, draws=self.draws, seed=inputs.seed)
-        if inputs.reference is not None and len(inputs.reference):
-            # The paper's threshold: the FRR quantile of clean inputs' entropy.
-            ref = strip_entropy(inputs.model, inputs.reference.x, overlays, draws=self.draws, seed=inputs.seed + 1)
-            self.threshold = float(np.quantile(ref, self.frr))
-        return -ent
-
-    def paper_flags(self, scores, labels, expected_rate):
-        if self.threshold is None:
-            from poisonguard.errors import UserError
-
-            raise UserError("strip's own rule needs clean held-out inputs (a test part) to set its threshold")
-        return np.flatnonzero(-scores < self.threshold)
-
-
 class StripFilter:
-    """STRIP as the paper's input filter: fit a threshold on clean inputs, reject below it."""
+    """STRIP as the paper's input filter: fit a threshold on clean inputs, reject below it.
+
+    After `fit`, `clean_entropy` holds the clean inputs' entropies and `threshold` their FRR
+    quantile.
+    """
 
     def __init__(self, *, draws: int = 10, frr: float = 0.01, seed: int = 0) -> None:
         check_number("draws", draws, low=1, integer=True)
         check_number("frr", frr, low=0, high=0.5, open_low=True)
         self.draws, self.frr, self.seed = int(draws), float(frr), int(seed)
         self.threshold: float | None = None
+        self.clean_entropy: np.ndarray | None = None
         self._overlays: torch.Tensor | None = None
 
-    def fit(self, model, clean: ImageData) -> "StripFilter":
+    def fit(self, model, clean: ImageData, *, overlays: torch.Tensor | None = None) -> "StripFilter":
+        """Set the threshold on `clean` inputs, superimposed on `overlays` (default: the clean inputs)."""
         if len(clean) < 2:
             raise UserError("STRIP needs at least 2 clean inputs to set its threshold")
-        self._overlays = clean.x
-        ent = strip_entropy(model, clean.x, clean.x, draws=self.draws, seed=self.seed)
-        self.threshold = float(np.quantile(ent, self.frr))
+        self._overlays = clean.x if overlays is None else overlays
+        self.clean_entropy = strip_entropy(model, clean.x, self._overlays, draws=self.draws, seed=self.seed)
+        self.threshold = float(np.quantile(self.clean_entropy, self.frr))
         return self
 
-    def entropy(self, model, x: torch.Tensor) -> np.ndarray:
-        if self._overlays is None:
-            raise RuntimeError("call fit() first")
-        return strip_entropy(model, x, self._overlays, draws=self.draws, seed=self.seed + 1)
+    def entropy(self, model, x: torch.Tensor, *, overlays: torch.Tensor | None = None) -> np.ndarray:
+        overlays = self._overlays if overlays is None else overlays
+        if overlays is None:
+            raise RuntimeError("call fit() first or give the overlays")
+        return strip_entropy(model, x, overlays, draws=self.draws, seed=self.seed + 1)
 
     def reject(self, model, x: torch.Tensor) -> np.ndarray:
         """Boolean (N,): True where the input looks trojaned (entropy below the threshold)."""
+        if self.threshold is None:
+            raise RuntimeError("call fit() first")
         return self.entropy(model, x) < self.threshold
+
+
+@SANITIZERS.register("strip")
+class Strip(Method):
+    """Scores (N,): minus the STRIP entropy of every training sample (the filter above, run on them)."""
+
+    name, paper, needs, per_class = "strip", "Gao et al., ACSAC 2019", ("model",), False
+
+    def __init__(self, *, draws: int = 10, frr: float = 0.01) -> None:
+        self._filter = StripFilter(draws=draws, frr=frr)  # checks the hyperparameters
+        self.draws, self.frr = self._filter.draws, self._filter.frr
+        self.threshold: float | None = None
+
+    def summary(self):
+        return {"draws": self.draws, "frr": self.frr, "entropy_threshold": self.threshold}
+
+    def score(self, inputs: ScoringInputs) -> np.ndarray:
+        has_reference = inputs.reference is not None and len(inputs.reference) > 1
+        overlays = inputs.reference.x if has_reference else inputs.data.x
+        strip = StripFilter(draws=self.draws, frr=self.frr, seed=inputs.seed)
+        if has_reference:
+            # The paper's threshold: the FRR quantile of clean inputs' entropy.
+            self.threshold = strip.fit(inputs.model, inputs.reference).threshold
+        return -strip.entropy(inputs.model, inputs.data.x, overlays=overlays)
+
+    def paper_flags(self, scores, labels, expected_rate):
+        if self.threshold is None:
+            raise UserError("strip's own rule needs clean held-out inputs (a test part) to set its threshold")
+        return np.flatnonzero(-scores < self.threshold)
