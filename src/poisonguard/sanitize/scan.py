@@ -16,6 +16,12 @@ suspect data does not have), computed on the top principal directions for speed;
 per-sample score is the standardised distance along the Fisher direction from the larger
 subgroup's mean towards the smaller (ties go to the tighter subgroup, as a trigger's
 representations cluster), so samples can be ranked and cut like the other methods' scores.
+Where the source has a held-out part (assumed clean: the paper's defender holds a small clean
+set), one more start is the top tenth of the class along the direction in which its training
+samples differ from its held-out ones: poison exists in training only, so that direction
+points at it even when the poison is too small a share to lie on a top principal direction
+(1% blended MNIST, 1% BadNets CIFAR-10 on the tuning seed: the poison cluster was found, its
+separation 8.3 and 3.8 against 3.4 for the other starts). `heldout_start=False` drops it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from poisonguard.sanitize.base import SANITIZERS, Method, ScoringInputs, check_number, class_indices
+
+MIN_REFERENCE = 10  # held-out samples of a class before their mean is trusted for a start
 
 
 def pooled_within_cov(z: np.ndarray, labels: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
@@ -56,18 +64,26 @@ def separation(proj: np.ndarray, side: np.ndarray) -> float:
     return float(abs(proj[side].mean() - proj[~side].mean()) / max(spread, 1e-12))
 
 
-def untangle(z: np.ndarray, precision: np.ndarray, *, steps: int, starts: int = 3) -> tuple[np.ndarray, float, float]:
+def heldout_start(z: np.ndarray, ref: np.ndarray, precision: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """A starting split: the `share` of rows farthest along the direction in which the class's
+    training rows z differ from its clean held-out rows ref (poison is in training only)."""
+    proj = z @ (precision @ (z.mean(0) - ref.mean(0)))
+    return proj > np.quantile(proj, 1 - share)
+
+
+def untangle(z: np.ndarray, precision: np.ndarray, *, steps: int, starts: int = 3,
+             extra: tuple[np.ndarray, ...] = ()) -> tuple[np.ndarray, float, float]:
     """Split rows z (n, d) into two subgroups under a shared precision.
 
     Returns (assignment bool (n,), J per sample, separation). Starts from the sign along
-    each of the top `starts` whitened principal directions and keeps the best-separated
-    split, since a small poison cluster need not lie on the first one.
+    each of the top `starts` whitened principal directions (and from each `extra` split) and
+    keeps the best-separated split, since a small poison cluster need not lie on the first one.
     """
     white = (z - z.mean(0)) @ np.linalg.cholesky(precision)
     _, _, vt = np.linalg.svd(white, full_matrices=False)
     best, best_sep = np.zeros(len(z), bool), -1.0
-    for k in range(min(starts, len(vt))):
-        side = _split(z, precision, white @ vt[k] > 0, steps)
+    for start in [white @ vt[k] > 0 for k in range(min(starts, len(vt)))] + list(extra):
+        side = _split(z, precision, start, steps)
         if side.all() or not side.any():
             continue
         w = precision @ (z[side].mean(0) - z[~side].mean(0))
@@ -97,18 +113,20 @@ class SCAn(Method):
     paper = "Tang et al., USENIX Security 2021"
     calibrated = True  # scores are already z-scores against each class's clean subgroup
 
-    def __init__(self, *, dims: int = 128, steps: int = 20, starts: int = 3) -> None:
+    def __init__(self, *, dims: int = 128, steps: int = 20, starts: int = 3, heldout_start: bool = True) -> None:
         check_number("dims", dims, low=1, integer=True)
         check_number("steps", steps, low=1, integer=True)
         check_number("starts", starts, low=1, integer=True)
-        self.dims, self.steps, self.starts = int(dims), int(steps), int(starts)
+        if not isinstance(heldout_start, bool):
+            raise ValueError(f"heldout_start must be True or False, got {heldout_start!r}")
+        self.dims, self.steps, self.starts, self.heldout_start = int(dims), int(steps), int(starts), heldout_start
         self.likelihood_ratio: dict[int, float] = {}
         self.separation: dict[int, float] = {}
         self.suspect = np.zeros(0, bool)
         self.reference_scores: dict[int, np.ndarray] = {}
 
     def summary(self):
-        return {"dims": self.dims, "steps": self.steps, "starts": self.starts,
+        return {"dims": self.dims, "steps": self.steps, "starts": self.starts, "heldout_start": self.heldout_start,
                 "likelihood_ratio": self.likelihood_ratio, "separation": self.separation}
 
     def class_stats(self, z, labels, fpr):
@@ -134,19 +152,22 @@ class SCAn(Method):
         for c, idx in class_indices(labels).items():
             if len(idx) < 4:
                 continue
-            side, j, sep = untangle(z[idx], precision, steps=self.steps, starts=self.starts)
+            own_ref = None if ref is None else ref[ref_labels == c]
+            extra = ((heldout_start(z[idx], own_ref, precision),)
+                     if self.heldout_start and own_ref is not None and len(own_ref) >= MIN_REFERENCE else ())
+            side, j, sep = untangle(z[idx], precision, steps=self.steps, starts=self.starts, extra=extra)
             self.likelihood_ratio[c], self.separation[c] = j, sep
             if side.all() or not side.any():
                 continue
-            clean = self._clean_side(z[idx], side, precision, None if ref is None else ref[ref_labels == c])
+            clean = self._clean_side(z[idx], side, precision, own_ref)
             w = precision @ (z[idx][~clean].mean(0) - z[idx][clean].mean(0))
             self.suspect[idx[~clean]] = True
             proj = z[idx] @ w
             base = proj[clean]
             scores[idx] = (proj - base.mean()) / max(base.std(), 1e-12)
-            if ref is not None and (ref_labels == c).any():
+            if own_ref is not None and len(own_ref):
                 # Held-out samples on the same scale: what this class's clean samples score.
-                self.reference_scores[c] = (ref[ref_labels == c] @ w - base.mean()) / max(base.std(), 1e-12)
+                self.reference_scores[c] = (own_ref @ w - base.mean()) / max(base.std(), 1e-12)
         return scores
 
     def paper_flags(self, scores, labels, expected_rate):
