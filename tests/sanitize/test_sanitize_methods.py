@@ -62,6 +62,31 @@ def test_robust_z_and_combine_by_hand():
         combine(zs, stats, labels, fpr=0.7)
 
 
+def test_heldout_excess_is_calibrated_and_finds_a_training_only_cluster():
+    from poisonguard.sanitize.calibrate import heldout_excess
+
+    rng = np.random.default_rng(0)
+    # Exchangeable training and held-out scores: the one-sided z exceeds 2.33 about 1% of the time.
+    null = [heldout_excess(rng.normal(size=400), rng.normal(size=100)) for _ in range(200)]
+    assert np.mean(np.array(null) > 2.33) < 0.05
+    # 8% of the training scores from a cluster that the held-out part lacks.
+    train = np.r_[rng.normal(size=552), rng.normal(4, 0.3, size=48)]
+    assert heldout_excess(train, rng.normal(size=300)) > 4
+
+
+def test_gate_either_adds_the_heldout_test_to_the_index():
+    labels = np.repeat(np.arange(4), 5)
+    zs = {"a": np.r_[[0, 0, 0, 9, 9], np.zeros(15)]}
+    stats = {"a": {0: 1.0, 1: 1.1, 2: 0.9, 3: 1.0}}  # no class stands out across classes
+    heldout = {"a": {0: 6.0, 1: 0.2, 2: -0.5, 3: 1.0}}  # but class 0's training part exceeds its held-out part
+    assert combine(zs, stats, labels, gate="index", heldout=heldout).targets == ()
+    either = combine(zs, stats, labels, heldout=heldout)
+    assert either.targets == (0,) and list(either.flagged) == [3, 4] and either.heldout_cut > 2.5
+    assert combine(zs, stats, labels).gate == "index"  # no held-out part: the index alone
+    with pytest.raises(ValueError):
+        combine(zs, stats, labels, gate="vote")
+
+
 def test_features_from_any_module_with_a_final_linear():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
     feats = penultimate_features(model, torch.rand(10, 1, 2, 2), batch_size=3)

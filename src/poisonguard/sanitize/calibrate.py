@@ -16,7 +16,7 @@ Verdict: a class is a suspected target when its combined index exceeds `class_th
 (exp(2), SCAn's level), or -- where the source has a held-out part assumed clean (SCAn's
 threat model: the defender holds a small clean set) -- when its training samples stand above
 the held-out samples of the same class more often than exchangeability allows (a one-sided
-hypergeometric test at the pooled 1 - q quantile, q = 5%, family-wise level `heldout_alpha`
+hypergeometric test at the pooled 1 - q quantile, q = 5% or more so that 40 samples lie above, family-wise level `heldout_alpha`
 over the classes, Bonferroni). The cross-class index needs a target class far from the
 other classes' spread, which a short-trained model's representations on CIFAR-10 do not
 reach (index 4.5 < 7.39 with the poison well ranked); the held-out test compares a class
@@ -41,6 +41,7 @@ from poisonguard.sanitize.base import class_indices
 CLASS_THRESHOLD = math.exp(2)
 HELDOUT_QUANTILE = 0.05
 HELDOUT_ALPHA = 0.01
+HELDOUT_MIN_ABOVE = 40
 GATES = ("either", "index", "heldout")
 
 
@@ -80,19 +81,23 @@ def tail_statistic(z: np.ndarray, labels: np.ndarray, fpr: float) -> dict[int, f
     return {c: float(np.quantile(z[idx], q)) for c, idx in class_indices(labels).items()}
 
 
-def heldout_excess(train: np.ndarray, held_out: np.ndarray, quantile: float = HELDOUT_QUANTILE) -> float:
+def heldout_excess(train: np.ndarray, held_out: np.ndarray, quantile: float = HELDOUT_QUANTILE,
+                   min_above: int = HELDOUT_MIN_ABOVE) -> float:
     """z (one-sided) of an excess of `train` scores above the pooled 1 - quantile cut.
 
     Under "the class's training samples are exchangeable with its held-out clean ones", the
     number of training samples among the pooled samples above the cut is hypergeometric;
     poison (present in training only, scoring high) makes it too large. The cut is computed
     on the pooled scores, so the test needs no assumption about the scores' distribution.
+    At least `min_above` pooled samples lie above the cut (the quantile grows for small
+    classes): with k above it the smallest p-value is about (share of training)^k, so with
+    100 held-out samples against 400 (MNIST 5k) a 5% cut (k = 25) could never pass the gate.
     """
     train, held_out = np.asarray(train, dtype=np.float64), np.asarray(held_out, dtype=np.float64)
     if len(train) < 2 or len(held_out) < 2:
         return 0.0
     pool = np.concatenate([train, held_out])
-    cut = np.quantile(pool, 1 - quantile)
+    cut = np.quantile(pool, 1 - min(0.5, max(quantile, min_above / len(pool))))
     above, above_train = int((pool > cut).sum()), int((train > cut).sum())
     p = hypergeom.sf(above_train - 1, len(pool), len(train), above)
     return float(norm.isf(min(max(p, 1e-300), 1.0)))
