@@ -11,6 +11,7 @@ is only ever read.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,14 +24,30 @@ def _uint8(x) -> np.ndarray:
     return np.clip(np.rint(x.numpy() * 255), 0, 255).astype(np.uint8)
 
 
+# Writers of a cleansed copy in the input's own format, by `Rows.kind`: (suffix, writer(rows,
+# keep, path)). Kinds without one get an .npz of images. This is the hook for CSV in, CSV out:
+# tabular data support (issue 19) registers WRITERS["csv"] = (".csv", its writer) beside a
+# `load_rows` that returns kind "csv"; `cleansed_path` and the commands then follow.
+WRITERS: dict[str, tuple[str, Callable[[Rows, np.ndarray, Path], None]]] = {}
+
+
+def cleansed_path(rows: Rows, folder: str | Path, stem: str = "cleansed") -> Path:
+    """Where the cleansed copy of `rows` goes in `folder`: `stem` + the suffix of its format."""
+    return Path(folder) / (stem + WRITERS.get(rows.kind, (".npz", None))[0])
+
+
 def write_cleansed(rows: Rows, keep: np.ndarray, out: str | Path) -> Path:
-    """Write the rows at positions `keep` (sorted, 0-based) to `out` (an .npz path); return it."""
+    """Write the rows at positions `keep` (sorted, 0-based) to `out` (from `cleansed_path`); return it."""
     keep = np.asarray(keep, dtype=np.int64)
     if keep.size and (keep.min() < 0 or keep.max() >= len(rows.train)):
         raise UserError("positions to keep lie outside the data")
     out = Path(out)
     if rows.path is not None and out.resolve() == Path(rows.path).resolve():
         raise UserError(f"refusing to overwrite the input {rows.path}")
+    if rows.kind in WRITERS:
+        with atomic_path(out) as tmp:
+            WRITERS[rows.kind][1](rows, keep, Path(tmp))
+        return out
     if rows.kind == "npz":
         from poisonguard.data.npz import read_npz
 

@@ -17,7 +17,7 @@ from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("report.json", "report.html", "scores.npz", "cleansed.npz")
+OUTPUTS = ("report.json", "report.html", "scores.npz", "cleansed.npz", "cleansed.csv")
 
 
 def _number(option: str, text: str | None, *, default: float | None = None, high: float = float("inf")) -> float | None:
@@ -129,7 +129,7 @@ def _retrain(args, rows, keep: np.ndarray, report, sanitizer):
 
 def cmd_sanitize(args) -> int:
     from poisonguard.cli.inputs import data_inputs, file_inputs, guard_out, model_inputs
-    from poisonguard.data.export import write_cleansed
+    from poisonguard.data.export import cleansed_path, write_cleansed
     from poisonguard.data.rows import load_rows
     from poisonguard.report import Report
     from poisonguard.sanitize import Sanitizer
@@ -164,7 +164,7 @@ def cmd_sanitize(args) -> int:
     keep = np.setdiff1d(np.arange(len(rows.train)), np.asarray(result.flagged, dtype=np.int64))
     out.mkdir(parents=True, exist_ok=True)
     write_scores(out / "scores.npz", result, rows.train.y.numpy())
-    cleansed = write_cleansed(rows, keep, out / "cleansed.npz")
+    cleansed = write_cleansed(rows, keep, cleansed_path(rows, out))
     report.data["sanitization"]["cleansed"] = str(cleansed)
     ev = _retrain(args, rows, keep, report, sanitizer) if args.retrain else None
     path = report.write(out)

@@ -25,7 +25,7 @@ from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("report.json", "report.html", "entropy.npz", "accepted.npz")
+OUTPUTS = ("report.json", "report.html", "entropy.npz", "accepted.npz", "accepted.csv")
 EXCESS_ALPHA = 0.01
 
 
@@ -82,7 +82,7 @@ def filter_section(report, block: dict, clean_entropy: np.ndarray, entropy: np.n
 def cmd_filter(args) -> int:
     from poisonguard.cli.inputs import data_inputs, guard_out, load_checked_model, model_inputs
     from poisonguard.data import Splits
-    from poisonguard.data.export import write_cleansed
+    from poisonguard.data.export import cleansed_path, write_cleansed
     from poisonguard.data.rows import load_rows
     from poisonguard.report import Report
     from poisonguard.sanitize.cli import _rate
@@ -117,7 +117,7 @@ def cmd_filter(args) -> int:
     with atomic_path(out / "entropy.npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, position=np.arange(len(entropy)), entropy=entropy, rejected=np.isin(np.arange(len(entropy)), rejected))
-    accepted = write_cleansed(rows, np.setdiff1d(np.arange(len(entropy)), rejected), out / "accepted.npz")
+    accepted = write_cleansed(rows, np.setdiff1d(np.arange(len(entropy)), rejected), cleansed_path(rows, out, "accepted"))
     path = report.write(out)
     print(json.dumps({"report": str(path), "verdict": block["verdict"], "rejected": len(rejected),
                       "inputs": len(entropy), "threshold": strip.threshold, "accepted": str(accepted)}))
