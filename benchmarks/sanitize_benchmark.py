@@ -89,6 +89,23 @@ def decide(result, names, labels, gate="either"):
                    gate=gate, heldout=heldout, heldout_alpha=result.extra["heldout_alpha"])
 
 
+def method_rows(result, truth, labels) -> dict:
+    """TPR/FPR of the default (gate either), the default with the index gate alone, and each method alone."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = {}
+    for names, gate in [(DEFAULT_METHODS, "either"), (DEFAULT_METHODS, "index"), *[((n,), "either") for n in result.methods]]:
+        d = decide(result, names, labels, gate)
+        tpr, fpr = rates(d.flagged, truth)
+        rows["+".join(names) + ("" if gate == "either" else f" ({gate} gate)")] = {
+            "verdict": "poisoned" if d.poisoned else "clean", "targets": list(d.targets), "flagged": int(len(d.flagged)),
+            "tpr": tpr, "fpr": fpr, "top_index": max(d.class_index.values()),
+            "top_heldout": max(d.heldout_index.values(), default=None)}
+    for name in result.methods:
+        rows[name]["auc"] = float(roc_auc_score(truth, result.method_scores[name])) if truth.any() else None
+    return rows
+
+
 def paper_rule(name, result, labels, rate):
     """Positions the paper's own fixed rule removes (None where the paper gives no sample rule)."""
     from poisonguard.sanitize.abl import isolation_rule
@@ -126,19 +143,9 @@ def one_run(attack, rate, seed, splits, args):
                "train": result.extra["train_seconds"]}
     labels = data.y.numpy()
     row = {"attack": attack, "rate": rate, "seed": seed, "poisoned": int(truth.sum()), "seconds": seconds, "methods": {}}
-    for names, gate in [(DEFAULT_METHODS, "either"), (DEFAULT_METHODS, "index"), *[((n,), "either") for n in result.methods]]:
-        d = decide(result, names, labels, gate)
-        tpr, fpr = rates(d.flagged, truth)
-        key = "+".join(names) + ("" if gate == "either" else f" ({gate} gate)")
-        row["methods"][key] = {"verdict": "poisoned" if d.poisoned else "clean", "targets": list(d.targets),
-                               "flagged": int(len(d.flagged)), "tpr": tpr, "fpr": fpr,
-                               "top_index": max(d.class_index.values()),
-                               "top_heldout": max(d.heldout_index.values(), default=None)}
-    from sklearn.metrics import roc_auc_score
-
+    row["methods"] = method_rows(result, truth, labels)
     for name in result.methods:
         entry = row["methods"][name]
-        entry["auc"] = float(roc_auc_score(truth, result.method_scores[name])) if truth.any() else None
         rule = paper_rule(name, result, labels, rate)
         if rule is not None:
             entry["paper_rule_flagged"] = int(len(rule))
@@ -148,10 +155,15 @@ def one_run(attack, rate, seed, splits, args):
 
         row["poisoned_model_asr"] = attack_success_rate(result.model, splits.test, trigger)[0]
     if args.retrain and attack != "clean":
-        keep = np.setdiff1d(np.arange(len(data)), decide(result, DEFAULT_METHODS, labels).flagged)
-        acc, asr = fit_eval(data.subset(keep), splits, trigger, seed, args.retrain_epochs)
-        row["retrain"] = {"clean_accuracy": acc, "attack_success_rate": asr, "kept": int(len(keep))}
+        row["retrain"] = retrain_row(result, data, splits, trigger, seed, args.retrain_epochs)
     return row
+
+
+def retrain_row(result, data, splits, trigger, seed, epochs) -> dict:
+    """Clean accuracy and ASR of a fresh model trained on the default's kept rows."""
+    keep = np.setdiff1d(np.arange(len(data)), decide(result, DEFAULT_METHODS, data.y.numpy()).flagged)
+    acc, asr = fit_eval(data.subset(keep), splits, trigger, seed, epochs)
+    return {"clean_accuracy": acc, "attack_success_rate": asr, "kept": int(len(keep))}
 
 
 def main() -> None:

@@ -20,13 +20,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sanitize_benchmark import build, decide, fit_eval, print_row, rates
+from sanitize_benchmark import build, fit_eval, method_rows, print_row, retrain_row
 
 from poisonguard.data import load_data, per_class_subset
-from poisonguard.sanitize import DEFAULT_METHODS, Sanitizer
+from poisonguard.sanitize import Sanitizer
 
 
 class Subset:
@@ -45,29 +44,16 @@ def one_run(attack, rate, seed, splits, args):
         data, reference=splits.test)
     row = {"attack": attack, "rate": rate, "seed": seed, "poisoned": int(truth.sum()), "samples": len(data),
            "seconds": {"wall_all_methods": time.perf_counter() - wall, "cpu_all_methods": time.process_time() - cpu,
-                       "train": result.extra["train_seconds"]}, "methods": {}}
+                       "train": result.extra["train_seconds"]}}
     labels = data.y.numpy()
-    for names, gate in [(DEFAULT_METHODS, "either"), (DEFAULT_METHODS, "index"), *[((n,), "either") for n in result.methods]]:
-        d = decide(result, names, labels, gate)
-        tpr, fpr = rates(d.flagged, truth)
-        key = "+".join(names) + ("" if gate == "either" else f" ({gate} gate)")
-        row["methods"][key] = {"verdict": "poisoned" if d.poisoned else "clean", "targets": list(d.targets),
-                               "flagged": int(len(d.flagged)), "tpr": tpr, "fpr": fpr,
-                               "top_index": max(d.class_index.values()),
-                               "top_heldout": max(d.heldout_index.values(), default=None)}
-    from sklearn.metrics import roc_auc_score
-
-    for name in result.methods:
-        row["methods"][name]["auc"] = float(roc_auc_score(truth, result.method_scores[name])) if truth.any() else None
+    row["methods"] = method_rows(result, truth, labels)
     from poisonguard.train import accuracy, attack_success_rate
 
     row["sanitize_model_clean_accuracy"] = accuracy(result.model, splits.test)
     if trigger is not None:
         row["poisoned_model_asr"] = attack_success_rate(result.model, splits.test, trigger)[0]
     if args.retrain and attack != "clean":
-        keep = np.setdiff1d(np.arange(len(data)), decide(result, DEFAULT_METHODS, labels).flagged)
-        acc, asr = fit_eval(data.subset(keep), splits, trigger, seed, args.epochs)
-        row["retrain"] = {"clean_accuracy": acc, "attack_success_rate": asr, "kept": int(len(keep))}
+        row["retrain"] = retrain_row(result, data, splits, trigger, seed, args.epochs)
     return row
 
 
