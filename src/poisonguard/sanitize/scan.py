@@ -31,6 +31,7 @@ import numpy as np
 from poisonguard.sanitize.base import SANITIZERS, Method, ScoringInputs, check_number, class_indices
 
 MIN_REFERENCE = 10  # held-out samples of a class before their mean is trusted for a start
+MIN_TEST = 100  # held-out samples of a class the class gate's test needs (see _reference_halves)
 
 
 def pooled_within_cov(z: np.ndarray, labels: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
@@ -152,7 +153,7 @@ class SCAn(Method):
         for c, idx in class_indices(labels).items():
             if len(idx) < 4:
                 continue
-            own_ref = None if ref is None else ref[ref_labels == c]
+            own_ref, test_ref = self._reference_halves(ref, ref_labels, c)
             extra = ((heldout_start(z[idx], own_ref, precision),)
                      if self.heldout_start and own_ref is not None and len(own_ref) >= MIN_REFERENCE else ())
             side, j, sep = untangle(z[idx], precision, steps=self.steps, starts=self.starts, extra=extra)
@@ -165,9 +166,9 @@ class SCAn(Method):
             proj = z[idx] @ w
             base = proj[clean]
             scores[idx] = (proj - base.mean()) / max(base.std(), 1e-12)
-            if own_ref is not None and len(own_ref):
+            if test_ref is not None and len(test_ref):
                 # Held-out samples on the same scale: what this class's clean samples score.
-                self.reference_scores[c] = (own_ref @ w - base.mean()) / max(base.std(), 1e-12)
+                self.reference_scores[c] = (test_ref @ w - base.mean()) / max(base.std(), 1e-12)
         return scores
 
     def paper_flags(self, scores, labels, expected_rate):
@@ -177,6 +178,24 @@ class SCAn(Method):
         index = class_anomaly_index(self.likelihood_ratio)
         bad = [c for c, v in index.items() if v > CLASS_THRESHOLD]
         return np.flatnonzero(self.suspect & np.isin(labels, bad))
+
+    @staticmethod
+    def _reference_halves(ref, ref_labels, c: int):
+        """(samples that steer the split, samples the class gate's test scores), or Nones.
+
+        The test must not score the samples that chose the split's direction (that direction
+        separates them from the training samples by construction: on MNIST a clean class
+        reached z 3.5). So a class with at least 2 x MIN_TEST held-out samples gives half to
+        each; one with fewer gives all to the split and has no test (with under ~100 samples
+        the test could not pass its own cut anyway), and the class index decides.
+        """
+        if ref is None:
+            return None, None
+        own = ref[ref_labels == c]
+        if len(own) < 2 * MIN_TEST:
+            return own, None
+        order = np.random.default_rng(c).permutation(len(own))
+        return own[order[: len(own) // 2]], own[order[len(own) // 2:]]
 
     @staticmethod
     def _clean_side(z, side, precision, ref) -> np.ndarray:
