@@ -149,3 +149,15 @@ def test_papers_fixed_rule_flags_clean_data_where_the_default_does_not(small_cle
     result = Sanitizer(methods=["spectral"], rule="paper", expected_rate=0.05, epochs=4, seed=3,
                        device="cpu").run(small_clean, reference=mnist.test)
     assert result.verdict == "poisoned" and len(result.flagged) > 0.05 * len(small_clean)
+
+
+def test_verdict_sentence_names_the_gate_that_fired():
+    from poisonguard.results import Sanitization
+    from poisonguard.sanitize.report import verdict_sentence
+
+    result = Sanitization(verdict="poisoned", flagged=(1, 2), targets=(0,), methods=("scan",), scores={}, n_samples=10,
+                          false_positive_rate=0.01, cut=2.33, class_index={"0": 1.0, "1": 0.5, "2": 0.2},
+                          class_threshold=7.39, seconds=1.0,
+                          extra={"heldout_index": {"0": 6.0, "1": 0.1, "2": 0.3}, "heldout_cut": 3.09})
+    text = verdict_sentence(result)
+    assert "held-out test z 6.0 > 3.09" in text and "anomaly index" not in text
