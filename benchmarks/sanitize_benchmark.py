@@ -144,6 +144,7 @@ def one_run(attack, rate, seed, splits, args):
     labels = data.y.numpy()
     row = {"attack": attack, "rate": rate, "seed": seed, "poisoned": int(truth.sum()), "seconds": seconds, "methods": {}}
     row["methods"] = method_rows(result, truth, labels)
+    row["class_index"], row["heldout_index"] = result.class_index, result.extra["heldout_index"]
     for name in result.methods:
         entry = row["methods"][name]
         rule = paper_rule(name, result, labels, rate)

@@ -47,6 +47,7 @@ def one_run(attack, rate, seed, splits, args):
                        "train": result.extra["train_seconds"]}}
     labels = data.y.numpy()
     row["methods"] = method_rows(result, truth, labels)
+    row["class_index"], row["heldout_index"] = result.class_index, result.extra["heldout_index"]
     from poisonguard.train import accuracy, attack_success_rate
 
     row["sanitize_model_clean_accuracy"] = accuracy(result.model, splits.test)
