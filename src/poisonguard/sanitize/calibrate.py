@@ -16,8 +16,9 @@ Verdict: a class is a suspected target when its combined index exceeds `class_th
 (exp(2), SCAn's level), or -- where the source has a held-out part assumed clean (SCAn's
 threat model: the defender holds a small clean set) -- when its training samples stand above
 the held-out samples of the same class more often than exchangeability allows (a one-sided
-hypergeometric test at the pooled 1 - q quantile, q = 5% or more so that 40 samples lie above, family-wise level `heldout_alpha`
-over the classes, Bonferroni). The cross-class index needs a target class far from the
+hypergeometric test at the pooled 1 - q quantile, q = 5% or more so that 40 samples lie
+above, family-wise level `heldout_alpha` over the classes, Bonferroni, after subtracting the
+median class's z: the generalisation gap raises every class's z alike). The cross-class index needs a target class far from the
 other classes' spread, which a short-trained model's representations on CIFAR-10 do not
 reach (index 4.5 < 7.39 with the poison well ranked); the held-out test compares a class
 with its own clean samples, so it needs no other class at all. `gate="index"` is the index
@@ -150,6 +151,11 @@ def combine(zs: dict[str, np.ndarray], class_stats: dict[str, dict[int, float]],
     h_index, h_cut = {}, None
     if tests:
         h_index = {c: sum(v.get(c, 0.0) for v in tests.values()) / math.sqrt(len(tests)) for c in classes}
+        # The model fits its training samples better than held-out ones (the generalisation gap),
+        # which shifts every class's z upwards alike (median 0.75 over clean CIFAR-10 classes on
+        # the tuning seed); poison raises one or a few. So the median class's z is the zero.
+        shift = max(0.0, float(np.median(list(h_index.values()))))
+        h_index = {c: v - shift for c, v in h_index.items()}
         h_cut = float(norm.isf(heldout_alpha / len(classes)))
     else:
         gate = "index"
