@@ -90,14 +90,18 @@ def decide(result, names, labels, gate="either"):
 
 
 def method_rows(result, truth, labels) -> dict:
-    """TPR/FPR of the default (gate either), the default with the index gate alone, and each method alone."""
+    """TPR/FPR of the default (gate either), the default with the index gate alone, all scored methods
+    combined, and each method alone."""
     from sklearn.metrics import roc_auc_score
 
     rows = {}
-    for names, gate in [(DEFAULT_METHODS, "either"), (DEFAULT_METHODS, "index"), *[((n,), "either") for n in result.methods]]:
+    plan = [("default", DEFAULT_METHODS, "either"), ("default (index gate)", DEFAULT_METHODS, "index")]
+    if len(result.methods) > 1:
+        plan.append(("+".join(result.methods), result.methods, "either"))  # all scored methods, Stouffer-combined
+    for key, names, gate in plan + [(n, (n,), "either") for n in result.methods]:
         d = decide(result, names, labels, gate)
         tpr, fpr = rates(d.flagged, truth)
-        rows["+".join(names) + ("" if gate == "either" else f" ({gate} gate)")] = {
+        rows[key] = {
             "verdict": "poisoned" if d.poisoned else "clean", "targets": list(d.targets), "flagged": int(len(d.flagged)),
             "tpr": tpr, "fpr": fpr, "top_index": max(d.class_index.values()),
             "top_heldout": max(d.heldout_index.values(), default=None)}
@@ -176,7 +180,7 @@ def main() -> None:
     parser.add_argument("--methods", default="all", help="methods to score (all, or a list including the default's)")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--retrain-epochs", type=int, default=10)
-    parser.add_argument("--cache", default="/tmp/poisonguard-sanitize-bench-gate")
+    parser.add_argument("--cache", default="/tmp/poisonguard-sanitize-bench-scan")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = Path(args.cache)

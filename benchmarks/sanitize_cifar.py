@@ -7,8 +7,8 @@ held-out part (the class gate's clean reference and the evaluation set). Every (
 rate, seed) row is cached as JSON in --cache, so an interrupted run resumes; with --retrain
 a fresh mnist_cnn is trained on the default's kept rows and on the true clean subset.
 
-Rows: the default (scan+spectral, gate "either"), the previous index-only gate, each method
-alone. Tuning used seed 1; report seeds are 2 and 3.
+Rows: the default (SCAn, gate "either"), the default with the index-only gate, all scored
+methods combined, each method alone. Tuning used seed 1; report seeds are 2 and 3.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/sanitize_cifar.py --per-class 1000 --attacks badnets,blended,clean --seeds 2
 """
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--methods", default="scan,spectral")
     parser.add_argument("--retrain", action="store_true")
-    parser.add_argument("--cache", default="/tmp/poisonguard-sanitize-cifar")
+    parser.add_argument("--cache", default="/tmp/poisonguard-sanitize-cifar-scan")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)

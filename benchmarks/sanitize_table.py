@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT = "scan+spectral"
-INDEX_ONLY = "scan+spectral (index gate)"
+DEFAULT = "default"
+INDEX_ONLY = "default (index gate)"
 
 
 def _f(value, digits=3):
@@ -33,7 +33,7 @@ def main() -> None:
               f"| {i['verdict']}, {'—' if r['attack'] == 'clean' else _f(i['tpr'])} | {_f(rt.get('clean_accuracy'))} "
               f"| {_f(rt.get('attack_success_rate'))} | {r['seconds']['cpu_all_methods']:.0f} |")
     print()
-    print("| attack | rate | seed | method alone | verdict | flagged | TPR | FPR | AUC |")
+    print("| attack | rate | seed | methods | verdict | flagged | TPR | FPR | AUC |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for name, m in r["methods"].items():

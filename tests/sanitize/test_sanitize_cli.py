@@ -46,7 +46,9 @@ def test_positions_are_the_inputs_own_rows(run, shuffled):
     flagged = np.zeros(len(truth), bool)
     flagged[block["flagged"]] = True
     assert (flagged & truth).sum() >= 0.8 * truth.sum() and (flagged & ~truth).sum() <= 0.03 * (~truth).sum()
-    assert set(block["methods"]) == {"scan", "spectral"} and set(block["scores"]) == {"scan", "spectral"}
+    from poisonguard.sanitize import DEFAULT_METHODS
+
+    assert set(block["methods"]) == set(DEFAULT_METHODS) and set(block["scores"]) == set(DEFAULT_METHODS)
 
 
 def test_cleansed_npz_holds_exactly_the_kept_rows(run, shuffled):
