@@ -1,4 +1,4 @@
-"""`poisonguard sanitize DATA [--model M] [--method scan,spectral] [--expected-rate R] [--retrain] --out DIR`.
+"""`poisonguard sanitize DATA [--model M] [--method scan] [--expected-rate R] [--retrain] --out DIR`.
 
 Writes DIR/report.json (its "sanitization" block), DIR/report.html, DIR/scores.npz (every
 sample's score per method) and DIR/cleansed.npz (the data without the flagged samples).
