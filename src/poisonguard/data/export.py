@@ -31,6 +31,17 @@ def _uint8(x) -> np.ndarray:
 WRITERS: dict[str, tuple[str, Callable[[Rows, np.ndarray, Path], None]]] = {}
 
 
+def _table_writer(rows: Rows, keep: np.ndarray, path: Path) -> None:
+    """A table in, the same table out: the source's rows at `keep`, every cell as it was (data.table)."""
+    from poisonguard.data.table import write_table_rows
+
+    write_table_rows(rows.path, keep, path, suffix=Path(rows.path).suffix.lower())
+
+
+WRITERS["csv"] = (".csv", _table_writer)
+WRITERS["parquet"] = (".parquet", _table_writer)
+
+
 def cleansed_path(rows: Rows, folder: str | Path, stem: str = "cleansed") -> Path:
     """Where the cleansed copy of `rows` goes in `folder`: `stem` + the suffix of its format."""
     return Path(folder) / (stem + WRITERS.get(rows.kind, (".npz", None))[0])
