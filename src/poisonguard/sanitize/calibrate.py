@@ -12,8 +12,15 @@ classes) of a per-class statistic: SCAn's subgroup separation, or for the other 
 class's upper-tail z (its 1 - 2 x FPR quantile), which rises only where a cluster of samples
 stands out.
 
+Two classes (most tables) give no spread across classes to measure: there a class's index
+is the log ratio of its statistic to the other class's (floored at 0.5, a typical z), so a
+class whose upper tail stands e times further out than the other's scores 1, and the
+threshold is `TWO_CLASS_THRESHOLD` (1.0; chosen on seed 0 of the two statsmodels tables,
+measured on the other seeds in benchmarks/tabular_checklist.py). A data set whose two
+classes are poisoned alike (all-to-all) is not seen this way.
+
 Verdict: a class is a suspected target when its combined index exceeds `class_threshold`
-(exp(2), SCAn's level), or -- where the source has a held-out part assumed clean (SCAn's
+(exp(2), SCAn's level; `TWO_CLASS_THRESHOLD` for two classes), or -- where the source has a held-out part assumed clean (SCAn's
 threat model: the defender holds a small clean set) -- when its training samples stand above
 the held-out samples of the same class more often than exchangeability allows (a one-sided
 hypergeometric test at the pooled 1 - q quantile, q = 5% or more so that 40 samples lie
@@ -44,6 +51,8 @@ HELDOUT_QUANTILE = 0.05
 HELDOUT_ALPHA = 0.01
 HELDOUT_MIN_ABOVE = 40
 GATES = ("either", "index", "heldout")
+TWO_CLASS_THRESHOLD = 1.0
+_STAT_FLOOR = 0.5
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -70,6 +79,9 @@ def calibrate(scores: np.ndarray, labels: np.ndarray, *, per_class: bool, calibr
 def class_anomaly_index(stat: dict[int, float]) -> dict[int, float]:
     """MAD anomaly index of a per-class statistic, upper side only (large = suspicious)."""
     keys = sorted(stat)
+    if len(keys) == 2:  # no spread across classes: each class against the other, in log ratio
+        a, b = (max(stat[k], _STAT_FLOOR) for k in keys)
+        return {keys[0]: math.log(a / b), keys[1]: math.log(b / a)}
     if len(keys) < 3:
         return {k: 0.0 for k in keys}
     values = np.array([stat[k] for k in keys])
@@ -159,6 +171,8 @@ def combine(zs: dict[str, np.ndarray], class_stats: dict[str, dict[int, float]],
         h_cut = float(norm.isf(heldout_alpha / len(classes)))
     else:
         gate = "index"
+    if len(classes) == 2 and class_threshold == CLASS_THRESHOLD:
+        class_threshold = TWO_CLASS_THRESHOLD  # the log-ratio index's own scale
     by_index = {c for c in classes if index[c] > class_threshold}
     by_heldout = {c for c in classes if h_cut is not None and h_index[c] > h_cut}
     chosen = {"index": by_index, "heldout": by_heldout, "either": by_index | by_heldout}[gate]

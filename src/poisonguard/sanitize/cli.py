@@ -17,7 +17,7 @@ from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("report.json", "report.html", "scores.npz", "cleansed.npz", "cleansed.csv")
+OUTPUTS = ("report.json", "report.html", "scores.npz", "cleansed.npz", "cleansed.csv", "cleansed.parquet")
 
 
 def _number(option: str, text: str | None, *, default: float | None = None, high: float = float("inf")) -> float | None:
@@ -45,7 +45,8 @@ def add_commands(sub) -> None:
     from poisonguard.sanitize.calibrate import GATES, HELDOUT_ALPHA
 
     p = sub.add_parser("sanitize", help="is my training data poisoned? flag the poisoned samples, write a cleansed copy")
-    p.add_argument("data", help="the training data: mnist5k, cifar10, a CIFAR archive, an image folder, .zip or .npz")
+    p.add_argument("data", help="the training data: mnist5k, cifar10, a CIFAR archive, an image folder, .zip, .npz, "
+                                "or a .csv/.parquet table (with --label-column)")
     p.add_argument("--model", default=None, help="a model trained on DATA (any format scan takes); default: train one")
     p.add_argument("--arch", default=None, help="architecture of a bare state dict given with --model, or to train "
                                                 "(default mnist_cnn, small and fast for any image size)")
@@ -82,6 +83,12 @@ def _methods(text: str) -> list[str]:
     from poisonguard.sanitize import SANITIZERS
 
     return method_list(text, SANITIZERS)
+
+
+def _default_arch(data) -> str:
+    from poisonguard.models.registry import default_architecture
+
+    return default_architecture(data.kind, data.input_shape)
 
 
 def _model(args, rows):
@@ -146,8 +153,9 @@ def cmd_sanitize(args) -> int:
     if args.trigger and not args.retrain:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)
+    default = "mnist_cnn" if rows.train.kind == "image" else _default_arch(rows.train)
     sanitizer = Sanitizer(methods=methods, fpr=fpr, expected_rate=expected, epochs=args.epochs,
-                          arch=args.arch if args.model is None and args.arch else "mnist_cnn", rule=args.rule,
+                          arch=args.arch if args.model is None and args.arch else default, rule=args.rule,
                           class_threshold=threshold, gate=args.class_gate,
                           heldout_alpha=HELDOUT_ALPHA if alpha is None else alpha,
                           seed=args.seed, device=args.device)
