@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 REPAIRERS: Registry[type] = Registry("repair method")
 
 
+def applies_to(name: str, kind: str) -> bool:
+    """Whether the registered repairer `name` works on data of `kind` (its `kinds`; all kinds by default)."""
+    return kind in getattr(REPAIRERS.get(name), "kinds", ("image", "tabular", "text"))
+
+
 def register_repairer(name: str):
     """Class decorator: add a repairer to `REPAIRERS` and record its registry name on it."""
 

@@ -49,7 +49,10 @@ def reinitialise(model: nn.Module, generator_seed: int) -> int:
 
 @register_repairer("distillation")
 class Distillation(Repairer):
-    """Re-initialise the suspect's architecture and distil the suspect into it on clean data.
+    """Re-initialise the suspect's architecture and distil the suspect into it on clean data (tables).
+
+    For tables only (`kinds`): an image model retrained from 5% of its data loses far more
+    accuracy (MNIST, `retrain`: 96.4% -> 84.2%), and the image families keep their methods.
 
     Args:
         epochs, lr, batch_size, optimizer, weight_decay: the student's training on the clean data.
@@ -57,6 +60,8 @@ class Distillation(Repairer):
         alpha: weight of the distillation term against the true labels' cross-entropy.
         seed, device: as everywhere.
     """
+
+    kinds = ("tabular",)
 
     def __init__(self, *, epochs: int = 60, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
                  weight_decay: float = 5e-4, temperature: float = 4.0, alpha: float = 0.9, seed: int = 0,

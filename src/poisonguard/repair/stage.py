@@ -48,7 +48,12 @@ def repair_stage(ctx: StageContext) -> None:
     scanned = scan_triggers(ctx.shared.get("scan"))
     trigger = ctx.trigger if ctx.trigger is not None else (scanned[0] if scanned else None)
     reconstructed_by = "scan" if ctx.trigger is None and trigger is not None else None
-    methods = REPAIRERS.names() if ctx.command == "demo" else ["unlearn" if scanned else DEFAULT_METHOD]
+    if ctx.command == "demo":
+        from poisonguard.repair.base import applies_to
+
+        methods = [n for n in REPAIRERS.names() if applies_to(n, ctx.splits.kind)]
+    else:
+        methods = ["unlearn" if scanned else DEFAULT_METHOD]
     results, failed = [], []
     for name in methods:
         kwargs = dict(QUICK.get(name, {})) if ctx.quick and ctx.command != "demo" else {}
