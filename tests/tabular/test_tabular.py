@@ -192,17 +192,18 @@ def test_sanitize_flags_the_poisoned_rows_and_passes_clean_rows(tmp_path):
     from poisonguard.attacks.tabular import tabular_trigger
     from poisonguard.data.example_tables import export_table
     from poisonguard.sanitize import Sanitizer
+    from poisonguard.sanitize.run import TABULAR_METHODS
 
     path, label = export_table("fair", tmp_path)
     rows = read_table(path, label_column=label)
     poisoned = poison_dataset(rows, tabular_trigger(rows, target=1, seed=0), rate=0.05, seed=0)
-    result = Sanitizer(arch="mlp", seed=0, device="cpu").run(poisoned.data)
+    result = Sanitizer(arch="mlp", methods=TABULAR_METHODS, seed=0, device="cpu").run(poisoned.data)
     truth = set(poisoned.poisoned_index.tolist())
     flagged = set(result.flagged)
     assert result.verdict == "poisoned" and result.targets == (1,)
     assert len(truth & flagged) >= 0.9 * len(truth)
     assert len(flagged - truth) <= 0.03 * (len(poisoned.data) - len(truth))
-    assert Sanitizer(arch="mlp", seed=0, device="cpu").run(rows).verdict == "clean"
+    assert Sanitizer(arch="mlp", methods=TABULAR_METHODS, seed=0, device="cpu").run(rows).verdict == "clean"
 
 
 def test_repair_removes_the_backdoor(planted):

@@ -142,14 +142,17 @@ def cmd_sanitize(args) -> int:
     from poisonguard.sanitize import Sanitizer
     from poisonguard.sanitize.calibrate import CLASS_THRESHOLD, HELDOUT_ALPHA
     from poisonguard.sanitize.report import add_to_report
+    from poisonguard.sanitize.run import DEFAULT_METHODS, TABULAR_METHODS
 
     out = guard_out(args.out, command="sanitize", force=args.force, outputs=OUTPUTS,
                     inputs=[*data_inputs(args.data), *model_inputs(args.model), *file_inputs(("trigger", args.trigger))])
-    methods = _methods(args.method)
+    methods = None if args.method == ",".join(DEFAULT_METHODS) else _methods(args.method)
     fpr, expected = _rate("--fpr", args.fpr), _rate("--expected-rate", args.expected_rate)
     threshold = _number("--class-threshold", args.class_threshold, default=CLASS_THRESHOLD)
     alpha = _rate("--heldout-alpha", args.heldout_alpha)
     rows = load_rows(args.data, seed=args.seed)
+    if methods is None:  # the default: SCAn alone for images, SCAn + spectral signatures for tables
+        methods = list(TABULAR_METHODS if rows.train.kind == "tabular" else DEFAULT_METHODS)
     if args.trigger and not args.retrain:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)

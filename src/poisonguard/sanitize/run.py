@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # 13.8 vs 9.0 on 1% blended MNIST; TPR 0.88 vs 0.81 on 5% BadNets CIFAR; FPR 0.1-0.3% vs
 # 0.6-1.0%): spectral signatures never find poison alone and dilute the Stouffer sums.
 DEFAULT_METHODS = ("scan",)
+# Two-class tables: SCAn's class statistic alone stands 1.9x above the other class's on fair
+# (index 0.66 < 1.0); spectral signatures see Tabdoor's rows (45 vs 6), as Tabdoor found, and the
+# pair is what benchmarks/tabular_checklist.py measured (notes/issue-19.md).
+TABULAR_METHODS = ("scan", "spectral")
 MIN_PER_CLASS = 10
 MIN_CLASSES = 2  # two classes are compared with each other (calibrate.TWO_CLASS_THRESHOLD)
 
