@@ -41,6 +41,9 @@ _LIMITS = {lim.name: lim for lim in (
     Limit("max_classes", 100_000, "classes of one data set or model"),
     Limit("max_input_values", 1 << 24, "values of one model input (C x H x W)"),
     Limit("max_files", 2_000_000, "files in one image folder or zip"),
+    Limit("max_text_rows", 5_000_000, "rows of one text corpus (CSV rows or lines of a folder's files)"),
+    Limit("max_text_chars", 100_000, "characters of one text row"),
+    Limit("max_vocab", 1_000_000, "tokens of one tokenizer's vocabulary"),
 )}
 
 _overrides: dict[str, int] = {}

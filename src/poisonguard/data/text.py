@@ -1,0 +1,256 @@
+"""Labelled text corpora: a CSV with a text and a label column, or a folder of one text file per class.
+
+Every file is hostile: its size is checked before it is read (`max_bytes`), the number of
+rows (`max_text_rows`) and each row's length (`max_text_chars`) while it is read, and the
+corpus must make sense as a classification task (no empty rows, at least two classes). A
+mistake is one line (`UserError`, exit code 2).
+
+    splits = load_text("corpus.csv", text_column="text", label_column="topic")
+    splits.train.texts[0], splits.train.y[0], splits.classes
+
+Labels are class names; classes are their sorted unique values (as image folders sort their
+sub-folders). A folder holds `CLASS.txt` files, one example per non-blank line, or `train/`
+and `test/` sub-folders of such files. A source without a test part is split 80/20 by the
+same seeded stratified split the image loaders use.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from poisonguard import limits
+from poisonguard.data.dataset import stratified_split
+from poisonguard.errors import UserError
+
+TEXT_SUFFIXES = (".txt",)
+TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class TextCorpus:
+    """Raw texts (N,) with integer labels `y` (N,) int64 and class names."""
+
+    texts: tuple[str, ...]
+    y: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.y):
+            raise UserError(f"{len(self.texts)} texts but {len(self.y)} labels")
+        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
+            raise UserError(f"labels must lie in [0, {len(self.classes) - 1}]")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, index) -> "TextCorpus":
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        return TextCorpus(tuple(self.texts[i] for i in index), self.y[torch.as_tensor(index)], self.classes)
+
+    def replace(self, texts=None, y=None) -> "TextCorpus":
+        return TextCorpus(tuple(texts) if texts is not None else self.texts,
+                          y if y is not None else self.y, self.classes)
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    name: str
+    train: TextCorpus
+    test: TextCorpus
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.train.classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
+def is_text_source(spec: str | None, text_column: str | None = None) -> bool:
+    """True for a CSV named with --text-column, or a folder (or train/ + test/) of CLASS.txt files."""
+    if spec is None:
+        return False
+    if text_column:
+        return True
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        return False
+    files = [p for p in path.iterdir() if p.is_file()]
+    if files:
+        return all(p.suffix.lower() in TEXT_SUFFIXES for p in files)
+    return all((path / part).is_dir() and any((path / part).glob("*.txt")) for part in ("train", "test"))
+
+
+def load_text(spec: str, *, text_column: str | None = None, label_column: str | None = None,
+              seed: int = 0) -> TextSplits:
+    """Read a labelled corpus (CSV or folder) and split it; see the module docstring."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"text data {spec!r}: no such file or folder")
+    if path.is_dir():
+        if (path / "train").is_dir() and (path / "test").is_dir():
+            train_t, train_l = _read_folder(path / "train")
+            test_t, test_l = _read_folder(path / "test")
+            classes = _classes(train_l, path)
+            return TextSplits(path.name, _corpus(train_t, train_l, classes, path),
+                              _corpus(test_t, test_l, classes, path))
+        texts, labels = _read_folder(path)
+    elif path.is_file():
+        if not text_column or not label_column:
+            raise UserError(f"{path}: a CSV corpus needs --text-column and --label-column")
+        texts, labels = read_csv(path, text_column=text_column, label_column=label_column)
+    else:
+        raise UserError(f"text data {spec!r} is not a regular file or folder")
+    corpus = _corpus(texts, labels, _classes(labels, path), path)
+    train_idx, test_idx = stratified_split(corpus.y.numpy(), TEST_FRACTION, seed)
+    return TextSplits(path.stem if path.is_file() else path.name, corpus.subset(train_idx), corpus.subset(test_idx))
+
+
+def load_text_rows(spec: str, *, text_column: str | None = None, label_column: str | None = None) -> TextCorpus:
+    """Every row in the source's own order (what `sanitize` judges), without a split."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "train").is_dir():
+            texts, labels = _read_folder(path / "train")
+        else:
+            texts, labels = _read_folder(path)
+    else:
+        if not path.is_file():
+            raise UserError(f"text data {spec!r}: no such file")
+        if not text_column or not label_column:
+            raise UserError(f"{path}: a CSV corpus needs --text-column and --label-column")
+        texts, labels = read_csv(path, text_column=text_column, label_column=label_column)
+    return _corpus(texts, labels, _classes(labels, path), path)
+
+
+def _read_bytes(path: Path) -> str:
+    size = path.stat().st_size
+    limits.check("max_bytes", size, f"{path}: the file's size in bytes")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+
+
+def _check_row(path: Path, number: int, text: str, n_rows: int) -> None:
+    limits.check("max_text_rows", n_rows, f"{path}: the number of rows")
+    limits.check("max_text_chars", len(text), f"{path}: row {number}'s length in characters")
+    if not text.strip():
+        raise UserError(f"{path}: row {number} has empty text")
+
+
+def read_csv(path: Path, *, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    """(texts, labels) of a CSV with a header row; raises UserError on a missing column or empty row."""
+    content = _read_bytes(path)
+    # csv's own field limit (131072) would fail with a traceback-worthy message; ours is checked per row.
+    csv.field_size_limit(max(limits.get("max_text_chars") + 1, 1024))
+    reader = csv.reader(io.StringIO(content, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UserError(f"{path}: the CSV is empty") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a readable CSV: {exc}") from exc
+    header = [h.strip() for h in header]
+    for column in (text_column, label_column):
+        if column not in header:
+            raise UserError(f"{path}: no column {column!r} (columns: {', '.join(header[:20]) or 'none'})")
+    ti, li = header.index(text_column), header.index(label_column)
+    texts, labels = [], []
+    try:
+        for number, row in enumerate(reader, start=2):
+            if not row:
+                continue  # a blank line between records
+            if len(row) != len(header):
+                raise UserError(f"{path}: row {number} has {len(row)} fields, the header {len(header)}")
+            _check_row(path, number, row[ti], len(texts) + 1)
+            label = row[li].strip()
+            if not label:
+                raise UserError(f"{path}: row {number} has an empty label")
+            texts.append(row[ti])
+            labels.append(label)
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a readable CSV near row {reader.line_num}: {exc}") from exc
+    return texts, labels
+
+
+def _read_folder(path: Path) -> tuple[list[str], list[str]]:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    if not files:
+        raise UserError(f"{path}: no CLASS.txt files (one example per line, one file per class)")
+    texts, labels = [], []
+    for f in files:
+        for number, line in enumerate(_read_bytes(f).splitlines(), start=1):
+            if not line.strip():
+                continue  # blank lines separate nothing in a one-example-per-line file
+            _check_row(f, number, line, len(texts) + 1)
+            texts.append(line)
+            labels.append(f.stem)
+    return texts, labels
+
+
+def _classes(labels: list[str], path: Path) -> tuple[str, ...]:
+    classes = tuple(sorted(set(labels)))
+    limits.check("max_classes", len(classes), f"{path}: the number of classes")
+    if len(classes) < 2:
+        raise UserError(f"{path}: the labels have {len(classes)} class{'es' if len(classes) != 1 else ''}; "
+                        "a classifier needs at least 2")
+    return classes
+
+
+def _corpus(texts: list[str], labels: list[str], classes: tuple[str, ...], path: Path) -> TextCorpus:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise UserError(f"{path}: label {unknown[0]!r} is not a training class")
+    return TextCorpus(tuple(texts), torch.tensor([index[c] for c in labels], dtype=torch.long), classes)
+
+
+@dataclass(frozen=True)
+class TokenData:
+    """Token ids `x` (N, L) int64 (0 = padding) and labels `y` (N,): what text models take.
+
+    Shaped like `ImageData` where training and metrics read it (`x`, `y`, `classes`,
+    `input_shape`, `subset`), so `train.fit` and `metrics.accuracy` serve text as they are.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 2 or self.x.dtype != torch.long:
+            raise UserError(f"token ids must be int64 of shape (N, L), got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.x.shape[0] != self.y.shape[0]:
+            raise UserError(f"{self.x.shape[0]} rows of ids but {self.y.shape[0]} labels")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (int(self.x.shape[1]),)
+
+    def subset(self, index) -> "TokenData":
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return TokenData(self.x[index], self.y[index], self.classes)
+
+
+def encode(corpus: TextCorpus, tokenizer) -> TokenData:
+    """The corpus as token ids under `tokenizer`."""
+    return TokenData(tokenizer.encode(corpus.texts), corpus.y.clone(), corpus.classes)

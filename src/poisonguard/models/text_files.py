@@ -1,0 +1,163 @@
+"""A text model on disk: weights as safetensors, its tokenizer and metadata as JSON (no pickle anywhere).
+
+    out/model.safetensors   the state dict
+    out/model.json          {"format": "poisonguard-text-model", "arch": "text_bag", "arch_kwargs": {...},
+                             "classes": [...], "embedding_layer": "embedding", "sha256": "..."}
+    out/tokenizer.json      the tokenizer (data/tokenizer.py)
+
+A built-in architecture is rebuilt from `model.json`; a user's own module needs `--arch
+path/to/file.py:callable` typed on the command line (model.json never names code to run),
+`--tokenizer` when its tokenizer lies elsewhere, and `--embedding-layer` when its embedding is
+not called `embedding`. Weights go through the file-safety scanner like every model file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from poisonguard import limits
+from poisonguard.data.tokenizer import Tokenizer, load_tokenizer
+from poisonguard.errors import UserError
+from poisonguard.models.text import TEXT_ARCHITECTURES, build_text_model, embedding_layer
+
+FORMAT = "poisonguard-text-model"
+
+
+@dataclass
+class TextModel:
+    """A text classifier with the tokenizer its ids come from and the name of its embedding layer."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    classes: tuple[str, ...]
+    arch: str
+    embedding: str = "embedding"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    sha256: str | None = None
+
+    @property
+    def embedding_module(self) -> nn.Embedding:
+        return embedding_layer(self.model, self.embedding)
+
+
+def save_text_model(tm: TextModel, folder: str | Path, *, extra: dict | None = None) -> dict:
+    from safetensors.torch import save_file
+
+    from poisonguard.utils import atomic_path, atomic_write_text, sha256_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in tm.model.state_dict().items()}
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    tm.tokenizer.save(folder / "tokenizer.json")
+    meta = {"format": FORMAT, "version": 1, "arch": tm.arch, "arch_kwargs": tm.arch_kwargs, "classes": list(tm.classes),
+            "embedding_layer": tm.embedding, "vocab_size": len(tm.tokenizer), "max_len": tm.tokenizer.max_len,
+            "sha256": sha256_file(folder / "model.safetensors"), **(extra or {})}
+    atomic_write_text(folder / "model.json", json.dumps(meta, indent=1))
+    return meta
+
+
+def _read_meta(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    limits.check("max_bytes", path.stat().st_size, f"{path}: the file's size in bytes")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a JSON file: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not a poisonguard text model's metadata")
+    return meta
+
+
+def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
+                    tokenizer: str | Path | None = None, embedding: str | None = None,
+                    num_classes: int | None = None) -> TextModel:
+    """Load a text model folder (or its model.safetensors) safely; see the module docstring."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from poisonguard.filesafety import require_safe
+    from poisonguard.utils import sha256_file
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    weights = folder / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise UserError(f"text model weights not found: {weights}")
+    if weights.suffix != ".safetensors":
+        raise UserError(f"{weights}: a text model's weights must be a .safetensors file")
+    require_safe(weights)
+    meta = _read_meta(folder / "model.json")
+    digest = sha256_file(weights)
+    if meta.get("sha256") and meta["sha256"] != digest:
+        raise UserError(f"{weights}: its SHA-256 does not match model.json (the file changed after it was saved)")
+    tok = load_tokenizer(tokenizer if tokenizer else folder / "tokenizer.json")
+    classes = tuple(str(c) for c in meta.get("classes") or ())
+    if not classes:
+        if num_classes is None:
+            raise UserError(f"{folder}: no model.json gives the classes; pass the data the model was trained for")
+        classes = tuple(str(i) for i in range(num_classes))
+    if arch is not None and ":" in arch:
+        from poisonguard.models.arch import _call, _load_callable
+
+        model = _call(_load_callable(arch), arch, dict(arch_kwargs or {}))
+        arch_name, kwargs = arch, dict(arch_kwargs or {})
+    else:
+        arch_name = arch or meta.get("arch")
+        if not arch_name or arch_name not in TEXT_ARCHITECTURES:
+            raise UserError(f"{folder}: unknown text architecture {arch_name!r}; known: "
+                            f"{', '.join(TEXT_ARCHITECTURES.names())}, or --arch path/to/file.py:callable")
+        kwargs = dict(meta.get("arch_kwargs") or {}) if arch is None else dict(arch_kwargs or {})
+        _check_kwargs(kwargs, folder)
+        model = build_text_model(arch_name, vocab_size=len(tok), num_classes=len(classes), **kwargs)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{weights}: not a readable safetensors file: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{weights}: the weights do not fit the architecture {arch_name!r}: "
+                        f"{str(exc).splitlines()[0][:300]}") from exc
+    layer = embedding if embedding is not None else meta.get("embedding_layer")
+    tm = TextModel(model.eval(), tok, classes, arch_name, str(layer) if layer else "embedding", kwargs, str(weights), digest)
+    emb = embedding_layer(model, layer if isinstance(layer, str) else None)
+    tm.embedding = next(n for n, m in model.named_modules() if m is emb)
+    if emb.num_embeddings != len(tok):
+        raise UserError(f"the tokenizer has {len(tok)} words but the model's embedding {emb.num_embeddings}")
+    if num_classes is not None and len(classes) != num_classes:
+        raise UserError(f"the model has {len(classes)} classes but the data has {num_classes}")
+    return tm
+
+
+def _check_kwargs(kwargs: dict, folder: Path) -> None:
+    for k, v in kwargs.items():
+        if k not in ("dim", "hidden", "filters") or not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096:
+            raise UserError(f"{folder}/model.json: arch_kwargs {k}={v!r} is not a size in [1, 4096] of a built-in text model")
+
+
+def new_text_model(arch: str, tokenizer: Tokenizer, classes: tuple[str, ...], *, seed: int, **kwargs) -> TextModel:
+    model = build_text_model(arch, vocab_size=len(tokenizer), num_classes=len(classes), seed=seed, **kwargs)
+    return TextModel(model, tokenizer, tuple(classes), arch, "embedding", kwargs)
+
+
+def check_text_classifier(tm: TextModel) -> None:
+    """UserError unless the model maps (2, L) ids to finite (2, classes) logits."""
+    probe = torch.ones((2, tm.tokenizer.max_len), dtype=torch.long)
+    try:
+        with torch.no_grad():
+            out = tm.model.eval()(probe)
+    except Exception as exc:  # the user's module may fail in many ways
+        raise UserError(f"the model does not accept token ids of shape {tuple(probe.shape)}: "
+                        f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
+    if not isinstance(out, torch.Tensor) or out.shape != (2, len(tm.classes)) or not torch.isfinite(out).all():
+        raise UserError(f"the model is not a finite classifier of {len(tm.classes)} classes for token ids")
