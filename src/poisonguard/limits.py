@@ -44,6 +44,9 @@ _LIMITS = {lim.name: lim for lim in (
     Limit("max_text_rows", 5_000_000, "rows of one text corpus (CSV rows or lines of a folder's files)"),
     Limit("max_text_chars", 100_000, "characters of one text row"),
     Limit("max_vocab", 1_000_000, "tokens of one tokenizer's vocabulary"),
+    Limit("max_table_cells", 20_000_000, "cells (rows x columns) of one CSV or Parquet table"),
+    Limit("max_columns", 10_000, "columns of one table, and features after one-hot encoding"),
+    Limit("max_categories", 1_000, "distinct values of one categorical table column (its one-hot width)"),
 )}
 
 _overrides: dict[str, int] = {}

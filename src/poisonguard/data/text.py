@@ -217,40 +217,9 @@ def _corpus(texts: list[str], labels: list[str], classes: tuple[str, ...], path:
     return TextCorpus(tuple(texts), torch.tensor([index[c] for c in labels], dtype=torch.long), classes)
 
 
-@dataclass(frozen=True)
-class TokenData:
-    """Token ids `x` (N, L) int64 (0 = padding) and labels `y` (N,): what text models take.
 
-    Shaped like `ImageData` where training and metrics read it (`x`, `y`, `classes`,
-    `input_shape`, `subset`), so `train.fit` and `metrics.accuracy` serve text as they are.
-    """
+def encode(corpus: TextCorpus, tokenizer) -> "ImageData":
+    """The corpus as token ids under `tokenizer`: kind="text" data, the tokenizer as its meta."""
+    from poisonguard.data.dataset import ImageData
 
-    x: torch.Tensor
-    y: torch.Tensor
-    classes: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.x.ndim != 2 or self.x.dtype != torch.long:
-            raise UserError(f"token ids must be int64 of shape (N, L), got {self.x.dtype} {tuple(self.x.shape)}")
-        if self.x.shape[0] != self.y.shape[0]:
-            raise UserError(f"{self.x.shape[0]} rows of ids but {self.y.shape[0]} labels")
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def input_shape(self) -> tuple[int]:
-        return (int(self.x.shape[1]),)
-
-    def subset(self, index) -> "TokenData":
-        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        return TokenData(self.x[index], self.y[index], self.classes)
-
-
-def encode(corpus: TextCorpus, tokenizer) -> TokenData:
-    """The corpus as token ids under `tokenizer`."""
-    return TokenData(tokenizer.encode(corpus.texts), corpus.y.clone(), corpus.classes)
+    return ImageData(tokenizer.encode(corpus.texts), corpus.y.clone(), corpus.classes, kind="text", meta=tokenizer)
