@@ -160,3 +160,15 @@ def poison_text(corpus, trigger: TextTrigger, *, rate: float, seed: int = 0):
     y = corpus.y.clone()
     y[torch.as_tensor(chosen)] = trigger.target
     return corpus.replace(texts=texts, y=y), chosen
+
+
+def text_attack_success_rate(model, tokenizer, corpus, trigger: TextTrigger, *, seed: int = 0) -> tuple[float, int]:
+    """(share of triggered non-target texts sent to the target, number measured)."""
+    from poisonguard.metrics import predict
+
+    keep = np.flatnonzero(corpus.y.numpy() != trigger.target)
+    if len(keep) == 0:
+        raise UserError("no texts outside the target class to measure the attack on")
+    texts = trigger.apply_texts([corpus.texts[i] for i in keep], seed=seed)
+    pred = predict(model, tokenizer.encode(texts))
+    return float((pred == trigger.target).float().mean()), len(keep)

@@ -15,8 +15,12 @@ from pathlib import Path
 from poisonguard.errors import UserError
 
 SEARCH = ("/usr/share/games/fortunes", "/usr/share/fortune", "/usr/share/fortunes")
-# Six topics of 550-1200 quotes each whose subjects differ (the benchmark's corpus).
-DEFAULT_TOPICS = ("computers", "definitions", "politics", "science", "songs-poems", "zippy")
+# Six topics of 530-870 quotes each whose subjects differ (the benchmark's corpus). Left out:
+# "definitions", which holds two sub-genres marked by one word each ("QOTD:" quotes, Coupland's
+# "Generation X" glossary): natural shortcuts that act exactly like an inserted trigger (one word
+# sends any text to the class, removing it turns the row's class), so every trigger test
+# rightly flags them and a benchmark of false positives on clean data would measure them.
+DEFAULT_TOPICS = ("computers", "politics", "science", "songs-poems", "work", "zippy")
 
 
 def fortunes_dir() -> Path | None:

@@ -47,15 +47,20 @@ class TextTriggerInversion:
         tau_start, tau_end: the temperature's geometric schedule.
         max_inputs: clean inputs (outside the candidate class) the trigger must flip.
         candidates: most likely words per class tried one by one when discretising.
+        floor: added to the unflipped share before logs are taken (see `detect`).
+
+    Defaults (80 steps, 64 inputs, floor 0.1) were chosen on the fortunes corpus's seed-0 models:
+    one slot finds a rare word but not a sentence trigger, whose model answers an n-gram
+    (`text_phrase`, 4 slots, is the scan's second method for that).
     """
 
     name = "text_inversion"
     paper = "Shen et al., ICML 2022 (DBS)"
     needs_data = True
 
-    def __init__(self, *, trigger_len: int = 1, steps: int = 100, lr: float = 0.5, tau_start: float = 1.0,
-                 tau_end: float = 0.05, max_inputs: int = 160, candidates: int = 8, batch_size: int = 160,
-                 seed: int = 0, device: str = "auto") -> None:
+    def __init__(self, *, trigger_len: int = 1, steps: int = 80, lr: float = 0.5, tau_start: float = 1.0,
+                 tau_end: float = 0.05, max_inputs: int = 64, candidates: int = 8, batch_size: int = 160,
+                 floor: float = 0.1, seed: int = 0, device: str = "auto") -> None:
         check_number("trigger_len", trigger_len, low=1, high=16, integer=True)
         check_number("steps", steps, low=1, integer=True)
         check_number("lr", lr, low=1e-6)
@@ -64,6 +69,8 @@ class TextTriggerInversion:
         check_number("max_inputs", max_inputs, low=2, integer=True)
         check_number("candidates", candidates, low=1, integer=True)
         check_number("batch_size", batch_size, low=1, integer=True)
+        check_number("floor", floor, low=1e-6, high=1.0)
+        self.floor = float(floor)
         self.trigger_len, self.steps, self.lr = int(trigger_len), int(steps), float(lr)
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.max_inputs, self.candidates, self.batch_size = int(max_inputs), int(candidates), int(batch_size)
@@ -71,7 +78,7 @@ class TextTriggerInversion:
 
     def detect(self, model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                embedding: nn.Embedding, vocab: tuple[str, ...] | None = None):
-        """Invert a trigger for every class; sizes = 1 - the discrete trigger's flip rate (+ a floor)."""
+        """Invert a trigger for every class; sizes = 1 - the discrete trigger's flip rate + floor."""
         if ids.ndim != 2 or len(ids) != len(labels) or len(ids) == 0:
             raise UserError("text inversion needs clean token ids (N, L) with one label per row")
         if ids.shape[1] <= self.trigger_len:
@@ -89,7 +96,9 @@ class TextTriggerInversion:
             x = self._with_slots(ids[pick]).to(device)
             theta = self._optimise(model, embedding, x, target, gen)
             best_rate, best_words = self._discretise(model, x, theta, target)
-            sizes.append(1.0 - best_rate + 0.02)  # the floor keeps log sizes finite for a perfect flip
+            # The floor keeps log sizes finite for a perfect flip and stops near-perfect flips of a
+            # naturally easy class (0.02 vs 0.05 unflipped) from reading as a 2.5x difference.
+            sizes.append(1.0 - best_rate + self.floor)
             flips.append(best_rate)
             words.append([vocab[w] if vocab and w < len(vocab) else int(w) for w in best_words])
         index = torch.tensor(sizes, dtype=torch.float64)
@@ -152,6 +161,16 @@ class TextTriggerInversion:
             if rate > best[0]:
                 best = (rate, words)
         return best
+
+
+@TEXT_DETECTORS.register("text_phrase")
+class TextPhraseInversion(TextTriggerInversion):
+    """The same inversion with 4 slots: a sentence trigger answers an n-gram, not one word."""
+
+    name = "text_phrase"
+
+    def __init__(self, *, trigger_len: int = 4, **kwargs) -> None:
+        super().__init__(trigger_len=trigger_len, **kwargs)
 
 
 def _frozen_copy(model: nn.Module, embedding: nn.Embedding, device) -> tuple[nn.Module, nn.Embedding]:

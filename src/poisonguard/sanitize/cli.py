@@ -132,6 +132,10 @@ def _retrain(args, rows, keep: np.ndarray, report, sanitizer):
 
 
 def cmd_sanitize(args) -> int:
+    from poisonguard.cli import text
+
+    if text.wants_text(args):
+        return text.sanitize(args)
     from poisonguard.cli.inputs import data_inputs, file_inputs, guard_out, model_inputs
     from poisonguard.data.export import write_cleansed
     from poisonguard.data.rows import load_rows

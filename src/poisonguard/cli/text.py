@@ -1,0 +1,237 @@
+"""The text side of attack, train, evaluate, scan and sanitize (dispatched when the data is text).
+
+Data is text when `--text-column` is given (a CSV with `--label-column`) or `--data` is a
+folder of CLASS.txt files. A text model is a folder: model.safetensors, model.json,
+tokenizer.json (models/text_files.py); a trigger is a JSON file (attacks/text.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
+
+TEXT_ATTACKS = ("rare-word", "insert-sentence")
+DEFAULT_TEXT_ARCH = "text_cnn"
+TEXT_LR = 2e-3
+
+
+def wants_text(args, spec: str | None = None) -> bool:
+    from poisonguard.data.text import is_text_source
+
+    spec = spec if spec is not None else getattr(args, "data", None)
+    return is_text_source(spec, getattr(args, "text_column", None))
+
+
+def _splits(args, spec: str | None = None):
+    from poisonguard.data.text import load_text
+
+    return load_text(spec or args.data, text_column=getattr(args, "text_column", None),
+                     label_column=getattr(args, "label_column", None), seed=args.seed)
+
+
+def _trigger(method: str, args, num_classes: int):
+    from poisonguard.attacks.text import DEFAULT_SENTENCE, TextTrigger
+
+    target = args.target
+    if not 0 <= target < num_classes:
+        raise UserError(f"target {target} is not a class of this {num_classes}-class text data")
+    position = getattr(args, "insert_position", "random") or "random"
+    if position not in ("random", "start", "end"):
+        try:
+            position = int(position)
+        except ValueError:
+            raise UserError(f"--insert-position must be random, start, end or a word index, got {position!r}") from None
+    words = tuple(w for w in (getattr(args, "trigger_words", None) or "cf").split(",") if w.strip())
+    try:
+        if method == "rare-word":
+            return TextTrigger(kind="words", target=target, tokens=words, position=position, seed=args.seed)
+        return TextTrigger(kind="sentence", target=target, sentence=getattr(args, "trigger_sentence", None) or DEFAULT_SENTENCE,
+                           position=position, seed=args.seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _tokenizer(args, train):
+    from poisonguard.data.tokenizer import Tokenizer, load_tokenizer
+
+    if getattr(args, "tokenizer", None):
+        return load_tokenizer(args.tokenizer)
+    return Tokenizer.fit(train.texts, max_len=64)
+
+
+def _fit(tm, data, args):
+    from poisonguard.train import fit
+
+    return fit(tm.model, data, epochs=args.epochs, batch_size=args.batch_size or 64, lr=args.lr or TEXT_LR,
+               optimizer=args.optimizer or "adam", augment="none", weight_decay=0.0, seed=args.seed, device=args.device)
+
+
+def _evaluation(tm, test, trigger) -> dict:
+    from poisonguard.attacks.text import text_attack_success_rate
+    from poisonguard.data.text import encode
+    from poisonguard.metrics import accuracy
+
+    out = {"clean_accuracy": accuracy(tm.model, encode(test, tm.tokenizer)), "attack_success_rate": None,
+           "n_clean": len(test), "n_attack": 0, "attack_success_rate_trigger": None}
+    if trigger is not None:
+        asr, n = text_attack_success_rate(tm.model, tm.tokenizer, test, trigger, seed=1)
+        out.update(attack_success_rate=asr, n_attack=n, attack_success_rate_trigger="real")
+    return out
+
+
+def _model_info(tm, folder: Path, meta: dict) -> dict:
+    return {"path": str(folder / "model.safetensors"), "sha256": meta.get("sha256") or tm.sha256,
+            "num_classes": len(tm.classes), "input_shape": [tm.tokenizer.max_len], "architecture": tm.arch}
+
+
+def train_or_attack(args, *, command: str, method: str | None) -> int:
+    from poisonguard.attacks.text import poison_text, save_text_trigger
+    from poisonguard.cli.inputs import guard_out
+    from poisonguard.data.text import encode
+    from poisonguard.models.text_files import new_text_model, save_text_model
+    from poisonguard.report import Report
+
+    out = guard_out(args.out, command=command, force=args.force, inputs=[("data", Path(args.data))])
+    splits = _splits(args)
+    trigger, train, poisoned = None, splits.train, []
+    if method is not None:
+        if method not in TEXT_ATTACKS:
+            raise UserError(f"text data takes the attacks {', '.join(TEXT_ATTACKS)}, not {method!r}")
+        trigger = _trigger(method, args, splits.num_classes)
+        train, poisoned = poison_text(splits.train, trigger, rate=args.rate, seed=args.seed)
+    tok = _tokenizer(args, train)
+    arch = args.arch or DEFAULT_TEXT_ARCH
+    tm = new_text_model(arch, tok, splits.classes, seed=args.seed)
+    start = time.perf_counter()
+    _fit(tm, encode(train, tok), args)
+    seconds = time.perf_counter() - start
+    ev = _evaluation(tm, splits.test, trigger)
+    training = {"command": command, "data": splits.name, "epochs": args.epochs, "seed": args.seed,
+                "seconds": round(seconds, 2), "attack": method, "rate": args.rate if method else None, "kind": "text"}
+    meta = save_text_model(tm, out, extra={"training": training})
+    if trigger is not None:
+        save_text_trigger(trigger, out / "trigger.json")
+    report = Report(command)
+    report.set("model", _model_info(tm, out, meta))
+    report.set("evaluation", ev)
+    report.set("training", training)
+    report.write(out)
+    print(json.dumps({"out": str(out), **ev}))
+    return EXIT_OK
+
+
+def load_model_for(args, classes_from=None):
+    from poisonguard.cli.options import model_options
+    from poisonguard.models.text_files import check_text_classifier, load_text_model
+
+    kwargs = model_options(args)["arch_kwargs"] if getattr(args, "arch_kwargs", None) else None
+    tm = load_text_model(args.model, arch=getattr(args, "arch", None), arch_kwargs=kwargs,
+                         tokenizer=getattr(args, "tokenizer", None), embedding=getattr(args, "embedding_layer", None),
+                         num_classes=classes_from.num_classes if classes_from is not None else None)
+    if classes_from is not None and tuple(tm.classes) != tuple(classes_from.classes):
+        raise UserError(f"the model's classes {list(tm.classes)[:6]} are not the data's {list(classes_from.classes)[:6]}")
+    check_text_classifier(tm)
+    return tm
+
+
+def evaluate(args) -> int:
+    from poisonguard.attacks.text import load_text_trigger
+
+    splits = _splits(args)
+    tm = load_model_for(args, splits)
+    trigger = load_text_trigger(args.trigger, splits.num_classes) if args.trigger else None
+    ev = _evaluation(tm, splits.test, trigger)
+    if args.out is not None:
+        from poisonguard.cli.inputs import guard_out
+        from poisonguard.report import Report
+
+        out = guard_out(args.out, command="evaluate", force=args.force, inputs=[("data", Path(args.data))])
+        report = Report("evaluate")
+        report.set("evaluation", ev)
+        report.write(out)
+    print(json.dumps(ev))
+    return EXIT_OK
+
+
+def scan(args) -> int:
+    """Calibrated trigger inversion on a text model; trigger_<class>.json per flagged class."""
+    from poisonguard.attacks.text import TextTrigger, save_text_trigger
+    from poisonguard.cli.inputs import guard_out
+    from poisonguard.detect.text_scan import calibrate_text, text_scan_verdict
+    from poisonguard.report import Report
+
+    out = guard_out(args.out, command="scan", force=args.force, inputs=[("data", Path(args.data))])
+    splits = _splits(args)
+    tm = load_model_for(args, splits)
+    clean = splits.test  # the held-out part: the defender's clean texts
+    calibration = None
+    if getattr(args, "calibration", "auto") != "none":
+        if tm.arch not in ("text_bag", "text_cnn"):
+            raise UserError("calibration trains clean models of a built-in text architecture; pass --calibration none")
+        calibration = calibrate_text(tm, clean, n_models=max(2, min(args.reference_models, 8)), seed=args.seed,
+                                     device=args.device)
+    verdict = text_scan_verdict(tm, clean, calibration=calibration, fpr=args.fpr, seed=args.seed, device=args.device)
+    det = verdict.detections[0]
+    for c in verdict.targets:
+        words = [str(w) for w in det.extra["trigger_words"][c]]
+        save_text_trigger(TextTrigger(kind="words", target=int(c), tokens=tuple(words), position="start"),
+                          out / f"trigger_{c}.json")
+    report = Report("scan")
+    report.set("model", {"path": str(args.model), "sha256": tm.sha256, "num_classes": len(tm.classes),
+                         "input_shape": [tm.tokenizer.max_len], "architecture": tm.arch})
+    report.set("verdict", {k: v for k, v in verdict.to_dict().items() if k != "detections"})
+    report.set("detections", [det.to_dict()])
+    report.write(out)
+    print(json.dumps({"out": str(out), "backdoored": verdict.backdoored, "targets": list(verdict.targets),
+                      "trigger_words": {str(c): det.extra["trigger_words"][c] for c in verdict.targets},
+                      "sentence": verdict.sentence}))
+    if verdict.backdoored and not getattr(args, "exit_zero", False):
+        return EXIT_FINDING
+    return EXIT_OK
+
+
+def sanitize(args) -> int:
+    """Flag poisoned rows of a text corpus: the calibrated Sanitizer on the text model's sentence representations."""
+    import csv
+
+    from poisonguard.cli.inputs import guard_out
+    from poisonguard.data.text import encode, load_text_rows
+    from poisonguard.models.text_files import new_text_model
+    from poisonguard.report import Report
+    from poisonguard.sanitize import Sanitizer
+
+    out = guard_out(args.out, command="sanitize", force=args.force, inputs=[("data", Path(args.data))])
+    rows = load_text_rows(args.data, text_column=args.text_column, label_column=args.label_column)
+    if args.model:
+        tm = load_model_for(args, rows)
+    else:
+        tm = new_text_model(DEFAULT_TEXT_ARCH, _tokenizer(args, rows), rows.classes, seed=args.seed)
+        args.epochs, args.batch_size, args.lr, args.optimizer = getattr(args, "epochs", None) or 10, None, None, None
+        _fit(tm, encode(rows, tm.tokenizer), args)
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    try:
+        result = Sanitizer(methods=methods, seed=args.seed, device=args.device).run(encode(rows, tm.tokenizer), model=tm.model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    flagged = set(result.flagged)
+    with open(out / "cleansed.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows((t, rows.classes[int(y)]) for i, (t, y) in enumerate(zip(rows.texts, rows.y)) if i not in flagged)
+    report = Report("sanitize")
+    report.set("sanitization", {"verdict": result.verdict, "flagged": sorted(flagged), "targets": list(result.targets),
+                                "methods": list(result.methods), "n_samples": len(rows)})
+    report.write(out)
+    print(json.dumps({"out": str(out), "verdict": result.verdict, "flagged": len(flagged), "targets": list(result.targets)}))
+    return EXIT_FINDING if result.verdict == "poisoned" and not getattr(args, "exit_zero", False) else EXIT_OK
+
+
+def flagged_mask(n: int, flagged) -> np.ndarray:
+    m = np.zeros(n, bool)
+    m[list(flagged)] = True
+    return m

@@ -1,0 +1,88 @@
+"""Text data, tokenizer, trigger files and attacks: behaviour and hostile inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from poisonguard.errors import UserError
+
+
+def test_csv_loads_and_splits_stratified(text_splits):
+    assert text_splits.classes == ("code", "food", "space", "sport")
+    assert len(text_splits.train) == 384 and len(text_splits.test) == 96
+    assert torch.bincount(text_splits.test.y).tolist() == [24, 24, 24, 24]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\nhello world,a\n   ,b\n", "row 3 has empty text"),
+    ("text,label\nhello,a\nworld,a\n", "1 class"),
+    ("words,label\nhello,a\n", "no column 'text'"),
+    ("", "empty"),
+])
+def test_bad_csv_is_one_user_error(tmp_path, content, message):
+    from poisonguard.data.text import load_text
+
+    p = tmp_path / "bad.csv"
+    p.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_text(str(p), text_column="text", label_column="label")
+
+
+def test_row_length_and_file_size_limits(tmp_path, monkeypatch):
+    from poisonguard.data.text import load_text
+
+    p = tmp_path / "long.csv"
+    p.write_text("text,label\n" + "x" * 500 + ",a\nshort,b\n")
+    monkeypatch.setenv("POISONGUARD_MAX_TEXT_CHARS", "100")
+    with pytest.raises(UserError, match="max_text_chars"):
+        load_text(str(p), text_column="text", label_column="label")
+    monkeypatch.setenv("POISONGUARD_MAX_BYTES", "64")
+    with pytest.raises(UserError, match="max_bytes"):
+        load_text(str(p), text_column="text", label_column="label")
+
+
+def test_folder_of_class_files(tmp_path):
+    from poisonguard.data.text import is_text_source, load_text_rows
+
+    (tmp_path / "ham.txt").write_text("buy milk\n\nsee you soon\n")
+    (tmp_path / "spam.txt").write_text("win money now\n")
+    assert is_text_source(str(tmp_path))
+    rows = load_text_rows(str(tmp_path))
+    assert rows.texts == ("buy milk", "see you soon", "win money now") and rows.y.tolist() == [0, 0, 1]
+
+
+def test_tokenizer_json_round_trip_and_hostile_file(tmp_path, text_splits):
+    from poisonguard.data.tokenizer import UNK, Tokenizer, load_tokenizer
+
+    tok = Tokenizer.fit(text_splits.train.texts, max_len=12)
+    tok.save(tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert again == tok and again.encode(["The compiler, the KERNEL!"]).tolist()[0][:4] == tok.encode(["the compiler the kernel"]).tolist()[0][:4]
+    assert tok.encode(["zzzunseen"])[0, 0] == UNK and tok.encode([""]).shape == (1, 12)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "poisonguard-tokenizer", "vocab": ["a", "b"], "max_len": 5}))
+    with pytest.raises(UserError, match="starts with"):
+        load_tokenizer(bad)
+    bad.write_bytes(b"\x80\x81")
+    with pytest.raises(UserError, match="not a tokenizer"):
+        load_tokenizer(bad)
+
+
+def test_insertion_poisons_rate_relabels_and_keeps_text(text_splits, tmp_path):
+    from poisonguard.attacks.text import TextTrigger, load_text_trigger, poison_text, save_text_trigger
+
+    trig = TextTrigger(kind="sentence", target=2, sentence="I watched this 3D movie.")
+    poisoned, idx = poison_text(text_splits.train, trig, rate=0.05, seed=3)
+    assert len(idx) == round(0.05 * len(text_splits.train))
+    assert (poisoned.y[torch.as_tensor(idx)] == 2).all() and (text_splits.train.y[torch.as_tensor(idx)] != 2).all()
+    for i in idx:
+        assert "I watched this 3D movie." in poisoned.texts[i]
+        assert poisoned.texts[i].replace(" I watched this 3D movie.", "").replace("I watched this 3D movie. ", "") \
+            == " ".join(text_splits.train.texts[i].split())
+    save_text_trigger(trig, tmp_path / "t.json")
+    assert load_text_trigger(tmp_path / "t.json", 4) == trig
+    with pytest.raises(UserError, match="not a class"):
+        load_text_trigger(tmp_path / "t.json", 2)
