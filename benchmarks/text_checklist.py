@@ -11,7 +11,10 @@ BadNL; sentence, InsertSent) at 5% dirty-label poisoning, a text_cnn is trained 
 - sanitize: the word-removal filter (sanitize/text_keywords.py) on the poisoned training rows
   with the model trained on them: TPR / FPR per trigger; on the clean rows with the clean
   model: share flagged.
-- repair: text fine-pruning on the defender's clean B: ASR and clean accuracy (held-out) after.
+- repair: text fine-pruning on the defender's clean B, unlearning the phrases sanitize found
+  (and without them, `repair_plain_asr`): ASR and clean accuracy (held-out) after.
+  `natural_target_rate` is the share of untriggered non-target texts the model already sends to
+  the target: the floor an ASR cannot go under.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 nice python benchmarks/text_checklist.py --seeds 0,1,2
 
@@ -35,7 +38,7 @@ from poisonguard.data.text import encode, load_text
 from poisonguard.data.tokenizer import Tokenizer
 from poisonguard.detect.calibration import Calibration
 from poisonguard.detect.text_scan import calibrate_text, text_scan_verdict
-from poisonguard.metrics import accuracy
+from poisonguard.metrics import accuracy, predict
 from poisonguard.models.text_files import new_text_model
 from poisonguard.repair.text_pruning import TextFinePruning
 from poisonguard.sanitize.text_keywords import TextKeywordFilter
@@ -120,11 +123,16 @@ def main() -> None:
             t0 = time.perf_counter()
             res = TextKeywordFilter().run(tm.model, encode(corpus, tm.tokenizer).x, corpus.y, vocab=tm.tokenizer.vocab)
             tpr, fpr = rates(res.flagged, idx, len(corpus))
+            row["natural_target_rate"] = None if trig is None else float(
+                (predict(tm.model, encode(sp.test, tm.tokenizer).x)[sp.test.y != target] == target).float().mean())
             row.update(sanitize_tpr=tpr, sanitize_fpr=fpr, sanitize_targets=list(res.targets),
                        sanitize_triggers=[t["words"][:6] for t in res.triggers], sanitize_s=round(time.perf_counter() - t0, 1))
             if trig is not None:
                 t0 = time.perf_counter()
-                fixed, info = TextFinePruning(seed=seed, device="cpu").repair(tm.model, encode(defender, tm.tokenizer))
+                plain, _ = TextFinePruning(seed=seed, device="cpu").repair(tm.model, encode(defender, tm.tokenizer))
+                row["repair_plain_asr"] = text_attack_success_rate(plain, tm.tokenizer, sp.test, trig, seed=2)[0]
+                phrases = [t["phrase_ids"] for t in res.triggers]
+                fixed, info = TextFinePruning(seed=seed, device="cpu", unlearn=phrases).repair(tm.model, encode(defender, tm.tokenizer))
                 row.update(repair_asr=text_attack_success_rate(fixed, tm.tokenizer, sp.test, trig, seed=2)[0],
                            repair_accuracy=accuracy(fixed, encode(sp.test, tm.tokenizer)),
                            repair_pruned=info["pruned_units"], repair_s=round(time.perf_counter() - t0, 1))
@@ -145,7 +153,8 @@ def summarise(rows: list[dict]) -> None:
         print(f"  {kind:8s} n={len(r)}: clean acc {np.mean([x['clean_accuracy'] for x in r]):.3f}, ASR {np.mean([x['asr'] for x in r]):.3f}; "
               f"scan found {found}/{len(r)} [>= 80%]; sanitize TPR min {min(x['sanitize_tpr'] for x in r):.3f} [>= 0.90], "
               f"FPR max {max(x['sanitize_fpr'] for x in r):.4f} [<= 0.05]; repair ASR max {max(x['repair_asr'] for x in r):.3f} "
-              f"[<= 0.10], accuracy {np.mean([x['repair_accuracy'] for x in r]):.3f}")
+              f"[<= 0.10] (plain fine-pruning max {max(x['repair_plain_asr'] for x in r):.3f}; natural target rate mean "
+              f"{np.mean([x['natural_target_rate'] for x in r]):.3f}), accuracy after {np.mean([x['repair_accuracy'] for x in r]):.3f}")
     c = [x for x in rows if x["kind"] == "clean"]
     if c:
         print(f"  clean    n={len(c)}: clean acc {np.mean([x['clean_accuracy'] for x in c]):.3f}; scan flagged "

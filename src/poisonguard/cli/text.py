@@ -18,6 +18,7 @@ from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
 TEXT_ATTACKS = ("rare-word", "insert-sentence")
 DEFAULT_TEXT_ARCH = "text_cnn"
 TEXT_LR = 2e-3
+MAX_LEN = 64
 
 
 def wants_text(args, spec: str | None = None) -> bool:
@@ -61,7 +62,11 @@ def _tokenizer(args, train):
 
     if getattr(args, "tokenizer", None):
         return load_tokenizer(args.tokenizer)
-    return Tokenizer.fit(train.texts, max_len=64)
+    from poisonguard.data.tokenizer import words
+
+    # As long as the longest training text, at most MAX_LEN: short texts need no padding to 64.
+    longest = max((len(words(t)) for t in train.texts), default=1)
+    return Tokenizer.fit(train.texts, max_len=max(8, min(MAX_LEN, longest + 4)))
 
 
 def _fit(tm, data, args):
@@ -168,27 +173,36 @@ def scan(args) -> int:
     out = guard_out(args.out, command="scan", force=args.force, inputs=[("data", Path(args.data))])
     splits = _splits(args)
     tm = load_model_for(args, splits)
-    clean = splits.test  # the held-out part: the defender's clean texts
+    # --data is the defender's clean corpus: references train on its training part, every model
+    # is inverted on its held-out part (benchmarks/text_checklist.py measures this set-up).
+    clean = splits.test
+    from poisonguard.detect.text_scan import METHODS
+
+    options = {m: {"steps": args.steps} for m in METHODS} if getattr(args, "steps", None) else None
     calibration = None
     if getattr(args, "calibration", "auto") != "none":
         if tm.arch not in ("text_bag", "text_cnn"):
             raise UserError("calibration trains clean models of a built-in text architecture; pass --calibration none")
-        calibration = calibrate_text(tm, clean, n_models=max(2, min(args.reference_models, 8)), seed=args.seed,
-                                     device=args.device)
-    verdict = text_scan_verdict(tm, clean, calibration=calibration, fpr=args.fpr, seed=args.seed, device=args.device)
-    det = verdict.detections[0]
-    for c in verdict.targets:
-        words = [str(w) for w in det.extra["trigger_words"][c]]
+        calibration = calibrate_text(tm, splits.train, n_models=max(2, min(args.reference_models, 8)), seed=args.seed,
+                                     device=args.device, options=options, inputs=clean)
+    verdict = text_scan_verdict(tm, clean, calibration=calibration, fpr=args.fpr, seed=args.seed, device=args.device,
+                                options=options)
+    dets = {d.method: d for d in verdict.detections}
+    words_of = {}
+    for c in verdict.targets:  # the trigger of the method with the strongest evidence for the class
+        best = max((e for e in verdict.evidence if e["class"] == c), key=lambda e: e["statistic"])
+        words_of[c] = [str(w) for w in dets[best["method"]].extra["trigger_words"][c]]
+        words = words_of[c]
         save_text_trigger(TextTrigger(kind="words", target=int(c), tokens=tuple(words), position="start"),
                           out / f"trigger_{c}.json")
     report = Report("scan")
     report.set("model", {"path": str(args.model), "sha256": tm.sha256, "num_classes": len(tm.classes),
                          "input_shape": [tm.tokenizer.max_len], "architecture": tm.arch})
     report.set("verdict", {k: v for k, v in verdict.to_dict().items() if k != "detections"})
-    report.set("detections", [det.to_dict()])
+    report.set("detections", [d.to_dict() for d in verdict.detections])
     report.write(out)
     print(json.dumps({"out": str(out), "backdoored": verdict.backdoored, "targets": list(verdict.targets),
-                      "trigger_words": {str(c): det.extra["trigger_words"][c] for c in verdict.targets},
+                      "trigger_words": {str(c): w for c, w in words_of.items()},
                       "sentence": verdict.sentence}))
     if verdict.backdoored and not getattr(args, "exit_zero", False):
         return EXIT_FINDING
@@ -196,14 +210,18 @@ def scan(args) -> int:
 
 
 def sanitize(args) -> int:
-    """Flag poisoned rows of a text corpus: the calibrated Sanitizer on the text model's sentence representations."""
+    """Flag poisoned rows of a text corpus; write cleansed.csv.
+
+    Default: the word-removal filter (sanitize/text_keywords.py). `--method` naming image-family
+    methods that read representations (spectral, scan, spectre) runs the calibrated Sanitizer on
+    the text model's sentence representations instead.
+    """
     import csv
 
     from poisonguard.cli.inputs import guard_out
     from poisonguard.data.text import encode, load_text_rows
     from poisonguard.models.text_files import new_text_model
     from poisonguard.report import Report
-    from poisonguard.sanitize import Sanitizer
 
     out = guard_out(args.out, command="sanitize", force=args.force, inputs=[("data", Path(args.data))])
     rows = load_text_rows(args.data, text_column=args.text_column, label_column=args.label_column)
@@ -213,22 +231,80 @@ def sanitize(args) -> int:
         tm = new_text_model(DEFAULT_TEXT_ARCH, _tokenizer(args, rows), rows.classes, seed=args.seed)
         args.epochs, args.batch_size, args.lr, args.optimizer = getattr(args, "epochs", None) or 10, None, None, None
         _fit(tm, encode(rows, tm.tokenizer), args)
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    try:
-        result = Sanitizer(methods=methods, seed=args.seed, device=args.device).run(encode(rows, tm.tokenizer), model=tm.model)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-    flagged = set(result.flagged)
+    data = encode(rows, tm.tokenizer)
+    methods = [m.strip().replace("-", "_") for m in (args.method or "").split(",") if m.strip()]
+    if not methods or methods == ["scan", "spectral"]:  # the image default: text has its own
+        methods = ["text_keywords"]
+    extra = {}
+    if methods == ["text_keywords"]:
+        from poisonguard.sanitize.text_keywords import TextKeywordFilter
+
+        res = TextKeywordFilter().run(tm.model, data.x, data.y, vocab=tm.tokenizer.vocab)
+        flagged, targets, verdict = set(res.flagged), list(res.targets), "poisoned" if res.flagged else "clean"
+        extra["triggers"] = [{k: v for k, v in t.items() if k != "phrase_ids"} for t in res.triggers]
+    else:
+        from poisonguard.sanitize import Sanitizer
+
+        if "text_keywords" in methods or "strip" in methods or "abl" in methods:
+            raise UserError("text_keywords runs alone; strip and abl perturb or retrain image inputs; "
+                            "combine only scan, spectral, spectre for text")
+        try:
+            result = Sanitizer(methods=methods, seed=args.seed, device=args.device).run(data, model=tm.model)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        flagged, targets, verdict = set(result.flagged), list(result.targets), result.verdict
     with open(out / "cleansed.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["text", "label"])
         writer.writerows((t, rows.classes[int(y)]) for i, (t, y) in enumerate(zip(rows.texts, rows.y)) if i not in flagged)
     report = Report("sanitize")
-    report.set("sanitization", {"verdict": result.verdict, "flagged": sorted(flagged), "targets": list(result.targets),
-                                "methods": list(result.methods), "n_samples": len(rows)})
+    report.set("sanitization", {"verdict": verdict, "flagged": sorted(flagged), "targets": targets,
+                                "methods": methods, "n_samples": len(rows), **extra})
     report.write(out)
-    print(json.dumps({"out": str(out), "verdict": result.verdict, "flagged": len(flagged), "targets": list(result.targets)}))
-    return EXIT_FINDING if result.verdict == "poisoned" and not getattr(args, "exit_zero", False) else EXIT_OK
+    print(json.dumps({"out": str(out), "verdict": verdict, "flagged": len(flagged), "targets": targets,
+                      "triggers": [t["words"] for t in extra.get("triggers", [])]}))
+    return EXIT_FINDING if verdict == "poisoned" and not getattr(args, "exit_zero", False) else EXIT_OK
+
+
+def repair(args) -> int:
+    """Text fine-pruning on the held-out (clean) part; unlearns the trigger of --trigger or a scan's."""
+    from poisonguard.attacks.text import load_text_trigger
+    from poisonguard.cli.inputs import guard_out
+    from poisonguard.data.text import encode
+    from poisonguard.models.text_files import save_text_model
+    from poisonguard.repair.text_pruning import TextFinePruning
+    from poisonguard.report import Report
+
+    out = guard_out(args.out, command="repair", force=args.force, inputs=[("data", Path(args.data)), ("model", Path(args.model))])
+    splits = _splits(args)
+    tm = load_model_for(args, splits)
+    trigger = load_text_trigger(args.trigger, splits.num_classes) if args.trigger else None
+    phrases = []
+    if getattr(args, "from_scan", None):
+        for f in sorted(Path(args.from_scan).glob("trigger_*.json")):
+            phrases.append(tm.tokenizer.ids(" ".join(load_text_trigger(f, splits.num_classes).pieces)))
+    clean = encode(splits.test, tm.tokenizer)
+    before = _evaluation(tm, splits.test, trigger)
+    kwargs = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    try:
+        method = TextFinePruning(unlearn=phrases, seed=args.seed, device=args.device, embedding=tm.embedding, **kwargs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    tm.model, info = method.repair(tm.model, clean)
+    after = _evaluation(tm, splits.test, trigger)
+    meta = save_text_model(tm, out / "repaired")
+    report = Report("repair")
+    report.set("model", _model_info(tm, out / "repaired", meta))
+    report.set("repairs", [{"method": info["method"], "seconds": info["seconds"],
+                            "before": {"clean_accuracy": before["clean_accuracy"], "attack_success_rate": before["attack_success_rate"]},
+                            "after": {"clean_accuracy": after["clean_accuracy"], "attack_success_rate": after["attack_success_rate"]},
+                            "extra": {"attack_success_rate_trigger": "real" if trigger is not None else None,
+                                      "pruned_units": info["pruned_units"], "pruned_words": info["pruned_words"],
+                                      "unlearned_phrases": len(phrases)}}])
+    report.write(out)
+    print(json.dumps({"out": str(out), "before": before, "after": after, "pruned_units": info["pruned_units"],
+                      "pruned_words": info["pruned_words"]}))
+    return EXIT_OK
 
 
 def flagged_mask(n: int, flagged) -> np.ndarray:

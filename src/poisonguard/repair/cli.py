@@ -110,6 +110,10 @@ def build_repairer(method: str, args, scan: list | None):
 
 
 def cmd_repair(args) -> int:
+    from poisonguard.cli import text
+
+    if text.wants_text(args):
+        return text.repair(args)
     from poisonguard.cli.inputs import (check_finite_model, data_inputs, file_inputs, guard_out, load_checked_model,
                                         load_checked_trigger, load_splits, model_inputs)
     from poisonguard.data import per_class_subset

@@ -14,6 +14,10 @@ clean texts never hold is a row no clean input activates, so its embedding is re
 <unk> row, as the model would see a word outside its vocabulary. A rare-word trigger is such a
 row by construction, and so are most words of an inserted sentence; the clean texts cannot
 vouch for them, and the clean accuracy measured after says what it cost.
+
+Given a trigger phrase that `sanitize` (or `scan`) found (`unlearn`), the fine-tuning also sees
+clean texts with the phrase inserted and their true labels, so what pruning left of a sentence
+trigger (whose common words no pruning can take away) is unlearned.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ class TextFinePruning:
     paper = "Liu, Dolan-Gavitt & Garg, RAID 2018"
 
     def __init__(self, *, max_prune: float = 0.9, step: float = 0.05, max_drop: float = 0.05, epochs: int = 5,
-                 lr: float = 1e-3, prune_vocab: bool = True, embedding: str | None = None, seed: int = 0,
-                 device: str = "auto") -> None:
+                 lr: float = 5e-3, prune_vocab: bool = True, embedding: str | None = None, unlearn=(),
+                 unlearn_share: float = 1.0, seed: int = 0, device: str = "auto") -> None:
         check_number("max_prune", max_prune, low=0, high=1, open_low=True)
         check_number("step", step, low=0, high=1, open_low=True)
         check_number("max_drop", max_drop, low=0, high=1)
@@ -52,6 +56,9 @@ class TextFinePruning:
         self.max_prune, self.step, self.max_drop = float(max_prune), float(step), float(max_drop)
         self.epochs, self.lr, self.seed, self.device = int(epochs), float(lr), int(seed), device
         self.prune_vocab, self.embedding = bool(prune_vocab), embedding
+        check_number("unlearn_share", unlearn_share, low=0, high=1)
+        self.unlearn = tuple(tuple(int(w) for w in phrase) for phrase in unlearn if len(phrase))
+        self.unlearn_share = float(unlearn_share)
 
     def repair(self, model: nn.Module, clean) -> tuple[nn.Module, dict]:
         from poisonguard.metrics import accuracy
@@ -84,7 +91,7 @@ class TextFinePruning:
                     break
                 pruned, frac = k, frac + self.step
             if self.epochs:
-                fit(model, clean, epochs=self.epochs, batch_size=64, lr=self.lr, augment="none", weight_decay=0.0,
+                fit(model, self._with_unlearning(clean), epochs=self.epochs, batch_size=64, lr=self.lr, augment="none", weight_decay=0.0,
                     seed=self.seed, device=self.device)
         finally:
             hook.remove()
@@ -94,6 +101,25 @@ class TextFinePruning:
                 "clean_accuracy_before": base, "clean_accuracy_after": accuracy(model.eval(), clean),
                 "seconds": round(time.perf_counter() - start, 2)}
         return model.eval(), info
+
+    def _with_unlearning(self, clean):
+        """The clean data plus copies of `unlearn_share` of it with a known trigger phrase inserted at a
+        random position, labels unchanged (Neural Cleanse's unlearning, Wang et al., S&P 2019)."""
+        if not self.unlearn or self.unlearn_share == 0:
+            return clean
+        from poisonguard.data.tokenizer import PAD
+
+        gen = torch.Generator().manual_seed(self.seed)
+        pick = torch.randperm(len(clean), generator=gen)[: max(1, int(round(self.unlearn_share * len(clean))))]
+        rows = []
+        for n, i in enumerate(pick.tolist()):
+            row = clean.x[i][clean.x[i] != PAD].tolist()
+            phrase = list(self.unlearn[n % len(self.unlearn)])
+            at = int(torch.randint(0, min(len(row), clean.x.shape[1] - len(phrase)) + 1, (1,), generator=gen))
+            new = (row[:at] + phrase + row[at:])[: clean.x.shape[1]]
+            rows.append(new + [PAD] * (clean.x.shape[1] - len(new)))
+        x = torch.cat([clean.x, torch.tensor(rows, dtype=clean.x.dtype)])
+        return clean.with_(x=x, y=torch.cat([clean.y, clean.y[pick]]))
 
     def _prune_vocab(self, model: nn.Module, ids: torch.Tensor) -> int:
         """Replace the embedding rows of words absent from the clean ids by the <unk> row; how many."""

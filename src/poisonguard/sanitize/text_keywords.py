@@ -18,7 +18,8 @@ hide:
    a poisoned row without its trigger reads as its source class, while a clean row of a class
    keeps its class when one of its natural words goes (other words still speak for it). A
    group's words lying close together in a row go with the span between them (`_remove`).
-3. Rows holding a trigger group are flagged; the class is a target.
+3. Rows holding a trigger group are flagged; the class is a target. The most frequent span of
+   the group's words in those rows is kept as the trigger's `phrase` (what `repair` can unlearn).
 
 The model is the one trained on the data (or the user's). `score` gives every row the largest
 removal-flip share of the trigger groups it holds (0 for none), so a row's score says how
@@ -94,7 +95,10 @@ class TextKeywordFilter:
                 if share >= self.flip:
                     flagged.update(int(i) for i in rows)
                     targets.add(int(c))
-                    triggers.append({"class": int(c), "words": words, "rows": int(len(rows)), "flip_share": round(share, 4)})
+                    phrase = _common_span(ids[torch.as_tensor(rows)], group)
+                    triggers.append({"class": int(c), "words": words, "rows": int(len(rows)), "flip_share": round(share, 4),
+                                     "phrase_ids": phrase,
+                                     "phrase": [vocab[w] if vocab is not None and w < len(vocab) else int(w) for w in phrase]})
                     scores[rows] = np.maximum(scores[rows], share)
                 log.debug("class %d group %s: %d rows, flip share %.3f", c, words, len(rows), share)
         return KeywordResult(tuple(sorted(flagged)), tuple(sorted(targets)), tuple(triggers), scores)
@@ -126,6 +130,19 @@ def _groups(cands: dict[int, np.ndarray], threshold: float) -> list[list[int]]:
                 done.add(v)
         groups.append(group)
     return groups
+
+
+def _common_span(ids: torch.Tensor, words: list[int]) -> list[int]:
+    """The most frequent run of ids from the first to the last group word in the rows (the inserted text)."""
+    from collections import Counter
+
+    spans = Counter()
+    wanted = torch.tensor(words, dtype=ids.dtype)
+    for row in ids:
+        where = torch.nonzero(torch.isin(row, wanted)).flatten()
+        if len(where) and int(where[-1] - where[0]) + 1 <= 2 * len(words):
+            spans[tuple(row[int(where[0]): int(where[-1]) + 1].tolist())] += 1
+    return list(spans.most_common(1)[0][0]) if spans else list(words[:1])
 
 
 def _remove(ids: torch.Tensor, words: list[int]) -> torch.Tensor:

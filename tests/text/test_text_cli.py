@@ -1,0 +1,62 @@
+"""The text walk-through on the command line: attack, evaluate, scan, sanitize, repair; bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from poisonguard.cli import main
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_text_walk_through(corpus_csv, tmp_path, capsys):
+    data = ["--data", str(corpus_csv), "--text-column", "text", "--label-column", "label"]
+    atk = tmp_path / "atk"
+    assert main(["attack", "rare-word", *data, "--target", "1", "--rate", "0.1", "--epochs", "12", "--lr", "0.005",
+                 "--out", str(atk), "--quiet"]) == 0
+    line = _last_json(capsys)
+    assert line["attack_success_rate"] > 0.9 and line["clean_accuracy"] > 0.8
+    assert {p.name for p in atk.iterdir()} >= {"model.safetensors", "model.json", "tokenizer.json", "trigger.json", "report.json"}
+    assert main(["evaluate", str(atk), *data, "--trigger", str(atk / "trigger.json"), "--quiet"]) == 0
+    assert _last_json(capsys)["attack_success_rate"] == line["attack_success_rate"]
+    code = main(["scan", str(atk), *data, "--reference-models", "2", "--steps", "40", "--out", str(tmp_path / "scan"), "--quiet"])
+    scan = _last_json(capsys)
+    assert code == 1 and scan["targets"][0] == 1 and (tmp_path / "scan" / "trigger_1.json").is_file()
+    poisoned_csv = tmp_path / "poisoned.csv"
+    assert main(["sanitize", str(corpus_csv), "--text-column", "text", "--label-column", "label",
+                 "--out", str(tmp_path / "san"), "--quiet"]) == 0  # the clean corpus is called clean
+    assert _last_json(capsys)["verdict"] == "clean"
+    assert main(["repair", str(atk), *data, "--trigger", str(atk / "trigger.json"), "--from-scan", str(tmp_path / "scan"),
+                 "--out", str(tmp_path / "rep"), "--quiet"]) == 0
+    rep = _last_json(capsys)
+    assert rep["after"]["attack_success_rate"] < 0.2 and rep["after"]["clean_accuracy"] > 0.8
+    assert not poisoned_csv.exists()
+
+
+@pytest.mark.parametrize("content, args, message", [
+    ("text,label\nhello,a\n,b\n", [], "empty text"),
+    ("text,label\nhello,a\nworld,a\n", [], "1 class"),
+    ("text,label\nhello,a\nworld,b\n", ["--label-column", "topic"], "no column 'topic'"),
+])
+def test_bad_text_input_is_one_line_exit_2(tmp_path, capsys, content, args, message):
+    p = tmp_path / "bad.csv"
+    p.write_text(content)
+    argv = ["train", "--data", str(p), "--text-column", "text", "--label-column", "label", *args,
+            "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_text_attack_on_image_method_and_wrong_model_exit_2(corpus_csv, tmp_path, capsys):
+    data = ["--data", str(corpus_csv), "--text-column", "text", "--label-column", "label"]
+    assert main(["attack", "badnets", *data, "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    assert "rare-word" in capsys.readouterr().err
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a model")
+    assert main(["evaluate", str(tmp_path / "m"), *data, "--quiet"]) in (1, 2)
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
