@@ -85,6 +85,12 @@ FAST = {"text_inversion": {"steps": 40, "max_inputs": 48}, "text_phrase": {"step
 
 
 @pytest.fixture(scope="session")
+def fast_scan():
+    """Short inversion settings for the tiny corpus."""
+    return FAST
+
+
+@pytest.fixture(scope="session")
 def calibration(clean_text, text_splits):
     """Three clean references trained on the defender's own clean corpus (another draw of the topics)."""
     from poisonguard.data.text import TextCorpus

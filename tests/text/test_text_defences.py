@@ -4,7 +4,6 @@ poisoned rows, repair removes it; the clean model and clean rows are left alone.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 
@@ -25,18 +24,17 @@ def test_backdoor_takes_and_clean_accuracy_holds(backdoored_text, clean_text, te
     assert _asr(clean_text, text_splits, trig) < 0.3
 
 
-from conftest import FAST  # noqa: E402  (tests/text/conftest.py, on the path as pytest sets it)
 
 
-def test_scan_finds_the_target_and_passes_the_clean_model(backdoored_text, clean_text, text_splits, calibration):
+def test_scan_finds_the_target_and_passes_the_clean_model(backdoored_text, clean_text, text_splits, calibration, fast_scan):
     from poisonguard.detect.text_scan import text_scan_verdict
 
     tm, trig, _, _ = backdoored_text
-    v = text_scan_verdict(tm, text_splits.test, device="cpu", options=FAST, calibration=calibration)
+    v = text_scan_verdict(tm, text_splits.test, device="cpu", options=fast_scan, calibration=calibration)
     assert v.backdoored and v.targets[0] == trig.target
     words = v.detections[0].extra["trigger_words"][trig.target]
     assert "cf" in words
-    clean = text_scan_verdict(clean_text, text_splits.test, device="cpu", options=FAST, calibration=calibration)
+    clean = text_scan_verdict(clean_text, text_splits.test, device="cpu", options=fast_scan, calibration=calibration)
     assert not clean.backdoored
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from poisonguard import limits
-from poisonguard.data.dataset import stratified_split
+from poisonguard.data.dataset import ImageData, stratified_split
 from poisonguard.errors import UserError
 
 TEXT_SUFFIXES = (".txt",)
@@ -217,9 +217,6 @@ def _corpus(texts: list[str], labels: list[str], classes: tuple[str, ...], path:
     return TextCorpus(tuple(texts), torch.tensor([index[c] for c in labels], dtype=torch.long), classes)
 
 
-
-def encode(corpus: TextCorpus, tokenizer) -> "ImageData":
+def encode(corpus: TextCorpus, tokenizer) -> ImageData:
     """The corpus as token ids under `tokenizer`: kind="text" data, the tokenizer as its meta."""
-    from poisonguard.data.dataset import ImageData
-
     return ImageData(tokenizer.encode(corpus.texts), corpus.y.clone(), corpus.classes, kind="text", meta=tokenizer)
