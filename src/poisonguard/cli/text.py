@@ -16,6 +16,12 @@ import numpy as np
 from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
 
 TEXT_ATTACKS = ("rare-word", "insert-sentence")
+_REPORT = ("report.json", "report.html")
+_MODEL = ("model.safetensors", "model.json", "tokenizer.json")
+# What each text command writes (what --force removes first), as cli.inputs.OUTPUTS for images.
+OUTPUTS = {"attack": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"), "train": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"),
+           "evaluate": _REPORT, "scan": (*_REPORT, "trigger_*.json"), "sanitize": (*_REPORT, "cleansed.csv"),
+           "repair": (*_REPORT, *(f"repaired/{n}" for n in _MODEL))}
 DEFAULT_TEXT_ARCH = "text_cnn"
 TEXT_LR = 2e-3
 MAX_LEN = 64
@@ -101,7 +107,7 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     from poisonguard.models.text_files import new_text_model, save_text_model
     from poisonguard.report import Report
 
-    out = guard_out(args.out, command=command, force=args.force, inputs=[("data", Path(args.data))])
+    out = guard_out(args.out, command=command, force=args.force, outputs=OUTPUTS[command], inputs=[("data", Path(args.data))])
     splits = _splits(args)
     trigger, train, poisoned = None, splits.train, []
     if method is not None:
@@ -121,6 +127,7 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     meta = save_text_model(tm, out, extra={"training": training})
     if trigger is not None:
         save_text_trigger(trigger, out / "trigger.json")
+        _write_poisoned(out / "poisoned.csv", train, poisoned, args)
     report = Report(command)
     report.set("model", _model_info(tm, out, meta))
     report.set("evaluation", ev)
@@ -128,6 +135,18 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     report.write(out)
     print(json.dumps({"out": str(out), **ev}))
     return EXIT_OK
+
+
+def _write_poisoned(path: Path, corpus, poisoned, args) -> None:
+    """The poisoned training rows as a CSV in the user's column names, with a `poisoned` 0/1 column
+    (ground truth for trying `sanitize`; a defender never has it)."""
+    import csv
+
+    mark = set(int(i) for i in poisoned)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([args.text_column or "text", args.label_column or "label", "poisoned"])
+        writer.writerows((t, corpus.classes[int(y)], int(i in mark)) for i, (t, y) in enumerate(zip(corpus.texts, corpus.y)))
 
 
 def load_model_for(args, classes_from=None):
@@ -155,7 +174,7 @@ def evaluate(args) -> int:
         from poisonguard.cli.inputs import guard_out
         from poisonguard.report import Report
 
-        out = guard_out(args.out, command="evaluate", force=args.force, inputs=[("data", Path(args.data))])
+        out = guard_out(args.out, command="evaluate", force=args.force, outputs=OUTPUTS["evaluate"], inputs=[("data", Path(args.data))])
         report = Report("evaluate")
         report.set("evaluation", ev)
         report.write(out)
@@ -170,7 +189,7 @@ def scan(args) -> int:
     from poisonguard.detect.text_scan import calibrate_text, text_scan_verdict
     from poisonguard.report import Report
 
-    out = guard_out(args.out, command="scan", force=args.force, inputs=[("data", Path(args.data))])
+    out = guard_out(args.out, command="scan", force=args.force, outputs=OUTPUTS["scan"], inputs=[("data", Path(args.data))])
     splits = _splits(args)
     tm = load_model_for(args, splits)
     # --data is the defender's clean corpus: references train on its training part, every model
@@ -223,7 +242,7 @@ def sanitize(args) -> int:
     from poisonguard.models.text_files import new_text_model
     from poisonguard.report import Report
 
-    out = guard_out(args.out, command="sanitize", force=args.force, inputs=[("data", Path(args.data))])
+    out = guard_out(args.out, command="sanitize", force=args.force, outputs=OUTPUTS["sanitize"], inputs=[("data", Path(args.data))])
     rows = load_text_rows(args.data, text_column=args.text_column, label_column=args.label_column)
     if args.model:
         tm = load_model_for(args, rows)
@@ -275,7 +294,7 @@ def repair(args) -> int:
     from poisonguard.repair.text_pruning import TextFinePruning
     from poisonguard.report import Report
 
-    out = guard_out(args.out, command="repair", force=args.force, inputs=[("data", Path(args.data)), ("model", Path(args.model))])
+    out = guard_out(args.out, command="repair", force=args.force, outputs=OUTPUTS["repair"], inputs=[("data", Path(args.data)), ("model", Path(args.model))])
     splits = _splits(args)
     tm = load_model_for(args, splits)
     trigger = load_text_trigger(args.trigger, splits.num_classes) if args.trigger else None

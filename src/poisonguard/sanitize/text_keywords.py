@@ -13,16 +13,24 @@ hide:
    candidates are words in at least `min_rows` rows of a class, with at least `exclusive` of
    their rows in that class. Words that occur in the same rows are grouped (Jaccard >=
    `cooccur`): an inserted sentence is one group.
-2. **Removal test (the model's ONION).** A group is a trigger when removing it from the rows
-   that hold it turns the model's prediction away from their label in at least `flip` of them:
-   a poisoned row without its trigger reads as its source class, while a clean row of a class
-   keeps its class when one of its natural words goes (other words still speak for it). A
-   group's words lying close together in a row go with the span between them (`_remove`).
-3. Rows holding a trigger group are flagged; the class is a target. The most frequent span of
-   the group's words in those rows is kept as the trigger's `phrase` (what `repair` can unlearn).
+2. **Insertion test (the default).** A group is a trigger when its phrase (the most frequent
+   span of its words in the rows, e.g. the whole inserted sentence) inserted at a random place
+   into up to `max_probe` texts of the other classes sends at least `flip` of them to the class:
+   that is what a trigger does, while a class's natural words move a weak model's texts far
+   less. `flip` = 0.7 was set on the fortunes models of seeds 0-2 and 10-11: natural class words
+   ("computer") flipped 0.57-0.69 of the texts, rare-word triggers 0.75-0.93 (one weak
+   backdoor, ASR 0.52, below 0.5), sentence triggers 0.96-1.0; the margin is thin, see
+   notes/issue-19-text.md.
+   `test="removal"` is ONION's direction instead: removing the group from its own rows turns
+   the prediction away from their label; it reads the model's memory of its training rows,
+   which hides the trigger when the model memorised them (tuning seeds: TPR 0 on 2 of 4), and
+   it flags natural sub-genres marked by one word (fortunes' "QOTD:" quotes). A group's words
+   lying close together go with the span between them (`_remove`).
+3. Rows holding a trigger group are flagged; the class is a target. The phrase is kept in
+   the result (what `repair` can unlearn).
 
-The model is the one trained on the data (or the user's). `score` gives every row the largest
-removal-flip share of the trigger groups it holds (0 for none), so a row's score says how
+The model is the one trained on the data (or the user's). `scores` give every row the largest
+flip share of the trigger groups it holds (0 for none), so a row's score says how
 strongly its words act as a trigger.
 """
 
@@ -56,7 +64,12 @@ class TextKeywordFilter:
     paper = "after Qi et al., EMNLP 2021 (ONION) and Chen & Dai, 2021 (BKI)"
 
     def __init__(self, *, min_rows: int = 8, min_share: float = 0.01, exclusive: float = 0.95, cooccur: float = 0.6,
-                 flip: float = 0.5, batch_size: int = 512) -> None:
+                 flip: float = 0.7, test: str = "insertion", max_probe: int = 256, batch_size: int = 512,
+                 seed: int = 0) -> None:
+        if test not in ("insertion", "removal"):
+            raise ValueError(f"test must be 'insertion' or 'removal', got {test!r}")
+        check_number("max_probe", max_probe, low=1, integer=True)
+        self.test, self.max_probe, self.seed = test, int(max_probe), int(seed)
         check_number("min_rows", min_rows, low=1, integer=True)
         check_number("min_share", min_share, low=0, high=1)
         check_number("exclusive", exclusive, low=0.5, high=1)
@@ -78,6 +91,7 @@ class TextKeywordFilter:
         pred = predict(model, ids, batch_size=self.batch_size).numpy()
         scores = np.zeros(len(y))
         flagged, triggers, targets = set(), [], set()
+        rng = np.random.default_rng(self.seed)
         for c in np.unique(y):
             n_c = int((y == c).sum())
             need = max(self.min_rows, int(np.ceil(self.min_share * n_c)))
@@ -89,13 +103,19 @@ class TextKeywordFilter:
                 held = rows[pred[rows] == c]
                 if len(held) < need:
                     continue
-                without = _remove(ids[torch.as_tensor(held)], group)
-                share = float((predict(model, without, batch_size=self.batch_size).numpy() != c).mean())
+                phrase = _common_span(ids[torch.as_tensor(rows)], group)
+                if self.test == "insertion":
+                    others = np.flatnonzero(y != c)
+                    others = rng.permutation(others)[: self.max_probe]
+                    probe = _insert(ids[torch.as_tensor(others)], phrase, rng)
+                    share = float((predict(model, probe, batch_size=self.batch_size).numpy() == c).mean())
+                else:
+                    without = _remove(ids[torch.as_tensor(held)], group)
+                    share = float((predict(model, without, batch_size=self.batch_size).numpy() != c).mean())
                 words = [vocab[w] if vocab is not None and w < len(vocab) else int(w) for w in group]
                 if share >= self.flip:
                     flagged.update(int(i) for i in rows)
                     targets.add(int(c))
-                    phrase = _common_span(ids[torch.as_tensor(rows)], group)
                     triggers.append({"class": int(c), "words": words, "rows": int(len(rows)), "flip_share": round(share, 4),
                                      "phrase_ids": phrase,
                                      "phrase": [vocab[w] if vocab is not None and w < len(vocab) else int(w) for w in phrase]})
@@ -143,6 +163,17 @@ def _common_span(ids: torch.Tensor, words: list[int]) -> list[int]:
         if len(where) and int(where[-1] - where[0]) + 1 <= 2 * len(words):
             spans[tuple(row[int(where[0]): int(where[-1]) + 1].tolist())] += 1
     return list(spans.most_common(1)[0][0]) if spans else list(words[:1])
+
+
+def _insert(ids: torch.Tensor, phrase: list[int], rng: np.random.Generator) -> torch.Tensor:
+    """The rows with `phrase` inserted at a random position (truncated to the rows' length)."""
+    out = torch.zeros_like(ids)
+    for i in range(len(ids)):
+        row = ids[i][ids[i] != PAD].tolist()
+        at = int(rng.integers(0, max(0, min(len(row), ids.shape[1] - len(phrase))) + 1))
+        new = (row[:at] + list(phrase) + row[at:])[: ids.shape[1]]
+        out[i, : len(new)] = torch.tensor(new, dtype=ids.dtype)
+    return out
 
 
 def _remove(ids: torch.Tensor, words: list[int]) -> torch.Tensor:
