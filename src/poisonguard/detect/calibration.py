@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from poisonguard.detect.anomaly import log_lower_mad_index
+from poisonguard.detect.anomaly import log_lower_mad_index, reference_index
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,23 @@ def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
     r = len(logs)
     if r < 2:
         raise ValueError("calibration needs at least 2 reference models")
+    two_class = logs.shape[1] < 3  # the verdict's reference_index: per-class spread, no MAD across classes
+    if two_class and r < 3:
+        raise ValueError("a two-class calibration needs at least 3 reference models (a spread per class)")
     per_model = []
     for i in range(r):
-        ref = logs[[j for j in range(r) if j != i]].mean(0)
-        per_model.append([float(v) for v in log_lower_mad_index(logs[i].exp(), ref, signed=True)])
+        others = logs[[j for j in range(r) if j != i]]
+        if two_class:
+            index = reference_index(logs[i].exp(), others.mean(0), others.std(0))
+        else:
+            index = log_lower_mad_index(logs[i].exp(), others.mean(0), signed=True)
+        per_model.append([float(v) for v in index])
     top = torch.tensor([math.log(max(max(v), 1e-3)) for v in per_model], dtype=torch.float64)
-    return {"mu": float(top.mean()), "s": float(top.std()) if r > 2 else 0.0, "n": r, "reference": logs.mean(0).tolist(),
+    null = {"mu": float(top.mean()), "s": float(top.std()) if r > 2 else 0.0, "n": r, "reference": logs.mean(0).tolist(),
             "loo_index": per_model, "sizes": [list(map(float, s)) for s in sizes]}
+    if two_class:
+        null["reference_sd"] = logs.std(0).tolist()
+    return null
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -113,21 +123,25 @@ def reference_architecture(loaded_meta: dict | None, input_shape) -> tuple[str, 
     arch = (loaded_meta or {}).get("architecture")
     if arch and arch in ARCHITECTURES:
         return arch, f"the suspect's own architecture ({arch}) re-initialised and trained on the clean data"
-    builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
+    if len(input_shape) == 1:  # feature vectors (token-id models register their own default)
+        from poisonguard.models.registry import INPUT_KINDS
+
+        builtin = "mlp" if INPUT_KINDS.get("mlp") == "tabular" else next(iter(INPUT_KINDS))
+    else:
+        builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
     return builtin, (f"the built-in {builtin} trained on the clean data (the suspect's architecture "
                      "cannot be rebuilt from its file)")
 
 
 def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 4, epochs: int = 30,
               seed: int = 0, device: str = "auto", options: dict | None = None, data_id: str = "",
-              use_cache: bool = True) -> Calibration:
+              use_cache: bool = True, models=None) -> Calibration:
     """Train `n_models` clean references on `data` (ImageData), scan each, fit the nulls.
 
     Cached under the user cache directory by a hash of every setting that changes the result.
+    `models`: the references `train_references` gives for these settings, when the caller has
+    them already (a scan whose methods contrast with the references trains them once).
     """
-    from poisonguard.models import build_model
-    from poisonguard.train import fit
-
     if n_models < 2:
         raise ValueError(f"calibration needs at least 2 reference models, got {n_models}")
     settings = {"architecture": architecture, "data": data_id, "n": len(data), "classes": data.num_classes,
@@ -143,11 +157,9 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring an unreadable calibration cache file %s", path)
     start = time.perf_counter()
-    models = []
-    for r in range(n_models):
-        ref_seed = 10_000 + seed * 101 + r
-        model = build_model(architecture, num_classes=data.num_classes, input_shape=data.input_shape, seed=ref_seed)
-        models.append(fit(model, data, epochs=epochs, batch_size=64, seed=ref_seed, device=device))
+    if models is None:
+        models = train_references(data, architecture=architecture, n_models=n_models, epochs=epochs, seed=seed,
+                                  device=device)
     cal = calibrate_from_models(models, data, architecture=architecture, source=source, methods=methods, seed=seed,
                                 device=device, options=options, start=start)
     cal = replace(cal, key=key, settings=settings)
@@ -159,16 +171,33 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
     return cal
 
 
+def train_references(data, *, architecture: str, n_models: int, epochs: int = 30, seed: int = 0, device: str = "auto"):
+    """The clean reference models `calibrate` fits its nulls on (seeded: the same settings give the same models)."""
+    from poisonguard.models import build_model
+    from poisonguard.train import fit
+
+    models = []
+    for r in range(n_models):
+        ref_seed = 10_000 + seed * 101 + r
+        model = build_model(architecture, num_classes=data.num_classes, input_shape=data.input_shape, seed=ref_seed)
+        models.append(fit(model, data, epochs=epochs, batch_size=64, seed=ref_seed, device=device))
+    return models
+
+
 def calibrate_from_models(models, data, *, architecture: str, source: str, methods, seed: int = 0,
                           device: str = "auto", options: dict | None = None, start: float | None = None) -> Calibration:
-    """Fit the nulls from already-trained clean reference `models` (what `calibrate` trains; audit reuses it)."""
+    """Fit the nulls from already-trained clean reference `models` (what `calibrate` trains; audit reuses it).
+
+    A method that contrasts with references scans each reference against the others (leave one out).
+    """
     from poisonguard.detect.verdict import run_detectors
 
     start = time.perf_counter() if start is None else start
     sizes: dict[str, list[list[float]]] = {}
-    for model in models:
+    for i, model in enumerate(models):
+        others = [m for j, m in enumerate(models) if j != i]
         for det in run_detectors(model, data, methods, seed=seed, device=device, options=options,
-                                 input_shape=data.input_shape, num_classes=data.num_classes,
+                                 input_shape=data.input_shape, num_classes=data.num_classes, references=others,
                                  on_skip=lambda name, exc: log.warning("calibration: %s skipped: %s", name, exc)):
             sizes.setdefault(det.method, []).append(list(det.mask_l1))
     nulls = {m: fit_null(s) for m, s in sizes.items()}

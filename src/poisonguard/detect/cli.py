@@ -9,6 +9,8 @@ from poisonguard.errors import UserError
 
 log = logging.getLogger(__name__)
 
+TABLE_CLEAN_FRACTION = 0.25  # a table's references train on the clean part: 5% of a few thousand rows is too few
+TABLE_REFERENCES = 8  # an MLP trains in seconds; a two-class null needs a per-class spread
 
 
 def __getattr__(name: str):
@@ -36,9 +38,12 @@ def add_commands(sub) -> None:
                    help="robust: calibrated log-space lower-half MAD (default); paper: each paper's own rule")
     p.add_argument("--calibration", choices=("auto", "none"), default="auto",
                    help="auto: calibrate on clean reference models trained from --data (cached); none: uncalibrated")
-    p.add_argument("--reference-models", type=positive_int, default=4, help="clean reference models for calibration (default 4)")
+    p.add_argument("--reference-models", type=positive_int, default=None,
+                   help="clean reference models for calibration (default 4; 8 for a table, where they are cheap)")
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when a backdoor is found")
-    p.add_argument("--clean-fraction", type=probability, default=0.05, help="share of the training part used as clean data (default 0.05)")
+    p.add_argument("--clean-fraction", type=probability, default=None,
+                   help="share of the training part used as clean data (default 0.05; 0.25 for a table, whose "
+                        "reference models train on it)")
     p.add_argument("--epochs", type=positive_int, default=None, help="inversion epochs for neural-cleanse / tabor (default 40)")
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect / feature-re")
     p.add_argument("--threshold", type=positive_float, default=None,
@@ -138,15 +143,28 @@ def cmd_scan(args) -> int:
         splits = load_splits(args.data, args.seed)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         model, shape, k, classes = loaded.model, splits.input_shape, splits.num_classes, list(splits.classes)
+        if args.clean_fraction is None:
+            args.clean_fraction = TABLE_CLEAN_FRACTION if splits.kind == "tabular" else 0.05
+        if args.reference_models is None:
+            args.reference_models = TABLE_REFERENCES if splits.kind == "tabular" else 4
+        if splits.kind == "tabular" and args.method is None:
+            from poisonguard.detect.verdict import TABULAR_METHODS
+
+            methods = list(TABULAR_METHODS)
         clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=args.seed)
         examples = splits.test.x[: max(k, 1)]
     report.set("model", info)
     options = detector_options(methods, args)
-    calibration = None
+    calibration, references = None, None
     if clean is not None and args.calibration == "auto" and args.statistic == "robust":
         arch, source = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, shape)
+        if any(getattr(DETECTORS.get(m), "needs_references", False) for m in methods):
+            from poisonguard.detect.calibration import train_references
+
+            references = train_references(clean, architecture=arch, n_models=args.reference_models, seed=args.seed,
+                                          device=args.device)
         calibration = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=args.reference_models,
-                                seed=args.seed, device=args.device, options=options,
+                                seed=args.seed, device=args.device, options=options, models=references,
                                 data_id=f"{args.data}:{args.clean_fraction}:{args.seed}")
         flagged, n, ci = loo_false_positives(calibration, args.fpr)
         report.set("calibration", {**calibration.summary(), "leave_one_out_flagged": flagged,
@@ -156,7 +174,7 @@ def cmd_scan(args) -> int:
         model, clean, methods=methods, fpr=args.fpr, statistic=args.statistic, calibration=calibration, seed=args.seed,
         device=args.device, input_shape=shape, num_classes=k, options=options, classes=classes,
         data_info={"clean_fraction": None if clean is None else args.clean_fraction, "data": args.data},
-        on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}))
+        on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}), references=references)
     detections = list(verdict.detections)
     report.set("scan", {"methods": [d.method for d in detections], "skipped": skipped, "data": args.data,
                         "clean_images": 0 if clean is None else len(clean),
