@@ -20,6 +20,9 @@ def main() -> int:
     p.add_argument("--topics", default=",".join(DEFAULT_TOPICS))
     p.add_argument("--max-chars", type=int, default=400)
     a = p.parse_args()
+    from pathlib import Path
+
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     try:
         n = write_fortunes_csv(a.out, tuple(t for t in a.topics.split(",") if t), max_chars=a.max_chars)
     except UserError as exc:

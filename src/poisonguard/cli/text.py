@@ -107,6 +107,13 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     from poisonguard.models.text_files import new_text_model, save_text_model
     from poisonguard.report import Report
 
+    if command == "train":
+        from poisonguard.defenses import load_defenses
+
+        registry = load_defenses()
+        implied = [n for n in registry.names() if any(getattr(args, o, None) is not None for o in registry.get(n).implied_by)]
+        if getattr(args, "defense", None) not in (None, "none") or implied:
+            raise UserError(f"training-time defences ({', '.join(implied) or args.defense}) do not take text data yet")
     out = guard_out(args.out, command=command, force=args.force, outputs=OUTPUTS[command], inputs=[("data", Path(args.data))])
     splits = _splits(args)
     trigger, train, poisoned = None, splits.train, []
