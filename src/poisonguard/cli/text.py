@@ -25,6 +25,7 @@ OUTPUTS = {"attack": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"), "train
 DEFAULT_TEXT_ARCH = "text_cnn"
 TEXT_LR = 2e-3
 MAX_LEN = 64
+DEFAULT_REFERENCES = 4  # clean reference models a text scan trains (benchmarks/text_checklist.py uses 4)
 
 
 def wants_text(args, spec: str | None = None) -> bool:
@@ -209,7 +210,8 @@ def scan(args) -> int:
     if getattr(args, "calibration", "auto") != "none":
         if tm.arch not in ("text_bag", "text_cnn"):
             raise UserError("calibration trains clean models of a built-in text architecture; pass --calibration none")
-        calibration = calibrate_text(tm, splits.train, n_models=max(2, min(args.reference_models, 8)), seed=args.seed,
+        n_refs = getattr(args, "reference_models", None) or DEFAULT_REFERENCES
+        calibration = calibrate_text(tm, splits.train, n_models=max(2, min(n_refs, 8)), seed=args.seed,
                                      device=args.device, options=options, inputs=clean)
     verdict = text_scan_verdict(tm, clean, calibration=calibration, fpr=args.fpr, seed=args.seed, device=args.device,
                                 options=options)
@@ -293,7 +295,7 @@ def sanitize(args) -> int:
 
 
 def repair(args) -> int:
-    """Text fine-pruning on the held-out (clean) part; unlearns the trigger of --trigger or a scan's."""
+    """Text fine-pruning on the clean --data; unlearns the trigger words a scan found (--from-scan)."""
     from poisonguard.attacks.text import load_text_trigger
     from poisonguard.cli.inputs import guard_out
     from poisonguard.data.text import encode
@@ -309,7 +311,8 @@ def repair(args) -> int:
     if getattr(args, "from_scan", None):
         for f in sorted(Path(args.from_scan).glob("trigger_*.json")):
             phrases.append(tm.tokenizer.ids(" ".join(load_text_trigger(f, splits.num_classes).pieces)))
-    clean = encode(splits.test, tm.tokenizer)
+    # --data is the defender's clean corpus: fine-tune on its training part, measure on the held-out part.
+    clean = encode(splits.train, tm.tokenizer)
     before = _evaluation(tm, splits.test, trigger)
     kwargs = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
     try:
