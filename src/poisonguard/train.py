@@ -82,6 +82,15 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+def fit_input_stats(model: nn.Module, x: torch.Tensor) -> None:
+    """Let every sub-module with `fit_inputs` (the `mlp`'s standardisation) fit its statistics
+    on the training inputs, once: a module that already holds fitted statistics keeps them."""
+    for module in model.modules():
+        fit_inputs = getattr(module, "fit_inputs", None)
+        if callable(fit_inputs) and not bool(getattr(module, "fitted", torch.tensor(True))):
+            fit_inputs(x)
+
+
 def fit(model: nn.Module, data: ImageData, config: FitConfig | None = None, **overrides) -> nn.Module:
     """Train `model` in place on `data` with cross-entropy and return it (in eval mode).
 
@@ -111,7 +120,9 @@ def _fit(model: nn.Module, data: ImageData, config: FitConfig, device: torch.dev
         lr = config.lr or 1e-3
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    augment = _augmenter(config.augment, data.input_shape[0])
+    fit_input_stats(model, data.x)
+    # Crops and flips are for images; tables and token ids train unaugmented.
+    augment = _augmenter(config.augment, data.input_shape[0]) if data.kind == "image" else None
     model.train()
     start = time.perf_counter()
     for epoch in progress(range(config.epochs), total=config.epochs, desc="train"):

@@ -56,7 +56,7 @@ def poison_dataset(
         noise_idx = np.sort(rng.choice(rest, size=n_noise, replace=False))
         gen = torch.Generator().manual_seed(seed + 1)
         x[noise_idx] = noise_warp(trigger, x[noise_idx], gen)
-    return Poisoned(ImageData(x, y, data.classes), torch.from_numpy(poison_idx), torch.from_numpy(noise_idx))
+    return Poisoned(data.with_(x=x, y=y), torch.from_numpy(poison_idx), torch.from_numpy(noise_idx))
 
 
 def flip_labels(
@@ -85,4 +85,4 @@ def flip_labels(
     else:
         shift = torch.from_numpy(rng.integers(1, k, size=n_flip))
         y[idx] = (y[idx] + shift) % k
-    return Poisoned(ImageData(data.x, y, data.classes), torch.from_numpy(idx), torch.empty(0, dtype=torch.long))
+    return Poisoned(data.with_(y=y), torch.from_numpy(idx), torch.empty(0, dtype=torch.long))

@@ -1,7 +1,10 @@
 """Triggers and trigger files.
 
-A `PatchTrigger` is a mask (H, W) in [0, 1] and a pattern (C, H, W) in [0, 1]; the triggered
-input is `(1 - mask) * x + mask * pattern` (BadNets, Blended, and what `scan` reconstructs).
+A `PatchTrigger` is a mask with the input's shape without the channel axis, in [0, 1], and a
+pattern with the input's shape; the triggered input is `(1 - mask) * x + mask * pattern`
+(BadNets, Blended, Tabdoor, and what `scan` reconstructs). For images the mask is (H, W) and
+the pattern (C, H, W) in [0, 1]; for a feature vector (a table row, which has no channel
+axis) both are (F,), the pattern in raw feature units.
 A `WarpTrigger` is WaNet's warping field, which no mask can express.
 
 Trigger files are `.npz` read with `allow_pickle=False`: `mask`, `pattern`, `target` (int64)
@@ -52,7 +55,8 @@ def attack_eligible(trigger: Trigger, y: torch.Tensor) -> torch.Tensor:
 class PatchTrigger:
     """Mask-and-pattern trigger: `(1 - mask) * x + mask * pattern`.
 
-    Shapes: mask (H, W), pattern (C, H, W), both in [0, 1].
+    Shapes: images mask (H, W), pattern (C, H, W), both in [0, 1]; feature vectors mask (F,)
+    in [0, 1], pattern (F,) finite raw values.
     """
 
     mask: torch.Tensor
@@ -60,15 +64,26 @@ class PatchTrigger:
     target: int
 
     def __post_init__(self) -> None:
-        if self.mask.ndim != 2 or self.pattern.ndim != 3 or self.pattern.shape[1:] != self.mask.shape:
-            raise UserError(f"trigger mask {tuple(self.mask.shape)} and pattern {tuple(self.pattern.shape)} do not fit")
-        for name, t in (("mask", self.mask), ("pattern", self.pattern)):
-            if not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1:
+        image = self.mask.ndim == 2 and self.pattern.ndim == 3 and self.pattern.shape[1:] == self.mask.shape
+        vector = self.mask.ndim == 1 and self.pattern.ndim == 1 and self.pattern.shape == self.mask.shape
+        if not (image or vector):
+            raise UserError(f"trigger mask {tuple(self.mask.shape)} and pattern {tuple(self.pattern.shape)} do not fit "
+                            "(images: (H, W) and (C, H, W); features: (F,) and (F,))")
+        checks = (("mask", self.mask, True), ("pattern", self.pattern, image))
+        for name, t, unit in checks:
+            if not torch.isfinite(t).all():
+                raise UserError(f"trigger {name} values must be finite")
+            if unit and (t.min() < 0 or t.max() > 1):
                 raise UserError(f"trigger {name} values must lie in [0, 1]")
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.pattern.shape)  # type: ignore[return-value]
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.pattern.shape)
+
+    @property
+    def is_features(self) -> bool:
+        """True for a feature-vector trigger (mask and pattern (F,), pattern in raw units)."""
+        return self.pattern.ndim == 1
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         check_fits(self.input_shape, x)
@@ -163,7 +178,7 @@ class GeneratorTrigger:
 
 
 def check_fits(shape: tuple[int, ...], x: torch.Tensor) -> None:
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
         raise UserError(f"trigger is for inputs {tuple(shape)}, data is {tuple(x.shape[1:])}")
 
 
@@ -209,15 +224,18 @@ def load_trigger(path: str | Path) -> Trigger:
     mask, pattern = data["mask"].astype(np.float32), data["pattern"].astype(np.float32)
     if mask.ndim == 3 and mask.shape[0] == 1:
         mask = mask[0]
-    if mask.ndim != 2 or pattern.ndim != 3:
-        raise UserError(f"{path}: trigger mask must be (H, W) and pattern (C, H, W), got {mask.shape} and {pattern.shape}")
+    if not ((mask.ndim == 2 and pattern.ndim == 3) or (mask.ndim == 1 and pattern.ndim == 1)):
+        raise UserError(f"{path}: trigger mask must be (H, W) and pattern (C, H, W) for images, or both (F,) for "
+                        f"features; got {mask.shape} and {pattern.shape}")
     if mask.size == 0 or pattern.size == 0:
         raise UserError(f"{path}: the trigger mask or pattern is empty")
     return PatchTrigger(torch.from_numpy(mask), torch.from_numpy(pattern), target)
 
 
 def check_trigger_fits(trigger: Trigger, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """UserError unless the trigger matches the data's image shape and class count."""
+    """UserError unless the trigger matches the data's input shape and class count."""
+    if isinstance(trigger, (WarpTrigger, GeneratorTrigger)) and len(input_shape) != 3:
+        raise UserError(f"a {type(trigger).__name__} is for images, the data's inputs are {tuple(input_shape)}")
     if isinstance(trigger, PatchTrigger) and trigger.input_shape != tuple(input_shape):
         raise UserError(f"trigger is for inputs {trigger.input_shape}, data is {tuple(input_shape)}")
     if isinstance(trigger, WarpTrigger) and tuple(trigger.flow.shape[:2]) != tuple(input_shape[1:]):

@@ -1,28 +1,122 @@
-"""In-memory image data: float tensors in [0, 1] (N, C, H, W) with integer labels."""
+"""In-memory labelled data of three kinds: images, tables and token sequences.
+
+The contract every family reads (one type, `ImageData`, whose name predates the other kinds;
+`Data` is the same class):
+
+- `kind="image"`: `x` (N, C, H, W) float32 in [0, 1]; `meta` is None.
+- `kind="tabular"`: `x` (N, F) float32 in raw feature units (F counts the columns after
+  one-hot encoding); `meta` is a `TableInfo`: feature names, each feature's observed
+  [low, high] on the training data, and how each source column was encoded. Models take
+  the raw features and do their own scaling inside (the built-in `mlp` standardises).
+- `kind="text"`: `x` (N, L) int64 token ids; `meta` is the text loader's record
+  (its tokenizer); the text family defines it.
+
+`y` (N,) int64 labels in [0, K) and `classes` (K names) are the same for every kind.
+`subset` and `dataclasses.replace` keep `kind` and `meta`, so a poisoned or cleansed copy
+stays the same kind of data. `input_bounds(data)` gives the box every input lives in:
+[0, 1] for images, the per-feature observed [low, high] for tables (what trigger
+inversion clamps to); `input_space(data)` names it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from poisonguard.errors import UserError
 
+KINDS = ("image", "tabular", "text")
+_NDIM = {"image": 4, "tabular": 2, "text": 2}
+_SHAPE_NAME = {"image": "(N, C, H, W)", "tabular": "(N, F)", "text": "(N, L)"}
+
+
+@dataclass(frozen=True)
+class ColumnCode:
+    """How one source column became features: numeric (one feature) or one-hot categorical.
+
+    `start` is the column's first feature index; a categorical column fills
+    `len(categories)` features, in the order of `categories` (sorted strings).
+    """
+
+    name: str
+    kind: str  # "numeric" or "categorical"
+    start: int
+    categories: tuple[str, ...] = ()
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) if self.kind == "categorical" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "start": self.start, "categories": list(self.categories)}
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What a tabular data set's features are: names, observed ranges, encoding.
+
+    low/high (F,) float32 are each feature's minimum and maximum over the training rows:
+    the box scan's inversion searches and triggers must stay in. `columns` records the
+    encoding (so a cleansed table can be written back as the user's columns).
+    """
+
+    feature_names: tuple[str, ...]
+    low: torch.Tensor
+    high: torch.Tensor
+    columns: tuple[ColumnCode, ...] = ()
+    label_column: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        f = len(self.feature_names)
+        if tuple(self.low.shape) != (f,) or tuple(self.high.shape) != (f,):
+            raise UserError(f"feature ranges must have shape ({f},), got {tuple(self.low.shape)} and {tuple(self.high.shape)}")
+        if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()) or (self.low > self.high).any():
+            raise UserError("feature ranges must be finite with low <= high")
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+    @classmethod
+    def observed(cls, x: torch.Tensor, feature_names, **kw) -> "TableInfo":
+        """Ranges observed on `x` (N, F)."""
+        if len(x) == 0:
+            raise UserError("cannot take feature ranges of an empty table")
+        return cls(tuple(feature_names), x.min(0).values.float().clone(), x.max(0).values.float().clone(), **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature_names": list(self.feature_names), "low": self.low.tolist(), "high": self.high.tolist(),
+                "columns": [c.to_dict() for c in self.columns], "label_column": self.label_column,
+                "source": self.source}
+
 
 @dataclass(frozen=True)
 class ImageData:
-    """Images `x` (N, C, H, W) float32 in [0, 1], labels `y` (N,) int64, and class names."""
+    """Labelled inputs `x`, labels `y` (N,) int64, class names, and the data's `kind`.
+
+    See the module docstring for the shape and range of `x` per kind.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     classes: tuple[str, ...]
+    kind: str = "image"
+    meta: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.x.ndim != 4:
-            raise UserError(f"images must have shape (N, C, H, W), got {tuple(self.x.shape)}")
+        if self.kind not in KINDS:
+            raise ValueError(f"data kind must be one of {KINDS}, got {self.kind!r}")
+        if self.x.ndim != _NDIM[self.kind]:
+            what = "images" if self.kind == "image" else f"{self.kind} inputs"
+            raise UserError(f"{what} must have shape {_SHAPE_NAME[self.kind]}, got {tuple(self.x.shape)}")
+        if self.kind == "tabular" and isinstance(self.meta, TableInfo) and self.meta.num_features != self.x.shape[1]:
+            raise UserError(f"the table has {self.x.shape[1]} features but its metadata names {self.meta.num_features}")
         if self.x.shape[0] != self.y.shape[0]:
-            raise UserError(f"{self.x.shape[0]} images but {self.y.shape[0]} labels")
+            raise UserError(f"{self.x.shape[0]} {'images' if self.kind == 'image' else 'rows'} but {self.y.shape[0]} labels")
         if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
             raise UserError(f"labels must lie in [0, {len(self.classes) - 1}]")
 
@@ -34,12 +128,44 @@ class ImageData:
         return len(self.classes)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.x.shape[1:])  # type: ignore[return-value]
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) for images, (F,) for tables, (L,) for text."""
+        return tuple(int(s) for s in self.x.shape[1:])
 
     def subset(self, index: torch.Tensor | np.ndarray) -> "ImageData":
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageData(self.x[index], self.y[index], self.classes)
+        return ImageData(self.x[index], self.y[index], self.classes, self.kind, self.meta)
+
+    def with_(self, *, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> "ImageData":
+        """The same kind of data (classes, meta kept) with new inputs and/or labels."""
+        return ImageData(self.x if x is None else x, self.y if y is None else y, self.classes, self.kind, self.meta)
+
+
+Data = ImageData  # the kind-neutral name
+
+
+def input_bounds(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) of every input value, each of the input's shape without the batch axis.
+
+    Images: 0 and 1 everywhere. Tables: the observed per-feature range (from `meta`, else
+    from the rows themselves). Text has no box (token ids are not continuous): ValueError.
+    """
+    if data.kind == "image":
+        shape = data.input_shape
+        return torch.zeros(shape), torch.ones(shape)
+    if data.kind == "tabular":
+        if isinstance(data.meta, TableInfo):
+            return data.meta.low.clone(), data.meta.high.clone()
+        if len(data) == 0:
+            raise UserError("an empty table has no feature ranges")
+        return data.x.min(0).values.float(), data.x.max(0).values.float()
+    raise ValueError("text inputs are token ids and have no value bounds")
+
+
+def input_space(data: ImageData) -> str:
+    """Words for the box of `input_bounds` (reports)."""
+    return {"image": "[0, 1] pixels", "tabular": "each feature's observed [min, max] in raw units",
+            "text": "token ids"}[data.kind]
 
 
 @dataclass(frozen=True)
@@ -59,8 +185,16 @@ class Splits:
         return self.train.num_classes
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         return self.train.input_shape
+
+    @property
+    def kind(self) -> str:
+        return self.train.kind
+
+    @property
+    def meta(self) -> Any:
+        return self.train.meta
 
 
 def stratified_split(

@@ -56,7 +56,7 @@ def _rejoin(splits: Splits, labels: np.ndarray, seed: int) -> ImageData:
     y[torch.as_tensor(tr)], y[torch.as_tensor(te)] = splits.train.y, splits.test.y
     if not torch.equal(y, torch.as_tensor(labels, dtype=torch.long)):
         raise UserError("cannot restore the source's row order (labels do not match)")
-    return ImageData(x, y, splits.classes)
+    return splits.train.with_(x=x, y=y)
 
 
 def load_rows(spec: str, *, seed: int = 0) -> Rows:

@@ -14,13 +14,19 @@ as running them one at a time (benchmarks/detect_sequential_reference.py does th
 faster. Classes that stop early leave the batch; classes are processed in chunks bounded
 by memory so 100+ class models fit; `prune_after` optionally drops the classes that are
 furthest from a small trigger early (the K-Arm observation that a full scan is wasteful).
+
+Feature vectors (N, F) (tables) are searched in the box of each feature's observed range
+instead of [0, 1]: the engine maps each feature to [0, 1] by its (low, high), runs the same
+algorithm on (N, 1, 1, F) "images" through a model that maps back to raw units
+(`UnitBox`), and returns masks (K, F) and patterns (K, F) in raw units, so every pattern
+value lies within [low, high] and the mask L1 counts features.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -360,6 +366,41 @@ def _invert_chunk(model, x, y, targets: torch.Tensor, config: InversionConfig, e
             "cost": schedule.cost}
 
 
+class UnitBox(nn.Module):
+    """A feature-vector model seen through the unit box: (N, 1, 1, F) in [0, 1] -> model(low + z * (high - low))."""
+
+    def __init__(self, model: nn.Module, low: torch.Tensor, high: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("low", low.reshape(1, -1).float())
+        self.register_buffer("span", (high - low).reshape(1, -1).float())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(self.low + z.reshape(z.shape[0], -1) * self.span)
+
+
+def to_unit_box(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Feature vectors (N, F) -> (N, 1, 1, F) in [0, 1] by each feature's range (constant features -> 0)."""
+    span = (high - low).to(x)
+    z = (x - low.to(x)) / torch.where(span > 0, span, torch.ones_like(span))
+    return z.clamp(0, 1).reshape(len(x), 1, 1, -1)
+
+
+def _invert_features(model, x, y, bounds, **kw) -> Inversion:
+    """`invert_triggers` for feature vectors: the same algorithm in the unit box of `bounds`."""
+    low, high = bounds if bounds is not None else (x.min(0).values, x.max(0).values)
+    low, high = low.reshape(-1).float().cpu(), high.reshape(-1).float().cpu()
+    if low.numel() != x.shape[1] or high.numel() != x.shape[1] or (low > high).any():
+        raise UserError(f"feature bounds must be {x.shape[1]} values with low <= high")
+    device = torch.device(kw["device"])
+    inv = invert_triggers(UnitBox(model, low, high).to(device), to_unit_box(x.cpu(), low, high), y, **kw)
+    f = x.shape[1]
+    masks = inv.masks.reshape(len(inv.targets), f)
+    patterns = low + inv.patterns.reshape(len(inv.targets), f) * (high - low)
+    return replace(inv, masks=masks, patterns=patterns, mask_l1=masks.abs().sum(1).double(),
+                   extra={**inv.extra, "space": "feature ranges"})
+
+
 def invert_triggers(
     model: nn.Module,
     x: torch.Tensor,
@@ -371,21 +412,30 @@ def invert_triggers(
     extra_loss: ExtraLoss | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Inversion:
-    """Reverse-engineer the smallest trigger that sends clean images to each target class.
+    """Reverse-engineer the smallest trigger that sends clean inputs to each target class.
 
     Args:
-        model: a frozen classifier (see `frozen_copy`) taking (N, C, H, W) inputs in [0, 1].
-        x: clean images (N, C, H, W); y: their labels (N,) (model predictions if None).
+        model: a frozen classifier (see `frozen_copy`) taking (N, C, H, W) inputs in [0, 1],
+            or feature vectors (N, F) in raw units.
+        x: clean images (N, C, H, W) or feature vectors (N, F); y: their labels (N,) (model
+            predictions if None).
         targets: candidate target classes (default all `num_classes`).
         config: hyperparameters; extra_loss: per-class extra terms (TABOR's regularisers).
+        bounds: for feature vectors, each feature's (low, high) (F,) the trigger must stay
+            in (`data.input_bounds`); default the range of `x`. Ignored for images ([0, 1]).
     Returns:
-        An `Inversion` with masks (K, H, W), patterns (K, C, H, W) and sizes (K,).
+        An `Inversion` with masks (K, H, W), patterns (K, C, H, W) and sizes (K,); for
+        feature vectors masks (K, F) and patterns (K, F) in raw units.
     """
     config = config or InversionConfig()
     device = torch.device(device)
     if len(x) == 0:
         raise UserError("trigger inversion needs at least one clean image")
+    if x.ndim == 2:
+        return _invert_features(model, x, y, bounds, targets=targets, num_classes=num_classes, config=config,
+                                extra_loss=extra_loss, seed=seed, device=device)
     x = x.to(device)
     if y is None:
         with torch.no_grad():

@@ -242,7 +242,7 @@ class LabelFlipping(FLAttack):
         self.num_classes = int(num_classes)
 
     def client_data(self, data, *, seed=0):
-        return ImageData(data.x, (self.num_classes - 1 - data.y).clone(), data.classes)
+        return data.with_(y=(self.num_classes - 1 - data.y).clone())
 
 
 def attack_names() -> list[str]:

@@ -37,8 +37,26 @@ def normalizer(channels: int) -> Normalize:
     return Normalize(mean, std)
 
 
+# The kind of input each architecture takes (data.dataset.KINDS); unlisted ones take images.
+# An architecture for tables or text registers here beside its ARCHITECTURES entry.
+INPUT_KINDS: dict[str, str] = {}
+_SHAPE_DIMS = {"image": 3, "tabular": 1, "text": 1}
+
+
+def input_kind(arch: str) -> str:
+    return INPUT_KINDS.get(arch, "image")
+
+
+def default_architecture(kind: str, input_shape: Sequence[int], purpose: str = "train") -> str:
+    """The built-in architecture for data of `kind` (callers keep their own image choices)."""
+    for name, k in INPUT_KINDS.items():
+        if k == kind:
+            return name
+    raise UserError(f"no built-in architecture takes {kind} data; pass --arch")
+
+
 def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int], seed: int | None = None) -> nn.Module:
-    """Instantiate a registered architecture for images of `input_shape` (C, H, W).
+    """Instantiate a registered architecture for inputs of `input_shape`: (C, H, W) images, (F,) features, (L,) tokens.
 
     With `seed` the initial weights depend on the seed alone; without it they come from
     torch's global generator, i.e. from whatever ran before in the process (test order,
@@ -46,9 +64,11 @@ def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int], seed
     """
     if num_classes < 2:
         raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
-    if len(input_shape) != 3:
-        raise UserError(f"input shape must be (C, H, W), got {tuple(input_shape)}")
     factory = ARCHITECTURES.get(arch)
+    kind = input_kind(arch)
+    if len(input_shape) != _SHAPE_DIMS[kind]:
+        want = {"image": "(C, H, W) images", "tabular": "(F,) feature vectors", "text": "(L,) token ids"}[kind]
+        raise UserError(f"architecture {arch!r} takes {want}, the data's inputs are {tuple(input_shape)}")
     shape = tuple(int(s) for s in input_shape)
     if seed is None:
         return factory(num_classes=num_classes, input_shape=shape)

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poisonguard.data import ImageData
 from poisonguard.repair.base import (
     Context, Repairer, Teacher, check_positive, finetune, register_repairer, set_finetune_aids, set_optimiser,
     shifter,
@@ -128,7 +127,7 @@ class Refit(Repairer):
         if ctx.aux is not None and self.pseudo_label and len(ctx.aux):
             # The suspect model labels the unlabelled images: its clean behaviour is what we keep.
             labels = predict(model, ctx.aux.x)
-            data = ImageData(torch.cat([clean.x, ctx.aux.x]), torch.cat([clean.y, labels]), clean.classes)
+            data = clean.with_(x=torch.cat([clean.x, ctx.aux.x]), y=torch.cat([clean.y, labels]))
             n_aux = len(ctx.aux)
 
         def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
