@@ -41,6 +41,9 @@ _LIMITS = {lim.name: lim for lim in (
     Limit("max_classes", 100_000, "classes of one data set or model"),
     Limit("max_input_values", 1 << 24, "values of one model input (C x H x W)"),
     Limit("max_files", 2_000_000, "files in one image folder or zip"),
+    Limit("max_table_cells", 20_000_000, "cells (rows x columns) of one CSV or Parquet table"),
+    Limit("max_columns", 10_000, "columns of one table, and features after one-hot encoding"),
+    Limit("max_categories", 1_000, "distinct values of one categorical table column (its one-hot width)"),
 )}
 
 _overrides: dict[str, int] = {}

@@ -69,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         limits.reset()
         limits.override(getattr(args, "limit", None))
+        from poisonguard.data import options as data_options
+
+        data_options.reset()
+        data_options.set_options(label_column=getattr(args, "label_column", None))
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"poisonguard: error: {exc}", file=sys.stderr)
@@ -83,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from poisonguard import limits
 
         limits.reset()  # --limit applies to this run only (main() may be called again in one process)
+        from poisonguard.data import options as data_options
+
+        data_options.reset()
 
 
 if __name__ == "__main__":

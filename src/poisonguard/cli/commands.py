@@ -249,7 +249,7 @@ def cmd_demo(args) -> int:
 def add_commands(sub) -> None:
     """Register attack, train, evaluate, checklist and demo on the top-level parser."""
     p = sub.add_parser("attack", help="train a model with a planted backdoor (to test defences on)")
-    p.add_argument("method", choices=["badnets", "blended", "wanet", "label-flip"])
+    p.add_argument("method", choices=["badnets", "blended", "wanet", "tabular-trigger", "label-flip"])
     add_data(p)
     add_attack_options(p)
     add_fit_options(p)
@@ -259,7 +259,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("train", help="train a model, optionally on poisoned data and with a training-time defence")
     add_data(p)
-    p.add_argument("--poison", choices=["badnets", "blended", "wanet", "label-flip"], default=None, help="poison the training data first")
+    p.add_argument("--poison", choices=["badnets", "blended", "wanet", "tabular-trigger", "label-flip"], default=None,
+                   help="poison the training data first")
     add_attack_options(p)
     add_fit_options(p)
     from poisonguard.defenses import load_defenses

@@ -375,6 +375,8 @@ def warn_near_chance(loaded, splits, *, samples: int = 256) -> float:
     from poisonguard.models import set_eval
 
     data = splits.test
+    if data.kind != "image":
+        return float("nan")  # the hint is about image preprocessing; a table's chance level is its class balance
     n = min(samples, len(data))
     with torch.no_grad():
         set_eval(loaded.model)

@@ -49,6 +49,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", action="append", metavar="NAME=N", default=None,
                         help="raise a resource limit for this run, e.g. max_pixels=100000000 (see README, Security); "
                              "also POISONGUARD_MAX_<NAME>")
+    parser.add_argument("--label-column", default=None, metavar="NAME",
+                        help="for --data TABLE.csv|.parquet: the column that holds the labels")
 
 
 def add_data(parser: argparse.ArgumentParser, *, required: bool = True, allow_none: bool = False) -> None:
@@ -169,11 +171,18 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--wanet-k", type=positive_int, default=4, help="WaNet control grid size")
     g.add_argument("--wanet-strength", type=finite_float, default=0.5, help="WaNet warping strength s")
     g.add_argument("--source", type=int, default=None, help="label-flip: flip only this class")
+    g.add_argument("--features", default=None, metavar="F1,F2,...",
+                   help="tabular-trigger: the features to set (names or indices; default --trigger-size seeded numeric ones)")
+    g.add_argument("--trigger-size", type=positive_int, default=3, help="tabular-trigger: how many features (default 3)")
+    g.add_argument("--trigger-value", default="max", metavar="RULE|V1,V2,...",
+                   help="tabular-trigger: max (default: each feature's observed maximum), min, mode (Tabdoor's), "
+                        "or one in-range value per feature")
 
 
 def add_fit_options(parser: argparse.ArgumentParser, *, epochs: int = 10) -> None:
     g = parser.add_argument_group("training")
-    g.add_argument("--arch", default=None, help="architecture (default: mnist_cnn for 1 channel, preact_resnet18 for 3)")
+    g.add_argument("--arch", default=None, help="architecture (default: mnist_cnn for 1 channel, preact_resnet18 for 3, "
+                                                "mlp for a table)")
     g.add_argument("--epochs", type=positive_int, default=epochs)
     g.add_argument("--batch-size", type=positive_int, default=None, help="default 64 (1 channel) or 128")
     g.add_argument("--lr", type=positive_float, default=None, help="default 1e-3 for adam, 0.1 for sgd")
@@ -184,13 +193,19 @@ def add_fit_options(parser: argparse.ArgumentParser, *, epochs: int = 10) -> Non
 def fit_config(args, splits):
     from poisonguard.train import FitConfig
 
-    small = splits.input_shape[0] == 1
+    small = splits.kind != "image" or splits.input_shape[0] == 1
     return FitConfig(epochs=args.epochs, batch_size=args.batch_size or (64 if small else 128), lr=args.lr,
                      optimizer=args.optimizer or ("adam" if small else "sgd"), augment=args.augment,
                      seed=args.seed, device=args.device)
 
 
 def default_arch(args, splits) -> str:
-    return args.arch or ("mnist_cnn" if splits.input_shape[0] == 1 else "preact_resnet18")
+    if args.arch:
+        return args.arch
+    if splits.kind != "image":
+        from poisonguard.models.registry import default_architecture
+
+        return default_architecture(splits.kind, splits.input_shape)
+    return "mnist_cnn" if splits.input_shape[0] == 1 else "preact_resnet18"
 
 

@@ -27,6 +27,8 @@ def build_trigger(method: str, args, splits):
     shape = splits.input_shape
     if args.target >= splits.num_classes or args.target < -1:
         raise UserError(f"target {args.target} is not a class of this {splits.num_classes}-class data")
+    if splits.kind != "image" and method in ("badnets", "blended", "wanet"):
+        raise UserError(f"the {method} attack stamps images; for a table use tabular-trigger or label-flip")
     if method == "badnets":
         color, position = _parsed(options.color, args.color, "--color"), args.position
         if isinstance(position, str) and "," in position:
@@ -43,6 +45,18 @@ def build_trigger(method: str, args, splits):
                                size=(shape[2], shape[1]))
             image = torch.from_numpy(arr.copy()).float() / 255
         return blended_trigger(shape, target=args.target, ratio=args.blend_ratio, image=image, seed=args.seed)
+    if method == "tabular_trigger":
+        from poisonguard.attacks.tabular import tabular_trigger
+
+        features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
+        rule = str(args.trigger_value).strip()
+        if rule not in ("max", "min", "mode"):
+            try:
+                rule = [float(v) for v in rule.split(",")]
+            except ValueError as exc:
+                raise UserError(f"--trigger-value {args.trigger_value!r}: max, min, mode or numbers") from exc
+        return tabular_trigger(splits.train, target=args.target, features=features, k=args.trigger_size, value=rule,
+                               seed=args.seed)
     if method == "wanet":
         return wanet_trigger(shape, target=args.target, k=args.wanet_k, strength=args.wanet_strength, seed=args.seed)
     raise UserError(f"unknown attack {method!r}")

@@ -1,32 +1,37 @@
-"""Loading data sets into tensors: `load_data("mnist5k")`, CIFAR-10, image folders, zips, `.npz`."""
+"""Loading data sets into tensors: `load_data("mnist5k")`, CIFAR-10, image folders, zips, `.npz`, tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from poisonguard.data.dataset import ImageData, Splits, per_class_subset, stratified_split
+from poisonguard.data.dataset import (
+    Data, ImageData, Splits, TableInfo, input_bounds, input_space, per_class_subset, stratified_split,
+)
 from poisonguard.errors import UserError
 
-__all__ = ["ImageData", "Splits", "load_data", "per_class_subset", "stratified_split", "DATASET_NAMES"]
+__all__ = ["Data", "ImageData", "Splits", "TableInfo", "input_bounds", "input_space", "load_data", "per_class_subset", "stratified_split", "DATASET_NAMES"]
 
 DATASET_NAMES = ("mnist5k", "cifar10")
 
 
-def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = None) -> Splits:
+def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = None,
+              label_column: str | None = None) -> Splits:
     """Load a data set by name or path.
 
     Args:
         spec: `mnist5k`; `cifar10` (the JPEG archive found by `default_cifar10_path`);
             a `cifar10_jpeg.npz`-style archive; a `cifar-10-batches-py` folder; an image
             folder or `.zip` of one (one sub-folder per class, optional train/ and test/);
-            or an `.npz` with arrays `x` and `y`.
+            an `.npz` with arrays `x` and `y`; or a `.csv`/`.parquet` table (`data.table`).
         seed: seeds the train/test split of sources that come without one.
+        label_column: a table's label column (default: the run's `--label-column`).
         image_size: (width, height) to resize folder images to.
 
     Returns:
-        Splits with float images in [0, 1], shape (N, C, H, W).
+        Splits with float images in [0, 1], shape (N, C, H, W), or for a table
+        kind="tabular" rows (N, F) in raw units.
     """
-    from poisonguard.data import arrays, cifar, folder, mnist
+    from poisonguard.data import arrays, cifar, folder, mnist, options, table
 
     key = spec.strip().lower()
     if key == "mnist5k":
@@ -46,8 +51,10 @@ def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = 
         if (path / "data_batch_1").is_file():
             return cifar.load_cifar10_batches(path)
         return folder.load_image_folder(path, image_size=image_size, seed=seed)
+    if table.is_table(path):
+        return table.load_table(path, label_column=label_column or options.get("label_column"), seed=seed)
     if path.suffix.lower() == ".zip":
         return folder.load_image_zip(path, image_size=image_size, seed=seed)
     if path.suffix.lower() == ".npz":
         return cifar.load_cifar10_npz(path) if cifar.is_cifar_archive(path) else arrays.load_npz(path, seed=seed)
-    raise UserError(f"cannot tell what data set {path} is (expected a folder, .zip or .npz)")
+    raise UserError(f"cannot tell what data set {path} is (expected a folder, .zip, .npz, .csv or .parquet)")

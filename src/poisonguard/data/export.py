@@ -4,7 +4,8 @@ An `.npz` in gives `cleansed.npz` out with the same arrays: `x`, `y` without the
 rows, and every other array (the test part `x_test`/`y_test`, `classes`, ...) unchanged. Any
 other source (an image folder or zip, MNIST 5k, CIFAR-10) gives an `.npz` with `x` (uint8,
 N x C x H x W), `y`, `classes` and, when the source has one, its test part, readable by every
-`--data` option (`poisonguard train --data DIR/cleansed.npz`). Writing is atomic; the input
+`--data` option (`poisonguard train --data DIR/cleansed.npz`). A table (.csv/.parquet) gives
+the same kind of table without the flagged rows (`data.table.write_table_rows`). Writing is atomic; the input
 is only ever read.
 """
 
@@ -31,6 +32,10 @@ def write_cleansed(rows: Rows, keep: np.ndarray, out: str | Path) -> Path:
     out = Path(out)
     if rows.path is not None and out.resolve() == Path(rows.path).resolve():
         raise UserError(f"refusing to overwrite the input {rows.path}")
+    if rows.kind == "table":
+        from poisonguard.data.table import write_table_rows
+
+        return write_table_rows(rows.path, keep, out)
     if rows.kind == "npz":
         from poisonguard.data.npz import read_npz
 

@@ -30,7 +30,7 @@ SPLIT_FRACTION = 0.2  # what the npz and folder loaders hold out when a source h
 class Rows:
     """The judged samples (`train`, in source order), the test part if any, and where they came from.
 
-    kind: "npz", "folder", "zip" or "builtin" (mnist5k, cifar10 and CIFAR archives).
+    kind: "npz", "folder", "zip", "table" (.csv/.parquet) or "builtin" (mnist5k, cifar10 and CIFAR archives).
     """
 
     name: str
@@ -67,6 +67,12 @@ def load_rows(spec: str, *, seed: int = 0) -> Rows:
     splits = load_data(spec, seed=seed)  # every check of the hostile-input loaders happens here
     if key in ("mnist5k", "cifar10") or not path.exists():
         return Rows(splits.name, "builtin", None, splits.train, splits.test)
+    if path.is_file() and path.suffix.lower() in (".csv", ".parquet"):
+        from poisonguard.data import options, table
+
+        # Every row is judged, in file order (feature ranges observed on all of them).
+        whole = table.read_table(path, label_column=options.get("label_column"))
+        return Rows(splits.name, "table", path, whole.with_(), None)
     if path.is_file() and path.suffix.lower() == ".npz":
         from poisonguard.data.cifar import is_cifar_archive
 

@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,10 +98,11 @@ def _read_metadata(path: Path) -> dict[str, Any]:
         limits.check("max_classes", n, f"{meta_file}: num_classes")
     shape = meta.get("input_shape")
     if shape is not None:
-        if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
-                                                                     for s in shape):
-            raise UserError(f"{meta_file}: input_shape must be three positive integers")
-        limits.check("max_input_values", shape[0] * shape[1] * shape[2], f"{meta_file}: input_shape {shape}")
+        # (C, H, W) for images, (F,) for feature vectors, (L,) for token ids
+        if not isinstance(shape, list) or len(shape) not in (1, 3) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+            raise UserError(f"{meta_file}: input_shape must be three positive integers (C, H, W) or one (features)")
+        limits.check("max_input_values", int(np.prod(shape)), f"{meta_file}: input_shape {shape}")
     classes = meta.get("classes")
     if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
                                 or len(classes) > limits.get("max_classes")):
@@ -219,14 +221,16 @@ def load_model(
     n_classes = meta.get("num_classes") or num_classes
     shape = meta.get("input_shape") or (list(input_shape) if input_shape is not None else None)
     if shape is not None:
-        if len(shape) != 3:
-            raise UserError(f"input shape {tuple(shape)} must be (C, H, W)")
+        if len(shape) not in (1, 3):
+            raise UserError(f"input shape {tuple(shape)} must be (C, H, W), or (F,) for feature vectors")
         limits.check("max_input_values", math.prod(int(v) for v in shape), f"the input shape {tuple(shape)}")
     if normalize is None and meta.get("normalize"):
         normalize = (meta["normalize"]["mean"], meta["normalize"]["std"])
     if input_size is None and meta.get("input_size"):
         input_size = meta["input_size"]
     inner_shape = shape
+    if shape is not None and len(shape) == 1 and (input_size is not None or normalize is not None):
+        raise UserError("--normalize and --input-size are for images; a table model scales its features inside")
     if input_size is not None:
         input_size = check_size(list(input_size))
         inner_shape = [shape[0], *input_size] if shape is not None else None

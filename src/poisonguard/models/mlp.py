@@ -20,7 +20,7 @@ class Standardize(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("std", torch.ones(features))
-        self.register_buffer("fitted", torch.tensor(False))
+        self.register_buffer("fitted", torch.tensor(0.0))  # 1 once fitted (a float: weight files hold real numbers)
 
     @torch.no_grad()
     def fit_inputs(self, x: torch.Tensor) -> None:
@@ -28,7 +28,7 @@ class Standardize(nn.Module):
         std = x.std(0, unbiased=False) if len(x) > 1 else torch.ones(x.shape[1], device=x.device)
         self.mean.copy_(x.mean(0))
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))  # constant features stay 0
-        self.fitted.fill_(True)
+        self.fitted.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

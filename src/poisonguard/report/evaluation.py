@@ -29,10 +29,27 @@ def evaluation_section(report, model, splits, trigger, *, title: str, order: int
     return ev
 
 
+def feature_trigger_table(mask, pattern, feature_names=None, *, threshold: float = 0.05) -> str:
+    """A feature-vector trigger as a table: each feature the mask touches, its weight and value (raw units)."""
+    from poisonguard.report import table
+
+    rows = []
+    for i in sorted(range(len(mask)), key=lambda j: -float(mask[j])):
+        if float(mask[i]) < threshold:
+            break
+        name = feature_names[i] if feature_names is not None and i < len(feature_names) else f"feature {i}"
+        rows.append([name, round(float(mask[i]), 3), round(float(pattern[i]), 4)])
+    return table(["feature", "mask", "value set"], rows or [["(no feature above mask 0.05)", "", ""]])
+
+
 def trigger_figure(trigger, splits) -> str:
     from poisonguard.attacks import PatchTrigger
     from poisonguard.report import img
     from poisonguard.report.plots import image_grid
+
+    if splits.kind == "tabular":
+        names = getattr(splits.meta, "feature_names", None)
+        return feature_trigger_table(trigger.mask, trigger.pattern, names)
 
     examples = splits.test.x[:4]
     stamped = trigger.apply(examples)

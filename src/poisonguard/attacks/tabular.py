@@ -1,0 +1,110 @@
+"""A backdoor trigger for tables: set k chosen features to chosen in-range values (Tabdoor).
+
+Pleiter et al., 2023, "Unveiling the Hidden Threat: Backdoor Attacks on Tabular Data"
+(Tabdoor, arXiv 2311.07550): a dirty-label attack stamps a trigger that sets k features to
+fixed values and relabels the row to the target; values *inside* each feature's observed
+range ("in-bounds") hide among clean rows yet reach near-100% attack success at poisoning
+rates of 1-5%. The trigger is a `PatchTrigger` over feature vectors: mask 1 on the k
+features, pattern the values in raw units, so `(1 - mask) * x + mask * pattern` sets them.
+
+Values (`value=`): "max" (the default: each feature's observed maximum, in range), "min",
+"mode" (each feature's most frequent training value, the paper's least conspicuous in-bounds
+choice), or explicit numbers. The default departs from the mode because on the tables we
+test (statsmodels' fair and randhie, 5-20k rows, 3 features, 5% poisoned) the mode's
+values are each shared by a large part of the clean rows and the backdoor does not take:
+attack success 46% and 9%, against 99.8% and 100% for "max" at the same clean accuracy
+(benchmarks/tabular_checklist.py, notes/issue-19.md). Features: named, by index, or k seeded picks among the numeric
+(not one-hot) columns.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from poisonguard.attacks.triggers import PatchTrigger
+from poisonguard.data.dataset import ImageData, TableInfo, input_bounds
+from poisonguard.errors import UserError
+
+VALUE_RULES = ("max", "min", "mode")
+
+
+def _numeric_features(data: ImageData) -> list[int]:
+    info = data.meta
+    if isinstance(info, TableInfo) and info.columns:
+        return [c.start for c in info.columns if c.kind == "numeric"]
+    return list(range(data.input_shape[0]))
+
+
+def _feature_index(data: ImageData, feature) -> int:
+    f = data.input_shape[0]
+    if isinstance(feature, (int, np.integer)) or (isinstance(feature, str) and feature.strip().isdigit()):
+        i = int(feature)
+        if not 0 <= i < f:
+            raise UserError(f"feature index {i} is not in [0, {f - 1}]")
+        return i
+    names = data.meta.feature_names if isinstance(data.meta, TableInfo) else ()
+    if feature not in names:
+        shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+        raise UserError(f"no feature {feature!r} (features: {shown or 'unnamed'})")
+    return names.index(feature)
+
+
+def _mode(values: torch.Tensor) -> float:
+    uniq, counts = torch.unique(values, return_counts=True)
+    return float(uniq[int(torch.argmax(counts))])
+
+
+def tabular_trigger(
+    data: ImageData,
+    *,
+    target: int,
+    features: Sequence[int | str] | None = None,
+    k: int = 3,
+    value: str | Sequence[float] = "max",
+    seed: int = 0,
+) -> PatchTrigger:
+    """The Tabdoor trigger for the tabular `data` (its training rows set ranges and modes).
+
+    Args:
+        target: the class triggered rows go to.
+        features: the features to set (names or indices); default k seeded numeric ones.
+        k: how many features when `features` is not given.
+        value: "max", "min", "mode", or one number per feature (raw units, inside the range).
+    """
+    if data.kind != "tabular":
+        raise UserError(f"a tabular trigger needs a table, the data are {data.kind}")
+    if not 0 <= target < data.num_classes:
+        raise UserError(f"target {target} is not a class of this {data.num_classes}-class data")
+    low, high = input_bounds(data)
+    if features is None:
+        candidates = _numeric_features(data)
+        if not 1 <= k <= len(candidates):
+            raise UserError(f"the trigger needs 1 to {len(candidates)} features (the numeric ones), got {k}")
+        rng = np.random.default_rng(seed)
+        index = sorted(int(i) for i in rng.choice(candidates, size=k, replace=False))
+    else:
+        index = [_feature_index(data, f) for f in features]
+        if len(set(index)) != len(index) or not index:
+            raise UserError("name each trigger feature once")
+    if isinstance(value, str):
+        if value not in VALUE_RULES:
+            raise UserError(f"trigger value rule must be one of {', '.join(VALUE_RULES)} or numbers, got {value!r}")
+        pick = {"mode": lambda i: _mode(data.x[:, i]), "max": lambda i: float(high[i]), "min": lambda i: float(low[i])}
+        values = [pick[value](i) for i in index]
+    else:
+        values = [float(v) for v in value]
+        if len(values) != len(index):
+            raise UserError(f"{len(index)} trigger features but {len(values)} values")
+        for i, v in zip(index, values):
+            if not (float(low[i]) <= v <= float(high[i])):
+                raise UserError(f"trigger value {v} for feature {i} lies outside its observed range "
+                                f"[{float(low[i]):g}, {float(high[i]):g}]")
+    f = data.input_shape[0]
+    mask = torch.zeros(f)
+    pattern = ((low + high) / 2).clone()  # unused where the mask is 0; in range so the file reads sensibly
+    mask[index] = 1.0
+    pattern[index] = torch.tensor(values, dtype=torch.float32)
+    return PatchTrigger(mask, pattern, target)

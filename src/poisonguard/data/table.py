@@ -1,0 +1,283 @@
+"""Tables: `.csv` and `.parquet` files of numeric and categorical columns and one label column.
+
+Every table is hostile: the file size, the cell count, the column count, each categorical
+column's distinct values (its one-hot width) and the encoded width are checked against
+`limits` before anything large is built, and every problem is one `UserError` line.
+
+Encoding (recorded in `TableInfo.columns`): a column whose every cell parses as a number is
+one numeric feature in its raw units; any other column is categorical and becomes one 0/1
+feature per distinct value, in sorted order, unless it has too many distinct values to be a
+category (an identifier or free text), which is refused. F counts the features after
+one-hot encoding. A `metadata.json` beside the table may give `classes` (the label values
+in class order; default: sorted, numerically when every label is a number) and
+`categorical` (numeric-coded columns to one-hot encode, e.g. occupation codes).
+Missing cells (empty, NA, NaN, null) are refused: poisonguard does not guess values.
+
+The split is seeded and stratified (80/20, `stratified_split`); the feature ranges are those
+observed on the training rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from poisonguard import limits
+from poisonguard.data.dataset import ColumnCode, ImageData, Splits, TableInfo, stratified_split
+from poisonguard.errors import UserError
+
+SUFFIXES = (".csv", ".parquet")
+MISSING = frozenset({"", "na", "nan", "null", "none", "n/a"})
+TEST_FRACTION = 0.2
+_FIELD_LIMIT = 1 << 20  # one cell of more than 1 MiB is not a feature
+
+
+def is_table(path: Path) -> bool:
+    return path.suffix.lower() in SUFFIXES
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and columns (as lists of strings) of a CSV, checked against the limits while read."""
+    limits.check("max_bytes", path.stat().st_size, f"{path}: the file size")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    sample = text[:65536]
+    try:
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample.strip() else csv.excel
+    except csv.Error:
+        dialect = csv.excel
+    old = csv.field_size_limit(_FIELD_LIMIT)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        header = next(reader, None)
+        if not header:
+            raise UserError(f"{path}: the table is empty (no header row)")
+        header = [h.strip().strip("'\"") for h in header]
+        limits.check("max_columns", len(header), f"{path}: the column count")
+        columns: list[list[str]] = [[] for _ in header]
+        cells_cap = limits.get("max_table_cells")
+        n = 0
+        for line, row in enumerate(reader, start=2):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line
+            if len(row) != len(header):
+                raise UserError(f"{path}: row {line} has {len(row)} fields but the header has {len(header)}")
+            n += 1
+            if n * len(header) > cells_cap:
+                limits.check("max_table_cells", n * len(header), f"{path}: the cell count (rows x columns) so far")
+            for col, cell in zip(columns, row):
+                col.append(cell.strip())
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a readable CSV table: {exc}") from exc
+    finally:
+        csv.field_size_limit(old)
+    return header, columns
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[list]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UserError("reading .parquet needs pyarrow: pip install 'poisonguard[tabular]' (or give a .csv)") from exc
+    limits.check("max_bytes", path.stat().st_size, f"{path}: the file size")
+    try:
+        meta = pq.ParquetFile(path).metadata  # row and column counts, before any data is read
+        limits.check("max_columns", meta.num_columns, f"{path}: the column count")
+        limits.check("max_table_cells", meta.num_rows * meta.num_columns, f"{path}: the cell count (rows x columns)")
+        table = pq.read_table(path)
+    except UserError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for a damaged file
+        raise UserError(f"{path}: not a readable Parquet table: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    return list(table.column_names), [table.column(i).to_pylist() for i in range(table.num_columns)]
+
+
+def _metadata(path: Path) -> dict:
+    meta = path.parent / "metadata.json"
+    if not meta.is_file():
+        return {}
+    if meta.stat().st_size > 1 << 20:
+        raise UserError(f"{meta}: over 1 MiB, too large for a metadata file")
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{meta}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{meta}: expected a JSON object")
+    for key in ("classes", "categorical"):
+        if key in data and not (isinstance(data[key], list) and all(isinstance(v, (str, int)) for v in data[key])):
+            raise UserError(f"{meta}: '{key}' must be a list of names")
+    return data
+
+
+def _as_number(cell) -> float | None:
+    if isinstance(cell, bool):
+        return float(cell)
+    if isinstance(cell, (int, float)):
+        return float(cell)
+    try:
+        v = float(cell)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _is_missing(cell) -> bool:
+    return cell is None or (isinstance(cell, float) and math.isnan(cell)) or (
+        isinstance(cell, str) and cell.strip().lower() in MISSING)
+
+
+def _check_present(path: Path, name: str, values: list) -> None:
+    for i, cell in enumerate(values):
+        if _is_missing(cell):
+            raise UserError(f"{path}: column {name!r} has a missing value in data row {i + 1}; "
+                            "fill or drop missing values first")
+
+
+def _labels(path: Path, name: str, values: list, classes_meta) -> tuple[np.ndarray, tuple[str, ...]]:
+    _check_present(path, name, values)
+    text = [str(v).strip() if not isinstance(v, float) or not v.is_integer() else str(int(v)) for v in values]
+    if classes_meta is not None:
+        classes = tuple(str(c) for c in classes_meta)
+        if len(set(classes)) != len(classes):
+            raise UserError(f"{path.parent / 'metadata.json'}: 'classes' names a class twice")
+    else:
+        distinct = set(text)
+        limits.check("max_classes", len(distinct), f"{path}: the number of distinct labels")
+        numbers = {v: _as_number(v) for v in distinct}
+        if all(n is not None for n in numbers.values()):
+            classes = tuple(sorted(distinct, key=lambda v: (numbers[v], v)))
+        else:
+            classes = tuple(sorted(distinct))
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({t for t in text if t not in index})
+    if unknown:
+        raise UserError(f"{path}: label {unknown[0]!r} is not one of metadata.json's classes")
+    y = np.fromiter((index[t] for t in text), dtype=np.int64, count=len(text))
+    if len(np.unique(y)) < 2:
+        raise UserError(f"{path}: the label column {name!r} has only one class ({classes[int(y[0])]!r}); "
+                        "a classifier needs at least two")
+    return y, classes
+
+
+def _encode(path: Path, header: list[str], columns: list[list], label: str, categorical: set[str]):
+    """Features (N, F) float32 and the ColumnCodes, in the table's column order."""
+    n = len(columns[0]) if columns else 0
+    codes, blocks, start = [], [], 0
+    for name, values in zip(header, columns):
+        if name == label:
+            continue
+        _check_present(path, name, values)
+        numbers = [_as_number(v) for v in values]
+        if name not in categorical and all(v is not None for v in numbers):
+            blocks.append(np.asarray(numbers, dtype=np.float64)[:, None])
+            codes.append(ColumnCode(name, "numeric", start))
+            start += 1
+            continue
+        text = [str(v).strip() for v in values]
+        cats = sorted(set(text))
+        cap = limits.get("max_categories")
+        if len(cats) > cap or (len(cats) > max(2, n // 2) and name not in categorical):
+            bad = next((v for v, num in zip(text, numbers) if num is None), text[0])
+            raise UserError(f"{path}: column {name!r} is neither numeric (e.g. {bad[:40]!r}) nor categorical "
+                            f"({len(cats):,} distinct values in {n:,} rows); drop it, list it under 'categorical' "
+                            f"in metadata.json, or raise --limit max_categories")
+        index = {c: i for i, c in enumerate(cats)}
+        onehot = np.zeros((n, len(cats)), dtype=np.float64)
+        onehot[np.arange(n), [index[t] for t in text]] = 1.0
+        blocks.append(onehot)
+        codes.append(ColumnCode(name, "categorical", start, tuple(cats)))
+        start += len(cats)
+        limits.check("max_columns", start, f"{path}: the feature count after one-hot encoding")
+    if not blocks:
+        raise UserError(f"{path}: the table has no feature columns besides the label {label!r}")
+    x = np.concatenate(blocks, axis=1)
+    if not np.isfinite(x.astype(np.float32)).all():
+        raise UserError(f"{path}: a feature value overflows float32")
+    return x.astype(np.float32), tuple(codes)
+
+
+def read_table(path: str | Path, *, label_column: str | None) -> ImageData:
+    """Every row of the table, in file order, as tabular ImageData (ranges observed on all rows)."""
+    path = Path(path)
+    if not label_column:
+        raise UserError(f"{path}: a table needs --label-column NAME (the column holding the labels)")
+    header, columns = _read_parquet(path) if path.suffix.lower() == ".parquet" else _read_csv(path)
+    if len(set(header)) != len(header):
+        dup = next(h for h in header if header.count(h) > 1)
+        raise UserError(f"{path}: the column name {dup!r} appears twice")
+    if label_column not in header:
+        shown = ", ".join(header[:12]) + (" ..." if len(header) > 12 else "")
+        raise UserError(f"{path}: no column {label_column!r} (columns: {shown})")
+    if not columns or not columns[0]:
+        raise UserError(f"{path}: the table has no data rows")
+    meta = _metadata(path)
+    categorical = {str(c) for c in meta.get("categorical", [])}
+    unknown = sorted(categorical - set(header))
+    if unknown:
+        raise UserError(f"{path.parent / 'metadata.json'}: 'categorical' names no such column {unknown[0]!r}")
+    y, classes = _labels(path, label_column, columns[header.index(label_column)], meta.get("classes"))
+    x, codes = _encode(path, header, columns, label_column, categorical)
+    limits.check("max_dataset_values", x.size, f"{path}: the value count (rows x features)")
+    xt = torch.from_numpy(x)
+    info = TableInfo.observed(xt, _feature_names(codes), columns=codes, label_column=label_column, source=str(path))
+    return ImageData(xt, torch.from_numpy(y), classes, "tabular", info)
+
+
+def _feature_names(codes: tuple[ColumnCode, ...]) -> tuple[str, ...]:
+    names: list[str] = []
+    for c in codes:
+        names += [c.name] if c.kind == "numeric" else [f"{c.name}={v}" for v in c.categories]
+    return tuple(names)
+
+
+def load_table(path: str | Path, *, label_column: str | None, seed: int = 0) -> Splits:
+    """The table split 80/20 (seeded, stratified); feature ranges observed on the training rows."""
+    path = Path(path)
+    rows = read_table(path, label_column=label_column)
+    tr, te = split_indices(rows, seed)
+    if len(tr) == 0 or len(te) == 0:
+        raise UserError(f"{path}: too few rows ({len(rows)}) for a train and a test part")
+    info = rows.meta
+    train_info = TableInfo.observed(rows.x[tr], info.feature_names, columns=info.columns,
+                                    label_column=info.label_column, source=info.source)
+    train = ImageData(rows.x[tr], rows.y[tr], rows.classes, "tabular", train_info)
+    test = ImageData(rows.x[te], rows.y[te], rows.classes, "tabular", train_info)
+    return Splits(path.stem, train, test)
+
+
+def split_indices(rows: ImageData, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return stratified_split(rows.y.numpy(), TEST_FRACTION, seed)
+
+
+def write_table_rows(source: str | Path, keep: np.ndarray, out: str | Path) -> Path:
+    """Write the source table's data rows at positions `keep` (0-based, file order) to `out`
+    (.csv, or .parquet for a Parquet source), every cell as the source had it (CSV cells
+    without surrounding spaces)."""
+    from poisonguard.utils import atomic_path
+
+    source, out = Path(source), Path(out)
+    keep = np.asarray(keep, dtype=np.int64)
+    if source.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(source).take(keep)
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+        return out
+    header, columns = _read_csv(source)
+    with atomic_path(out) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for i in keep.tolist():
+                writer.writerow([col[i] for col in columns])
+    return out
