@@ -63,6 +63,9 @@ def cmd_audit(args) -> int:
     out = _out(args.out, target)
     if args.address:
         check_address(args.address)  # before any work, so a typo costs seconds
+    # scan's table defaults (None) are not audit's: audit scans images with the image defaults
+    args.clean_fraction = 0.05 if args.clean_fraction is None else args.clean_fraction
+    args.reference_models = 4 if args.reference_models is None else args.reference_models
     if args.clean_fraction <= 0:
         raise UserError("--clean-fraction must be above 0")
     items = discover(target, exclude=out)

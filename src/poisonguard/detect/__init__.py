@@ -12,6 +12,6 @@ from poisonguard.registry import Registry
 
 DETECTORS: Registry[type] = Registry("detection method")
 
-from poisonguard.detect import deepinspect, feature_re, neural_cleanse, tabor  # noqa: E402,F401  (register methods)
+from poisonguard.detect import contrast, deepinspect, feature_re, neural_cleanse, tabor  # noqa: E402,F401  (register methods)
 
 __all__ = ["DETECTORS"]

@@ -80,6 +80,24 @@ def flag_small(values, index: torch.Tensor, threshold: float = THRESHOLD) -> lis
     return [int(i) for i in torch.nonzero((index > threshold) & (v < med)).flatten()]
 
 
+def reference_index(values, reference, reference_sd=None, *, floor: float = 0.25) -> torch.Tensor:
+    """Two-class statistic: exp((reference - log v) / sd) per class, large = smaller than on clean models.
+
+    `reference` (K,) mean log sizes of the same classes on clean reference models and
+    `reference_sd` (K,) their spread (floored at `floor`, so a few references promise no
+    more than a 1.28x (e^0.25) per-class precision). Any K >= 1; the verdict models the log
+    of the largest index as it does for the MAD index.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if not torch.isfinite(v).all():
+        raise ValueError("trigger sizes must be finite")
+    ref = torch.as_tensor(reference, dtype=torch.float64).reshape(-1)
+    if ref.shape != v.shape:
+        raise ValueError(f"reference has {ref.numel()} classes, the sizes {v.numel()}")
+    sd = torch.full_like(ref, floor) if reference_sd is None else torch.as_tensor(reference_sd, dtype=torch.float64).reshape(-1)
+    return ((ref - v.clamp_min(1e-12).log()) / sd.clamp_min(floor)).exp()
+
+
 def log_lower_mad_index(values, reference=None, *, signed: bool = False) -> torch.Tensor:
     """The verdict's default statistic: the small-side double-MAD index of log sizes.
 

@@ -15,11 +15,12 @@ from poisonguard.utils import resolve_device
 
 
 def check_inputs(model: nn.Module, data: ImageData | None, *, needs_data: bool, name: str,
-                 input_shape=None, num_classes: int | None = None) -> tuple[tuple[int, int, int], int]:
+                 input_shape=None, num_classes: int | None = None, min_classes: int = 3) -> tuple[tuple[int, ...], int]:
     """UserError unless `model` is a classifier with finite outputs for `data`'s images.
 
     Returns (input_shape, num_classes). Data-free methods pass `input_shape` (and optionally
-    `num_classes`) instead of data.
+    `num_classes`) instead of data. `min_classes` is 3 for a method whose own rule is an outlier
+    test over classes; 2 for one the calibrated verdict judges (reference_contrast).
     """
     if not isinstance(model, nn.Module):
         raise UserError(f"{name}: expected a torch.nn.Module, got {type(model).__name__}")
@@ -52,8 +53,10 @@ def check_inputs(model: nn.Module, data: ImageData | None, *, needs_data: bool, 
         raise UserError(f"{name}: the model is not a classifier: output {shape}, expected (N, classes)")
     if num_classes is not None and out.shape[1] != num_classes:
         raise UserError(f"{name}: the model has {out.shape[1]} outputs but the data has {num_classes} classes")
-    if out.shape[1] < 3:
-        raise UserError(f"{name}: an outlier test over classes needs at least 3 classes, the model has {out.shape[1]}")
+    if out.shape[1] < min_classes:
+        raise UserError(f"{name}: an outlier test over classes needs at least 3 classes, the model has {out.shape[1]}"
+                        + ("; two-class models are judged by reference_contrast against clean reference models"
+                           if out.shape[1] == 2 else ""))
     if not torch.isfinite(out).all():
         raise UserError(f"{name}: the model's output contains NaN or Inf")
     return input_shape, int(out.shape[1])

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from poisonguard.detect.anomaly import log_lower_mad_index
+from poisonguard.detect.anomaly import log_lower_mad_index, reference_index
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,23 @@ def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
     r = len(logs)
     if r < 2:
         raise ValueError("calibration needs at least 2 reference models")
+    two_class = logs.shape[1] < 3  # the verdict's reference_index: per-class spread, no MAD across classes
+    if two_class and r < 3:
+        raise ValueError("a two-class calibration needs at least 3 reference models (a spread per class)")
     per_model = []
     for i in range(r):
-        ref = logs[[j for j in range(r) if j != i]].mean(0)
-        per_model.append([float(v) for v in log_lower_mad_index(logs[i].exp(), ref, signed=True)])
+        others = logs[[j for j in range(r) if j != i]]
+        if two_class:
+            index = reference_index(logs[i].exp(), others.mean(0), others.std(0))
+        else:
+            index = log_lower_mad_index(logs[i].exp(), others.mean(0), signed=True)
+        per_model.append([float(v) for v in index])
     top = torch.tensor([math.log(max(max(v), 1e-3)) for v in per_model], dtype=torch.float64)
-    return {"mu": float(top.mean()), "s": float(top.std()) if r > 2 else 0.0, "n": r, "reference": logs.mean(0).tolist(),
+    null = {"mu": float(top.mean()), "s": float(top.std()) if r > 2 else 0.0, "n": r, "reference": logs.mean(0).tolist(),
             "loo_index": per_model, "sizes": [list(map(float, s)) for s in sizes]}
+    if two_class:
+        null["reference_sd"] = logs.std(0).tolist()
+    return null
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -115,32 +125,41 @@ def reference_architecture(loaded_meta: dict | None, input_shape) -> tuple[str, 
     arch = (loaded_meta or {}).get("architecture")
     if arch and arch in ARCHITECTURES:
         return arch, f"the suspect's own architecture ({arch}) re-initialised and trained on the clean data"
-    builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
+    if len(input_shape) == 1:  # feature vectors (token-id models register their own default)
+        from poisonguard.models.registry import INPUT_KINDS
+
+        builtin = "mlp" if INPUT_KINDS.get("mlp") == "tabular" else next(iter(INPUT_KINDS))
+    else:
+        builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
     return builtin, (f"the built-in {builtin} trained on the clean data (the suspect's architecture "
                      "cannot be rebuilt from its file)")
 
 
 def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: float, seed: int = 0,
-                  device: str = "auto", options: dict | None = None, data_id: str = "") -> tuple[Calibration, dict]:
+                  device: str = "auto", options: dict | None = None, data_id: str = "",
+                  models=None) -> tuple[Calibration, dict]:
     """The calibration `scan` (and each audit worker) uses for a loaded suspect, and its report block.
 
     The references are the suspect's own architecture where its file names a built-in one,
     else the built-in for the data's shape (`reference_architecture`); the block adds the
-    leave-one-out check of the stated rate to the calibration's summary.
+    leave-one-out check of the stated rate to the calibration's summary. `models`: the
+    references `train_references` gives for these settings, when the caller has them already.
     """
     arch, source = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, input_shape)
     cal = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=n_models, seed=seed,
-                    device=device, options=options, data_id=data_id)
+                    device=device, options=options, data_id=data_id, models=models)
     flagged, n, ci = loo_false_positives(cal, fpr)
     return cal, {**cal.summary(), "leave_one_out_flagged": flagged, "leave_one_out_fpr_ci": list(ci)}
 
 
 def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 4, epochs: int = 30,
               seed: int = 0, device: str = "auto", options: dict | None = None, data_id: str = "",
-              use_cache: bool = True) -> Calibration:
+              use_cache: bool = True, models=None) -> Calibration:
     """Train `n_models` clean references on `data` (ImageData), scan each, fit the nulls.
 
     Cached under the user cache directory by a hash of every setting that changes the result.
+    `models`: the references `train_references` gives for these settings, when the caller has
+    them already (a scan whose methods contrast with the references trains them once).
     """
     if n_models < 2:
         raise ValueError(f"calibration needs at least 2 reference models, got {n_models}")
@@ -150,7 +169,7 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
     key = settings_key(settings)
     path = cache_path(key)
     if not use_cache:
-        return _train_and_fit(data, settings, key, seed=seed, device=device, source=source)
+        return _train_and_fit(data, settings, key, seed=seed, device=device, source=source, models=models)
     # The key holds every setting that changes the numbers; the sentence saying where the
     # references came from is this suspect's own (a state dict and an ONNX file of one
     # architecture share the references, but only one of them names it).
@@ -164,7 +183,7 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
         cached = _read_cached(path)
         if cached is not None:
             return replace(cached, source=source)
-        cal = _train_and_fit(data, settings, key, seed=seed, device=device, source=source)
+        cal = _train_and_fit(data, settings, key, seed=seed, device=device, source=source, models=models)
         from poisonguard.utils import atomic_write_text
 
         atomic_write_text(path, cal.to_json())
@@ -193,17 +212,26 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _train_and_fit(data, settings: dict[str, Any], key: str, *, seed: int, device: str, source: str) -> Calibration:
+def train_references(data, *, architecture: str, n_models: int, epochs: int = 30, seed: int = 0, device: str = "auto"):
+    """The clean reference models `calibrate` fits its nulls on (seeded: the same settings give the same models)."""
     from poisonguard.models import build_model
     from poisonguard.train import fit
 
-    architecture, n_models, epochs = settings["architecture"], settings["n_models"], settings["epochs"]
-    start = time.perf_counter()
     models = []
     for r in range(n_models):
         ref_seed = 10_000 + seed * 101 + r
         model = build_model(architecture, num_classes=data.num_classes, input_shape=data.input_shape, seed=ref_seed)
         models.append(fit(model, data, epochs=epochs, batch_size=64, seed=ref_seed, device=device))
+    return models
+
+
+def _train_and_fit(data, settings: dict[str, Any], key: str, *, seed: int, device: str, source: str,
+                   models=None) -> Calibration:
+    architecture, n_models, epochs = settings["architecture"], settings["n_models"], settings["epochs"]
+    start = time.perf_counter()
+    if models is None:
+        models = train_references(data, architecture=architecture, n_models=n_models, epochs=epochs, seed=seed,
+                                  device=device)
     cal = calibrate_from_models(models, data, architecture=architecture, source=source, methods=settings["methods"],
                                 seed=seed, device=device, options=settings["options"], start=start)
     return replace(cal, key=key, settings=settings)
@@ -211,14 +239,18 @@ def _train_and_fit(data, settings: dict[str, Any], key: str, *, seed: int, devic
 
 def calibrate_from_models(models, data, *, architecture: str, source: str, methods, seed: int = 0,
                           device: str = "auto", options: dict | None = None, start: float | None = None) -> Calibration:
-    """Fit the nulls from already-trained clean reference `models` (what `calibrate` trains; audit reuses it)."""
+    """Fit the nulls from already-trained clean reference `models` (what `calibrate` trains; audit reuses it).
+
+    A method that contrasts with references scans each reference against the others (leave one out).
+    """
     from poisonguard.detect.verdict import run_detectors
 
     start = time.perf_counter() if start is None else start
     sizes: dict[str, list[list[float]]] = {}
-    for model in models:
+    for i, model in enumerate(models):
+        others = [m for j, m in enumerate(models) if j != i]
         for det in run_detectors(model, data, methods, seed=seed, device=device, options=options,
-                                 input_shape=data.input_shape, num_classes=data.num_classes,
+                                 input_shape=data.input_shape, num_classes=data.num_classes, references=others,
                                  on_skip=lambda name, exc: log.warning("calibration: %s skipped: %s", name, exc)):
             sizes.setdefault(det.method, []).append(list(det.mask_l1))
     nulls = {m: fit_null(s) for m, s in sizes.items()}

@@ -9,6 +9,9 @@ from poisonguard.errors import UserError
 
 log = logging.getLogger(__name__)
 
+TABLE_CLEAN_FRACTION = 0.25  # a table's references train on the clean part: 5% of a few thousand rows is too few
+TABLE_REFERENCES = 8  # an MLP trains in seconds; a two-class null needs a per-class spread
+
 
 
 def __getattr__(name: str):
@@ -52,14 +55,17 @@ def add_verdict_options(p) -> None:
                    help="robust: calibrated log-space lower-half MAD (default); paper: each paper's own rule")
     p.add_argument("--calibration", choices=("auto", "none"), default="auto",
                    help="auto: calibrate on clean reference models trained from --data (cached); none: uncalibrated")
-    p.add_argument("--reference-models", type=positive_int, default=4, help="clean reference models for calibration (default 4)")
+    p.add_argument("--reference-models", type=positive_int, default=None,
+                   help="clean reference models for calibration (default 4; 8 for a table, where they are cheap)")
 
 
 def add_budget_options(p) -> None:
     """The scan's budget per model (`scan` and `audit` share them)."""
     from poisonguard.cli.options import positive_float, positive_int, probability
 
-    p.add_argument("--clean-fraction", type=probability, default=0.05, help="share of the training part used as clean data (default 0.05)")
+    p.add_argument("--clean-fraction", type=probability, default=None,
+                   help="share of the training part used as clean data (default 0.05; 0.25 for a table, whose "
+                        "reference models train on it)")
     p.add_argument("--epochs", type=positive_int, default=None, help="inversion epochs for neural-cleanse / tabor (default 40)")
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect / feature-re")
     p.add_argument("--threshold", type=positive_float, default=None,
@@ -155,16 +161,23 @@ def cmd_scan(args) -> int:
         splits = load_splits(args.data, args.seed)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         shape, k, classes = splits.input_shape, splits.num_classes, list(splits.classes)
-        clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=args.seed)
+        if splits.kind == "tabular":
+            args.clean_fraction = args.clean_fraction or TABLE_CLEAN_FRACTION
+            args.reference_models = args.reference_models or TABLE_REFERENCES
+            if args.method is None:
+                from poisonguard.detect.verdict import TABULAR_METHODS
+
+                methods = list(TABULAR_METHODS)
+        clean = per_class_subset(splits.train, fraction=args.clean_fraction or 0.05, seed=args.seed)
         examples = splits.test.x[: max(k, 1)]
     report.set("model", info)
     options = detector_options(methods, threshold=args.threshold, epochs=args.epochs, prune_after=args.prune_after,
                                steps=args.steps)
     plan = ScanPlan(methods=tuple(methods), fpr=args.fpr, statistic=args.statistic, calibration=args.calibration,
-                    reference_models=args.reference_models, seed=args.seed, device=args.device, options=options)
+                    reference_models=args.reference_models or 4, seed=args.seed, device=args.device, options=options)
     verdict = scan_into_report(report, loaded, clean, plan, input_shape=shape, num_classes=k, classes=classes,
                                examples=examples, data_label=args.data,
-                               clean_fraction=None if clean is None else args.clean_fraction)
+                               clean_fraction=None if clean is None else args.clean_fraction or 0.05)
     summary, taken = [], set()
     for det in verdict.detections:
         flagged_here = [e["class"] for e in verdict.method_rows(det.method) if e["flagged"]]

@@ -31,6 +31,7 @@ class NeuralCleanse:
 
     name = "neural_cleanse"
     needs_data = True
+    kinds = ("image", "tabular")  # the engine searches tables inside each feature's range
 
     def __init__(self, *, threshold: float = THRESHOLD, seed: int = 0, device: str = "auto", **inversion) -> None:
         check_number("threshold", threshold, low=0)
@@ -50,8 +51,11 @@ class NeuralCleanse:
         _, num_classes = check_inputs(model, data, needs_data=self.needs_data, name=self.name)
         device = device_for(self.device)
         frozen = frozen_copy(model, device)
+        from poisonguard.data import input_bounds
+
+        bounds = input_bounds(data) if data.kind == "tabular" else None
         inv = invert_triggers(frozen, data.x, data.y, targets=targets, num_classes=num_classes, config=self.config,
-                              extra_loss=self.extra_loss(), seed=self.seed, device=device)
+                              extra_loss=self.extra_loss(), seed=self.seed, device=device, bounds=bounds)
         check_finite(self.name, inv.masks, inv.patterns)
         return self.verdict(frozen, data, inv, num_classes, start)
 

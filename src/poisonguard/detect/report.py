@@ -94,8 +94,10 @@ def row_classes(det: Detection) -> list[int]:
 def trigger_of(det: Detection, cls: int) -> PatchTrigger:
     """The reconstructed trigger of class `cls` as a PatchTrigger (for the trigger file)."""
     i = row_classes(det).index(cls)
-    return PatchTrigger(det.masks[i].detach().cpu().float().clamp(0, 1),
-                        det.patterns[i].detach().cpu().float().clamp(0, 1), int(cls))
+    pattern = det.patterns[i].detach().cpu().float()
+    if pattern.ndim == 3:  # image patterns live in [0, 1]; a feature vector's pattern is in raw units
+        pattern = pattern.clamp(0, 1)
+    return PatchTrigger(det.masks[i].detach().cpu().float().clamp(0, 1), pattern, int(cls))
 
 
 def write_triggers(det: Detection, out: Path, *, taken: set[int] | None = None, classes=None) -> list[Path]:
@@ -180,7 +182,14 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, 
     rows = [[targets[i], labels[i], det.mask_l1[i] if det.mask_l1 else None, values[i],
              "flagged" if i in flagged else ""] for i in range(k)]
     html += table(["class", "name", "trigger size", ylabel, ""], rows)
-    if det.masks is not None:
+    if det.masks is not None and det.masks.ndim == 2:  # feature vectors: a table per class, not a picture
+        from poisonguard.report.evaluation import feature_trigger_table
+
+        names = det.extra.get("feature_names")
+        for i in classes_to_draw(det):
+            html += f"<h4>class {labels[i]}{' *' if i in flagged else ''}: features the trigger sets</h4>"
+            html += feature_trigger_table(det.masks[i].detach().cpu(), det.patterns[i].detach().cpu(), names)
+    elif det.masks is not None:
         masks, patterns = det.masks.detach().cpu(), det.patterns.detach().cpu()
         grid_rows, row_titles = [], []
         for i in classes_to_draw(det):

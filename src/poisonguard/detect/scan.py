@@ -38,6 +38,19 @@ class ScanPlan:
             raise ValueError(f"calibration needs at least 2 reference models, got {self.reference_models}")
 
 
+def _references(loaded, clean, input_shape, plan: ScanPlan):
+    """The clean references, trained once here when a method contrasts with them (reference_contrast);
+    calibration then fits its null on the same models. None when no method needs them."""
+    from poisonguard.detect import DETECTORS
+    from poisonguard.detect.calibration import reference_architecture, train_references
+
+    if not any(getattr(DETECTORS.get(m), "needs_references", False) for m in plan.methods):
+        return None
+    arch, _ = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, input_shape)
+    return train_references(clean, architecture=arch, n_models=plan.reference_models, seed=plan.seed,
+                            device=plan.device)
+
+
 def scan_into_report(report, loaded, clean, plan: ScanPlan, *, input_shape, num_classes, classes, examples,
                      data_label: str, clean_fraction: float | None) -> Verdict:
     """Scan `loaded.model` with `plan`; set the report's calibration, scan and verdict, add each method's section.
@@ -50,18 +63,19 @@ def scan_into_report(report, loaded, clean, plan: ScanPlan, *, input_shape, num_
     from poisonguard.detect.verdict import scan_verdict
 
     methods = list(plan.methods)
-    calibration = None
+    calibration, references = None, None
     if clean is not None and plan.calibration == "auto" and plan.statistic == "robust":
+        references = _references(loaded, clean, input_shape, plan)
         calibration, block = calibrate_for(loaded, clean, input_shape, methods=methods, n_models=plan.reference_models,
                                            fpr=plan.fpr, seed=plan.seed, device=plan.device, options=plan.options,
-                                           data_id=f"{data_label}:{clean_fraction}:{plan.seed}")
+                                           data_id=f"{data_label}:{clean_fraction}:{plan.seed}", models=references)
         report.set("calibration", block)
     skipped: list[dict[str, Any]] = []
     verdict = scan_verdict(
         loaded.model, clean, methods=methods, fpr=plan.fpr, statistic=plan.statistic, calibration=calibration,
         seed=plan.seed, device=plan.device, input_shape=input_shape, num_classes=num_classes, options=plan.options,
         classes=classes, data_info={"clean_fraction": None if clean is None else clean_fraction, "data": data_label},
-        on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}))
+        on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}), references=references)
     report.set("scan", {"methods": [d.method for d in verdict.detections], "skipped": skipped, "data": data_label,
                         "clean_images": 0 if clean is None else len(clean),
                         "clean_fraction": None if clean is None else clean_fraction, "seed": plan.seed})

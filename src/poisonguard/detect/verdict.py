@@ -31,11 +31,14 @@ import torch
 from torch import nn
 
 from poisonguard.data import ImageData
-from poisonguard.detect.anomaly import log_lower_mad_index
+from poisonguard.detect.anomaly import log_lower_mad_index, reference_index
 from poisonguard.errors import UserError
 from poisonguard.results import Detection, _ToDict
 
 DEFAULT_METHODS = ("neural_cleanse", "deepinspect", "feature_re")
+# Tables: NC's smallest trigger is a natural route on clean models too (notes/issue-19.md);
+# the reference-contrast inversion is the one that separates, and it is judged calibrated.
+TABULAR_METHODS = ("reference_contrast",)
 # The demo's budget (and the tests'): the two methods that fit about 20 s per model on 2 cores.
 QUICK_VERDICT_METHODS = ("neural_cleanse", "deepinspect")
 STATISTICS = ("robust", "paper")
@@ -123,11 +126,21 @@ class Verdict(_ToDict):
         return [e for e in self.evidence if e["method"] == method]
 
 
-def method_index(det: Detection, statistic: str, reference=None) -> tuple[torch.Tensor, list[int]]:
-    """The per-class statistic the verdict uses for `det` and the classes of its rows."""
+def method_index(det: Detection, statistic: str, reference=None, reference_sd=None) -> tuple[torch.Tensor, list[int]]:
+    """The per-class statistic the verdict uses for `det` and the classes of its rows.
+
+    With fewer than 3 classes there is no spread across classes to compare with: the index is
+    exp of each class's log size below the references' mean, in units of the references'
+    per-class spread (`reference_index`), and a verdict needs the calibration.
+    """
     classes = list(det.extra.get("targets") or range(len(det.anomaly_index)))
     if statistic == "paper":
         return torch.tensor(det.anomaly_index, dtype=torch.float64), classes
+    if len(det.mask_l1) < 3:
+        if reference is None:
+            raise UserError(f"{det.method}: a {len(det.mask_l1)}-class model can be judged only against clean reference "
+                            "models (--calibration auto): no statistic across two classes can single one out")
+        return reference_index(det.mask_l1, reference, reference_sd), classes
     return log_lower_mad_index(det.mask_l1, reference), classes
 
 
@@ -143,7 +156,8 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
     evidence, flagged_by, p_models = [], {}, []
     for det in detections:
         null = calibration.null_for(det.method) if calibration is not None and statistic == "robust" else None
-        index, rows = method_index(det, statistic, null.get("reference") if null else None)
+        index, rows = method_index(det, statistic, null.get("reference") if null else None,
+                                   null.get("reference_sd") if null else None)
         null = null or UNCALIBRATED_NULL.get(det.method, DEFAULT_NULL)
         if statistic == "paper":
             threshold = det.threshold
@@ -182,8 +196,11 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
 
 def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: int = 0, device: str = "auto",
                   input_shape=None, num_classes: int | None = None, options: dict | None = None,
-                  on_skip=None) -> list[Detection]:
-    """Run each method (data-free ones only when `data` is None); a method that cannot run is skipped."""
+                  on_skip=None, references=None) -> list[Detection]:
+    """Run each method (data-free ones only when `data` is None); a method that cannot run is skipped.
+
+    `references`: clean reference models for the methods that contrast with them (reference_contrast).
+    """
     from poisonguard.detect import DETECTORS
 
     detections = []
@@ -193,7 +210,11 @@ def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: in
             continue
         detector = cls(seed=seed, device=device, **(options or {}).get(name, {}))
         try:
-            if cls.needs_data:
+            if data is not None and data.kind not in getattr(cls, "kinds", ("image",)):
+                raise UserError(f"{name} works on images only, not on {data.kind} data")
+            if getattr(cls, "needs_references", False):
+                detections.append(detector.detect(model, data, references=references))
+            elif cls.needs_data:
                 detections.append(detector.detect(model, data))
             else:
                 detections.append(detector.detect(model, data, input_shape=input_shape, num_classes=num_classes))
@@ -209,14 +230,14 @@ def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: in
 def scan_verdict(model: nn.Module, data: ImageData | None, *, methods=DEFAULT_METHODS, fpr: float = 0.05,
                  statistic: str = "robust", calibration=None, seed: int = 0, device: str = "auto",
                  input_shape=None, num_classes: int | None = None, options: dict | None = None,
-                 classes=None, data_info: dict | None = None, on_skip=None) -> Verdict:
+                 classes=None, data_info: dict | None = None, on_skip=None, references=None) -> Verdict:
     """Run the detectors and judge; `verdict.detections` holds the Detections it rests on.
 
     `data` is the defender's clean data (None: data-free methods only, uncalibrated unless a
     data-free calibration is given); `calibration` a `Calibration` from `calibration.py`.
     """
     detections = run_detectors(model, data, methods, seed=seed, device=device, input_shape=input_shape,
-                               num_classes=num_classes, options=options, on_skip=on_skip)
+                               num_classes=num_classes, options=options, on_skip=on_skip, references=references)
     info = {"clean_images": 0 if data is None else len(data), **(data_info or {})}
     verdict = judge(detections, fpr=fpr, statistic=statistic, calibration=calibration, classes=classes, data=info)
     return replace(verdict, detections=tuple(detections))
