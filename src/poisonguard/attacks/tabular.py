@@ -108,3 +108,41 @@ def tabular_trigger(
     mask[index] = 1.0
     pattern[index] = torch.tensor(values, dtype=torch.float32)
     return PatchTrigger(mask, pattern, target)
+
+
+def write_poisoned_table(source, out, trigger: PatchTrigger, *, label_column: str, rate: float, seed: int = 0):
+    """Poison a CSV table as a data supplier would: stamp `trigger` on `rate` of its rows (those not
+    of the target class) and relabel them, every other cell unchanged. Returns the poisoned 0-based rows.
+
+    Only numeric trigger features can be written back as cells (a one-hot feature is part of a
+    categorical column).
+    """
+    import csv
+    from pathlib import Path
+
+    from poisonguard.attacks.poison import poison_dataset
+    from poisonguard.data.table import _read_csv, read_table
+    from poisonguard.utils import atomic_path
+
+    rows = read_table(source, label_column=label_column)
+    poisoned = poison_dataset(rows, trigger, rate=rate, seed=seed)
+    index = poisoned.poisoned_index.numpy()
+    header, columns = _read_csv(Path(source))
+    by_start = {c.start: c for c in rows.meta.columns}
+    for i in torch.nonzero(trigger.mask > 0).flatten().tolist():
+        code = by_start.get(i)
+        if code is None or code.kind != "numeric":
+            raise UserError(f"trigger feature {i} is part of a categorical column; only numeric ones can be written")
+        col = columns[header.index(code.name)]
+        value = float(trigger.pattern[i])
+        for r in index:
+            col[r] = str(int(value)) if value.is_integer() else repr(value)
+    labels = columns[header.index(label_column)]
+    for r in index:
+        labels[r] = rows.classes[int(poisoned.data.y[r])]
+    with atomic_path(out) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(zip(*columns))
+    return index

@@ -12,8 +12,15 @@ classes) of a per-class statistic: SCAn's subgroup separation, or for the other 
 class's upper-tail z (its 1 - 2 x FPR quantile), which rises only where a cluster of samples
 stands out.
 
+Two classes (most tables) give no spread across classes to measure: there a class's index
+is the log ratio of its statistic to the other class's (floored at 0.5, a typical z), so a
+class whose upper tail stands e times further out than the other's scores 1, and the
+threshold is `TWO_CLASS_THRESHOLD` (1.0; chosen on seed 0 of the two statsmodels tables,
+measured on the other seeds in benchmarks/tabular_checklist.py). A data set whose two
+classes are poisoned alike (all-to-all) is not seen this way.
+
 Verdict: a class is a suspected target when its combined index exceeds `class_threshold`
-(exp(2), SCAn's level); the data set is "poisoned" when some class is. Flagged samples are
+(exp(2), SCAn's level; `TWO_CLASS_THRESHOLD` for two classes); the data set is "poisoned" when some class is. Flagged samples are
 those of target classes whose combined z exceeds the normal quantile of 1 - FPR, so within a
 target class about FPR of its clean samples are flagged and nothing outside target classes:
 a clean data set flags nothing, and a method's fixed removal share never decides the verdict.
@@ -30,6 +37,8 @@ from scipy.stats import norm
 from poisonguard.sanitize.base import class_indices
 
 CLASS_THRESHOLD = math.exp(2)
+TWO_CLASS_THRESHOLD = 1.0
+_STAT_FLOOR = 0.5
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -56,6 +65,9 @@ def calibrate(scores: np.ndarray, labels: np.ndarray, *, per_class: bool, calibr
 def class_anomaly_index(stat: dict[int, float]) -> dict[int, float]:
     """MAD anomaly index of a per-class statistic, upper side only (large = suspicious)."""
     keys = sorted(stat)
+    if len(keys) == 2:  # no spread across classes: each class against the other, in log ratio
+        a, b = (max(stat[k], _STAT_FLOOR) for k in keys)
+        return {keys[0]: math.log(a / b), keys[1]: math.log(b / a)}
     if len(keys) < 3:
         return {k: 0.0 for k in keys}
     values = np.array([stat[k] for k in keys])
@@ -98,6 +110,8 @@ def combine(zs: dict[str, np.ndarray], class_stats: dict[str, dict[int, float]],
     per_method = {name: class_anomaly_index(class_stats[name]) for name in zs}
     classes = sorted(int(c) for c in np.unique(labels))
     index = {c: sum(per_method[name].get(c, 0.0) for name in zs) / math.sqrt(m) for c in classes}
+    if len(classes) == 2 and class_threshold == CLASS_THRESHOLD:
+        class_threshold = TWO_CLASS_THRESHOLD  # the log-ratio index's own scale
     targets = tuple(c for c in classes if index[c] > class_threshold)
     cut = float(norm.ppf(1 - fpr))
     in_target = np.isin(labels, targets)

@@ -17,7 +17,7 @@ from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("report.json", "report.html", "scores.npz", "cleansed.npz")
+OUTPUTS = ("report.json", "report.html", "scores.npz", "cleansed.npz", "cleansed.csv", "cleansed.parquet")
 
 
 def _rate(option: str, text: str | None) -> float | None:
@@ -52,7 +52,8 @@ def add_commands(sub) -> None:
     from poisonguard.sanitize import DEFAULT_METHODS, SANITIZERS
 
     p = sub.add_parser("sanitize", help="is my training data poisoned? flag the poisoned samples, write a cleansed copy")
-    p.add_argument("data", help="the training data: mnist5k, cifar10, a CIFAR archive, an image folder, .zip or .npz")
+    p.add_argument("data", help="the training data: mnist5k, cifar10, a CIFAR archive, an image folder, .zip, .npz, "
+                                "or a .csv/.parquet table (with --label-column)")
     p.add_argument("--model", default=None, help="a model trained on DATA (any format scan takes); default: train one")
     p.add_argument("--arch", default=None, help="architecture of a bare state dict given with --model, or to train "
                                                 "(default mnist_cnn, small and fast for any image size)")
@@ -72,7 +73,8 @@ def add_commands(sub) -> None:
     p.add_argument("--retrain-epochs", type=positive_int, default=10, help="epochs for --retrain (default 10)")
     p.add_argument("--trigger", default=None, help="a trigger file: --retrain also reports its attack success rate")
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when the data looks poisoned")
-    p.add_argument("--out", required=True, help="folder for report.json, report.html, scores.npz, cleansed.npz")
+    p.add_argument("--out", required=True, help="folder for report.json, report.html, scores.npz, cleansed.npz "
+                                                "(cleansed.csv or .parquet for a table)")
     add_common(p)
     p.set_defaults(func=cmd_sanitize)
 
@@ -86,6 +88,12 @@ def _methods(text: str) -> list[str]:
     for name in names:
         SANITIZERS.get(name)  # unknown name -> UserError listing the known ones
     return [SANITIZERS.normalise(n) for n in dict.fromkeys(names)]
+
+
+def _default_arch(data) -> str:
+    from poisonguard.models.registry import default_architecture
+
+    return default_architecture(data.kind, data.input_shape)
 
 
 def _model(args, rows):
@@ -148,8 +156,9 @@ def cmd_sanitize(args) -> int:
     if args.trigger and not args.retrain:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)
+    default = "mnist_cnn" if rows.train.kind == "image" else _default_arch(rows.train)
     sanitizer = Sanitizer(methods=methods, fpr=fpr, expected_rate=expected, epochs=args.epochs,
-                          arch=args.arch if args.model is None and args.arch else "mnist_cnn", rule=args.rule,
+                          arch=args.arch if args.model is None and args.arch else default, rule=args.rule,
                           class_threshold=threshold,
                           seed=args.seed, device=args.device)
     result = sanitizer.run(rows.train, model=model, reference=rows.test)
@@ -165,7 +174,8 @@ def cmd_sanitize(args) -> int:
     keep = np.setdiff1d(np.arange(len(rows.train)), np.asarray(result.flagged, dtype=np.int64))
     out.mkdir(parents=True, exist_ok=True)
     write_scores(out / "scores.npz", result, rows.train.y.numpy())
-    cleansed = write_cleansed(rows, keep, out / "cleansed.npz")
+    suffix = rows.path.suffix.lower() if rows.kind == "table" else ".npz"  # a table gives the same kind of table
+    cleansed = write_cleansed(rows, keep, out / f"cleansed{suffix}")
     report.data["sanitization"]["cleansed"] = str(cleansed)
     ev = _retrain(args, rows, keep, report, sanitizer) if args.retrain else None
     path = report.write(out)

@@ -60,8 +60,11 @@ def suspicious_grid(x: torch.Tensor, labels: np.ndarray, z: np.ndarray, flagged:
     """The most suspicious samples, each titled with its position and label (red when flagged)."""
     from poisonguard.report.plots import _as_image
 
-    plt = _pyplot()
     order = np.argsort(-z)[:MOST_SUSPICIOUS]
+    cells = [[int(i), _label(int(labels[i]), classes), float(z[i]), "flagged" if int(i) in flagged else ""] for i in order]
+    if x.ndim != 4:  # table rows or token ids: no picture, the positions say which rows
+        return table(["position", "label", "combined score", ""], cells)
+    plt = _pyplot()
     cols = 8
     rows = -(-len(order) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.45 * rows), squeeze=False)
@@ -76,15 +79,27 @@ def suspicious_grid(x: torch.Tensor, labels: np.ndarray, z: np.ndarray, flagged:
         ax.set_title(f"#{int(i)} label {name}", fontsize=7, color="#c0392b" if int(i) in flagged else "black")
     fig.suptitle("most suspicious samples (position in the input, label; red: flagged)", fontsize=9)
     grid = figure_to_data_uri(fig)
-    cells = [[int(i), _label(int(labels[i]), classes), float(z[i]), "flagged" if int(i) in flagged else ""] for i in order]
     return img(grid, "most suspicious samples") + table(["position", "label", "combined score", ""], cells)
 
 
-def trigger_estimate(x: torch.Tensor, labels: np.ndarray, flagged: np.ndarray, targets) -> str:
+def feature_shift_table(x: torch.Tensor, flagged: np.ndarray, keep: np.ndarray, names=None, top: int = 8) -> str:
+    """Features whose mean over the flagged rows lies furthest from the kept rows', in the kept rows' std."""
+    f, k = x[torch.as_tensor(flagged)], x[torch.as_tensor(keep)] if len(keep) else x
+    std = k.std(0).clamp_min(1e-6) if len(k) > 1 else torch.ones(x.shape[1])
+    shift = (f.mean(0) - k.mean(0)) / std
+    order = torch.argsort(-shift.abs())[:top].tolist()
+    rows = [[names[i] if names is not None and i < len(names) else f"feature {i}", round(float(f[:, i].mean()), 4),
+             round(float(k[:, i].mean()), 4), round(float(shift[i]), 2)] for i in order]
+    return table(["feature", "mean flagged", "mean kept (same classes)", "shift (kept std)"], rows)
+
+
+def trigger_estimate(x: torch.Tensor, labels: np.ndarray, flagged: np.ndarray, targets, feature_names=None) -> str:
     """Mean flagged image beside the mean kept image of the same classes, and their difference."""
     if not len(flagged):
         return ""
     keep = np.setdiff1d(np.flatnonzero(np.isin(labels, targets)), flagged)
+    if x.ndim == 2 and x.is_floating_point():  # table rows: the features where flagged rows differ most
+        return feature_shift_table(x, flagged, keep, feature_names)
     mean_flagged = x[torch.as_tensor(flagged)].mean(0)
     mean_kept = x[torch.as_tensor(keep)].mean(0) if len(keep) else torch.zeros_like(mean_flagged)
     diff = (mean_flagged - mean_kept).abs()
@@ -119,7 +134,8 @@ def add_to_report(report, result: Sanitization, data, classes=None, *, order: in
     html += "<h3>Most suspicious samples</h3>" + suspicious_grid(data.x, labels, result.z, set(result.flagged), classes)
     html += "<h3>Scores per class</h3>" + img(histograms(result.z, labels, result.cut, result.targets, classes), "histograms")
     if len(flagged):
-        html += "<h3>Suspected trigger</h3>" + trigger_estimate(data.x, labels, flagged, result.targets)
+        html += "<h3>Suspected trigger</h3>" + trigger_estimate(data.x, labels, flagged, result.targets,
+                                                                getattr(data.meta, "feature_names", None))
     html += "<h3>Per method</h3>" + method_table(result)
     report.add_section("Data sanitization", html, summary=verdict_sentence(result, classes), order=order)
 

@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("scan", "spectral")
 MIN_PER_CLASS = 10
-MIN_CLASSES = 3
+MIN_CLASSES = 2  # two classes are compared with each other (calibrate.TWO_CLASS_THRESHOLD)
 
 
 def check_data(data: ImageData) -> None:
-    """UserError unless the data can be judged: finite images, >= 3 classes, enough per class."""
+    """UserError unless the data can be judged: finite inputs, >= 2 classes, enough per class."""
     if len(data) == 0:
         raise UserError("the data set is empty")
     if not torch.isfinite(data.x).all():
@@ -170,7 +170,7 @@ class Sanitizer:
             verdict="poisoned" if poisoned else "clean", flagged=flagged, targets=targets,
             methods=self.methods, scores=summaries, n_samples=len(data), false_positive_rate=self.fpr,
             cut=decision.cut, class_index={str(c): round(v, 3) for c, v in decision.class_index.items()},
-            class_threshold=self.class_threshold, seconds=round(time.perf_counter() - start, 2),
+            class_threshold=decision.class_threshold, seconds=round(time.perf_counter() - start, 2),
             extra={"trained_model": trained, "arch": self.arch if trained else None,
                    "epochs": self.epochs if trained else None, "train_seconds": round(train_seconds, 2),
                    "expected_rate": self.expected_rate, "feature_dim": int(feats.shape[1]),
