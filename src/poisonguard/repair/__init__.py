@@ -5,7 +5,7 @@
     result.model  # the repaired copy; `model` itself is unchanged
 """
 
-from poisonguard.repair import fine_pruning, refit, unlearning, wild  # noqa: F401  (register methods)
+from poisonguard.repair import distillation, fine_pruning, refit, unlearning, wild  # noqa: F401  (register methods)
 from poisonguard.repair.base import REPAIRERS, Repairer, register_repairer
 from poisonguard.repair.fine_pruning import FinePruning
 from poisonguard.repair.refit import Refit

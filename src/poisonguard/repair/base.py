@@ -131,6 +131,9 @@ class Repairer:
             and the repaired copy on `.model` (eval mode).
         """
         check_inputs(model, clean_data, trigger, test, aux_data)
+        kinds = getattr(self, "kinds", ("image", "tabular", "text"))
+        if clean_data.kind not in kinds:
+            raise UserError(f"{self.name} works on {' and '.join(kinds)} data only, not {clean_data.kind}")
         device = resolve_device(self.device)
         gen = torch.Generator().manual_seed(self.seed)
         from poisonguard.models.handle import as_eager, copy_module
@@ -322,7 +325,8 @@ def shifter(pixels: int, generator: torch.Generator):
     """`augment` callable for `finetune`: random shifts of up to `pixels` (None when 0)."""
     if pixels <= 0:
         return None
-    return lambda x: random_shift(x, generator, max_shift=pixels)
+    # Shifting is for images; table rows and token ids pass unchanged.
+    return lambda x: random_shift(x, generator, max_shift=pixels) if x.ndim == 4 else x
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

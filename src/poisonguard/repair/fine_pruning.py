@@ -32,7 +32,10 @@ def find_prune_layer(model: nn.Module, sample: torch.Tensor, layer: str | None =
     """Name of the layer to prune: `layer` if given, else the last convolutional layer run.
 
     A BatchNorm2d that runs after the last convolution (as in pre-activation ResNets, whose
-    final `bn` feeds the classifier) counts as that convolution's output channels.
+    final `bn` feeds the classifier) counts as that convolution's output channels. A model of
+    feature vectors (sample (N, F): an MLP) has no convolution: its last hidden `nn.Linear`
+    (the one before the classifier head) is pruned instead, unit by unit, the paper's
+    "last layer before the output" carried over to fully connected networks.
     """
     modules = dict(model.named_modules())
     if layer is not None:
@@ -40,6 +43,10 @@ def find_prune_layer(model: nn.Module, sample: torch.Tensor, layer: str | None =
             raise UserError(f"cannot prune layer {layer!r}; prunable layers: {_describe(model)}")
         return layer
     order = execution_order(model, sample, CONV_LIKE)
+    if not order and sample.ndim == 2:
+        linears = execution_order(model, sample, (nn.Linear,))
+        if len(linears) >= 2:
+            return linears[-2]
     if not order:
         raise UserError("fine-pruning: the model has no convolutional layer; "
                         f"choose a layer to prune with layer= (--prune-layer): {_describe(model)}")

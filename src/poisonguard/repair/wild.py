@@ -120,6 +120,8 @@ class Wild(Repairer):
         seed, device: as everywhere.
     """
 
+    kinds = ("image",)  # random erasing and pixel noise imitate image triggers; a table has no patches
+
     def __init__(self, *, epochs: int = 20, lr: float = 0.06, batch_size: int = 32, optimizer: str = "sgd",
                  weight_decay: float = 5e-4, erase_p: float = 1.0, noise_sigma: float = 0.1, align_weight: float = 1.0,
                  clean_weight: float = 1.0, shift: int = 1, distill: float = 1.0, temperature: float = 2.0,
