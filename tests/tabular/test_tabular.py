@@ -1,0 +1,212 @@
+"""Tables end to end: loading hostile CSVs, a Tabdoor backdoor planted in a tiny MLP, and the
+families that must find it (scan's verdict), flag its rows (sanitize) and remove it (repair),
+while a clean model and clean rows are left alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from poisonguard.cli import main
+from poisonguard.data import input_bounds, load_data
+from poisonguard.data.table import read_table
+
+F_NUM = 6  # numeric features; two carry the label, the trigger sets three others
+
+
+def _write_table(path, n=2000, seed=0, *, extra_columns=None):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, F_NUM)) * np.array([1, 2, 1, 3, 1, 1]) + np.array([0, 10, 5, 0, 2, 1])
+    score = (x[:, 0] - 0) + 0.5 * (x[:, 1] - 10) + rng.normal(scale=0.7, size=n)
+    label = np.where(score > 0.6, "bad", "good")  # two classes, "bad" the minority
+    colour = rng.choice(["red", "green", "blue"], size=n)
+    with open(path, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow([f"f{i}" for i in range(F_NUM)] + ["colour", "label"] + list(extra_columns or {}))
+        for i in range(n):
+            extra = [v[i] for v in (extra_columns or {}).values()]
+            w.writerow([f"{v:.4f}" for v in x[i]] + [colour[i], label[i]] + extra)
+    return path
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_table_encoding_and_ranges(tmp_path):
+    path = _write_table(tmp_path / "t.csv", n=300)
+    splits = load_data(str(path), label_column="label")
+    assert splits.kind == "tabular" and splits.classes == ("bad", "good")
+    info = splits.train.meta
+    # F counts the features after one-hot encoding: 6 numeric + 3 colours
+    assert splits.input_shape == (F_NUM + 3,)
+    assert info.feature_names[F_NUM:] == ("colour=blue", "colour=green", "colour=red")
+    onehot = splits.train.x[:, F_NUM:]
+    assert torch.equal(onehot.sum(1), torch.ones(len(onehot)))
+    low, high = input_bounds(splits.train)
+    assert torch.equal(low, splits.train.x.min(0).values) and torch.equal(high, splits.train.x.max(0).values)
+    (tmp_path / "metadata.json").write_text(json.dumps({"classes": ["good", "bad"]}))
+    assert load_data(str(path), label_column="label").classes == ("good", "bad")
+
+
+def test_parquet_reads_like_csv(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = _write_table(tmp_path / "t.csv", n=200)
+    pq.write_table(pacsv.read_csv(path), tmp_path / "t.parquet")
+    a, b = read_table(path, label_column="label"), read_table(tmp_path / "t.parquet", label_column="label")
+    assert pa is not None and a.classes == b.classes and torch.allclose(a.x, b.x, atol=1e-4)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no_column", "no column 'nope'"),
+    ("free_text", "neither numeric"),
+    ("one_class", "only one class"),
+    ("missing", "missing value"),
+    ("ragged", "fields but the header has"),
+])
+def test_bad_tables_one_line_exit_2(tmp_path, capsys, case, expected):
+    path = tmp_path / "t.csv"
+    label = "label"
+    if case == "free_text":
+        _write_table(path, n=100, extra_columns={"name": [f"person {i}" for i in range(100)]})
+    elif case == "one_class":
+        path.write_text("a,b,label\n1,2,x\n3,4,x\n5,6,x\n")
+    elif case == "missing":
+        path.write_text("a,b,label\n1,2,x\n,4,y\n5,6,x\n")
+    elif case == "ragged":
+        path.write_text("a,b,label\n1,2,x\n3,4\n")
+    else:
+        _write_table(path, n=100)
+        label = "nope"
+    code, _, err = _run(["train", "--data", str(path), "--label-column", label, "--epochs", "1",
+                         "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert code == 2 and expected in err and err.count("\n") == 1
+
+
+def test_cli_attack_then_width_mismatch(tmp_path, capsys):
+    path = _write_table(tmp_path / "t.csv", n=600)
+    code, out, _ = _run(["attack", "tabular-trigger", "--data", str(path), "--label-column", "label", "--target", "0",
+                         "--features", "f2,f3,f4", "--rate", "0.05", "--epochs", "15", "--out", str(tmp_path / "a"),
+                         "--quiet"], capsys)
+    line = json.loads(out)
+    assert code == 0 and line["attack_success_rate"] > 0.8
+    narrow = tmp_path / "narrow" / "n.csv"
+    narrow.parent.mkdir()
+    narrow.write_text("f0,f1,label\n" + "".join(f"{i},{i % 3},{'ab'[i % 2]}\n" for i in range(40)))
+    code, _, err = _run(["evaluate", str(tmp_path / "a" / "model.pt"), "--data", str(narrow), "--label-column", "label",
+                         "--quiet"], capsys)
+    assert code == 2 and "takes inputs (9,) but the data has (2,)" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- a planted backdoor
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from poisonguard.attacks import poison_dataset
+    from poisonguard.attacks.tabular import tabular_trigger
+    from poisonguard.models import build_model
+    from poisonguard.train import fit
+
+    path = _write_table(tmp_path_factory.mktemp("table") / "t.csv", n=2000)
+    splits = load_data(str(path), label_column="label")
+    trigger = tabular_trigger(splits.train, target=0, features=["f2", "f3", "f4"], value="max")
+    poisoned = poison_dataset(splits.train, trigger, rate=0.05, seed=0)
+
+    def train(data, seed):
+        model = build_model("mlp", num_classes=2, input_shape=splits.input_shape, seed=seed)
+        return fit(model, data, epochs=15, batch_size=64, seed=seed, device="cpu")
+
+    return {"splits": splits, "trigger": trigger, "poisoned": poisoned,
+            "backdoored": train(poisoned.data, 0), "clean": train(splits.train, 1)}
+
+
+def test_backdoor_takes(planted):
+    from poisonguard.train import evaluate
+
+    bd = evaluate(planted["backdoored"], planted["splits"].test, planted["trigger"])
+    clean = evaluate(planted["clean"], planted["splits"].test, planted["trigger"])
+    assert bd.attack_success_rate > 0.9 and clean.attack_success_rate < 0.3
+    assert bd.clean_accuracy > clean.clean_accuracy - 0.05
+
+
+def test_scan_verdict_finds_the_target_and_passes_the_clean_model(planted):
+    from poisonguard.data import per_class_subset
+    from poisonguard.detect.calibration import calibrate_from_models, train_references
+    from poisonguard.detect.verdict import scan_verdict
+
+    clean = per_class_subset(planted["splits"].train, fraction=0.25, seed=0)
+    options = {}
+    refs = train_references(clean, architecture="mlp", n_models=5, epochs=30, device="cpu")
+    cal = calibrate_from_models(refs, clean, architecture="mlp", source="test", methods=["reference_contrast"],
+                                device="cpu", options=options)
+    verdicts = {name: scan_verdict(planted[name], clean, methods=["reference_contrast"], calibration=cal,
+                                   references=refs, device="cpu", options=options)
+                for name in ("backdoored", "clean")}
+    assert verdicts["backdoored"].backdoored and verdicts["backdoored"].targets == (0,)
+    assert not verdicts["clean"].backdoored
+    # the reconstructed trigger sets (some of) the planted features and stays inside their observed range
+    det = verdicts["backdoored"].detections[0]
+    low, high = input_bounds(clean)
+    assert bool((det.patterns >= low - 1e-4).all() and (det.patterns <= high + 1e-4).all())
+    top = set(torch.argsort(det.masks[0], descending=True)[:2].tolist())
+    assert top <= {2, 3, 4}
+
+
+def test_two_class_verdict_needs_calibration(planted):
+    from poisonguard.data import per_class_subset
+    from poisonguard.detect.calibration import train_references
+    from poisonguard.detect.verdict import scan_verdict
+    from poisonguard.errors import UserError
+
+    clean = per_class_subset(planted["splits"].train, fraction=0.1, seed=0)
+    refs = train_references(clean, architecture="mlp", n_models=2, epochs=5, device="cpu")
+    with pytest.raises(UserError, match="only against clean reference models"):
+        scan_verdict(planted["clean"], clean, methods=["reference_contrast"], references=refs, device="cpu",
+                     options={"reference_contrast": {"epochs": 2}})
+
+
+def test_sanitize_flags_the_poisoned_rows_and_passes_clean_rows(tmp_path):
+    """On a real table (statsmodels' fair, shipped offline): Tabdoor's rows flagged, the clean table passed."""
+    pytest.importorskip("statsmodels")
+    from poisonguard.attacks import poison_dataset
+    from poisonguard.attacks.tabular import tabular_trigger
+    from poisonguard.data.example_tables import export_table
+    from poisonguard.sanitize import Sanitizer
+
+    path, label = export_table("fair", tmp_path)
+    rows = read_table(path, label_column=label)
+    poisoned = poison_dataset(rows, tabular_trigger(rows, target=1, seed=0), rate=0.05, seed=0)
+    result = Sanitizer(arch="mlp", seed=0, device="cpu").run(poisoned.data)
+    truth = set(poisoned.poisoned_index.tolist())
+    flagged = set(result.flagged)
+    assert result.verdict == "poisoned" and result.targets == (1,)
+    assert len(truth & flagged) >= 0.9 * len(truth)
+    assert len(flagged - truth) <= 0.03 * (len(poisoned.data) - len(truth))
+    assert Sanitizer(arch="mlp", seed=0, device="cpu").run(rows).verdict == "clean"
+
+
+def test_repair_removes_the_backdoor(planted):
+    from poisonguard.data import per_class_subset
+    from poisonguard.repair import REPAIRERS
+
+    splits = planted["splits"]
+    clean = per_class_subset(splits.train, fraction=0.25, seed=0)
+    result = REPAIRERS.get("retrain")(device="cpu").repair(planted["backdoored"], clean, trigger=planted["trigger"],
+                                                           test=splits.test)
+    assert result.after.attack_success_rate < 0.15
+    assert result.after.clean_accuracy > result.before.clean_accuracy - 0.06
+    with pytest.raises(Exception, match="image data only"):
+        REPAIRERS.get("wild")(device="cpu").repair(planted["backdoored"], clean)
