@@ -102,6 +102,13 @@ def test_cli_attack_then_width_mismatch(tmp_path, capsys):
                          "--quiet"], capsys)
     line = json.loads(out)
     assert code == 0 and line["attack_success_rate"] > 0.8
+    # smoothing in standardised feature space
+    code, out, _ = _run(["certify", str(tmp_path / "a" / "model.pt"), "--data", str(path), "--label-column", "label",
+                         "--n", "300", "--max-examples", "8", "--alpha", "0.01", "--out", str(tmp_path / "c"),
+                         "--quiet"], capsys)
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert code == 0 and json.loads(out)["certified_accuracy"]["0.0"] > 0.5
+    assert "standardised" in report["input_space"]
     narrow = tmp_path / "narrow" / "n.csv"
     narrow.parent.mkdir()
     narrow.write_text("f0,f1,label\n" + "".join(f"{i},{i % 3},{'ab'[i % 2]}\n" for i in range(40)))

@@ -63,7 +63,13 @@ def cmd_certify(args) -> int:
         splits = load_splits(args.data, args.seed)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         report.set("model", info)
-        cert = method.certify(loaded.model, splits.test)
+        model, test = loaded.model, splits.test
+        if splits.kind == "tabular":
+            from poisonguard.certify.smoothing import standardised_view
+
+            model, test = standardised_view(model, test, splits.train)
+            report.set("input_space", "standardised features: sigma and radii in units of each feature's training std")
+        cert = method.certify(model, test)
         report.set("certification", cert)
         smoothing_section(report, cert, model=info)
         summary = {"certified_accuracy": cert.certified_accuracy, "abstain_rate": cert.abstain_rate,

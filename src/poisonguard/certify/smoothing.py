@@ -3,7 +3,9 @@
 The smoothed classifier g(x) = argmax_c P(f(x + eps) = c), eps ~ N(0, sigma^2 I), is
 certified to keep its answer within an L2 ball of radius sigma * Phi^-1(pA_lower) around x.
 Noise is added to the [0, 1] input (models normalise inside, DESIGN.md), so radii are in
-pixel units of [0, 1] images.
+pixel units of [0, 1] images. Tables are smoothed in standardised feature space
+(`standardised_view`: each feature divided by its training standard deviation, since raw
+units differ by orders of magnitude), so their radii are in those units.
 
 Speed: instead of a Python loop over examples with one batch of 400 draws at a time, the
 noisy copies of several examples (and of both CERTIFY phases) are written straight into one
@@ -176,10 +178,10 @@ class SmoothedClassifier:
 
     @staticmethod
     def _as_batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        if x.ndim == 3:
+        if x.ndim in (1, 3):  # one feature vector or one image
             return x.unsqueeze(0), True
-        if x.ndim != 4:
-            raise UserError(f"inputs must have shape (N, C, H, W) or (C, H, W), got {tuple(x.shape)}")
+        if x.ndim not in (2, 4):
+            raise UserError(f"inputs must have shape (N, C, H, W), (C, H, W), (N, F) or (F,), got {tuple(x.shape)}")
         return x, False
 
     # ------------------------------------------------------------------ the two algorithms
@@ -224,6 +226,27 @@ class SmoothedClassifier:
         pred, radii = decide_certify(counts, n, self.sigma, alpha)
         pred_t, radii_t = torch.from_numpy(pred), torch.from_numpy(radii)
         return (int(pred_t[0]), float(radii_t[0])) if single else (pred_t, radii_t)
+
+
+class _FromStandardised(nn.Module):
+    """model(z * std + mean): the suspect seen from standardised feature space."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z * self.std + self.mean)
+
+
+def standardised_view(model: nn.Module, data: ImageData, train: ImageData) -> tuple[nn.Module, ImageData]:
+    """(model, data) in the standardised space of `train`'s features (tables), for smoothing there."""
+    mean = train.x.mean(0)
+    std = train.x.std(0)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    return _FromStandardised(model, mean, std).eval(), data.with_(x=(data.x - mean) / std)
 
 
 def evenly_spaced(total: int, count: int | None) -> np.ndarray:

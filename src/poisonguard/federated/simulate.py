@@ -192,7 +192,12 @@ class Simulator:
     # ------------------------------------------------------------------ setup
 
     def build_model(self, splits: Splits) -> nn.Module:
-        arch = self.arch or ("mnist_cnn" if splits.input_shape[0] == 1 else "lenet5")
+        if self.arch is None and splits.kind != "image":
+            from poisonguard.models.registry import default_architecture
+
+            arch = default_architecture(splits.kind, splits.input_shape)  # unfitted scaling: no client shares its rows
+        else:
+            arch = self.arch or ("mnist_cnn" if splits.input_shape[0] == 1 else "lenet5")
         return build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=self.seed)
 
     def _clients(self, splits: Splits, attack: FLAttack) -> list[_Client]:

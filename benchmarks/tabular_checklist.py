@@ -1,0 +1,166 @@
+"""Issue 19, tables: the checklist on two real tables that ship offline inside statsmodels.
+
+For each table (fair: 6,366 rows, 18 features; randhie: 20,190 rows, 9 features) and report
+seed (1, 2, 3; seed 0 was used while choosing defaults), with the library's defaults:
+
+- attack: Tabdoor's trigger on 3 seeded numeric features set to their observed maximum, 5% of
+  the training rows poisoned (dirty label, target = the minority class); the built-in `mlp`,
+  10 epochs; a clean `mlp` of another seed beside it.
+- scan: the tabular default (reference_contrast, 8 clean references trained on 25% of the
+  training part, calibrated verdict at FPR 0.05) on the backdoored and the clean model.
+- sanitize: the default (SCAn + spectral signatures on the mlp's representations) on the
+  poisoned training part: TPR over the poisoned rows, FPR over the clean ones.
+- repair: the tabular default (retrain on the 25% clean part) on the backdoored model.
+
+Goals (issue 19): clean accuracy within 2 points and ASR >= 90%; scan finds the target on
+>= 5 of 6 backdoored models and flags <= 1 of 6 clean ones; sanitize TPR >= 90% at FPR <= 5%;
+repair ASR <= 5% losing <= 3 points. Results are cached per case in --results (resumable):
+
+    OMP_NUM_THREADS=1 python benchmarks/tabular_checklist.py --tables fair --seeds 1,2,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGET = {"fair": 1, "randhie": 0}  # the minority class ("yes" affair; "no" visit)
+GOALS = "clean acc within 2 pts, ASR >= 90%; scan >= 5/6 found, <= 1/6 clean flagged; sanitize TPR >= 90% at FPR <= 5%; repair ASR <= 5%, loss <= 3 pts"
+
+
+def run_case(table: str, seed: int, folder: Path) -> dict:
+    from poisonguard.attacks import poison_dataset
+    from poisonguard.attacks.tabular import tabular_trigger
+    from poisonguard.data import load_data, per_class_subset
+    from poisonguard.data.example_tables import export_table
+    from poisonguard.detect.calibration import calibrate, train_references
+    from poisonguard.detect.verdict import TABULAR_METHODS, scan_verdict
+    from poisonguard.models import build_model
+    from poisonguard.repair import REPAIRERS
+    from poisonguard.sanitize import Sanitizer
+    from poisonguard.train import evaluate, fit
+
+    path, label = export_table(table, folder)
+    splits = load_data(str(path), label_column=label, seed=seed)
+    target = TARGET[table]
+    trigger = tabular_trigger(splits.train, target=target, seed=seed)
+    poisoned = poison_dataset(splits.train, trigger, rate=0.05, seed=seed)
+    times = {}
+
+    def train(data, s):
+        model = build_model("mlp", num_classes=2, input_shape=splits.input_shape, seed=s)
+        return fit(model, data, epochs=10, batch_size=64, seed=s, device="cpu")
+
+    t = time.perf_counter()
+    backdoored, clean_model = train(poisoned.data, seed), train(splits.train, 100 + seed)
+    times["train_two_models"] = time.perf_counter() - t
+    ev_bd = evaluate(backdoored, splits.test, trigger)
+    ev_clean = evaluate(clean_model, splits.test, trigger)
+
+    t = time.perf_counter()
+    clean = per_class_subset(splits.train, fraction=0.25, seed=seed)
+    refs = train_references(clean, architecture="mlp", n_models=8, seed=seed, device="cpu")
+    cal = calibrate(clean, architecture="mlp", source="benchmark", methods=list(TABULAR_METHODS), n_models=8,
+                    seed=seed, device="cpu", models=refs, use_cache=False)
+    times["calibration"] = time.perf_counter() - t
+    scans = {}
+    for name, model in (("backdoored", backdoored), ("clean", clean_model)):
+        t = time.perf_counter()
+        v = scan_verdict(model, clean, methods=list(TABULAR_METHODS), calibration=cal, references=refs, seed=seed,
+                         device="cpu")
+        times[f"scan_{name}"] = time.perf_counter() - t
+        det = v.detections[0]
+        scans[name] = {"backdoored": v.backdoored, "targets": list(v.targets), "sizes": list(det.mask_l1),
+                       "statistic": [e["statistic"] for e in v.evidence], "threshold": v.evidence[0]["threshold"]}
+
+    t = time.perf_counter()
+    result = Sanitizer(arch="mlp", seed=seed, device="cpu").run(poisoned.data)
+    times["sanitize"] = time.perf_counter() - t
+    truth = np.zeros(len(poisoned.data), bool)
+    truth[poisoned.poisoned_index.numpy()] = True
+    flagged = np.zeros(len(poisoned.data), bool)
+    flagged[list(result.flagged)] = True
+    t = time.perf_counter()
+    clean_verdict = Sanitizer(arch="mlp", seed=seed, device="cpu").run(splits.train).verdict
+    times["sanitize_clean"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rep = REPAIRERS.get("retrain")(seed=seed, device="cpu").repair(backdoored, clean, trigger=trigger, test=splits.test)
+    times["repair"] = time.perf_counter() - t
+    return {
+        "table": table, "seed": seed, "rows": len(splits.train) + len(splits.test), "features": splits.input_shape[0],
+        "target": target, "trigger_features": [int(i) for i in np.flatnonzero(trigger.mask.numpy())],
+        "clean_accuracy_clean": ev_clean.clean_accuracy, "clean_accuracy_backdoored": ev_bd.clean_accuracy,
+        "asr_backdoored": ev_bd.attack_success_rate, "asr_clean": ev_clean.attack_success_rate,
+        "scan": scans, "scan_found": scans["backdoored"]["backdoored"] and scans["backdoored"]["targets"] == [target],
+        "scan_clean_flagged": scans["clean"]["backdoored"],
+        "sanitize": {"verdict": result.verdict, "targets": list(result.targets),
+                     "tpr": float(flagged[truth].mean()), "fpr": float(flagged[~truth].mean()),
+                     "clean_table_verdict": clean_verdict},
+        "repair": {"before_accuracy": rep.before.clean_accuracy, "after_accuracy": rep.after.clean_accuracy,
+                   "before_asr": rep.before.attack_success_rate, "after_asr": rep.after.attack_success_rate},
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+    }
+
+
+def summarise(cases: list[dict]) -> list[str]:
+    lines = [f"goals: {GOALS}", "",
+             "| table | seed | clean acc (clean / backdoored) | ASR | scan bd: found | scan clean: flagged | "
+             "sanitize TPR / FPR | clean table | repair acc (before -> after) | repair ASR | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        r, s = c["repair"], c["sanitize"]
+        lines.append(f"| {c['table']} | {c['seed']} | {c['clean_accuracy_clean']:.3f} / {c['clean_accuracy_backdoored']:.3f} "
+                     f"| {c['asr_backdoored']:.3f} | {c['scan_found']} | {c['scan_clean_flagged']} "
+                     f"| {s['tpr']:.3f} / {s['fpr']:.4f} | {s['clean_table_verdict']} "
+                     f"| {r['before_accuracy']:.3f} -> {r['after_accuracy']:.3f} | {r['after_asr']:.3f} "
+                     f"| {sum(c['seconds'].values()):.0f} |")
+    n = len(cases)
+    if n:
+        drop = [c["clean_accuracy_clean"] - c["clean_accuracy_backdoored"] for c in cases]
+        lines += ["",
+                  f"attack: ASR >= 90% on {sum(c['asr_backdoored'] >= 0.9 for c in cases)}/{n}; clean-accuracy drop "
+                  f"<= 2 pts on {sum(d <= 0.02 for d in drop)}/{n} (largest {100 * max(drop):.1f} pts)",
+                  f"scan: target found on {sum(c['scan_found'] for c in cases)}/{n} backdoored; clean flagged "
+                  f"{sum(c['scan_clean_flagged'] for c in cases)}/{n}",
+                  f"sanitize: TPR >= 90% and FPR <= 5% on {sum(c['sanitize']['tpr'] >= 0.9 and c['sanitize']['fpr'] <= 0.05 for c in cases)}/{n}; "
+                  f"clean tables called clean {sum(c['sanitize']['clean_table_verdict'] == 'clean' for c in cases)}/{n}",
+                  f"repair: ASR <= 5% on {sum(c['repair']['after_asr'] <= 0.05 for c in cases)}/{n}; loss <= 3 pts on "
+                  f"{sum(c['repair']['before_accuracy'] - c['repair']['after_accuracy'] <= 0.03 for c in cases)}/{n}"]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", default="fair,randhie")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--results", default="benchmarks/results/issue-19-tabular.json")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    path = Path(args.results)
+    cases = json.loads(path.read_text()) if path.is_file() else []
+    done = {(c["table"], c["seed"]) for c in cases}
+    with tempfile.TemporaryDirectory() as tmp:
+        for table in args.tables.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                if (table, seed) in done:
+                    continue
+                case = run_case(table, seed, Path(tmp) / f"{table}-{seed}")
+                cases.append(case)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(cases, indent=1))
+                print(json.dumps({k: case[k] for k in ("table", "seed", "asr_backdoored", "scan_found",
+                                                       "scan_clean_flagged", "seconds")}), flush=True)
+    cases.sort(key=lambda c: (c["table"], c["seed"]))
+    print("\n".join(summarise(cases)))
+
+
+if __name__ == "__main__":
+    main()
