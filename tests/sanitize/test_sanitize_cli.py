@@ -85,7 +85,7 @@ def _bad_inputs(tmp_path):
     nan = rng.random((60, 1, 8, 8)).astype(np.float32)
     nan[3, 0, 2, 2] = np.nan
     return [
-        (_npz(tmp_path, "one.npz", x=x, y=np.zeros(60, np.int64)), [], "at least 3 classes"),
+        (_npz(tmp_path, "one.npz", x=x, y=np.zeros(60, np.int64)), [], "at least 2 classes"),
         (_npz(tmp_path, "few.npz", x=x[:12], y=np.arange(12) % 3), [], "fewer than"),
         (_npz(tmp_path, "range.npz", x=x, y=y, classes=np.array(["a", "b"])), [], "labels must lie"),
         (_npz(tmp_path, "neg.npz", x=x, y=y - 1), [], "from 0"),
