@@ -76,3 +76,36 @@ def copy_model():
     import copy
 
     return copy.deepcopy
+
+
+def _chromium():
+    import shutil
+
+    names = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "chrome", "headless_shell")
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
+@pytest.fixture
+def page_colours(tmp_path):
+    """`page_colours(html)`: how many colours headless Chromium draws for the page (skips without Chromium).
+
+    A report whose images and charts render shows hundreds; a blank or broken page a handful.
+    """
+    import subprocess
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium installed for the screenshot test")
+
+    def colours(html) -> int:
+        from PIL import Image
+
+        shot = tmp_path / "shot.png"
+        subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
+                        "--window-size=1200,2000", html.resolve().as_uri()], check=True, timeout=120, capture_output=True)
+        with Image.open(shot) as im:
+            assert im.size == (1200, 2000)
+            found = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        return 0 if found is None else len(found)
+
+    return colours

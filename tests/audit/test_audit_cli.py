@@ -75,3 +75,23 @@ def test_bad_data_or_arch_stops_before_any_worker(tiny_zoo, tmp_path, capsys, ex
 def test_out_must_not_be_the_audited_folder(tiny_zoo, capsys):
     assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tiny_zoo)]) == 2
     assert "is the audited folder" in _one_error_line(capsys)
+
+
+def test_verdict_options_reach_the_settings(tiny_zoo, tmp_path, monkeypatch):
+    """--method, --fpr and --calibration mean what they mean for `poisonguard scan`."""
+    import poisonguard.audit.run as run
+
+    seen = {}
+
+    def stop(items, settings, out, **kwargs):
+        seen["settings"] = settings
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(run, "run_audit", stop)
+    code = main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tmp_path / "out"), "--method", "tabor",
+                 "--fpr", "0.01", "--calibration", "none", "--reference-models", "5", "--steps", "7"])
+    assert code == 3
+    settings = seen["settings"]
+    assert settings.methods == ("tabor",) and settings.fpr == 0.01 and settings.calibration == "none"
+    plan = settings.scan_plan()
+    assert plan.reference_models == 5 and plan.options == {"tabor": {}}  # tabor takes no generator steps

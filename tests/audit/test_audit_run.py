@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,10 @@ from poisonguard.audit.worker import audit_one
 # The real file check, kept before any test puts a stand-in in its place.
 REAL_INSPECT = filesafety.inspect_file
 SCHEMA = Path(__file__).with_name("sarif-2.1.0-subset.schema.json")
-# A tiny but real behavioural scan: Neural Cleanse, 3 epochs over 2% of the training part
-# (80 images); on the fixtures the target's anomaly index is about 3.4 against the threshold 2.
-TINY = AuditSettings(data="mnist5k", epochs=3, clean_fraction=0.02, device="cpu")
+# A tiny but real behavioural scan, the way `poisonguard scan` does it: Neural Cleanse, 3 epochs
+# over 2% of the training part (80 images), the verdict calibrated on 3 clean references.
+TINY = AuditSettings(data="mnist5k", methods=("neural_cleanse",), epochs=3, clean_fraction=0.02, reference_models=3,
+                     device="cpu")
 
 
 def _never():
@@ -78,10 +80,14 @@ def test_exit_codes_follow_the_findings(audited):
 
 
 def test_each_scanned_model_has_its_own_scan_report(audited):
+    calibration_keys: dict[str, str] = {}
     for row in audited["outcome"].rows:
         if row["status"] == "done":
             own = json.loads((audited["out"] / Path(row["report"]).parent / "report.json").read_text())
             assert own["command"] == "scan" and own["verdict"] == row["verdict"]
+            # The verdict `poisonguard scan` gives: calibrated on clean references, computed once and shared.
+            assert row["verdict"]["calibrated"] and own["calibration"]["reference_models"] == TINY.reference_models
+            assert own["calibration"]["key"] == calibration_keys.setdefault("key", own["calibration"]["key"])
             assert own["model"]["sha256"] == row["sha256"]
         else:
             assert row["report"] is None
@@ -109,8 +115,10 @@ def test_failed_rows_are_retried_only_when_asked(audited):
 
 
 def test_other_settings_are_another_key(audited):
-    assert TINY.digest() != AuditSettings(data="mnist5k", epochs=4, clean_fraction=0.02).digest()
-    assert TINY.digest() == AuditSettings(data="mnist5k", epochs=3, clean_fraction=0.02, device="cuda").digest()
+    assert TINY.digest() != replace(TINY, epochs=4).digest()
+    assert TINY.digest() != replace(TINY, fpr=0.01).digest()
+    assert TINY.digest() != replace(TINY, methods=("neural_cleanse", "deepinspect")).digest()
+    assert TINY.digest() == replace(TINY, device="cuda").digest()
 
 
 def test_database_matches_report_json(audited):

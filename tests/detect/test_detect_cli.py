@@ -1,8 +1,6 @@
 """`poisonguard scan` end to end: report files, trigger files, and one-line errors for bad input."""
 
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -123,23 +121,5 @@ def test_shape_mismatch_and_non_classifier(tmp_path, mnist, capsys):
     assert "not a classifier" in capsys.readouterr().err
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "chrome", "headless_shell"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed for the screenshot test")
-def test_report_renders_in_headless_chromium(scan_out, tmp_path):
-    shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
-                    "--window-size=1200,2000", (scan_out / "report.html").resolve().as_uri()],
-                   check=True, timeout=120, capture_output=True)
-    from PIL import Image
-
-    with Image.open(shot) as im:
-        assert im.size == (1200, 2000)
-        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colours is not None and len(colours) > 50  # the page drew images, not a blank screen
+def test_report_renders_in_headless_chromium(scan_out, page_colours):
+    assert page_colours(scan_out / "report.html") > 50  # the page drew images, not a blank screen

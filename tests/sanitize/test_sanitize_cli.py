@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -87,7 +85,7 @@ def _bad_inputs(tmp_path):
     nan = rng.random((60, 1, 8, 8)).astype(np.float32)
     nan[3, 0, 2, 2] = np.nan
     return [
-        (_npz(tmp_path, "one.npz", x=x, y=np.zeros(60, np.int64)), [], "at least 3 classes"),
+        (_npz(tmp_path, "one.npz", x=x, y=np.zeros(60, np.int64)), [], "at least 2 classes"),
         (_npz(tmp_path, "few.npz", x=x[:12], y=np.arange(12) % 3), [], "fewer than"),
         (_npz(tmp_path, "range.npz", x=x, y=y, classes=np.array(["a", "b"])), [], "labels must lie"),
         (_npz(tmp_path, "neg.npz", x=x, y=y - 1), [], "from 0"),
@@ -118,27 +116,9 @@ def test_model_with_other_classes_is_exit_2(tmp_path, mnist, capsys):
     assert "5 classes" in err and "10" in err and len(err.splitlines()) == 1
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "chrome", "headless_shell"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed for the screenshot test")
-def test_report_renders_in_headless_chromium(run, tmp_path):
+def test_report_renders_in_headless_chromium(run, page_colours):
     _, out = run
-    shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
-                    "--window-size=1200,2000", (out / "report.html").resolve().as_uri()],
-                   check=True, timeout=120, capture_output=True)
-    from PIL import Image
-
-    with Image.open(shot) as im:
-        assert im.size == (1200, 2000)
-        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colours is not None and len(colours) > 50
+    assert page_colours(out / "report.html") > 50  # the page drew images, not a blank screen
 
 
 def test_flat_image_folder_scores_every_row_and_names_files(tmp_path):

@@ -71,10 +71,10 @@ class PatchTrigger:
                             "(images: (H, W) and (C, H, W); features: (F,) and (F,))")
         checks = (("mask", self.mask, True), ("pattern", self.pattern, image))
         for name, t, unit in checks:
+            if unit and (not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1):
+                raise UserError(f"trigger {name} values must lie in [0, 1]")
             if not torch.isfinite(t).all():
                 raise UserError(f"trigger {name} values must be finite")
-            if unit and (t.min() < 0 or t.max() > 1):
-                raise UserError(f"trigger {name} values must lie in [0, 1]")
 
     @property
     def input_shape(self) -> tuple[int, ...]:

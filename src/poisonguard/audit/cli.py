@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def add_commands(sub) -> None:
-    from poisonguard.cli.options import add_common, positive_float, positive_int, probability
+    from poisonguard.cli.options import add_common, positive_float, positive_int
 
     p = sub.add_parser("audit", help="audit a model zoo: every file's safety, then each model's scan verdict, in parallel on Ray, resumable")
     p.add_argument("target", help="folder searched for model files (recognised by their bytes), or a manifest "
@@ -27,11 +27,13 @@ def add_commands(sub) -> None:
     p.add_argument("--address", default=None, help="HOST:PORT of an existing Ray cluster's head (default: a local Ray instance)")
     p.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds a model may take before it is recorded failed (default 1800)")
     p.add_argument("--retry-failed", action="store_true", help="scan again the models an earlier run recorded as failed")
+    from poisonguard.detect.cli import add_budget_options, add_verdict_options
+
+    add_verdict_options(p.add_argument_group("verdict (as `poisonguard scan`)"))
     g = p.add_argument_group("scan budget (per model)")
-    g.add_argument("--epochs", type=positive_int, default=None, help="Neural Cleanse inversion epochs (default: scan's, 40)")
-    g.add_argument("--steps-per-epoch", type=positive_int, default=None, help="mini-batches per epoch (default: one pass over the clean images)")
-    g.add_argument("--clean-fraction", type=probability, default=0.05, help="share of the training part used as clean data (default 0.05)")
-    g.add_argument("--threshold", type=positive_float, default=None, help="anomaly index above which a class is flagged (default 2)")
+    add_budget_options(g)
+    g.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="mini-batches per inversion epoch (default: one pass over the clean images)")
     add_common(p)
     p.set_defaults(func=cmd_audit)
 
@@ -61,11 +63,19 @@ def cmd_audit(args) -> int:
     out = _out(args.out, target)
     if args.address:
         check_address(args.address)  # before any work, so a typo costs seconds
+    # scan's table defaults (None) are not audit's: audit scans images with the image defaults
+    args.clean_fraction = 0.05 if args.clean_fraction is None else args.clean_fraction
+    args.reference_models = 4 if args.reference_models is None else args.reference_models
     if args.clean_fraction <= 0:
         raise UserError("--clean-fraction must be above 0")
     items = discover(target, exclude=out)
-    settings = AuditSettings(data=args.data, arch=args.arch, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                             clean_fraction=args.clean_fraction, threshold=args.threshold, seed=args.seed, device=args.device)
+    from poisonguard.detect.cli import methods_option
+
+    settings = AuditSettings(data=args.data, arch=args.arch, methods=tuple(methods_option(args.method)), fpr=args.fpr,
+                             statistic=args.statistic, calibration=args.calibration,
+                             reference_models=args.reference_models, epochs=args.epochs,
+                             steps_per_epoch=args.steps_per_epoch, steps=args.steps, clean_fraction=args.clean_fraction,
+                             threshold=args.threshold, seed=args.seed, device=args.device)
     workers = args.workers or (None if args.address else (os.cpu_count() or 1))
 
     def make_executor():  # only called when something is left to do

@@ -14,28 +14,55 @@ from poisonguard import __version__
 class AuditSettings:
     """The behavioural scan's settings for one model (the audit-wide ones, then the manifest's).
 
-    `epochs`, `steps_per_epoch` and `clean_fraction` are the scan budget; `arch` and `data` may
-    differ per model (manifest). The hash of all of it (and the poisonguard version) is half of
-    a result's key in `audit.db`: change any and the model is scanned again.
+    The scan is `poisonguard scan`'s: `methods` (default: scan's verdict set), the verdict at
+    false-positive rate `fpr`, calibrated on `reference_models` clean references (`calibration`
+    "auto"; computed once per architecture and data and cached, so the workers share it) or
+    not ("none"). `epochs`, `steps_per_epoch`, `steps` and `clean_fraction` are the scan
+    budget; `arch` and `data` may differ per model (manifest). The hash of all of it (and the
+    poisonguard version) is half of a result's key in `audit.db`: change any and the model is
+    scanned again.
     """
 
     data: str = "mnist5k"
     arch: str | None = None
-    method: str = "neural_cleanse"
+    methods: tuple[str, ...] | None = None
+    fpr: float = 0.05
+    statistic: str = "robust"
+    calibration: str = "auto"
+    reference_models: int = 4
     epochs: int | None = None
     steps_per_epoch: int | None = None
+    steps: int | None = None
     clean_fraction: float = 0.05
     threshold: float | None = None
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+        for name in ("epochs", "steps_per_epoch", "steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if not 0 < self.clean_fraction <= 1:
             raise ValueError(f"clean_fraction must lie in (0, 1], got {self.clean_fraction}")
+        if not 0 < self.fpr < 1:
+            raise ValueError(f"fpr must lie in (0, 1), got {self.fpr}")
+        if self.methods is None:  # resolved here, so the digest names the methods actually run
+            from poisonguard.detect.verdict import DEFAULT_METHODS
+
+            object.__setattr__(self, "methods", tuple(DEFAULT_METHODS))
+        else:
+            object.__setattr__(self, "methods", tuple(self.methods))
+
+    def scan_plan(self):
+        """The `detect.scan.ScanPlan` these settings ask for (the per-method budget options included)."""
+        from poisonguard.detect.cli import detector_options
+        from poisonguard.detect.scan import ScanPlan
+
+        options = detector_options(list(self.methods), threshold=self.threshold, epochs=self.epochs, steps=self.steps,
+                                   steps_per_epoch=self.steps_per_epoch)
+        return ScanPlan(methods=self.methods, fpr=self.fpr, statistic=self.statistic, calibration=self.calibration,
+                        reference_models=self.reference_models, seed=self.seed, device=self.device, options=options)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -60,13 +60,17 @@ def dmad_anomaly_index(values) -> torch.Tensor:
     """
     v = _as_vector(values)
     med = _median(v)
+    mad = _lower_half_scale(v, med)
+    if mad <= 0:
+        return torch.zeros_like(v)
+    return ((med - v) / mad).clamp_min(0)
+
+
+def _lower_half_scale(v: torch.Tensor, med: torch.Tensor) -> torch.Tensor:
+    """The consistency-scaled MAD of the values at or below the median (their mean deviation when that is 0)."""
     lower = v[v <= med]
     mad = CONSISTENCY * _median((lower - med).abs())
-    if mad <= 0:
-        mad = CONSISTENCY * (lower - med).abs().mean()
-        if mad <= 0:
-            return torch.zeros_like(v)
-    return ((med - v) / mad).clamp_min(0)
+    return mad if mad > 0 else CONSISTENCY * (lower - med).abs().mean()
 
 
 def flag_small(values, index: torch.Tensor, threshold: float = THRESHOLD) -> list[int]:
@@ -119,11 +123,8 @@ def log_lower_mad_index(values, reference=None, *, signed: bool = False) -> torc
             raise ValueError(f"reference has {ref.numel()} classes, the sizes {v.numel()}")
         v = v - ref
     med = _median(v)
-    lower = v[v <= med]
-    mad = CONSISTENCY * _median((lower - med).abs())
+    mad = _lower_half_scale(v, med)
     if mad <= 0:
-        mad = CONSISTENCY * (lower - med).abs().mean()
-        if mad <= 0:
-            return torch.zeros_like(v)
+        return torch.zeros_like(v)
     index = (med - v) / mad
     return index if signed else index.clamp_min(0)

@@ -18,6 +18,8 @@ as JSON under the user cache directory, keyed by a hash of them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -33,7 +35,7 @@ from poisonguard.detect.anomaly import log_lower_mad_index, reference_index
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: reference_contrast restarts (a cached null must match the statistic it judges)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,23 @@ def reference_architecture(loaded_meta: dict | None, input_shape) -> tuple[str, 
                      "cannot be rebuilt from its file)")
 
 
+def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: float, seed: int = 0,
+                  device: str = "auto", options: dict | None = None, data_id: str = "",
+                  models=None) -> tuple[Calibration, dict]:
+    """The calibration `scan` (and each audit worker) uses for a loaded suspect, and its report block.
+
+    The references are the suspect's own architecture where its file names a built-in one,
+    else the built-in for the data's shape (`reference_architecture`); the block adds the
+    leave-one-out check of the stated rate to the calibration's summary. `models`: the
+    references `train_references` gives for these settings, when the caller has them already.
+    """
+    arch, source = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, input_shape)
+    cal = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=n_models, seed=seed,
+                    device=device, options=options, data_id=data_id, models=models)
+    flagged, n, ci = loo_false_positives(cal, fpr)
+    return cal, {**cal.summary(), "leave_one_out_flagged": flagged, "leave_one_out_fpr_ci": list(ci)}
+
+
 def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 4, epochs: int = 30,
               seed: int = 0, device: str = "auto", options: dict | None = None, data_id: str = "",
               use_cache: bool = True, models=None) -> Calibration:
@@ -149,26 +168,48 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
                 "seed": seed, "options": options or {}}
     key = settings_key(settings)
     path = cache_path(key)
-    if use_cache and path.is_file():
-        try:
-            cal = Calibration.from_json(path.read_text())
-            log.info("calibration %s read from %s", key, path)
-            return cal
-        except (ValueError, TypeError, KeyError):
-            log.warning("ignoring an unreadable calibration cache file %s", path)
-    start = time.perf_counter()
-    if models is None:
-        models = train_references(data, architecture=architecture, n_models=n_models, epochs=epochs, seed=seed,
-                                  device=device)
-    cal = calibrate_from_models(models, data, architecture=architecture, source=source, methods=methods, seed=seed,
-                                device=device, options=options, start=start)
-    cal = replace(cal, key=key, settings=settings)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not use_cache:
+        return _train_and_fit(data, settings, key, seed=seed, device=device, source=source, models=models)
+    # The key holds every setting that changes the numbers; the sentence saying where the
+    # references came from is this suspect's own (a state dict and an ONNX file of one
+    # architecture share the references, but only one of them names it).
+    cached = _read_cached(path)
+    if cached is not None:
+        return replace(cached, source=source)
+    # Parallel scans of one architecture and data (audit workers) compute it once: the others
+    # wait on the lock, then read what the first one wrote.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.with_suffix(".lock")):
+        cached = _read_cached(path)
+        if cached is not None:
+            return replace(cached, source=source)
+        cal = _train_and_fit(data, settings, key, seed=seed, device=device, source=source, models=models)
         from poisonguard.utils import atomic_write_text
 
         atomic_write_text(path, cal.to_json())
     return cal
+
+
+def _read_cached(path: Path) -> "Calibration | None":
+    if not path.is_file():
+        return None
+    try:
+        cal = Calibration.from_json(path.read_text())
+    except (ValueError, TypeError, KeyError):
+        log.warning("ignoring an unreadable calibration cache file %s", path)
+        return None
+    log.info("calibration %s read from %s", cal.key, path)
+    return cal
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def train_references(data, *, architecture: str, n_models: int, epochs: int = 30, seed: int = 0, device: str = "auto"):
@@ -182,6 +223,18 @@ def train_references(data, *, architecture: str, n_models: int, epochs: int = 30
         model = build_model(architecture, num_classes=data.num_classes, input_shape=data.input_shape, seed=ref_seed)
         models.append(fit(model, data, epochs=epochs, batch_size=64, seed=ref_seed, device=device))
     return models
+
+
+def _train_and_fit(data, settings: dict[str, Any], key: str, *, seed: int, device: str, source: str,
+                   models=None) -> Calibration:
+    architecture, n_models, epochs = settings["architecture"], settings["n_models"], settings["epochs"]
+    start = time.perf_counter()
+    if models is None:
+        models = train_references(data, architecture=architecture, n_models=n_models, epochs=epochs, seed=seed,
+                                  device=device)
+    cal = calibrate_from_models(models, data, architecture=architecture, source=source, methods=settings["methods"],
+                                seed=seed, device=device, options=settings["options"], start=start)
+    return replace(cal, key=key, settings=settings)
 
 
 def calibrate_from_models(models, data, *, architecture: str, source: str, methods, seed: int = 0,

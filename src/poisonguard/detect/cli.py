@@ -13,6 +13,7 @@ TABLE_CLEAN_FRACTION = 0.25  # a table's references train on the clean part: 5% 
 TABLE_REFERENCES = 8  # an MLP trains in seconds; a two-class null needs a per-class spread
 
 
+
 def __getattr__(name: str):
     """`DEFAULT_METHODS`: what `scan` runs without --method (the verdict's set; `poisonguard.scan` follows it).
 
@@ -26,10 +27,26 @@ def __getattr__(name: str):
 
 
 def add_commands(sub) -> None:
-    from poisonguard.cli.options import add_common, add_model, positive_float, positive_int, probability
+    from poisonguard.cli.options import add_common, add_model, positive_int
+
     p = sub.add_parser("scan", help="is this model backdoored? one calibrated verdict from several trigger-inversion methods")
     add_model(p)
     p.add_argument("--data", required=True, help="clean data: mnist5k, cifar10, a path ... or 'none' (data-free: uncalibrated, data-free methods only)")
+    add_verdict_options(p)
+    p.add_argument("--exit-zero", action="store_true", help="exit 0 even when a backdoor is found")
+    add_budget_options(p)
+    p.add_argument("--prune-after", type=positive_int, default=None, help="drop the least promising classes after this many epochs (faster; may add false flags, since pruned classes keep unfinished masks)")
+    p.add_argument("--input-shape", default=None, help="C,H,W for --data none when the model has no metadata.json")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="class count for --data none without metadata.json")
+    p.add_argument("--out", required=True, help="folder for report.json, report.html, trigger_<class>.npz")
+    add_common(p)
+    p.set_defaults(func=cmd_scan)
+
+
+def add_verdict_options(p) -> None:
+    """What the verdict rests on (`scan` and `audit` share them)."""
+    from poisonguard.cli.options import positive_int, probability
+
     p.add_argument("--method", default=None,
                    help="comma-separated: neural-cleanse, tabor, deepinspect, feature-re "
                         "(default: the verdict's set neural-cleanse,deepinspect,feature-re)")
@@ -40,7 +57,12 @@ def add_commands(sub) -> None:
                    help="auto: calibrate on clean reference models trained from --data (cached); none: uncalibrated")
     p.add_argument("--reference-models", type=positive_int, default=None,
                    help="clean reference models for calibration (default 4; 8 for a table, where they are cheap)")
-    p.add_argument("--exit-zero", action="store_true", help="exit 0 even when a backdoor is found")
+
+
+def add_budget_options(p) -> None:
+    """The scan's budget per model (`scan` and `audit` share them)."""
+    from poisonguard.cli.options import positive_float, positive_int, probability
+
     p.add_argument("--clean-fraction", type=probability, default=None,
                    help="share of the training part used as clean data (default 0.05; 0.25 for a table, whose "
                         "reference models train on it)")
@@ -48,12 +70,13 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect / feature-re")
     p.add_argument("--threshold", type=positive_float, default=None,
                    help="--statistic paper: anomaly index above which a class is flagged (default 2, the papers' ~95%% level)")
-    p.add_argument("--prune-after", type=positive_int, default=None, help="drop the least promising classes after this many epochs (faster; may add false flags, since pruned classes keep unfinished masks)")
-    p.add_argument("--input-shape", default=None, help="C,H,W for --data none when the model has no metadata.json")
-    p.add_argument("--num-classes", type=positive_int, default=None, help="class count for --data none without metadata.json")
-    p.add_argument("--out", required=True, help="folder for report.json, report.html, trigger_<class>.npz")
-    add_common(p)
-    p.set_defaults(func=cmd_scan)
+
+
+def methods_option(text: str | None) -> list[str]:
+    """--method as registry names; None: the verdict's default set."""
+    from poisonguard.detect.verdict import DEFAULT_METHODS
+
+    return list(DEFAULT_METHODS) if text is None else _methods(text)
 
 
 def _methods(text: str) -> list[str]:
@@ -81,42 +104,37 @@ def _shape(text: str | None):
     return check_input_shape(shape, "--input-shape")
 
 
-def detector_options(names: list[str], args) -> dict[str, dict]:
-    """Per-method keyword options from the command line."""
+def detector_options(names: list[str], *, threshold: float | None = None, epochs: int | None = None,
+                     prune_after: int | None = None, steps: int | None = None,
+                     steps_per_epoch: int | None = None) -> dict[str, dict]:
+    """Per-method keyword options: each method gets only the budget options it takes."""
     options: dict[str, dict] = {}
     for name in names:
         o = {}
-        if args.threshold is not None:
-            o["threshold"] = args.threshold
+        if threshold is not None:
+            o["threshold"] = threshold
         if name in ("neural_cleanse", "tabor"):
-            if args.epochs:
-                o["epochs"] = args.epochs
-            if args.prune_after:
-                o["prune_after"] = args.prune_after
-        elif name in ("deepinspect", "feature_re") and args.steps:
-            o["steps"] = args.steps
+            o.update({k: v for k, v in (("epochs", epochs), ("prune_after", prune_after),
+                                         ("steps_per_epoch", steps_per_epoch)) if v})
+        elif name in ("deepinspect", "feature_re") and steps:
+            o["steps"] = steps
         options[name] = o
     return options
 
 
 def cmd_scan(args) -> int:
-    from poisonguard.cli import text
-
-    if text.wants_text(args):
-        return text.scan(args)
     from poisonguard.cli.inputs import check_input_shape, check_num_classes, data_inputs, guard_out, load_checked_model, load_splits, model_inputs
     from poisonguard.data import per_class_subset
     from poisonguard.detect import DETECTORS
-    from poisonguard.detect.calibration import calibrate, loo_false_positives, reference_architecture
-    from poisonguard.detect.report import add_to_report, add_verdict, write_triggers
-    from poisonguard.detect.verdict import DEFAULT_METHODS, scan_verdict
+    from poisonguard.detect.report import write_triggers
+    from poisonguard.detect.scan import ScanPlan, scan_into_report
     from poisonguard.errors import EXIT_FINDING, EXIT_OK
     from poisonguard.models import load_model
     from poisonguard.report import Report
 
     out = guard_out(args.out, command="scan", force=args.force,
                     inputs=[*model_inputs(args.model), *(() if args.data.strip().lower() == "none" else data_inputs(args.data))])
-    methods = _methods(args.method) if args.method is not None else list(DEFAULT_METHODS)
+    methods = methods_option(args.method)
     _shape(args.input_shape)  # a typo or a 30000x30000 shape fails before the model is read
     data_free = args.data.strip().lower() == "none"
     report = Report("scan")
@@ -136,53 +154,32 @@ def cmd_scan(args) -> int:
         shape = check_input_shape(shape, "--data none: the input shape")
         if k is not None:
             k = check_num_classes(k, "--data none: the number of classes")
-        model, clean, classes, examples = loaded.model, None, loaded.classes, None
+        clean, classes, examples = None, loaded.classes, None
         info = {"path": args.model, "sha256": loaded.sha256, "num_classes": k, "input_shape": list(shape),
                 "format": loaded.format, "architecture": loaded.metadata.get("architecture")}
     else:
         splits = load_splits(args.data, args.seed)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
-        model, shape, k, classes = loaded.model, splits.input_shape, splits.num_classes, list(splits.classes)
-        if args.clean_fraction is None:
-            args.clean_fraction = TABLE_CLEAN_FRACTION if splits.kind == "tabular" else 0.05
-        if args.reference_models is None:
-            args.reference_models = TABLE_REFERENCES if splits.kind == "tabular" else 4
-        if splits.kind == "tabular" and args.method is None:
-            from poisonguard.detect.verdict import TABULAR_METHODS
+        shape, k, classes = splits.input_shape, splits.num_classes, list(splits.classes)
+        if splits.kind == "tabular":
+            args.clean_fraction = args.clean_fraction or TABLE_CLEAN_FRACTION
+            args.reference_models = args.reference_models or TABLE_REFERENCES
+            if args.method is None:
+                from poisonguard.detect.verdict import TABULAR_METHODS
 
-            methods = list(TABULAR_METHODS)
-        clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=args.seed)
+                methods = list(TABULAR_METHODS)
+        clean = per_class_subset(splits.train, fraction=args.clean_fraction or 0.05, seed=args.seed)
         examples = splits.test.x[: max(k, 1)]
     report.set("model", info)
-    options = detector_options(methods, args)
-    calibration, references = None, None
-    if clean is not None and args.calibration == "auto" and args.statistic == "robust":
-        arch, source = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, shape)
-        if any(getattr(DETECTORS.get(m), "needs_references", False) for m in methods):
-            from poisonguard.detect.calibration import train_references
-
-            references = train_references(clean, architecture=arch, n_models=args.reference_models, seed=args.seed,
-                                          device=args.device)
-        calibration = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=args.reference_models,
-                                seed=args.seed, device=args.device, options=options, models=references,
-                                data_id=f"{args.data}:{args.clean_fraction}:{args.seed}")
-        flagged, n, ci = loo_false_positives(calibration, args.fpr)
-        report.set("calibration", {**calibration.summary(), "leave_one_out_flagged": flagged,
-                                   "leave_one_out_fpr_ci": list(ci)})
-    skipped = []
-    verdict = scan_verdict(
-        model, clean, methods=methods, fpr=args.fpr, statistic=args.statistic, calibration=calibration, seed=args.seed,
-        device=args.device, input_shape=shape, num_classes=k, options=options, classes=classes,
-        data_info={"clean_fraction": None if clean is None else args.clean_fraction, "data": args.data},
-        on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}), references=references)
-    detections = list(verdict.detections)
-    report.set("scan", {"methods": [d.method for d in detections], "skipped": skipped, "data": args.data,
-                        "clean_images": 0 if clean is None else len(clean),
-                        "clean_fraction": None if clean is None else args.clean_fraction, "seed": args.seed})
-    add_verdict(report, verdict, classes)
+    options = detector_options(methods, threshold=args.threshold, epochs=args.epochs, prune_after=args.prune_after,
+                               steps=args.steps)
+    plan = ScanPlan(methods=tuple(methods), fpr=args.fpr, statistic=args.statistic, calibration=args.calibration,
+                    reference_models=args.reference_models or 4, seed=args.seed, device=args.device, options=options)
+    verdict = scan_into_report(report, loaded, clean, plan, input_shape=shape, num_classes=k, classes=classes,
+                               examples=examples, data_label=args.data,
+                               clean_fraction=None if clean is None else args.clean_fraction or 0.05)
     summary, taken = [], set()
-    for order, det in enumerate(detections):
-        add_to_report(report, det, examples, classes, order=20 + order, verdict=verdict)
+    for det in verdict.detections:
         flagged_here = [e["class"] for e in verdict.method_rows(det.method) if e["flagged"]]
         triggers = write_triggers(det, out, taken=taken, classes=flagged_here)
         summary.append({"method": det.method, "flagged_classes": flagged_here, "seconds": det.seconds,

@@ -35,6 +35,7 @@ each feature's observed range). Two-class models are judged by the calibrated ve
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,7 @@ class ReferenceContrast:
     """Trigger inversion contrasted with clean reference models (see the module docstring).
 
     Keyword-only hyperparameters: `weight` (lambda, 2.0), `max_reference_success` (0.5),
+    `restarts` (2: inversions from different random starts, each class keeping its smallest),
     `threshold` (2.0, the MAD rule used for 3+ classes without calibration), `seed`, `device`,
     and `InversionConfig`'s.
     """
@@ -86,8 +88,10 @@ class ReferenceContrast:
     needs_references = True
     kinds = ("image", "tabular")
 
-    def __init__(self, *, weight: float = 2.0, max_reference_success: float = 0.5, threshold: float = THRESHOLD,
-                 seed: int = 0, device: str = "auto", **inversion) -> None:
+    def __init__(self, *, weight: float = 2.0, max_reference_success: float = 0.5, restarts: int = 2,
+                 threshold: float = THRESHOLD, seed: int = 0, device: str = "auto", **inversion) -> None:
+        check_number("restarts", restarts, low=1, integer=True)
+        self.restarts = int(restarts)
         check_number("weight", weight, low=0)
         check_number("max_reference_success", max_reference_success, low=0, high=1)
         self.max_reference_success = float(max_reference_success)
@@ -110,14 +114,18 @@ class ReferenceContrast:
         refs = [frozen_copy(r, device) for r in references]
         bounds = input_bounds(data) if data.kind == "tabular" else None
         unit = tuple(t.to(device) for t in bounds) if bounds is not None else None
-        inv = invert_triggers(frozen, data.x, data.y, targets=targets, num_classes=num_classes, config=self.config,
-                              extra_loss=reference_loss(refs, self.weight, unit), seed=self.seed, device=device,
-                              bounds=bounds)
-        check_finite(self.name, inv.masks, inv.patterns)
-        moved = _reference_success(refs, data, inv, device)
-        followed = torch.tensor(moved) > self.max_reference_success
-        full = float(inv.masks[0].numel())
-        sizes = torch.where(followed, torch.full_like(inv.mask_l1, full), inv.mask_l1)
+        best = None
+        for r in range(self.restarts):  # the contrastive objective has local minima: keep each class's smallest
+            inv = invert_triggers(frozen, data.x, data.y, targets=targets, num_classes=num_classes, config=self.config,
+                                  extra_loss=reference_loss(refs, self.weight, unit), seed=self.seed + 1000 * r,
+                                  device=device, bounds=bounds)
+            check_finite(self.name, inv.masks, inv.patterns)
+            moved = torch.tensor(_reference_success(refs, data, inv, device))
+            followed = moved > self.max_reference_success
+            sizes = torch.where(followed, torch.full_like(inv.mask_l1, float(inv.masks[0].numel())), inv.mask_l1)
+            run = {"inv": inv, "moved": moved, "followed": followed, "sizes": sizes}
+            best = run if best is None else _keep_smaller(best, run)
+        inv, moved, followed, sizes = best["inv"], best["moved"].tolist(), best["followed"], best["sizes"]
         if num_classes >= 3:
             index = mad_anomaly_index(sizes)
             flagged = [inv.targets[i] for i in flag_small(sizes, index, self.threshold)]
@@ -134,6 +142,18 @@ class ReferenceContrast:
                    "statistic": "mask L1 norm of the trigger that moves the suspect but not the references",
                    "chunk_classes": inv.extra["chunk_classes"]},
         )
+
+
+def _keep_smaller(a: dict, b: dict) -> dict:
+    """Per class, the run with the smaller size (masks, patterns and numbers taken together)."""
+    take = b["sizes"] < a["sizes"]
+    ia, ib = a["inv"], b["inv"]
+    pick = lambda u, v: torch.where(take.view(-1, *([1] * (u.ndim - 1))).to(u.device), v, u)  # noqa: E731
+    inv = replace(ia, masks=pick(ia.masks, ib.masks), patterns=pick(ia.patterns, ib.patterns),
+                  mask_l1=pick(ia.mask_l1, ib.mask_l1), attack_success=pick(ia.attack_success, ib.attack_success),
+                  found=pick(ia.found, ib.found), epochs=pick(ia.epochs, ib.epochs))
+    return {"inv": inv, "moved": pick(a["moved"], b["moved"]), "followed": pick(a["followed"], b["followed"]),
+            "sizes": pick(a["sizes"], b["sizes"])}
 
 
 @torch.no_grad()

@@ -279,6 +279,18 @@ def _finetune_once(model, data, *, epochs, lr, batch_size, generator, device, op
     return None if losses and losses[-1] > stop_above else losses
 
 
+def set_optimiser(repairer: Any, *, epochs: int, lr: float, batch_size: int, optimizer: str, weight_decay: float,
+                  allow_zero_epochs: bool = False) -> None:
+    """Check and store the fine-tuning optimiser settings every repairer takes."""
+    check_positive("epochs", epochs, integer=True, allow_zero=allow_zero_epochs)
+    check_positive("lr", lr)
+    check_positive("batch_size", batch_size, integer=True)
+    check_choice("optimizer", optimizer, ("sgd", "adam"))
+    check_positive("weight_decay", weight_decay, allow_zero=True)
+    repairer.epochs, repairer.lr, repairer.batch_size = epochs, lr, batch_size
+    repairer.optimizer, repairer.weight_decay = optimizer, weight_decay
+
+
 def set_finetune_aids(repairer: Any, *, shift: int, distill: float, temperature: float, warmup_epochs: float,
                       clip_norm: float) -> None:
     """Check and store the fine-tuning aids the trigger-agnostic repairers share (see `finetune`,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonguard.repair.base import (
-    Context, Repairer, Teacher, check_choice, check_positive, cosine, finetune, register_repairer,
+    Context, Repairer, Teacher, check_positive, cosine, finetune, register_repairer, set_optimiser,
 )
 
 
@@ -61,16 +61,11 @@ class Distillation(Repairer):
     def __init__(self, *, epochs: int = 60, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
                  weight_decay: float = 5e-4, temperature: float = 4.0, alpha: float = 0.9, seed: int = 0,
                  device: str = "auto") -> None:
-        check_positive("epochs", epochs, integer=True)
-        check_positive("lr", lr)
-        check_positive("batch_size", batch_size, integer=True)
-        check_choice("optimizer", optimizer, ("sgd", "adam"))
-        check_positive("weight_decay", weight_decay, allow_zero=True)
+        set_optimiser(self, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay)
         check_positive("temperature", temperature)
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
-        self.epochs, self.lr, self.batch_size, self.optimizer = epochs, lr, batch_size, optimizer
-        self.weight_decay, self.temperature, self.alpha = weight_decay, temperature, alpha
+        self.temperature, self.alpha = temperature, alpha
         self.seed, self.device = seed, device
 
     def _run(self, ctx: Context) -> dict[str, Any]:

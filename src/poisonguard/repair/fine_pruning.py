@@ -19,9 +19,8 @@ from torch import nn
 from poisonguard.errors import UserError
 from poisonguard.metrics import accuracy, attack_success_or_none
 from poisonguard.repair.base import (
-    set_finetune_aids,
-    Context, Repairer, Teacher, check_choice, check_fraction, check_positive, cosine, execution_order,
-    finetune, named_layers, register_repairer, shifter,
+    Context, Repairer, Teacher, check_fraction, check_positive, cosine, execution_order, finetune, named_layers,
+    register_repairer, set_finetune_aids, set_optimiser, shifter,
 )
 from poisonguard.utils import batches
 
@@ -144,16 +143,12 @@ class FinePruning(Repairer):
         check_fraction("max_accuracy_drop", max_accuracy_drop)
         check_fraction("max_prune_fraction", max_prune_fraction)
         check_positive("prune_step", prune_step, integer=True, allow_zero=True)
-        check_positive("epochs", epochs, integer=True, allow_zero=True)
-        check_positive("lr", lr)
-        check_positive("batch_size", batch_size, integer=True)
-        check_choice("optimizer", optimizer, ("sgd", "adam"))
-        check_positive("weight_decay", weight_decay, allow_zero=True)
+        set_optimiser(self, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
+                      allow_zero_epochs=True)
         set_finetune_aids(self, shift=shift, distill=distill, temperature=temperature,
                           warmup_epochs=warmup_epochs, clip_norm=clip_norm)
         self.max_accuracy_drop, self.max_prune_fraction, self.prune_step = max_accuracy_drop, max_prune_fraction, prune_step
-        self.layer, self.epochs, self.lr, self.batch_size = layer, epochs, lr, batch_size
-        self.optimizer, self.weight_decay, self.seed, self.device = optimizer, weight_decay, seed, device
+        self.layer, self.seed, self.device = layer, seed, device
 
     def _run(self, ctx: Context) -> dict[str, Any]:
         model, clean = ctx.model, ctx.clean

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonguard.repair.base import (
-    set_finetune_aids,
-    Context, Repairer, Teacher, check_choice, check_positive, finetune, register_repairer, shifter,
+    Context, Repairer, Teacher, check_positive, finetune, register_repairer, set_finetune_aids, set_optimiser,
+    shifter,
 )
 from poisonguard.train import predict
 from poisonguard.utils import batches
@@ -100,20 +100,16 @@ class Refit(Repairer):
                  optimizer: str = "sgd", weight_decay: float = 5e-4, shift: int = 1, distill: float = 1.0,
                  temperature: float = 2.0, warmup_epochs: float = 1.0, clip_norm: float = 5.0, seed: int = 0,
                  device: str = "auto") -> None:
-        check_positive("epochs", epochs, integer=True)
-        check_positive("lr", lr)
+        set_optimiser(self, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay)
         check_positive("decay_every", decay_every, integer=True)
         check_positive("gamma", gamma)
         check_positive("ewc_lambda", ewc_lambda, allow_zero=True)
         check_positive("fisher_samples", fisher_samples, integer=True)
-        check_positive("batch_size", batch_size, integer=True)
-        check_choice("optimizer", optimizer, ("sgd", "adam"))
-        check_positive("weight_decay", weight_decay, allow_zero=True)
         set_finetune_aids(self, shift=shift, distill=distill, temperature=temperature,
                           warmup_epochs=warmup_epochs, clip_norm=clip_norm)
-        self.epochs, self.lr, self.decay_every, self.gamma = epochs, lr, decay_every, gamma
+        self.decay_every, self.gamma = decay_every, gamma
         self.ewc_lambda, self.fisher_samples, self.pseudo_label = ewc_lambda, fisher_samples, bool(pseudo_label)
-        self.batch_size, self.optimizer, self.weight_decay, self.seed, self.device = batch_size, optimizer, weight_decay, seed, device
+        self.seed, self.device = seed, device
 
     def _run(self, ctx: Context) -> dict[str, Any]:
         model, clean = ctx.model, ctx.clean

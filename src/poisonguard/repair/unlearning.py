@@ -24,7 +24,8 @@ from poisonguard.attacks.triggers import PatchTrigger, attack_eligible
 from poisonguard.errors import UserError
 from poisonguard.metrics import accuracy, worst_attack_success
 from poisonguard.repair.base import (
-    Context, Repairer, check_choice, check_fraction, check_positive, cosine, finetune, last_linear, register_repairer,
+    Context, Repairer, check_choice, check_fraction, check_positive, cosine, finetune, last_linear,
+    register_repairer, set_optimiser,
 )
 from poisonguard.results import Detection
 from poisonguard.utils import batches
@@ -119,11 +120,7 @@ class Unlearning(Repairer):
                 raise ValueError("unlearning needs single-target triggers, not all-to-all")
         check_choice("triggers_source", triggers_source, ("given", "scan"))
         check_fraction("stamp_share", stamp_share, allow_zero=False)
-        check_positive("epochs", epochs, integer=True)
-        check_positive("lr", lr)
-        check_positive("batch_size", batch_size, integer=True)
-        check_choice("optimizer", optimizer, ("sgd", "adam"))
-        check_positive("weight_decay", weight_decay, allow_zero=True)
+        set_optimiser(self, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay)
         check_fraction("max_accuracy_drop", max_accuracy_drop)
         check_fraction("stop_rate", stop_rate)
         check_positive("prune_step", prune_step, integer=True, allow_zero=True)
@@ -131,7 +128,6 @@ class Unlearning(Repairer):
         check_fraction("filter_fpr", filter_fpr, allow_zero=False)
         check_positive("reverse_epochs", reverse_epochs, integer=True)
         self.mode, self.triggers, self.triggers_source, self.stamp_share = mode, triggers, triggers_source, stamp_share
-        self.epochs, self.lr, self.batch_size, self.optimizer, self.weight_decay = epochs, lr, batch_size, optimizer, weight_decay
         self.max_accuracy_drop, self.stop_rate, self.prune_step = max_accuracy_drop, stop_rate, prune_step
         self.filter_fraction, self.filter_fpr, self.reverse_epochs = filter_fraction, filter_fpr, reverse_epochs
         self.seed, self.device = seed, device

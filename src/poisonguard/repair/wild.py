@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonguard.repair.base import (
-    set_finetune_aids,
-    Context, Repairer, Teacher, check_choice, check_fraction, check_positive, cosine, finetune, last_linear,
-    register_repairer, shifter,
+    Context, Repairer, Teacher, check_fraction, check_positive, cosine, finetune, last_linear, register_repairer,
+    set_finetune_aids, set_optimiser, shifter,
 )
 
 
@@ -127,18 +126,13 @@ class Wild(Repairer):
                  weight_decay: float = 5e-4, erase_p: float = 1.0, noise_sigma: float = 0.1, align_weight: float = 1.0,
                  clean_weight: float = 1.0, shift: int = 1, distill: float = 1.0, temperature: float = 2.0,
                  warmup_epochs: float = 1.0, clip_norm: float = 5.0, seed: int = 0, device: str = "auto") -> None:
-        check_positive("epochs", epochs, integer=True)
-        check_positive("lr", lr)
-        check_positive("batch_size", batch_size, integer=True)
-        check_choice("optimizer", optimizer, ("sgd", "adam"))
-        check_positive("weight_decay", weight_decay, allow_zero=True)
+        set_optimiser(self, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay)
         check_fraction("erase_p", erase_p)
         check_positive("noise_sigma", noise_sigma, allow_zero=True)
         check_positive("align_weight", align_weight, allow_zero=True)
         check_positive("clean_weight", clean_weight, allow_zero=True)
         set_finetune_aids(self, shift=shift, distill=distill, temperature=temperature,
                           warmup_epochs=warmup_epochs, clip_norm=clip_norm)
-        self.epochs, self.lr, self.batch_size, self.optimizer, self.weight_decay = epochs, lr, batch_size, optimizer, weight_decay
         self.erase_p, self.noise_sigma, self.align_weight, self.clean_weight = erase_p, noise_sigma, align_weight, clean_weight
         self.seed, self.device = seed, device
 

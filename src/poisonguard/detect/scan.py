@@ -1,0 +1,85 @@
+"""One scan of one loaded model into a report: calibration, the verdict, each method's section.
+
+`poisonguard scan` and each `poisonguard audit` worker call `scan_into_report`, so a model
+audited in a zoo gets the same verdict, calibrated the same way, as the model scanned alone.
+The caller loads the model and data (and writes trigger files, where it keeps them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from poisonguard.detect.verdict import DEFAULT_METHODS, Verdict
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """What the verdict depends on besides the model and data.
+
+    calibration: "auto" trains (or reads from the cache) `reference_models` clean references
+    on the clean data; "none" leaves the verdict uncalibrated (it says so). `options` are the
+    per-method constructor options (`detect.cli.detector_options`).
+    """
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    fpr: float = 0.05
+    statistic: str = "robust"
+    calibration: str = "auto"
+    reference_models: int = 4
+    seed: int = 0
+    device: str = "auto"
+    options: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.calibration not in ("auto", "none"):
+            raise ValueError(f"calibration must be 'auto' or 'none', got {self.calibration!r}")
+        if self.reference_models < 2:
+            raise ValueError(f"calibration needs at least 2 reference models, got {self.reference_models}")
+
+
+def _references(loaded, clean, input_shape, plan: ScanPlan):
+    """The clean references, trained once here when a method contrasts with them (reference_contrast);
+    calibration then fits its null on the same models. None when no method needs them."""
+    from poisonguard.detect import DETECTORS
+    from poisonguard.detect.calibration import reference_architecture, train_references
+
+    if not any(getattr(DETECTORS.get(m), "needs_references", False) for m in plan.methods):
+        return None
+    arch, _ = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, input_shape)
+    return train_references(clean, architecture=arch, n_models=plan.reference_models, seed=plan.seed,
+                            device=plan.device)
+
+
+def scan_into_report(report, loaded, clean, plan: ScanPlan, *, input_shape, num_classes, classes, examples,
+                     data_label: str, clean_fraction: float | None) -> Verdict:
+    """Scan `loaded.model` with `plan`; set the report's calibration, scan and verdict, add each method's section.
+
+    `clean` is the defender's clean ImageData, or None (data-free: uncalibrated, data-free methods).
+    Returns the Verdict; `verdict.detections` holds the Detections (masks, triggers).
+    """
+    from poisonguard.detect.calibration import calibrate_for
+    from poisonguard.detect.report import add_to_report, add_verdict
+    from poisonguard.detect.verdict import scan_verdict
+
+    methods = list(plan.methods)
+    calibration, references = None, None
+    if clean is not None and plan.calibration == "auto" and plan.statistic == "robust":
+        references = _references(loaded, clean, input_shape, plan)
+        calibration, block = calibrate_for(loaded, clean, input_shape, methods=methods, n_models=plan.reference_models,
+                                           fpr=plan.fpr, seed=plan.seed, device=plan.device, options=plan.options,
+                                           data_id=f"{data_label}:{clean_fraction}:{plan.seed}", models=references)
+        report.set("calibration", block)
+    skipped: list[dict[str, Any]] = []
+    verdict = scan_verdict(
+        loaded.model, clean, methods=methods, fpr=plan.fpr, statistic=plan.statistic, calibration=calibration,
+        seed=plan.seed, device=plan.device, input_shape=input_shape, num_classes=num_classes, options=plan.options,
+        classes=classes, data_info={"clean_fraction": None if clean is None else clean_fraction, "data": data_label},
+        on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}), references=references)
+    report.set("scan", {"methods": [d.method for d in verdict.detections], "skipped": skipped, "data": data_label,
+                        "clean_images": 0 if clean is None else len(clean),
+                        "clean_fraction": None if clean is None else clean_fraction, "seed": plan.seed})
+    add_verdict(report, verdict, classes)
+    for order, det in enumerate(verdict.detections):
+        add_to_report(report, det, examples, classes, order=20 + order, verdict=verdict)
+    return verdict
