@@ -69,6 +69,10 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
 
 
 def cmd_attack(args) -> int:
+    from poisonguard.cli import text
+
+    if text.wants_text(args):
+        return text.train_or_attack(args, command="attack", method=args.method)
     from poisonguard.report import Report
 
     out = guard_out(args.out, command="attack", force=args.force,
@@ -83,6 +87,10 @@ def cmd_attack(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from poisonguard.cli import text
+
+    if text.wants_text(args):
+        return text.train_or_attack(args, command="train", method=args.poison)
     from poisonguard.defenses import load_defenses
     from poisonguard.report import Report
 
@@ -110,6 +118,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from poisonguard.cli import text
+
+    if text.wants_text(args):
+        return text.evaluate(args)
     from poisonguard.train import evaluate
 
     out = None
@@ -249,7 +261,7 @@ def cmd_demo(args) -> int:
 def add_commands(sub) -> None:
     """Register attack, train, evaluate, checklist and demo on the top-level parser."""
     p = sub.add_parser("attack", help="train a model with a planted backdoor (to test defences on)")
-    p.add_argument("method", choices=["badnets", "blended", "wanet", "tabular-trigger", "label-flip"])
+    p.add_argument("method", choices=["badnets", "blended", "wanet", "tabular-trigger", "label-flip", "rare-word", "insert-sentence"])
     add_data(p)
     add_attack_options(p)
     add_fit_options(p)
@@ -259,7 +271,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("train", help="train a model, optionally on poisoned data and with a training-time defence")
     add_data(p)
-    p.add_argument("--poison", choices=["badnets", "blended", "wanet", "tabular-trigger", "label-flip"], default=None,
+    p.add_argument("--poison", choices=["badnets", "blended", "wanet", "tabular-trigger", "label-flip", "rare-word", "insert-sentence"], default=None,
                    help="poison the training data first")
     add_attack_options(p)
     add_fit_options(p)

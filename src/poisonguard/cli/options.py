@@ -50,7 +50,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="raise a resource limit for this run, e.g. max_pixels=100000000 (see README, Security); "
                              "also POISONGUARD_MAX_<NAME>")
     parser.add_argument("--label-column", default=None, metavar="NAME",
-                        help="for --data TABLE.csv|.parquet: the column that holds the labels")
+                        help="for --data TABLE.csv|.parquet or a text CSV: the column that holds the labels")
+    parser.add_argument("--text-column", default=None, metavar="NAME",
+                        help="for --data CORPUS.csv: the column that holds the texts (makes the data text)")
+    parser.add_argument("--tokenizer", default=None, metavar="FILE",
+                        help="text: a tokenizer JSON (default: built from the training texts, or the model's own)")
+    parser.add_argument("--embedding-layer", default=None, metavar="NAME",
+                        help="text: the name of the model's nn.Embedding (default: 'embedding' or its only one)")
 
 
 def add_data(parser: argparse.ArgumentParser, *, required: bool = True, allow_none: bool = False) -> None:
@@ -173,6 +179,10 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--source", type=int, default=None, help="label-flip: flip only this class")
     g.add_argument("--features", default=None, metavar="F1,F2,...",
                    help="tabular-trigger: the features to set (names or indices; default --trigger-size seeded numeric ones)")
+    g.add_argument("--trigger-words", default=None, metavar="W1,W2",
+                   help="rare-word: the inserted words (default cf, BadNL's rare word)")
+    g.add_argument("--trigger-sentence", default=None, help="insert-sentence: the inserted sentence")
+    g.add_argument("--insert-position", default="random", help="rare-word / insert-sentence: random, start, end or a word index")
     g.add_argument("--trigger-size", type=positive_int, default=3, help="tabular-trigger: how many features (default 3)")
     g.add_argument("--trigger-value", default="max", metavar="RULE|V1,V2,...",
                    help="tabular-trigger: max (default: each feature's observed maximum), min, mode (Tabdoor's), "

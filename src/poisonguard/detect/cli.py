@@ -123,6 +123,10 @@ def detector_options(names: list[str], *, threshold: float | None = None, epochs
 
 
 def cmd_scan(args) -> int:
+    from poisonguard.cli import text
+
+    if text.wants_text(args):
+        return text.scan(args)
     from poisonguard.cli.inputs import check_input_shape, check_num_classes, data_inputs, guard_out, load_checked_model, load_splits, model_inputs
     from poisonguard.data import per_class_subset
     from poisonguard.detect import DETECTORS
