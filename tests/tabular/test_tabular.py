@@ -155,11 +155,7 @@ def test_scan_verdict_finds_the_target_and_passes_the_clean_model(planted):
     from poisonguard.detect.verdict import scan_verdict
 
     clean = per_class_subset(planted["splits"].train, fraction=0.25, seed=0)
-    # One start per class: on this synthetic table (independent Gaussian features, the clean
-    # suspect trained on 4x the references' rows) the default second start also finds the
-    # clean model a 2.4-feature contrastive route, as small as the backdoor's 2.5
-    # (notes/issue-19.md); the real tables of the benchmark do not show this.
-    options = {"reference_contrast": {"restarts": 1}}
+    options = {}
     refs = train_references(clean, architecture="mlp", n_models=5, epochs=30, device="cpu")
     cal = calibrate_from_models(refs, clean, architecture="mlp", source="test", methods=["reference_contrast"],
                                 device="cpu", options=options)
