@@ -35,7 +35,7 @@ from poisonguard.detect.anomaly import log_lower_mad_index, reference_index
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # 2: reference_contrast restarts (a cached null must match the statistic it judges)
+VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class ReferenceContrast:
     """Trigger inversion contrasted with clean reference models (see the module docstring).
 
     Keyword-only hyperparameters: `weight` (lambda, 2.0), `max_reference_success` (0.5),
-    `restarts` (2: inversions from different random starts, each class keeping its smallest),
+    `restarts` (1: more inversions from other random starts, each class keeping its smallest),
     `threshold` (2.0, the MAD rule used for 3+ classes without calibration), `seed`, `device`,
     and `InversionConfig`'s.
     """
@@ -88,7 +88,7 @@ class ReferenceContrast:
     needs_references = True
     kinds = ("image", "tabular")
 
-    def __init__(self, *, weight: float = 2.0, max_reference_success: float = 0.5, restarts: int = 2,
+    def __init__(self, *, weight: float = 2.0, max_reference_success: float = 0.5, restarts: int = 1,
                  threshold: float = THRESHOLD, seed: int = 0, device: str = "auto", **inversion) -> None:
         check_number("restarts", restarts, low=1, integer=True)
         self.restarts = int(restarts)
