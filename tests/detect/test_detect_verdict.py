@@ -23,33 +23,52 @@ def _det(sizes, method="neural_cleanse", flagged=(), index=None, threshold=2.0) 
 
 
 def _clean_sizes(gen, n_models, class_effect, spread=0.25):
-    """Synthetic clean models: log size = the class's natural difficulty + model-to-model noise."""
-    return (class_effect + spread * torch.randn(n_models, len(class_effect), generator=gen, dtype=torch.float64)).exp()
+    """Synthetic clean models: log size = the class's natural difficulty + a per-model offset + per-class noise.
+
+    `spread` is one number or a (K,) tensor (classes whose inversion is noisier than others').
+    """
+    k = len(class_effect)
+    offset = 0.2 * torch.randn(n_models, 1, generator=gen, dtype=torch.float64)
+    return (class_effect + offset + spread * torch.randn(n_models, k, generator=gen, dtype=torch.float64)).exp()
 
 
 def test_calibration_reaches_its_fpr_on_clean_reference_models():
-    # Classes differ in natural difficulty (as digits do). Ten independent calibrations, each on
-    # 8 clean reference models, then 300 fresh clean models from the same family each: the
-    # false-positive rate averaged over calibrations lies near the stated 5% (the log-normal
-    # null of the largest index is an approximation: about 10% in this setting, recorded in
-    # notes/issue-16.md), while the uncalibrated prior, blind to the class effects, flags most.
-    from poisonguard.detect.anomaly import log_lower_mad_index
+    # Classes differ in natural difficulty (as digits do) and in how noisy their trigger size is
+    # from model to model. 30 independent calibrations, each on 4 clean reference models (the
+    # scan's default), judge 100 fresh clean models each. A calibration's false-positive rate
+    # varies with its references, so the interval is over calibrations (t interval of their
+    # mean rate), and the stated 5% must lie inside it. Version 1's log-normal null measured
+    # about 10% here; the uncalibrated prior, blind to the class effects, flags most models.
+    from poisonguard.detect.anomaly import lower_mad_index_rows
     from poisonguard.detect.verdict import DEFAULT_NULL, index_threshold
+    from scipy.stats import t
 
     gen = torch.Generator().manual_seed(1)
     effect = torch.tensor([4.0, 2.6, 4.2, 3.6, 4.1, 3.9, 4.3, 4.0, 3.5, 4.2], dtype=torch.float64)
+    spread = torch.linspace(0.12, 0.4, 10, dtype=torch.float64)
     rates = []
-    for _ in range(10):
-        null = fit_null(_clean_sizes(gen, 8, effect).tolist())
-        top = torch.stack([log_lower_mad_index(s, null["reference"]).max() for s in _clean_sizes(gen, 300, effect)])
-        rates.append(float((top > index_threshold(null, 0.05, 1)).float().mean()))
-    flagged = round(sum(rates) * 300)
-    low, high = clopper_pearson(flagged, 3000)
-    # Measured 9.6-11.8% (95% interval) at the stated 5% here: a recorded miss; the bound below
-    # guards against regressions, the 5% goal itself belongs to the benchmark.
-    assert 0.05 / 2.5 < low and high < 0.05 * 2.5
-    top = torch.stack([log_lower_mad_index(s).max() for s in _clean_sizes(gen, 300, effect)])
-    assert float((top > index_threshold(DEFAULT_NULL, 0.05, 1)).float().mean()) > 0.2
+    for _ in range(30):
+        null = fit_null(_clean_sizes(gen, 4, effect, spread).tolist())
+        fresh = _clean_sizes(gen, 100, effect, spread).log() - torch.tensor(null["reference"], dtype=torch.float64)
+        rates.append(float((lower_mad_index_rows(fresh).amax(1) > index_threshold(null, 0.05, 1)).double().mean()))
+    r = torch.tensor(rates, dtype=torch.float64)
+    half = float(t.ppf(0.975, len(r) - 1)) * float(r.std()) / len(r) ** 0.5
+    assert float(r.mean()) - half <= 0.05 <= float(r.mean()) + half, (float(r.mean()), half)
+    top = lower_mad_index_rows(_clean_sizes(gen, 300, effect, spread).log()).amax(1)
+    assert float((top > index_threshold(DEFAULT_NULL, 0.05, 1)).double().mean()) > 0.2
+
+
+def test_calibration_p_values_follow_the_simulated_null():
+    # The threshold is the (1 - fpr) quantile of the simulated largest index, and a class at the
+    # threshold gets p near fpr: the verdict's flag and its p-value say the same thing.
+    from poisonguard.detect.verdict import class_p_values, index_threshold
+
+    gen = torch.Generator().manual_seed(3)
+    null = fit_null(_clean_sizes(gen, 4, torch.full((10,), 4.0, dtype=torch.float64)).tolist())
+    thr = index_threshold(null, 0.05, 1)
+    p = class_p_values(torch.tensor([0.0, thr, 2 * thr]), null)
+    assert p[0] > 0.9 and abs(p[1] - 0.05) < 0.005 and p[2] < 0.01
+    assert index_threshold(null, 0.05, 2) > thr  # Bonferroni over two methods: a higher bar
 
 
 def test_calibrated_verdict_still_finds_a_small_target():

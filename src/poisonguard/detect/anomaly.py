@@ -128,3 +128,18 @@ def log_lower_mad_index(values, reference=None, *, signed: bool = False) -> torc
         return torch.zeros_like(v)
     index = (med - v) / mad
     return index if signed else index.clamp_min(0)
+
+
+def lower_mad_index_rows(values: torch.Tensor) -> torch.Tensor:
+    """`log_lower_mad_index(..., signed=True)` of every row of (N, K) values already in log space.
+
+    The same statistic, vectorised for the calibration's simulated null (thousands of
+    synthetic clean models at once). Rows whose lower-half MAD is zero get index 0.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.dim() != 2 or v.shape[1] < 3:
+        raise ValueError(f"expected (N, K >= 3) values, got shape {tuple(v.shape)}")
+    med = v.quantile(0.5, dim=1, keepdim=True)
+    dev = (med - v).where(v <= med, torch.full_like(v, float("nan")))
+    mad = CONSISTENCY * dev.nanquantile(0.5, dim=1, keepdim=True)
+    return torch.where(mad > 0, (med - v) / mad.clamp_min(1e-300), torch.zeros_like(v))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -31,11 +32,11 @@ from typing import Any
 
 import torch
 
-from poisonguard.detect.anomaly import log_lower_mad_index, reference_index
+from poisonguard.detect.anomaly import log_lower_mad_index, lower_mad_index_rows, reference_index
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 3  # 3: simulated null of the largest index (1-2: log-normal fit; 2 added two-class nulls)
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,54 @@ class Calibration:
         return cls(**json.loads(text))
 
 
+SIM_DRAWS = 20_000  # synthetic clean models per simulated null: p-values down to 5e-5
+SHRINK = 0.5  # weight of the pooled variance against a class's own: 1 = halfway
+
+
+def residual_scales(logs: torch.Tensor) -> list[float]:
+    """Per-class spread of clean log sizes across R references, each model's offset removed.
+
+    A reference whose masks are all 1.3x larger shifts every class alike, which the index
+    ignores (it subtracts the median); what is left is the class-by-class noise. With a few
+    references each class's spread is itself noisy, so it is shrunk toward the pooled one.
+    """
+    r = len(logs)
+    c = logs - logs.mean(0, keepdim=True)
+    c = c - c.median(1, keepdim=True).values
+    var = c.pow(2).sum(0) / max(r - 1, 1)
+    pooled = var.mean()
+    shrunk = (var + SHRINK * pooled) / (1 + SHRINK)
+    return [float(v) for v in (shrunk / pooled.clamp_min(1e-300)).sqrt()]  # relative: the index is scale-free
+
+
+@functools.lru_cache(maxsize=64)
+def simulated_maxima(scales: tuple[float, ...], n_refs: int, draws: int = SIM_DRAWS, seed: int = 0) -> torch.Tensor:
+    """Sorted largest index of `draws` synthetic clean models against the mean of `n_refs` references.
+
+    A clean suspect's log sizes minus the references' mean are, class by class,
+    scale_k * (e_0 - mean(e_1..e_R)) with independent normal e (the same law the references
+    show); the verdict's index is invariant to a common scale and offset, so the law of its
+    largest value depends only on the relative `scales` and R. It is the null of the
+    statistic itself, small-sample noise of the lower-half MAD included: the log-normal
+    fit of version 1 was too light in the tail (about 10% flagged at a stated 5%).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k = len(scales)
+    e = torch.randn(n_refs + 1, draws, k, generator=gen, dtype=torch.float64)
+    d = (e[0] - e[1:].mean(0)) * torch.tensor(scales, dtype=torch.float64)
+    return lower_mad_index_rows(d).amax(1).sort().values
+
+
 def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
     """Per-method null from the per-class sizes of R clean reference models ((R, K) lists).
 
-    Each reference's indices are computed against the mean log sizes of the others (leave
-    one out); the log of each reference's largest index gives mu (mean) and s (standard
-    deviation, floored by the verdict's MIN_S: a few references cannot show a narrower null).
+    `reference`: the mean log size per class (subtracted from the suspect's); `scales`: the
+    relative per-class spreads (`residual_scales`) from which the verdict simulates the law of
+    a clean model's largest index (`simulated_maxima`). `loo_index`: each reference's indices
+    against the mean of the others (the calibration's own false-positive check). `mu`, `s`:
+    mean and deviation of the log of those largest indices (a summary, shown in reports; the
+    verdict's log-normal null for two-class data, whose index is `reference_index` on the
+    per-class spread `reference_sd` instead).
     """
     logs = torch.tensor(sizes, dtype=torch.float64).clamp_min(1e-12).log()
     r = len(logs)
@@ -94,6 +137,8 @@ def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
             "loo_index": per_model, "sizes": [list(map(float, s)) for s in sizes]}
     if two_class:
         null["reference_sd"] = logs.std(0).tolist()
+    else:  # K >= 3: the simulated null of the lower-half MAD index
+        null.update(scales=residual_scales(logs), null="simulated")
     return null
 
 
@@ -268,6 +313,6 @@ def loo_false_positives(cal: Calibration, fpr: float) -> tuple[int, int, tuple[f
         hit = False
         for null in cal.methods.values():
             idx = null["loo_index"][i]
-            hit |= max(idx) > index_threshold(null, fpr, m)
+            hit |= max(idx) > index_threshold(null, fpr, m, n_refs=cal.n_models - 1)
         flagged += hit
     return flagged, cal.n_models, clopper_pearson(flagged, cal.n_models)

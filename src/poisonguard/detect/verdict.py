@@ -3,14 +3,16 @@
 Each detector reports a per-class trigger size (Neural Cleanse: mask L1; DeepInspect: the
 generated perturbation; FeatureRE: the feature-space mask). The verdict turns the sizes of
 one method into one-sided indices with `log_lower_mad_index` (large = a suspiciously small
-trigger). A clean model's largest index is modelled as log-normal, log(max) ~ N(mu, s),
-fitted on clean reference models (`calibration.py`); without references the priors
-`UNCALIBRATED_NULL` measured on the tuning zoo hold and the verdict says it is uncalibrated.
-
-A class is flagged when its index exceeds exp(mu + s' * q(1 - fpr / M)) for M methods
-(Bonferroni), with q the Student-t quantile of a prediction interval from R references
-(s' = s * sqrt(1 + 1/R); the normal quantile for the priors), the threshold every chart draws, so all methods together keep the stated
-false-positive rate `fpr`; the model is backdoored when any method flags a class, and the
+trigger). Calibrated on clean reference models (`calibration.py`), the null of a clean
+model's LARGEST index is simulated: the references give each class's mean log size (subtracted
+first) and its relative spread, and 20,000 synthetic clean models drawn from those spreads give
+the law of the statistic itself, small-sample noise of the MAD included (`simulated_maxima`).
+A class is flagged when its index exceeds that law's (1 - fpr / M) quantile for M methods
+(Bonferroni), the threshold every chart draws, so all methods together keep the stated
+false-positive rate `fpr`; its p-value is the Monte Carlo one. Without references the
+log-normal priors `UNCALIBRATED_NULL` (log max ~ N(mu, s), measured on the tuning zoo) hold,
+with the normal quantile, and the verdict says it is uncalibrated. The model is backdoored
+when any method flags a class, and the
 targets are the classes some method flags. `score` is 1 minus the combined p-value.
 
 `statistic="paper"` keeps each paper's own rule instead: the method's anomaly index against
@@ -60,11 +62,28 @@ DEFAULT_NULL = {"mu": 0.44, "s": 0.39}
 MIN_S = 0.25  # a handful of references cannot promise a tighter null than this
 
 
-def index_threshold(null: dict, fpr: float, n_methods: int) -> float:
-    """The index above which a class is flagged (what the charts draw): Bonferroni over methods."""
+def index_threshold(null: dict, fpr: float, n_methods: int, *, n_refs: int | None = None) -> float:
+    """The index above which a class is flagged (what the charts draw): Bonferroni over methods.
+
+    `n_refs`: judge against the mean of this many references instead of the null's own
+    (the calibration's leave-one-out check uses R - 1).
+    """
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
-    return math.exp(null["mu"] + _spread(null) * _quantile(null, 1 - fpr / max(1, n_methods)))
+    level = 1 - fpr / max(1, n_methods)
+    maxima = _maxima(null, n_refs)
+    if maxima is not None:
+        return float(maxima.quantile(level))
+    return math.exp(null["mu"] + _spread(null) * _quantile(null, level))
+
+
+def _maxima(null: dict, n_refs: int | None = None):
+    """The simulated law of a clean model's largest index (calibration version 2), else None."""
+    if "scales" not in null:
+        return None
+    from poisonguard.detect.calibration import simulated_maxima
+
+    return simulated_maxima(tuple(float(v) for v in null["scales"]), int(n_refs or null["n"]))
 
 
 def _spread(null: dict) -> float:
@@ -84,7 +103,15 @@ def _quantile(null: dict, level: float) -> float:
 
 
 def class_p_values(index: torch.Tensor, null: dict) -> list[float]:
-    """P(a clean model's largest index >= this class's index), per class."""
+    """P(a clean model's largest index >= this class's index), per class.
+
+    Simulated null: the Monte Carlo p-value (1 + #{draws >= index}) / (draws + 1).
+    """
+    maxima = _maxima(null)
+    if maxima is not None:
+        x = torch.as_tensor(index, dtype=torch.float64).reshape(-1)
+        above = len(maxima) - torch.searchsorted(maxima, x, right=False)
+        return [float(v) for v in (above + 1).double() / (len(maxima) + 1)]
     z = [(math.log(max(float(v), 1e-9)) - null["mu"]) / _spread(null) for v in index]
     if not null.get("n"):
         return [1 - _NORMAL.cdf(v) for v in z]
