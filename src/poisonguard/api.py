@@ -2,7 +2,7 @@
 
     import poisonguard
     model = poisonguard.load_model("model.onnx").model          # or any nn.Module of your own
-    det = poisonguard.scan(model, x_clean, y_clean)             # results.Detection per method
+    verdict = poisonguard.scan(model, x_clean, y_clean)         # the verdict; .detections per method
     fix = poisonguard.repair(model, x_clean, y_clean, method="refit")   # results.Repair, .model
     cert = poisonguard.certify(model, x_test, y_test, sigma=0.25, n=1000)  # results.Certification
 
@@ -57,25 +57,26 @@ def load_model(path: str, *, arch: str | None = None, **options: Any):
 
 
 def scan(model: Any, x_clean: Any, y_clean: Any, *, methods: Sequence[str] | None = None, classes: Sequence[str] | None = None,
-         seed: int = 0, device: str = "auto", **options: Any) -> list:
-    """Trigger reconstruction with each detector in `methods` (default: the scan command's default set).
+         fpr: float = 0.05, statistic: str = "robust", calibration: Any = None, seed: int = 0, device: str = "auto",
+         **options: Any):
+    """The scan verdict (`detect.verdict.Verdict`) of `model` from each detector in `methods`.
 
-    `options` go to every detector's constructor (e.g. `epochs=2`). Returns one
-    `results.Detection` per method, in order.
+    `methods` defaults to the scan command's default set. `options` are hyperparameters: a
+    shared keyword goes to every selected method that takes it (`epochs=2` reaches Neural
+    Cleanse and TABOR, not DeepInspect), a method's name takes a dict of its own
+    (`deepinspect={"steps": 100}`). `calibration` is a `detect.calibration.Calibration`
+    (e.g. from `calibrate_from_models` on clean models of your own); without it the verdict
+    says it is uncalibrated. `verdict.detections` holds one `results.Detection` per method,
+    in order; `verdict.to_dict()` is what `poisonguard scan` writes as report.json["verdict"].
     """
-    from poisonguard.detect import DETECTORS
+    from poisonguard.detect.verdict import route_options, scan_verdict
 
     data = _data(x_clean, y_clean, classes)
     net = _model(model, data.x)
     names = list(methods) if methods is not None else default_scan_methods()
-    out = []
-    for name in names:
-        detector = DETECTORS.get(name)(seed=seed, device=device, **options)
-        if DETECTORS.normalise(name) == "deepinspect":
-            out.append(detector.detect(net, data, input_shape=data.input_shape, num_classes=data.num_classes))
-        else:
-            out.append(detector.detect(net, data))
-    return out
+    return scan_verdict(net, data, methods=names, fpr=fpr, statistic=statistic, calibration=calibration, seed=seed,
+                        device=device, input_shape=data.input_shape, num_classes=data.num_classes,
+                        options=route_options(names, options), classes=list(data.classes))
 
 
 def default_scan_methods() -> list[str]:

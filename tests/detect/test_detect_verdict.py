@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from poisonguard.data import per_class_subset
-from poisonguard.detect.calibration import clopper_pearson, fit_null
+from poisonguard.detect.calibration import fit_null
 from poisonguard.detect.engine import CostSchedule
 from poisonguard.detect.verdict import QUICK_VERDICT_METHODS, judge, scan_verdict
 from poisonguard.results import Detection
@@ -158,3 +158,27 @@ def test_same_seed_same_verdict(badnets_model, verdict_data):
     a = scan_verdict(badnets_model, verdict_data, methods=("neural_cleanse",), seed=5, device="cpu", options=options)
     b = scan_verdict(badnets_model, verdict_data, methods=("neural_cleanse",), seed=5, device="cpu", options=options)
     assert a.to_dict() == b.to_dict()
+
+
+def test_api_scan_returns_the_verdict_and_routes_options():
+    # `epochs` is Neural Cleanse's; DeepInspect has none and must not receive it; a dict under a
+    # method's name reaches that method only; an option no selected method takes is a UserError.
+    import poisonguard
+    from poisonguard.detect.verdict import Verdict, route_options
+    from poisonguard.errors import UserError
+    from torch import nn
+
+    torch.manual_seed(0)
+    x, y = torch.rand(48, 1, 8, 8), torch.arange(48) % 3
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))
+    routed = route_options(["neural-cleanse", "deepinspect"], {"epochs": 1, "deepinspect": {"steps": 3}})
+    assert routed == {"neural_cleanse": {"epochs": 1}, "deepinspect": {"steps": 3}}
+    v = poisonguard.scan(model, x, y, methods=["neural_cleanse", "deepinspect"], epochs=1,
+                         deepinspect={"steps": 3, "inversion_steps": 3, "samples": 4})
+    assert isinstance(v, Verdict) and v.methods == ("neural_cleanse", "deepinspect") and not v.calibrated
+    assert [d.method for d in v.detections] == ["neural_cleanse", "deepinspect"]
+    assert v.detections[0].extra["epochs"] and max(v.detections[0].extra["epochs"]) <= 1
+    with pytest.raises(UserError, match="no selected method"):
+        route_options(["deepinspect"], {"epochs": 1})
+    with pytest.raises(UserError, match="has no option"):
+        route_options(["deepinspect"], {"deepinspect": {"epochs": 1}})

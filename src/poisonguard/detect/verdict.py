@@ -221,6 +221,51 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
                    disagreements=tuple(disagreement_notes(verdict, classes)))
 
 
+def detector_keywords(name: str) -> set[str]:
+    """The keyword hyperparameters detector `name` accepts (NC and TABOR: also InversionConfig's fields)."""
+    import dataclasses
+    import inspect
+
+    from poisonguard.detect import DETECTORS
+    from poisonguard.detect.engine import InversionConfig
+
+    params = inspect.signature(DETECTORS.get(name).__init__).parameters
+    names = {n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        names |= {f.name for f in dataclasses.fields(InversionConfig)}
+    return names - {"seed", "device"}
+
+
+def route_options(methods, options: dict | None) -> dict[str, dict]:
+    """Per-method options from a mix of shared keywords and per-method dicts.
+
+    `{"epochs": 5, "deepinspect": {"steps": 100}}` gives NC (and TABOR) epochs=5 and
+    DeepInspect steps=100: a shared keyword goes only to the methods that take it
+    (DeepInspect has no `epochs`); one that no selected method takes is a UserError.
+    """
+    from poisonguard.detect import DETECTORS
+
+    names = [DETECTORS.normalise(m) for m in methods]
+    out: dict[str, dict] = {n: {} for n in names}
+    for key, value in (options or {}).items():
+        if DETECTORS.normalise(key) in DETECTORS:
+            method = DETECTORS.normalise(key)
+            if not isinstance(value, dict):
+                raise UserError(f"options for {method} must be a dict of its hyperparameters, got {value!r}")
+            unknown = set(value) - detector_keywords(method)
+            if unknown:
+                raise UserError(f"{method} has no option {', '.join(sorted(unknown))}")
+            if method in out:
+                out[method].update(value)
+            continue
+        takers = [n for n in names if key in detector_keywords(n)]
+        if not takers:
+            raise UserError(f"no selected method ({', '.join(names)}) has an option {key!r}")
+        for n in takers:
+            out[n].setdefault(key, value)
+    return out
+
+
 def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: int = 0, device: str = "auto",
                   input_shape=None, num_classes: int | None = None, options: dict | None = None,
                   on_skip=None, references=None) -> list[Detection]:
@@ -235,7 +280,7 @@ def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: in
         cls = DETECTORS.get(name)
         if data is None and cls.needs_data:
             continue
-        detector = cls(seed=seed, device=device, **(options or {}).get(name, {}))
+        detector = cls(seed=seed, device=device, **(options or {}).get(DETECTORS.normalise(name), {}))
         try:
             if data is not None and data.kind not in getattr(cls, "kinds", ("image",)):
                 raise UserError(f"{name} works on images only, not on {data.kind} data")
