@@ -65,9 +65,9 @@ class ZooCalibration:
         return {"calibrated": True, "reference_models": "tuning-zoo clean models"}
 
 
-def verdict_of(rule: str, dets: list[Detection], cal) -> tuple[bool, list[int], float]:
+def verdict_of(rule: str, dets: list[Detection], cal, fpr: float = 0.05) -> tuple[bool, list[int], float]:
     if rule in ("paper", "log_lower", "log_lower_cal"):
-        v = judge(dets, statistic="paper" if rule == "paper" else "robust",
+        v = judge(dets, fpr=fpr, statistic="paper" if rule == "paper" else "robust",
                   calibration=cal if rule == "log_lower_cal" and cal.nulls else None)
         return v.backdoored, list(v.targets), v.score
     if rule == "lower_mad":
@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--methods", default="neural_cleanse,deepinspect")
     parser.add_argument("--rules", default="paper,lower_mad,karm_ratio,log_lower,log_lower_cal")
+    parser.add_argument("--per-model", action="store_true",
+                        help="also print, per model, each method's target statistic, largest other and threshold (log_lower_cal)")
+    parser.add_argument("--fpr", type=float, default=0.05)
     args = parser.parse_args()
     methods = args.methods.split(",")
     rows = [json.loads(line) for line in (args.cache / "scans.jsonl").read_text().splitlines()]
@@ -127,6 +130,7 @@ def main() -> None:
     cals = {arch: ZooCalibration(rows, arch) for arch in ("mnist_cnn", "lenet5", "resnet20")}
     print(f"methods {methods}; models with every method scanned: {len(models)}")
     print(f"{'rule':14s} {'split':7s} {'found':>9s} {'clean flagged':>13s} {'AUC':>6s} {'FPR@95':>7s} {'CE':>6s}  per family (found/n)")
+    per_model: list[str] = []
     for rule in args.rules.split(","):
         for split in ("tuning", "report"):
             pos, neg, found, n_bad, flagged, n_clean, fam = [], [], 0, 0, 0, 0, {}
@@ -141,7 +145,9 @@ def main() -> None:
                     cal = ZooCalibration(others, arch)
                 else:
                     cal = cals[arch]
-                bad, targets, score = verdict_of(rule, [detection(r) for r in mine], cal)
+                bad, targets, score = verdict_of(rule, [detection(r) for r in mine], cal, args.fpr)
+                if args.per_model and rule == "log_lower_cal":
+                    per_model.append(model_line(name, mine, cal, args.fpr, bad, targets))
                 kind, target = mine[0]["kind"], mine[0]["target"]
                 if kind == "clean":
                     n_clean += 1
@@ -160,6 +166,25 @@ def main() -> None:
             fams = " ".join(f"{k}:{v[0]}/{v[1]}" for k, v in sorted(fam.items()))
             print(f"{rule:14s} {split:7s} {found:4d}/{n_bad:<4d} {flagged:6d}/{n_clean:<6d} {roc_auc(pos, neg):6.3f} "
                   f"{fpr_at_tpr(pos, neg):7.3f} {cross_entropy(pos, neg):6.3f}  {fams}")
+
+    if per_model:
+        print(f"\nper model (log_lower_cal, fpr {args.fpr}): per method target index / largest other / threshold")
+        print("\n".join(per_model))
+
+
+def model_line(name: str, mine: list[dict], cal, fpr: float, bad: bool, targets: list[int]) -> str:
+    """One model's evidence: for each method the target's index, the largest other class's and the threshold."""
+    v = judge([detection(r) for r in mine], fpr=fpr, calibration=cal if cal.nulls else None)
+    target = mine[0]["target"]
+    parts = []
+    for method in v.methods:
+        rows = v.method_rows(method)
+        t = next((e["statistic"] for e in rows if e["class"] == target), None)
+        other = max(e["statistic"] for e in rows if e["class"] != target)
+        parts.append(f"{method[:6]} {'-' if t is None else f'{t:5.1f}'}/{other:5.1f}/{rows[0]['threshold']:4.1f}")
+    ok = (bad and target in targets) if target is not None else not bad
+    return (f"{mine[0]['split']:6s} {name:30s} target={target!s:4s} {'ok  ' if ok else 'MISS'} "
+            f"flagged={targets}  " + "  ".join(parts))
 
 
 if __name__ == "__main__":
