@@ -14,7 +14,9 @@ FAST = {
     "neural_cleanse": {"epochs": 20},
     "tabor": {"epochs": 20},
     "deepinspect": {},
-    "feature_re": {"steps": 100},
+    # Only its trigger file round trip is tested here (it targets warps/blends/filters, not this
+    # fixture's patch; its figures come from benchmarks/feature_re_tune.py): a few steps suffice.
+    "feature_re": {"steps": 10},
 }
 
 
@@ -64,8 +66,9 @@ def test_feature_re_writes_a_generator_trigger_that_evaluate_reads(scans, tmp_pa
     from poisonguard.attacks.triggers import GeneratorTrigger
     from poisonguard.train import evaluate
 
-    # The file round trip only: at this test budget FeatureRE's transformation does not yet reach
-    # the target (attack success ~1%, recorded in notes/issue-16.md as an open gap).
+    # The file round trip only: FeatureRE's generator (a translation-equivariant conv) does not
+    # reach a corner patch's target (attack success ~1% on the zoo's patch models too; it finds
+    # WaNet/blend/filter targets, benchmarks/results/issue-16.md), so no detection is asserted.
     det = scans["feature_re"]
     assert len(det.triggers) == 10 and det.masks is None and len(det.extra["attack_success"]) == 10
     save_trigger(det.triggers[0], tmp_path / "t.npz")
