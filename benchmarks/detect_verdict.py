@@ -10,6 +10,9 @@ and judges every model with each candidate rule; rules need no rescan, only the 
   log_lower_cal  the same, calibrated on the TUNING seeds' clean models of the suspect's
                architecture (reference models as `scan` would train; here the zoo's own)
   karm_ratio   K-Arm's symmetric ratio test: second-smallest / smallest size > 2
+  log_lower_scan  the default statistic calibrated as `poisonguard scan` does it: on the
+               reference models that scan trained on the 5% clean data (--calibration-file, the
+               cached JSON of a default scan; every suspect judged against the same references)
 
 Prints per rule and split: detection rate (target found), clean models flagged, ROC-AUC of
 the score, FPR at 95% TPR, and the TrojAI cross-entropy of the verdict's score.
@@ -66,6 +69,9 @@ class ZooCalibration:
 
 
 def verdict_of(rule: str, dets: list[Detection], cal, fpr: float = 0.05) -> tuple[bool, list[int], float]:
+    if rule == "log_lower_scan":
+        v = judge(dets, fpr=fpr, calibration=cal)
+        return v.backdoored, list(v.targets), v.score
     if rule in ("paper", "log_lower", "log_lower_cal"):
         v = judge(dets, fpr=fpr, statistic="paper" if rule == "paper" else "robust",
                   calibration=cal if rule == "log_lower_cal" and cal.nulls else None)
@@ -114,8 +120,11 @@ def main() -> None:
     parser.add_argument("--methods", default="neural_cleanse,deepinspect")
     parser.add_argument("--rules", default="paper,lower_mad,karm_ratio,log_lower,log_lower_cal")
     parser.add_argument("--per-model", action="store_true",
-                        help="also print, per model, each method's target statistic, largest other and threshold (log_lower_cal)")
+                        help="also print, per model, each method's target statistic, largest other and threshold")
+    parser.add_argument("--per-model-rule", default="log_lower_cal", help="log_lower_cal or log_lower_scan")
     parser.add_argument("--fpr", type=float, default=0.05)
+    parser.add_argument("--calibration-file", type=Path, default=None,
+                        help="a scan's cached calibration JSON (~/.cache/poisonguard/calibration/KEY.json): rule log_lower_scan")
     args = parser.parse_args()
     methods = args.methods.split(",")
     rows = [json.loads(line) for line in (args.cache / "scans.jsonl").read_text().splitlines()]
@@ -128,6 +137,15 @@ def main() -> None:
     models = sorted({r["model"] for r in rows if all(any(q["model"] == r["model"] and q["method"] == m for q in rows)
                                                       for m in methods)})
     cals = {arch: ZooCalibration(rows, arch) for arch in ("mnist_cnn", "lenet5", "resnet20")}
+    scan_cal = None
+    if args.calibration_file is not None:
+        from poisonguard.detect.calibration import Calibration
+
+        scan_cal = Calibration.from_json(args.calibration_file.read_text())
+        print(f"scan calibration: {scan_cal.n_models} {scan_cal.architecture} references on {scan_cal.clean_images} "
+              f"clean images, methods {sorted(scan_cal.methods)}, {scan_cal.seconds} s")
+    elif "log_lower_scan" in args.rules:
+        args.rules = ",".join(r for r in args.rules.split(",") if r != "log_lower_scan")
     print(f"methods {methods}; models with every method scanned: {len(models)}")
     print(f"{'rule':14s} {'split':7s} {'found':>9s} {'clean flagged':>13s} {'AUC':>6s} {'FPR@95':>7s} {'CE':>6s}  per family (found/n)")
     per_model: list[str] = []
@@ -139,14 +157,16 @@ def main() -> None:
                 if mine[0]["split"] != split:
                     continue
                 arch = mine[0].get("arch") or "mnist_cnn"
-                if rule == "log_lower_cal" and split == "tuning" and mine[0]["kind"] == "clean":
+                if rule == "log_lower_scan":
+                    cal = scan_cal
+                elif rule == "log_lower_cal" and split == "tuning" and mine[0]["kind"] == "clean":
                     # A tuning clean model is one of the references: judge it against the others.
                     others = [r for r in rows if r["model"] != name]
                     cal = ZooCalibration(others, arch)
                 else:
                     cal = cals[arch]
                 bad, targets, score = verdict_of(rule, [detection(r) for r in mine], cal, args.fpr)
-                if args.per_model and rule == "log_lower_cal":
+                if args.per_model and rule == args.per_model_rule:
                     per_model.append(model_line(name, mine, cal, args.fpr, bad, targets))
                 kind, target = mine[0]["kind"], mine[0]["target"]
                 if kind == "clean":
@@ -168,13 +188,13 @@ def main() -> None:
                   f"{fpr_at_tpr(pos, neg):7.3f} {cross_entropy(pos, neg):6.3f}  {fams}")
 
     if per_model:
-        print(f"\nper model (log_lower_cal, fpr {args.fpr}): per method target index / largest other / threshold")
+        print(f"\nper model ({args.per_model_rule}, fpr {args.fpr}): per method target index / largest other / threshold")
         print("\n".join(per_model))
 
 
 def model_line(name: str, mine: list[dict], cal, fpr: float, bad: bool, targets: list[int]) -> str:
     """One model's evidence: for each method the target's index, the largest other class's and the threshold."""
-    v = judge([detection(r) for r in mine], fpr=fpr, calibration=cal if cal.nulls else None)
+    v = judge([detection(r) for r in mine], fpr=fpr, calibration=cal if getattr(cal, "nulls", True) else None)
     target = mine[0]["target"]
     parts = []
     for method in v.methods:

@@ -7,7 +7,7 @@ each reference; per method the calibration keeps
 
   - `reference`: the mean log trigger size of every class over the references, which the
     verdict subtracts from the suspect's (a naturally easy class is easy on every model);
-  - `scales`: each class's spread of log sizes across the references (shrunk halfway to the
+  - `scales`: each class's spread of log sizes across the references (a third of the way to the
     pooled spread), from which the verdict simulates the law of a clean model's largest
     index (`simulated_maxima`: 20,000 synthetic clean models, Monte Carlo p-values);
   - `mu`, `s`: mean and deviation of the log of each reference's largest leave-one-out index
@@ -73,7 +73,7 @@ class Calibration:
 
 
 SIM_DRAWS = 20_000  # synthetic clean models per simulated null: p-values down to 5e-5
-SHRINK = 0.5  # weight of the pooled variance against a class's own: 1 = halfway
+SHRINK = 0.5  # weight of the pooled variance against a class's own (1 = halfway; 0.5 = a third of the way), chosen in notes/issue-16.md
 
 
 def residual_scales(logs: torch.Tensor) -> list[float]:
