@@ -16,7 +16,7 @@ def _data(n=20):
 
 
 def _counting_fit(calls):
-    def fake(data, settings, key, *, seed, device, source):
+    def fake(data, settings, key, *, seed, device, source, models=None):
         calls.append(source)
         time.sleep(0.3)  # long enough for the other scans to arrive while this one works
         return calibration.Calibration(key=key, architecture=settings["architecture"], source=source, n_models=2,
