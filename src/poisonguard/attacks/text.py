@@ -29,6 +29,7 @@ import torch
 from poisonguard import limits
 from poisonguard.attacks.triggers import ALL_TO_ALL
 from poisonguard.errors import UserError
+from poisonguard.jsonfile import read_tagged_json
 
 FORMAT = "poisonguard-text-trigger"
 KINDS = ("words", "sentence")
@@ -116,13 +117,7 @@ def load_text_trigger(path: str | Path, num_classes: int | None = None) -> TextT
     p = Path(path)
     if not p.is_file():
         raise UserError(f"trigger file not found: {p}")
-    limits.check("max_bytes", p.stat().st_size, f"{p}: the file's size in bytes")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{p}: not a text trigger JSON file: {exc}") from exc
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise UserError(f"{p}: not a poisonguard text trigger (expected \"format\": \"{FORMAT}\")")
+    d = read_tagged_json(p, fmt=FORMAT, what="text trigger")
     tokens = d.get("tokens") or list(DEFAULT_TOKENS)
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens) or len(tokens) > 1000:
         raise UserError(f"{p}: \"tokens\" must be a list of at most 1000 strings")

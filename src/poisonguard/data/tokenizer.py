@@ -22,6 +22,7 @@ import torch
 
 from poisonguard import limits
 from poisonguard.errors import UserError
+from poisonguard.jsonfile import read_tagged_json
 
 PAD, UNK = 0, 1
 SPECIALS = ("<pad>", "<unk>")
@@ -97,13 +98,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"tokenizer file not found: {path}")
-    limits.check("max_bytes", path.stat().st_size, f"{path}: the file's size in bytes")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a tokenizer JSON file: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{path}: not a poisonguard tokenizer (expected \"format\": \"{FORMAT}\")")
+    data = read_tagged_json(path, fmt=FORMAT, what="tokenizer")
     vocab, max_len, lower = data.get("vocab"), data.get("max_len", 64), data.get("lowercase", True)
     if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
         raise UserError(f"{path}: \"vocab\" must be a list of strings")

@@ -132,8 +132,8 @@ def _check_payload_config(check: ArchiveCheck, name: str, folder: str, inner: di
             findings.append(f"{name}: {fqn!r} is a native custom object (torch._C._pickle_load_obj runs its class code)")
         elif path_name.startswith("opaque_obj_"):
             data = check.read(member, LIMITS.parsed_member) if member else None
-            if data is not None:  # unpickled with plain pickle.loads
-                findings += walk_pickle(data, context=f"{member} (opaque object, pickle.loads)").findings
+            if data is not None:  # read back by the plain unpickler
+                findings += walk_pickle(data, context=f"{member} (opaque object, read by the plain unpickler)").findings
         elif meta.get("use_pickle"):
             data = check.read(member, LIMITS.parsed_member) if member else None
             if data is not None:  # torch would unpickle this with its unsafe loader

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from poisonguard import limits
 from poisonguard.data.tokenizer import Tokenizer, load_tokenizer
 from poisonguard.errors import UserError
+from poisonguard.jsonfile import read_tagged_json
 from poisonguard.models.text import TEXT_ARCHITECTURES, build_text_model, embedding_layer
 
 FORMAT = "poisonguard-text-model"
@@ -68,14 +68,7 @@ def save_text_model(tm: TextModel, folder: str | Path, *, extra: dict | None = N
 def _read_meta(path: Path) -> dict:
     if not path.is_file():
         return {}
-    limits.check("max_bytes", path.stat().st_size, f"{path}: the file's size in bytes")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a JSON file: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path}: not a poisonguard text model's metadata")
-    return meta
+    return read_tagged_json(path, fmt=FORMAT, what="text model's metadata")
 
 
 def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
