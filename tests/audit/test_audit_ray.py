@@ -35,4 +35,5 @@ def test_ray_audit_survives_a_crashing_and_a_hanging_model(tmp_path, fake_filesa
         assert rows[name]["status"] == "done", rows[name]
         assert rows[name]["verdict"]["backdoored"] == ("backdoor" in name)
         assert rows[name]["verdict"]["threads"] == 1  # each worker kept to its share
+        assert rows[name]["attempts"] == 1  # queued behind a crash or a hang: handed on, not run twice
     assert log.read_text().count("end ") == 4

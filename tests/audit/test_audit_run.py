@@ -103,9 +103,9 @@ def test_failed_rows_are_retried_only_when_asked(audited):
     seen = []
 
     class Recording(InProcessExecutor):
-        def run(self, jobs, on_start, on_result):
+        def run(self, jobs, on_start, on_result, **kwargs):
             seen.extend(Path(j.item.path).parent.name for j in jobs)
-            super().run(jobs, on_start, on_result)
+            super().run(jobs, on_start, on_result, **kwargs)
 
     outcome = run_audit(audited["items"], TINY, audited["out"], make_executor=lambda: Recording(audit_one),
                         retry_failed=True)

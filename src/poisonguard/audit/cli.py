@@ -84,7 +84,7 @@ def cmd_audit(args) -> int:
 
     try:
         outcome = run_audit(items, settings, out, make_executor=make_executor, retry_failed=args.retry_failed,
-                            before_run=check_options)
+                            before_run=check_names, while_starting=check_data_loads)
     except RuntimeError as exc:
         print(f"poisonguard: audit incomplete: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
@@ -98,16 +98,24 @@ def cmd_audit(args) -> int:
     return exit_code(outcome.rows)
 
 
-def check_options(jobs) -> None:
-    """UserError (exit 2, before any worker starts) for an unknown architecture or data set.
+def check_names(jobs) -> None:
+    """UserError (exit 2, in a moment, before Ray starts) for an unknown architecture or data set name.
 
     Otherwise a typo would surface as every model failing, one worker at a time.
     """
-    from poisonguard.cli.inputs import load_splits
+    from poisonguard.data import check_spec
     from poisonguard.models import ARCHITECTURES
 
     for arch in sorted({j.settings.arch for j in jobs if j.settings.arch}):
         ARCHITECTURES.get(arch)
+    for data in sorted({j.settings.data for j in jobs if j.item.is_model}):
+        check_spec(data)
+
+
+def check_data_loads(jobs) -> None:
+    """UserError (exit 2, before any model is scanned) for data that does not load; run while Ray starts."""
+    from poisonguard.cli.inputs import load_splits
+
     for data, seed in sorted({(j.settings.data, j.settings.seed) for j in jobs if j.item.is_model}):
         load_splits(data, seed)
 

@@ -66,12 +66,14 @@ def report_dir_name(key: tuple[str, str]) -> str:
 
 def run_audit(items: list[AuditItem], settings: AuditSettings, out: str | Path, *,
               make_executor: Callable[[], Any], retry_failed: bool = False,
-              before_run: Callable[[list[Job]], None] | None = None) -> AuditOutcome:
+              before_run: Callable[[list[Job]], None] | None = None,
+              while_starting: Callable[[list[Job]], None] | None = None) -> AuditOutcome:
     """Audit `items` into `out` (audit.db and one scan report folder per model).
 
-    `before_run(jobs)` (checks of the user's options, e.g. that the data loads) and
-    `make_executor()` are called only when something is left to do, so a finished audit's
-    rerun loads nothing and starts no workers.
+    `before_run(jobs)` (quick checks of the user's options), `make_executor()` and
+    `while_starting(jobs)` (slow checks, e.g. that the data loads, which the executor runs
+    before any model while its workers start) are called only when something is left to do,
+    so a finished audit's rerun loads nothing and starts no workers.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -116,9 +118,10 @@ def run_audit(items: list[AuditItem], settings: AuditSettings, out: str | Path, 
 
         if jobs and before_run is not None:
             before_run(jobs)
+        checks = (lambda: while_starting(jobs)) if while_starting is not None else None
         try:
             if jobs:
-                make_executor().run(jobs, on_start, on_result)
+                make_executor().run(jobs, on_start, on_result, before=checks)
         finally:
             progress.close()
         table = {(r["sha256"], r["settings"]): r for r in store.rows()}

@@ -3,21 +3,23 @@
 Both executors take jobs `(key, item, settings)` and call `on_start(job)` when a job is handed
 to a worker and `on_result(job, result)` as each one finishes, in the driver's thread (which
 is the only writer of `audit.db`). The Ray executor keeps one actor per worker, each limited
-to its share of the CPU threads (and given one GPU when there are enough), hands each actor
-one model at a time, and turns a worker that crashes or overruns `timeout` into a `failed`
-result before replacing it, so one bad model never stops the audit.
+to its share of the CPU threads (and given one GPU when there are enough), keeps the next
+model queued on each actor while it scans one, and turns a worker that crashes or overruns
+`timeout` into a `failed` result before replacing it, so one bad model never stops the audit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from poisonguard.audit.discover import AuditItem
 from poisonguard.audit.settings import AuditSettings
@@ -49,7 +51,9 @@ class InProcessExecutor:
     def __init__(self, task: Task) -> None:
         self.task = task
 
-    def run(self, jobs: list[Job], on_start, on_result) -> None:
+    def run(self, jobs: list[Job], on_start, on_result, *, before: Callable[[], None] | None = None) -> None:
+        if before is not None:
+            before()
         for job in jobs:
             on_start(job)
             on_result(job, self.task(job.item, job.settings))
@@ -126,23 +130,23 @@ class RayExecutor:
         # Workers import the same poisonguard as this driver (a checkout on PYTHONPATH, say).
         here = str(Path(poisonguard.__file__).resolve().parents[1])
         path = os.pathsep.join([here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-        env = {"env_vars": {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-                            "PYTHONPATH": path}}
+        env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads), "PYTHONPATH": path}
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
                  "configure_logging": False}
         if self.address:
             check_address(self.address)
             try:
-                ray.init(address=self.address, runtime_env=env, **quiet)
+                ray.init(address=self.address, runtime_env={"env_vars": env}, **quiet)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UserError(f"--address {self.address}: cannot join the Ray cluster: {str(exc).splitlines()[0]}") from exc
         else:
-            import torch
-
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            # address="local" starts a fresh instance even when another cluster runs on this machine.
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * self.threads), num_gpus=gpus,
-                     object_store_memory=128 * 1024 * 1024, runtime_env=env, **quiet)
+            # A local instance's workers inherit the environment its processes start with, which
+            # starts each worker about half a second sooner than a runtime_env would.
+            # address="local" starts a fresh instance even when another cluster runs on this machine;
+            # Ray finds the GPUs itself (importing torch here would add a second to every start).
+            with _environment(env):
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * self.threads),
+                         object_store_memory=128 * 1024 * 1024, **quiet)
         self.started_ray = True
         return ray.cluster_resources()
 
@@ -157,71 +161,174 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, jobs: list[Job], on_start, on_result) -> None:
+    def run(self, jobs: list[Job], on_start, on_result, *, before: Callable[[], None] | None = None) -> None:
+        """Run `jobs`; `before()` (the caller's checks of its options) runs while Ray starts.
+
+        Ray takes seconds to start and the checks load the data (about a second): side by
+        side, the checks cost nothing. When they fail, Ray is stopped and their error raised.
+        """
         if not jobs:
             return
+        checks = _Background(before) if before is not None else None
+        try:
+            resources = self._init()
+        finally:
+            if checks is not None:
+                checks.thread.join()
+        try:
+            if checks is not None and checks.error is not None:
+                raise checks.error
+            _Dispatcher(self, self._actor_class(resources), on_start, on_result).run(jobs)
+        finally:
+            import ray
+
+            ray.shutdown()
+
+
+class _Background:
+    """`fn()` in a thread; after `thread.join()`, `error` holds what it raised (or None)."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # raised again in the caller's thread by run()
+                self.error = exc
+
+        self.thread = threading.Thread(target=target, name="audit-checks", daemon=True)
+        self.thread.start()
+
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a block (processes started in it inherit them), then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class _Slot:
+    """One worker and the jobs handed to it, in the order it runs them (head first)."""
+
+    def __init__(self, actor) -> None:
+        self.actor = actor
+        self.queue: deque = deque()  # (ref, job)
+        self.head_started = 0.0  # when the head job began to run (the previous one's end)
+
+
+class _Dispatcher:
+    """The Ray executor's loop: keep every worker busy, turn crashes and overruns into failed rows.
+
+    Each worker holds up to `DEPTH` jobs, so it starts the next model the moment one ends
+    instead of idling for a round trip to the driver (about 50 ms a model on 2 cores: 5% of a
+    small model's scan). A worker runs its jobs one at a time, so the head's clock starts when
+    the job before it returned. When a worker dies or overruns, only its head job fails; the
+    jobs queued behind it go back to the front of the queue for another worker.
+    """
+
+    DEPTH = 2
+
+    def __init__(self, executor: RayExecutor, actor_cls, on_start, on_result) -> None:
+        self.executor, self.actor_cls = executor, actor_cls
+        self.on_start, self.on_result = on_start, on_result
+        self.starting: dict = {}  # ready() ref -> actor
+        self.slots: list[_Slot] = []
+        self.pending: deque = deque()
+        self.dispatched: set = set()  # keys already marked running (a re-queued job is not a new attempt)
+        self.start_failures = 0
+
+    def _spawn(self) -> None:
+        actor = self.actor_cls.remote(self.executor.task, self.executor.threads)
+        self.starting[actor.ready.remote()] = actor
+
+    def _fill(self) -> None:
+        for slot in self.slots:
+            while self.pending and len(slot.queue) < self.DEPTH:
+                job = self.pending.popleft()
+                if job.key not in self.dispatched:
+                    self.dispatched.add(job.key)
+                    self.on_start(job)
+                if not slot.queue:
+                    slot.head_started = time.monotonic()
+                slot.queue.append((slot.actor.run.remote(job.item, job.settings), job))
+
+    def _retire(self, slot: _Slot, error: str) -> None:
+        """Stop a crashed or hung worker and start another: its head job fails with `error`, the rest go back."""
+        import ray
+
+        self.slots.remove(slot)
+        (_, head), rest = slot.queue.popleft(), list(slot.queue)
+        self.pending.extendleft(job for _, job in reversed(rest))
+        ray.kill(slot.actor, no_restart=True)
+        self._spawn()
+        self.on_result(head, failed(error, head.item, time.monotonic() - slot.head_started))
+
+    def _started(self, ref) -> None:
+        import ray
+
+        actor = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+        except Exception as exc:  # the worker could not even start
+            self.start_failures += 1
+            log.warning("a Ray worker failed to start: %s", str(exc).splitlines()[0])
+            if self.start_failures > 2 * self.executor.workers:
+                raise RuntimeError(f"Ray workers keep failing to start: {str(exc).splitlines()[0]}") from exc
+            self._spawn()
+            return
+        self.start_failures = 0
+        self.slots.append(_Slot(actor))
+
+    def _finished(self, slot: _Slot) -> None:
         import ray
         from ray.exceptions import RayActorError
 
-        resources = self._init()
+        ref, job = slot.queue[0]
         try:
-            actor_cls = self._actor_class(resources)
-            n = min(self.workers, len(jobs))
-            starting = {}  # ready() ref -> actor
-            for _ in range(n):
-                actor = actor_cls.remote(self.task, self.threads)
-                starting[actor.ready.remote()] = actor
-            idle: list = []
-            pending = deque(jobs)
-            running: dict = {}  # run() ref -> (job, actor, start time)
-            start_failures = 0
-            while pending or running:
-                while idle and pending:
-                    job, actor = pending.popleft(), idle.pop()
-                    on_start(job)
-                    running[actor.run.remote(job.item, job.settings)] = (job, actor, time.monotonic())
-                if not running and not starting:
-                    raise RuntimeError("no Ray worker could be started")
-                now = time.monotonic()
-                wait_for = min((t0 + self.timeout - now for _, _, t0 in running.values()), default=None)
-                refs = list(running) + list(starting)
-                ray.wait(refs, num_returns=1, timeout=None if wait_for is None else max(0.0, wait_for))
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-                for ref in ready:
-                    if ref in starting:
-                        actor = starting.pop(ref)
-                        try:
-                            ray.get(ref)
-                            idle.append(actor)
-                            start_failures = 0
-                        except Exception as exc:  # the worker could not even start
-                            start_failures += 1
-                            log.warning("a Ray worker failed to start: %s", str(exc).splitlines()[0])
-                            if start_failures > 2 * self.workers:
-                                raise RuntimeError(f"Ray workers keep failing to start: {str(exc).splitlines()[0]}") from exc
-                            new = actor_cls.remote(self.task, self.threads)
-                            starting[new.ready.remote()] = new
-                        continue
-                    job, actor, t0 = running.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                        idle.append(actor)
-                    except RayActorError as exc:
-                        result = failed(f"worker crashed: {str(exc).strip().splitlines()[0]}", job.item, time.monotonic() - t0)
-                        new = actor_cls.remote(self.task, self.threads)
-                        starting[new.ready.remote()] = new
-                    except Exception as exc:  # the task raised past audit_one's guard (e.g. it could not be unpickled)
-                        result = failed(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", job.item,
-                                        time.monotonic() - t0)
-                        idle.append(actor)
-                    on_result(job, result)
-                now = time.monotonic()
-                for ref, (job, actor, t0) in list(running.items()):
-                    if now - t0 >= self.timeout:
-                        running.pop(ref)
-                        ray.kill(actor, no_restart=True)  # a hung model: stop its process, keep going
-                        on_result(job, failed(f"timed out after {self.timeout:g} s", job.item, now - t0))
-                        new = actor_cls.remote(self.task, self.threads)
-                        starting[new.ready.remote()] = new
-        finally:
-            ray.shutdown()
+            result = ray.get(ref)
+        except RayActorError as exc:
+            self._retire(slot, f"worker crashed: {str(exc).strip().splitlines()[0]}")
+            return
+        except Exception as exc:  # the task raised past audit_one's guard (e.g. it could not be unpickled)
+            result = failed(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", job.item,
+                            time.monotonic() - slot.head_started)
+        slot.queue.popleft()
+        slot.head_started = time.monotonic()
+        self.on_result(job, result)
+
+    def run(self, jobs: list[Job]) -> None:
+        import ray
+
+        self.pending.extend(jobs)
+        for _ in range(min(self.executor.workers, len(jobs))):
+            self._spawn()
+        timeout = self.executor.timeout
+        while self.pending or any(s.queue for s in self.slots):
+            self._fill()
+            busy = [s for s in self.slots if s.queue]
+            if not busy and not self.starting:
+                raise RuntimeError("no Ray worker could be started")
+            heads = {s.queue[0][0]: s for s in busy}
+            now = time.monotonic()
+            wait_for = min((s.head_started + timeout - now for s in busy), default=None)
+            refs = list(heads) + list(self.starting)
+            ray.wait(refs, num_returns=1, timeout=None if wait_for is None else max(0.0, wait_for))
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                if ref in self.starting:
+                    self._started(ref)
+                else:
+                    self._finished(heads[ref])
+            now = time.monotonic()
+            for slot in [s for s in self.slots if s.queue and now - s.head_started >= timeout]:
+                self._retire(slot, f"timed out after {timeout:g} s")  # a hung model: stop its process, keep going

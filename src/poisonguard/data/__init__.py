@@ -9,9 +9,21 @@ from poisonguard.data.dataset import (
 )
 from poisonguard.errors import UserError
 
-__all__ = ["Data", "ImageData", "Splits", "TableInfo", "input_bounds", "input_space", "load_data", "per_class_subset", "stratified_split", "DATASET_NAMES"]
+__all__ = ["Data", "ImageData", "Splits", "TableInfo", "input_bounds", "input_space", "check_spec", "load_data", "per_class_subset", "stratified_split", "DATASET_NAMES"]
 
 DATASET_NAMES = ("mnist5k", "cifar10")
+
+
+def check_spec(spec: str) -> None:
+    """UserError unless `spec` names a built-in data set or an existing regular file or folder (nothing is read)."""
+    if spec.strip().lower() in DATASET_NAMES:
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        known = ", ".join(DATASET_NAMES)
+        raise UserError(f"unknown data set {spec!r}: not one of {known} and no such file or folder")
+    if not path.is_dir() and not path.is_file():  # a fifo or device: opening it could block forever
+        raise UserError(f"data set {spec!r} is not a regular file or folder")
 
 
 def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = None,
@@ -33,6 +45,7 @@ def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = 
     """
     from poisonguard.data import arrays, cifar, folder, mnist, options, table
 
+    check_spec(spec)
     key = spec.strip().lower()
     if key == "mnist5k":
         return mnist.load_mnist5k()
@@ -42,11 +55,6 @@ def load_data(spec: str, *, seed: int = 0, image_size: tuple[int, int] | None = 
             raise UserError("CIFAR-10 archive not found; set POISONGUARD_CIFAR10 or pass its path")
         return cifar.load_cifar10_npz(path)
     path = Path(spec).expanduser()
-    if not path.exists():
-        known = ", ".join(DATASET_NAMES)
-        raise UserError(f"unknown data set {spec!r}: not one of {known} and no such file or folder")
-    if not path.is_dir() and not path.is_file():  # a fifo or device: opening it could block forever
-        raise UserError(f"data set {spec!r} is not a regular file or folder")
     if path.is_dir():
         if (path / "data_batch_1").is_file():
             return cifar.load_cifar10_batches(path)
