@@ -169,12 +169,12 @@ def input_space(data: ImageData) -> str:
 
 
 @dataclass(frozen=True)
-class Splits:
-    """A named data set with its train and test parts."""
+class NamedSplits:
+    """A named data set's train and test parts, of any data type that has `classes` and `num_classes`."""
 
     name: str
-    train: ImageData
-    test: ImageData
+    train: Any
+    test: Any
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -183,6 +183,14 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return self.train.num_classes
+
+
+@dataclass(frozen=True)
+class Splits(NamedSplits):
+    """A named data set of arrays (images or table rows) with its train and test parts."""
+
+    train: ImageData
+    test: ImageData
 
     @property
     def input_shape(self) -> tuple[int, ...]:

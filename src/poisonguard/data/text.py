@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from poisonguard import limits
-from poisonguard.data.dataset import ImageData, stratified_split
+from poisonguard.data.dataset import ImageData, NamedSplits, stratified_split
 from poisonguard.errors import UserError
 
 TEXT_SUFFIXES = (".txt",)
@@ -63,18 +63,11 @@ class TextCorpus:
 
 
 @dataclass(frozen=True)
-class TextSplits:
-    name: str
+class TextSplits(NamedSplits):
+    """A named corpus with its train and test parts."""
+
     train: TextCorpus
     test: TextCorpus
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.train.classes
-
-    @property
-    def num_classes(self) -> int:
-        return self.train.num_classes
 
 
 def is_text_source(spec: str | None, text_column: str | None = None) -> bool:
