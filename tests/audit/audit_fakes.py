@@ -1,7 +1,7 @@
 """Stand-ins for the audit's two halves, so tests can steer what each file does.
 
-`fake_sniff` / `fake_inspect` stand in for `poisonguard.filesafety` while its real scanner is
-not there (a file is unsafe when any pickle in it names `system`); `fake_scan` stands in for
+`fake_sniff` / `fake_inspect` stand in for `poisonguard.filesafety` in tests of the audit's
+plumbing (a file is unsafe when any pickle in it names `system`); `fake_scan` stands in for
 the behavioural scan: it reads the file name (crash / hang / backdoor) and logs each call.
 """
 

@@ -61,14 +61,10 @@ def zoo(tmp_path_factory, badnets_model, clean_model):
 
 @pytest.fixture
 def fake_filesafety(monkeypatch):
-    """The stand-in file check (and, while the real one is a stub, the format sniffer)."""
+    """The stand-in file check: tests of the audit's plumbing that need no real file check."""
     import audit_fakes
 
     import poisonguard.filesafety as filesafety
 
     monkeypatch.setattr(filesafety, "inspect_file", audit_fakes.fake_inspect)
-    try:
-        filesafety.sniff_format(__file__)
-    except NotImplementedError:
-        monkeypatch.setattr(filesafety, "sniff_format", audit_fakes.fake_sniff)
     return audit_fakes

@@ -32,8 +32,8 @@ def test_ray_audit_survives_a_crashing_and_a_hanging_model(tmp_path, fake_filesa
     assert rows["b_crash"]["status"] == "failed" and "crashed" in rows["b_crash"]["error"]
     assert rows["d_hang"]["status"] == "failed" and "timed out" in rows["d_hang"]["error"]
     for name in ("a_clean", "c_backdoor", "e_clean", "f_backdoor"):
-        assert rows[name]["status"] == "done", rows[name]
+        assert rows[name]["status"] == "done", (rows[name]["status"], rows[name]["error"])
         assert rows[name]["verdict"]["backdoored"] == ("backdoor" in name)
         assert rows[name]["verdict"]["threads"] == 1  # each worker kept to its share
-        assert rows[name]["attempts"] == 1  # queued behind a crash or a hang: handed on, not run twice
+        assert rows[name]["attempts"] == 1
     assert log.read_text().count("end ") == 4

@@ -31,21 +31,12 @@ def _never():
 
 @pytest.fixture(scope="module")
 def audited(zoo, tmp_path_factory):
-    """The zoo audited once with the real scan (a stand-in file check only while the real one is a stub)."""
-    mp = pytest.MonkeyPatch()
-    import audit_fakes
-
-    try:  # the real file check once it is there; the stand-in while it is the interface stub
-        REAL_INSPECT(zoo["paths"]["clean_a"])
-    except NotImplementedError:
-        mp.setattr(filesafety, "inspect_file", audit_fakes.fake_inspect)
-        mp.setattr(filesafety, "sniff_format", audit_fakes.fake_sniff)
+    """The zoo audited once with the real file check and the real scan."""
     out = tmp_path_factory.mktemp("audit-out")
     items = discover(zoo["root"], exclude=out)
     outcome = run_audit(items, TINY, out, make_executor=lambda: InProcessExecutor(audit_one))
     write_reports(out, outcome.rows, resumed=outcome.resumed, root=zoo["root"], settings=TINY.to_dict())
-    yield {"out": out, "items": items, "outcome": outcome, "mp": mp}
-    mp.undo()
+    return {"out": out, "items": items, "outcome": outcome}
 
 
 def _by_folder(rows):
@@ -187,12 +178,8 @@ def test_same_bytes_twice_are_scanned_once(zoo, tmp_path, fake_filesafety):
 
 
 def test_real_file_check_refuses_a_hostile_pickle_and_passes_a_state_dict(zoo, tmp_path):
-    """Uses `poisonguard.filesafety.inspect_file` itself (skipped only while it is the interface stub)."""
+    """Uses `poisonguard.filesafety.inspect_file` itself, even where another test put a stand-in in its place."""
     inspect_file = REAL_INSPECT
-    try:
-        inspect_file(zoo["paths"]["clean_a"])
-    except NotImplementedError:
-        pytest.skip("poisonguard.filesafety.inspect_file is still the interface stub (NotImplementedError)")
     assert inspect_file(zoo["paths"]["clean_a"]).safe
     assert not inspect_file(zoo["paths"]["hostile_pickle"]).safe
     assert not inspect_file(zoo["paths"]["hostile_torch"]).safe

@@ -3,9 +3,10 @@
 Both executors take jobs `(key, item, settings)` and call `on_start(job)` when a job is handed
 to a worker and `on_result(job, result)` as each one finishes, in the driver's thread (which
 is the only writer of `audit.db`). The Ray executor keeps one actor per worker, each limited
-to its share of the CPU threads (and given one GPU when there are enough), keeps the next
-model queued on each actor while it scans one, and turns a worker that crashes or overruns
-`timeout` into a `failed` result before replacing it, so one bad model never stops the audit.
+to its share of the CPU threads (and given one GPU when there are enough), hands each actor
+its next model before writing the last one's result, and turns a worker that crashes or
+overruns `timeout` into a `failed` result before replacing it, so one bad model never stops
+the audit.
 """
 
 from __future__ import annotations
@@ -218,25 +219,24 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 class _Slot:
-    """One worker and the jobs handed to it, in the order it runs them (head first)."""
+    """One worker and the job it runs (None while idle)."""
 
     def __init__(self, actor) -> None:
         self.actor = actor
-        self.queue: deque = deque()  # (ref, job)
-        self.head_started = 0.0  # when the head job began to run (the previous one's end)
+        self.ref = None
+        self.job: Job | None = None
+        self.started = 0.0
 
 
 class _Dispatcher:
     """The Ray executor's loop: keep every worker busy, turn crashes and overruns into failed rows.
 
-    Each worker holds up to `DEPTH` jobs, so it starts the next model the moment one ends
-    instead of idling for a round trip to the driver (about 50 ms a model on 2 cores: 5% of a
-    small model's scan). A worker runs its jobs one at a time, so the head's clock starts when
-    the job before it returned. When a worker dies or overruns, only its head job fails; the
-    jobs queued behind it go back to the front of the queue for another worker.
+    A worker that returns a result gets its next model before the driver writes the result's
+    report files and database row (tens of milliseconds on 2 cores, about 5% of a small model's
+    scan), so the worker does not wait on the driver's disk. A worker holds one model at a time:
+    queueing a second on it would gain a few more milliseconds, but when the second kills the
+    worker the moment it starts, Ray can lose the first one's finished result with the process.
     """
-
-    DEPTH = 2
 
     def __init__(self, executor: RayExecutor, actor_cls, on_start, on_result) -> None:
         self.executor, self.actor_cls = executor, actor_cls
@@ -244,7 +244,6 @@ class _Dispatcher:
         self.starting: dict = {}  # ready() ref -> actor
         self.slots: list[_Slot] = []
         self.pending: deque = deque()
-        self.dispatched: set = set()  # keys already marked running (a re-queued job is not a new attempt)
         self.start_failures = 0
 
     def _spawn(self) -> None:
@@ -253,25 +252,11 @@ class _Dispatcher:
 
     def _fill(self) -> None:
         for slot in self.slots:
-            while self.pending and len(slot.queue) < self.DEPTH:
-                job = self.pending.popleft()
-                if job.key not in self.dispatched:
-                    self.dispatched.add(job.key)
-                    self.on_start(job)
-                if not slot.queue:
-                    slot.head_started = time.monotonic()
-                slot.queue.append((slot.actor.run.remote(job.item, job.settings), job))
-
-    def _retire(self, slot: _Slot, error: str) -> None:
-        """Stop a crashed or hung worker and start another: its head job fails with `error`, the rest go back."""
-        import ray
-
-        self.slots.remove(slot)
-        (_, head), rest = slot.queue.popleft(), list(slot.queue)
-        self.pending.extendleft(job for _, job in reversed(rest))
-        ray.kill(slot.actor, no_restart=True)
-        self._spawn()
-        self.on_result(head, failed(error, head.item, time.monotonic() - slot.head_started))
+            if slot.job is None and self.pending:
+                slot.job = self.pending.popleft()
+                slot.ref = slot.actor.run.remote(slot.job.item, slot.job.settings)
+                slot.started = time.monotonic()
+                self.on_start(slot.job)
 
     def _started(self, ref) -> None:
         import ray
@@ -289,22 +274,24 @@ class _Dispatcher:
         self.start_failures = 0
         self.slots.append(_Slot(actor))
 
-    def _finished(self, slot: _Slot) -> None:
+    def _take(self, slot: _Slot, error: str | None = None) -> tuple[Job, dict]:
+        """The slot's job and its result (a failed one with `error`); a crashed or hung worker is replaced."""
         import ray
         from ray.exceptions import RayActorError
 
-        ref, job = slot.queue[0]
-        try:
-            result = ray.get(ref)
-        except RayActorError as exc:
-            self._retire(slot, f"worker crashed: {str(exc).strip().splitlines()[0]}")
-            return
-        except Exception as exc:  # the task raised past audit_one's guard (e.g. it could not be unpickled)
-            result = failed(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", job.item,
-                            time.monotonic() - slot.head_started)
-        slot.queue.popleft()
-        slot.head_started = time.monotonic()
-        self.on_result(job, result)
+        job, ref, seconds = slot.job, slot.ref, time.monotonic() - slot.started
+        slot.job = slot.ref = None
+        if error is None:
+            try:
+                return job, ray.get(ref)
+            except RayActorError as exc:
+                error = f"worker crashed: {str(exc).strip().splitlines()[0]}"
+            except Exception as exc:  # the task raised past audit_one's guard (e.g. it could not be unpickled)
+                return job, failed(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", job.item, seconds)
+        self.slots.remove(slot)
+        ray.kill(slot.actor, no_restart=True)  # a hung model: stop its process, keep going
+        self._spawn()
+        return job, failed(error, job.item, seconds)
 
     def run(self, jobs: list[Job]) -> None:
         import ray
@@ -313,22 +300,25 @@ class _Dispatcher:
         for _ in range(min(self.executor.workers, len(jobs))):
             self._spawn()
         timeout = self.executor.timeout
-        while self.pending or any(s.queue for s in self.slots):
+        while self.pending or any(s.job is not None for s in self.slots):
             self._fill()
-            busy = [s for s in self.slots if s.queue]
+            busy = {s.ref: s for s in self.slots if s.job is not None}
             if not busy and not self.starting:
                 raise RuntimeError("no Ray worker could be started")
-            heads = {s.queue[0][0]: s for s in busy}
             now = time.monotonic()
-            wait_for = min((s.head_started + timeout - now for s in busy), default=None)
-            refs = list(heads) + list(self.starting)
+            wait_for = min((s.started + timeout - now for s in busy.values()), default=None)
+            refs = list(busy) + list(self.starting)
             ray.wait(refs, num_returns=1, timeout=None if wait_for is None else max(0.0, wait_for))
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            finished = []
             for ref in ready:
                 if ref in self.starting:
                     self._started(ref)
                 else:
-                    self._finished(heads[ref])
+                    finished.append(self._take(busy[ref]))
             now = time.monotonic()
-            for slot in [s for s in self.slots if s.queue and now - s.head_started >= timeout]:
-                self._retire(slot, f"timed out after {timeout:g} s")  # a hung model: stop its process, keep going
+            for slot in [s for s in busy.values() if s.job is not None and now - s.started >= timeout]:
+                finished.append(self._take(slot, f"timed out after {timeout:g} s"))
+            self._fill()  # the workers start their next models before the driver writes these results
+            for job, result in finished:
+                self.on_result(job, result)
