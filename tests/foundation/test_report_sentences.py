@@ -188,3 +188,76 @@ def test_schema_requires_version_and_rejects_a_bad_status():
         validate_report({**data, "stages": [{"stage": "x", "status": "maybe"}]})
     with pytest.raises(jsonschema.ValidationError):
         validate_report({k: v for k, v in data.items() if k != "schema_version"})
+
+
+# ---------------------------------------------------------------- the demo's comparison, audit, sanitize, filter, DPA
+
+def test_demo_comparison_sentence_reads_both_models():
+    from poisonguard.cli.commands import comparison_summary
+
+    text = comparison_summary(Evaluation(0.964, 0.998), Evaluation(0.962, 0.001), target=3)
+    assert percents(text)[:4] == pytest.approx([0.964, 0.962, 0.998, 0.001]) and "class 3" in text
+    assert "about equally" in text
+    far = comparison_summary(Evaluation(0.90, 0.998), Evaluation(0.96, 0.001), target=0)
+    assert "not equally" in far  # the sentence does not claim equal accuracy its numbers deny
+
+
+def test_audit_sentence_counts_every_row_by_its_finding():
+    from poisonguard.audit.report import finding, summary_sentence
+
+    def row(safety, status, backdoored=None):
+        verdict = None if backdoored is None else {"backdoored": backdoored}
+        return {"file_safety": safety, "status": status, "verdict": verdict}
+
+    rows = ([row("unsafe", "done")] * 2 + [row("safe", "done", True)] * 3 + [row("safe", "done", False)] * 4
+            + [row("safe", "failed")] + [row("safe", "skipped")] * 2)
+    text = summary_sentence(rows, resumed=5)
+    counts = {f: sum(finding(r) == f for r in rows) for f in ("unsafe", "backdoored", "clean", "failed", "skipped")}
+    assert counts == {"unsafe": 2, "backdoored": 3, "clean": 4, "failed": 1, "skipped": 2}
+    assert text.startswith(f"{len(rows)} file(s) audited")
+    for words in ("2 unsafe file(s)", "3 backdoored model(s)", "4 clean", "1 not checked", "2 array file(s)",
+                  "5 taken from an earlier run"):
+        assert words in text, (words, text)
+
+
+def test_retrain_sentence_matches_its_table():
+    from poisonguard.sanitize.report import retrain_section
+
+    report = Report("sanitize")
+    retrain_section(report, Evaluation(0.951, 0.032), kept=3800, removed=200, held_out=True)
+    section = _section(report, "Retrained")
+    assert percents(section.summary) == pytest.approx([0.951, 0.032])
+    assert report.data["retrain"]["kept"] == 3800 and report.data["retrain"]["removed"] == 200
+    report2 = Report("sanitize")
+    retrain_section(report2, Evaluation(0.951, None), kept=4000, removed=0, held_out=False)
+    assert "attack success" not in _section(report2, "Retrained").summary  # no trigger known: no such claim
+
+
+@pytest.mark.parametrize("rejected,verdict,word", [(30, "trojaned", "more than"), (2, "clean", "no more than")])
+def test_filter_sentence_matches_its_counts(rejected, verdict, word):
+    import numpy as np
+
+    from poisonguard.sanitize.filter_cli import filter_section
+
+    block = {"inputs": 100, "rejected": list(range(rejected)), "frr": 0.01, "threshold": 0.5, "p_excess": 1e-9 if
+             verdict == "trojaned" else 0.6, "verdict": verdict}
+    report = Report("filter")
+    rng = np.random.default_rng(0)
+    filter_section(report, block, rng.uniform(0.4, 2.0, 200), rng.uniform(0.0, 2.0, 100))
+    text = _section(report, "STRIP").summary
+    assert text.startswith(f"{rejected} of 100 inputs are rejected, {word}") and "1.0%" in text
+
+
+def test_partition_sentence_reads_the_budget_it_names():
+    from poisonguard.certify.sections import poisoning_section
+    from poisonguard.results import PoisoningCertification
+
+    cert = PoisoningCertification(method="dpa", partitions=50, clean_accuracy=0.856,
+                                  certified_accuracy={"1": 0.84, "5": 0.797, "10": 0.716, "20": 0.424},
+                                  median_certified=18, seconds=1.0,
+                                  extra={"curve": {"poisoned": [0, 5, 10, 20], "certified_accuracy": [0.856, 0.797, 0.716, 0.424]}})
+    report = Report("certify")
+    poisoning_section(report, cert)
+    text = _section(report, "partition aggregation").summary
+    n = int(re.search(r"any (\d+) poisoned", text).group(1))
+    assert f"{cert.certified_accuracy[str(n)]:.0%}" in text and "50 models" in text and "86%" in text

@@ -213,6 +213,16 @@ def cmd_checklist(args) -> int:
     return _run_checklist(ctx, report, out)
 
 
+def comparison_summary(backdoored, clean, *, target: int) -> str:
+    """The demo's first sentence, from the two models' evaluations (the table beside it)."""
+    gap = abs(backdoored.clean_accuracy - clean.clean_accuracy)
+    alike = "about equally" if gap <= 0.02 else "not equally"
+    return (f"Both models are {alike} accurate on clean digits ({backdoored.clean_accuracy:.1%} vs "
+            f"{clean.clean_accuracy:.1%}), but a 3x3 white square turns {backdoored.attack_success_rate:.1%} of the "
+            f"backdoored model's inputs into class {target} (the clean model: {clean.attack_success_rate:.1%}). "
+            "Accuracy alone cannot reveal a backdoor.")
+
+
 def cmd_demo(args) -> int:
     """Train a backdoored and a clean model on MNIST 5k, compare them, then run every stage."""
     from poisonguard.attacks import badnets_trigger, poison_dataset, save_trigger
@@ -248,10 +258,7 @@ def cmd_demo(args) -> int:
         "Backdoored vs clean model",
         table(["model", "clean accuracy", "attack success rate (real trigger)", "train seconds"], rows)
         + trigger_figure(trigger, splits),
-        summary=(f"Both models are equally accurate on clean digits ({models['backdoored'][1].clean_accuracy:.1%} vs "
-                 f"{models['clean'][1].clean_accuracy:.1%}), but a 3x3 white square turns "
-                 f"{ev.attack_success_rate:.1%} of the backdoored model's inputs into class 0 "
-                 f"(the clean model: {models['clean'][1].attack_success_rate:.1%}). Accuracy alone cannot reveal a backdoor."),
+        summary=comparison_summary(models["backdoored"][1], models["clean"][1], target=trigger.target),
         order=10)
     ctx = StageContext(command="demo", model=model, splits=splits, report=report, out_dir=out, arch=arch,
                        trigger=trigger, seed=args.seed, device=args.device, quick=True, clean_model=models["clean"][0])
