@@ -15,9 +15,9 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -112,7 +112,6 @@ class RayExecutor:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.task, self.workers, self.address, self.timeout = task, int(workers), address, float(timeout)
         self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
-        self.started_ray = False
 
     # ------------------------------------------------------------------ Ray start and stop
 
@@ -148,7 +147,6 @@ class RayExecutor:
             with _environment(env):
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * self.threads),
                          object_store_memory=128 * 1024 * 1024, **quiet)
-        self.started_ray = True
         return ray.cluster_resources()
 
     def _actor_class(self, resources: dict[str, float]):
@@ -170,37 +168,17 @@ class RayExecutor:
         """
         if not jobs:
             return
-        checks = _Background(before) if before is not None else None
-        try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-checks") as pool:
+            checks = pool.submit(before) if before is not None else None
             resources = self._init()
-        finally:
-            if checks is not None:
-                checks.thread.join()
         try:
-            if checks is not None and checks.error is not None:
-                raise checks.error
+            if checks is not None:
+                checks.result()  # their error, raised here
             _Dispatcher(self, self._actor_class(resources), on_start, on_result).run(jobs)
         finally:
             import ray
 
             ray.shutdown()
-
-
-class _Background:
-    """`fn()` in a thread; after `thread.join()`, `error` holds what it raised (or None)."""
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self.error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # raised again in the caller's thread by run()
-                self.error = exc
-
-        self.thread = threading.Thread(target=target, name="audit-checks", daemon=True)
-        self.thread.start()
-
 
 
 @contextlib.contextmanager
@@ -289,7 +267,7 @@ class _Dispatcher:
             except Exception as exc:  # the task raised past audit_one's guard (e.g. it could not be unpickled)
                 return job, failed(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", job.item, seconds)
         self.slots.remove(slot)
-        ray.kill(slot.actor, no_restart=True)  # a hung model: stop its process, keep going
+        ray.kill(slot.actor, no_restart=True)  # a crashed or hung worker: stop its process, keep going
         self._spawn()
         return job, failed(error, job.item, seconds)
 
