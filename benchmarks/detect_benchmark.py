@@ -7,7 +7,10 @@ all (false-flag rate), and the ROC-AUC of "largest small-side anomaly index" as 
 backdoor score. Results are appended to CACHE/scans.jsonl, so an interrupted run resumes.
 
     PYTHONPATH=src python benchmarks/detect_benchmark.py [--methods neural_cleanse,tabor,deepinspect]
-        [--quick] [--no-build] [--limit N]
+        [--quick] [--no-build] [--limit N] [--dataset cifar10] [--clean-fraction 0.01]
+
+Rows carry the clean share they were scanned with (`clean_fraction`, default 0.05), so a
+1%-data run sits beside the 5% one in the same log.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ def main() -> None:
     parser.add_argument("--skip", default=None, help="skip models whose name contains this text (e.g. resnet20)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=parse_seeds, default=None, help="zoo seeds (default 0,1,2; others to tune on)")
+    parser.add_argument("--dataset", choices=("mnist5k", "cifar10"), default="mnist5k")
+    parser.add_argument("--clean-fraction", type=float, default=0.05,
+                        help="share of the training part given to the detectors as clean data (scan's default 0.05)")
     parser.add_argument("--option", action="append", metavar="NAME=VALUE",
                         help="detector hyperparameter for every method, e.g. steps_per_epoch=28 (repeatable)")
     args = parser.parse_args()
@@ -84,15 +90,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     methods = [DETECTORS.normalise(m) for m in args.methods.split(",")]
     if args.no_build:
-        specs = [{**s, "path": str(args.cache / s["name"] / "model.pt")} for s in zoo_specs(args.seeds, args.quick)]
+        specs = [{**s, "path": str(args.cache / s["name"] / "model.pt")}
+                 for s in zoo_specs(args.seeds, args.quick, args.dataset)]
         specs = [s for s in specs if (args.cache / s["name"] / "report.json").is_file()]
     else:
-        specs = build_zoo(args.cache, args.seeds, args.quick)
+        specs = build_zoo(args.cache, args.seeds, args.quick, args.dataset)
     if args.skip:
         specs = [s for s in specs if args.skip not in s["name"]]
     specs = specs[: args.limit]
-    splits = load_data("mnist5k")
-    clean = per_class_subset(splits.train, fraction=0.05, seed=0)
+    splits = load_data(args.dataset)
+    clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=0)
+    if args.clean_fraction != 0.05:  # the 5% rows keep their old key (no tag)
+        tag = ",".join(filter(None, [tag, f"clean_fraction={args.clean_fraction}"]))
     log_path = args.cache / "scans.jsonl"
     done = {}
     if log_path.is_file():
@@ -111,7 +120,8 @@ def main() -> None:
             row = {"model": spec["name"], "kind": spec["kind"], "target": spec["target"], "method": method,
                    "split": spec["split"], "arch": spec.get("arch", "mnist_cnn"),
                    "flagged_classes": d["flagged_classes"], "anomaly_index": d["anomaly_index"],
-                   "mask_l1": d["mask_l1"], "score": score(d), "seconds": time.perf_counter() - start}
+                   "mask_l1": d["mask_l1"], "score": score(d), "seconds": time.perf_counter() - start,
+                   "dataset": args.dataset, "clean_fraction": args.clean_fraction, "clean_images": len(clean)}
             if tag:
                 row["options"] = tag
             done[(spec["name"], method, tag)] = row

@@ -123,12 +123,17 @@ def main() -> None:
                         help="also print, per model, each method's target statistic, largest other and threshold")
     parser.add_argument("--per-model-rule", default="log_lower_cal", help="log_lower_cal or log_lower_scan")
     parser.add_argument("--fpr", type=float, default=0.05)
-    parser.add_argument("--calibration-file", type=Path, default=None,
-                        help="a scan's cached calibration JSON (~/.cache/poisonguard/calibration/KEY.json): rule log_lower_scan")
+    parser.add_argument("--calibration-file", action="append", default=[], metavar="[ARCH=]PATH",
+                        help="a scan's cached calibration JSON (~/.cache/poisonguard/calibration/KEY.json) for suspects "
+                             "of ARCH (default: every suspect): rule log_lower_scan; repeatable, one per architecture")
+    parser.add_argument("--dataset", choices=("mnist5k", "cifar10"), default="mnist5k")
+    parser.add_argument("--clean-fraction", type=float, default=0.05,
+                        help="judge the scans made with this share of clean data (detect_benchmark.py --clean-fraction)")
     args = parser.parse_args()
     methods = args.methods.split(",")
     rows = [json.loads(line) for line in (args.cache / "scans.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if not r.get("options")]
+    wanted = "" if args.clean_fraction == 0.05 else f"clean_fraction={args.clean_fraction}"
+    rows = [r for r in rows if r.get("options", "") == wanted and r.get("dataset", "mnist5k") == args.dataset]
     for r in rows:
         seed = int(r["model"].rsplit("seed", 1)[1])
         r.setdefault("split", "tuning" if seed in TUNING_SEEDS else "report")
@@ -137,14 +142,8 @@ def main() -> None:
     models = sorted({r["model"] for r in rows if all(any(q["model"] == r["model"] and q["method"] == m for q in rows)
                                                       for m in methods)})
     cals = {arch: ZooCalibration(rows, arch) for arch in ("mnist_cnn", "lenet5", "resnet20")}
-    scan_cal = None
-    if args.calibration_file is not None:
-        from poisonguard.detect.calibration import Calibration
-
-        scan_cal = Calibration.from_json(args.calibration_file.read_text())
-        print(f"scan calibration: {scan_cal.n_models} {scan_cal.architecture} references on {scan_cal.clean_images} "
-              f"clean images, methods {sorted(scan_cal.methods)}, {scan_cal.seconds} s")
-    elif "log_lower_scan" in args.rules:
+    scan_cals = scan_calibrations(args.calibration_file)
+    if not scan_cals and "log_lower_scan" in args.rules:
         args.rules = ",".join(r for r in args.rules.split(",") if r != "log_lower_scan")
     print(f"methods {methods}; models with every method scanned: {len(models)}")
     print(f"{'rule':14s} {'split':7s} {'found':>9s} {'clean flagged':>13s} {'AUC':>6s} {'FPR@95':>7s} {'CE':>6s}  per family (found/n)")
@@ -158,7 +157,9 @@ def main() -> None:
                     continue
                 arch = mine[0].get("arch") or "mnist_cnn"
                 if rule == "log_lower_scan":
-                    cal = scan_cal
+                    cal = scan_cals.get(arch, scan_cals.get(None))
+                    if cal is None:
+                        continue
                 elif rule == "log_lower_cal" and split == "tuning" and mine[0]["kind"] == "clean":
                     # A tuning clean model is one of the references: judge it against the others.
                     others = [r for r in rows if r["model"] != name]
@@ -190,6 +191,20 @@ def main() -> None:
     if per_model:
         print(f"\nper model ({args.per_model_rule}, fpr {args.fpr}): per method target index / largest other / threshold")
         print("\n".join(per_model))
+
+
+def scan_calibrations(items: list[str]) -> dict:
+    """{architecture or None (every suspect): Calibration} from `[ARCH=]PATH` arguments."""
+    from poisonguard.detect.calibration import Calibration
+
+    out = {}
+    for item in items:
+        arch, _, path = item.rpartition("=")
+        cal = Calibration.from_json(Path(path).read_text())
+        out[arch or None] = cal
+        print(f"scan calibration for {arch or 'every suspect'}: {cal.n_models} {cal.architecture} references on "
+              f"{cal.clean_images} clean images, methods {sorted(cal.methods)}, {cal.seconds} s")
+    return out
 
 
 def model_line(name: str, mine: list[dict], cal, fpr: float, bad: bool, targets: list[int]) -> str:

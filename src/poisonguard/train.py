@@ -82,13 +82,18 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+def unfitted_scalers(model: nn.Module) -> list[nn.Module]:
+    """The sub-modules that scale the raw inputs (`fit_inputs`, `set_statistics`: the `mlp`'s
+    standardisation) and hold no statistics yet."""
+    return [m for m in model.modules() if callable(getattr(m, "fit_inputs", None))
+            and not bool(getattr(m, "fitted", torch.tensor(True)))]
+
+
 def fit_input_stats(model: nn.Module, x: torch.Tensor) -> None:
-    """Let every sub-module with `fit_inputs` (the `mlp`'s standardisation) fit its statistics
-    on the training inputs, once: a module that already holds fitted statistics keeps them."""
-    for module in model.modules():
-        fit_inputs = getattr(module, "fit_inputs", None)
-        if callable(fit_inputs) and not bool(getattr(module, "fitted", torch.tensor(True))):
-            fit_inputs(x)
+    """Let every unfitted input scaler fit its statistics on the training inputs, once: a
+    module that already holds fitted statistics keeps them."""
+    for module in unfitted_scalers(model):
+        module.fit_inputs(x)
 
 
 def fit(model: nn.Module, data: ImageData, config: FitConfig | None = None, **overrides) -> nn.Module:

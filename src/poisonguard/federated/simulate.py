@@ -25,6 +25,7 @@ from poisonguard.data import ImageData, Splits, per_class_subset
 from poisonguard.errors import UserError
 from poisonguard.federated.aggregators import Aggregator
 from poisonguard.federated.attacks import FLAttack, NoAttack
+from poisonguard.federated.input_stats import fit_federated_input_stats
 from poisonguard.models import build_model
 from poisonguard.results import Federated, RoundResult
 from poisonguard.metrics import accuracy, attack_success_rate
@@ -195,7 +196,7 @@ class Simulator:
         if self.arch is None and splits.kind != "image":
             from poisonguard.models.registry import default_architecture
 
-            arch = default_architecture(splits.kind, splits.input_shape)  # unfitted scaling: no client shares its rows
+            arch = default_architecture(splits.kind, splits.input_shape)  # its scaling: federated.input_stats
         else:
             arch = self.arch or ("mnist_cnn" if splits.input_shape[0] == 1 else "lenet5")
         return build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=self.seed)
@@ -265,6 +266,8 @@ class Simulator:
         noise_gen = torch.Generator().manual_seed(self.seed + 1)
         rng = np.random.default_rng(self.seed)
         clients = self._clients(splits, attack)
+        # Before any training (LocalTrainer captures the buffers): the tables' mlp scaling.
+        input_stats = fit_federated_input_stats(model, [c.data.x for c in clients])
         flat = flat_params(model) if initial is None else initial.detach().clone().float()
         if flat.shape != flat_params(model).shape:
             raise UserError(f"initial parameters have {flat.shape[0]} values, the model {flat_params(model).shape[0]}")
@@ -321,6 +324,8 @@ class Simulator:
                  "vectorized": trainer.vectorize, "seconds": round(time.perf_counter() - start_time, 2),
                  "train_seconds": round(train_seconds, 2), "aggregator_hparams": dict(aggregator.hparams),
                  "attack_options": attack.describe()}
+        if input_stats is not None:
+            extra["input_statistics"] = input_stats
         return Federated(aggregator=aggregator.name, attack=attack.name, rounds=tuple(rounds), extra=extra), flat
 
 

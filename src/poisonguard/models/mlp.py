@@ -13,7 +13,9 @@ class Standardize(nn.Module):
 
     The statistics are buffers (saved with the weights), so the model takes raw feature
     units like every poisonguard model takes raw inputs. `fit.fit` calls `fit_inputs` on the
-    training data before the first step; until then the layer is the identity.
+    training data before the first step; DP-SGD and `fl`, which may not read the rows, call
+    `set_statistics` with private (privacy.input_stats) or cross-client (federated.input_stats)
+    estimates; until then the layer is the identity.
     """
 
     def __init__(self, features: int) -> None:
@@ -26,7 +28,13 @@ class Standardize(nn.Module):
     def fit_inputs(self, x: torch.Tensor) -> None:
         x = x.float().reshape(len(x), -1)
         std = x.std(0, unbiased=False) if len(x) > 1 else torch.ones(x.shape[1], device=x.device)
-        self.mean.copy_(x.mean(0))
+        self.set_statistics(x.mean(0), std)
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Use statistics estimated elsewhere (privately under DP-SGD, across clients in `fl`)."""
+        mean, std = mean.float().to(self.mean), std.float().to(self.std)
+        self.mean.copy_(mean)
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))  # constant features stay 0
         self.fitted.fill_(1.0)
 

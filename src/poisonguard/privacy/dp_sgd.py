@@ -14,6 +14,7 @@ from torch import nn
 from poisonguard.data import ImageData
 from poisonguard.privacy.accounting import check_accountant, check_delta, check_epsilon
 from poisonguard.privacy.engine import DEFAULT_GRAD_SAMPLE_MODE, check_common, train_private
+from poisonguard.privacy.input_stats import STATS_DELTA_SHARE, STATS_EPSILON_SHARE, with_private_input_stats
 from poisonguard.privacy.registry import TRAINERS
 from poisonguard.results import Privacy
 
@@ -47,15 +48,27 @@ class DPSGD:
         self.max_physical_batch_size, self.seed, self.device = int(max_physical_batch_size), int(seed), device
 
     def fit(self, model: nn.Module, data: ImageData, **hooks) -> tuple[nn.Module, Privacy]:
-        """Return (trained copy of `model`, privacy spent); `model` itself is left unchanged."""
+        """Return (trained copy of `model`, privacy spent); `model` itself is left unchanged.
+
+        A model that scales its own raw inputs (the tables' `mlp`) first gets private input
+        statistics for a tenth of epsilon and delta (privacy.input_stats); DP-SGD gets the rest,
+        and the two add up (basic composition) to the stated budget.
+        """
         check_delta(self.delta, len(data))
+        model, stats = with_private_input_stats(model, data.x, epsilon=min(STATS_EPSILON_SHARE * self.epsilon, 0.9),
+                                                delta=STATS_DELTA_SHARE * self.delta, seed=self.seed)
+        sgd_epsilon = self.epsilon - (stats["epsilon"] if stats else 0.0)
+        sgd_delta = self.delta - (stats["delta"] if stats else 0.0)
         trained, info = train_private(
-            model, data, target_epsilon=self.epsilon, delta=self.delta, accountant=self.accountant, poisson=True,
+            model, data, target_epsilon=sgd_epsilon, delta=sgd_delta, accountant=self.accountant, poisson=True,
             max_grad_norm=self.max_grad_norm, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             optimizer=self.optimizer, grad_sample_mode=self.grad_sample_mode,
             max_physical_batch_size=self.max_physical_batch_size, seed=self.seed, device=self.device, **hooks)
         epsilon = info.pop("epsilon")
         noise = info.pop("noise_multiplier")
+        if stats is not None and epsilon is not None:
+            info.update(dp_sgd_epsilon=epsilon, dp_sgd_delta=sgd_delta, input_statistics=stats)
+            epsilon += stats["epsilon"]
         privacy = Privacy(epsilon=epsilon if epsilon is not None else math.inf, delta=self.delta,
                           accountant=self.accountant, noise_multiplier=noise, max_grad_norm=self.max_grad_norm,
                           extra={"method": "dp_sgd", "target_epsilon": self.epsilon, **info})

@@ -15,7 +15,17 @@ def privacy_rows(privacy: Privacy) -> list[list]:
             ["delta", privacy.delta], ["accountant", privacy.accountant],
             ["noise multiplier", round(privacy.noise_multiplier, 4)], ["clipping bound C", privacy.max_grad_norm],
             ["steps", extra.get("steps")], ["sample rate", extra.get("sample_rate")],
-            ["grad-sample mode", extra.get("grad_sample_mode")], ["layers replaced", fixes]]
+            ["grad-sample mode", extra.get("grad_sample_mode")], ["layers replaced", fixes],
+            *_input_statistics_rows(extra)]
+
+
+def _input_statistics_rows(extra: dict) -> list[list]:
+    stats = extra.get("input_statistics")
+    if not stats:
+        return []
+    return [["epsilon, delta of DP-SGD", f"{extra.get('dp_sgd_epsilon'):.4g}, {extra.get('dp_sgd_delta'):.3g}"],
+            ["epsilon, delta of the input statistics", f"{stats['epsilon']:.4g}, {stats['delta']:.3g}"],
+            ["input statistics", stats["mechanism"]]]
 
 
 def privacy_summary(privacy: Privacy) -> str:

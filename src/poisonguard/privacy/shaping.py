@@ -9,12 +9,14 @@ gives no privacy guarantee.
 
 from __future__ import annotations
 
+import copy
 import math
 
 from torch import nn
 
 from poisonguard.data import ImageData
 from poisonguard.privacy.engine import DEFAULT_GRAD_SAMPLE_MODE, check_common, train_private
+from poisonguard.train import fit_input_stats, unfitted_scalers
 from poisonguard.privacy.registry import TRAINERS
 from poisonguard.results import Privacy
 
@@ -44,7 +46,13 @@ class GradientShaping:
         self.seed, self.device = int(seed), device
 
     def fit(self, model: nn.Module, data: ImageData, **hooks) -> tuple[nn.Module, Privacy]:
-        """Return (trained copy of `model`, a Privacy record with epsilon = inf and accountant "none")."""
+        """Return (trained copy of `model`, a Privacy record with epsilon = inf and accountant "none").
+
+        Shaping claims no privacy, so a model that scales its own inputs (the tables' `mlp`) gets
+        its statistics fitted on the rows as in plain training."""
+        if unfitted_scalers(model):
+            model = copy.deepcopy(model)
+            fit_input_stats(model, data.x)
         trained, info = train_private(
             model, data, noise_multiplier=self.noise_multiplier, poisson=False,
             max_grad_norm=self.max_grad_norm, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
