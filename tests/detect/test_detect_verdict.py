@@ -182,3 +182,24 @@ def test_api_scan_returns_the_verdict_and_routes_options():
         route_options(["deepinspect"], {"epochs": 1})
     with pytest.raises(UserError, match="has no option"):
         route_options(["deepinspect"], {"deepinspect": {"epochs": 1}})
+
+
+def test_clean_share_caps_images_balanced_and_says_so():
+    from types import SimpleNamespace
+
+    from poisonguard.data import ImageData
+    from poisonguard.detect.report import _data_words
+    from poisonguard.detect.scan import clean_share
+
+    y = torch.arange(10).repeat(300)
+    images = ImageData(torch.rand(len(y), 3, 4, 4), y, tuple(str(i) for i in range(10)))
+    splits = SimpleNamespace(train=images, kind="image", num_classes=10)
+    clean, pool = clean_share(splits, fraction=0.05, seed=0)
+    assert (len(clean), pool) == (150, None)  # under the default cap: untouched
+    clean, pool = clean_share(splits, fraction=0.05, seed=0, cap=50)
+    assert pool == 150 and len(clean) == 50 and torch.bincount(clean.y).tolist() == [5] * 10
+    words = _data_words(SimpleNamespace(data={"clean_images": 50, "clean_fraction": 0.05, "capped_from": pool}))
+    assert "50 clean images" in words and "150" in words and "5%" in words
+    rows = ImageData(torch.rand(len(y), 6), y, tuple(str(i) for i in range(10)), kind="tabular")
+    clean, pool = clean_share(SimpleNamespace(train=rows, kind="tabular", num_classes=10), fraction=0.5, seed=0, cap=50)
+    assert (len(clean), pool) == (1500, None)  # tables are never capped

@@ -26,18 +26,18 @@ def scan_model(path: str, settings: AuditSettings):
     Raises UserError for a file that cannot be loaded as a classifier for `settings.data`.
     """
     from poisonguard.cli.inputs import load_checked_model
-    from poisonguard.data import per_class_subset
-    from poisonguard.detect.scan import scan_into_report
+    from poisonguard.detect.scan import clean_share, scan_into_report
     from poisonguard.report import Report
 
     splits = _splits(settings.data, settings.seed)
     loaded, info = load_checked_model(path, splits, settings.arch)
-    clean = per_class_subset(splits.train, fraction=settings.clean_fraction, seed=settings.seed)
+    clean, capped_from = clean_share(splits, fraction=settings.clean_fraction, seed=settings.seed,
+                                     cap=settings.max_clean_images)
     report = Report("scan")
     report.set("model", info)
     report.set("audit", {"settings": settings.to_dict()})
     verdict = scan_into_report(report, loaded, clean, settings.scan_plan(), input_shape=splits.input_shape,
                                num_classes=splits.num_classes, classes=list(splits.classes),
                                examples=splits.test.x[: splits.num_classes], data_label=settings.data,
-                               clean_fraction=settings.clean_fraction)
+                               clean_fraction=settings.clean_fraction, capped_from=capped_from)
     return verdict.to_dict(), report

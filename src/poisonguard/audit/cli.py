@@ -75,7 +75,7 @@ def cmd_audit(args) -> int:
                              statistic=args.statistic, calibration=args.calibration,
                              reference_models=args.reference_models, epochs=args.epochs,
                              steps_per_epoch=args.steps_per_epoch, steps=args.steps, clean_fraction=args.clean_fraction,
-                             threshold=args.threshold, seed=args.seed, device=args.device)
+                             max_clean_images=args.max_clean_images, threshold=args.threshold, seed=args.seed, device=args.device)
     workers = args.workers or (None if args.address else (os.cpu_count() or 1))
 
     def make_executor():  # only called when something is left to do

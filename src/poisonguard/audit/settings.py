@@ -17,7 +17,7 @@ class AuditSettings:
     The scan is `poisonguard scan`'s: `methods` (default: scan's verdict set), the verdict at
     false-positive rate `fpr`, calibrated on `reference_models` clean references (`calibration`
     "auto"; computed once per architecture and data and cached, so the workers share it) or
-    not ("none"). `epochs`, `steps_per_epoch`, `steps` and `clean_fraction` are the scan
+    not ("none"). `epochs`, `steps_per_epoch`, `steps`, `clean_fraction` and `max_clean_images` are the scan
     budget; `arch` and `data` may differ per model (manifest). The hash of all of it (and the
     poisonguard version) is half of a result's key in `audit.db`: change any and the model is
     scanned again.
@@ -34,12 +34,13 @@ class AuditSettings:
     steps_per_epoch: int | None = None
     steps: int | None = None
     clean_fraction: float = 0.05
+    max_clean_images: int | None = None  # None: detect.scan.MAX_CLEAN_IMAGES
     threshold: float | None = None
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "steps_per_epoch", "steps"):
+        for name in ("epochs", "steps_per_epoch", "steps", "max_clean_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

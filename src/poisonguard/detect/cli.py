@@ -67,6 +67,9 @@ def add_budget_options(p) -> None:
     p.add_argument("--clean-fraction", type=probability, default=None,
                    help="share of the training part used as clean data (default 0.05; 0.25 for a table, whose "
                         "reference models train on it)")
+    p.add_argument("--max-clean-images", type=positive_int, default=None,
+                   help="cap on the clean images the scan uses, balanced over classes (default 500, "
+                        "detect.scan.MAX_CLEAN_IMAGES; each inversion epoch is one pass over them)")
     p.add_argument("--epochs", type=positive_int, default=None, help="inversion epochs for neural-cleanse / tabor (default 40)")
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps for deepinspect / feature-re")
     p.add_argument("--threshold", type=positive_float, default=None,
@@ -125,10 +128,9 @@ def cmd_scan(args) -> int:
     if text.wants_text(args):
         return text.scan(args)
     from poisonguard.cli.inputs import check_input_shape, check_num_classes, data_inputs, guard_out, load_checked_model, load_splits, model_inputs
-    from poisonguard.data import per_class_subset
     from poisonguard.detect import DETECTORS
     from poisonguard.detect.report import write_triggers
-    from poisonguard.detect.scan import ScanPlan, scan_into_report
+    from poisonguard.detect.scan import ScanPlan, clean_share, scan_into_report
     from poisonguard.errors import EXIT_FINDING, EXIT_OK
     from poisonguard.models import load_model
     from poisonguard.report import Report
@@ -139,6 +141,7 @@ def cmd_scan(args) -> int:
     _shape(args.input_shape)  # a typo or a 30000x30000 shape fails before the model is read
     data_free = args.data.strip().lower() == "none"
     report = Report("scan")
+    capped_from = None
     if data_free:
         needing = [m for m in methods if DETECTORS.get(m).needs_data]
         if args.method is not None and needing:
@@ -169,7 +172,8 @@ def cmd_scan(args) -> int:
                 from poisonguard.detect.verdict import TABULAR_METHODS
 
                 methods = list(TABULAR_METHODS)
-        clean = per_class_subset(splits.train, fraction=args.clean_fraction or 0.05, seed=args.seed)
+        clean, capped_from = clean_share(splits, fraction=args.clean_fraction or 0.05, seed=args.seed,
+                                         cap=args.max_clean_images)
         examples = splits.test.x[: max(k, 1)]
     report.set("model", info)
     options = detector_options(methods, threshold=args.threshold, epochs=args.epochs, prune_after=args.prune_after,
@@ -178,7 +182,8 @@ def cmd_scan(args) -> int:
                     reference_models=args.reference_models or 4, seed=args.seed, device=args.device, options=options)
     verdict = scan_into_report(report, loaded, clean, plan, input_shape=shape, num_classes=k, classes=classes,
                                examples=examples, data_label=args.data,
-                               clean_fraction=None if clean is None else args.clean_fraction or 0.05)
+                               clean_fraction=None if clean is None else args.clean_fraction or 0.05,
+                               capped_from=capped_from)
     summary, taken = [], set()
     for det in verdict.detections:
         flagged_here = [e["class"] for e in verdict.method_rows(det.method) if e["flagged"]]

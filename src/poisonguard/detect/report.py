@@ -28,7 +28,9 @@ def _data_words(verdict) -> str:
     n = verdict.data.get("clean_images", 0)
     if not n:
         return "data-free (no clean images)"
-    frac = verdict.data.get("clean_fraction")
+    frac, pool = verdict.data.get("clean_fraction"), verdict.data.get("capped_from")
+    if frac and pool:
+        return f"{n} clean images (a balanced sample, capped, of the {pool:,} that are {frac:.0%} of the training split)"
     return f"{n} clean images" + (f" ({frac:.0%} of the training split)" if frac else "")
 
 

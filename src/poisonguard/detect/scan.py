@@ -51,11 +51,31 @@ def _references(loaded, clean, input_shape, plan: ScanPlan):
                             device=plan.device)
 
 
+# Images: the inversions take one pass over the clean images per epoch, so CIFAR-10's 5% (2,500)
+# would cost 12x MNIST 5k's (200); 500 keeps a CIFAR scan in minutes on a CPU. Tables are not
+# capped (their references train on the clean part).
+MAX_CLEAN_IMAGES = 500
+
+
+def clean_share(splits, *, fraction: float, seed: int, cap: int | None = None):
+    """(the defender's clean data: `fraction` of each class of the training part, images capped at
+    `cap` (default MAX_CLEAN_IMAGES) in all, balanced; the share's size before the cap, or None
+    when it was not capped)."""
+    from poisonguard.data import per_class_subset
+
+    cap = cap or MAX_CLEAN_IMAGES
+    clean = per_class_subset(splits.train, fraction=fraction, seed=seed)
+    if splits.kind != "image" or len(clean) <= cap:
+        return clean, None
+    return per_class_subset(clean, per_class=max(1, cap // splits.num_classes), seed=seed), len(clean)
+
+
 def scan_into_report(report, loaded, clean, plan: ScanPlan, *, input_shape, num_classes, classes, examples,
-                     data_label: str, clean_fraction: float | None) -> Verdict:
+                     data_label: str, clean_fraction: float | None, capped_from: int | None = None) -> Verdict:
     """Scan `loaded.model` with `plan`; set the report's calibration, scan and verdict, add each method's section.
 
-    `clean` is the defender's clean ImageData, or None (data-free: uncalibrated, data-free methods).
+    `clean` is the defender's clean ImageData, or None (data-free: uncalibrated, data-free methods);
+    `capped_from`, the size of the clean share before the scan's cap on images, when it was capped.
     Returns the Verdict; `verdict.detections` holds the Detections (masks, triggers).
     """
     from poisonguard.detect.calibration import calibrate_for
@@ -74,11 +94,13 @@ def scan_into_report(report, loaded, clean, plan: ScanPlan, *, input_shape, num_
     verdict = scan_verdict(
         loaded.model, clean, methods=methods, fpr=plan.fpr, statistic=plan.statistic, calibration=calibration,
         seed=plan.seed, device=plan.device, input_shape=input_shape, num_classes=num_classes, options=plan.options,
-        classes=classes, data_info={"clean_fraction": None if clean is None else clean_fraction, "data": data_label},
+        classes=classes, data_info={"clean_fraction": None if clean is None else clean_fraction, "data": data_label,
+                                    **({"capped_from": capped_from} if capped_from else {})},
         on_skip=lambda name, exc: skipped.append({"method": name, "error": str(exc)}), references=references)
     report.set("scan", {"methods": [d.method for d in verdict.detections], "skipped": skipped, "data": data_label,
                         "clean_images": 0 if clean is None else len(clean),
-                        "clean_fraction": None if clean is None else clean_fraction, "seed": plan.seed})
+                        "clean_fraction": None if clean is None else clean_fraction, "seed": plan.seed,
+                        "clean_images_capped_from": capped_from})
     add_verdict(report, verdict, classes)
     for order, det in enumerate(verdict.detections):
         add_to_report(report, det, examples, classes, order=20 + order, verdict=verdict)
