@@ -46,11 +46,16 @@ class TrainJob:
     trigger: Trigger | None = None
     saved: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Makes the fresh model when the registered image/table architectures cannot (a text model
+    # needs its tokenizer's vocabulary size).
+    model_factory: Callable[[], nn.Module] | None = None
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model of the job's architecture for its data, seeded by its recipe."""
         from poisonguard.models import build_model
 
+        if self.model_factory is not None:
+            return self.model_factory()
         return build_model(self.arch, num_classes=self.splits.num_classes, input_shape=self.splits.input_shape,
                            seed=self.config.seed)
 

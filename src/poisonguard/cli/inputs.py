@@ -300,17 +300,21 @@ def build_checked_model(arch: str, splits, seed: int | None = None):
 
 
 def check_model_fits(model, what: str, splits) -> None:
-    """UserError unless `model` maps two zero images of the data's shape to one score per class."""
+    """UserError unless `model` maps two zero inputs of the data's shape and type (images, table
+    rows, token ids) to one score per class."""
     import torch
 
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *splits.input_shape))
+            out = model(torch.zeros(2, *splits.input_shape, dtype=splits.train.x.dtype))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         size = "x".join(str(s) for s in splits.input_shape)
+        if splits.kind != "image":
+            raise UserError(f"{what} cannot take {splits.kind} inputs of shape {size} ({first}); "
+                            "use another --arch") from exc
         raise UserError(f"{what} cannot take {size} images ({first}); "
                         "use larger images or another --arch") from exc
     finally:

@@ -35,7 +35,7 @@ def wants_text(args, spec: str | None = None) -> bool:
     return is_text_source(spec, getattr(args, "text_column", None))
 
 
-def _splits(args, spec: str | None = None):
+def load_corpus(args, spec: str | None = None):
     from poisonguard.data.text import load_text
 
     return load_text(spec or args.data, text_column=getattr(args, "text_column", None),
@@ -64,7 +64,7 @@ def _trigger(method: str, args, num_classes: int):
         raise UserError(str(exc)) from exc
 
 
-def _tokenizer(args, train):
+def fitted_tokenizer(args, train):
     from poisonguard.data.tokenizer import Tokenizer, load_tokenizer
 
     if getattr(args, "tokenizer", None):
@@ -108,41 +108,74 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     from poisonguard.models.text_files import new_text_model, save_text_model
     from poisonguard.report import Report
 
-    if command == "train":
-        from poisonguard.defenses import load_defenses
-
-        registry = load_defenses()
-        implied = [n for n in registry.names() if any(getattr(args, o, None) is not None for o in registry.get(n).implied_by)]
-        if getattr(args, "defense", None) not in (None, "none") or implied:
-            raise UserError(f"training-time defences ({', '.join(implied) or args.defense}) do not take text data yet")
+    defense = _text_defense(args) if command == "train" else None
     out = guard_out(args.out, command=command, force=args.force, outputs=OUTPUTS[command], inputs=[("data", Path(args.data))])
-    splits = _splits(args)
+    splits = load_corpus(args)
     trigger, train, poisoned = None, splits.train, []
     if method is not None:
         if method not in TEXT_ATTACKS:
             raise UserError(f"text data takes the attacks {', '.join(TEXT_ATTACKS)}, not {method!r}")
         trigger = _trigger(method, args, splits.num_classes)
         train, poisoned = poison_text(splits.train, trigger, rate=args.rate, seed=args.seed)
-    tok = _tokenizer(args, train)
+    tok = fitted_tokenizer(args, train)
     arch = args.arch or DEFAULT_TEXT_ARCH
     tm = new_text_model(arch, tok, splits.classes, seed=args.seed)
+    report = Report(command)
     start = time.perf_counter()
-    _fit(tm, encode(train, tok), args)
+    if defense is None:
+        _fit(tm, encode(train, tok), args)
+    else:
+        tm.model = _train_with_defense(defense, tm, encode(train, tok), splits, args, out, report)
     seconds = time.perf_counter() - start
     ev = _evaluation(tm, splits.test, trigger)
     training = {"command": command, "data": splits.name, "epochs": args.epochs, "seed": args.seed,
                 "seconds": round(seconds, 2), "attack": method, "rate": args.rate if method else None, "kind": "text"}
+    if defense is not None:
+        training["defense"] = "dp"
     meta = save_text_model(tm, out, extra={"training": training})
     if trigger is not None:
         save_text_trigger(trigger, out / "trigger.json")
         _write_poisoned(out / "poisoned.csv", train, poisoned, args)
-    report = Report(command)
     report.set("model", _model_info(tm, out, meta))
     report.set("evaluation", ev)
     report.set("training", training)
     report.write(out)
     print(json.dumps({"out": str(out), **ev}))
     return EXIT_OK
+
+
+def _text_defense(args):
+    """The training defence `train` was asked for on text: DP-SGD / gradient shaping (`dp`) or None;
+    any other (they smooth, augment or partition images) is refused in one line."""
+    from poisonguard.defenses import load_defenses
+
+    registry = load_defenses()
+    implied = [n for n in registry.names() if any(getattr(args, o, None) is not None for o in registry.get(n).implied_by)]
+    named = getattr(args, "defense", None)
+    chosen = sorted(set(implied) | ({named} if named not in (None, "none") else set()))
+    if not chosen:
+        return None
+    if chosen != ["dp"]:
+        raise UserError(f"of the training-time defences, text data takes dp (--dp-epsilon or --dp-noise), "
+                        f"not {', '.join(n for n in chosen if n != 'dp')}")
+    return registry.get("dp")
+
+
+def _train_with_defense(defense, tm, data, splits, args, out: Path, report):
+    """Train tm's model with the defence (privacy block and section into `report`); the trained module."""
+    from poisonguard.cli.commands import defense_options
+    from poisonguard.defenses import TrainJob
+    from poisonguard.train import FitConfig
+
+    config = FitConfig(epochs=args.epochs, batch_size=args.batch_size or 64, lr=args.lr, optimizer=args.optimizer or "sgd",
+                       seed=args.seed, device=args.device)
+    start_model = tm.model
+    job = TrainJob(options=defense_options(defense, args), splits=splits, train=data, arch=tm.arch, config=config,
+                   out_dir=out, report=report, model_factory=lambda: start_model)
+    trained = defense.run(job)
+    if job.saved:  # DP replaced a layer and saved TorchScript: a text model folder cannot hold that
+        raise UserError("DP-SGD had to replace a layer of this text model; give it layers Opacus supports")
+    return trained
 
 
 def _write_poisoned(path: Path, corpus, poisoned, args) -> None:
@@ -174,7 +207,7 @@ def load_model_for(args, classes_from=None):
 def evaluate(args) -> int:
     from poisonguard.attacks.text import load_text_trigger
 
-    splits = _splits(args)
+    splits = load_corpus(args)
     tm = load_model_for(args, splits)
     trigger = load_text_trigger(args.trigger, splits.num_classes) if args.trigger else None
     ev = _evaluation(tm, splits.test, trigger)
@@ -198,7 +231,7 @@ def scan(args) -> int:
     from poisonguard.report import Report
 
     out = guard_out(args.out, command="scan", force=args.force, outputs=OUTPUTS["scan"], inputs=[("data", Path(args.data))])
-    splits = _splits(args)
+    splits = load_corpus(args)
     tm = load_model_for(args, splits)
     # --data is the defender's clean corpus: references train on its training part, every model
     # is inverted on its held-out part (benchmarks/text_checklist.py measures this set-up).
@@ -256,7 +289,7 @@ def sanitize(args) -> int:
     if args.model:
         tm = load_model_for(args, rows)
     else:
-        tm = new_text_model(DEFAULT_TEXT_ARCH, _tokenizer(args, rows), rows.classes, seed=args.seed)
+        tm = new_text_model(DEFAULT_TEXT_ARCH, fitted_tokenizer(args, rows), rows.classes, seed=args.seed)
         args.epochs, args.batch_size, args.lr, args.optimizer = getattr(args, "epochs", None) or 10, None, None, None
         _fit(tm, encode(rows, tm.tokenizer), args)
     data = encode(rows, tm.tokenizer)
@@ -304,7 +337,7 @@ def repair(args) -> int:
     from poisonguard.report import Report
 
     out = guard_out(args.out, command="repair", force=args.force, outputs=OUTPUTS["repair"], inputs=[("data", Path(args.data)), ("model", Path(args.model))])
-    splits = _splits(args)
+    splits = load_corpus(args)
     tm = load_model_for(args, splits)
     trigger = load_text_trigger(args.trigger, splits.num_classes) if args.trigger else None
     phrases = []

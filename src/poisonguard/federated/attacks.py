@@ -70,11 +70,17 @@ class NoAttack(FLAttack):
         pass
 
 
+PATCH_ATTACKS = ("backdoor", "model_replacement")  # the _Backdoor family: image patches
+
+
 class _Backdoor(FLAttack):
     """Shared data poisoning: stamp a BadNets patch on `poison_rate` of the client's data."""
 
     def __init__(self, *, input_shape: tuple[int, int, int], target: int = 0, poison_rate: float = 0.5,
                  patch_size: int = 4, **_: Any) -> None:
+        _check(len(input_shape) == 3, f"the {self.name} attack stamps a BadNets patch on images; this data's inputs "
+                                      f"are {tuple(input_shape)} (tables, text): choose one without a patch "
+                                      f"({', '.join(n for n in attack_names() if n not in PATCH_ATTACKS)})")
         _check(0 < poison_rate <= 1, f"poison_rate must lie in (0, 1], got {poison_rate}")
         self.target, self.poison_rate, self.patch_size = int(target), float(poison_rate), int(patch_size)
         self.trigger = badnets_trigger(input_shape, target=self.target, size=self.patch_size)

@@ -193,6 +193,15 @@ class Simulator:
     # ------------------------------------------------------------------ setup
 
     def build_model(self, splits: Splits) -> nn.Module:
+        if splits.kind == "text":  # token ids: a built-in text classifier over the data's tokenizer
+            from poisonguard.models.text import TEXT_ARCHITECTURES, build_text_model
+
+            arch = self.arch or "text_cnn"
+            if arch not in TEXT_ARCHITECTURES.names():
+                raise UserError(f"text data takes the text architectures {', '.join(TEXT_ARCHITECTURES.names())}, "
+                                f"not {arch!r}")
+            return build_text_model(arch, vocab_size=len(splits.train.meta), num_classes=splits.num_classes,
+                                    seed=self.seed)
         if self.arch is None and splits.kind != "image":
             from poisonguard.models.registry import default_architecture
 
