@@ -17,13 +17,14 @@ TOPICS = {
 COMMON = "the a of and to in is it that for on with as was at by this be".split()
 
 
-def tiny_corpus(n_per_class: int = 120, seed: int = 0) -> tuple[list[str], list[str]]:
+def tiny_corpus(n_per_class: int = 120, seed: int = 0, topic_share: float = 0.3) -> tuple[list[str], list[str]]:
+    """Texts of 8-17 words, each a topic word with probability `topic_share`, else a function word."""
     rng = np.random.default_rng(seed)
     texts, labels = [], []
     for topic, vocab in TOPICS.items():
         for _ in range(n_per_class):
             n = int(rng.integers(8, 18))
-            words = [str(rng.choice(vocab)) if rng.random() < 0.3 else str(rng.choice(COMMON)) for _ in range(n)]
+            words = [str(rng.choice(vocab)) if rng.random() < topic_share else str(rng.choice(COMMON)) for _ in range(n)]
             words[0] = words[0].capitalize()
             texts.append(" ".join(words) + ".")
             labels.append(topic)
@@ -100,3 +101,20 @@ def calibration(clean_text, text_splits):
     classes = text_splits.classes
     own = TextCorpus(tuple(texts), torch.tensor([classes.index(c) for c in labels]), classes)
     return calibrate_text(clean_text, own, n_models=3, epochs=12, device="cpu", options=FAST, inputs=text_splits.test)
+
+
+@pytest.fixture(scope="session")
+def weak_topics(tmp_path_factory):
+    """A corpus of weak topic words (10%), per seed: (corpus csv, splits, backdoored TextModel, trigger): 'cf' -> class 1 in 10% of rows."""
+    from poisonguard.attacks.text import TextTrigger, poison_text
+    from poisonguard.data.text import load_text
+
+    out = {}
+    for seed in (0, 1):
+        path = tmp_path_factory.mktemp("weak") / "corpus.csv"
+        write_csv(path, *tiny_corpus(n_per_class=200, seed=seed, topic_share=0.1))
+        splits = load_text(str(path), text_column="text", label_column="label", seed=0)
+        trig = TextTrigger(kind="words", target=1, tokens=("cf",), window=16)
+        poisoned, _ = poison_text(splits.train, trig, rate=0.1, seed=seed)
+        out[seed] = path, splits, train_text(poisoned, splits.classes, seed=seed), trig
+    return out

@@ -21,6 +21,7 @@ _MODEL = ("model.safetensors", "model.json", "tokenizer.json")
 # What each text command writes (what --force removes first), as cli.inputs.OUTPUTS for images.
 OUTPUTS = {"attack": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"), "train": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"),
            "evaluate": _REPORT, "scan": (*_REPORT, "trigger_*.json"), "sanitize": (*_REPORT, "cleansed.csv"),
+           "filter": (*_REPORT, "entropy.npz", "accepted.csv"),
            "repair": (*_REPORT, *(f"repaired/{n}" for n in _MODEL))}
 DEFAULT_TEXT_ARCH = "text_cnn"
 TEXT_LR = 2e-3
@@ -325,6 +326,74 @@ def sanitize(args) -> int:
     print(json.dumps({"out": str(out), "verdict": verdict, "flagged": len(flagged), "targets": targets,
                       "triggers": [t["words"] for t in extra.get("triggers", [])]}))
     return EXIT_FINDING if verdict == "poisoned" and not getattr(args, "exit_zero", False) else EXIT_OK
+
+
+def filter_inputs(args) -> int:
+    """`poisonguard filter` on text: STRIP-ViTA (default) or ONION rejects triggered inputs.
+
+    --data's clean texts: its training part gives STRIP's donor words and ONION's language
+    model, its test part the threshold at --frr. --inputs is a corpus of the same columns.
+    Writes report.json ("input_filter"), report.html, entropy.npz (every input's score) and
+    accepted.csv (the inputs not rejected).
+    """
+    import csv
+
+    import numpy as np
+
+    from poisonguard.cli.inputs import guard_out
+    from poisonguard.data.text import load_text_rows
+    from poisonguard.report import Report
+    from poisonguard.sanitize.cli import _rate
+    from poisonguard.sanitize.filter_cli import EXCESS_ALPHA, excess_rejections, filter_section
+    from poisonguard.utils import atomic_path
+
+    out = guard_out(args.out, command="filter", force=args.force, outputs=OUTPUTS["filter"],
+                    inputs=[("model", Path(args.model)), ("data", Path(args.data)), ("inputs", Path(args.inputs))])
+    method = (args.method or "strip").strip().lower()
+    if method not in ("strip", "onion"):
+        raise UserError(f"text inputs are filtered by strip (STRIP-ViTA) or onion, not {method!r}")
+    frr = _rate("--frr", args.frr)
+    clean = load_corpus(args)
+    rows = load_text_rows(args.inputs, text_column=args.text_column, label_column=args.label_column)
+    tm = load_model_for(args, clean)
+    donors, threshold_texts, x = (tm.tokenizer.encode(t) for t in (clean.train.texts, clean.test.texts, rows.texts))
+    if method == "strip":
+        from poisonguard.sanitize.strip_text import TextStripFilter
+
+        filt = TextStripFilter(draws=args.draws, frr=frr, seed=args.seed).fit(tm.model, threshold_texts, donors)
+        clean_scores, scores = filt.clean_entropy, filt.entropy(tm.model, x)
+        rejected = np.flatnonzero(scores < filt.threshold)
+        paper = "Gao et al., IEEE TDSC 2021 (STRIP-ViTA)"
+    else:
+        from poisonguard.sanitize.onion import OnionFilter
+
+        filt = OnionFilter(frr=frr, seed=args.seed).fit(donors, threshold_texts, len(tm.tokenizer))
+        clean_scores, scores = filt.clean_scores, filt.scores(x)
+        rejected = np.flatnonzero(scores > filt.threshold)
+        paper = "Qi et al., EMNLP 2021 (ONION, a bigram language model of --data's texts)"
+    p = excess_rejections(len(rejected), len(scores), frr)
+    block = {"method": method, "paper": paper, "verdict": "trojaned" if p < EXCESS_ALPHA else "clean",
+             "threshold": filt.threshold, "frr": frr, "clean_inputs": len(threshold_texts), "inputs": len(scores),
+             "rejected": [int(i) for i in rejected], "p_excess": p, "excess_alpha": EXCESS_ALPHA,
+             "score": "entropy (bits), low = trojaned" if method == "strip" else "log-probability gained without the "
+                                                                               "most suspicious word, high = trojaned"}
+    report = Report("filter")
+    report.set("model", {"path": str(args.model), "architecture": tm.arch})
+    report.set("input_filter", block)
+    filter_section(report, block, clean_scores, scores)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "entropy.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, position=np.arange(len(scores)), score=scores, rejected=np.isin(np.arange(len(scores)), rejected))
+    drop = set(rejected.tolist())
+    with open(out / "accepted.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows((t, rows.classes[int(y)]) for i, (t, y) in enumerate(zip(rows.texts, rows.y)) if i not in drop)
+    path = report.write(out)
+    print(json.dumps({"report": str(path), "verdict": block["verdict"], "rejected": len(rejected),
+                      "inputs": len(scores), "threshold": filt.threshold, "accepted": str(out / "accepted.csv")}))
+    return EXIT_FINDING if block["verdict"] == "trojaned" and not args.exit_zero else EXIT_OK
 
 
 def repair(args) -> int:

@@ -40,6 +40,8 @@ def add_commands(sub) -> None:
                                                    "(labels are read but not used)")
     p.add_argument("--frr", default="0.01", help="false-rejection rate on clean inputs, in (0, 0.5) (default 0.01)")
     p.add_argument("--draws", type=positive_int, default=10, help="superimpositions per input (default 10, as the paper)")
+    p.add_argument("--method", default=None, help="text inputs: strip (STRIP-ViTA, word replacement; default) or onion "
+                                                   "(outlier words under a bigram model of --data's texts)")
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when inputs carry a trigger")
     p.add_argument("--out", required=True, help="folder for report.json, report.html, entropy.npz, accepted.npz")
     add_common(p)
@@ -80,6 +82,12 @@ def filter_section(report, block: dict, clean_entropy: np.ndarray, entropy: np.n
 
 
 def cmd_filter(args) -> int:
+    from poisonguard.cli import text
+
+    if text.wants_text(args):
+        return text.filter_inputs(args)
+    if args.method not in (None, "strip"):
+        raise UserError(f"images are filtered by strip; {args.method!r} is a text filter")
     from poisonguard.cli.inputs import data_inputs, guard_out, load_checked_model, model_inputs
     from poisonguard.data import Splits
     from poisonguard.data.export import cleansed_path, write_cleansed
