@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from detect_zoo import DEFAULT_CACHE, build_zoo, parse_seeds, zoo_specs  # noqa: E402
 
-from poisonguard.data import load_data, per_class_subset  # noqa: E402
+from poisonguard.data import load_data  # noqa: E402
+from poisonguard.detect.scan import clean_share  # noqa: E402
 from poisonguard.detect import DETECTORS  # noqa: E402
 from poisonguard.utils import parse_options  # noqa: E402
 from poisonguard.models import load_model  # noqa: E402
@@ -99,7 +100,7 @@ def main() -> None:
         specs = [s for s in specs if args.skip not in s["name"]]
     specs = specs[: args.limit]
     splits = load_data(args.dataset)
-    clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=0)
+    clean, _ = clean_share(splits, fraction=args.clean_fraction, seed=0)  # capped as `poisonguard scan` caps it
     if args.clean_fraction != 0.05:  # the 5% rows keep their old key (no tag)
         tag = ",".join(filter(None, [tag, f"clean_fraction={args.clean_fraction}"]))
     log_path = args.cache / "scans.jsonl"
