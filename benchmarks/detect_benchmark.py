@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--no-build", action="store_true", help="scan only models already in the cache")
     parser.add_argument("--limit", type=int, default=None, help="scan at most this many models")
     parser.add_argument("--skip", default=None, help="skip models whose name contains this text (e.g. resnet20)")
+    parser.add_argument("--kinds", default=None, help="only these families, e.g. patch,dispersed,clean")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=parse_seeds, default=None, help="zoo seeds (default 0,1,2; others to tune on)")
     parser.add_argument("--dataset", choices=("mnist5k", "cifar10"), default="mnist5k")
@@ -98,6 +99,8 @@ def main() -> None:
         specs = build_zoo(args.cache, args.seeds, args.quick, args.dataset)
     if args.skip:
         specs = [s for s in specs if args.skip not in s["name"]]
+    if args.kinds:
+        specs = [s for s in specs if s["kind"] in args.kinds.split(",")]
     specs = specs[: args.limit]
     splits = load_data(args.dataset)
     clean, _ = clean_share(splits, fraction=args.clean_fraction, seed=0)  # capped as `poisonguard scan` caps it
