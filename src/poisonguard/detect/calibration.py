@@ -40,7 +40,8 @@ from poisonguard.detect.anomaly import log_lower_mad_index, lower_mad_index_rows
 
 log = logging.getLogger(__name__)
 
-VERSION = 3  # 3: simulated null of the largest index (1-2: log-normal fit; 2 added two-class nulls)
+VERSION = 4  # 4: image references train 60 epochs with random shifts; 3: simulated null of the largest
+#              index (1-2: log-normal fit; 2 added two-class nulls)
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,25 @@ def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: fl
     return cal, {**cal.summary(), "leave_one_out_flagged": flagged, "leave_one_out_fpr_ci": list(ci)}
 
 
-def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 4, epochs: int = 30,
+def reference_recipe(data) -> tuple[int, str]:
+    """(epochs, augmentation) of the clean references trained on the defender's data.
+
+    Images: 60 epochs with random shifts (crops; flips too for colour images). References learn
+    from 5% of a training split while the suspect learnt from all of it, and the verdict
+    subtracts their per-class trigger sizes: the closer their classes' shapes to the suspect's,
+    the sharper the test. Tuning zoo seed 10, mnist_cnn, 200 clean images: the references'
+    per-class Neural Cleanse log sizes correlated 0.66-0.71 with full-data clean models at 30
+    epochs unaugmented (the earlier recipe), 0.76-0.79 at 60 with shifts (0.62-0.68 with
+    bootstrap resamples); the default verdict found 6/7 backdoors either way and flagged 1 of
+    2 clean models before, 0 after. Tables (an MLP, 25% of the rows): 30 epochs, as measured
+    for issue 19.
+    """
+    if data.kind != "image":
+        return 30, "none"
+    return 60, "crop" if data.input_shape[0] == 1 else "crop_flip"
+
+
+def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 4, epochs: int | None = None,
               seed: int = 0, device: str = "auto", options: dict | None = None, data_id: str = "",
               use_cache: bool = True, models=None) -> Calibration:
     """Train `n_models` clean references on `data` (ImageData), scan each, fit the nulls.
@@ -212,9 +231,10 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
     """
     if n_models < 2:
         raise ValueError(f"calibration needs at least 2 reference models, got {n_models}")
+    recipe_epochs, augment = reference_recipe(data)
     settings = {"architecture": architecture, "data": data_id, "n": len(data), "classes": data.num_classes,
-                "shape": list(data.input_shape), "methods": list(methods), "n_models": n_models, "epochs": epochs,
-                "seed": seed, "options": options or {}}
+                "shape": list(data.input_shape), "methods": list(methods), "n_models": n_models,
+                "epochs": epochs or recipe_epochs, "augment": augment, "seed": seed, "options": options or {}}
     key = settings_key(settings)
     path = cache_path(key)
     if not use_cache:
@@ -261,16 +281,20 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def train_references(data, *, architecture: str, n_models: int, epochs: int = 30, seed: int = 0, device: str = "auto"):
-    """The clean reference models `calibrate` fits its nulls on (seeded: the same settings give the same models)."""
+def train_references(data, *, architecture: str, n_models: int, epochs: int | None = None, seed: int = 0,
+                     device: str = "auto"):
+    """The clean reference models `calibrate` fits its nulls on (seeded: the same settings give the
+    same models), trained by `reference_recipe` (`epochs` overrides its count)."""
     from poisonguard.models import build_model
     from poisonguard.train import fit
 
+    recipe_epochs, augment = reference_recipe(data)
     models = []
     for r in range(n_models):
         ref_seed = 10_000 + seed * 101 + r
         model = build_model(architecture, num_classes=data.num_classes, input_shape=data.input_shape, seed=ref_seed)
-        models.append(fit(model, data, epochs=epochs, batch_size=64, seed=ref_seed, device=device))
+        models.append(fit(model, data, epochs=epochs or recipe_epochs, batch_size=64, augment=augment, seed=ref_seed,
+                          device=device))
     return models
 
 
