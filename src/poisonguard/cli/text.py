@@ -329,9 +329,10 @@ def sanitize(args) -> int:
 
 
 def filter_inputs(args) -> int:
-    """`poisonguard filter` on text: STRIP-ViTA (default) or ONION rejects triggered inputs.
+    """`poisonguard filter` on text: STRIP (superimposed texts; sanitize/strip_text.py) by default,
+    or ONION (`--method onion`) rejects triggered inputs.
 
-    --data's clean texts: its training part gives STRIP's donor words and ONION's language
+    --data's clean texts: its training part gives STRIP's donor texts and ONION's language
     model, its test part the threshold at --frr. --inputs is a corpus of the same columns.
     Writes report.json ("input_filter"), report.html, entropy.npz (every input's score) and
     accepted.csv (the inputs not rejected).

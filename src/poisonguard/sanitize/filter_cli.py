@@ -40,7 +40,7 @@ def add_commands(sub) -> None:
                                                    "(labels are read but not used)")
     p.add_argument("--frr", default="0.01", help="false-rejection rate on clean inputs, in (0, 0.5) (default 0.01)")
     p.add_argument("--draws", type=positive_int, default=10, help="superimpositions per input (default 10, as the paper)")
-    p.add_argument("--method", default=None, help="text inputs: strip (STRIP-ViTA, word replacement; default) or onion "
+    p.add_argument("--method", default=None, help="text inputs: strip (superimposed texts; default) or onion "
                                                    "(outlier words under a bigram model of --data's texts)")
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when inputs carry a trigger")
     p.add_argument("--out", required=True, help="folder for report.json, report.html, entropy.npz, accepted.npz")
