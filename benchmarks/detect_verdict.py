@@ -11,13 +11,15 @@ and judges every model with each candidate rule; rules need no rescan, only the 
                architecture (reference models as `scan` would train; here the zoo's own)
   karm_ratio   K-Arm's symmetric ratio test: second-smallest / smallest size > 2
   log_lower_scan  the default statistic calibrated as `poisonguard scan` does it: on the
-               reference models that scan trained on the 5% clean data (--calibration-file, the
-               cached JSON of a default scan; every suspect judged against the same references)
+               reference models that scan trained on the 5% clean data (--calibration-file
+               [ARCH=]PATH, the cached JSON of a default scan, one per architecture; suspects of
+               an architecture without one are left out of this rule's rows)
 
 Prints per rule and split: detection rate (target found), clean models flagged, ROC-AUC of
 the score, FPR at 95% TPR, and the TrojAI cross-entropy of the verdict's score.
 
     PYTHONPATH=src python benchmarks/detect_verdict.py [--methods neural_cleanse,deepinspect]
+        [--dataset cifar10] [--clean-fraction 0.01] [--calibration-file mnist_cnn=PATH ...]
 """
 
 from __future__ import annotations
