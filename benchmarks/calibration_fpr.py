@@ -6,7 +6,7 @@ Student-t tails with 5 degrees of freedom). Each of CALIBRATIONS calibrations fi
 R references (`calibration.fit_null`) and judges FRESH new clean models; printed: the measured
 rate and its Clopper-Pearson interval (pooled over calibrations) beside the stated rate.
 
-    PYTHONPATH=src python benchmarks/calibration_fpr.py [--refs 4] [--shrink 0.5]
+    PYTHONPATH=src python benchmarks/calibration_fpr.py [--refs 4] [--shrink 0.5] [--statistic robust|lower_mad]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 import torch
 
 from poisonguard.detect import calibration
-from poisonguard.detect.anomaly import lower_mad_index_rows
+from poisonguard.detect.anomaly import INDEX_ROWS
 from poisonguard.detect.calibration import clopper_pearson, fit_null
 from poisonguard.detect.verdict import index_threshold
 
@@ -40,20 +40,22 @@ def main() -> None:
     parser.add_argument("--calibrations", type=int, default=60)
     parser.add_argument("--fresh", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--statistic", choices=sorted(INDEX_ROWS), default="robust")
     args = parser.parse_args()
     calibration.SHRINK = args.shrink
     gen = torch.Generator().manual_seed(args.seed)
     settings = [("homoscedastic normal", torch.full((10,), 0.25, dtype=torch.float64), None),
                 ("heteroscedastic normal", torch.linspace(0.12, 0.4, 10, dtype=torch.float64), None),
                 ("homoscedastic t5", torch.full((10,), 0.25, dtype=torch.float64), 5.0)]
-    print(f"R={args.refs} references, shrink {args.shrink}, {args.calibrations} calibrations x {args.fresh} fresh clean models")
+    rows = INDEX_ROWS[args.statistic]
+    print(f"statistic {args.statistic}, R={args.refs} references, shrink {args.shrink}, {args.calibrations} calibrations x {args.fresh} fresh clean models")
     for name, spread, tails in settings:
         for fpr in (0.05, 0.05 / 3):
             flagged = 0
             for _ in range(args.calibrations):
                 null = fit_null(draw(gen, args.refs, spread, tails).exp().tolist())
                 fresh = draw(gen, args.fresh, spread, tails) - torch.tensor(null["reference"], dtype=torch.float64)
-                flagged += int((lower_mad_index_rows(fresh).amax(1) > index_threshold(null, fpr, 1)).sum())
+                flagged += int((rows(fresh).amax(1) > index_threshold(null, fpr, 1, statistic=args.statistic)).sum())
             n = args.calibrations * args.fresh
             low, high = clopper_pearson(flagged, n)
             print(f"{name:24s} stated {fpr:.4f}  measured {flagged / n:.4f}  [{low:.4f}, {high:.4f}]", flush=True)

@@ -6,11 +6,13 @@ and judges every model with each candidate rule; rules need no rescan, only the 
 
   paper        each paper's own rule (NC: two-sided MAD index > 2; DeepInspect: double MAD > 2)
   lower_mad    the small-side double MAD of the raw sizes (TrojanZoo's side='double')
-  log_lower    the verdict's default: double MAD of log sizes, uncalibrated priors
+  log_lower    double MAD of log sizes (the verdict's statistic up to calibration version 4), priors
   log_lower_cal  the same, calibrated on the TUNING seeds' clean models of the suspect's
                architecture (reference models as `scan` would train; here the zoo's own)
+  loo, loo_cal, loo_scan  the same three for the verdict's default statistic since version 5,
+               the trimmed leave-one-out index (`anomaly.trimmed_loo_index`)
   karm_ratio   K-Arm's symmetric ratio test: second-smallest / smallest size > 2
-  log_lower_scan  the default statistic calibrated as `poisonguard scan` does it: on the
+  log_lower_scan  the lower-half MAD calibrated as `poisonguard scan` does it: on the
                reference models that scan trained on the 5% clean data (--calibration-file
                [ARCH=]PATH, the cached JSON of a default scan, one per architecture; suspects of
                an architecture without one are left out of this rule's rows)
@@ -70,13 +72,18 @@ class ZooCalibration:
         return {"calibrated": True, "reference_models": "tuning-zoo clean models"}
 
 
+# The verdict's rules: (statistic, calibration) with calibration None (priors), "cal" (the tuning
+# zoo's clean models) or "scan" (the references `poisonguard scan` trained).
+VERDICT_RULES = {"paper": ("paper", None),
+                 "log_lower": ("lower_mad", None), "log_lower_cal": ("lower_mad", "cal"), "log_lower_scan": ("lower_mad", "scan"),
+                 "loo": ("robust", None), "loo_cal": ("robust", "cal"), "loo_scan": ("robust", "scan")}
+
+
 def verdict_of(rule: str, dets: list[Detection], cal, fpr: float = 0.05) -> tuple[bool, list[int], float]:
-    if rule == "log_lower_scan":
-        v = judge(dets, fpr=fpr, calibration=cal)
-        return v.backdoored, list(v.targets), v.score
-    if rule in ("paper", "log_lower", "log_lower_cal"):
-        v = judge(dets, fpr=fpr, statistic="paper" if rule == "paper" else "robust",
-                  calibration=cal if rule == "log_lower_cal" and cal.nulls else None)
+    if rule in VERDICT_RULES:
+        statistic, source = VERDICT_RULES[rule]
+        use = cal if source == "scan" or (source == "cal" and cal.nulls) else None
+        v = judge(dets, fpr=fpr, statistic=statistic, calibration=use)
         return v.backdoored, list(v.targets), v.score
     if rule == "lower_mad":
         best, targets = 0.0, []
@@ -120,14 +127,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--methods", default="neural_cleanse,deepinspect")
-    parser.add_argument("--rules", default="paper,lower_mad,karm_ratio,log_lower,log_lower_cal")
+    parser.add_argument("--rules", default="paper,lower_mad,karm_ratio,log_lower,log_lower_cal,loo,loo_cal")
     parser.add_argument("--per-model", action="store_true",
                         help="also print, per model, each method's target statistic, largest other and threshold")
-    parser.add_argument("--per-model-rule", default="log_lower_cal", help="log_lower_cal or log_lower_scan")
+    parser.add_argument("--per-model-rule", default="loo_scan", help="a rule of VERDICT_RULES, e.g. loo_scan or log_lower_scan")
     parser.add_argument("--fpr", type=float, default=0.05)
     parser.add_argument("--calibration-file", action="append", default=[], metavar="[ARCH=]PATH",
                         help="a scan's cached calibration JSON (~/.cache/poisonguard/calibration/KEY.json) for suspects "
-                             "of ARCH (default: every suspect): rule log_lower_scan; repeatable, one per architecture")
+                             "of ARCH (default: every suspect): rules loo_scan, log_lower_scan; repeatable, one per architecture")
     parser.add_argument("--dataset", choices=("mnist5k", "cifar10"), default="mnist5k")
     parser.add_argument("--clean-fraction", type=float, default=0.05,
                         help="judge the scans made with this share of clean data (detect_benchmark.py --clean-fraction)")
@@ -145,8 +152,8 @@ def main() -> None:
                                                       for m in methods)})
     cals = {arch: ZooCalibration(rows, arch) for arch in ("mnist_cnn", "lenet5", "resnet20")}
     scan_cals = scan_calibrations(args.calibration_file)
-    if not scan_cals and "log_lower_scan" in args.rules:
-        args.rules = ",".join(r for r in args.rules.split(",") if r != "log_lower_scan")
+    if not scan_cals:
+        args.rules = ",".join(r for r in args.rules.split(",") if not r.endswith("_scan"))
     print(f"methods {methods}; models with every method scanned: {len(models)}")
     print(f"{'rule':14s} {'split':7s} {'found':>9s} {'clean flagged':>13s} {'AUC':>6s} {'FPR@95':>7s} {'CE':>6s}  per family (found/n)")
     per_model: list[str] = []
@@ -158,11 +165,11 @@ def main() -> None:
                 if mine[0]["split"] != split:
                     continue
                 arch = mine[0].get("arch") or "mnist_cnn"
-                if rule == "log_lower_scan":
+                if rule.endswith("_scan"):
                     cal = scan_cals.get(arch, scan_cals.get(None))
                     if cal is None:
                         continue
-                elif rule == "log_lower_cal" and split == "tuning" and mine[0]["kind"] == "clean":
+                elif rule.endswith("_cal") and split == "tuning" and mine[0]["kind"] == "clean":
                     # A tuning clean model is one of the references: judge it against the others.
                     others = [r for r in rows if r["model"] != name]
                     cal = ZooCalibration(others, arch)
@@ -170,7 +177,7 @@ def main() -> None:
                     cal = cals[arch]
                 bad, targets, score = verdict_of(rule, [detection(r) for r in mine], cal, args.fpr)
                 if args.per_model and rule == args.per_model_rule:
-                    per_model.append(model_line(name, mine, cal, args.fpr, bad, targets))
+                    per_model.append(model_line(name, mine, cal, args.fpr, bad, targets, VERDICT_RULES[rule][0]))
                 kind, target = mine[0]["kind"], mine[0]["target"]
                 if kind == "clean":
                     n_clean += 1
@@ -209,9 +216,10 @@ def scan_calibrations(items: list[str]) -> dict:
     return out
 
 
-def model_line(name: str, mine: list[dict], cal, fpr: float, bad: bool, targets: list[int]) -> str:
+def model_line(name: str, mine: list[dict], cal, fpr: float, bad: bool, targets: list[int], statistic: str) -> str:
     """One model's evidence: for each method the target's index, the largest other class's and the threshold."""
-    v = judge([detection(r) for r in mine], fpr=fpr, calibration=cal if getattr(cal, "nulls", True) else None)
+    v = judge([detection(r) for r in mine], fpr=fpr, statistic=statistic,
+              calibration=cal if getattr(cal, "nulls", True) else None)
     target = mine[0]["target"]
     parts = []
     for method in v.methods:

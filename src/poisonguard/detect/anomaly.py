@@ -130,6 +130,67 @@ def log_lower_mad_index(values, reference=None, *, signed: bool = False) -> torc
     return index if signed else index.clamp_min(0)
 
 
+def trimmed_loo_index(values, reference=None, *, signed: bool = False) -> torch.Tensor:
+    """The verdict's default statistic: each class's log size against the OTHER classes, studentised.
+
+    t_k = (mean(T_k) - log v_k) / sd(T_k), T_k = the log sizes of the other classes without
+    their smallest (with at least 5 classes): the externally studentised (leave-one-out)
+    deviation of outlier tests (Grubbs; the deleted residual of regression diagnostics),
+    trimmed so that a second small class (a second target, an easy class the references
+    missed) cannot inflate the scale. Why not the lower-half MAD (`log_lower_mad_index`, the
+    default up to calibration version 4): its scale comes from the ~K/2 classes below the
+    median, so for ten classes it rests on five values, and a target that moves below the
+    median joins them and widens it. The null of its largest value is heavy-tailed (98.3%
+    quantile 7.1 for ten iid normal classes) and a target 5 spreads below the others is found
+    22% of the time; this statistic's quantile is 5.8 and it finds the same target 60% of the
+    time (notes/issue-16.md, session 6). Log sizes, minus `reference` (mean log sizes of the
+    same classes on clean reference models) when given, as for the MAD index.
+
+    Args:
+        values: (K >= 3,) positive per-class trigger sizes.
+        reference: optional (K,) mean log sizes of the same classes on clean models.
+        signed: keep negative indices (classes above the others), as calibration needs.
+    Returns:
+        (K,) float64 indices, large = suspiciously small trigger.
+    """
+    v = _as_vector(values).clamp_min(1e-12).log()
+    if reference is not None:
+        ref = torch.as_tensor(reference, dtype=torch.float64).reshape(-1)
+        if ref.shape != v.shape:
+            raise ValueError(f"reference has {ref.numel()} classes, the sizes {v.numel()}")
+        v = v - ref
+    index = trimmed_loo_index_rows(v.unsqueeze(0))[0]
+    return index if signed else index.clamp_min(0)
+
+
+TRIM_FROM = 5  # classes from which the smallest other class is left out of the scale
+
+
+def trimmed_loo_index_rows(values: torch.Tensor) -> torch.Tensor:
+    """`trimmed_loo_index(..., signed=True)` of every row of (N, K) values already in log space.
+
+    O(K) per row from sums (the calibration simulates 20,000 rows; a 1,000-class model must
+    not cost K^2). Rows whose trimmed spread is zero get index 0.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.dim() != 2 or v.shape[1] < 3:
+        raise ValueError(f"expected (N, K >= 3) values, got shape {tuple(v.shape)}")
+    v = v - v.mean(1, keepdim=True)  # sums of squares without cancellation
+    k = v.shape[1]
+    total, squares = v.sum(1, keepdim=True), v.pow(2).sum(1, keepdim=True)
+    out_sum, out_sq, n = total - v, squares - v.pow(2), k - 1
+    if k >= TRIM_FROM:
+        two = v.topk(2, dim=1, largest=False)
+        smallest, second = two.values[:, :1], two.values[:, 1:]
+        is_min = torch.zeros_like(v, dtype=torch.bool).scatter_(1, two.indices[:, :1], True)
+        drop = torch.where(is_min, second, smallest)  # the smallest of the OTHER classes
+        out_sum, out_sq, n = out_sum - drop, out_sq - drop.pow(2), n - 1
+    mean = out_sum / n
+    var = ((out_sq - n * mean.pow(2)) / (n - 1)).clamp_min(0)
+    sd = var.sqrt()
+    return torch.where(sd > 1e-12, (mean - v) / sd.clamp_min(1e-300), torch.zeros_like(v))
+
+
 def lower_mad_index_rows(values: torch.Tensor) -> torch.Tensor:
     """`log_lower_mad_index(..., signed=True)` of every row of (N, K) values already in log space.
 
@@ -143,3 +204,17 @@ def lower_mad_index_rows(values: torch.Tensor) -> torch.Tensor:
     dev = (med - v).where(v <= med, torch.full_like(v, float("nan")))
     mad = CONSISTENCY * dev.nanquantile(0.5, dim=1, keepdim=True)
     return torch.where(mad > 0, (med - v) / mad.clamp_min(1e-300), torch.zeros_like(v))
+
+
+# The verdict's robust statistics by name, as (N, K) log-space row functions: the simulated null
+# and the suspect's index must be the same statistic.
+INDEX_ROWS = {"robust": trimmed_loo_index_rows, "lower_mad": lower_mad_index_rows}
+
+
+def robust_index(statistic: str, values, reference=None, *, signed: bool = False) -> torch.Tensor:
+    """The verdict statistic `statistic` ("robust": `trimmed_loo_index`; "lower_mad": `log_lower_mad_index`)."""
+    if statistic == "lower_mad":
+        return log_lower_mad_index(values, reference, signed=signed)
+    if statistic == "robust":
+        return trimmed_loo_index(values, reference, signed=signed)
+    raise ValueError(f"no robust statistic {statistic!r}; choose from {sorted(INDEX_ROWS)}")

@@ -36,12 +36,13 @@ from typing import Any
 
 import torch
 
-from poisonguard.detect.anomaly import log_lower_mad_index, lower_mad_index_rows, reference_index
+from poisonguard.detect.anomaly import INDEX_ROWS, reference_index, robust_index
 
 log = logging.getLogger(__name__)
 
-VERSION = 4  # 4: image references train 60 epochs with random shifts; 3: simulated null of the largest
-#              index (1-2: log-normal fit; 2 added two-class nulls)
+VERSION = 5  # 5: the verdict's statistic is the trimmed leave-one-out index; 4: image references train
+#              60 epochs with random shifts; 3: simulated null of the largest index (1-2: log-normal
+#              fit; 2 added two-class nulls)
 
 
 @dataclass(frozen=True)
@@ -94,21 +95,23 @@ def residual_scales(logs: torch.Tensor) -> list[float]:
 
 
 @functools.lru_cache(maxsize=64)
-def simulated_maxima(scales: tuple[float, ...], n_refs: int, draws: int = SIM_DRAWS, seed: int = 0) -> torch.Tensor:
+def simulated_maxima(scales: tuple[float, ...], n_refs: int, draws: int = SIM_DRAWS, seed: int = 0,
+                     statistic: str = "robust") -> torch.Tensor:
     """Sorted largest index of `draws` synthetic clean models against the mean of `n_refs` references.
 
     A clean suspect's log sizes minus the references' mean are, class by class,
     scale_k * (e_0 - mean(e_1..e_R)) with independent normal e (the same law the references
     show); the verdict's index is invariant to a common scale and offset, so the law of its
     largest value depends only on the relative `scales` and R. It is the null of the
-    statistic itself, small-sample noise of the lower-half MAD included: the log-normal
-    fit of version 1 was too light in the tail (about 10% flagged at a stated 5%).
+    statistic itself (`statistic`: a key of `anomaly.INDEX_ROWS`), small-sample noise of its
+    scale included: the log-normal fit of version 1 was too light in the tail (about 10%
+    flagged at a stated 5%).
     """
     gen = torch.Generator().manual_seed(seed)
     k = len(scales)
     e = torch.randn(n_refs + 1, draws, k, generator=gen, dtype=torch.float64)
     d = (e[0] - e[1:].mean(0)) * torch.tensor(scales, dtype=torch.float64)
-    return lower_mad_index_rows(d).amax(1).sort().values
+    return INDEX_ROWS[statistic](d).amax(1).sort().values
 
 
 def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
@@ -135,14 +138,14 @@ def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
         if two_class:
             index = reference_index(logs[i].exp(), others.mean(0), others.std(0))
         else:
-            index = log_lower_mad_index(logs[i].exp(), others.mean(0), signed=True)
+            index = robust_index("robust", logs[i].exp(), others.mean(0), signed=True)
         per_model.append([float(v) for v in index])
     top = torch.tensor([math.log(max(max(v), 1e-3)) for v in per_model], dtype=torch.float64)
     null = {"mu": float(top.mean()), "s": float(top.std()) if r > 2 else 0.0, "n": r, "reference": logs.mean(0).tolist(),
             "loo_index": per_model, "sizes": [list(map(float, s)) for s in sizes]}
     if two_class:
         null["reference_sd"] = logs.std(0).tolist()
-    else:  # K >= 3: the simulated null of the lower-half MAD index
+    else:  # K >= 3: the simulated null of the verdict's index (either statistic: it needs only the scales)
         null.update(scales=residual_scales(logs), null="simulated")
     return null
 
@@ -187,7 +190,7 @@ def reference_architecture(loaded_meta: dict | None, input_shape) -> tuple[str, 
 
 def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: float, seed: int = 0,
                   device: str = "auto", options: dict | None = None, data_id: str = "",
-                  models=None) -> tuple[Calibration, dict]:
+                  models=None, statistic: str = "robust") -> tuple[Calibration, dict]:
     """The calibration `scan` (and each audit worker) uses for a loaded suspect, and its report block.
 
     The references are the suspect's own architecture where its file names a built-in one,
@@ -198,7 +201,7 @@ def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: fl
     arch, source = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, input_shape)
     cal = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=n_models, seed=seed,
                     device=device, options=options, data_id=data_id, models=models)
-    flagged, n, ci = loo_false_positives(cal, fpr)
+    flagged, n, ci = loo_false_positives(cal, fpr, statistic)
     return cal, {**cal.summary(), "leave_one_out_flagged": flagged, "leave_one_out_fpr_ci": list(ci)}
 
 
@@ -331,7 +334,16 @@ def calibrate_from_models(models, data, *, architecture: str, source: str, metho
                        seconds=round(time.perf_counter() - start, 1), methods=nulls)
 
 
-def loo_false_positives(cal: Calibration, fpr: float) -> tuple[int, int, tuple[float, float]]:
+def loo_index(null: dict, i: int, statistic: str = "robust") -> list[float]:
+    """Reference i's indices under `statistic` against the mean of the other references."""
+    if statistic == "robust" or "scales" not in null:
+        return null["loo_index"][i]  # what fit_null computed (the default statistic; two-class nulls have one)
+    logs = torch.tensor(null["sizes"], dtype=torch.float64).clamp_min(1e-12).log()
+    others = logs[[j for j in range(len(logs)) if j != i]]
+    return robust_index(statistic, logs[i].exp(), others.mean(0), signed=True).tolist()
+
+
+def loo_false_positives(cal: Calibration, fpr: float, statistic: str = "robust") -> tuple[int, int, tuple[float, float]]:
     """How many references the verdict flags against the others at `fpr`: (flagged, n, 95% CI)."""
     from poisonguard.detect.verdict import index_threshold
 
@@ -340,7 +352,7 @@ def loo_false_positives(cal: Calibration, fpr: float) -> tuple[int, int, tuple[f
     for i in range(cal.n_models):
         hit = False
         for null in cal.methods.values():
-            idx = null["loo_index"][i]
-            hit |= max(idx) > index_threshold(null, fpr, m, n_refs=cal.n_models - 1)
+            threshold = index_threshold(null, fpr, m, n_refs=cal.n_models - 1, statistic=statistic)
+            hit |= max(loo_index(null, i, statistic)) > threshold
         flagged += hit
     return flagged, cal.n_models, clopper_pearson(flagged, cal.n_models)

@@ -52,8 +52,10 @@ def add_verdict_options(p) -> None:
                                             "(default: the verdict's set neural-cleanse,deepinspect,feature-re)",
                                 fpr_type=options.probability, fpr_default=0.05,
                                 fpr_help="false-positive rate the verdict is set to (default 0.05)")
-    p.add_argument("--statistic", choices=("robust", "paper"), default="robust",
-                   help="robust: calibrated log-space lower-half MAD (default); paper: each paper's own rule")
+    p.add_argument("--statistic", choices=("robust", "lower_mad", "paper"), default="robust",
+                   help="robust: calibrated trimmed leave-one-out index of log sizes (default); lower_mad: the "
+                        "calibrated log-space lower-half MAD (the default before calibration version 5); "
+                        "paper: each paper's own rule")
     p.add_argument("--calibration", choices=("auto", "none"), default="auto",
                    help="auto: calibrate on clean reference models trained from --data (cached); none: uncalibrated")
     p.add_argument("--reference-models", type=options.positive_int, default=None,

@@ -38,10 +38,11 @@ def _calibration_words(verdict) -> str:
     cal = verdict.calibration or {}
     if verdict.statistic == "paper":
         return "each paper's own rule (anomaly index above its threshold), uncalibrated"
+    statistic = "the lower-half MAD index, " if verdict.statistic == "lower_mad" else ""
     if not verdict.calibrated:
-        return ("UNCALIBRATED (no clean reference models: the stated false-positive rate assumes a normal spread "
-                "of clean classes)")
-    return (f"calibrated on {cal.get('reference_models')} clean reference models ({cal.get('source')})")
+        return (f"{statistic}UNCALIBRATED (no clean reference models: the stated false-positive rate assumes a normal "
+                "spread of clean classes)")
+    return (f"{statistic}calibrated on {cal.get('reference_models')} clean reference models ({cal.get('source')})")
 
 
 def verdict_text(verdict, classes=None) -> str:

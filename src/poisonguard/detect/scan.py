@@ -84,11 +84,12 @@ def scan_into_report(report, loaded, clean, plan: ScanPlan, *, input_shape, num_
 
     methods = list(plan.methods)
     calibration, references = None, None
-    if clean is not None and plan.calibration == "auto" and plan.statistic == "robust":
+    if clean is not None and plan.calibration == "auto" and plan.statistic != "paper":
         references = _references(loaded, clean, input_shape, plan)
         calibration, block = calibrate_for(loaded, clean, input_shape, methods=methods, n_models=plan.reference_models,
                                            fpr=plan.fpr, seed=plan.seed, device=plan.device, options=plan.options,
-                                           data_id=f"{data_label}:{clean_fraction}:{plan.seed}", models=references)
+                                           data_id=f"{data_label}:{clean_fraction}:{plan.seed}", models=references,
+                                           statistic=plan.statistic)
         report.set("calibration", block)
     skipped: list[dict[str, Any]] = []
     verdict = scan_verdict(

@@ -20,7 +20,7 @@ import torch
 from poisonguard.data.text import encode
 from poisonguard.detect.calibration import Calibration, fit_null, settings_key
 from poisonguard.detect.text_inversion import TEXT_DETECTORS
-from poisonguard.detect.verdict import UNCALIBRATED_NULL, judge
+from poisonguard.detect.verdict import LOWER_MAD_NULL, judge
 from poisonguard.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 METHODS = ("text_inversion", "text_phrase")
 MIN_SIGMA = 0.1  # a handful of references cannot promise a spread of log sizes tighter than this
 # Priors of a clean text model's largest index (log(max) ~ N(mu, s)) for the uncalibrated
-# verdict, kept beside the text methods (verdict.py reads UNCALIBRATED_NULL by method name).
+# verdict, kept beside the text methods (verdict.py reads LOWER_MAD_NULL by method name).
 # Set from the clean text_cnn models of the tuning seeds 10-12 of benchmarks/text_checklist.py
 # (never its report seeds 0-2); see notes/issue-19-text.md.
 TEXT_PRIORS = {"text_inversion": {"mu": 0.44, "s": 0.39}, "text_phrase": {"mu": 0.44, "s": 0.39}}
 for _name, _prior in TEXT_PRIORS.items():
-    UNCALIBRATED_NULL.setdefault(_name, _prior)
+    LOWER_MAD_NULL.setdefault(_name, _prior)
 
 
 def _detect(model, data, options: dict, seed: int, device: str, embedding, method: str = METHODS[0]):
@@ -134,7 +134,7 @@ def text_scan_verdict(tm, clean, *, calibration: Calibration | None = None, fpr:
     info = {"clean_images": len(clean), "clean_texts": len(clean)}  # the report's words read clean_images
     if calibration is not None:
         verdict = calibrated_text_verdict(dets, calibration, fpr=fpr, classes=tm.classes, data=info)
-    else:  # uncalibrated: the lower-half MAD index across the suspect's classes, with the priors above
-        verdict = judge(dets, fpr=fpr, classes=tm.classes, data=info)
+    else:  # uncalibrated: the lower-half MAD index across the suspect's classes, the statistic the priors above were set on
+        verdict = judge(dets, fpr=fpr, statistic="lower_mad", classes=tm.classes, data=info)
     words = verdict.sentence.replace(f"{len(clean)} clean images", f"{len(clean)} clean texts")
     return replace(verdict, detections=tuple(dets), sentence=words)

@@ -2,11 +2,13 @@
 
 Each detector reports a per-class trigger size (Neural Cleanse: mask L1; DeepInspect: the
 generated perturbation; FeatureRE: the feature-space mask). The verdict turns the sizes of
-one method into one-sided indices with `log_lower_mad_index` (large = a suspiciously small
-trigger). Calibrated on clean reference models (`calibration.py`), the null of a clean
+one method into one-sided indices with `trimmed_loo_index` (large = a suspiciously small
+trigger: the class's log size below the other classes', studentised by their spread; the
+lower-half MAD of calibration versions 2-4 stays one option away, `statistic="lower_mad"`,
+and the reason for the change is in that function's docstring). Calibrated on clean reference models (`calibration.py`), the null of a clean
 model's LARGEST index is simulated: the references give each class's mean log size (subtracted
 first) and its relative spread, and 20,000 synthetic clean models drawn from those spreads give
-the law of the statistic itself, small-sample noise of the MAD included (`simulated_maxima`).
+the law of the statistic itself, small-sample noise of its scale included (`simulated_maxima`).
 A class is flagged when its index exceeds that law's (1 - fpr / M) quantile for M methods
 (Bonferroni), the threshold every chart draws, so all methods together keep the stated
 false-positive rate `fpr`; its p-value is the Monte Carlo one. Without references the
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 from poisonguard.data import ImageData
-from poisonguard.detect.anomaly import log_lower_mad_index, reference_index
+from poisonguard.detect.anomaly import reference_index, robust_index
 from poisonguard.errors import UserError
 from poisonguard.results import Detection, _ToDict
 
@@ -43,12 +45,21 @@ DEFAULT_METHODS = ("neural_cleanse", "deepinspect", "feature_re")
 TABULAR_METHODS = ("reference_contrast",)
 # The demo's budget (and the tests'): the two methods that fit about 20 s per model on 2 cores.
 QUICK_VERDICT_METHODS = ("neural_cleanse", "deepinspect")
-STATISTICS = ("robust", "paper")
+STATISTICS = ("robust", "lower_mad", "paper")
 _NORMAL = NormalDist()
 # Null of a clean model's LARGEST index, per method: log(max index) ~ Normal(mu, s). Without
 # reference models these priors hold, measured on the clean models of the MNIST tuning zoo
 # (benchmarks/detect_verdict.py, tuning seeds only; never the report seeds).
+# The default statistic (`trimmed_loo_index`, calibration version 5): the 3 clean tuning models
+# of the zoo as rebuilt in session 6 (mnist_cnn x 2, lenet5; seed 10), largest index per method:
 UNCALIBRATED_NULL = {
+    "neural_cleanse": {"mu": 0.80, "s": 0.37},  # 2.64, 2.87, 1.46
+    "tabor": {"mu": 0.80, "s": 0.37},  # not measured apart: TABOR shares NC's engine and statistic
+    "deepinspect": {"mu": 0.42, "s": 0.49},  # 2.49, 1.52, 0.94
+    "feature_re": {"mu": 3.02, "s": 1.38},  # 25.1, 72.3, 4.7 (a naturally easy class "8" again)
+}
+# `--statistic lower_mad` (`log_lower_mad_index`, the default up to calibration version 4):
+LOWER_MAD_NULL = {
     # 3 clean tuning models (mnist_cnn x 2, lenet5; seed 10): largest NC index 2.1, 1.8, 1.0.
     "neural_cleanse": {"mu": 0.44, "s": 0.39},
     "tabor": {"mu": 0.44, "s": 0.39},  # not measured apart: TABOR shares NC's engine and statistic
@@ -63,7 +74,14 @@ DEFAULT_NULL = {"mu": 0.44, "s": 0.39}
 MIN_S = 0.25  # a handful of references cannot promise a tighter null than this
 
 
-def index_threshold(null: dict, fpr: float, n_methods: int, *, n_refs: int | None = None) -> float:
+def uncalibrated_null(method: str, statistic: str = "robust") -> dict:
+    """The prior null of `method`'s largest index under `statistic` (no reference models)."""
+    priors = LOWER_MAD_NULL if statistic == "lower_mad" else UNCALIBRATED_NULL
+    return priors.get(method, DEFAULT_NULL)
+
+
+def index_threshold(null: dict, fpr: float, n_methods: int, *, n_refs: int | None = None,
+                    statistic: str = "robust") -> float:
     """The index above which a class is flagged (what the charts draw): Bonferroni over methods.
 
     `n_refs`: judge against the mean of this many references instead of the null's own
@@ -72,19 +90,19 @@ def index_threshold(null: dict, fpr: float, n_methods: int, *, n_refs: int | Non
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
     level = 1 - fpr / max(1, n_methods)
-    maxima = _maxima(null, n_refs)
+    maxima = _maxima(null, n_refs, statistic)
     if maxima is not None:
         return float(maxima.quantile(level))
     return math.exp(null["mu"] + _spread(null) * _quantile(null, level))
 
 
-def _maxima(null: dict, n_refs: int | None = None):
+def _maxima(null: dict, n_refs: int | None = None, statistic: str = "robust"):
     """The simulated law of a clean model's largest index (calibration version 2), else None."""
     if "scales" not in null:
         return None
     from poisonguard.detect.calibration import simulated_maxima
 
-    return simulated_maxima(tuple(float(v) for v in null["scales"]), int(n_refs or null["n"]))
+    return simulated_maxima(tuple(float(v) for v in null["scales"]), int(n_refs or null["n"]), statistic=statistic)
 
 
 def _spread(null: dict) -> float:
@@ -103,12 +121,12 @@ def _quantile(null: dict, level: float) -> float:
     return float(t.ppf(level, n - 1))
 
 
-def class_p_values(index: torch.Tensor, null: dict) -> list[float]:
+def class_p_values(index: torch.Tensor, null: dict, statistic: str = "robust") -> list[float]:
     """P(a clean model's largest index >= this class's index), per class.
 
     Simulated null: the Monte Carlo p-value (1 + #{draws >= index}) / (draws + 1).
     """
-    maxima = _maxima(null)
+    maxima = _maxima(null, statistic=statistic)
     if maxima is not None:
         x = torch.as_tensor(index, dtype=torch.float64).reshape(-1)
         above = len(maxima) - torch.searchsorted(maxima, x, right=False)
@@ -169,7 +187,7 @@ def method_index(det: Detection, statistic: str, reference=None, reference_sd=No
             raise UserError(f"{det.method}: a {len(det.mask_l1)}-class model can be judged only against clean reference "
                             "models (--calibration auto): no statistic across two classes can single one out")
         return reference_index(det.mask_l1, reference, reference_sd), classes
-    return log_lower_mad_index(det.mask_l1, reference), classes
+    return robust_index(statistic, det.mask_l1, reference), classes
 
 
 def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "robust",
@@ -183,17 +201,17 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
     m = len(detections)
     evidence, flagged_by, p_models = [], {}, []
     for det in detections:
-        null = calibration.null_for(det.method) if calibration is not None and statistic == "robust" else None
+        null = calibration.null_for(det.method) if calibration is not None and statistic != "paper" else None
         index, rows = method_index(det, statistic, null.get("reference") if null else None,
                                    null.get("reference_sd") if null else None)
-        null = null or UNCALIBRATED_NULL.get(det.method, DEFAULT_NULL)
+        null = null or uncalibrated_null(det.method, statistic)
         if statistic == "paper":
             threshold = det.threshold
             hits = set(det.flagged_classes)
         else:
-            threshold = index_threshold(null, fpr, m)
+            threshold = index_threshold(null, fpr, m, statistic=statistic)
             hits = {c for c, v in zip(rows, index.tolist()) if v > threshold}
-        p_cls = class_p_values(index, null)
+        p_cls = class_p_values(index, null, statistic)
         p_models.append(model_p_value(p_cls, m))
         flagged_by[det.method] = hits
         for c, v, p in zip(rows, index.tolist(), p_cls):
@@ -213,7 +231,7 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         p = min(p, 0.5) if backdoored else max(p, 0.5)
     verdict = Verdict(
         backdoored=backdoored, targets=tuple(targets), score=round(1 - p, 6), false_positive_rate=float(fpr),
-        evidence=tuple(evidence), statistic=statistic, calibrated=calibration is not None and statistic == "robust",
+        evidence=tuple(evidence), statistic=statistic, calibrated=calibration is not None and statistic != "paper",
         calibration=calibration.summary() if calibration is not None else {"calibrated": False},
         methods=tuple(d.method for d in detections), data=dict(data or {}))
     from poisonguard.detect.report import disagreement_notes, verdict_text  # words live with the report
