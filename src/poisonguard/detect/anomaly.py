@@ -98,6 +98,17 @@ def reference_index(values, reference, reference_sd=None, *, floor: float = 0.25
     return ((ref - v.clamp_min(1e-12).log()) / sd.clamp_min(floor)).exp()
 
 
+def _log_minus_reference(values, reference) -> torch.Tensor:
+    """Log sizes, minus the references' mean log sizes of the same classes when given."""
+    v = _as_vector(values).clamp_min(1e-12).log()
+    if reference is None:
+        return v
+    ref = torch.as_tensor(reference, dtype=torch.float64).reshape(-1)
+    if ref.shape != v.shape:
+        raise ValueError(f"reference has {ref.numel()} classes, the sizes {v.numel()}")
+    return v - ref
+
+
 def log_lower_mad_index(values, reference=None, *, signed: bool = False) -> torch.Tensor:
     """The verdict's default statistic: the small-side double-MAD index of log sizes.
 
@@ -116,12 +127,7 @@ def log_lower_mad_index(values, reference=None, *, signed: bool = False) -> torc
     Returns:
         (K,) float64 indices, large = suspiciously small trigger.
     """
-    v = _as_vector(values).clamp_min(1e-12).log()
-    if reference is not None:
-        ref = torch.as_tensor(reference, dtype=torch.float64).reshape(-1)
-        if ref.shape != v.shape:
-            raise ValueError(f"reference has {ref.numel()} classes, the sizes {v.numel()}")
-        v = v - ref
+    v = _log_minus_reference(values, reference)
     med = _median(v)
     mad = _lower_half_scale(v, med)
     if mad <= 0:
@@ -153,12 +159,7 @@ def trimmed_loo_index(values, reference=None, *, signed: bool = False) -> torch.
     Returns:
         (K,) float64 indices, large = suspiciously small trigger.
     """
-    v = _as_vector(values).clamp_min(1e-12).log()
-    if reference is not None:
-        ref = torch.as_tensor(reference, dtype=torch.float64).reshape(-1)
-        if ref.shape != v.shape:
-            raise ValueError(f"reference has {ref.numel()} classes, the sizes {v.numel()}")
-        v = v - ref
+    v = _log_minus_reference(values, reference)
     index = trimmed_loo_index_rows(v.unsqueeze(0))[0]
     return index if signed else index.clamp_min(0)
 
