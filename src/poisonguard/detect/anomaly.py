@@ -140,16 +140,20 @@ def trimmed_loo_index(values, reference=None, *, signed: bool = False) -> torch.
     """The verdict's default statistic: each class's log size against the OTHER classes, studentised.
 
     t_k = (mean(T_k) - log v_k) / sd(T_k), T_k = the log sizes of the other classes without
-    their smallest (with at least 5 classes): the externally studentised (leave-one-out)
-    deviation of outlier tests (Grubbs; the deleted residual of regression diagnostics),
-    trimmed so that a second small class (a second target, an easy class the references
-    missed) cannot inflate the scale. Why not the lower-half MAD (`log_lower_mad_index`, the
+    their smallest (with at least 5 classes) and their largest (with at least 7): the
+    externally studentised (leave-one-out) deviation of outlier tests (Grubbs; the deleted
+    residual of regression diagnostics), trimmed so that a second small class (a second
+    target, an easy class the references missed) cannot inflate the scale, nor a class the
+    references found harder than the suspect does (the upper tail says nothing about a
+    backdoor, and reference subtraction skews it: DeepInspect's reason for its double MAD).
+    Why not the lower-half MAD (`log_lower_mad_index`, the
     default up to calibration version 4): its scale comes from the ~K/2 classes below the
     median, so for ten classes it rests on five values, and a target that moves below the
     median joins them and widens it. The null of its largest value is heavy-tailed (98.3%
     quantile 7.1 for ten iid normal classes) and a target 5 spreads below the others is found
-    22% of the time; this statistic's quantile is 5.8 and it finds the same target 60% of the
-    time (notes/issue-16.md, session 6). Log sizes, minus `reference` (mean log sizes of the
+    22% of the time; this statistic's quantile is also 7.1 (its scale rests on seven classes,
+    and none of them is the target) and it finds the same target 56% of the time
+    (benchmarks/results/issue-16.md, session 6). Log sizes, minus `reference` (mean log sizes of the
     same classes on clean reference models) when given, as for the MAD index.
 
     Args:
@@ -164,7 +168,8 @@ def trimmed_loo_index(values, reference=None, *, signed: bool = False) -> torch.
     return index if signed else index.clamp_min(0)
 
 
-TRIM_FROM = 5  # classes from which the smallest other class is left out of the scale
+TRIM_LOW_FROM = 5  # classes from which the smallest other class is left out of the scale
+TRIM_HIGH_FROM = 7  # ... and the largest one too
 
 
 def trimmed_loo_index_rows(values: torch.Tensor) -> torch.Tensor:
@@ -180,11 +185,12 @@ def trimmed_loo_index_rows(values: torch.Tensor) -> torch.Tensor:
     k = v.shape[1]
     total, squares = v.sum(1, keepdim=True), v.pow(2).sum(1, keepdim=True)
     out_sum, out_sq, n = total - v, squares - v.pow(2), k - 1
-    if k >= TRIM_FROM:
-        two = v.topk(2, dim=1, largest=False)
-        smallest, second = two.values[:, :1], two.values[:, 1:]
-        is_min = torch.zeros_like(v, dtype=torch.bool).scatter_(1, two.indices[:, :1], True)
-        drop = torch.where(is_min, second, smallest)  # the smallest of the OTHER classes
+    for largest, from_k in ((False, TRIM_LOW_FROM), (True, TRIM_HIGH_FROM)):
+        if k < from_k:
+            continue
+        two = v.topk(2, dim=1, largest=largest)
+        is_extreme = torch.zeros_like(v, dtype=torch.bool).scatter_(1, two.indices[:, :1], True)
+        drop = torch.where(is_extreme, two.values[:, 1:], two.values[:, :1])  # the extreme of the OTHER classes
         out_sum, out_sq, n = out_sum - drop, out_sq - drop.pow(2), n - 1
     mean = out_sum / n
     var = ((out_sq - n * mean.pow(2)) / (n - 1)).clamp_min(0)
