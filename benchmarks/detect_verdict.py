@@ -79,11 +79,16 @@ VERDICT_RULES = {"paper": ("paper", None),
                  "loo": ("robust", None), "loo_cal": ("robust", "cal"), "loo_scan": ("robust", "scan")}
 
 
+def rule_verdict(rule: str, dets: list[Detection], cal, fpr: float = 0.05):
+    """The Verdict of one of VERDICT_RULES (its statistic, calibrated as the rule says)."""
+    statistic, source = VERDICT_RULES[rule]
+    use = cal if source == "scan" or (source == "cal" and cal.nulls) else None
+    return judge(dets, fpr=fpr, statistic=statistic, calibration=use)
+
+
 def verdict_of(rule: str, dets: list[Detection], cal, fpr: float = 0.05) -> tuple[bool, list[int], float]:
     if rule in VERDICT_RULES:
-        statistic, source = VERDICT_RULES[rule]
-        use = cal if source == "scan" or (source == "cal" and cal.nulls) else None
-        v = judge(dets, fpr=fpr, statistic=statistic, calibration=use)
+        v = rule_verdict(rule, dets, cal, fpr)
         return v.backdoored, list(v.targets), v.score
     if rule == "lower_mad":
         best, targets = 0.0, []
@@ -130,7 +135,8 @@ def main() -> None:
     parser.add_argument("--rules", default="paper,lower_mad,karm_ratio,log_lower,log_lower_cal,loo,loo_cal")
     parser.add_argument("--per-model", action="store_true",
                         help="also print, per model, each method's target statistic, largest other and threshold")
-    parser.add_argument("--per-model-rule", default="loo_scan", help="a rule of VERDICT_RULES, e.g. loo_scan or log_lower_scan")
+    parser.add_argument("--per-model-rule", default="loo_scan", choices=sorted(VERDICT_RULES),
+                        help="the rule whose evidence --per-model prints")
     parser.add_argument("--fpr", type=float, default=0.05)
     parser.add_argument("--calibration-file", action="append", default=[], metavar="[ARCH=]PATH",
                         help="a scan's cached calibration JSON (~/.cache/poisonguard/calibration/KEY.json) for suspects "
@@ -177,7 +183,8 @@ def main() -> None:
                     cal = cals[arch]
                 bad, targets, score = verdict_of(rule, [detection(r) for r in mine], cal, args.fpr)
                 if args.per_model and rule == args.per_model_rule:
-                    per_model.append(model_line(name, mine, cal, args.fpr, bad, targets, VERDICT_RULES[rule][0]))
+                    per_model.append(model_line(name, mine, rule_verdict(rule, [detection(r) for r in mine], cal, args.fpr),
+                                                bad, targets))
                 kind, target = mine[0]["kind"], mine[0]["target"]
                 if kind == "clean":
                     n_clean += 1
@@ -216,10 +223,8 @@ def scan_calibrations(items: list[str]) -> dict:
     return out
 
 
-def model_line(name: str, mine: list[dict], cal, fpr: float, bad: bool, targets: list[int], statistic: str) -> str:
-    """One model's evidence: for each method the target's index, the largest other class's and the threshold."""
-    v = judge([detection(r) for r in mine], fpr=fpr, statistic=statistic,
-              calibration=cal if getattr(cal, "nulls", True) else None)
+def model_line(name: str, mine: list[dict], v, bad: bool, targets: list[int]) -> str:
+    """One model's evidence under verdict `v`: per method the target's index, the largest other class's, the threshold."""
     target = mine[0]["target"]
     parts = []
     for method in v.methods:
