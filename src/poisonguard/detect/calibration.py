@@ -336,8 +336,8 @@ def calibrate_from_models(models, data, *, architecture: str, source: str, metho
 
 def loo_index(null: dict, i: int, statistic: str = "robust") -> list[float]:
     """Reference i's indices under `statistic` against the mean of the other references."""
-    if statistic == "robust" or "scales" not in null:
-        return null["loo_index"][i]  # what fit_null computed (the default statistic; two-class nulls have one)
+    if "scales" not in null:
+        return null["loo_index"][i]  # two-class nulls: their own index, whatever the statistic
     logs = torch.tensor(null["sizes"], dtype=torch.float64).clamp_min(1e-12).log()
     others = logs[[j for j in range(len(logs)) if j != i]]
     return robust_index(statistic, logs[i].exp(), others.mean(0), signed=True).tolist()

@@ -5,7 +5,8 @@ generated perturbation; FeatureRE: the feature-space mask). The verdict turns th
 one method into one-sided indices with `trimmed_loo_index` (large = a suspiciously small
 trigger: the class's log size below the other classes', studentised by their spread; the
 lower-half MAD of calibration versions 2-4 stays one option away, `statistic="lower_mad"`,
-and the reason for the change is in that function's docstring). Calibrated on clean reference models (`calibration.py`), the null of a clean
+and the reason for the change is in that function's docstring). Calibrated on clean
+reference models (`calibration.py`), the null of a clean
 model's LARGEST index is simulated: the references give each class's mean log size (subtracted
 first) and its relative spread, and 20,000 synthetic clean models drawn from those spreads give
 the law of the statistic itself, small-sample noise of its scale included (`simulated_maxima`).
