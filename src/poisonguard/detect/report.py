@@ -65,9 +65,12 @@ def disagreement_notes(verdict, classes=None) -> list[str]:
         rows = [e for e in verdict.evidence if e["class"] == c]
         yes = [e for e in rows if e["flagged"]]
         no = [e for e in rows if not e["flagged"]]
+        fmt = lambda e: f"{PRETTY.get(e['method'], e['method'])} (index {e['statistic']:.2f} vs threshold {e['threshold']:.2f})"
+        if not yes and c in verdict.targets:
+            notes.append(_together_note(verdict, c, rows, fmt, classes))
+            continue
         if not yes or not no:
             continue
-        fmt = lambda e: f"{PRETTY.get(e['method'], e['method'])} (index {e['statistic']:.2f} vs threshold {e['threshold']:.2f})"
         seen = "; ".join(f"{PRETTY.get(e['method'], e['method'])} looks for {SEES.get(e['method'], 'its own kind of trigger')}"
                          for e in yes)
         notes.append(f"{_label(c, classes).capitalize()}: flagged by {', '.join(fmt(e) for e in yes)}, not by "
@@ -75,6 +78,16 @@ def disagreement_notes(verdict, classes=None) -> list[str]:
                      "finding is enough: the verdict counts a class as a target when any method flags it, with the "
                      "thresholds set so that all methods together keep the stated false-positive rate.")
     return notes
+
+
+def _together_note(verdict, c, rows, fmt, classes) -> str:
+    """Why a class no method flags alone is a target: the methods' combined evidence passed the cut."""
+    combo = verdict.combination
+    p = ", ".join(f"{PRETTY.get(e['method'], e['method'])} {e['p_value']:.3g}" for e in rows)
+    return (f"{_label(c, classes).capitalize()}: no method flags it alone ({', '.join(fmt(e) for e in rows)}), but "
+            f"together they do: their p-values for it ({p}) combine by {combo['rule']} to "
+            f"{combo['statistic'][str(c)]:.3g}, under the cut {combo['cut']:.3g} that keeps the stated "
+            "false-positive rate for all methods together.")
 
 
 def verdict_sentence(det: Detection, classes=None) -> str:

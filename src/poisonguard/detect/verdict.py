@@ -10,13 +10,14 @@ reference models (`calibration.py`), the null of a clean
 model's LARGEST index is simulated: the references give each class's mean log size (subtracted
 first) and its relative spread, and 20,000 synthetic clean models drawn from those spreads give
 the law of the statistic itself, small-sample noise of its scale included (`simulated_maxima`).
-A class is flagged when its index exceeds that law's (1 - fpr / M) quantile for M methods
-(Bonferroni), the threshold every chart draws, so all methods together keep the stated
-false-positive rate `fpr`; its p-value is the Monte Carlo one. Without references the
-log-normal priors `UNCALIBRATED_NULL` (log max ~ N(mu, s), measured on the tuning zoo) hold,
-with the normal quantile, and the verdict says it is uncalibrated. The model is backdoored
-when any method flags a class, and the
-targets are the classes some method flags. `score` is 1 minus the combined p-value.
+Each class gets a p-value per method (the Monte Carlo one under that law). Without references
+the log-normal priors `UNCALIBRATED_NULL` (log max ~ N(mu, s), measured on the tuning zoo)
+hold, with the normal quantile, and the verdict says it is uncalibrated. The methods'
+p-values of a class are combined by min(Bonferroni, Fisher) (`combine.py`), cut so that all
+methods together keep the stated false-positive rate `fpr`: a class is a target when one
+method alone passes its threshold (the one every chart draws, its index at the level cut / M)
+or when the methods' evidence together passes the cut. `score` is 1 minus the model's
+combined p-value.
 
 `statistic="paper"` keeps each paper's own rule instead: the method's anomaly index against
 its threshold (2), flagged as the paper says; the score is then uncalibrated.
@@ -32,10 +33,12 @@ from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from poisonguard.data import ImageData
+from poisonguard.detect import combine
 from poisonguard.detect.anomaly import reference_index, robust_index
 from poisonguard.errors import UserError
 from poisonguard.results import Detection, _ToDict
@@ -83,7 +86,10 @@ def uncalibrated_null(method: str, statistic: str = "robust") -> dict:
 
 def index_threshold(null: dict, fpr: float, n_methods: int, *, n_refs: int | None = None,
                     statistic: str = "robust") -> float:
-    """The index above which a class is flagged (what the charts draw): Bonferroni over methods.
+    """The index above which one method alone flags a class (what the charts draw).
+
+    The (1 - fpr / n_methods) quantile of the null; `judge` passes the combined cut
+    `combine.level(fpr, M)` as `fpr`, so the bar is the one-method part of min(Bonferroni, Fisher).
 
     `n_refs`: judge against the mean of this many references instead of the null's own
     (the calibration's leave-one-out check uses R - 1).
@@ -140,9 +146,13 @@ def class_p_values(index: torch.Tensor, null: dict, statistic: str = "robust") -
     return [float(p) for p in t.sf(z, null["n"] - 1)]
 
 
-def model_p_value(p_classes: list[float], n_methods: int) -> float:
-    """The smallest class p-value, Bonferroni over methods."""
-    return min(1.0, n_methods * min(p_classes))
+def _combined(evidence: list[dict], methods: list[str]) -> dict[int, float]:
+    """Per class, the combined statistic of the methods' p-values (a method without a row for the class: 1)."""
+    classes = sorted({e["class"] for e in evidence})
+    p = np.ones((len(classes), len(methods)))
+    for e in evidence:
+        p[classes.index(e["class"]), methods.index(e["method"])] = e["p_value"]
+    return dict(zip(classes, combine.statistic(p).tolist()))
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,8 @@ class Verdict(_ToDict):
     calibration: dict[str, Any] = field(default_factory=dict)
     methods: tuple[str, ...] = ()
     data: dict[str, Any] = field(default_factory=dict)
+    # How the methods' p-values were combined: the rule, the cut and each class's statistic.
+    combination: dict[str, Any] = field(default_factory=dict)
     sentence: str = ""
     disagreements: tuple[str, ...] = ()
     # The Detections the verdict rests on (masks, triggers); kept for Python callers, not in the JSON.
@@ -200,7 +212,10 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         raise ValueError("a verdict needs at least one detection")
     index_threshold(DEFAULT_NULL, fpr, 1)  # checks fpr
     m = len(detections)
-    evidence, flagged_by, p_models = [], {}, []
+    # The cut on the combined statistic (`combine.py`); one method alone passes it when
+    # m * p <= cut, so each chart's threshold is its index at the level cut / m.
+    cut = combine.level(fpr, m) if statistic != "paper" else fpr
+    evidence, flagged_by = [], {}
     for det in detections:
         null = calibration.null_for(det.method) if calibration is not None and statistic != "paper" else None
         index, rows = method_index(det, statistic, null.get("reference") if null else None,
@@ -210,22 +225,22 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
             threshold = det.threshold
             hits = set(det.flagged_classes)
         else:
-            threshold = index_threshold(null, fpr, m, statistic=statistic)
+            threshold = index_threshold(null, cut, m, statistic=statistic)
             hits = {c for c, v in zip(rows, index.tolist()) if v > threshold}
-        p_cls = class_p_values(index, null, statistic)
-        p_models.append(model_p_value(p_cls, m))
         flagged_by[det.method] = hits
-        for c, v, p in zip(rows, index.tolist(), p_cls):
+        for c, v, p in zip(rows, index.tolist(), class_p_values(index, null, statistic)):
             evidence.append({"method": det.method, "class": int(c), "statistic": round(float(v), 6),
                              "threshold": round(float(threshold), 6), "flagged": c in hits,
                              "p_value": round(float(p), 8)})
-    targets = sorted(set().union(*flagged_by.values()))
-    # Targets ordered by their strongest evidence (smallest p) so targets[0] is the prime suspect.
-    best_p = {c: min(e["p_value"] for e in evidence if e["class"] == c) for c in targets}
-    targets = sorted(targets, key=lambda c: (best_p[c], c))
+    combined = _combined(evidence, [d.method for d in detections])
+    targets = set().union(*flagged_by.values())
+    if statistic != "paper":
+        targets |= {c for c, t in combined.items() if t <= cut}
+    # Targets ordered by their strongest evidence (smallest combined statistic) so targets[0] is the prime suspect.
+    targets = sorted(targets, key=lambda c: (combined[c], c))
     for e in evidence:
         e["agreed"] = e["flagged"] == (e["class"] in targets)
-    p = min(p_models)
+    p = combine.p_value(min(combined.values()), m)
     backdoored = bool(targets)
     if statistic == "paper":
         # The papers' rules give a yes/no only; the score keeps the uncalibrated p-value.
@@ -234,7 +249,9 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         backdoored=backdoored, targets=tuple(targets), score=round(1 - p, 6), false_positive_rate=float(fpr),
         evidence=tuple(evidence), statistic=statistic, calibrated=calibration is not None and statistic != "paper",
         calibration=calibration.summary() if calibration is not None else {"calibrated": False},
-        methods=tuple(d.method for d in detections), data=dict(data or {}))
+        methods=tuple(d.method for d in detections), data=dict(data or {}),
+        combination={"rule": "min(Bonferroni, Fisher) per class", "cut": round(float(cut), 8),
+                     "statistic": {str(c): round(float(t), 8) for c, t in sorted(combined.items())}})
     from poisonguard.detect.report import disagreement_notes, verdict_text  # words live with the report
 
     return replace(verdict, sentence=verdict_text(verdict, classes),
