@@ -61,11 +61,11 @@ class Method:
     def score(self, inputs: ScoringInputs) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def class_stats(self, z: np.ndarray, labels: np.ndarray, fpr: float) -> dict[int, float]:
+    def class_stats(self, z: np.ndarray, labels: np.ndarray) -> dict[int, float]:
         """Per-class statistic the verdict compares across classes: the class's upper-tail z."""
         from poisonguard.sanitize.calibrate import tail_statistic
 
-        return tail_statistic(z, labels, fpr)
+        return tail_statistic(z, labels)
 
     def heldout_scores(self) -> dict[int, np.ndarray]:
         """After `score`: each class's held-out samples scored on the training z scale, where the

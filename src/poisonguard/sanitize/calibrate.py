@@ -89,9 +89,14 @@ def class_anomaly_index(stat: dict[int, float]) -> dict[int, float]:
     return {k: float(v) for k, v in zip(keys, z)}
 
 
-def tail_statistic(z: np.ndarray, labels: np.ndarray, fpr: float) -> dict[int, float]:
-    q = 1 - min(0.5, 2 * fpr)
-    return {c: float(np.quantile(z[idx], q)) for c, idx in class_indices(labels).items()}
+# The class statistic of a z-scored method: the class's 98% quantile of z. It was 1 - 2 x fpr,
+# which tied the class gate to the sample cut; 0.98 is its value at the first default fpr (1%),
+# the value every gate threshold was set on, so the cut can move without moving the gate.
+TAIL_QUANTILE = 0.98
+
+
+def tail_statistic(z: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    return {c: float(np.quantile(z[idx], TAIL_QUANTILE)) for c, idx in class_indices(labels).items()}
 
 
 def heldout_excess(train: np.ndarray, held_out: np.ndarray, quantile: float = HELDOUT_QUANTILE,
@@ -138,7 +143,7 @@ class Combined:
 
 
 def combine(zs: dict[str, np.ndarray], class_stats: dict[str, dict[int, float]], labels: np.ndarray, *,
-            fpr: float = 0.01, class_threshold: float = CLASS_THRESHOLD, gate: str = "either",
+            fpr: float = 0.05, class_threshold: float = CLASS_THRESHOLD, gate: str = "either",
             heldout: dict[str, dict[int, float]] | None = None, heldout_alpha: float = HELDOUT_ALPHA) -> Combined:
     """Stouffer-combine calibrated z-scores and class statistics into one decision.
 

@@ -53,8 +53,8 @@ def add_commands(sub) -> None:
     add_verdict_options(p, method_default=",".join(DEFAULT_METHODS),
                         method_help=f"comma-separated, combined into one verdict: {', '.join(SANITIZERS.names())} "
                                     f"(default {','.join(DEFAULT_METHODS)})",
-                        fpr_type=str, fpr_default="0.01",  # checked by _rate: a mistake is one line, exit 2
-                        fpr_help="share of a target class's clean samples allowed above the cut (default 0.01)",
+                        fpr_type=str, fpr_default=None,  # checked by _rate: a mistake is one line, exit 2
+                        fpr_help="share of a target class's clean samples allowed above the cut (default 0.05; tables 0.01)",
                         finding="the data looks poisoned")
     p.add_argument("--expected-rate", default=None, help="poison share you expect, in (0, 0.5): SPECTRE's epsilon; "
                                                                      "the papers' fixed removal counts are reported beside ours")
@@ -146,7 +146,7 @@ def cmd_sanitize(args) -> int:
     from poisonguard.sanitize import Sanitizer
     from poisonguard.sanitize.calibrate import CLASS_THRESHOLD, HELDOUT_ALPHA
     from poisonguard.sanitize.report import add_to_report
-    from poisonguard.sanitize.run import DEFAULT_METHODS, TABULAR_METHODS
+    from poisonguard.sanitize.run import DEFAULT_METHODS, TABULAR_FPR, TABULAR_METHODS
 
     out = guard_out(args.out, command="sanitize", force=args.force, outputs=OUTPUTS,
                     inputs=[*data_inputs(args.data), *model_inputs(args.model), *file_inputs(("trigger", args.trigger))])
@@ -157,6 +157,8 @@ def cmd_sanitize(args) -> int:
     rows = load_rows(args.data, seed=args.seed)
     if methods is None:  # the default: SCAn alone for images, SCAn + spectral signatures for tables
         methods = list(TABULAR_METHODS if rows.train.kind == "tabular" else DEFAULT_METHODS)
+    if fpr is None:
+        fpr = TABULAR_FPR if rows.train.kind == "tabular" else Sanitizer.DEFAULT_FPR
     if args.trigger and not args.retrain:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)

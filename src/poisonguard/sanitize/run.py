@@ -37,6 +37,10 @@ DEFAULT_METHODS = ("scan",)
 # (index 0.66 < 1.0); spectral signatures see Tabdoor's rows (45 vs 6), as Tabdoor found, and the
 # pair is what benchmarks/tabular_checklist.py measured (notes/issue-19.md).
 TABULAR_METHODS = ("scan", "spectral")
+# The tables' sample cut stays at the first default, 1%: their combined z is not conservative as
+# the images' is (fair seed 2: 7% of the target class's clean rows above the 1% cut), and 5%
+# raised FPR to 1.9-4.1% without finding more poison (benchmarks/results/issue-17.md, session 7).
+TABULAR_FPR = 0.01
 MIN_PER_CLASS = 10
 MIN_CLASSES = 2  # two classes are compared with each other (calibrate.TWO_CLASS_THRESHOLD)
 
@@ -63,7 +67,9 @@ class Sanitizer:
 
     Args:
         methods: registered method names, Stouffer-combined (default: SCAn alone, DEFAULT_METHODS).
-        fpr: share of a target class's clean samples allowed above the cut (default 1%).
+        fpr: share of a target class's clean samples allowed above the cut (default 5%; the
+            calibrated z is conservative: 1.0% of class 0's clean CIFAR-10 images passed it
+            on the tuning seed). Only target classes are cut, so clean data flags nothing.
         expected_rate: the poison share the user expects, if any: SPECTRE's epsilon and the
             size of the papers' fixed removal rules reported beside ours (never the cut).
         class_threshold: combined class anomaly index above which a class is a target.
@@ -79,7 +85,9 @@ class Sanitizer:
             whenever that removes anything. Kept for comparison: on MNIST it flags clean data.
     """
 
-    def __init__(self, *, methods=DEFAULT_METHODS, fpr: float = 0.01, expected_rate: float | None = None,
+    DEFAULT_FPR = 0.05
+
+    def __init__(self, *, methods=DEFAULT_METHODS, fpr: float = DEFAULT_FPR, expected_rate: float | None = None,
                  class_threshold: float = CLASS_THRESHOLD, gate: str = "either", heldout_alpha: float = HELDOUT_ALPHA,
                  epochs: int = 10, arch: str = "mnist_cnn",
                  lr: float = 1e-3, batch_size: int = 64, options: dict | None = None, rule: str = "calibrated", seed: int = 0,
@@ -164,7 +172,7 @@ class Sanitizer:
             zs[name] = calibrate(raw[name], labels, per_class=method.per_class, calibrated=method.calibrated)
             if self.rule == "paper":
                 paper.append(np.asarray(method.paper_flags(raw[name], labels, self.expected_rate), dtype=np.int64))
-            stats[name] = method.class_stats(zs[name], labels, self.fpr)
+            stats[name] = method.class_stats(zs[name], labels)
             heldout[name] = {c: heldout_excess(zs[name][labels == c], ref) for c, ref in method.heldout_scores().items()}
             summaries[name] = {"paper": method.paper, "options": method.summary(),
                                "class_statistic": {str(c): round(float(v), 4) for c, v in stats[name].items()},

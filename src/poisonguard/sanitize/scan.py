@@ -130,7 +130,7 @@ class SCAn(Method):
         return {"dims": self.dims, "steps": self.steps, "starts": self.starts, "heldout_start": self.heldout_start,
                 "likelihood_ratio": self.likelihood_ratio, "separation": self.separation}
 
-    def class_stats(self, z, labels, fpr):
+    def class_stats(self, z, labels):
         return dict(self.separation)
 
     def heldout_scores(self):
