@@ -251,7 +251,9 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         calibration=calibration.summary() if calibration is not None else {"calibrated": False},
         methods=tuple(d.method for d in detections), data=dict(data or {}),
         combination={"rule": "min(Bonferroni, Fisher) per class", "cut": round(float(cut), 8),
-                     "statistic": {str(c): round(float(t), 8) for c, t in sorted(combined.items())}})
+                     "statistic": {str(c): round(float(t), 8) for c, t in sorted(combined.items())},
+                     # Under --statistic paper each paper's rule picks the targets; the score still reads T.
+                     "decides_targets": statistic != "paper"})
     from poisonguard.detect.report import disagreement_notes, verdict_text  # words live with the report
 
     return replace(verdict, sentence=verdict_text(verdict, classes),
