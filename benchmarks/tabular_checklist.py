@@ -43,7 +43,6 @@ def run_case(table: str, seed: int, folder: Path) -> dict:
     from poisonguard.models import build_model
     from poisonguard.repair import REPAIRERS
     from poisonguard.sanitize import Sanitizer
-    from poisonguard.sanitize.run import TABULAR_FPR
     from poisonguard.sanitize.run import TABULAR_METHODS as SANITIZE_METHODS
     from poisonguard.train import evaluate, fit
 
@@ -81,14 +80,14 @@ def run_case(table: str, seed: int, folder: Path) -> dict:
                        "statistic": [e["statistic"] for e in v.evidence], "threshold": v.evidence[0]["threshold"]}
 
     t = time.perf_counter()
-    result = Sanitizer(arch="mlp", methods=SANITIZE_METHODS, fpr=TABULAR_FPR, seed=seed, device="cpu").run(poisoned.data)
+    result = Sanitizer(arch="mlp", methods=SANITIZE_METHODS, seed=seed, device="cpu").run(poisoned.data)
     times["sanitize"] = time.perf_counter() - t
     truth = np.zeros(len(poisoned.data), bool)
     truth[poisoned.poisoned_index.numpy()] = True
     flagged = np.zeros(len(poisoned.data), bool)
     flagged[list(result.flagged)] = True
     t = time.perf_counter()
-    clean_verdict = Sanitizer(arch="mlp", methods=SANITIZE_METHODS, fpr=TABULAR_FPR, seed=seed, device="cpu").run(splits.train).verdict
+    clean_verdict = Sanitizer(arch="mlp", methods=SANITIZE_METHODS, seed=seed, device="cpu").run(splits.train).verdict
     times["sanitize_clean"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -146,7 +146,7 @@ def cmd_sanitize(args) -> int:
     from poisonguard.sanitize import Sanitizer
     from poisonguard.sanitize.calibrate import CLASS_THRESHOLD, HELDOUT_ALPHA
     from poisonguard.sanitize.report import add_to_report
-    from poisonguard.sanitize.run import DEFAULT_METHODS, TABULAR_FPR, TABULAR_METHODS
+    from poisonguard.sanitize.run import DEFAULT_METHODS, TABULAR_METHODS
 
     out = guard_out(args.out, command="sanitize", force=args.force, outputs=OUTPUTS,
                     inputs=[*data_inputs(args.data), *model_inputs(args.model), *file_inputs(("trigger", args.trigger))])
@@ -157,8 +157,6 @@ def cmd_sanitize(args) -> int:
     rows = load_rows(args.data, seed=args.seed)
     if methods is None:  # the default: SCAn alone for images, SCAn + spectral signatures for tables
         methods = list(TABULAR_METHODS if rows.train.kind == "tabular" else DEFAULT_METHODS)
-    if fpr is None:
-        fpr = TABULAR_FPR if rows.train.kind == "tabular" else Sanitizer.DEFAULT_FPR
     if args.trigger and not args.retrain:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)

@@ -37,10 +37,13 @@ DEFAULT_METHODS = ("scan",)
 # (index 0.66 < 1.0); spectral signatures see Tabdoor's rows (45 vs 6), as Tabdoor found, and the
 # pair is what benchmarks/tabular_checklist.py measured (notes/issue-19.md).
 TABULAR_METHODS = ("scan", "spectral")
-# The tables' sample cut stays at the first default, 1%: their combined z is not conservative as
-# the images' is (fair seed 2: 7% of the target class's clean rows above the 1% cut), and 5%
-# raised FPR to 1.9-4.1% without finding more poison (benchmarks/results/issue-17.md, session 7).
-TABULAR_FPR = 0.01
+# The sample cut's default per kind of data (benchmarks/results/issue-17.md, session 7).
+# Images 5%: the calibrated z is conservative there (at 5%, 1.0% of class 0's clean CIFAR-10
+# images passed the cut on the tuning seed), and the 1% cut left enough poison for an 11% ASR
+# after retraining (3.6% at 5%). Tables stay at the first default, 1%: their combined z is not
+# conservative (fair seed 2: 7% of the target class's clean rows above the 1% cut), and 5%
+# raised FPR to 1.9-4.1% without finding more poison. Text: 1%, not measured at 5%.
+DEFAULT_FPR = {"image": 0.05, "tabular": 0.01, "text": 0.01}
 MIN_PER_CLASS = 10
 MIN_CLASSES = 2  # two classes are compared with each other (calibrate.TWO_CLASS_THRESHOLD)
 
@@ -67,9 +70,9 @@ class Sanitizer:
 
     Args:
         methods: registered method names, Stouffer-combined (default: SCAn alone, DEFAULT_METHODS).
-        fpr: share of a target class's clean samples allowed above the cut (default 5%; the
-            calibrated z is conservative: 1.0% of class 0's clean CIFAR-10 images passed it
-            on the tuning seed). Only target classes are cut, so clean data flags nothing.
+        fpr: share of a target class's clean samples allowed above the cut (None: DEFAULT_FPR
+            by the data's kind: images 5%, tables and text 1%). Only target classes are cut, so
+            clean data flags nothing.
         expected_rate: the poison share the user expects, if any: SPECTRE's epsilon and the
             size of the papers' fixed removal rules reported beside ours (never the cut).
         class_threshold: combined class anomaly index above which a class is a target.
@@ -85,9 +88,7 @@ class Sanitizer:
             whenever that removes anything. Kept for comparison: on MNIST it flags clean data.
     """
 
-    DEFAULT_FPR = 0.05
-
-    def __init__(self, *, methods=DEFAULT_METHODS, fpr: float = DEFAULT_FPR, expected_rate: float | None = None,
+    def __init__(self, *, methods=DEFAULT_METHODS, fpr: float | None = None, expected_rate: float | None = None,
                  class_threshold: float = CLASS_THRESHOLD, gate: str = "either", heldout_alpha: float = HELDOUT_ALPHA,
                  epochs: int = 10, arch: str = "mnist_cnn",
                  lr: float = 1e-3, batch_size: int = 64, options: dict | None = None, rule: str = "calibrated", seed: int = 0,
@@ -97,7 +98,8 @@ class Sanitizer:
             raise ValueError("give at least one method")
         for name in names:
             SANITIZERS.get(name)
-        check_number("fpr", fpr, low=0, high=0.5, open_low=True)
+        if fpr is not None:
+            check_number("fpr", fpr, low=0, high=0.5, open_low=True)
         if expected_rate is not None and not (isinstance(expected_rate, (int, float)) and 0 < expected_rate < 0.5):
             raise ValueError(f"expected_rate must lie in (0, 0.5), got {expected_rate!r}")
         check_number("class_threshold", class_threshold, low=0, open_low=True)
@@ -115,7 +117,8 @@ class Sanitizer:
         check_number("lr", lr, low=0, open_low=True)
         check_number("batch_size", batch_size, low=1, integer=True)
         self.methods = tuple(dict.fromkeys(names))
-        self.fpr, self.expected_rate, self.class_threshold = float(fpr), expected_rate, float(class_threshold)
+        self.fpr = None if fpr is None else float(fpr)
+        self.expected_rate, self.class_threshold = expected_rate, float(class_threshold)
         self.epochs, self.arch, self.lr, self.batch_size = int(epochs), arch, float(lr), int(batch_size)
         self.options = {SANITIZERS.normalise(k): dict(v) for k, v in (options or {}).items()}
         self.seed, self.device = int(seed), device
@@ -180,9 +183,10 @@ class Sanitizer:
             if heldout[name]:
                 summaries[name]["heldout_excess"] = {str(c): round(v, 3) for c, v in heldout[name].items()}
         gate = {"gate": self.gate, "heldout_alpha": self.heldout_alpha}
-        decision = combine(zs, stats, labels, fpr=self.fpr, class_threshold=self.class_threshold, heldout=heldout, **gate)
+        fpr = self.fpr if self.fpr is not None else DEFAULT_FPR.get(data.kind, 0.01)
+        decision = combine(zs, stats, labels, fpr=fpr, class_threshold=self.class_threshold, heldout=heldout, **gate)
         for name in self.methods:
-            alone = combine({name: zs[name]}, {name: stats[name]}, labels, fpr=self.fpr,
+            alone = combine({name: zs[name]}, {name: stats[name]}, labels, fpr=fpr,
                             class_threshold=self.class_threshold, heldout={name: heldout[name]}, **gate)
             summaries[name].update({"targets_alone": list(alone.targets), "flagged_alone": int(len(alone.flagged)),
                                     "class_index": {str(c): round(v, 3) for c, v in decision.per_method_index[name].items()}})
@@ -196,7 +200,7 @@ class Sanitizer:
             poisoned = bool(flagged)
         return Sanitization(
             verdict="poisoned" if poisoned else "clean", flagged=flagged, targets=targets,
-            methods=self.methods, scores=summaries, n_samples=len(data), false_positive_rate=self.fpr,
+            methods=self.methods, scores=summaries, n_samples=len(data), false_positive_rate=fpr,
             cut=decision.cut, class_index={str(c): round(v, 3) for c, v in decision.class_index.items()},
             class_threshold=decision.class_threshold, seconds=round(time.perf_counter() - start, 2),
             extra={"trained_model": trained, "arch": self.arch if trained else None,
