@@ -97,3 +97,21 @@ def test_two_methods_that_each_fall_short_flag_the_class_together():
     one = {m: (suspect[m] if m == methods[0] else _clean_sizes(gen, 1)[0]) for m in methods}
     w = judge([_det(m, one[m]) for m in methods], calibration=cal)
     assert 4 not in w.targets
+
+
+def test_methods_of_one_family_are_not_counted_twice():
+    # TABOR shares Neural Cleanse's engine: two moderate p-values from them are one finding,
+    # not two, so Fisher must not add them (their best p enters, Bonferroni over the two).
+    from poisonguard.detect.verdict import method_families
+
+    assert method_families(["neural_cleanse", "tabor", "feature-re"]) == ["pixel_mask", "pixel_mask", "feature_re"]
+    gen = torch.Generator().manual_seed(11)
+    nulls = {m: fit_null(_clean_sizes(gen, 4).tolist()) for m in ("neural_cleanse", "tabor", "feature_re")}
+    base = _clean_sizes(gen, 1)[0]
+    shrunk = {m: _shrink_to_p(nulls[m], base, 6, 0.035) for m in nulls}
+    same_family = judge([_det(m, shrunk[m]) for m in ("neural_cleanse", "tabor")], calibration=_Cal(nulls))
+    p6 = [e["p_value"] for e in same_family.evidence if e["class"] == 6]
+    assert 2 * min(p6) > 0.05 and max(p6) < 0.05  # each moderate; their best, doubled, short of 5%
+    assert 6 not in same_family.targets and same_family.combination["cut"] == 0.05  # one family: T = 2 x min p
+    two_families = judge([_det(m, shrunk[m]) for m in ("neural_cleanse", "feature_re")], calibration=_Cal(nulls))
+    assert 6 in two_families.targets

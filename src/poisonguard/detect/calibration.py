@@ -346,15 +346,16 @@ def loo_index(null: dict, i: int, statistic: str = "robust") -> list[float]:
 def loo_false_positives(cal: Calibration, fpr: float, statistic: str = "robust") -> tuple[int, int, tuple[float, float]]:
     """How many references the verdict flags against the others at `fpr`: (flagged, n, 95% CI)."""
     from poisonguard.detect import combine
-    from poisonguard.detect.verdict import index_threshold
+    from poisonguard.detect.verdict import index_threshold, method_families
 
-    m = len(cal.methods)
-    cut = combine.level(fpr, m)  # each method's own threshold, as the verdict's charts draw it
+    families = method_families(list(cal.methods))
+    cut = combine.level(fpr, len(set(families)))  # each method's own threshold, as the verdict's charts draw it
     flagged = 0
     for i in range(cal.n_models):
         hit = False
-        for null in cal.methods.values():
-            threshold = index_threshold(null, cut, m, n_refs=cal.n_models - 1, statistic=statistic)
+        for null, family in zip(cal.methods.values(), families):
+            bar = len(set(families)) * families.count(family)
+            threshold = index_threshold(null, cut, bar, n_refs=cal.n_models - 1, statistic=statistic)
             hit |= max(loo_index(null, i, statistic)) > threshold
         flagged += hit
     return flagged, cal.n_models, clopper_pearson(flagged, cal.n_models)

@@ -20,7 +20,10 @@ p-values: with independent methods the verdict keeps the stated false-positive r
 Independence is an assumption. On the MNIST zoo's 12 clean models the methods' per-class
 p-values had Spearman correlations of -0.15 to 0.22 (benchmarks/results/issue-16.md, session 7).
 
-With one method T = p and the level is `fpr` itself.
+Methods that share an engine are not independent (TABOR is Neural Cleanse with more
+regularisers): the verdict gives each detector class a `family` and first takes, per class and
+family, the family's smallest p times its size (Bonferroni, valid under any dependence); T then
+combines families (`verdict._combined`). With one family T = p and the level is `fpr` itself.
 """
 
 from __future__ import annotations

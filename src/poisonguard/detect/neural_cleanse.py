@@ -31,6 +31,9 @@ class NeuralCleanse:
 
     name = "neural_cleanse"
     needs_data = True
+    # Methods of one family share an engine, so their findings are not independent evidence:
+    # the verdict takes their best (Bonferroni) before Fisher combines families (combine.py).
+    family = "pixel_mask"
     kinds = ("image", "tabular")  # the engine searches tables inside each feature's range
 
     def __init__(self, *, threshold: float = THRESHOLD, seed: int = 0, device: str = "auto", **inversion) -> None:

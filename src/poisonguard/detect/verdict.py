@@ -146,13 +146,27 @@ def class_p_values(index: torch.Tensor, null: dict, statistic: str = "robust") -
     return [float(p) for p in t.sf(z, null["n"] - 1)]
 
 
+def method_families(methods: list[str]) -> list[str]:
+    """Each method's family (`family` on its detector class; its own name otherwise)."""
+    from poisonguard.detect import DETECTORS
+
+    return [getattr(DETECTORS.get(m), "family", DETECTORS.normalise(m)) if m in DETECTORS else m for m in methods]
+
+
 def _combined(evidence: list[dict], methods: list[str]) -> dict[int, float]:
-    """Per class, the combined statistic of the methods' p-values (a method without a row for the class: 1)."""
+    """Per class, the combined statistic of the methods' p-values (a method without a row for the class: 1).
+
+    Methods of one family (NC and TABOR share an engine) enter as one p-value, their smallest
+    times their number (Bonferroni holds whatever their dependence); Fisher then combines families.
+    """
     classes = sorted({e["class"] for e in evidence})
     p = np.ones((len(classes), len(methods)))
     for e in evidence:
         p[classes.index(e["class"]), methods.index(e["method"])] = e["p_value"]
-    return dict(zip(classes, combine.statistic(p).tolist()))
+    families = method_families(methods)
+    groups = [[j for j, f in enumerate(families) if f == fam] for fam in dict.fromkeys(families)]
+    per_family = np.stack([np.minimum(1.0, len(g) * p[:, g].min(1)) for g in groups], axis=1)
+    return dict(zip(classes, combine.statistic(per_family).tolist()))
 
 
 @dataclass(frozen=True)
@@ -211,12 +225,13 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
     if not detections:
         raise ValueError("a verdict needs at least one detection")
     index_threshold(DEFAULT_NULL, fpr, 1)  # checks fpr
-    m = len(detections)
-    # The cut on the combined statistic (`combine.py`); one method alone passes it when
-    # m * p <= cut, so each chart's threshold is its index at the level cut / m.
-    cut = combine.level(fpr, m) if statistic != "paper" else fpr
+    families = method_families([d.method for d in detections])
+    n_families = len(set(families))
+    # The cut on the combined statistic over the families (`combine.py`); one method alone passes
+    # it when (families x its family's size) x p <= cut: each chart's threshold is its index there.
+    cut = combine.level(fpr, n_families) if statistic != "paper" else fpr
     evidence, flagged_by = [], {}
-    for det in detections:
+    for det, family in zip(detections, families):
         null = calibration.null_for(det.method) if calibration is not None and statistic != "paper" else None
         index, rows = method_index(det, statistic, null.get("reference") if null else None,
                                    null.get("reference_sd") if null else None)
@@ -225,7 +240,7 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
             threshold = det.threshold
             hits = set(det.flagged_classes)
         else:
-            threshold = index_threshold(null, cut, m, statistic=statistic)
+            threshold = index_threshold(null, cut, n_families * families.count(family), statistic=statistic)
             hits = {c for c, v in zip(rows, index.tolist()) if v > threshold}
         flagged_by[det.method] = hits
         for c, v, p in zip(rows, index.tolist(), class_p_values(index, null, statistic)):
@@ -240,7 +255,7 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
     targets = sorted(targets, key=lambda c: (combined[c], c))
     for e in evidence:
         e["agreed"] = e["flagged"] == (e["class"] in targets)
-    p = combine.p_value(min(combined.values()), m)
+    p = combine.p_value(min(combined.values()), n_families)
     backdoored = bool(targets)
     if statistic == "paper":
         # The papers' rules give a yes/no only; the score keeps the uncalibrated p-value.
