@@ -345,16 +345,13 @@ def loo_index(null: dict, i: int, statistic: str = "robust") -> list[float]:
 
 def loo_false_positives(cal: Calibration, fpr: float, statistic: str = "robust") -> tuple[int, int, tuple[float, float]]:
     """How many references the verdict flags against the others at `fpr`: (flagged, n, 95% CI)."""
-    from poisonguard.detect import combine
-    from poisonguard.detect.verdict import index_threshold, method_families
+    from poisonguard.detect.verdict import index_threshold, method_bars
 
-    families = method_families(list(cal.methods))
-    cut = combine.level(fpr, len(set(families)))  # each method's own threshold, as the verdict's charts draw it
+    _, cut, bars = method_bars(list(cal.methods), fpr)  # each method's own threshold, as the verdict's charts draw it
     flagged = 0
     for i in range(cal.n_models):
         hit = False
-        for null, family in zip(cal.methods.values(), families):
-            bar = len(set(families)) * families.count(family)
+        for null, bar in zip(cal.methods.values(), bars):
             threshold = index_threshold(null, cut, bar, n_refs=cal.n_models - 1, statistic=statistic)
             hit |= max(loo_index(null, i, statistic)) > threshold
         flagged += hit

@@ -153,7 +153,19 @@ def method_families(methods: list[str]) -> list[str]:
     return [getattr(DETECTORS.get(m), "family", DETECTORS.normalise(m)) if m in DETECTORS else m for m in methods]
 
 
-def _combined(evidence: list[dict], methods: list[str]) -> dict[int, float]:
+def method_bars(methods: list[str], fpr: float) -> tuple[list[str], float, list[int]]:
+    """(families, the cut on the combined statistic, per method the count its own level divides the cut by).
+
+    One method alone passes the cut when (families x its family's size) x p <= cut, so its
+    chart's threshold is `index_threshold(null, cut, bar)` (the verdict and the calibration's
+    leave-one-out check both draw it so).
+    """
+    families = method_families(methods)
+    n_families = len(set(families))
+    return families, combine.level(fpr, n_families), [n_families * families.count(f) for f in families]
+
+
+def _combined(evidence: list[dict], methods: list[str], families: list[str]) -> dict[int, float]:
     """Per class, the combined statistic of the methods' p-values (a method without a row for the class: 1).
 
     Methods of one family (NC and TABOR share an engine) enter as one p-value, their smallest
@@ -163,7 +175,6 @@ def _combined(evidence: list[dict], methods: list[str]) -> dict[int, float]:
     p = np.ones((len(classes), len(methods)))
     for e in evidence:
         p[classes.index(e["class"]), methods.index(e["method"])] = e["p_value"]
-    families = method_families(methods)
     groups = [[j for j, f in enumerate(families) if f == fam] for fam in dict.fromkeys(families)]
     per_family = np.stack([np.minimum(1.0, len(g) * p[:, g].min(1)) for g in groups], axis=1)
     return dict(zip(classes, combine.statistic(per_family).tolist()))
@@ -225,13 +236,12 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
     if not detections:
         raise ValueError("a verdict needs at least one detection")
     index_threshold(DEFAULT_NULL, fpr, 1)  # checks fpr
-    families = method_families([d.method for d in detections])
-    n_families = len(set(families))
-    # The cut on the combined statistic over the families (`combine.py`); one method alone passes
-    # it when (families x its family's size) x p <= cut: each chart's threshold is its index there.
-    cut = combine.level(fpr, n_families) if statistic != "paper" else fpr
+    methods = [d.method for d in detections]
+    families, cut, bars = method_bars(methods, fpr)  # the cut on the combined statistic (`combine.py`)
+    if statistic == "paper":
+        cut = fpr
     evidence, flagged_by = [], {}
-    for det, family in zip(detections, families):
+    for det, bar in zip(detections, bars):
         null = calibration.null_for(det.method) if calibration is not None and statistic != "paper" else None
         index, rows = method_index(det, statistic, null.get("reference") if null else None,
                                    null.get("reference_sd") if null else None)
@@ -240,14 +250,14 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
             threshold = det.threshold
             hits = set(det.flagged_classes)
         else:
-            threshold = index_threshold(null, cut, n_families * families.count(family), statistic=statistic)
+            threshold = index_threshold(null, cut, bar, statistic=statistic)
             hits = {c for c, v in zip(rows, index.tolist()) if v > threshold}
         flagged_by[det.method] = hits
         for c, v, p in zip(rows, index.tolist(), class_p_values(index, null, statistic)):
             evidence.append({"method": det.method, "class": int(c), "statistic": round(float(v), 6),
                              "threshold": round(float(threshold), 6), "flagged": c in hits,
                              "p_value": round(float(p), 8)})
-    combined = _combined(evidence, [d.method for d in detections])
+    combined = _combined(evidence, methods, families)
     targets = set().union(*flagged_by.values())
     if statistic != "paper":
         targets |= {c for c, t in combined.items() if t <= cut}
@@ -255,7 +265,7 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
     targets = sorted(targets, key=lambda c: (combined[c], c))
     for e in evidence:
         e["agreed"] = e["flagged"] == (e["class"] in targets)
-    p = combine.p_value(min(combined.values()), n_families)
+    p = combine.p_value(min(combined.values()), len(set(families)))
     backdoored = bool(targets)
     if statistic == "paper":
         # The papers' rules give a yes/no only; the score keeps the uncalibrated p-value.
@@ -264,7 +274,7 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         backdoored=backdoored, targets=tuple(targets), score=round(1 - p, 6), false_positive_rate=float(fpr),
         evidence=tuple(evidence), statistic=statistic, calibrated=calibration is not None and statistic != "paper",
         calibration=calibration.summary() if calibration is not None else {"calibrated": False},
-        methods=tuple(d.method for d in detections), data=dict(data or {}),
+        methods=tuple(methods), data=dict(data or {}),
         combination={"rule": "min(Bonferroni, Fisher) per class", "cut": round(float(cut), 8),
                      "statistic": {str(c): round(float(t), 8) for c, t in sorted(combined.items())},
                      # Under --statistic paper each paper's rule picks the targets; the score still reads T.
