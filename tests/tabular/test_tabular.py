@@ -218,3 +218,18 @@ def test_repair_removes_the_backdoor(planted):
     assert result.after.clean_accuracy > result.before.clean_accuracy - 0.06
     with pytest.raises(Exception, match="image data only"):
         REPAIRERS.get("wild")(device="cpu").repair(planted["backdoored"], clean)
+
+
+def test_discrete_search_never_enlarges_the_relaxed_trigger(planted):
+    """`reference_contrast(discrete=True)` keeps, per class, the smaller of the relaxed and the exact trigger."""
+    from poisonguard.data import per_class_subset
+    from poisonguard.detect.calibration import train_references
+    from poisonguard.detect.contrast import ReferenceContrast
+
+    clean = per_class_subset(planted["splits"].train, fraction=0.25, seed=0)
+    refs = train_references(clean, architecture="mlp", n_models=3, epochs=30, device="cpu")
+    relaxed = ReferenceContrast(device="cpu").detect(planted["backdoored"], clean, references=refs)
+    both = ReferenceContrast(device="cpu", discrete=True).detect(planted["backdoored"], clean, references=refs)
+    assert both.extra["discrete"] and not relaxed.extra["discrete"]
+    assert all(b <= r + 1e-6 for b, r in zip(both.mask_l1, relaxed.mask_l1))
+    assert both.mask_l1[0] <= 3  # the planted trigger sets 3 features; the target is found at most that large
