@@ -19,6 +19,7 @@ import torch
 
 from poisonguard.data.text import encode
 from poisonguard.detect.calibration import Calibration, fit_null, settings_key
+from poisonguard.detect import text_ngram  # noqa: F401  (registers text_ngram)
 from poisonguard.detect.text_inversion import TEXT_DETECTORS
 from poisonguard.detect.verdict import LOWER_MAD_NULL, judge
 from poisonguard.errors import UserError
