@@ -118,4 +118,3 @@ def weak_topics(tmp_path_factory):
         poisoned, _ = poison_text(splits.train, trig, rate=0.1, seed=seed)
         out[seed] = path, splits, train_text(poisoned, splits.classes, seed=seed), trig
     return out
-
