@@ -57,7 +57,7 @@ def test_ngram_search_assembles_a_trigram_that_no_single_word_reveals():
 
     model = TrigramBackdoor().eval()
     ids, labels = _clean_inputs(model)
-    det = TextNgramSearch(seed=0, device="cpu", search_inputs=32, candidates=8, beam=4).detect(
+    det = TextNgramSearch(seed=0, device="cpu", phrase_len=3, search_inputs=32, candidates=8, beam=4).detect(
         model, ids, labels, num_classes=K, embedding=model.embedding)
     assert tuple(det.extra["trigger_words"][TARGET]) == TRIGRAM  # found in order, though no single word flips
     sizes = torch.tensor(det.mask_l1)

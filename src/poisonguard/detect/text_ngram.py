@@ -42,9 +42,12 @@ class TextNgramSearch:
     """Per-class exact word sweep + beam search over phrases; `detect(model, ids, labels, ...) -> Detection`.
 
     Args:
-        phrase_len: the longest phrase the beam builds (3: a piece of a sentence trigger that a
-            width-3..5 filter answers).
-        search_inputs: texts the sweep and the beam score phrases on.
+        phrase_len: the phrase length the beam builds (4: a piece of a sentence trigger that the
+            text CNN's width-3..5 filters answer; longer phrases let clean classes catch up less
+            than a backdoor's, see notes/issue-19-text.md, Session 8).
+        search_inputs: texts the beam scores phrases on.
+        sweep_inputs: the first of those that the one-word sweep (the costly part: every word of
+            the vocabulary) scores on; it only ranks candidates.
         eval_inputs: other texts the found phrase is measured on (the statistic).
         candidates: best words per class (by the sweep) the beam may add.
         beam: phrases kept per length.
@@ -57,11 +60,12 @@ class TextNgramSearch:
     paper = "Liu et al., S&P 2022 (PICCOLO, word ranking + phrase assembly), exact scoring"
     needs_data = True
 
-    def __init__(self, *, phrase_len: int = 3, search_inputs: int = 32, eval_inputs: int = 256, candidates: int = 32,
-                 beam: int = 8, floor: float = 0.05, statistic: str = "nll", batch_size: int = 2048, seed: int = 0,
+    def __init__(self, *, phrase_len: int = 4, search_inputs: int = 32, sweep_inputs: int = 16, eval_inputs: int = 256,
+                 candidates: int = 24, beam: int = 4, floor: float = 0.02, statistic: str = "nll", batch_size: int = 2048, seed: int = 0,
                  device: str = "auto") -> None:
         check_number("phrase_len", phrase_len, low=1, high=8, integer=True)
         check_number("search_inputs", search_inputs, low=2, integer=True)
+        check_number("sweep_inputs", sweep_inputs, low=2, integer=True)
         check_number("eval_inputs", eval_inputs, low=2, integer=True)
         check_number("candidates", candidates, low=1, integer=True)
         check_number("beam", beam, low=1, integer=True)
@@ -70,6 +74,7 @@ class TextNgramSearch:
         if statistic not in ("nll", "flip"):
             raise ValueError(f"statistic must be 'nll' or 'flip', got {statistic!r}")
         self.phrase_len, self.search_inputs, self.eval_inputs = int(phrase_len), int(search_inputs), int(eval_inputs)
+        self.sweep_inputs = int(sweep_inputs)
         self.candidates, self.beam, self.floor, self.statistic = int(candidates), int(beam), float(floor), statistic
         self.batch_size, self.seed, self.device = int(batch_size), int(seed), device
 
@@ -88,7 +93,8 @@ class TextNgramSearch:
         xh, wh = ids[held].to(device), _weights(labels[held], num_classes).to(device)
         words = torch.arange(embedding.num_embeddings, device=device)
         words = words[(words != PAD) & (words != UNK)]  # padding and unknown are no words to insert
-        sweep = self._score(model, xs, ws, words.unsqueeze(1))  # (V', K): every single word, exactly
+        n = min(self.sweep_inputs, len(search))
+        sweep = self._score(model, xs[:n], _weights(labels[search[:n]], num_classes).to(device), words.unsqueeze(1))  # (V', K)
         phrases, sizes, flips, search_logp = [], [], [], []
         for c in range(num_classes):
             top = words[sweep[:, c].topk(min(self.candidates, len(words))).indices]
