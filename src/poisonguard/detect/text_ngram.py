@@ -54,6 +54,10 @@ class TextNgramSearch:
         floor: added to the cross-entropy before logs are taken (a perfect phrase's 0 stays finite).
         statistic: "nll" (mean cross-entropy towards the class; the size) or "flip" (1 - flip rate
             + floor, as `text_inversion`).
+        skip_own_words: leave out of a class's candidates the words its own clean texts use more
+            than the other classes' (at least twice): a class's topic words are a natural
+            shortcut that a 4-word phrase of them reaches as well as a backdoor's trigger does;
+            an inserted trigger is foreign to the class.
     """
 
     name = "text_ngram"
@@ -61,7 +65,8 @@ class TextNgramSearch:
     needs_data = True
 
     def __init__(self, *, phrase_len: int = 4, search_inputs: int = 32, sweep_inputs: int = 16, eval_inputs: int = 256,
-                 candidates: int = 24, beam: int = 4, floor: float = 0.02, statistic: str = "nll", batch_size: int = 2048, seed: int = 0,
+                 candidates: int = 24, beam: int = 4, floor: float = 0.02, statistic: str = "nll", skip_own_words: bool = False,
+                 batch_size: int = 2048, seed: int = 0,
                  device: str = "auto") -> None:
         check_number("phrase_len", phrase_len, low=1, high=8, integer=True)
         check_number("search_inputs", search_inputs, low=2, integer=True)
@@ -77,6 +82,7 @@ class TextNgramSearch:
         self.sweep_inputs = int(sweep_inputs)
         self.candidates, self.beam, self.floor, self.statistic = int(candidates), int(beam), float(floor), statistic
         self.batch_size, self.seed, self.device = int(batch_size), int(seed), device
+        self.skip_own_words = bool(skip_own_words)
 
     def detect(self, model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                embedding: nn.Embedding, vocab: tuple[str, ...] | None = None):
@@ -95,6 +101,9 @@ class TextNgramSearch:
         words = words[(words != PAD) & (words != UNK)]  # padding and unknown are no words to insert
         n = min(self.sweep_inputs, len(search))
         sweep = self._score(model, xs[:n], _weights(labels[search[:n]], num_classes).to(device), words.unsqueeze(1))  # (V', K)
+        if self.skip_own_words:
+            own = _own_words(ids, labels, num_classes, embedding.num_embeddings)[:, words.cpu()].T.to(device)
+            sweep = sweep.masked_fill(own, float("-inf"))
         phrases, sizes, flips, search_logp = [], [], [], []
         for c in range(num_classes):
             top = words[sweep[:, c].topk(min(self.candidates, len(words))).indices]
@@ -162,6 +171,16 @@ class TextNgramSearch:
             pred = torch.cat([model(xt[sl]).argmax(1) for sl in _slices(len(xt), self.batch_size)]).cpu()
         other = labels != c
         return ce, float((pred[other] == c).float().mean()) if other.any() else 0.0
+
+
+def _own_words(ids: torch.Tensor, labels: torch.Tensor, num_classes: int, vocab_size: int) -> torch.Tensor:
+    """(K, V) bool: words in at least 2 of class c's texts and in a larger share of them than of the others'."""
+    present = torch.zeros(len(ids), vocab_size)
+    present[torch.arange(len(ids)).unsqueeze(1).expand_as(ids), ids.clamp(0, vocab_size - 1)] = 1.0
+    counts = F.one_hot(labels.long(), num_classes).float().T @ present  # (K, V) texts holding each word
+    n = torch.bincount(labels.long(), minlength=num_classes).float().unsqueeze(1)
+    rest = (counts.sum(0, keepdim=True) - counts) / (len(ids) - n).clamp_min(1.0)
+    return (counts >= 2) & (counts / n.clamp_min(1.0) > rest)
 
 
 def _weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
