@@ -82,3 +82,14 @@ def test_no_single_word_flips_the_hand_built_model():
         for w in TRIGRAM:
             x = torch.cat([torch.full((len(ids), 1), w), ids[:, :-1]], 1)
             assert (model(x).argmax(1)[labels != TARGET] == TARGET).float().mean() < 0.35
+
+
+def test_own_words_are_a_class_s_over_represented_words():
+    from poisonguard.detect.text_ngram import _own_words
+
+    ids = torch.tensor([[2, 3, 0], [2, 4, 0], [2, 5, 0], [3, 5, 0], [4, 5, 6]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    own = _own_words(ids, labels, 2, 7)
+    own[:, :2] = False  # padding and unknown: never candidates
+    assert own[0].nonzero().flatten().tolist() == [2]  # in all of class 0's texts, none of class 1's
+    assert own[1].nonzero().flatten().tolist() == [5]  # 4 and 6: too few texts; 3: one text of each class

@@ -65,7 +65,7 @@ class TextNgramSearch:
     needs_data = True
 
     def __init__(self, *, phrase_len: int = 4, search_inputs: int = 32, sweep_inputs: int = 16, eval_inputs: int = 256,
-                 candidates: int = 24, beam: int = 4, floor: float = 0.02, statistic: str = "nll", skip_own_words: bool = False,
+                 candidates: int = 24, beam: int = 4, floor: float = 0.02, statistic: str = "nll", skip_own_words: bool = True,
                  batch_size: int = 2048, seed: int = 0,
                  device: str = "auto") -> None:
         check_number("phrase_len", phrase_len, low=1, high=8, integer=True)
