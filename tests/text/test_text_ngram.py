@@ -93,3 +93,14 @@ def test_own_words_are_a_class_s_over_represented_words():
     own[:, :2] = False  # padding and unknown: never candidates
     assert own[0].nonzero().flatten().tolist() == [2]  # in all of class 0's texts, none of class 1's
     assert own[1].nonzero().flatten().tolist() == [5]  # 4 and 6: too few texts; 3: one text of each class
+
+
+def test_text_scan_methods_default_and_the_earlier_set_one_option_away():
+    from poisonguard.cli.text import text_methods
+    from poisonguard.detect.text_scan import METHODS
+    from poisonguard.errors import UserError
+
+    assert text_methods(None) == METHODS == ("text_inversion", "text_ngram")
+    assert text_methods("text_inversion,text_phrase") == ("text_inversion", "text_phrase")
+    with pytest.raises(UserError):
+        text_methods("neural_cleanse")
