@@ -28,9 +28,8 @@ from text_checklist import CACHE, SENTENCE, trained  # noqa: E402
 from poisonguard.attacks.text import TextTrigger, poison_text  # noqa: E402
 from poisonguard.data.fortunes import write_fortunes_csv  # noqa: E402
 from poisonguard.data.text import encode, load_text  # noqa: E402
-from poisonguard.detect.text_scan import _detect  # noqa: E402
 from poisonguard.detect.calibration import Calibration, fit_null  # noqa: E402
-from poisonguard.detect.text_scan import calibrated_text_verdict  # noqa: E402
+from poisonguard.detect.text_scan import _detect, calibrated_text_verdict  # noqa: E402
 
 
 def sizes_of(tm, name, method, options, test, seed, store):

@@ -58,6 +58,10 @@ class TextNgramSearch:
             than the other classes' (at least twice): a class's topic words are a natural
             shortcut that a 4-word phrase of them reaches as well as a backdoor's trigger does;
             an inserted trigger is foreign to the class.
+
+    Defaults (phrases of 4, 16 sweep texts, beam 4 x 24 candidates, floor 0.02, own words
+    skipped) were chosen on the fortunes corpus's tuning seeds 10-12 (notes/issue-19-text.md,
+    Session 8).
     """
 
     name = "text_ngram"
