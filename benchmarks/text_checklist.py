@@ -92,7 +92,9 @@ def main() -> None:
     half = np.random.default_rng(0).permutation(len(sp.train))
     attacker, defender = sp.train.subset(np.sort(half[: len(half) // 2])), sp.train.subset(np.sort(half[len(half) // 2:]))
     print(f"attacker's half {len(attacker)}, defender's clean half {len(defender)}")
-    cal_path = CACHE / f"calibration-{args.references}.json"
+    from poisonguard.detect.text_scan import METHODS
+
+    cal_path = CACHE / f"calibration-{args.references}-{'+'.join(METHODS)}.json"  # a cache per method set
     t0 = time.perf_counter()
     if cal_path.is_file():
         cal = Calibration.from_json(cal_path.read_text())

@@ -224,6 +224,18 @@ def evaluate(args) -> int:
     return EXIT_OK
 
 
+STEPPED = ("text_inversion", "text_phrase")  # the text detectors that take `steps`
+
+
+def text_methods(text: str | None) -> tuple[str, ...]:
+    """--method for a text scan: text detector names (default: the text scan's METHODS)."""
+    from poisonguard.cli.options import method_list
+    from poisonguard.detect.text_inversion import TEXT_DETECTORS
+    from poisonguard.detect.text_scan import METHODS
+
+    return METHODS if text is None else tuple(method_list(text, TEXT_DETECTORS))
+
+
 def scan(args) -> int:
     """Calibrated trigger inversion on a text model; trigger_<class>.json per flagged class."""
     from poisonguard.attacks.text import TextTrigger, save_text_trigger
@@ -237,18 +249,18 @@ def scan(args) -> int:
     # --data is the defender's clean corpus: references train on its training part, every model
     # is inverted on its held-out part (benchmarks/text_checklist.py measures this set-up).
     clean = splits.test
-    from poisonguard.detect.text_scan import METHODS
-
-    options = {m: {"steps": args.steps} for m in METHODS} if getattr(args, "steps", None) else None
+    methods = text_methods(getattr(args, "method", None))
+    # --steps is the relaxed inversions' budget; the exact n-gram search takes none
+    options = {m: {"steps": args.steps} for m in methods if m in STEPPED} if getattr(args, "steps", None) else None
     calibration = None
     if getattr(args, "calibration", "auto") != "none":
         if tm.arch not in ("text_bag", "text_cnn"):
             raise UserError("calibration trains clean models of a built-in text architecture; pass --calibration none")
         n_refs = getattr(args, "reference_models", None) or DEFAULT_REFERENCES
         calibration = calibrate_text(tm, splits.train, n_models=max(2, min(n_refs, 8)), seed=args.seed,
-                                     device=args.device, options=options, inputs=clean)
+                                     device=args.device, options=options, methods=methods, inputs=clean)
     verdict = text_scan_verdict(tm, clean, calibration=calibration, fpr=args.fpr, seed=args.seed, device=args.device,
-                                options=options)
+                                options=options, methods=methods)
     dets = {d.method: d for d in verdict.detections}
     words_of = {}
     for c in verdict.targets:  # the trigger of the method with the strongest evidence for the class

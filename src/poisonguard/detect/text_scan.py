@@ -19,19 +19,24 @@ import torch
 
 from poisonguard.data.text import encode
 from poisonguard.detect.calibration import Calibration, fit_null, settings_key
+from poisonguard.detect import text_ngram  # noqa: F401  (registers text_ngram)
 from poisonguard.detect.text_inversion import TEXT_DETECTORS
 from poisonguard.detect.verdict import LOWER_MAD_NULL, judge
 from poisonguard.errors import UserError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("text_inversion", "text_phrase")
+# One relaxed slot finds a rare word (DBS); the exact n-gram search finds a sentence trigger's
+# phrase, which the relaxed 4-slot `text_phrase` (the default until session 8, still registered:
+# `--method text_inversion,text_phrase`) missed (notes/issue-19-text.md, Session 8).
+METHODS = ("text_inversion", "text_ngram")
 MIN_SIGMA = 0.1  # a handful of references cannot promise a spread of log sizes tighter than this
 # Priors of a clean text model's largest index (log(max) ~ N(mu, s)) for the uncalibrated
 # verdict, kept beside the text methods (verdict.py reads LOWER_MAD_NULL by method name).
 # Set from the clean text_cnn models of the tuning seeds 10-12 of benchmarks/text_checklist.py
 # (never its report seeds 0-2); see notes/issue-19-text.md.
-TEXT_PRIORS = {"text_inversion": {"mu": 0.44, "s": 0.39}, "text_phrase": {"mu": 0.44, "s": 0.39}}
+TEXT_PRIORS = {"text_inversion": {"mu": 0.44, "s": 0.39}, "text_phrase": {"mu": 0.44, "s": 0.39},
+               "text_ngram": {"mu": 0.44, "s": 0.39}}  # text_ngram's: the same, not measured for it
 for _name, _prior in TEXT_PRIORS.items():
     LOWER_MAD_NULL.setdefault(_name, _prior)
 
