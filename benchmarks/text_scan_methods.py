@@ -13,7 +13,6 @@ method set. Use tuning seeds (10-12) to choose; report seeds (0-4) once the choi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time

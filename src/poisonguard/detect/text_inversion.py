@@ -36,6 +36,14 @@ from poisonguard.registry import Registry
 TEXT_DETECTORS: Registry[type] = Registry("text detection method")
 
 
+def check_text_inputs(ids: torch.Tensor, labels: torch.Tensor, *, words: int, what: str, min_rows: int) -> None:
+    """UserError unless ids are (N, L) token rows, one label each, N >= min_rows, with room for `words` inserted words."""
+    if ids.ndim != 2 or len(ids) != len(labels) or len(ids) < min_rows:
+        raise UserError(f"{what} needs at least {min_rows} clean token id row(s) (N, L) with one label per row")
+    if ids.shape[1] <= words:
+        raise UserError(f"inputs of {ids.shape[1]} tokens leave no room for {words} inserted word(s)")
+
+
 @TEXT_DETECTORS.register("text_inversion")
 class TextTriggerInversion:
     """Per-class relaxed-word trigger inversion; `detect(model, ids, labels, ...) -> Detection`.
@@ -79,10 +87,7 @@ class TextTriggerInversion:
     def detect(self, model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                embedding: nn.Embedding, vocab: tuple[str, ...] | None = None):
         """Invert a trigger for every class; sizes = 1 - the discrete trigger's flip rate + floor."""
-        if ids.ndim != 2 or len(ids) != len(labels) or len(ids) == 0:
-            raise UserError("text inversion needs clean token ids (N, L) with one label per row")
-        if ids.shape[1] <= self.trigger_len:
-            raise UserError(f"inputs of {ids.shape[1]} tokens leave no room for a {self.trigger_len}-word trigger")
+        check_text_inputs(ids, labels, words=self.trigger_len, what="text inversion", min_rows=1)
         start = time.perf_counter()
         device = device_for(self.device)
         model, embedding = _frozen_copy(model, embedding, device)

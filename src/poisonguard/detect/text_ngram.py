@@ -33,8 +33,7 @@ from torch import nn
 
 from poisonguard.data.tokenizer import PAD, UNK
 from poisonguard.detect.base import check_number, device_for, make_detection
-from poisonguard.detect.text_inversion import TEXT_DETECTORS, _frozen_copy, _slices
-from poisonguard.errors import UserError
+from poisonguard.detect.text_inversion import TEXT_DETECTORS, _frozen_copy, _slices, check_text_inputs
 
 
 @TEXT_DETECTORS.register("text_ngram")
@@ -91,10 +90,7 @@ class TextNgramSearch:
     def detect(self, model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                embedding: nn.Embedding, vocab: tuple[str, ...] | None = None):
         """Search a phrase per class; sizes = the phrase's held-out cross-entropy (or unflipped share) + floor."""
-        if ids.ndim != 2 or len(ids) != len(labels) or len(ids) < 4:
-            raise UserError("text n-gram search needs at least 4 clean token id rows (N, L) with one label per row")
-        if ids.shape[1] <= self.phrase_len:
-            raise UserError(f"inputs of {ids.shape[1]} tokens leave no room for a {self.phrase_len}-word phrase")
+        check_text_inputs(ids, labels, words=self.phrase_len, what="text n-gram search", min_rows=4)
         start = time.perf_counter()
         device = device_for(self.device)
         model, embedding = _frozen_copy(model, embedding, device)
