@@ -43,6 +43,7 @@ each feature's observed range). Two-class models are judged by the calibrated ve
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
@@ -58,6 +59,8 @@ from poisonguard.detect.engine import InversionConfig, UnitBox, frozen_copy, inv
 from poisonguard.detect.feature_search import FeatureTrigger, greedy_trigger, search_rows
 from poisonguard.errors import UserError
 from poisonguard.results import Detection
+
+log = logging.getLogger(__name__)
 
 # Scaled to the short epochs of a small clean table: 60 epochs of 10 steps, a cost that
 # starts where one feature's mask costs as much as a 1% drop in attack success, and success
@@ -141,7 +144,10 @@ class ReferenceContrast:
             sizes = torch.where(followed, torch.full_like(inv.mask_l1, float(inv.masks[0].numel())), inv.mask_l1)
             run = {"inv": inv, "moved": moved, "followed": followed, "sizes": sizes}
             best = run if best is None else _keep_smaller(best, run)
-        if self.discrete and bounds is not None:
+        if self.discrete and bounds is not None and data.x.shape[1] > MAX_SEARCH_FEATURES:
+            log.warning("%s: discrete search skipped: %d features after encoding (at most %d; each step tries every "
+                        "feature)", self.name, data.x.shape[1], MAX_SEARCH_FEATURES)
+        elif self.discrete and bounds is not None:
             best = _keep_smaller(best, self._greedy(frozen, refs, data, best, bounds, device))
         inv, moved, followed, sizes = best["inv"], best["moved"].tolist(), best["followed"], best["sizes"]
         if num_classes >= 3:
@@ -190,6 +196,9 @@ class ReferenceContrast:
 
 # The greedy search's cost is linear in rows; 1,000 clean rows measure a 90% success to +-2%.
 MAX_SEARCH_ROWS = 1000
+# Each step tries every remaining feature (11 forward passes of every model each), so a wide
+# one-hot table would take hours; the relaxed search alone judges those.
+MAX_SEARCH_FEATURES = 256
 
 
 def _keep_smaller(a: dict, b: dict) -> dict:
