@@ -33,7 +33,13 @@ from torch import nn
 
 from poisonguard.data.tokenizer import PAD, UNK
 from poisonguard.detect.base import check_number, device_for, make_detection
-from poisonguard.detect.text_inversion import TEXT_DETECTORS, _frozen_copy, _slices, check_text_inputs
+from poisonguard.detect.text_inversion import (
+    TEXT_DETECTORS,
+    _frozen_copy,
+    _slices,
+    check_text_inputs,
+)
+from poisonguard.errors import UserError
 
 
 @TEXT_DETECTORS.register("text_ngram")
@@ -99,6 +105,8 @@ class TextNgramSearch:
         xh, wh = ids[held].to(device), _weights(labels[held], num_classes).to(device)
         words = torch.arange(embedding.num_embeddings, device=device)
         words = words[(words != PAD) & (words != UNK)]  # padding and unknown are no words to insert
+        if len(words) == 0:
+            raise UserError("text n-gram search: the vocabulary has no words besides padding and unknown")
         n = min(self.sweep_inputs, len(search))
         sweep = self._score(model, xs[:n], _weights(labels[search[:n]], num_classes).to(device), words.unsqueeze(1))  # (V', K)
         if self.skip_own_words:
