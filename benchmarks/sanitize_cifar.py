@@ -40,7 +40,7 @@ def one_run(attack, rate, seed, splits, args):
     sub = Subset(splits, args.per_class, seed)
     data, truth, trigger = build(attack, rate, seed, sub)
     wall, cpu = time.perf_counter(), time.process_time()
-    result = Sanitizer(methods=args.methods.split(","), epochs=args.epochs, seed=seed, device="cpu").run(
+    result = Sanitizer(methods=args.methods.split(","), epochs=args.epochs, arch=args.arch, seed=seed, device="cpu").run(
         data, reference=splits.test)
     row = {"attack": attack, "rate": rate, "seed": seed, "poisoned": int(truth.sum()), "samples": len(data),
            "seconds": {"wall_all_methods": time.perf_counter() - wall, "cpu_all_methods": time.process_time() - cpu,
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--arch", default="mnist_cnn", help="the model sanitize trains (the retrained models stay mnist_cnn)")
     parser.add_argument("--methods", default="scan,spectral")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--cache", default="/tmp/poisonguard-sanitize-cifar-scan")

@@ -9,7 +9,8 @@ from poisonguard.errors import UnsafeFileError, UserError
 from poisonguard.models import build_model, check_classifier, load_model, save_model
 
 
-@pytest.mark.parametrize("arch,shape", [("mnist_cnn", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("preact_resnet18", (3, 32, 32))])
+@pytest.mark.parametrize("arch,shape", [("mnist_cnn", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("preact_resnet18", (3, 32, 32)),
+                                        ("cifar_cnn", (3, 32, 32))])
 def test_registry_builds_classifiers(arch, shape):
     model = build_model(arch, num_classes=7, input_shape=shape)
     check_classifier(model, shape, 7)

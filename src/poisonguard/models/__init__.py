@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from poisonguard.errors import UserError
-from poisonguard.models import mlp, preact_resnet, resnet_cifar, small_cnn  # noqa: F401  (register architectures)
+from poisonguard.models import cifar_cnn, mlp, preact_resnet, resnet_cifar, small_cnn  # noqa: F401  (register architectures)
 from poisonguard.models.files import load_model, metadata_path, save_model
 from poisonguard.models.handle import LoadedModel, as_eager, copy_module, frozen_copy, module_kind, set_eval, supports_hooks
 from poisonguard.models.registry import ARCHITECTURES, Normalize, build_model
