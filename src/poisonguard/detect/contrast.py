@@ -144,11 +144,12 @@ class ReferenceContrast:
             sizes = torch.where(followed, torch.full_like(inv.mask_l1, float(inv.masks[0].numel())), inv.mask_l1)
             run = {"inv": inv, "moved": moved, "followed": followed, "sizes": sizes}
             best = run if best is None else _keep_smaller(best, run)
-        if self.discrete and bounds is not None and data.x.shape[1] > MAX_SEARCH_FEATURES:
-            log.warning("%s: discrete search skipped: %d features after encoding (at most %d; each step tries every "
-                        "feature)", self.name, data.x.shape[1], MAX_SEARCH_FEATURES)
-        elif self.discrete and bounds is not None:
-            best = _keep_smaller(best, self._greedy(frozen, refs, data, best, bounds, device))
+        if self.discrete and bounds is not None:
+            if data.x.shape[1] > MAX_SEARCH_FEATURES:
+                log.warning("%s: discrete search skipped: %d features after encoding (at most %d; each step tries "
+                            "every feature)", self.name, data.x.shape[1], MAX_SEARCH_FEATURES)
+            else:
+                best = _keep_smaller(best, self._greedy(frozen, refs, data, best, bounds, device))
         inv, moved, followed, sizes = best["inv"], best["moved"].tolist(), best["followed"], best["sizes"]
         if num_classes >= 3:
             index = mad_anomaly_index(sizes)

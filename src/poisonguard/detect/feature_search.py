@@ -61,8 +61,8 @@ def greedy_trigger(model: nn.Module, references: list[nn.Module], x: torch.Tenso
     s = r = 0.0
     for _ in range(min(max_features, f)):
         best = None
+        base = (1 - mask) * x + mask * pattern  # the rows with the features chosen so far
         for feature in torch.nonzero(mask == 0).flatten().tolist():
-            base = (1 - mask) * x + mask * pattern
             stamped = base.unsqueeze(0).repeat(grid, 1, 1)
             stamped[:, :, feature] = values[feature].view(-1, 1)
             stamped = stamped.view(grid * n, f)
