@@ -161,3 +161,16 @@ def test_verdict_sentence_names_the_gate_that_fired():
                           extra={"heldout_index": {"0": 6.0, "1": 0.1, "2": 0.3}, "heldout_cut": 3.09})
     text = verdict_sentence(result)
     assert "held-out test z 6.0 > 3.09" in text and "anomaly index" not in text
+
+
+def test_trained_model_follows_the_data():
+    """Colour images get the batch-norm cifar_cnn (mnist_cnn missed a CIFAR-10 blend); grayscale mnist_cnn."""
+    from poisonguard.sanitize.run import training_architecture
+
+    def images(shape):
+        return ImageData(torch.zeros(4, *shape), torch.tensor([0, 1, 0, 1]), classes=("a", "b"))
+
+    assert training_architecture(images((3, 32, 32))) == "cifar_cnn"
+    assert training_architecture(images((3, 8, 8))) == "mnist_cnn"
+    assert training_architecture(images((1, 28, 28))) == "mnist_cnn"
+    assert Sanitizer(arch="mnist_cnn")._arch(images((3, 32, 32))) == "mnist_cnn"

@@ -49,7 +49,8 @@ def add_commands(sub) -> None:
                                 "or a .csv/.parquet table (with --label-column)")
     p.add_argument("--model", default=None, help="a model trained on DATA (any format scan takes); default: train one")
     p.add_argument("--arch", default=None, help="architecture of a bare state dict given with --model, or to train "
-                                                "(default mnist_cnn, small and fast for any image size)")
+                                                "(default: cifar_cnn for colour images of 16 x 16 pixels or more, "
+                                                "else mnist_cnn; the family's built-in for tables and text)")
     add_verdict_options(p, method_default=",".join(DEFAULT_METHODS),
                         method_help=f"comma-separated, combined into one verdict: {', '.join(SANITIZERS.names())} "
                                     f"(default {','.join(DEFAULT_METHODS)})",
@@ -83,12 +84,6 @@ def _methods(text: str) -> list[str]:
     from poisonguard.sanitize import SANITIZERS
 
     return method_list(text, SANITIZERS)
-
-
-def _default_arch(data) -> str:
-    from poisonguard.models.registry import default_architecture
-
-    return default_architecture(data.kind, data.input_shape)
 
 
 def _model(args, rows):
@@ -160,9 +155,8 @@ def cmd_sanitize(args) -> int:
     if args.trigger and not args.retrain:
         raise UserError("--trigger measures the retrained model's attack success rate; give --retrain too")
     model, info = (None, None) if args.model is None else _model(args, rows)
-    default = "mnist_cnn" if rows.train.kind == "image" else _default_arch(rows.train)
     sanitizer = Sanitizer(methods=methods, fpr=fpr, expected_rate=expected, epochs=args.epochs,
-                          arch=args.arch if args.model is None and args.arch else default, rule=args.rule,
+                          arch=args.arch if args.model is None else None, rule=args.rule,
                           class_threshold=threshold, gate=args.class_gate,
                           heldout_alpha=HELDOUT_ALPHA if alpha is None else alpha,
                           seed=args.seed, device=args.device)
