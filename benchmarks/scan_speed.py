@@ -11,7 +11,7 @@ methods run the same either way, and its calibration (4 ResNet-20 references tra
 scanned) takes longer than this script is meant to. Goals: MNIST CNN <= 60 s, CIFAR-10
 ResNet-20 <= 5 min after calibration.
 
-    PYTHONPATH=src python benchmarks/scan_speed.py [--threads 2] [--skip-cifar]
+    PYTHONPATH=src python benchmarks/scan_speed.py [--threads 2] [--skip-cifar] [--skip-mnist]
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-cifar", action="store_true")
+    ap.add_argument("--skip-mnist", action="store_true")
     ap.add_argument("--calibrate-cifar", action="store_true", help="also train and scan the ResNet-20 references")
     args = ap.parse_args()
-    cases = [("MNIST CNN (zoo)", MNIST_MODEL, "mnist5k", 60.0, "auto")]
+    cases = [] if args.skip_mnist else [("MNIST CNN (zoo)", MNIST_MODEL, "mnist5k", 60.0, "auto")]
     if not args.skip_cifar:
         cases.append(("CIFAR-10 ResNet-20", resnet20_cifar(args.threads), "cifar10", 300.0,
                       "auto" if args.calibrate_cifar else "none"))

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from poisonguard.errors import UserError
+from poisonguard.models.fold import fold_batch_norms
 from poisonguard.models.graph import FixedBatch, from_exported, from_torchscript, is_export_module, lift_layers
 from poisonguard.models.wrappers import InputAdapter
 
@@ -69,7 +70,11 @@ def set_eval(model: nn.Module) -> nn.Module:
 
 
 def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """An eval-mode copy on `device` with gradients off; the caller's model is untouched."""
+    """An eval-mode copy on `device` with gradients off; the caller's model is untouched.
+
+    An eager copy has its batch norms folded into the convolutions before them (`models.fold`):
+    the same function to float rounding, faster for the detectors that run it thousands of times.
+    """
     if module_kind(model) == "export":
         model = lift_layers(copy.deepcopy(model))  # lifting shares the parameters: copy them first
     else:
@@ -77,6 +82,8 @@ def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
     model = set_eval(model.to(device))
     for p in model.parameters():
         p.requires_grad_(False)
+    if module_kind(model) == "eager":
+        fold_batch_norms(model)
     return model
 
 
