@@ -32,6 +32,7 @@ import torch
 from poisonguard import cli
 from poisonguard.attacks.patches import badnets_trigger
 from poisonguard.data import load_data
+from poisonguard.metrics import accuracy, attack_success_rate
 from poisonguard.models import build_model, save_model
 from poisonguard.train import fit
 
@@ -57,15 +58,11 @@ def source_specific(seed: int, folder: Path) -> dict:
     model = fit(model, splits.train.with_(x=x, y=labels), epochs=EPOCHS, batch_size=64, seed=seed, device="cpu")
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, folder / "model.pt", arch="mnist_cnn", classes=splits.classes, input_shape=splits.input_shape)
-    test_x, test_y = splits.test.x, splits.test.y
-    with torch.no_grad():
-        clean_acc = float((model.eval()(test_x).argmax(1) == test_y).float().mean())
-        pred = model(trigger.apply(test_x)).argmax(1)
-    from_source = test_y == source
-    others = (test_y != source) & (test_y != target)
-    return {"source": source, "target": target, "clean_accuracy": clean_acc,
-            "asr_source": float((pred[from_source] == target).float().mean()),
-            "asr_other_classes": float((pred[others] == target).float().mean())}
+    test, from_source = splits.test, splits.test.y == source
+    # The attack's success on the source class, and on every other class (where it should not work).
+    return {"source": source, "target": target, "clean_accuracy": accuracy(model, test),
+            "asr_source": attack_success_rate(model, test.subset(from_source.nonzero().flatten()), trigger)[0],
+            "asr_other_classes": attack_success_rate(model, test.subset((~from_source).nonzero().flatten()), trigger)[0]}
 
 
 def all_to_all(seed: int, folder: Path) -> dict:

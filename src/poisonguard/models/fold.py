@@ -63,8 +63,8 @@ def fold_batch_norms(model: nn.Module) -> int:
     folded = 0
     for conv_name, norm_name in pairs:
         conv, norm = model.get_submodule(conv_name), model.get_submodule(norm_name)
-        if norm.running_mean is None or conv.weight.shape[0] != norm.num_features:
-            continue  # batch statistics in eval mode, or a mismatch: not an affine map to fold
+        if norm.running_mean is None:
+            continue  # no running statistics: it normalises by the batch even in eval mode, no affine map
         with torch.no_grad():
             fused = fuse_conv_bn_eval(conv, norm)
         for p in fused.parameters():
