@@ -127,10 +127,10 @@ class ReferenceContrast:
         start = time.perf_counter()
         if not references:
             raise UserError(f"{self.name} needs clean reference models (scan trains them with --calibration auto)")
-        _, num_classes = check_inputs(model, data, needs_data=True, name=self.name, min_classes=2)
+        shape, num_classes = check_inputs(model, data, needs_data=True, name=self.name, min_classes=2)
         device = device_for(self.device)
-        frozen = frozen_copy(model, device)
-        refs = [frozen_copy(r, device) for r in references]
+        frozen = frozen_copy(model, device, shape)
+        refs = [frozen_copy(r, device, shape) for r in references]
         bounds = input_bounds(data) if data.kind == "tabular" else None
         unit = tuple(t.to(device) for t in bounds) if bounds is not None else None
         best = None

@@ -98,7 +98,7 @@ class DeepInspect:
         shape, k = check_inputs(model, data, needs_data=False, name=self.name, input_shape=input_shape,
                                 num_classes=num_classes)
         device = device_for(self.device)
-        frozen = frozen_copy(model, device)
+        frozen = frozen_copy(model, device, shape)
         torch.manual_seed(self.seed)
         x_syn, y_syn = invert_classes(frozen, num_classes=k, input_shape=shape, per_class=self.per_class,
                                       steps=self.inversion_steps, seed=self.seed, device=device)

@@ -175,15 +175,16 @@ class CostSchedule:
         return CostSchedule(**f)
 
 
-def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
+def frozen_copy(model: nn.Module, device: torch.device, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """An eval-mode copy of `model` on `device` with gradients off (the caller's model is untouched).
 
     Through the model handle: a ScriptModule's deepcopy has non-leaf parameters and an exported
-    module refuses eval(), so each kind is copied the way it supports.
+    module refuses eval(), so each kind is copied the way it supports. `input_shape` lets an
+    image model take the faster channels-last layout (`models.layout`).
     """
     from poisonguard.models.handle import frozen_copy as handle_frozen_copy
 
-    return handle_frozen_copy(model, device)
+    return handle_frozen_copy(model, device, input_shape)
 
 
 def to_tanh_space(v: torch.Tensor) -> torch.Tensor:

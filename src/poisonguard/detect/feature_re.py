@@ -109,7 +109,7 @@ class FeatureRE:
         start = time.perf_counter()
         shape, k_all = check_inputs(model, data, needs_data=True, name=self.name)
         device = device_for(self.device)
-        frozen = frozen_copy(model, device)
+        frozen = frozen_copy(model, device, shape)
         head = last_linear(frozen)
         feats: list[torch.Tensor] = []
         handle = head.register_forward_pre_hook(lambda _m, inp: feats.append(inp[0]))

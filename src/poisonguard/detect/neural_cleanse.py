@@ -51,9 +51,9 @@ class NeuralCleanse:
     def detect(self, model: nn.Module, data: ImageData | None, *, targets: list[int] | None = None) -> Detection:
         """Scan `model` with clean `data` (N, C, H, W); return the Detection with masks (K, H, W)."""
         start = time.perf_counter()
-        _, num_classes = check_inputs(model, data, needs_data=self.needs_data, name=self.name)
+        shape, num_classes = check_inputs(model, data, needs_data=self.needs_data, name=self.name)
         device = device_for(self.device)
-        frozen = frozen_copy(model, device)
+        frozen = frozen_copy(model, device, shape)
         from poisonguard.data import input_bounds
 
         bounds = input_bounds(data) if data.kind == "tabular" else None
