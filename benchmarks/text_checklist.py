@@ -67,6 +67,13 @@ def trained(name: str, corpus, classes, seed: int):
     return tm, time.perf_counter() - t0
 
 
+def natural_target_rate(model, tokenizer, test, target: int) -> float:
+    """The share of untriggered non-target held-out texts `model` sends to `target`: the floor
+    an attack success rate cannot go under."""
+    pred = predict(model, encode(test, tokenizer).x)
+    return float((pred[test.y != target] == target).float().mean())
+
+
 def rates(flagged, poisoned: np.ndarray, n: int) -> tuple[float, float]:
     f = np.zeros(n, bool)
     f[list(flagged)] = True
@@ -81,6 +88,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--json", default=None)
     ap.add_argument("--references", type=int, default=4)
+    ap.add_argument("--skip-scan", action="store_true", help="sanitize and repair only (the scan's figures come from "
+                    "text_scan_methods.py)")
     args = ap.parse_args()
     if fortunes_dir() is None:
         raise SystemExit("fortunes corpus not installed (scripts/setup installs it): nothing measured")
@@ -94,16 +103,18 @@ def main() -> None:
     print(f"attacker's half {len(attacker)}, defender's clean half {len(defender)}")
     from poisonguard.detect.text_scan import METHODS
 
-    cal_path = CACHE / f"calibration-{args.references}-{'+'.join(METHODS)}.json"  # a cache per method set
-    t0 = time.perf_counter()
-    if cal_path.is_file():
-        cal = Calibration.from_json(cal_path.read_text())
-    else:
-        ref = new_text_model("text_cnn", Tokenizer.fit(defender.texts, max_len=64), sp.classes, seed=0)
-        cal = calibrate_text(ref, defender, n_models=args.references, seed=0, device="cpu", inputs=sp.test)
-        cal_path.write_text(cal.to_json())
-    print(f"calibration: {args.references} references, {time.perf_counter() - t0:.1f} s; null "
-          f"{ {m: (round(v['mu'], 3), round(v['s'], 3)) for m, v in cal.methods.items()} }", flush=True)
+    cal = None
+    if not args.skip_scan:
+        cal_path = CACHE / f"calibration-{args.references}-{'+'.join(METHODS)}.json"  # a cache per method set
+        t0 = time.perf_counter()
+        if cal_path.is_file():
+            cal = Calibration.from_json(cal_path.read_text())
+        else:
+            ref = new_text_model("text_cnn", Tokenizer.fit(defender.texts, max_len=64), sp.classes, seed=0)
+            cal = calibrate_text(ref, defender, n_models=args.references, seed=0, device="cpu", inputs=sp.test)
+            cal_path.write_text(cal.to_json())
+        print(f"calibration: {args.references} references, {time.perf_counter() - t0:.1f} s; null "
+              f"{ {m: (round(v['mu'], 3), round(v['s'], 3)) for m, v in cal.methods.items()} }", flush=True)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         target = seed % sp.num_classes
@@ -116,17 +127,18 @@ def main() -> None:
                    "clean_accuracy": accuracy(tm.model, encode(sp.test, tm.tokenizer))}
             if trig is not None:
                 row["asr"] = text_attack_success_rate(tm.model, tm.tokenizer, sp.test, trig, seed=1)[0]
-            t0 = time.perf_counter()
-            v = text_scan_verdict(tm, sp.test, calibration=cal, seed=seed, device="cpu")
-            row.update(scan_backdoored=v.backdoored, scan_targets=list(v.targets), scan_s=round(time.perf_counter() - t0, 1),
-                       scan_found=bool(trig is not None and target in v.targets),
-                       scan_index={e["method"][5:9] + str(e["class"]): e["statistic"] for e in v.evidence if e["statistic"] > 0.5},
-                       scan_threshold=round(v.evidence[0]["threshold"], 2))
+            if not args.skip_scan:
+                t0 = time.perf_counter()
+                v = text_scan_verdict(tm, sp.test, calibration=cal, seed=seed, device="cpu")
+                row.update(scan_backdoored=v.backdoored, scan_targets=list(v.targets),
+                           scan_s=round(time.perf_counter() - t0, 1), scan_found=bool(trig is not None and target in v.targets),
+                           scan_index={e["method"][5:9] + str(e["class"]): e["statistic"] for e in v.evidence
+                                       if e["statistic"] > 0.5},
+                           scan_threshold=round(v.evidence[0]["threshold"], 2))
             t0 = time.perf_counter()
             res = TextKeywordFilter().run(tm.model, encode(corpus, tm.tokenizer).x, corpus.y, vocab=tm.tokenizer.vocab)
             tpr, fpr = rates(res.flagged, idx, len(corpus))
-            row["natural_target_rate"] = None if trig is None else float(
-                (predict(tm.model, encode(sp.test, tm.tokenizer).x)[sp.test.y != target] == target).float().mean())
+            row["natural_target_rate"] = None if trig is None else natural_target_rate(tm.model, tm.tokenizer, sp.test, target)
             row.update(sanitize_tpr=tpr, sanitize_fpr=fpr, sanitize_targets=list(res.targets),
                        sanitize_triggers=[t["words"][:6] for t in res.triggers], sanitize_s=round(time.perf_counter() - t0, 1))
             if trig is not None:
@@ -136,13 +148,14 @@ def main() -> None:
                 phrases = [t["phrase_ids"] for t in res.triggers]
                 fixed, info = TextFinePruning(seed=seed, device="cpu", unlearn=phrases).repair(tm.model, encode(defender, tm.tokenizer))
                 row.update(repair_asr=text_attack_success_rate(fixed, tm.tokenizer, sp.test, trig, seed=2)[0],
+                           repair_natural_target_rate=natural_target_rate(fixed, tm.tokenizer, sp.test, target),
                            repair_accuracy=accuracy(fixed, encode(sp.test, tm.tokenizer)),
                            repair_pruned=info["pruned_units"], repair_s=round(time.perf_counter() - t0, 1))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    summarise(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    summarise(rows)
 
 
 def summarise(rows: list[dict]) -> None:
@@ -151,20 +164,23 @@ def summarise(rows: list[dict]) -> None:
         r = [x for x in rows if x["kind"] == kind]
         if not r:
             continue
-        found = sum(x["scan_found"] for x in r)
+        found = sum(x.get("scan_found", False) for x in r)
         print(f"  {kind:8s} n={len(r)}: clean acc {np.mean([x['clean_accuracy'] for x in r]):.3f}, ASR {np.mean([x['asr'] for x in r]):.3f}; "
               f"scan found {found}/{len(r)} [>= 80%]; sanitize TPR min {min(x['sanitize_tpr'] for x in r):.3f} [>= 0.90], "
               f"FPR max {max(x['sanitize_fpr'] for x in r):.4f} [<= 0.05]; repair ASR max {max(x['repair_asr'] for x in r):.3f} "
               f"[<= 0.10] (plain fine-pruning max {max(x['repair_plain_asr'] for x in r):.3f}; natural target rate mean "
-              f"{np.mean([x['natural_target_rate'] for x in r]):.3f}), accuracy after {np.mean([x['repair_accuracy'] for x in r]):.3f}")
+              f"{np.mean([x['natural_target_rate'] for x in r]):.3f} before repair, "
+              f"{np.mean([x['repair_natural_target_rate'] for x in r]):.3f} after), accuracy after "
+              f"{np.mean([x['repair_accuracy'] for x in r]):.3f}")
     c = [x for x in rows if x["kind"] == "clean"]
     if c:
         print(f"  clean    n={len(c)}: clean acc {np.mean([x['clean_accuracy'] for x in c]):.3f}; scan flagged "
-              f"{sum(x['scan_backdoored'] for x in c)}/{len(c)} [<= 10%]; sanitize flagged max {max(x['sanitize_fpr'] for x in c):.4f} "
+              f"{sum(x.get('scan_backdoored', False) for x in c)}/{len(c)} [<= 10%]; sanitize flagged max {max(x['sanitize_fpr'] for x in c):.4f} "
               f"[<= 0.02], called poisoned {sum(bool(x['sanitize_targets']) for x in c)}/{len(c)}")
     for key in ("train_s", "scan_s", "sanitize_s", "repair_s"):
         vals = [x[key] for x in rows if key in x]
-        print(f"  {key}: mean {np.mean(vals):.1f} s, max {max(vals):.1f} s")
+        if vals:
+            print(f"  {key}: mean {np.mean(vals):.1f} s, max {max(vals):.1f} s")
 
 
 if __name__ == "__main__":
