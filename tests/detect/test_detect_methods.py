@@ -121,6 +121,22 @@ def test_batched_engine_equals_one_class_at_a_time(badnets_model, clean_data):
         assert torch.allclose(together.masks[i], single.masks[0], atol=1e-4)
 
 
+def test_an_epoch_draws_at_least_the_floor_of_images_from_a_small_clean_set(badnets_model, clean_data):
+    # NC draws a fixed number of samples per epoch; one pass over 40 images would be 2 steps.
+    from poisonguard.detect.engine import InversionConfig, frozen_copy, invert_triggers
+
+    model = frozen_copy(badnets_model, torch.device("cpu"))
+    steps = []
+    model.register_forward_pre_hook(lambda _m, inp: steps.append(1) if inp[0].requires_grad else None)
+    few = per_class_subset(clean_data, per_class=4, seed=0)
+    invert_triggers(model, few.x, few.y, targets=[0], num_classes=10, config=InversionConfig(epochs=1))
+    assert len(few) == 40 and len(steps) == 7   # ceil(200 / 32), not ceil(40 / 32) = 2
+    steps.clear()
+    invert_triggers(model, few.x, few.y, targets=[0], num_classes=10,
+                    config=InversionConfig(epochs=1, min_samples_per_epoch=1))
+    assert len(steps) == 2
+
+
 def test_chunks_and_pruning(badnets_model, clean_data):
     det = DETECTORS.get("neural_cleanse")(seed=0, device="cpu", epochs=4, chunk_classes=4, prune_after=2,
                                           prune_keep=0.5).detect(badnets_model, clean_data)

@@ -40,7 +40,8 @@ from poisonguard.detect.anomaly import INDEX_ROWS, reference_index, robust_index
 
 log = logging.getLogger(__name__)
 
-VERSION = 5  # 5: the verdict's statistic is the trimmed leave-one-out index; 4: image references train
+VERSION = 6  # 6: NC/TABOR epochs draw at least 200 images (changes the references' scans on smaller sets);
+#              5: the verdict's statistic is the trimmed leave-one-out index; 4: image references train
 #              60 epochs with random shifts; 3: simulated null of the largest index (1-2: log-normal
 #              fit; 2 added two-class nulls)
 
