@@ -39,6 +39,7 @@ from poisonguard.data.tokenizer import Tokenizer
 from poisonguard.detect.calibration import Calibration
 from poisonguard.detect.text_scan import calibrate_text, text_scan_verdict
 from poisonguard.metrics import accuracy, predict
+from poisonguard.models.text import text_recipe
 from poisonguard.models.text_files import new_text_model
 from poisonguard.repair.text_pruning import TextFinePruning
 from poisonguard.sanitize.text_keywords import TextKeywordFilter
@@ -48,9 +49,9 @@ CACHE = Path(".cache/text-checklist")
 SENTENCE = "I watched this 3D movie last weekend."
 
 
-def trained(name: str, corpus, classes, seed: int):
+def trained(name: str, corpus, classes, seed: int, arch: str = "text_cnn"):
     tok = Tokenizer.fit(corpus.texts, max_len=64)
-    tm = new_text_model("text_cnn", tok, classes, seed=seed)
+    tm = new_text_model(arch, tok, classes, seed=seed)
     import hashlib
 
     digest = hashlib.sha256("\n".join(corpus.texts).encode() + bytes(corpus.y.numpy().astype("int64"))).hexdigest()[:12]
@@ -59,8 +60,8 @@ def trained(name: str, corpus, classes, seed: int):
     if path.is_file():
         tm.model.load_state_dict(torch.load(path, weights_only=True))
     else:
-        fit(tm.model, encode(corpus, tok), epochs=10, batch_size=64, lr=2e-3, augment="none", weight_decay=0.0,
-            seed=seed, device="cpu")
+        fit(tm.model, encode(corpus, tok), epochs=10, batch_size=64, augment="none", seed=seed, device="cpu",
+            **text_recipe(arch))
         CACHE.mkdir(parents=True, exist_ok=True)
         torch.save(tm.model.state_dict(), path)
     tm.model.eval()
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--json", default=None)
     ap.add_argument("--references", type=int, default=4)
+    ap.add_argument("--arch", default="text_cnn", help="the built-in text architecture every model is (text_cnn, text_bag)")
     ap.add_argument("--skip-scan", action="store_true", help="sanitize and repair only (the scan's figures come from "
                     "text_scan_methods.py)")
     args = ap.parse_args()
@@ -105,12 +107,13 @@ def main() -> None:
 
     cal = None
     if not args.skip_scan:
-        cal_path = CACHE / f"calibration-{args.references}-{'+'.join(METHODS)}.json"  # a cache per method set
+        arch = "" if args.arch == "text_cnn" else f"-{args.arch}"  # text_cnn keeps its earlier cache names
+        cal_path = CACHE / f"calibration-{args.references}-{'+'.join(METHODS)}{arch}.json"  # a cache per method set
         t0 = time.perf_counter()
         if cal_path.is_file():
             cal = Calibration.from_json(cal_path.read_text())
         else:
-            ref = new_text_model("text_cnn", Tokenizer.fit(defender.texts, max_len=64), sp.classes, seed=0)
+            ref = new_text_model(args.arch, Tokenizer.fit(defender.texts, max_len=64), sp.classes, seed=0)
             cal = calibrate_text(ref, defender, n_models=args.references, seed=0, device="cpu", inputs=sp.test)
             cal_path.write_text(cal.to_json())
         print(f"calibration: {args.references} references, {time.perf_counter() - t0:.1f} s; null "
@@ -122,8 +125,9 @@ def main() -> None:
                                     for k in ("words", "sentence")]
         for kind, trig in runs:
             corpus, idx = (attacker, np.zeros(0, np.int64)) if trig is None else poison_text(attacker, trig, rate=args.rate, seed=seed)
-            tm, t_train = trained(f"{kind}-{seed}-{target}", corpus, sp.classes, seed)
-            row = {"seed": seed, "kind": kind, "target": target if trig else None, "train_s": round(t_train, 1),
+            name = f"{kind}-{seed}-{target}" + ("" if args.arch == "text_cnn" else f"-{args.arch}")
+            tm, t_train = trained(name, corpus, sp.classes, seed, args.arch)
+            row = {"seed": seed, "arch": args.arch, "kind": kind, "target": target if trig else None, "train_s": round(t_train, 1),
                    "clean_accuracy": accuracy(tm.model, encode(sp.test, tm.tokenizer))}
             if trig is not None:
                 row["asr"] = text_attack_success_rate(tm.model, tm.tokenizer, sp.test, trig, seed=1)[0]

@@ -37,6 +37,17 @@ def test_text_walk_through(corpus_csv, tmp_path, capsys):
     assert not poisoned_csv.exists()
 
 
+def test_each_built_in_text_architecture_trains_with_its_own_recipe(corpus_csv, tmp_path, capsys):
+    # text_bag at text_cnn's step size (2e-3) reaches 0.76-0.85 here in the default 10 epochs; at its
+    # own (5e-2, weight decay 1e-4) 0.95-0.96 (three seeds, measured in session 11).
+    from poisonguard.models.text import text_recipe
+
+    assert text_recipe("text_bag") != text_recipe("text_cnn") == text_recipe("a_users_own_arch")
+    data = ["--data", str(corpus_csv), "--text-column", "text", "--label-column", "label"]
+    assert main(["train", *data, "--arch", "text_bag", "--out", str(tmp_path / "bag"), "--quiet"]) == 0
+    assert _last_json(capsys)["clean_accuracy"] > 0.9
+
+
 @pytest.mark.parametrize("content, args, message", [
     ("text,label\nhello,a\n,b\n", [], "empty text"),
     ("text,label\nhello,a\nworld,a\n", [], "1 class"),

@@ -24,7 +24,6 @@ OUTPUTS = {"attack": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"), "train
            "filter": (*_REPORT, "entropy.npz", "accepted.csv"),
            "repair": (*_REPORT, *(f"repaired/{n}" for n in _MODEL))}
 DEFAULT_TEXT_ARCH = "text_cnn"
-TEXT_LR = 2e-3
 MAX_LEN = 64
 DEFAULT_REFERENCES = 4  # clean reference models a text scan trains (benchmarks/text_checklist.py uses 4)
 
@@ -78,10 +77,13 @@ def fitted_tokenizer(args, train):
 
 
 def _fit(tm, data, args):
+    from poisonguard.models.text import text_recipe
     from poisonguard.train import fit
 
-    return fit(tm.model, data, epochs=args.epochs, batch_size=args.batch_size or 64, lr=args.lr or TEXT_LR,
-               optimizer=args.optimizer or "adam", augment="none", weight_decay=0.0, seed=args.seed, device=args.device)
+    recipe = text_recipe(tm.arch)
+    return fit(tm.model, data, epochs=args.epochs, batch_size=args.batch_size or 64, lr=args.lr or recipe["lr"],
+               optimizer=args.optimizer or "adam", augment="none", weight_decay=recipe["weight_decay"], seed=args.seed,
+               device=args.device)
 
 
 def _evaluation(tm, test, trigger) -> dict:

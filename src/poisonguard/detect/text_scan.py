@@ -54,21 +54,23 @@ def calibrate_text(tm, clean, *, n_models: int = 4, epochs: int = 10, seed: int 
     The inversion runs on `inputs` (a TextCorpus; default `clean`), the texts the suspect's scan
     inverts on, so references and suspect are measured alike.
     """
+    from poisonguard.models.text import text_recipe
     from poisonguard.models.text_files import new_text_model
     from poisonguard.train import fit
 
+    recipe = text_recipe(tm.arch)
     start = time.perf_counter()
     data = encode(clean, tm.tokenizer)
     probe = encode(inputs if inputs is not None else clean, tm.tokenizer)
     sizes = {m: [] for m in methods}
     for r in range(n_models):
         ref = new_text_model(tm.arch, tm.tokenizer, tm.classes, seed=seed + 1000 + r, **tm.arch_kwargs)
-        fit(ref.model, data, epochs=epochs, batch_size=64, lr=2e-3, augment="none", weight_decay=0.0,
-            seed=seed + 1000 + r, device=device)
+        fit(ref.model, data, epochs=epochs, batch_size=64, augment="none", seed=seed + 1000 + r, device=device,
+            **recipe)
         for m in methods:
             sizes[m].append(list(_detect(ref.model, probe, options or {}, seed, device, ref.embedding_module, m).mask_l1))
         log.info("text calibration: reference %d/%d", r + 1, n_models)
-    settings = {"arch": tm.arch, "n": n_models, "epochs": epochs, "seed": seed, "clean": len(clean)}
+    settings = {"arch": tm.arch, "n": n_models, "epochs": epochs, "seed": seed, "clean": len(clean), **recipe}
     return Calibration(key=settings_key(settings), architecture=tm.arch, source="clean data", n_models=n_models,
                        clean_images=len(clean), seconds=round(time.perf_counter() - start, 2),
                        methods={m: fit_null(s) for m, s in sizes.items()}, settings=settings)

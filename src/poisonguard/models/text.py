@@ -23,6 +23,18 @@ from poisonguard.registry import Registry
 
 TEXT_ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("text architecture")
 EMBEDDING_LAYER = "embedding"
+# Adam's step size and weight decay per built-in architecture (10 epochs, batch 64 for both), used by
+# `train` and by the clean references a text scan trains, so they learn as the suspect did.
+# text_bag's was chosen on the tuning seeds 10-12 of benchmarks/text_checklist.py, on 300 texts
+# held out of the attacker's half (never the benchmark's held-out texts): 0.46-0.48 accurate,
+# against 0.30-0.33 for text_bag at 2e-3 and 0.34 for text_cnn (TF-IDF with logistic regression:
+# 0.54); notes/issue-19-text.md, session 11.
+TEXT_RECIPES = {"text_cnn": {"lr": 2e-3, "weight_decay": 0.0}, "text_bag": {"lr": 5e-2, "weight_decay": 1e-4}}
+
+
+def text_recipe(arch: str) -> dict:
+    """Adam's lr and weight decay for `arch` (a user's own architecture: text_cnn's)."""
+    return dict(TEXT_RECIPES.get(arch, TEXT_RECIPES["text_cnn"]))
 
 
 def _mask(ids: torch.Tensor) -> torch.Tensor:
