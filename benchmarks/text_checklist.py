@@ -105,10 +105,10 @@ def main() -> None:
     print(f"attacker's half {len(attacker)}, defender's clean half {len(defender)}")
     from poisonguard.detect.text_scan import METHODS
 
+    suffix = "" if args.arch == "text_cnn" else f"-{args.arch}"  # text_cnn keeps its earlier cache names
     cal = None
     if not args.skip_scan:
-        arch = "" if args.arch == "text_cnn" else f"-{args.arch}"  # text_cnn keeps its earlier cache names
-        cal_path = CACHE / f"calibration-{args.references}-{'+'.join(METHODS)}{arch}.json"  # a cache per method set
+        cal_path = CACHE / f"calibration-{args.references}-{'+'.join(METHODS)}{suffix}.json"  # a cache per method set
         t0 = time.perf_counter()
         if cal_path.is_file():
             cal = Calibration.from_json(cal_path.read_text())
@@ -125,8 +125,7 @@ def main() -> None:
                                     for k in ("words", "sentence")]
         for kind, trig in runs:
             corpus, idx = (attacker, np.zeros(0, np.int64)) if trig is None else poison_text(attacker, trig, rate=args.rate, seed=seed)
-            name = f"{kind}-{seed}-{target}" + ("" if args.arch == "text_cnn" else f"-{args.arch}")
-            tm, t_train = trained(name, corpus, sp.classes, seed, args.arch)
+            tm, t_train = trained(f"{kind}-{seed}-{target}{suffix}", corpus, sp.classes, seed, args.arch)
             row = {"seed": seed, "arch": args.arch, "kind": kind, "target": target if trig else None, "train_s": round(t_train, 1),
                    "clean_accuracy": accuracy(tm.model, encode(sp.test, tm.tokenizer))}
             if trig is not None:
