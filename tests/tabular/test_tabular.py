@@ -164,6 +164,8 @@ def test_scan_verdict_finds_the_target_and_passes_the_clean_model(planted):
                 for name in ("backdoored", "clean")}
     assert verdicts["backdoored"].backdoored and verdicts["backdoored"].targets == (0,)
     assert not verdicts["clean"].backdoored
+    # the sentence counts the defender's data in its own unit
+    assert f"{len(clean)} clean rows" in verdicts["clean"].sentence and "images" not in verdicts["clean"].sentence
     # the reconstructed trigger sets (some of) the planted features and stays inside their observed range
     det = verdicts["backdoored"].detections[0]
     low, high = input_bounds(clean)

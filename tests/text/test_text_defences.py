@@ -36,6 +36,7 @@ def test_scan_finds_the_target_and_passes_the_clean_model(backdoored_text, clean
     assert "cf" in words
     clean = text_scan_verdict(clean_text, text_splits.test, device="cpu", options=fast_scan, calibration=calibration)
     assert not clean.backdoored
+    assert f"{len(text_splits.test)} clean texts" in clean.sentence and "images" not in clean.sentence
 
 
 def test_sanitize_flags_the_poisoned_rows_only(backdoored_text, clean_text, text_splits):

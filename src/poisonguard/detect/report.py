@@ -24,14 +24,19 @@ def _label(c: int, classes=None) -> str:
     return f"class {c}" + (f" ('{classes[c]}')" if classes and c < len(classes) and str(classes[c]) != str(c) else "")
 
 
+# What one clean sample is called in the sentence, by the kind of data (verdict.data["kind"]).
+UNITS = {"image": "images", "tabular": "rows", "text": "texts"}
+
+
 def _data_words(verdict) -> str:
     n = verdict.data.get("clean_images", 0)
+    unit = UNITS.get(verdict.data.get("kind", "image"), "samples")
     if not n:
-        return "data-free (no clean images)"
+        return f"data-free (no clean {unit})"
     frac, pool = verdict.data.get("clean_fraction"), verdict.data.get("capped_from")
     if frac and pool:
-        return f"{n} clean images (a balanced sample, capped, of the {pool:,} that are {frac:.0%} of the training split)"
-    return f"{n} clean images" + (f" ({frac:.0%} of the training split)" if frac else "")
+        return f"{n} clean {unit} (a balanced sample, capped, of the {pool:,} that are {frac:.0%} of the training split)"
+    return f"{n} clean {unit}" + (f" ({frac:.0%} of the training split)" if frac else "")
 
 
 def _calibration_words(verdict) -> str:
@@ -42,7 +47,7 @@ def _calibration_words(verdict) -> str:
     if not verdict.calibrated:
         return (f"{statistic}UNCALIBRATED (no clean reference models: the stated false-positive rate assumes a normal "
                 "spread of clean classes)")
-    return (f"{statistic}calibrated on {cal.get('reference_models')} clean reference models ({cal.get('source')})")
+    return (f"{statistic}calibrated on {cal.get('reference_models')} clean reference models: {cal.get('source')}")
 
 
 def verdict_text(verdict, classes=None) -> str:

@@ -138,10 +138,9 @@ def text_scan_verdict(tm, clean, *, calibration: Calibration | None = None, fpr:
     """Invert a trigger per class on the suspect `tm` (TextModel) with `clean` (TextCorpus) and judge."""
     data = encode(clean, tm.tokenizer)
     dets = [_detect(tm.model, data, options or {}, seed, device, tm.embedding_module, m) for m in methods]
-    info = {"clean_images": len(clean), "clean_texts": len(clean)}  # the report's words read clean_images
+    info = {"clean_images": len(clean), "clean_texts": len(clean), "kind": "text"}
     if calibration is not None:
         verdict = calibrated_text_verdict(dets, calibration, fpr=fpr, classes=tm.classes, data=info)
     else:  # uncalibrated: the lower-half MAD index across the suspect's classes, the statistic the priors above were set on
         verdict = judge(dets, fpr=fpr, statistic="lower_mad", classes=tm.classes, data=info)
-    words = verdict.sentence.replace(f"{len(clean)} clean images", f"{len(clean)} clean texts")
-    return replace(verdict, detections=tuple(dets), sentence=words)
+    return replace(verdict, detections=tuple(dets))

@@ -374,7 +374,8 @@ def scan_verdict(model: nn.Module, data: ImageData | None, *, methods=DEFAULT_ME
     """
     detections = run_detectors(model, data, methods, seed=seed, device=device, input_shape=input_shape,
                                num_classes=num_classes, options=options, on_skip=on_skip, references=references)
-    info = {"clean_images": 0 if data is None else len(data), **(data_info or {})}
+    info = {"clean_images": 0 if data is None else len(data), "kind": "image" if data is None else data.kind,
+            **(data_info or {})}
     verdict = judge(detections, fpr=fpr, statistic=statistic, calibration=calibration, classes=classes, data=info)
     return replace(verdict, detections=tuple(detections))
 
