@@ -72,6 +72,17 @@ def test_bad_data_or_arch_stops_before_any_worker(tiny_zoo, tmp_path, capsys, ex
     assert expected in _one_error_line(capsys)
 
 
+def test_text_data_is_refused_in_one_line(tiny_zoo, tmp_path, capsys):
+    """A text model is a folder the file discovery would take apart: scan refers the user to `scan`."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("sport", "food"):
+        (corpus / f"{name}.txt").write_text("one line\nanother line\n")
+    for data in (["--data", str(corpus)], ["--data", "c.csv", "--text-column", "text"]):
+        assert main(["audit", str(tiny_zoo), "--out", str(tmp_path / "out"), *data]) == 2
+        assert "poisonguard scan FOLDER" in _one_error_line(capsys)
+
+
 def test_out_must_not_be_the_audited_folder(tiny_zoo, capsys):
     assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tiny_zoo)]) == 2
     assert "is the audited folder" in _one_error_line(capsys)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,7 +137,7 @@ def planted(tmp_path_factory):
         model = build_model("mlp", num_classes=2, input_shape=splits.input_shape, seed=seed)
         return fit(model, data, epochs=15, batch_size=64, seed=seed, device="cpu")
 
-    return {"splits": splits, "trigger": trigger, "poisoned": poisoned,
+    return {"path": path, "splits": splits, "trigger": trigger, "poisoned": poisoned,
             "backdoored": train(poisoned.data, 0), "clean": train(splits.train, 1)}
 
 
@@ -235,3 +236,30 @@ def test_discrete_search_never_enlarges_the_relaxed_trigger(planted):
     assert both.extra["discrete"] and not relaxed.extra["discrete"]
     assert all(b <= r + 1e-6 for b, r in zip(both.mask_l1, relaxed.mask_l1))
     assert both.mask_l1[0] <= 3  # the planted trigger sets 3 features; the target is found at most that large
+
+
+def test_audit_of_a_table_zoo_scans_each_model_as_scan_would(planted, tmp_path, capsys):
+    """A zoo of table models in a format poisonguard did not write (TorchScript), audited on Ray:
+    the label column reaches the workers (other processes), and each model gets the verdict
+    `poisonguard scan` gives it alone, with the tables' defaults (not the images')."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    example = planted["splits"].train.x[:2]
+    for name in ("backdoored", "clean"):
+        torch.jit.save(torch.jit.trace(planted[name], example), str(zoo / f"{name}.pt"))
+    data = ["--data", str(planted["path"]), "--label-column", "label"]
+    out = tmp_path / "audit"
+    code, _, _ = _run(["audit", str(zoo), *data, "--out", str(out), "--workers", "1", "--quiet"], capsys)
+    rows = {Path(m["path"]).name: m for m in json.loads((out / "report.json").read_text())["audit"]["models"]}
+    assert [rows[n]["status"] for n in ("backdoored.pt", "clean.pt")] == ["done", "done"], rows
+    alone = {}
+    for name in ("backdoored.pt", "clean.pt"):
+        _run(["scan", str(zoo / name), *data, "--out", str(tmp_path / name), "--quiet"], capsys)
+        alone[name] = json.loads((tmp_path / name / "report.json").read_text())["verdict"]
+    for name, row in rows.items():
+        audited = row["verdict"]
+        assert audited["methods"] == ["reference_contrast"] and audited["calibration"]["reference_models"] == 8
+        assert "clean rows" in audited["sentence"]
+        for key in ("backdoored", "targets", "score", "evidence"):
+            assert audited[key] == alone[name][key], (name, key)
+    assert code == (1 if any(r["verdict"]["backdoored"] for r in rows.values()) else 0)

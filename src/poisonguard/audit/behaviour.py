@@ -13,11 +13,13 @@ from poisonguard.audit.settings import AuditSettings
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(data: str, seed: int):
-    # A Ray worker scans many models on the same data: load it once per process.
+def _splits(data: str, seed: int, label_column: str | None):
+    # A Ray worker scans many models on the same data: load it once per process. The label
+    # column travels in the settings: a worker is another process, which the CLI's per-run
+    # `--label-column` (data.options) does not reach.
     from poisonguard.cli.inputs import load_splits
 
-    return load_splits(data, seed)
+    return load_splits(data, seed, label_column=label_column)
 
 
 def scan_model(path: str, settings: AuditSettings):
@@ -29,7 +31,8 @@ def scan_model(path: str, settings: AuditSettings):
     from poisonguard.detect.scan import clean_share, scan_into_report
     from poisonguard.report import Report
 
-    splits = _splits(settings.data, settings.seed)
+    splits = _splits(settings.data, settings.seed, settings.label_column)
+    settings = settings.resolved(splits.kind)
     loaded, info = load_checked_model(path, splits, settings.arch)
     clean, capped_from = clean_share(splits, fraction=settings.clean_fraction, seed=settings.seed,
                                      cap=settings.max_clean_images)

@@ -63,15 +63,17 @@ def cmd_audit(args) -> int:
     out = _out(args.out, target)
     if args.address:
         check_address(args.address)  # before any work, so a typo costs seconds
-    # scan's table defaults (None) are not audit's: audit scans images with the image defaults
-    args.clean_fraction = 0.05 if args.clean_fraction is None else args.clean_fraction
-    args.reference_models = 4 if args.reference_models is None else args.reference_models
-    if args.clean_fraction <= 0:
+    if args.text_column:
+        raise UserError(TEXT_REFUSED.format(data=args.data))
+    if args.clean_fraction is not None and args.clean_fraction <= 0:
         raise UserError("--clean-fraction must be above 0")
     items = discover(target, exclude=out)
     from poisonguard.detect.cli import methods_option
 
-    settings = AuditSettings(data=args.data, arch=args.arch, methods=tuple(methods_option(args.method)), fpr=args.fpr,
+    # Left None, the methods, the clean share and the references are scan's defaults for each
+    # model's kind of data (images or tables), which the worker knows once it has the data.
+    methods = None if args.method is None else tuple(methods_option(args.method))
+    settings = AuditSettings(data=args.data, arch=args.arch, label_column=args.label_column, methods=methods, fpr=args.fpr,
                              statistic=args.statistic, calibration=args.calibration,
                              reference_models=args.reference_models, epochs=args.epochs,
                              steps_per_epoch=args.steps_per_epoch, steps=args.steps, clean_fraction=args.clean_fraction,
@@ -98,6 +100,10 @@ def cmd_audit(args) -> int:
     return exit_code(outcome.rows)
 
 
+TEXT_REFUSED = ("{data}: audit scans image and table models; scan each text model's folder with "
+                "`poisonguard scan FOLDER --data ...`")
+
+
 def check_names(jobs) -> None:
     """UserError (exit 2, in a moment, before Ray starts) for an unknown architecture or data set name.
 
@@ -113,11 +119,19 @@ def check_names(jobs) -> None:
 
 
 def check_data_loads(jobs) -> None:
-    """UserError (exit 2, before any model is scanned) for data that does not load; run while Ray starts."""
-    from poisonguard.cli.inputs import load_splits
+    """UserError (exit 2, before any model is scanned) for data that does not load; run while Ray starts.
 
-    for data, seed in sorted({(j.settings.data, j.settings.seed) for j in jobs if j.item.is_model}):
-        load_splits(data, seed)
+    Text is refused here: a text model is a folder (weights, model.json, tokenizer.json) that
+    the audit's file discovery would take apart; `poisonguard scan FOLDER` scans one.
+    """
+    from poisonguard.cli.inputs import load_splits
+    from poisonguard.data.text import is_text_source
+
+    for data, seed, label in sorted({(j.settings.data, j.settings.seed, j.settings.label_column or "")
+                                     for j in jobs if j.item.is_model}):
+        if is_text_source(data, None):
+            raise UserError(TEXT_REFUSED.format(data=data))
+        load_splits(data, seed, label_column=label or None)
 
 
 def _cluster_cpus(address: str) -> int:

@@ -14,26 +14,30 @@ from poisonguard import __version__
 class AuditSettings:
     """The behavioural scan's settings for one model (the audit-wide ones, then the manifest's).
 
-    The scan is `poisonguard scan`'s: `methods` (default: scan's verdict set), the verdict at
-    false-positive rate `fpr`, calibrated on `reference_models` clean references (`calibration`
-    "auto"; computed once per architecture and data and cached, so the workers share it) or
-    not ("none"). `epochs`, `steps_per_epoch`, `steps`, `clean_fraction` and `max_clean_images` are the scan
-    budget; `arch` and `data` may differ per model (manifest). The hash of all of it (and the
-    poisonguard version) is half of a result's key in `audit.db`: change any and the model is
-    scanned again.
+    The scan is `poisonguard scan`'s: `methods`, the verdict at false-positive rate `fpr`,
+    calibrated on `reference_models` clean references (`calibration` "auto"; computed once per
+    architecture and data and cached, so the workers share it) or not ("none"). `epochs`,
+    `steps_per_epoch`, `steps`, `clean_fraction` and `max_clean_images` are the scan budget;
+    `arch` and `data` may differ per model (manifest); `label_column` names a table's labels.
+    `methods`, `clean_fraction` and `reference_models` left None take scan's default for the
+    kind of data each model is scanned on (`detect.scan.defaults_for`: images or tables),
+    filled in by `resolved` once the worker has loaded that data. The hash of all of it (and
+    the poisonguard version) is half of a result's key in `audit.db`: change any and the model
+    is scanned again.
     """
 
     data: str = "mnist5k"
     arch: str | None = None
+    label_column: str | None = None
     methods: tuple[str, ...] | None = None
     fpr: float = 0.05
     statistic: str = "robust"
     calibration: str = "auto"
-    reference_models: int = 4
+    reference_models: int | None = None
     epochs: int | None = None
     steps_per_epoch: int | None = None
     steps: int | None = None
-    clean_fraction: float = 0.05
+    clean_fraction: float | None = None
     max_clean_images: int | None = None  # None: detect.scan.MAX_CLEAN_IMAGES
     threshold: float | None = None
     seed: int = 0
@@ -44,22 +48,30 @@ class AuditSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if not 0 < self.clean_fraction <= 1:
+        if self.reference_models is not None and self.reference_models < 2:
+            raise ValueError(f"calibration needs at least 2 reference models, got {self.reference_models}")
+        if self.clean_fraction is not None and not 0 < self.clean_fraction <= 1:
             raise ValueError(f"clean_fraction must lie in (0, 1], got {self.clean_fraction}")
         if not 0 < self.fpr < 1:
             raise ValueError(f"fpr must lie in (0, 1), got {self.fpr}")
-        if self.methods is None:  # resolved here, so the digest names the methods actually run
-            from poisonguard.detect.verdict import DEFAULT_METHODS
-
-            object.__setattr__(self, "methods", tuple(DEFAULT_METHODS))
-        else:
+        if self.methods is not None:
             object.__setattr__(self, "methods", tuple(self.methods))
 
+    def resolved(self, kind: str) -> "AuditSettings":
+        """These settings with scan's defaults for `kind` data where they were left None."""
+        from poisonguard.detect.scan import defaults_for
+
+        defaults = defaults_for(kind)
+        return replace(self, **{name: defaults[name] for name in ("methods", "clean_fraction", "reference_models")
+                                if getattr(self, name) is None})
+
     def scan_plan(self):
-        """The `detect.scan.ScanPlan` these settings ask for (the per-method budget options included)."""
+        """The `detect.scan.ScanPlan` these (`resolved`) settings ask for (the per-method budget options included)."""
         from poisonguard.detect.cli import detector_options
         from poisonguard.detect.scan import ScanPlan
 
+        if self.methods is None or self.reference_models is None:
+            raise ValueError("the settings name no methods or references yet: call resolved(kind) with the data's kind")
         options = detector_options(list(self.methods), threshold=self.threshold, epochs=self.epochs, steps=self.steps,
                                    steps_per_epoch=self.steps_per_epoch)
         return ScanPlan(methods=self.methods, fpr=self.fpr, statistic=self.statistic, calibration=self.calibration,

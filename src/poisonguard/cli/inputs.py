@@ -247,12 +247,13 @@ def out_dir(path: str, *inputs: str | Path | None) -> Path:
 
 # ---------------------------------------------------------------- loading what the user gave
 
-def load_splits(spec: str, seed: int):
+def load_splits(spec: str, seed: int, *, label_column: str | None = None):
+    """The data's train/test splits, checked; `label_column` (a table's) defaults to the run's --label-column."""
     from poisonguard.data import load_data
 
     if spec is None or not str(spec).strip():
         raise UserError("--data is empty; name a data set or a file")
-    splits = load_data(spec, seed=seed)
+    splits = load_data(spec, seed=seed, label_column=label_column)
     if len(splits.train) == 0 or len(splits.test) == 0:
         raise UserError(f"data set {spec!r} is empty")
     check_input_shape(splits.input_shape, f"data set {spec!r}: one image")

@@ -9,9 +9,6 @@ from poisonguard.errors import UserError
 
 log = logging.getLogger(__name__)
 
-TABLE_CLEAN_FRACTION = 0.25  # a table's references train on the clean part: 5% of a few thousand rows is too few
-TABLE_REFERENCES = 8  # an MLP trains in seconds; a two-class null needs a per-class spread
-
 
 
 def __getattr__(name: str):
@@ -132,7 +129,7 @@ def cmd_scan(args) -> int:
     from poisonguard.cli.inputs import check_input_shape, check_num_classes, data_inputs, guard_out, load_checked_model, load_splits, model_inputs
     from poisonguard.detect import DETECTORS
     from poisonguard.detect.report import write_triggers
-    from poisonguard.detect.scan import ScanPlan, clean_share, scan_into_report
+    from poisonguard.detect.scan import ScanPlan, clean_share, defaults_for, scan_into_report
     from poisonguard.errors import EXIT_FINDING, EXIT_OK
     from poisonguard.models import load_model
     from poisonguard.report import Report
@@ -167,13 +164,11 @@ def cmd_scan(args) -> int:
         splits = load_splits(args.data, args.seed)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         shape, k, classes = splits.input_shape, splits.num_classes, list(splits.classes)
-        if splits.kind == "tabular":
-            args.clean_fraction = args.clean_fraction or TABLE_CLEAN_FRACTION
-            args.reference_models = args.reference_models or TABLE_REFERENCES
-            if args.method is None:
-                from poisonguard.detect.verdict import TABULAR_METHODS
-
-                methods = list(TABULAR_METHODS)
+        defaults = defaults_for(splits.kind)
+        args.clean_fraction = args.clean_fraction or defaults["clean_fraction"]
+        args.reference_models = args.reference_models or defaults["reference_models"]
+        if args.method is None:
+            methods = list(defaults["methods"])
         clean, capped_from = clean_share(splits, fraction=args.clean_fraction or 0.05, seed=args.seed,
                                          cap=args.max_clean_images)
         examples = splits.test.x[: max(k, 1)]

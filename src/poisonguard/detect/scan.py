@@ -38,6 +38,24 @@ class ScanPlan:
             raise ValueError(f"calibration needs at least 2 reference models, got {self.reference_models}")
 
 
+# What a scan takes where the user names nothing, by the kind of data (scan's CLI and each audit
+# worker ask here, so a table audited in a zoo is scanned as `poisonguard scan` scans it alone).
+# Tables: the references train on the clean part, and 5% of a few thousand rows is too few; an
+# MLP trains in seconds and a two-class null needs a per-class spread (notes/issue-19.md).
+KIND_DEFAULTS = {
+    "image": {"clean_fraction": 0.05, "reference_models": 4},
+    "tabular": {"clean_fraction": 0.25, "reference_models": 8},
+}
+
+
+def defaults_for(kind: str) -> dict:
+    """{"methods", "clean_fraction", "reference_models"} a scan of `kind` data uses by default."""
+    from poisonguard.detect.verdict import TABULAR_METHODS
+
+    methods = TABULAR_METHODS if kind == "tabular" else DEFAULT_METHODS
+    return {"methods": tuple(methods), **KIND_DEFAULTS.get(kind, KIND_DEFAULTS["image"])}
+
+
 def _references(loaded, clean, input_shape, plan: ScanPlan):
     """The clean references, trained once here when a method contrasts with them (reference_contrast);
     calibration then fits its null on the same models. None when no method needs them."""

@@ -35,8 +35,6 @@ def _method_help() -> str:
 
 log = logging.getLogger(__name__)
 
-TABLE_CLEAN_FRACTION = 0.25  # as scan's: a table's defender holds a trusted sample of a few thousand rows at most
-
 
 def fraction(text: str) -> float:
     try:
@@ -147,8 +145,10 @@ def cmd_repair(args) -> int:
         from poisonguard.repair.fine_pruning import find_prune_layer
 
         find_prune_layer(loaded.model, splits.train.x[:2], args.prune_layer)
-    if args.clean_fraction is None:
-        args.clean_fraction = TABLE_CLEAN_FRACTION if splits.kind == "tabular" else 0.05
+    if args.clean_fraction is None:  # the defender's clean share, as scan's: a table's is a quarter of its rows
+        from poisonguard.detect.scan import defaults_for
+
+        args.clean_fraction = defaults_for(splits.kind)["clean_fraction"]
     clean = per_class_subset(splits.train, fraction=args.clean_fraction, seed=args.seed)
     # Without --trigger, measure the attack with the scan's reconstruction (the first flagged class).
     asr_trigger = trigger if trigger is not None else (scan[0] if scan else None)
