@@ -185,8 +185,10 @@ def reference_architecture(loaded_meta: dict | None, input_shape) -> tuple[str, 
         builtin = "mlp" if INPUT_KINDS.get("mlp") == "tabular" else next(iter(INPUT_KINDS))
     else:
         builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
-    return builtin, (f"the built-in {builtin} trained on the clean data (the suspect's architecture "
-                     "cannot be rebuilt from its file)")
+    # TorchScript, ONNX and export files carry no architecture name, and a user's own code
+    # (--arch file.py:build) is not re-run to train references: the built-in for the data stands in.
+    return builtin, (f"the built-in {builtin} trained on the clean data, standing in for the suspect's "
+                     "architecture, which is not a built-in one")
 
 
 def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: float, seed: int = 0,
