@@ -263,3 +263,25 @@ def test_audit_of_a_table_zoo_scans_each_model_as_scan_would(planted, tmp_path, 
         for key in ("backdoored", "targets", "score", "evidence"):
             assert audited[key] == alone[name][key], (name, key)
     assert code == (1 if any(r["verdict"]["backdoored"] for r in rows.values()) else 0)
+
+
+def test_checklist_on_a_table_model_runs_the_tables_defaults(planted, tmp_path, capsys):
+    """`checklist` on a table model from a file poisonguard did not write: the scan stage judges
+    it as `scan` does on a table (calibrated reference_contrast; the image methods cannot run on
+    rows) and the repair stage retrains it, as `repair` does on a table."""
+    from poisonguard.attacks.triggers import save_trigger
+
+    model = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(planted["backdoored"], planted["splits"].train.x[:2]), str(model))
+    save_trigger(planted["trigger"], tmp_path / "trigger.npz")
+    code, out, _ = _run(["checklist", str(model), "--data", str(planted["path"]), "--label-column", "label",
+                         "--trigger", str(tmp_path / "trigger.npz"), "--out", str(tmp_path / "c"), "--quiet"], capsys)
+    summary = json.loads(out)
+    assert "scan" not in summary["failed"] and "repair" not in summary["failed"], summary
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    verdict = report["verdict"]
+    assert verdict["methods"] == ["reference_contrast"] and verdict["calibrated"]
+    assert code == (1 if verdict["backdoored"] else 0)
+    (repair,) = report["repairs"]
+    assert repair["method"] == "retrain"
+    assert repair["after"]["attack_success_rate"] < 0.15 < repair["before"]["attack_success_rate"]

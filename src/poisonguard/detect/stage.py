@@ -1,8 +1,11 @@
 """The `scan` stage of `demo` and `checklist`: the scan verdict on the model (and the demo's clean model).
 
 The stage runs `scan_verdict` (Neural Cleanse and data-free DeepInspect at the demo's
-budget; the full default set otherwise), uncalibrated: training reference models does not
-fit the demo's time budget, and the verdict says so. The clean comparison model of the
+budget; the full default set otherwise), uncalibrated on images: training reference models
+does not fit the demo's time budget, and the verdict says so. A table gets `scan`'s tabular
+default instead (`detect.scan.defaults_for`): reference_contrast against clean references
+trained on a quarter of the rows, calibrated on them, since a two-class model can be judged
+only that way and a table's references train in seconds. The clean comparison model of the
 demo is scanned the same way, so the report shows the verdict on both. `ctx.shared["scan"]`
 is the Detection whose verdict flags the prime target (restricted to the verdict's flags,
 with its masks), `ctx.shared["verdict"]` the Verdict, and `trigger_<class>.npz` is written
@@ -16,6 +19,7 @@ from dataclasses import replace
 
 from poisonguard.data import per_class_subset
 from poisonguard.detect.report import add_to_report, add_verdict, write_triggers
+from poisonguard.detect.scan import defaults_for
 from poisonguard.detect.verdict import DEFAULT_METHODS, QUICK_VERDICT_METHODS, scan_verdict
 from poisonguard.stages import StageContext, register_stage
 
@@ -44,19 +48,34 @@ def shared_detection(verdict, detections):
     return replace(detections[0], backdoored=False, flagged_classes=())
 
 
-def _scan(ctx: StageContext, model, clean):
-    methods = QUICK_VERDICT_METHODS if ctx.quick else DEFAULT_METHODS
-    options = QUICK_OPTIONS if ctx.quick else {}
-    return scan_verdict(model, clean, methods=methods, seed=ctx.seed, device=ctx.device,
-                        input_shape=ctx.splits.input_shape, num_classes=ctx.splits.num_classes, options=options,
-                        classes=list(ctx.splits.classes), data_info={"clean_fraction": 0.05},
-                        on_skip=lambda name, exc: log.warning("scan stage: %s skipped: %s", name, exc))
+def _plan(ctx: StageContext, clean) -> dict:
+    """scan_verdict's keywords for this stage: images uncalibrated at the stage's budget, tables as `scan` does."""
+    if ctx.splits.kind != "tabular":
+        return {"methods": QUICK_VERDICT_METHODS if ctx.quick else DEFAULT_METHODS,
+                "options": QUICK_OPTIONS if ctx.quick else {}}
+    from poisonguard.detect.calibration import calibrate, reference_architecture, train_references
+
+    defaults = defaults_for("tabular")
+    arch, source = reference_architecture({"architecture": ctx.arch}, ctx.splits.input_shape)
+    n, methods = defaults["reference_models"], list(defaults["methods"])
+    references = train_references(clean, architecture=arch, n_models=n, seed=ctx.seed, device=ctx.device)
+    calibration = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=n, seed=ctx.seed,
+                            device=ctx.device, models=references)
+    return {"methods": methods, "calibration": calibration, "references": references}
+
+
+def _scan(ctx: StageContext, model, clean, plan: dict):
+    return scan_verdict(model, clean, seed=ctx.seed, device=ctx.device, input_shape=ctx.splits.input_shape,
+                        num_classes=ctx.splits.num_classes, classes=list(ctx.splits.classes),
+                        data_info={"clean_fraction": defaults_for(ctx.splits.kind)["clean_fraction"]},
+                        on_skip=lambda name, exc: log.warning("scan stage: %s skipped: %s", name, exc), **plan)
 
 
 @register_stage("scan", order=20)
 def scan_stage(ctx: StageContext) -> None:
-    clean = per_class_subset(ctx.splits.train, fraction=0.05, seed=ctx.seed)
-    verdict = _scan(ctx, ctx.model, clean)
+    clean = per_class_subset(ctx.splits.train, fraction=defaults_for(ctx.splits.kind)["clean_fraction"], seed=ctx.seed)
+    plan = _plan(ctx, clean)
+    verdict = _scan(ctx, ctx.model, clean, plan)
     detections = list(verdict.detections)
     true_target = getattr(ctx.trigger, "target", None)  # known only when the caller gave the real trigger
     detections = [_with_truth(d, true_target) for d in detections]
@@ -74,7 +93,7 @@ def scan_stage(ctx: StageContext) -> None:
         ctx.shared["scan_triggers"] = paths
     clean_model = getattr(ctx, "clean_model", None)
     if clean_model is not None:
-        clean_verdict = _scan(ctx, clean_model, clean)
+        clean_verdict = _scan(ctx, clean_model, clean, plan)
         ctx.shared["clean_verdict"] = clean_verdict
         ctx.report.set("clean_model_verdict", clean_verdict.to_dict())
         from poisonguard.detect.report import verdict_section_html
