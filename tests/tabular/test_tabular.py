@@ -118,6 +118,18 @@ def test_cli_attack_then_width_mismatch(tmp_path, capsys):
     assert code == 2 and "takes inputs (9,) but the data has (2,)" in err and err.count("\n") == 1
 
 
+def test_strip_refuses_table_rows_in_one_line(tmp_path, capsys):
+    """STRIP adds images and clips to [0, 1]: on raw table units that would be garbage, so the
+    filter and the sanitize method say so instead of answering."""
+    path = str(_write_table(tmp_path / "t.csv", n=300))
+    (tmp_path / "m.pt").write_bytes(b"never read")
+    table = ["--label-column", "label", "--quiet"]
+    for argv in (["filter", str(tmp_path / "m.pt"), "--data", path, "--inputs", path, "--out", str(tmp_path / "f")],
+                 ["sanitize", path, "--method", "strip", "--out", str(tmp_path / "s")]):
+        code, _, err = _run([*argv, *table], capsys)
+        assert code == 2 and "STRIP superimposes images" in err and err.count("\n") == 1, err
+
+
 # ---------------------------------------------------------------- a planted backdoor
 
 

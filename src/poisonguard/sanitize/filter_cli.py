@@ -94,7 +94,7 @@ def cmd_filter(args) -> int:
     from poisonguard.data.rows import load_rows
     from poisonguard.report import Report
     from poisonguard.sanitize.cli import _rate
-    from poisonguard.sanitize.strip import StripFilter
+    from poisonguard.sanitize.strip import StripFilter, check_images
     from poisonguard.utils import atomic_path
 
     out = guard_out(args.out, command="filter", force=args.force, outputs=OUTPUTS,
@@ -102,6 +102,7 @@ def cmd_filter(args) -> int:
     frr = _rate("--frr", args.frr)
     clean_rows = load_rows(args.data, seed=args.seed)
     clean = clean_rows.test if clean_rows.test is not None else clean_rows.train
+    check_images(clean)  # before the inputs are read: a table's incoming rows need not even parse
     rows = load_rows(args.inputs, seed=args.seed)
     if rows.train.input_shape != clean.input_shape:
         raise UserError(f"the inputs have shape {rows.train.input_shape} but the clean data {clean.input_shape}")

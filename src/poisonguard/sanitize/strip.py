@@ -20,6 +20,18 @@ from poisonguard.sanitize.base import SANITIZERS, Method, ScoringInputs, check_n
 from poisonguard.utils import batches, model_device
 
 
+# The superimposition is image addition clipped to [0, 1]; a table row in raw units (ages,
+# counts) would be clipped to a vector of 0s and 1s, and the entropy would read nothing.
+NOT_FOR_TABLES = ("STRIP superimposes images (pixels added, clipped to [0, 1]); on table rows in raw units it would "
+                  "clip every feature. For a table use sanitize's default (SCAn + spectral signatures) on the training rows")
+
+
+def check_images(data: ImageData) -> None:
+    """UserError unless `data` are images (text has its own STRIP: sanitize/strip_text.py)."""
+    if data.kind != "image":
+        raise UserError(NOT_FOR_TABLES if data.kind == "tabular" else f"STRIP here takes images, not {data.kind} data")
+
+
 @torch.no_grad()
 def strip_entropy(model, x: torch.Tensor, overlays: torch.Tensor, *, draws: int, seed: int, batch_size: int = 128) -> np.ndarray:
     """Mean prediction entropy (N,) of each x superimposed (added, clipped to [0, 1], as the
@@ -57,6 +69,7 @@ class StripFilter:
 
     def fit(self, model, clean: ImageData, *, overlays: torch.Tensor | None = None) -> "StripFilter":
         """Set the threshold on `clean` inputs, superimposed on `overlays` (default: the clean inputs)."""
+        check_images(clean)
         if len(clean) < 2:
             raise UserError("STRIP needs at least 2 clean inputs to set its threshold")
         self._overlays = clean.x if overlays is None else overlays
@@ -92,6 +105,7 @@ class Strip(Method):
         return {"draws": self.draws, "frr": self.frr, "entropy_threshold": self.threshold}
 
     def score(self, inputs: ScoringInputs) -> np.ndarray:
+        check_images(inputs.data)
         has_reference = inputs.reference is not None and len(inputs.reference) > 1
         overlays = inputs.reference.x if has_reference else inputs.data.x
         strip = StripFilter(draws=self.draws, frr=self.frr, seed=inputs.seed)
