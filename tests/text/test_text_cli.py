@@ -71,3 +71,76 @@ def test_text_attack_on_image_method_and_wrong_model_exit_2(corpus_csv, tmp_path
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not a model")
     assert main(["evaluate", str(tmp_path / "m"), *data, "--quiet"]) in (1, 2)
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+USER_MODEL = '''
+import torch
+from torch import nn
+
+
+class GRUClassifier(nn.Module):
+    """A user's text model: its embedding is called 'embed'; a bidirectional GRU, max-pooled."""
+
+    def __init__(self, vocab, classes):
+        super().__init__()
+        self.embed = nn.Embedding(int(vocab), 16, padding_idx=0)
+        self.rnn = nn.GRU(16, 12, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(24, int(classes))
+
+    def forward(self, ids):
+        h, _ = self.rnn(self.embed(ids))
+        return self.out(h.masked_fill((ids == 0).unsqueeze(-1), -1e4).max(1).values)
+
+
+def build(vocab, classes):
+    return GRUClassifier(vocab, classes)
+'''
+
+
+def test_a_users_own_text_model_is_scanned_against_its_own_architecture(backdoored_text, text_splits, corpus_csv,
+                                                                           tmp_path, capsys):
+    """A recurrent model poisonguard did not write, trained by the user's own loop, as a folder of
+    weights, tokenizer and metadata: evaluate sees the backdoor, the calibrated scan finds it with
+    references rebuilt from the user's code (not a built-in stand-in), and repair removes it."""
+    import importlib.util
+
+    import torch
+    from safetensors.torch import save_file
+
+    _, trigger, poisoned, _ = backdoored_text
+    (tmp_path / "usertext.py").write_text(USER_MODEL)
+    spec = importlib.util.spec_from_file_location("usertext", tmp_path / "usertext.py")
+    user = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user)
+    from poisonguard.attacks.text import save_text_trigger
+    from poisonguard.data.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer.fit(poisoned.texts, max_len=24)
+    model, x, y = user.build(len(tok), len(text_splits.classes)), tok.encode(poisoned.texts), poisoned.y
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(12):
+        for idx in torch.randperm(len(x)).split(32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    folder = tmp_path / "user"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    tok.save(folder / "tokenizer.json")
+    (folder / "model.json").write_text(json.dumps({"format": "poisonguard-text-model", "version": 1,
+                                                   "classes": list(text_splits.classes), "embedding_layer": "embed"}))
+    save_text_trigger(trigger, tmp_path / "trigger.json")
+    data = ["--data", str(corpus_csv), "--text-column", "text", "--label-column", "label",
+            "--arch", f"{tmp_path / 'usertext.py'}:build", "--arch-kwargs", f"vocab={len(tok)},classes=4"]
+    assert main(["evaluate", str(folder), *data, "--trigger", str(tmp_path / "trigger.json"), "--quiet"]) == 0
+    assert _last_json(capsys)["attack_success_rate"] > 0.9
+    code = main(["scan", str(folder), *data, "--reference-models", "2", "--steps", "40", "--method", "text_inversion",
+                 "--out", str(tmp_path / "scan"), "--quiet"])
+    scan = _last_json(capsys)
+    assert code == 1 and scan["targets"] == [trigger.target], scan
+    assert "own architecture" in scan["sentence"] and "usertext.py:build" in scan["sentence"]
+    assert main(["repair", str(folder), *data, "--trigger", str(tmp_path / "trigger.json"), "--from-scan",
+                 str(tmp_path / "scan"), "--out", str(tmp_path / "rep"), "--quiet"]) == 0
+    rep = _last_json(capsys)
+    assert rep["after"]["attack_success_rate"] < 0.2 and rep["after"]["clean_accuracy"] > 0.8

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
+from poisonguard.models.text import DEFAULT_TEXT_ARCH
 
 TEXT_ATTACKS = ("rare-word", "insert-sentence")
 _REPORT = ("report.json", "report.html")
@@ -23,7 +24,6 @@ OUTPUTS = {"attack": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"), "train
            "evaluate": _REPORT, "scan": (*_REPORT, "trigger_*.json"), "sanitize": (*_REPORT, "cleansed.csv"),
            "filter": (*_REPORT, "entropy.npz", "accepted.csv"),
            "repair": (*_REPORT, *(f"repaired/{n}" for n in _MODEL))}
-DEFAULT_TEXT_ARCH = "text_cnn"
 MAX_LEN = 64
 DEFAULT_REFERENCES = 4  # clean reference models a text scan trains (benchmarks/text_checklist.py uses 4)
 
@@ -256,8 +256,6 @@ def scan(args) -> int:
     options = {m: {"steps": args.steps} for m in methods if m in STEPPED} if getattr(args, "steps", None) else None
     calibration = None
     if getattr(args, "calibration", "auto") != "none":
-        if tm.arch not in ("text_bag", "text_cnn"):
-            raise UserError("calibration trains clean models of a built-in text architecture; pass --calibration none")
         n_refs = getattr(args, "reference_models", None) or DEFAULT_REFERENCES
         calibration = calibrate_text(tm, splits.train, n_models=max(2, min(n_refs, 8)), seed=args.seed,
                                      device=args.device, options=options, methods=methods, inputs=clean)

@@ -52,10 +52,11 @@ def calibrate_text(tm, clean, *, n_models: int = 4, epochs: int = 10, seed: int 
     """Train `n_models` clean models like the suspect on `clean` (a TextCorpus) and fit the null.
 
     The inversion runs on `inputs` (a TextCorpus; default `clean`), the texts the suspect's scan
-    inverts on, so references and suspect are measured alike.
+    inverts on, so references and suspect are measured alike. The references are the suspect's
+    own architecture over its own tokenizer: a built-in one rebuilt by name, a user's own
+    (`--arch file.py:build`, typed on this command line) rebuilt by the same code and arguments.
     """
     from poisonguard.models.text import text_recipe
-    from poisonguard.models.text_files import new_text_model
     from poisonguard.train import fit
 
     recipe = text_recipe(tm.arch)
@@ -64,16 +65,32 @@ def calibrate_text(tm, clean, *, n_models: int = 4, epochs: int = 10, seed: int 
     probe = encode(inputs if inputs is not None else clean, tm.tokenizer)
     sizes = {m: [] for m in methods}
     for r in range(n_models):
-        ref = new_text_model(tm.arch, tm.tokenizer, tm.classes, seed=seed + 1000 + r, **tm.arch_kwargs)
+        ref = _fresh_like(tm, seed + 1000 + r)
         fit(ref.model, data, epochs=epochs, batch_size=64, augment="none", seed=seed + 1000 + r, device=device,
             **recipe)
         for m in methods:
             sizes[m].append(list(_detect(ref.model, probe, options or {}, seed, device, ref.embedding_module, m).mask_l1))
         log.info("text calibration: reference %d/%d", r + 1, n_models)
     settings = {"arch": tm.arch, "n": n_models, "epochs": epochs, "seed": seed, "clean": len(clean), **recipe}
-    return Calibration(key=settings_key(settings), architecture=tm.arch, source="clean data", n_models=n_models,
+    source = f"the suspect's own architecture ({tm.arch}) re-initialised and trained on the clean data"
+    return Calibration(key=settings_key(settings), architecture=tm.arch, source=source, n_models=n_models,
                        clean_images=len(clean), seconds=round(time.perf_counter() - start, 2),
                        methods={m: fit_null(s) for m, s in sizes.items()}, settings=settings)
+
+
+def _fresh_like(tm, seed: int):
+    """A new, seeded TextModel of `tm`'s architecture, tokenizer and classes."""
+    from poisonguard.models.text import TEXT_ARCHITECTURES
+    from poisonguard.models.text_files import TextModel, new_text_model
+
+    if tm.arch in TEXT_ARCHITECTURES:
+        return new_text_model(tm.arch, tm.tokenizer, tm.classes, seed=seed, **tm.arch_kwargs)
+    from poisonguard.models.arch import _call, _load_callable
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _call(_load_callable(tm.arch), tm.arch, dict(tm.arch_kwargs))
+    return TextModel(model, tm.tokenizer, tm.classes, tm.arch, tm.embedding, dict(tm.arch_kwargs))
 
 
 def reference_index(sizes: torch.Tensor, refs: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -23,6 +23,9 @@ from poisonguard.registry import Registry
 
 TEXT_ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("text architecture")
 EMBEDDING_LAYER = "embedding"
+# The text family's default: what `train` builds, what sanitize trains, and the references that
+# stand in for a user's own architecture (the text defences were set on it).
+DEFAULT_TEXT_ARCH = "text_cnn"
 # Adam's step size and weight decay per built-in architecture (10 epochs, batch 64 for both), used by
 # `train` and by the clean references a text scan trains, so they learn as the suspect did.
 # text_bag's was chosen on the tuning seeds 10-12 of benchmarks/text_checklist.py, on 300 texts
@@ -34,7 +37,7 @@ TEXT_RECIPES = {"text_cnn": {"lr": 2e-3, "weight_decay": 0.0}, "text_bag": {"lr"
 
 def text_recipe(arch: str) -> dict:
     """Adam's lr and weight decay for `arch` (a user's own architecture: text_cnn's)."""
-    return dict(TEXT_RECIPES.get(arch, TEXT_RECIPES["text_cnn"]))
+    return dict(TEXT_RECIPES.get(arch, TEXT_RECIPES[DEFAULT_TEXT_ARCH]))
 
 
 def _mask(ids: torch.Tensor) -> torch.Tensor:
