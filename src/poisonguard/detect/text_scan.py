@@ -56,7 +56,7 @@ def calibrate_text(tm, clean, *, n_models: int = 4, epochs: int = 10, seed: int 
     own architecture over its own tokenizer: a built-in one rebuilt by name, a user's own
     (`--arch file.py:build`, typed on this command line) rebuilt by the same code and arguments.
     """
-    from poisonguard.models.text import text_recipe
+    from poisonguard.models.text import DEFAULT_TEXT_ARCH, TEXT_ARCHITECTURES, text_recipe
     from poisonguard.train import fit
 
     recipe = text_recipe(tm.arch)
@@ -73,6 +73,9 @@ def calibrate_text(tm, clean, *, n_models: int = 4, epochs: int = 10, seed: int 
         log.info("text calibration: reference %d/%d", r + 1, n_models)
     settings = {"arch": tm.arch, "n": n_models, "epochs": epochs, "seed": seed, "clean": len(clean), **recipe}
     source = f"the suspect's own architecture ({tm.arch}) re-initialised and trained on the clean data"
+    if tm.arch not in TEXT_ARCHITECTURES:  # a user's code: its own training recipe is unknown here
+        source += (f" with the {DEFAULT_TEXT_ARCH} recipe (Adam {recipe['lr']:g}, {epochs} epochs), which may train it less "
+                   "sharply than its owner did; a sharper suspect's classes then look small")
     return Calibration(key=settings_key(settings), architecture=tm.arch, source=source, n_models=n_models,
                        clean_images=len(clean), seconds=round(time.perf_counter() - start, 2),
                        methods={m: fit_null(s) for m, s in sizes.items()}, settings=settings)
