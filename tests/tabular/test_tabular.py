@@ -116,6 +116,16 @@ def test_cli_attack_then_width_mismatch(tmp_path, capsys):
     code, _, err = _run(["evaluate", str(tmp_path / "a" / "model.pt"), "--data", str(narrow), "--label-column", "label",
                          "--quiet"], capsys)
     assert code == 2 and "takes inputs (9,) but the data has (2,)" in err and err.count("\n") == 1
+    # a table of the same width whose categories differ would be read wrongly without a word:
+    # the model records its columns, and such a table is refused in one line
+    features = json.loads((tmp_path / "a" / "metadata.json").read_text())["features"]
+    assert features[:6] == [f"f{i}" for i in range(6)] and len(features) == 9
+    other = tmp_path / "other" / "o.csv"
+    other.parent.mkdir()
+    other.write_text(path.read_text().replace(",blue,", ",yellow,"))
+    code, _, err = _run(["evaluate", str(tmp_path / "a" / "model.pt"), "--data", str(other), "--label-column", "label",
+                         "--quiet"], capsys)
+    assert code == 2 and "trained on other columns" in err and err.count("\n") == 1, err
 
 
 def test_strip_refuses_table_rows_in_one_line(tmp_path, capsys):

@@ -7,8 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from poisonguard.cli.inputs import (OUTPUTS, build_checked_model, check_finite_model, data_inputs, file_inputs,
-                                    guard_out, load_checked_model, load_checked_trigger, load_splits, model_inputs)
+from poisonguard.cli.inputs import (OUTPUTS, build_checked_model, check_finite_model, data_inputs, feature_record,
+                                    file_inputs, guard_out, load_checked_model, load_checked_trigger, load_splits,
+                                    model_inputs)
 from poisonguard.cli.options import add_attack_options, add_common, add_data, add_fit_options, add_model, default_arch, fit_config, positive_int
 from poisonguard.cli.triggers import poison
 from poisonguard.errors import EXIT_FINDING, EXIT_INCOMPLETE, EXIT_OK, UserError, user_values
@@ -55,7 +56,7 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
     metrics = {"clean_accuracy": ev.clean_accuracy, "attack_success_rate": ev.attack_success_rate}
     if not saved:
         meta = save_model(model, out / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
-                          training=training, extra=metrics)
+                          training=training, extra={**metrics, **feature_record(splits)})
         report.set("model", {"path": str(out / "model.pt"), "sha256": meta["sha256"], "num_classes": splits.num_classes,
                              "input_shape": list(splits.input_shape), "architecture": arch})
     if trigger is not None:

@@ -360,6 +360,7 @@ def load_checked_model(path: str, splits, arch: str | None, *, args=None):
         raise UserError(f"the model takes inputs {tuple(loaded.input_shape)} but the data has {splits.input_shape}")
     if loaded.metadata.get("num_classes") not in (None, splits.num_classes):
         raise UserError(f"the model has {loaded.metadata['num_classes']} classes but the data has {splits.num_classes}")
+    check_features(loaded.metadata.get("features"), splits)
     check_classifier(loaded.model, splits.input_shape, splits.num_classes)
     warn_near_chance(loaded, splits)
     info = {"path": str(path), "sha256": loaded.sha256, "num_classes": splits.num_classes,
@@ -369,6 +370,31 @@ def load_checked_model(path: str, splits, arch: str | None, *, args=None):
         if key in loaded.metadata:
             info[key] = loaded.metadata[key]
     return loaded, info
+
+
+def feature_record(splits) -> dict:
+    """What a saved table model records of its input: the encoded columns' names, in order
+    (`{"features": [...]}`; nothing for images and text). `check_features` reads it back."""
+    names = getattr(splits.meta, "feature_names", None) if splits.kind == "tabular" else None
+    return {"features": list(names)} if names else {}
+
+
+def check_features(recorded, splits) -> None:
+    """UserError when a table encodes other columns than the model was trained on.
+
+    A table's one-hot columns follow its own categories, so a second file that lacks one
+    category, or holds another, can have the same width in another order: the model would read
+    every row wrongly and nothing would fail. Models poisonguard saved record their columns.
+    """
+    names = getattr(splits.meta, "feature_names", None) if splits.kind == "tabular" else None
+    if not recorded or not names or list(recorded) == list(names):
+        return
+    first = next((i for i, (a, b) in enumerate(zip(recorded, names)) if a != b), min(len(recorded), len(names)))
+    model_col = recorded[first] if first < len(recorded) else "(none)"
+    data_col = names[first] if first < len(names) else "(none)"
+    raise UserError(f"the model was trained on other columns than this table encodes: column {first} is {model_col!r} "
+                    f"for the model but {data_col!r} here (a category missing from, or new to, one of the files); "
+                    f"give a table whose columns and categories match the training table")
 
 
 def warn_near_chance(loaded, splits, *, samples: int = 256) -> float:

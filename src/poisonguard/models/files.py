@@ -118,6 +118,10 @@ def _read_metadata(path: Path) -> dict[str, Any]:
         raise UserError(f"{meta_file}: arch_kwargs must map names to numbers, strings or booleans")
     if meta.get("sha256") is not None and not isinstance(meta["sha256"], str):
         raise UserError(f"{meta_file}: sha256 must be a string")
+    features = meta.get("features")
+    if features is not None and (not isinstance(features, list) or not all(isinstance(f, str) for f in features)
+                                 or len(features) > limits.get("max_columns")):
+        raise UserError(f"{meta_file}: features must be a list of feature names (a table model's encoded columns)")
     try:
         if meta.get("normalize") is not None:
             norm = meta["normalize"]

@@ -116,8 +116,8 @@ def cmd_repair(args) -> int:
 
     if text.wants_text(args):
         return text.repair(args)
-    from poisonguard.cli.inputs import (check_finite_model, data_inputs, file_inputs, guard_out, load_checked_model,
-                                        load_checked_trigger, load_splits, model_inputs)
+    from poisonguard.cli.inputs import (check_finite_model, data_inputs, feature_record, file_inputs, guard_out,
+                                        load_checked_model, load_checked_trigger, load_splits, model_inputs)
     from poisonguard.data import per_class_subset
     from poisonguard.report import Report
     from poisonguard.repair.report import repair_section, trigger_label
@@ -160,7 +160,7 @@ def cmd_repair(args) -> int:
                       training={"command": "repair", "method": result.method, "source_sha256": info["sha256"],
                                 "clean_samples": len(clean), "seed": args.seed},
                       extra={"clean_accuracy": result.after.clean_accuracy,
-                             "attack_success_rate": result.after.attack_success_rate})
+                             "attack_success_rate": result.after.attack_success_rate, **feature_record(splits)})
     report = Report("repair")
     report.set("model", info)
     report.set("repaired_model", {"path": meta["path"], "sha256": meta["sha256"], "format": meta["format"]})

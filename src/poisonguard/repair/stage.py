@@ -83,7 +83,10 @@ def repair_stage(ctx: StageContext) -> None:
     if results:
         best = best_repair(results)
         training = {"command": ctx.command, "method": best.method}
-        extra = {"clean_accuracy": best.after.clean_accuracy, "attack_success_rate": best.after.attack_success_rate}
+        from poisonguard.cli.inputs import feature_record
+
+        extra = {"clean_accuracy": best.after.clean_accuracy, "attack_success_rate": best.after.attack_success_rate,
+                 **feature_record(ctx.splits)}
         loaded = ctx.shared.get("loaded")  # the checklist's LoadedModel: write the repair back in its format
         saved_to = None
         if loaded is not None:
