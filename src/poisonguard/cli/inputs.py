@@ -386,8 +386,8 @@ def check_features(recorded, splits) -> None:
     category, or holds another, can have the same width in another order: the model would read
     every row wrongly and nothing would fail. Models poisonguard saved record their columns.
     """
-    names = getattr(splits.meta, "feature_names", None) if splits.kind == "tabular" else None
-    if not recorded or not names or list(recorded) == list(names):
+    names = feature_record(splits).get("features")
+    if not recorded or not names or list(recorded) == names:
         return
     first = next((i for i, (a, b) in enumerate(zip(recorded, names)) if a != b), min(len(recorded), len(names)))
     model_col = recorded[first] if first < len(recorded) else "(none)"

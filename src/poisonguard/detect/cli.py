@@ -169,7 +169,7 @@ def cmd_scan(args) -> int:
         args.reference_models = args.reference_models or defaults["reference_models"]
         if args.method is None:
             methods = list(defaults["methods"])
-        clean, capped_from = clean_share(splits, fraction=args.clean_fraction or 0.05, seed=args.seed,
+        clean, capped_from = clean_share(splits, fraction=args.clean_fraction, seed=args.seed,
                                          cap=args.max_clean_images)
         examples = splits.test.x[: max(k, 1)]
     report.set("model", info)
@@ -179,7 +179,7 @@ def cmd_scan(args) -> int:
                     reference_models=args.reference_models or 4, seed=args.seed, device=args.device, options=options)
     verdict = scan_into_report(report, loaded, clean, plan, input_shape=shape, num_classes=k, classes=classes,
                                examples=examples, data_label=args.data,
-                               clean_fraction=None if clean is None else args.clean_fraction or 0.05,
+                               clean_fraction=None if clean is None else args.clean_fraction,
                                capped_from=capped_from)
     summary, taken = [], set()
     for det in verdict.detections:

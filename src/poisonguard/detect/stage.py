@@ -50,24 +50,24 @@ def shared_detection(verdict, detections):
 
 def _plan(ctx: StageContext, clean) -> dict:
     """scan_verdict's keywords for this stage: images uncalibrated at the stage's budget, tables as `scan` does."""
+    defaults = defaults_for(ctx.splits.kind)
+    data_info = {"clean_fraction": defaults["clean_fraction"]}
     if ctx.splits.kind != "tabular":
         return {"methods": QUICK_VERDICT_METHODS if ctx.quick else DEFAULT_METHODS,
-                "options": QUICK_OPTIONS if ctx.quick else {}}
+                "options": QUICK_OPTIONS if ctx.quick else {}, "data_info": data_info}
     from poisonguard.detect.calibration import calibrate, reference_architecture, train_references
 
-    defaults = defaults_for("tabular")
     arch, source = reference_architecture({"architecture": ctx.arch}, ctx.splits.input_shape)
     n, methods = defaults["reference_models"], list(defaults["methods"])
     references = train_references(clean, architecture=arch, n_models=n, seed=ctx.seed, device=ctx.device)
     calibration = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=n, seed=ctx.seed,
                             device=ctx.device, models=references)
-    return {"methods": methods, "calibration": calibration, "references": references}
+    return {"methods": methods, "calibration": calibration, "references": references, "data_info": data_info}
 
 
 def _scan(ctx: StageContext, model, clean, plan: dict):
     return scan_verdict(model, clean, seed=ctx.seed, device=ctx.device, input_shape=ctx.splits.input_shape,
                         num_classes=ctx.splits.num_classes, classes=list(ctx.splits.classes),
-                        data_info={"clean_fraction": defaults_for(ctx.splits.kind)["clean_fraction"]},
                         on_skip=lambda name, exc: log.warning("scan stage: %s skipped: %s", name, exc), **plan)
 
 
