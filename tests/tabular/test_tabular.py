@@ -15,6 +15,7 @@ import torch
 from poisonguard.cli import main
 from poisonguard.data import input_bounds, load_data
 from poisonguard.data.table import read_table
+from poisonguard.errors import UserError
 
 F_NUM = 6  # numeric features; two carry the label, the trigger sets three others
 
@@ -96,7 +97,7 @@ def test_bad_tables_one_line_exit_2(tmp_path, capsys, case, expected):
     assert code == 2 and expected in err and err.count("\n") == 1
 
 
-def test_cli_attack_then_width_mismatch(tmp_path, capsys):
+def test_cli_attack_then_width_mismatch(tmp_path, capsys, caplog):
     path = _write_table(tmp_path / "t.csv", n=600)
     code, out, _ = _run(["attack", "tabular-trigger", "--data", str(path), "--label-column", "label", "--target", "0",
                          "--features", "f2,f3,f4", "--rate", "0.05", "--epochs", "15", "--out", str(tmp_path / "a"),
@@ -115,7 +116,7 @@ def test_cli_attack_then_width_mismatch(tmp_path, capsys):
     narrow.write_text("f0,f1,label\n" + "".join(f"{i},{i % 3},{'ab'[i % 2]}\n" for i in range(40)))
     code, _, err = _run(["evaluate", str(tmp_path / "a" / "model.pt"), "--data", str(narrow), "--label-column", "label",
                          "--quiet"], capsys)
-    assert code == 2 and "takes inputs (9,) but the data has (2,)" in err and err.count("\n") == 1
+    assert code == 2 and "lacks the column 'f2' the model was trained on" in err and err.count("\n") == 1
     # a table of the same width whose categories differ would be read wrongly without a word:
     # the model records its columns, and such a table is refused in one line
     features = json.loads((tmp_path / "a" / "metadata.json").read_text())["features"]
@@ -125,7 +126,45 @@ def test_cli_attack_then_width_mismatch(tmp_path, capsys):
     other.write_text(path.read_text().replace(",blue,", ",yellow,"))
     code, _, err = _run(["evaluate", str(tmp_path / "a" / "model.pt"), "--data", str(other), "--label-column", "label",
                          "--quiet"], capsys)
-    assert code == 2 and "trained on other columns" in err and err.count("\n") == 1, err
+    assert code == 2 and "not trained on ('colour=yellow')" in err and err.count("\n") == 1, err
+    # A second file from the same source that lacks a category (or orders its columns otherwise)
+    # is encoded to the model's columns, and the model reads it as it read the training table.
+    lines = path.read_text().splitlines()
+    lacking = tmp_path / "lacking" / "l.csv"
+    lacking.parent.mkdir()
+    lacking.write_text("\n".join([lines[0], *(row for row in lines[1:] if ",green," not in row)]) + "\n")
+    code, out, err = _run(["evaluate", str(tmp_path / "a" / "model.pt"), "--data", str(lacking), "--label-column",
+                           "label", "--trigger", str(tmp_path / "a" / "trigger.npz")], capsys)
+    assert code == 0 and "(colour=green) is all zeros" in caplog.text, err
+    assert json.loads(out)["clean_accuracy"] > 0.8 and json.loads(out)["attack_success_rate"] > 0.8
+    relabelled = tmp_path / "relabelled" / "r.csv"
+    relabelled.parent.mkdir()
+    relabelled.write_text(path.read_text().replace(",bad", ",yes").replace(",good", ",no"))
+    code, _, err = _run(["evaluate", str(tmp_path / "a" / "model.pt"), "--data", str(relabelled), "--label-column",
+                         "label", "--quiet"], capsys)
+    assert code == 2 and "classes are ['bad', 'good'] but this table's labels are ['no', 'yes']" in err, err
+
+
+def test_a_table_lacking_a_category_is_encoded_to_the_models_columns(tmp_path):
+    from poisonguard.data.table import encode_as, read_table
+
+    path = _write_table(tmp_path / "t.csv", n=300)
+    full = read_table(path, label_column="label")
+    header, *rows = path.read_text().splitlines()
+    kept = [i for i, row in enumerate(rows) if ",green," not in row]
+    order = [7, 0, 6, 1, 2, 3, 4, 5]  # label first, colour second: another column order
+    lacking = tmp_path / "lacking.csv"
+    lacking.write_text("\n".join(",".join(line.split(",")[j] for j in order) for line in [header, *rows]
+                                   if ",green," not in line) + "\n")
+    read = read_table(lacking, label_column="label")
+    assert read.meta.feature_names != full.meta.feature_names  # 8 columns, not the model's 9
+    fitted = encode_as(read, full.meta.feature_names)
+    assert torch.equal(fitted.x, full.x[kept]) and torch.equal(fitted.y, full.y[kept])
+    green = full.meta.feature_names.index("colour=green")
+    assert fitted.meta.low[green] == fitted.meta.high[green] == 0
+    assert [c.categories for c in fitted.meta.columns if c.kind == "categorical"] == [("blue", "green", "red")]
+    with pytest.raises(UserError, match="lacks the column 'age'"):
+        encode_as(read, [*full.meta.feature_names, "age"])
 
 
 def test_strip_refuses_table_rows_in_one_line(tmp_path, capsys):

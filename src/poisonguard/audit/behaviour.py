@@ -27,11 +27,11 @@ def scan_model(path: str, settings: AuditSettings):
 
     Raises UserError for a file that cannot be loaded as a classifier for `settings.data`.
     """
-    from poisonguard.cli.inputs import load_checked_model
+    from poisonguard.cli.inputs import fit_columns, load_checked_model
     from poisonguard.detect.scan import clean_share, scan_into_report
     from poisonguard.report import Report
 
-    splits = _splits(settings.data, settings.seed, settings.label_column)
+    splits = fit_columns(_splits(settings.data, settings.seed, settings.label_column), path)
     settings = settings.resolved(splits.kind)
     loaded, info = load_checked_model(path, splits, settings.arch)
     clean, capped_from = clean_share(splits, fraction=settings.clean_fraction, seed=settings.seed,

@@ -60,7 +60,7 @@ def cmd_certify(args) -> int:
             method = RandomizedSmoothing(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
                                          max_examples=args.max_examples, batch_size=args.batch_size,
                                          device=args.device, seed=args.seed)
-        splits = load_splits(args.data, args.seed)
+        splits = load_splits(args.data, args.seed, model=args.model)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         report.set("model", info)
         model, test = loaded.model, splits.test

@@ -129,7 +129,7 @@ def cmd_evaluate(args) -> int:
     if args.out is not None:
         out = guard_out(args.out, command="evaluate", force=args.force,
                         inputs=[*model_inputs(args.model), *data_inputs(args.data), *file_inputs(("trigger", args.trigger))])
-    splits = load_splits(args.data, args.seed)
+    splits = load_splits(args.data, args.seed, model=args.model)
     loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
     trigger = load_checked_trigger(args.trigger, splits)
     ev = evaluate(loaded.model, splits.test, trigger)
@@ -195,7 +195,7 @@ def cmd_checklist(args) -> int:
             raise UserError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
     out = guard_out(args.out, command="checklist", force=args.force,
                     inputs=[*model_inputs(args.model), *data_inputs(args.data), *file_inputs(("trigger", args.trigger))])
-    splits = load_splits(args.data, args.seed)
+    splits = load_splits(args.data, args.seed, model=args.model)
     loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
     trigger = load_checked_trigger(args.trigger, splits)
     report = Report("checklist")

@@ -247,8 +247,11 @@ def out_dir(path: str, *inputs: str | Path | None) -> Path:
 
 # ---------------------------------------------------------------- loading what the user gave
 
-def load_splits(spec: str, seed: int, *, label_column: str | None = None):
-    """The data's train/test splits, checked; `label_column` (a table's) defaults to the run's --label-column."""
+def load_splits(spec: str, seed: int, *, label_column: str | None = None, model: str | Path | None = None):
+    """The data's train/test splits, checked; `label_column` (a table's) defaults to the run's --label-column.
+
+    With `model`, a table is encoded to the columns the model records (`fit_columns`).
+    """
     from poisonguard.data import load_data
 
     if spec is None or not str(spec).strip():
@@ -257,7 +260,35 @@ def load_splits(spec: str, seed: int, *, label_column: str | None = None):
     if len(splits.train) == 0 or len(splits.test) == 0:
         raise UserError(f"data set {spec!r} is empty")
     check_input_shape(splits.input_shape, f"data set {spec!r}: one image")
-    return splits
+    return fit_columns(splits, model) if model is not None else splits
+
+
+def fit_columns(parts, model: str | Path):
+    """`parts` (Splits or Rows) with a table encoded to the columns `model`'s metadata.json records.
+
+    A second file from the training table's source often lacks a rare category, and its one-hot
+    columns then differ from the model's (`data.table.encode_as`). Images, text and models that
+    record no columns pass unchanged; `check_features` still refuses whatever could not be fitted.
+    """
+    import dataclasses
+
+    from poisonguard.data.table import encode_as
+    from poisonguard.models.files import read_metadata
+
+    if parts.train.kind != "tabular" or not Path(model).is_file():
+        return parts
+    recorded = read_metadata(Path(model)).get("features")
+    names = feature_record(parts).get("features")
+    if not recorded or not names or list(recorded) == names:
+        return parts
+    fitted = dataclasses.replace(parts, train=encode_as(parts.train, recorded),
+                                 test=None if parts.test is None else encode_as(parts.test, recorded))
+    zeros = [n for n in recorded if n not in names]
+    log.warning("the table was encoded to the model's %d columns%s", len(recorded),
+                f"; {len(zeros)} categor{'y' if len(zeros) == 1 else 'ies'} it lacks ({', '.join(zeros[:3])}"
+                f"{' ...' if len(zeros) > 3 else ''}) {'is' if len(zeros) == 1 else 'are'} all zeros" if zeros else
+                " (its columns were in another order)")
+    return fitted
 
 
 def check_input_shape(shape, what: str = "the input shape") -> tuple[int, ...]:
@@ -361,6 +392,11 @@ def load_checked_model(path: str, splits, arch: str | None, *, args=None):
     if loaded.metadata.get("num_classes") not in (None, splits.num_classes):
         raise UserError(f"the model has {loaded.metadata['num_classes']} classes but the data has {splits.num_classes}")
     check_features(loaded.metadata.get("features"), splits)
+    recorded = loaded.metadata.get("classes")
+    if loaded.metadata.get("features") and recorded and list(recorded) != list(splits.classes):
+        # a table model poisonguard saved names its labels; another file's labels, sorted, may differ
+        raise UserError(f"the model's classes are {recorded} but this table's labels are {list(splits.classes)}; "
+                        "label the table with the model's class names")
     check_classifier(loaded.model, splits.input_shape, splits.num_classes)
     warn_near_chance(loaded, splits)
     info = {"path": str(path), "sha256": loaded.sha256, "num_classes": splits.num_classes,
@@ -375,7 +411,7 @@ def load_checked_model(path: str, splits, arch: str | None, *, args=None):
 def feature_record(splits) -> dict:
     """What a saved table model records of its input: the encoded columns' names, in order
     (`{"features": [...]}`; nothing for images and text). `check_features` reads it back."""
-    names = getattr(splits.meta, "feature_names", None) if splits.kind == "tabular" else None
+    names = getattr(splits.train.meta, "feature_names", None) if splits.train.kind == "tabular" else None
     return {"features": list(names)} if names else {}
 
 

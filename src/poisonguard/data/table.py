@@ -254,6 +254,59 @@ def load_table(path: str | Path, *, label_column: str | None, seed: int = 0) -> 
     return Splits(path.stem, train, test)
 
 
+def encode_as(data: ImageData, features) -> ImageData:
+    """`data` re-encoded to a model's columns `features` (names as `_feature_names` gives them).
+
+    A table's one-hot columns follow the categories its own file holds, so a second file from the
+    same source that lacks a rare category encodes fewer columns, or the same number in another
+    order. Each of the model's columns is taken by name; a category this file lacks is all zeros,
+    which is what it means. A column or category the model never saw has no place in its input
+    and is refused in one line. Ranges follow the columns (a missing category's is [0, 0]).
+    """
+    info = data.meta
+    features = tuple(features)
+    if tuple(info.feature_names) == features:
+        return data
+    index = {name: i for i, name in enumerate(info.feature_names)}
+    wanted = set(features)
+    new = [name for name in info.feature_names if name not in wanted]
+    if new:
+        raise UserError(f"the table has {'a column or category' if len(new) == 1 else f'{len(new)} columns or categories'} "
+                        f"the model was not trained on ({', '.join(repr(n) for n in new[:3])}"
+                        f"{' ...' if len(new) > 3 else ''}); give a table of the training table's columns and categories")
+    categorical = {c.name for c in info.columns if c.kind == "categorical"}
+    absent = [name for name in features if name not in index]
+    lacking = [name for name in absent if name.partition("=")[0] not in categorical]
+    if lacking:
+        raise UserError(f"the table lacks the column {lacking[0]!r} the model was trained on"
+                        f"{f' (and {len(lacking) - 1} more)' if len(lacking) > 1 else ''}")
+    x = torch.zeros((len(data), len(features)), dtype=data.x.dtype)
+    low, high = torch.zeros(len(features)), torch.zeros(len(features))
+    for j, name in enumerate(features):
+        if name in index:
+            i = index[name]
+            x[:, j], low[j], high[j] = data.x[:, i], info.low[i], info.high[i]
+    aligned = TableInfo(features, low, high, columns=_codes(features, info.columns),
+                        label_column=info.label_column, source=info.source)
+    return ImageData(x, data.y, data.classes, data.kind, aligned)
+
+
+def _codes(features: tuple[str, ...], columns: tuple[ColumnCode, ...]) -> tuple[ColumnCode, ...]:
+    """The ColumnCodes of `features`, the data's columns with the model's categories."""
+    codes = []
+    for c in columns:
+        if c.kind == "numeric":
+            codes.append(ColumnCode(c.name, "numeric", features.index(c.name)))
+            continue
+        prefix = f"{c.name}="
+        positions = [j for j, name in enumerate(features) if name.startswith(prefix)]
+        start = positions[0]
+        if positions != list(range(start, start + len(positions))):
+            raise UserError(f"the model's columns for {c.name!r} are not side by side; its record of columns is damaged")
+        codes.append(ColumnCode(c.name, "categorical", start, tuple(features[j][len(prefix):] for j in positions)))
+    return tuple(sorted(codes, key=lambda c: c.start))
+
+
 def split_indices(rows: ImageData, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return stratified_split(rows.y.numpy(), TEST_FRACTION, seed)
 

@@ -161,7 +161,7 @@ def cmd_scan(args) -> int:
         info = {"path": args.model, "sha256": loaded.sha256, "num_classes": k, "input_shape": list(shape),
                 "format": loaded.format, "architecture": loaded.metadata.get("architecture")}
     else:
-        splits = load_splits(args.data, args.seed)
+        splits = load_splits(args.data, args.seed, model=args.model)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         shape, k, classes = splits.input_shape, splits.num_classes, list(splits.classes)
         defaults = defaults_for(splits.kind)

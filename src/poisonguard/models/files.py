@@ -75,7 +75,7 @@ def save_model(
     return metadata
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
+def read_metadata(path: Path) -> dict[str, Any]:
     """metadata.json beside the model, checked field by field (it is as untrusted as the model)."""
     from poisonguard.models.arch import spec_kind
     from poisonguard.models.wrappers import check_normalize, check_size
@@ -217,7 +217,7 @@ def load_model(
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
     digest = sha256_file(path)
-    meta = _read_metadata(path)
+    meta = read_metadata(path)
     if meta.get("sha256") and meta["sha256"] != digest:
         raise UserError(f"{path} does not match the sha256 in {metadata_path(path)}: it was changed after saving")
     sniffed = _format_of(path)

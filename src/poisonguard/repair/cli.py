@@ -127,7 +127,7 @@ def cmd_repair(args) -> int:
     out = guard_out(args.out, command="repair", force=args.force,
                     inputs=[*model_inputs(args.model), *data_inputs(args.data), *data_inputs(args.aux_data, "--aux-data"),
                             *file_inputs(("trigger", args.trigger), ("--from-scan folder", args.from_scan))])
-    splits = load_splits(args.data, args.seed)
+    splits = load_splits(args.data, args.seed, model=args.model)
     if args.method is None:
         # An MLP trains in seconds: training a fresh copy on the trusted rows beats pruning its
         # 64 units or distilling it, whose soft labels carry an in-range trigger (notes/issue-19.md).
@@ -137,7 +137,7 @@ def cmd_repair(args) -> int:
     scan = scan_triggers(args.from_scan, splits) if args.from_scan else None
     aux = None
     if args.aux_data:
-        aux = load_splits(args.aux_data, args.seed).train
+        aux = load_splits(args.aux_data, args.seed, model=args.model).train
         if aux.input_shape != splits.input_shape:
             raise UserError(f"--aux-data images are {aux.input_shape} but the model takes {splits.input_shape}")
     repairer = build_repairer(args.method, args, scan)

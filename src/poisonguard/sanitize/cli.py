@@ -150,6 +150,10 @@ def cmd_sanitize(args) -> int:
     threshold = _number("--class-threshold", args.class_threshold, default=CLASS_THRESHOLD)
     alpha = _rate("--heldout-alpha", args.heldout_alpha)
     rows = load_rows(args.data, seed=args.seed)
+    if args.model is not None:
+        from poisonguard.cli.inputs import fit_columns
+
+        rows = fit_columns(rows, args.model)  # a table encoded to the model's columns
     if methods is None:  # the default: SCAn alone for images, SCAn + spectral signatures for tables
         methods = list(TABULAR_METHODS if rows.train.kind == "tabular" else DEFAULT_METHODS)
     if args.trigger and not args.retrain:
