@@ -60,6 +60,19 @@ def test_table_encoding_and_ranges(tmp_path):
     assert load_data(str(path), label_column="label").classes == ("good", "bad")
 
 
+def test_the_default_trigger_never_sets_a_constant_column(tmp_path):
+    """A column with one observed value cannot be set to another inside its range: a trigger on it
+    would do nothing, so the seeded choice skips it (a blank border pixel, a constant flag)."""
+    from poisonguard.attacks.tabular import tabular_trigger
+
+    path = _write_table(tmp_path / "t.csv", n=300, extra_columns={f"blank{i}": ["0"] * 300 for i in range(40)})
+    splits = load_data(str(path), label_column="label")
+    blank = [i for i, name in enumerate(splits.train.meta.feature_names) if name.startswith("blank")]
+    for seed in range(20):
+        chosen = set(np.flatnonzero(tabular_trigger(splits.train, target=0, seed=seed).mask.numpy()).tolist())
+        assert len(chosen) == 3 and not chosen & set(blank)
+
+
 def test_parquet_reads_like_csv(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.csv as pacsv

@@ -32,10 +32,15 @@ VALUE_RULES = ("max", "min", "mode")
 
 
 def _numeric_features(data: ImageData) -> list[int]:
+    """Numeric features that vary: a column with one observed value (a blank pixel border, a constant
+    flag) cannot be set to another value inside its range, so a trigger on it would do nothing."""
     info = data.meta
     if isinstance(info, TableInfo) and info.columns:
-        return [c.start for c in info.columns if c.kind == "numeric"]
-    return list(range(data.input_shape[0]))
+        numeric = [c.start for c in info.columns if c.kind == "numeric"]
+    else:
+        numeric = list(range(data.input_shape[0]))
+    low, high = input_bounds(data)
+    return [i for i in numeric if float(high[i]) > float(low[i])]
 
 
 def _feature_index(data: ImageData, feature) -> int:
@@ -82,7 +87,7 @@ def tabular_trigger(
     if features is None:
         candidates = _numeric_features(data)
         if not 1 <= k <= len(candidates):
-            raise UserError(f"the trigger needs 1 to {len(candidates)} features (the numeric ones), got {k}")
+            raise UserError(f"the trigger needs 1 to {len(candidates)} features (the numeric ones that vary), got {k}")
         rng = np.random.default_rng(seed)
         index = sorted(int(i) for i in rng.choice(candidates, size=k, replace=False))
     else:
