@@ -196,6 +196,13 @@ def make_optimizer(model: nn.Module, *, optimizer: str, lr: float, weight_decay:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+def label_entropy(y: torch.Tensor, num_classes: int) -> float:
+    """Cross-entropy (nats) of always predicting the class shares of `y`: a model that learnt nothing else."""
+    share = torch.bincount(y.reshape(-1).long().cpu(), minlength=num_classes).double()
+    share = share[share > 0] / share.sum()
+    return float(-(share * share.log()).sum()) if len(share) > 1 else math.log(2)
+
+
 def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch_size: int, generator: torch.Generator,
              device: torch.device, optimizer: str = "sgd", weight_decay: float = 5e-4,
              schedule: Callable[[int], float] | None = None, loss_fn: LossFn | None = None,
@@ -214,14 +221,16 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
     makes the loss spike and forget clean knowledge along with the backdoor), and `clip_norm`
     caps the gradient norm of every step for the same reason.
 
-    A run that diverges (a non-finite loss, or the epoch loss above 0.9 x chance level,
-    0.9 log K, times `loss_scale` for losses that add several terms, at the end or for a
-    quarter of the epochs in a row; a shorter spike is allowed) is undone
+    A run that diverges (a non-finite loss, or the epoch loss above what predicting the class
+    shares alone gives, the labels' entropy, times `loss_scale` for losses that add several
+    terms, at the end or for a quarter of the epochs in a row; a shorter spike is allowed) is undone
     and restarted with half the learning rate, up to `max_retries` times; `info` (if given)
     records the learning rate finally used and the number of restarts.
     """
     snapshot = copy.deepcopy(model.state_dict())
-    chance = 0.9 * math.log(max(2, data.num_classes)) * loss_scale
+    # Not 0.9 log K: on a table whose columns say little about the label (visits to a doctor
+    # from insurance columns) a sound model ends just under the label entropy, 0.95 log K there.
+    chance = label_entropy(data.y, data.num_classes) * loss_scale
     for attempt in range(max_retries + 1):
         losses = _finetune_once(model, data, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
                                 device=device, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
