@@ -12,6 +12,13 @@ seed (1, 2, 3; seed 0 was used while choosing defaults), with the library's defa
   poisoned training part: TPR over the poisoned rows, FPR over the clean ones.
 - repair: the tabular default (retrain on the 25% clean part) on the backdoored model.
 
+More than two classes (`--tables digits,fair_rating,randhie_visits,anes96_party`; `MULTICLASS`
+below): the scan's verdict then had the index across classes, not the two-class one. Tuning
+(looked at in session 13): scikit-learn's `digits` (1,797 rows, 64 pixel columns, 10 classes)
+and fair with `rate_marriage` (5 classes) as the label. Held out: randhie's visits in four bins
+and anes96's party identification (944 rows, 7 classes). The target is the minority class of
+the training part.
+
 Goals (issue 19): clean accuracy within 2 points and ASR >= 90%; scan finds the target on
 >= 5 of 6 backdoored models and flags <= 1 of 6 clean ones; sanitize TPR >= 90% at FPR <= 5%;
 repair ASR <= 5% losing <= 3 points. Results are cached per case in --results (resumable):
@@ -22,6 +29,7 @@ repair ASR <= 5% losing <= 3 points. Results are cached per case in --results (r
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import tempfile
 import time
@@ -31,6 +39,62 @@ import numpy as np
 
 TARGET = {"fair": 1, "randhie": 0}  # the minority class ("yes" affair; "no" visit)
 GOALS = "clean acc within 2 pts, ASR >= 90%; scan >= 5/6 found, <= 1/6 clean flagged; sanitize TPR >= 90% at FPR <= 5%; repair ASR <= 5%, loss <= 3 pts"
+
+
+def export_multiclass(table: str, folder: Path) -> tuple[Path, str]:
+    """The tables of more than two classes, written as CSV (`MULTICLASS` says which are held out)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header, rows, label, meta = MULTICLASS[table][1]()
+    if meta:
+        (folder / "metadata.json").write_text(json.dumps(meta))
+    out = folder / f"{table}.csv"
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return out, label
+
+
+def _statsmodels_rows(name: str, delimiter: str = ",") -> tuple[list[str], list[list[str]]]:
+    from poisonguard.data.example_tables import _clean, _source
+
+    with open(_source("fair").parent.parent / name, newline="", encoding="utf-8") as handle:
+        source = [r for r in csv.reader(handle, delimiter=delimiter) if r]
+    return [h.strip().strip("'") for h in source[0]], [[_clean(c.strip()) for c in r] for r in source[1:]]
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return ([f"p{i}" for i in range(64)] + ["digit"],
+            [[int(v) for v in x] + [int(y)] for x, y in zip(digits.data, digits.target)], "digit", None)
+
+
+def _relabel(name: str, source: str, label: str, rule, categorical=(), delimiter=","):
+    header, rows = _statsmodels_rows(name, delimiter)
+    i = header.index(source)
+    keep = [j for j in range(len(header)) if j != i]
+    return ([header[j] for j in keep] + [label], [[r[j] for j in keep] + [rule(r[i])] for r in rows], label,
+            {"categorical": list(categorical)} if categorical else None)
+
+
+def _visits(cell: str) -> str:
+    n = float(cell)
+    return "0" if n == 0 else "1-2" if n <= 2 else "3-6" if n <= 6 else "7+"
+
+
+# name: (held out?, rows). Tuning (looked at while choosing the multi-class rule, session 13):
+# digits (scikit-learn, 1,797 rows, 64 pixel columns, 10 classes) and fair with the marriage
+# rating (1-5) as label. Held out, fixed before any scan of them was run: randhie with outpatient
+# visits in four bins (0, 1-2, 3-6, 7+) and anes96 (944 rows) with party identification (7 classes).
+MULTICLASS = {
+    "digits": (False, _digits),
+    "fair_rating": (False, lambda: _relabel("fair/fair.csv", "rate_marriage", "rating", str,
+                                            ("occupation", "occupation_husb"))),
+    "randhie_visits": (True, lambda: _relabel("randhie/randhie.csv", "mdvis", "visits", _visits)),
+    "anes96_party": (True, lambda: _relabel("anes96/anes96.csv", "PID", "party", str, delimiter="\t")),
+}
 
 
 def run_case(table: str, seed: int, folder: Path) -> dict:
@@ -46,15 +110,15 @@ def run_case(table: str, seed: int, folder: Path) -> dict:
     from poisonguard.sanitize.run import TABULAR_METHODS as SANITIZE_METHODS
     from poisonguard.train import evaluate, fit
 
-    path, label = export_table(table, folder)
+    path, label = export_table(table, folder) if table in TARGET else export_multiclass(table, folder)
     splits = load_data(str(path), label_column=label, seed=seed)
-    target = TARGET[table]
+    target = TARGET.get(table, int(np.bincount(splits.train.y.numpy()).argmin()))
     trigger = tabular_trigger(splits.train, target=target, seed=seed)
     poisoned = poison_dataset(splits.train, trigger, rate=0.05, seed=seed)
     times = {}
 
     def train(data, s):
-        model = build_model("mlp", num_classes=2, input_shape=splits.input_shape, seed=s)
+        model = build_model("mlp", num_classes=splits.num_classes, input_shape=splits.input_shape, seed=s)
         return fit(model, data, epochs=10, batch_size=64, seed=s, device="cpu")
 
     t = time.perf_counter()
@@ -149,7 +213,7 @@ def main() -> None:
     cases = json.loads(path.read_text()) if path.is_file() else []
     done = {(c["table"], c["seed"]) for c in cases}
     with tempfile.TemporaryDirectory() as tmp:
-        for table in args.tables.split(","):
+        for table in filter(None, args.tables.split(",")):
             for seed in (int(s) for s in args.seeds.split(",")):
                 if (table, seed) in done:
                     continue
@@ -160,7 +224,12 @@ def main() -> None:
                 print(json.dumps({k: case[k] for k in ("table", "seed", "asr_backdoored", "scan_found",
                                                        "scan_clean_flagged", "seconds")}), flush=True)
     cases.sort(key=lambda c: (c["table"], c["seed"]))
-    print("\n".join(summarise(cases)))
+    groups = {"two classes": [c for c in cases if c["table"] in TARGET],
+              "more classes, tuning": [c for c in cases if c["table"] in MULTICLASS and not MULTICLASS[c["table"]][0]],
+              "more classes, held out": [c for c in cases if c["table"] in MULTICLASS and MULTICLASS[c["table"]][0]]}
+    for name, group in groups.items():
+        if group:
+            print(f"\n## {name}\n" + "\n".join(summarise(group)))
 
 
 if __name__ == "__main__":

@@ -205,3 +205,33 @@ def test_clean_share_caps_images_balanced_and_says_so():
     rows = ImageData(torch.rand(len(y), 6), y, tuple(str(i) for i in range(10)), kind="tabular")
     clean, pool = clean_share(SimpleNamespace(train=rows, kind="tabular", num_classes=10), fraction=0.5, seed=0, cap=50)
     assert (len(clean), pool) == (1500, None)  # tables are never capped
+
+
+def test_reference_contrast_is_judged_per_class_at_any_number_of_classes():
+    """Five classes, one of them censored at the whole input (no contrast found on any model).
+    A model that sits apart from the references at every class (trained on other rows) is not a
+    backdoor; one class far below the same class on the references is. The MAD across five
+    classes that the other methods use read the censored class as spread (notes/issue-19.md)."""
+    from poisonguard.detect.anomaly import reference_index
+    from poisonguard.detect.calibration import PER_CLASS_NULL
+    from poisonguard.detect.verdict import index_threshold
+
+    assert "reference_contrast" in PER_CLASS_NULL
+    gen = torch.Generator().manual_seed(3)
+    effect = torch.tensor([2.8, 2.7, 2.5, 2.0, math.log(18.0)], dtype=torch.float64)
+    refs = _clean_sizes(gen, 8, effect, spread=0.15)
+    refs[:, 4] = 18.0
+    null = fit_null(refs.tolist(), per_class=True)
+    assert "reference_sd" in null and "scales" not in null
+    bar = index_threshold(null, 0.05, 1)
+    mean = torch.tensor(null["reference"]).exp()
+    apart = mean / 3
+    apart[4] = 18.0
+    assert reference_index(apart, null["reference"], null["reference_sd"]).max() < bar / 3
+    planted = mean.clone()
+    planted[0] /= 8
+    index = reference_index(planted, null["reference"], null["reference_sd"])
+    assert index[0] > 3 * bar and index[1:].max() < bar
+    # two classes: no other class to centre on, each against its own spread (floored at 0.25)
+    two = reference_index([math.exp(-1.0), 1.0], [0.0, 0.0], [0.5, 0.1])
+    assert torch.allclose(two, torch.tensor([math.exp(2.0), 1.0], dtype=torch.float64))

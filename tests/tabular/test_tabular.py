@@ -5,6 +5,7 @@ while a clean model and clean rows are left alone."""
 from __future__ import annotations
 
 import csv
+import math
 import json
 from pathlib import Path
 
@@ -359,3 +360,24 @@ def test_checklist_on_a_table_model_runs_the_tables_defaults(planted, tmp_path, 
     (repair,) = report["repairs"]
     assert repair["method"] == "retrain"
     assert repair["after"]["attack_success_rate"] < 0.15 < repair["before"]["attack_success_rate"]
+
+
+def test_retraining_on_a_table_that_says_little_about_its_label_is_no_divergence():
+    """Doctor visits in four bins from insurance columns: a sound model ends just under the labels'
+    entropy, above 0.9 log K. The divergence guard compared with 0.9 log K, halved the learning
+    rate four times and gave up (held-out randhie table, session 13)."""
+    from poisonguard.data.dataset import ImageData, TableInfo
+    from poisonguard.models import build_model
+    from poisonguard.repair import REPAIRERS
+    from poisonguard.repair.base import label_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    share = torch.tensor([0.31, 0.33, 0.24, 0.12])
+    y = torch.multinomial(share, 2000, replacement=True, generator=gen)
+    x = torch.randn(2000, 6, generator=gen) + 0.15 * y[:, None].float()  # a faint signal
+    info = TableInfo.observed(x, [f"f{i}" for i in range(6)])
+    data = ImageData(x, y, ("0", "1-2", "3-6", "7+"), "tabular", info)
+    assert 0.9 * math.log(4) < label_entropy(y, 4) < math.log(4)
+    model = build_model("mlp", num_classes=4, input_shape=(6,), seed=0)
+    result = REPAIRERS.get("retrain")(epochs=20, seed=0, device="cpu").repair(model, data, test=data)
+    assert result.extra["lr_restarts"] == 0 and result.after.clean_accuracy > 0.3

@@ -81,12 +81,23 @@ def flag_small(values, index: torch.Tensor, threshold: float = THRESHOLD) -> lis
 
 
 def reference_index(values, reference, reference_sd=None, *, floor: float = 0.25) -> torch.Tensor:
-    """Two-class statistic: exp((reference - log v) / sd) per class, large = smaller than on clean models.
+    """Per-class statistic against clean references: large = smaller than on clean models.
 
     `reference` (K,) mean log sizes of the same classes on clean reference models and
     `reference_sd` (K,) their spread (floored at `floor`, so a few references promise no
-    more than a 1.28x (e^0.25) per-class precision). Any K >= 1; the verdict models the log
-    of the largest index as it does for the MAD index.
+    more than a 1.28x (e^0.25) per-class precision). d_k = reference_k - log v_k says how much
+    smaller class k is on this model than on the references.
+
+    - Two classes: exp(d_k / sd_k). No class is there to compare with.
+    - Three or more: exp((d_k - m_k) / max(sd_k, S_k)), where m_k and S_k are the median and the
+      consistency-scaled MAD of the other classes' d. A model trained on other rows, or by
+      another recipe, sits apart from references that share one sample and one recipe at every
+      class; a backdoor makes one class stand out. Centring on the other classes removes the
+      first and keeps the second. Ours; chosen on the session-13 tuning tables (digits and fair's
+      marriage rating) and measured on held-out ones (notes/issue-19.md).
+
+    The verdict models the log of the largest index over classes with a log-normal fitted on the
+    references' leave-one-out indices (`calibration.fit_null`).
     """
     v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     if not torch.isfinite(v).all():
@@ -95,7 +106,17 @@ def reference_index(values, reference, reference_sd=None, *, floor: float = 0.25
     if ref.shape != v.shape:
         raise ValueError(f"reference has {ref.numel()} classes, the sizes {v.numel()}")
     sd = torch.full_like(ref, floor) if reference_sd is None else torch.as_tensor(reference_sd, dtype=torch.float64).reshape(-1)
-    return ((ref - v.clamp_min(1e-12).log()) / sd.clamp_min(floor)).exp()
+    sd = sd.clamp_min(floor)
+    d = ref - v.clamp_min(1e-12).log()
+    if len(d) < 3:
+        return (d / sd).exp()
+    index = torch.empty_like(d)
+    for k in range(len(d)):
+        others = torch.cat([d[:k], d[k + 1:]])
+        centre = _median(others)
+        spread = CONSISTENCY * _median((others - centre).abs())
+        index[k] = ((d[k] - centre) / torch.maximum(sd[k], spread)).exp()
+    return index
 
 
 def _log_minus_reference(values, reference) -> torch.Tensor:

@@ -40,7 +40,8 @@ from poisonguard.detect.anomaly import INDEX_ROWS, reference_index, robust_index
 
 log = logging.getLogger(__name__)
 
-VERSION = 6  # 6: NC/TABOR epochs draw at least 200 images (changes the references' scans on smaller sets);
+VERSION = 7  # 7: reference_contrast's null is per class at any number of classes (PER_CLASS_NULL);
+#              6: NC/TABOR epochs draw at least 200 images (changes the references' scans on smaller sets);
 #              5: the verdict's statistic is the trimmed leave-one-out index; 4: image references train
 #              60 epochs with random shifts; 3: simulated null of the largest index (1-2: log-normal
 #              fit; 2 added two-class nulls)
@@ -115,7 +116,15 @@ def simulated_maxima(scales: tuple[float, ...], n_refs: int, draws: int = SIM_DR
     return INDEX_ROWS[statistic](d).amax(1).sort().values
 
 
-def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
+# Methods whose statistic compares each class with the same class on the references
+# (`anomaly.reference_index`) at any number of classes. The reference-contrast trigger is
+# already measured against references; across classes its sizes are censored at the whole input
+# (no contrast found), which the MAD across a few classes read as spread (notes/issue-19.md,
+# session 13). Every method does so with two classes.
+PER_CLASS_NULL = frozenset({"reference_contrast"})
+
+
+def fit_null(sizes: list[list[float]], *, per_class: bool = False) -> dict[str, Any]:
     """Per-method null from the per-class sizes of R clean reference models ((R, K) lists).
 
     `reference`: the mean log size per class (subtracted from the suspect's); `scales`: the
@@ -130,13 +139,13 @@ def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
     r = len(logs)
     if r < 2:
         raise ValueError("calibration needs at least 2 reference models")
-    two_class = logs.shape[1] < 3  # the verdict's reference_index: per-class spread, no MAD across classes
-    if two_class and r < 3:
-        raise ValueError("a two-class calibration needs at least 3 reference models (a spread per class)")
+    per_class = per_class or logs.shape[1] < 3  # the verdict's reference_index: the per-class spread
+    if per_class and r < 3:
+        raise ValueError("a per-class calibration needs at least 3 reference models (a spread per class)")
     per_model = []
     for i in range(r):
         others = logs[[j for j in range(r) if j != i]]
-        if two_class:
+        if per_class:
             index = reference_index(logs[i].exp(), others.mean(0), others.std(0))
         else:
             index = robust_index("robust", logs[i].exp(), others.mean(0), signed=True)
@@ -144,7 +153,7 @@ def fit_null(sizes: list[list[float]]) -> dict[str, Any]:
     top = torch.tensor([math.log(max(max(v), 1e-3)) for v in per_model], dtype=torch.float64)
     null = {"mu": float(top.mean()), "s": float(top.std()) if r > 2 else 0.0, "n": r, "reference": logs.mean(0).tolist(),
             "loo_index": per_model, "sizes": [list(map(float, s)) for s in sizes]}
-    if two_class:
+    if per_class:
         null["reference_sd"] = logs.std(0).tolist()
     else:  # K >= 3: the simulated null of the verdict's index (either statistic: it needs only the scales)
         null.update(scales=residual_scales(logs), null="simulated")
@@ -332,7 +341,7 @@ def calibrate_from_models(models, data, *, architecture: str, source: str, metho
                                  input_shape=data.input_shape, num_classes=data.num_classes, references=others,
                                  on_skip=lambda name, exc: log.warning("calibration: %s skipped: %s", name, exc)):
             sizes.setdefault(det.method, []).append(list(det.mask_l1))
-    nulls = {m: fit_null(s) for m, s in sizes.items()}
+    nulls = {m: fit_null(s, per_class=m in PER_CLASS_NULL) for m, s in sizes.items()}
     return Calibration(key="", architecture=architecture, source=source, n_models=len(models), clean_images=len(data),
                        seconds=round(time.perf_counter() - start, 1), methods=nulls)
 
@@ -340,7 +349,7 @@ def calibrate_from_models(models, data, *, architecture: str, source: str, metho
 def loo_index(null: dict, i: int, statistic: str = "robust") -> list[float]:
     """Reference i's indices under `statistic` against the mean of the other references."""
     if "scales" not in null:
-        return null["loo_index"][i]  # two-class nulls: their own index, whatever the statistic
+        return null["loo_index"][i]  # per-class nulls: their own index, whatever the statistic
     logs = torch.tensor(null["sizes"], dtype=torch.float64).clamp_min(1e-12).log()
     others = logs[[j for j in range(len(logs)) if j != i]]
     return robust_index(statistic, logs[i].exp(), others.mean(0), signed=True).tolist()

@@ -37,8 +37,11 @@ alone: none). Measured in notes/issue-19.md, session 8.
 The references come from the calibration (`calibration.train_references`); calibrating this
 method scans each reference against the others (leave one out), so the null is fitted on
 exactly the statistic the suspect gets. The inversion runs on the engine (for tables inside
-each feature's observed range). Two-class models are judged by the calibrated verdict only
-(`verdict.py`): no statistic across two classes can single one out.
+each feature's observed range). The verdict judges each class against the same class on the
+references (`anomaly.reference_index`, `calibration.PER_CLASS_NULL`), so it needs the
+calibration: with two classes no statistic across classes can single one out, and with more the
+sizes are censored at the whole input where no contrast exists, which the MAD across classes
+read as spread (notes/issue-19.md, session 13).
 """
 
 from __future__ import annotations

@@ -213,18 +213,19 @@ class Verdict(_ToDict):
 def method_index(det: Detection, statistic: str, reference=None, reference_sd=None) -> tuple[torch.Tensor, list[int]]:
     """The per-class statistic the verdict uses for `det` and the classes of its rows.
 
-    With fewer than 3 classes there is no spread across classes to compare with: the index is
-    exp of each class's log size below the references' mean, in units of the references'
-    per-class spread (`reference_index`), and a verdict needs the calibration.
+    A null fitted per class (`reference_sd`: two classes, or a method in
+    `calibration.PER_CLASS_NULL`) judges each class against the same class on the references
+    (`reference_index`). With fewer than 3 classes there is no spread across classes to compare
+    with, so a verdict needs the calibration.
     """
     classes = list(det.extra.get("targets") or range(len(det.anomaly_index)))
     if statistic == "paper":
         return torch.tensor(det.anomaly_index, dtype=torch.float64), classes
-    if len(det.mask_l1) < 3:
-        if reference is None:
-            raise UserError(f"{det.method}: a {len(det.mask_l1)}-class model can be judged only against clean reference "
-                            "models (--calibration auto): no statistic across two classes can single one out")
+    if reference is not None and reference_sd is not None:
         return reference_index(det.mask_l1, reference, reference_sd), classes
+    if len(det.mask_l1) < 3:
+        raise UserError(f"{det.method}: a {len(det.mask_l1)}-class model can be judged only against clean reference "
+                        "models (--calibration auto): no statistic across two classes can single one out")
     return robust_index(statistic, det.mask_l1, reference), classes
 
 
