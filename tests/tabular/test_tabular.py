@@ -381,3 +381,20 @@ def test_retraining_on_a_table_that_says_little_about_its_label_is_no_divergence
     model = build_model("mlp", num_classes=4, input_shape=(6,), seed=0)
     result = REPAIRERS.get("retrain")(epochs=20, seed=0, device="cpu").repair(model, data, test=data)
     assert result.extra["lr_restarts"] == 0 and result.after.clean_accuracy > 0.3
+
+
+def test_federated_backdoor_attacks_plant_a_tabular_trigger(tmp_path, capsys):
+    """Model replacement (and the checklist's federated stage, which runs it) stamped a BadNets
+    patch, so on a table it refused; it now plants Tabdoor's trigger inside the observed ranges."""
+    from poisonguard.federated.attacks import make_attack
+
+    path = _write_table(tmp_path / "t.csv", n=1000)
+    splits = load_data(str(path), label_column="label")
+    attack = make_attack("model_replacement", input_shape=splits.input_shape, num_classes=2, data=splits.train)
+    _, high = input_bounds(splits.train)
+    set_ = attack.trigger.mask.bool()
+    assert int(set_.sum()) == 3 and torch.equal(attack.trigger.pattern[set_], high[set_])
+    code, out, _ = _run(["fl", "simulate", "--data", str(path), "--label-column", "label", "--rounds", "3",
+                         "--clients", "10", "--malicious", "2", "--attack", "model_replacement",
+                         "--out", str(tmp_path / "fl"), "--quiet"], capsys)
+    assert code == 0 and json.loads(out)["attack_success_rate"] > 0.5

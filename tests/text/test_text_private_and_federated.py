@@ -26,7 +26,7 @@ def test_dp_sgd_trains_a_text_model_and_reports_its_budget(corpus_csv, tmp_path,
     assert len(err) == 1 and "dp" in err[0] and "gaussian_augment" in err[0]
 
 
-def test_fl_simulates_a_text_federation_and_refuses_image_patches(corpus_csv, tmp_path, capsys):
+def test_fl_simulates_a_text_federation_and_refuses_stamped_triggers(corpus_csv, tmp_path, capsys):
     data = ["--data", str(corpus_csv), "--text-column", "text", "--label-column", "label"]
     assert main(["fl", "simulate", *data, "--clients", "5", "--rounds", "5", "--out", str(tmp_path / "fl"),
                  "--quiet"]) == 0
@@ -34,4 +34,4 @@ def test_fl_simulates_a_text_federation_and_refuses_image_patches(corpus_csv, tm
     assert main(["fl", "simulate", *data, "--attack", "backdoor", "--malicious", "1", "--clients", "5",
                  "--out", str(tmp_path / "bd"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "patch" in err[0]
+    assert len(err) == 1 and "stamps a trigger on images or table rows" in err[0] and "(text)" in err[0]

@@ -10,7 +10,7 @@ An attack acts at two points of a round (both optional):
 * `craft(own, benign, generator)`: what malicious clients send, given their own honest-looking
   updates (m, d) and, for omniscient attacks, the benign clients' updates (b, d).
 
-Registered in `FL_ATTACKS`; `make_attack(name, input_shape=..., num_classes=...)` builds one.
+Registered in `FL_ATTACKS`; `make_attack(name, input_shape=..., num_classes=..., data=...)` builds one.
 """
 
 from __future__ import annotations
@@ -70,20 +70,33 @@ class NoAttack(FLAttack):
         pass
 
 
-PATCH_ATTACKS = ("backdoor", "model_replacement")  # the _Backdoor family: image patches
+PATCH_ATTACKS = ("backdoor", "model_replacement")  # the _Backdoor family: a trigger stamped on inputs
 
 
 class _Backdoor(FLAttack):
-    """Shared data poisoning: stamp a BadNets patch on `poison_rate` of the client's data."""
+    """Shared data poisoning: stamp a trigger on `poison_rate` of the client's data.
+
+    Images get a BadNets patch; tables (given as `data`, whose observed ranges bound the
+    trigger) Tabdoor's trigger, 3 seeded numeric features set to their maximum, as `attack
+    tabular-trigger` plants it. Text has no such trigger here and is refused in one line.
+    """
 
     def __init__(self, *, input_shape: tuple[int, int, int], target: int = 0, poison_rate: float = 0.5,
-                 patch_size: int = 4, **_: Any) -> None:
-        _check(len(input_shape) == 3, f"the {self.name} attack stamps a BadNets patch on images; this data's inputs "
-                                      f"are {tuple(input_shape)} (tables, text): choose one without a patch "
-                                      f"({', '.join(n for n in attack_names() if n not in PATCH_ATTACKS)})")
+                 patch_size: int = 4, data: ImageData | None = None, seed: int = 0, **_: Any) -> None:
+        tabular = data is not None and data.kind == "tabular"
+        _check(len(input_shape) == 3 or tabular,
+               f"the {self.name} attack stamps a trigger on images or table rows; this data's inputs are "
+               f"{tuple(input_shape)} ({data.kind if data is not None else 'not images'}): choose one without "
+               f"a trigger ({', '.join(n for n in attack_names() if n not in (*PATCH_ATTACKS, 'alie'))}, "
+               f"or alie with --attack-opt backdoor=false)")
         _check(0 < poison_rate <= 1, f"poison_rate must lie in (0, 1], got {poison_rate}")
         self.target, self.poison_rate, self.patch_size = int(target), float(poison_rate), int(patch_size)
-        self.trigger = badnets_trigger(input_shape, target=self.target, size=self.patch_size)
+        if tabular:
+            from poisonguard.attacks.tabular import tabular_trigger
+
+            self.trigger = tabular_trigger(data, target=self.target, seed=seed)
+        else:
+            self.trigger = badnets_trigger(input_shape, target=self.target, size=self.patch_size)
 
     def client_data(self, data: ImageData, *, seed: int = 0) -> ImageData:
         eligible = int((data.y != self.target).sum())
@@ -255,10 +268,12 @@ def attack_names() -> list[str]:
     return FL_ATTACKS.names()
 
 
-def make_attack(name: str, *, input_shape: tuple[int, int, int], num_classes: int, **options: Any) -> FLAttack:
-    """Build a registered attack; options it does not use are ignored."""
+def make_attack(name: str, *, input_shape: tuple[int, int, int], num_classes: int, data: ImageData | None = None,
+                **options: Any) -> FLAttack:
+    """Build a registered attack; options it does not use are ignored. `data` (the training part)
+    lets a backdoor attack build a table's trigger inside its observed ranges."""
     cls = FL_ATTACKS.get(name)
-    return cls(input_shape=input_shape, num_classes=num_classes, **options)
+    return cls(input_shape=input_shape, num_classes=num_classes, data=data, **options)
 
 
 __all__ = ["FL_ATTACKS", "FLAttack", "alie_z", "attack_names", "flip_labels", "make_attack"]

@@ -138,7 +138,7 @@ def cmd_simulate(args) -> int:
     rule = args.aggregator.strip().lower().replace("-", "_").removeprefix("nnm+")
     check_option_types(agg_options, inspect.signature(AGGREGATORS.get(rule).fn).parameters, "--agg-opt")
     aggregator = make_aggregator(args.aggregator, f=f, seed=args.seed, **agg_options)
-    attack = make_attack(args.attack, input_shape=splits.input_shape, num_classes=splits.num_classes,
+    attack = make_attack(args.attack, input_shape=splits.input_shape, num_classes=splits.num_classes, data=splits.train,
                          **parse_options(args.attack_opt))
     initial = sim.pretrain(splits, args.warmup) if args.warmup else None
     try:

@@ -355,6 +355,7 @@ def run_table(splits: Splits, simulator: Simulator, aggregators: list[str], atta
     for attack_name in attacks:
         for name in aggregators:
             attack = make_attack(attack_name, input_shape=splits.input_shape, num_classes=splits.num_classes,
+                                 data=splits.train,
                                  **(attack_options or {}))
             try:
                 agg = Aggregator(name, f=simulator.malicious, seed=simulator.seed,

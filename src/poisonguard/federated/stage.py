@@ -33,7 +33,8 @@ def federated_stage(ctx: StageContext) -> None:
         raise NotApplicable(FOREIGN.format(why=f"its parameters do not fit the registered {ctx.arch!r}"))
     results = []
     for name in ("fedavg", "flame"):
-        attack = make_attack("model_replacement", input_shape=splits.input_shape, num_classes=splits.num_classes)
+        attack = make_attack("model_replacement", input_shape=splits.input_shape, num_classes=splits.num_classes,
+                             data=splits.train, seed=ctx.seed)
         results.append(sim.run(splits, Aggregator(name, f=sim.malicious, seed=ctx.seed), attack, initial=initial))
     fedavg, robust = results
     ctx.report.set("federated", {**robust.to_dict(), "baseline": fedavg.to_dict()})
