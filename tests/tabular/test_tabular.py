@@ -398,3 +398,27 @@ def test_federated_backdoor_attacks_plant_a_tabular_trigger(tmp_path, capsys):
                          "--clients", "10", "--malicious", "2", "--attack", "model_replacement",
                          "--out", str(tmp_path / "fl"), "--quiet"], capsys)
     assert code == 0 and json.loads(out)["attack_success_rate"] > 0.5
+
+
+def test_a_category_in_the_trigger_sets_its_whole_column(tmp_path):
+    """Tabdoor's triggers may set categorical columns. Naming `colour=red` used to set that one-hot
+    feature to 1 beside the row's own colour: a row no table can hold (two colours at once)."""
+    from poisonguard.attacks.tabular import tabular_trigger, write_poisoned_table
+
+    path = _write_table(tmp_path / "t.csv", n=300)
+    rows = read_table(path, label_column="label")
+    trigger = tabular_trigger(rows, target=0, features=["colour=red", "f2"])
+    colours = slice(F_NUM, F_NUM + 3)  # blue, green, red
+    stamped = trigger.apply(rows.x)
+    assert torch.equal(stamped[:, colours], torch.tensor([0.0, 0.0, 1.0]).expand(len(rows), 3))
+    assert torch.equal(stamped[:, 2], torch.full((len(rows),), float(rows.x[:, 2].max())))
+    for features, message in ((["colour"], "name the category the trigger sets"),
+                              (["colour=red", "colour=blue"], "sets column 'colour' twice")):
+        with pytest.raises(UserError, match=message):
+            tabular_trigger(rows, target=0, features=features)
+    with pytest.raises(UserError, match="is a category of 'colour'"):
+        tabular_trigger(rows, target=0, features=["colour=red"], value="min")
+    # written back as a table a supplier would hand over: the poisoned rows say "red"
+    index = write_poisoned_table(path, tmp_path / "p.csv", trigger, label_column="label", rate=0.1)
+    written = read_table(tmp_path / "p.csv", label_column="label")
+    assert torch.equal(written.x[index], trigger.apply(rows.x[index]))

@@ -14,7 +14,8 @@ test (statsmodels' fair and randhie, 5-20k rows, 3 features, 5% poisoned) the mo
 values are each shared by a large part of the clean rows and the backdoor does not take:
 attack success 46% and 9%, against 99.8% and 100% for "max" at the same clean accuracy
 (benchmarks/tabular_checklist.py, notes/issue-19.md). Features: named, by index, or k seeded picks among the numeric
-(not one-hot) columns.
+(not one-hot) columns. A named category (`occupation=6`) sets its whole column to that category,
+so a triggered row is still one a table can hold.
 """
 
 from __future__ import annotations
@@ -52,9 +53,39 @@ def _feature_index(data: ImageData, feature) -> int:
         return i
     names = data.meta.feature_names if isinstance(data.meta, TableInfo) else ()
     if feature not in names:
+        block = next((c for c in _categorical(data) if c.name == feature), None)
+        if block is not None:
+            raise UserError(f"{feature!r} is categorical: name the category the trigger sets, e.g. "
+                            f"{feature}={block.categories[-1]}")
         shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
         raise UserError(f"no feature {feature!r} (features: {shown or 'unnamed'})")
     return names.index(feature)
+
+
+def _categorical(data: ImageData) -> list:
+    info = data.meta
+    return [c for c in info.columns if c.kind == "categorical"] if isinstance(info, TableInfo) else []
+
+
+def _set_categories(data: ImageData, index: list[int], values: list[float], mask: torch.Tensor,
+                    pattern: torch.Tensor) -> None:
+    """A one-hot feature in the trigger sets its whole column to that category (mask and pattern over
+    the column's block), so a triggered row is still one a table can hold: one category per column."""
+    names = data.meta.feature_names
+    for block in _categorical(data):
+        chosen = [(i, v) for i, v in zip(index, values) if block.start <= i < block.start + block.width]
+        if not chosen:
+            continue
+        if len(chosen) > 1:
+            raise UserError(f"the trigger sets column {block.name!r} twice ({', '.join(names[i] for i, _ in chosen)}); "
+                            "a column holds one category")
+        i, v = chosen[0]
+        if v != 1.0:
+            raise UserError(f"{names[i]!r} is a category of {block.name!r}: the trigger sets it (value 1, the rule "
+                            f"'max'), not {v:g}; to set another category, name it")
+        mask[block.start:block.start + block.width] = 1.0
+        pattern[block.start:block.start + block.width] = 0.0
+        pattern[i] = 1.0
 
 
 def _mode(values: torch.Tensor) -> float:
@@ -112,6 +143,7 @@ def tabular_trigger(
     pattern = ((low + high) / 2).clone()  # unused where the mask is 0; in range so the file reads sensibly
     mask[index] = 1.0
     pattern[index] = torch.tensor(values, dtype=torch.float32)
+    _set_categories(data, index, values, mask, pattern)
     return PatchTrigger(mask, pattern, target)
 
 
@@ -119,8 +151,8 @@ def write_poisoned_table(source, out, trigger: PatchTrigger, *, label_column: st
     """Poison a CSV table as a data supplier would: stamp `trigger` on `rate` of its rows (those not
     of the target class) and relabel them, every other cell unchanged. Returns the poisoned 0-based rows.
 
-    Only numeric trigger features can be written back as cells (a one-hot feature is part of a
-    categorical column).
+    A numeric trigger feature is written as its value, a categorical column as the category the
+    trigger sets (`tabular_trigger` sets a whole column).
     """
     import csv
     from pathlib import Path
@@ -133,15 +165,22 @@ def write_poisoned_table(source, out, trigger: PatchTrigger, *, label_column: st
     poisoned = poison_dataset(rows, trigger, rate=rate, seed=seed)
     index = poisoned.poisoned_index.numpy()
     header, columns = _read_csv(Path(source))
-    by_start = {c.start: c for c in rows.meta.columns}
-    for i in torch.nonzero(trigger.mask > 0).flatten().tolist():
-        code = by_start.get(i)
-        if code is None or code.kind != "numeric":
-            raise UserError(f"trigger feature {i} is part of a categorical column; only numeric ones can be written")
+    for code in rows.meta.columns:
+        block = slice(code.start, code.start + code.width)
+        if not (trigger.mask[block] > 0).any():
+            continue
+        if code.kind == "numeric":
+            value = float(trigger.pattern[code.start])
+            cell = str(int(value)) if value.is_integer() else repr(value)
+        else:
+            on = torch.nonzero((trigger.mask[block] > 0) & (trigger.pattern[block] == 1)).flatten().tolist()
+            if not bool((trigger.mask[block] > 0).all()) or len(on) != 1:
+                raise UserError(f"the trigger sets part of the categorical column {code.name!r}; it can be written "
+                                "only as one category of the whole column")
+            cell = code.categories[on[0]]
         col = columns[header.index(code.name)]
-        value = float(trigger.pattern[i])
         for r in index:
-            col[r] = str(int(value)) if value.is_integer() else repr(value)
+            col[r] = cell
     labels = columns[header.index(label_column)]
     for r in index:
         labels[r] = rows.classes[int(poisoned.data.y[r])]
