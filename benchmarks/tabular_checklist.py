@@ -11,6 +11,10 @@ seed (1, 2, 3; seed 0 was used while choosing defaults), with the library's defa
 - sanitize: the default (SCAn + spectral signatures on the mlp's representations) on the
   poisoned training part: TPR over the poisoned rows, FPR over the clean ones.
 - repair: the tabular default (retrain on the 25% clean part) on the backdoored model.
+- filter (run time, no goal in the issue): the Mahalanobis filter fitted on the same clean part
+  at FRR 1% (filter's default) and 5%; the test rows are the incoming inputs: FRR measured on
+  them, and the share of them rejected once the trigger is stamped (non-target rows), overall and
+  among those the backdoored model sends to the target.
 
 More than two classes (`--tables digits,fair_rating,randhie_visits,anes96_party`; `MULTICLASS`
 below): the scan's verdict then had the index across classes, not the two-class one. Tuning
@@ -107,6 +111,8 @@ def run_case(table: str, seed: int, folder: Path) -> dict:
     from poisonguard.models import build_model
     from poisonguard.repair import REPAIRERS
     from poisonguard.sanitize import Sanitizer
+    from poisonguard.metrics import predict
+    from poisonguard.sanitize.mahalanobis import MahalanobisFilter
     from poisonguard.sanitize.run import TABULAR_METHODS as SANITIZE_METHODS
     from poisonguard.train import evaluate, fit
 
@@ -155,6 +161,19 @@ def run_case(table: str, seed: int, folder: Path) -> dict:
     times["sanitize_clean"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    filtered = {}
+    for frr in (0.01, 0.05):  # the filter's default and a looser rate; the test rows are the incoming ones
+        maha = MahalanobisFilter(frr=frr, seed=seed).fit(backdoored, clean)
+        keep = splits.test.y != target
+        stamped = trigger.apply(splits.test.x[keep])
+        sent = predict(backdoored, stamped) == target
+        rejected = maha.reject(backdoored, stamped)
+        filtered[str(frr)] = {"frr_measured": float(maha.reject(backdoored, splits.test.x).mean()),
+                              "tdr_triggered": float(rejected.mean()),
+                              "tdr_sent_to_target": float(rejected[sent.numpy()].mean()) if sent.any() else None}
+    times["filter"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     rep = REPAIRERS.get("retrain")(seed=seed, device="cpu").repair(backdoored, clean, trigger=trigger, test=splits.test)
     times["repair"] = time.perf_counter() - t
     return {
@@ -167,6 +186,7 @@ def run_case(table: str, seed: int, folder: Path) -> dict:
         "sanitize": {"verdict": result.verdict, "targets": list(result.targets),
                      "tpr": float(flagged[truth].mean()), "fpr": float(flagged[~truth].mean()),
                      "clean_table_verdict": clean_verdict},
+        "filter": filtered,
         "repair": {"before_accuracy": rep.before.clean_accuracy, "after_accuracy": rep.after.clean_accuracy,
                    "before_asr": rep.before.attack_success_rate, "after_asr": rep.after.attack_success_rate},
         "seconds": {k: round(v, 1) for k, v in times.items()},
@@ -197,7 +217,19 @@ def summarise(cases: list[dict]) -> list[str]:
                   f"clean tables called clean {sum(c['sanitize']['clean_table_verdict'] == 'clean' for c in cases)}/{n}",
                   f"repair: ASR <= 5% on {sum(c['repair']['after_asr'] <= 0.05 for c in cases)}/{n}; loss <= 3 pts on "
                   f"{sum(c['repair']['before_accuracy'] - c['repair']['after_accuracy'] <= 0.03 for c in cases)}/{n}"]
+        lines += filter_lines([c for c in cases if "filter" in c])
     return lines
+
+
+def filter_lines(cases: list[dict]) -> list[str]:
+    lines = ["", "| table | seed | filter FRR 1%: measured FRR | triggered rows rejected | of those sent to the target "
+                 "| FRR 5%: measured | rejected | of those sent |", "|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        cells = [f"{f['frr_measured']:.3f} | {f['tdr_triggered']:.3f} | "
+                 + ("-" if f["tdr_sent_to_target"] is None else f"{f['tdr_sent_to_target']:.3f}")
+                 for f in c["filter"].values()]
+        lines.append(f"| {c['table']} | {c['seed']} | " + " | ".join(cells) + " |")
+    return lines if cases else []
 
 
 def main() -> None:

@@ -233,18 +233,19 @@ def test_retrain_sentence_matches_its_table():
     assert "attack success" not in _section(report2, "Retrained").summary  # no trigger known: no such claim
 
 
+@pytest.mark.parametrize("method,title", [("strip", "STRIP"), ("mahalanobis", "Mahalanobis")])
 @pytest.mark.parametrize("rejected,verdict,word", [(30, "trojaned", "more than"), (2, "clean", "no more than")])
-def test_filter_sentence_matches_its_counts(rejected, verdict, word):
+def test_filter_sentence_matches_its_counts(rejected, verdict, word, method, title):
     import numpy as np
 
     from poisonguard.sanitize.filter_cli import filter_section
 
-    block = {"inputs": 100, "rejected": list(range(rejected)), "frr": 0.01, "threshold": 0.5, "p_excess": 1e-9 if
-             verdict == "trojaned" else 0.6, "verdict": verdict}
+    block = {"method": method, "inputs": 100, "rejected": list(range(rejected)), "frr": 0.01, "threshold": 0.5,
+             "p_excess": 1e-9 if verdict == "trojaned" else 0.6, "verdict": verdict}
     report = Report("filter")
     rng = np.random.default_rng(0)
     filter_section(report, block, rng.uniform(0.4, 2.0, 200), rng.uniform(0.0, 2.0, 100))
-    text = _section(report, "STRIP").summary
+    text = _section(report, title).summary
     assert text.startswith(f"{rejected} of 100 inputs are rejected, {word}") and "1.0%" in text
 
 

@@ -187,7 +187,8 @@ def test_strip_refuses_table_rows_in_one_line(tmp_path, capsys):
     path = str(_write_table(tmp_path / "t.csv", n=300))
     (tmp_path / "m.pt").write_bytes(b"never read")
     table = ["--label-column", "label", "--quiet"]
-    for argv in (["filter", str(tmp_path / "m.pt"), "--data", path, "--inputs", path, "--out", str(tmp_path / "f")],
+    for argv in (["filter", str(tmp_path / "m.pt"), "--data", path, "--inputs", path, "--method", "strip",
+                  "--out", str(tmp_path / "f")],
                  ["sanitize", path, "--method", "strip", "--out", str(tmp_path / "s")]):
         code, _, err = _run([*argv, *table], capsys)
         assert code == 2 and "STRIP superimposes images" in err and err.count("\n") == 1, err
@@ -422,3 +423,35 @@ def test_a_category_in_the_trigger_sets_its_whole_column(tmp_path):
     index = write_poisoned_table(path, tmp_path / "p.csv", trigger, label_column="label", rate=0.1)
     written = read_table(tmp_path / "p.csv", label_column="label")
     assert torch.equal(written.x[index], trigger.apply(rows.x[index]))
+
+
+def test_the_mahalanobis_filter_rejects_triggered_rows_at_run_time(planted, tmp_path, capsys):
+    """Tables get a run-time filter (STRIP refuses them): rows the backdoored model sends to the
+    target through the trigger lie far from the target's clean rows in its penultimate layer."""
+    from poisonguard.attacks.tabular import write_poisoned_table
+    from poisonguard.data import per_class_subset
+    from poisonguard.sanitize.mahalanobis import MahalanobisFilter
+
+    model, trigger, test = planted["backdoored"], planted["trigger"], planted["splits"].test
+    clean = per_class_subset(planted["splits"].train, fraction=0.25, seed=0)
+    maha = MahalanobisFilter(frr=0.05, seed=0).fit(model, clean)
+    stamped = trigger.apply(test.x[test.y != trigger.target])
+    assert maha.reject(model, stamped).mean() > 0.8 and maha.reject(model, test.x).mean() < 0.12
+    # the CLI: a file of incoming rows with 3% triggered among them, then the clean file alone
+    models = tmp_path / "m"
+    models.mkdir()
+    torch.save(model.state_dict(), models / "model.pt")
+    (models / "metadata.json").write_text(json.dumps({"architecture": "mlp", "num_classes": 2, "input_shape": [9]}))
+    incoming = tmp_path / "in" / "incoming.csv"
+    incoming.parent.mkdir()
+    index = write_poisoned_table(planted["path"], incoming, trigger, label_column="label", rate=0.03, seed=1)
+    table = ["--data", str(planted["path"]), "--label-column", "label", "--quiet"]
+    code, out, _ = _run(["filter", str(models / "model.pt"), "--inputs", str(incoming), *table, "--out",
+                         str(tmp_path / "f")], capsys)
+    line = json.loads(out)
+    rejected = set(json.loads((tmp_path / "f" / "report.json").read_text())["input_filter"]["rejected"])
+    assert code == 1 and line["method"] == "mahalanobis" and len(rejected & set(index.tolist())) > 0.8 * len(index)
+    assert (tmp_path / "f" / "distance.npz").is_file() and (tmp_path / "f" / "accepted.csv").is_file()
+    code, out, _ = _run(["filter", str(models / "model.pt"), "--inputs", str(planted["path"]), *table, "--out",
+                         str(tmp_path / "g")], capsys)
+    assert code == 0 and json.loads(out)["verdict"] == "clean"

@@ -23,7 +23,8 @@ from poisonguard.utils import batches, model_device
 # The superimposition is image addition clipped to [0, 1]; a table row in raw units (ages,
 # counts) would be clipped to a vector of 0s and 1s, and the entropy would read nothing.
 NOT_FOR_TABLES = ("STRIP superimposes images (pixels added, clipped to [0, 1]); on table rows in raw units it would "
-                  "clip every feature. For a table use sanitize's default (SCAn + spectral signatures) on the training rows")
+                  "clip every feature. For a table use sanitize's default (SCAn + spectral signatures) on the training rows, "
+                  "or filter's default on incoming rows (the Mahalanobis filter)")
 
 
 def check_images(data: ImageData) -> None:
