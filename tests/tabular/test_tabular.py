@@ -455,3 +455,22 @@ def test_the_mahalanobis_filter_rejects_triggered_rows_at_run_time(planted, tmp_
     code, out, _ = _run(["filter", str(models / "model.pt"), "--inputs", str(planted["path"]), *table, "--out",
                          str(tmp_path / "g")], capsys)
     assert code == 0 and json.loads(out)["verdict"] == "clean"
+
+
+def test_a_users_table_model_names_its_columns_in_metadata_to_read_a_file_lacking_a_category(planted, tmp_path, capsys):
+    """A TorchScript table model records nothing: a file lacking a category is refused with the way
+    out, and a metadata.json beside it listing the training table's encoded columns aligns the file."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    torch.jit.save(torch.jit.trace(planted["backdoored"], planted["splits"].train.x[:2]), str(folder / "model.pt"))
+    lines = Path(planted["path"]).read_text().splitlines()
+    lacking = tmp_path / "l" / "l.csv"
+    lacking.parent.mkdir()
+    lacking.write_text("\n".join([lines[0], *(row for row in lines[1:] if ",green," not in row)]) + "\n")
+    argv = ["evaluate", str(folder / "model.pt"), "--data", str(lacking), "--label-column", "label", "--quiet"]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "listing the training table's encoded columns as 'features'" in err.splitlines()[-1]
+    features = list(planted["splits"].train.meta.feature_names)
+    (folder / "metadata.json").write_text(json.dumps({"features": features, "classes": ["bad", "good"]}))
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and json.loads(out)["clean_accuracy"] > 0.8

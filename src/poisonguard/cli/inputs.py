@@ -387,8 +387,11 @@ def load_checked_model(path: str, splits, arch: str | None, *, args=None):
 
     options = model_options(args) if args is not None else {}
     loaded = load_model(path, arch=arch, num_classes=splits.num_classes, input_shape=splits.input_shape, **options)
+    hint = (" (a table's one-hot columns follow the categories its file holds: a metadata.json beside the model "
+            "listing the training table's encoded columns as 'features' lets poisonguard align them)"
+            if splits.kind == "tabular" and not loaded.metadata.get("features") else "")
     if loaded.input_shape is not None and tuple(loaded.input_shape) != tuple(splits.input_shape):
-        raise UserError(f"the model takes inputs {tuple(loaded.input_shape)} but the data has {splits.input_shape}")
+        raise UserError(f"the model takes inputs {tuple(loaded.input_shape)} but the data has {splits.input_shape}{hint}")
     if loaded.metadata.get("num_classes") not in (None, splits.num_classes):
         raise UserError(f"the model has {loaded.metadata['num_classes']} classes but the data has {splits.num_classes}")
     check_features(loaded.metadata.get("features"), splits)
@@ -397,7 +400,10 @@ def load_checked_model(path: str, splits, arch: str | None, *, args=None):
         # a table model poisonguard saved names its labels; another file's labels, sorted, may differ
         raise UserError(f"the model's classes are {recorded} but this table's labels are {list(splits.classes)}; "
                         "label the table with the model's class names")
-    check_classifier(loaded.model, splits.input_shape, splits.num_classes)
+    try:
+        check_classifier(loaded.model, splits.input_shape, splits.num_classes)
+    except UserError as exc:
+        raise UserError(f"{exc}{hint}") from exc
     warn_near_chance(loaded, splits)
     info = {"path": str(path), "sha256": loaded.sha256, "num_classes": splits.num_classes,
             "input_shape": list(splits.input_shape), "format": loaded.format,
