@@ -262,3 +262,22 @@ def test_partition_sentence_reads_the_budget_it_names():
     text = _section(report, "partition aggregation").summary
     n = int(re.search(r"any (\d+) poisoned", text).group(1))
     assert f"{cert.certified_accuracy[str(n)]:.0%}" in text and "50 models" in text and "86%" in text
+
+
+@pytest.mark.parametrize("method,k,against", [("reference_contrast", 5, True), ("neural_cleanse", 2, True),
+                                              ("neural_cleanse", 5, False)])
+@pytest.mark.parametrize("flagged", [True, False])
+def test_method_sentence_names_what_each_class_was_compared_with(method, k, against, flagged):
+    """A per-class null (reference contrast, or any two-class model) compares a class with the same
+    class on the clean references; the sentence must not say "than for the other classes"."""
+    from poisonguard.detect.report import method_sentence
+    from poisonguard.results import Detection
+
+    det = Detection(method=method, backdoored=flagged, flagged_classes=(0,) if flagged else (),
+                    anomaly_index=tuple([0.0] * k), seconds=0.0, mask_l1=tuple([5.0] * k), threshold=2.0,
+                    extra={"targets": list(range(k))})
+    evidence = [{"class": c, "statistic": 40.0 if (flagged and c == 0) else 1.0, "threshold": 9.0,
+                 "flagged": flagged and c == 0} for c in range(k)]
+    text = method_sentence(det, evidence)
+    assert ("clean reference models" in text) == against and ("other classes" in text) == (flagged and not against)
+    assert text.split(": ")[1].startswith("flags class 0 (index 40.00)" if flagged else "no class above the threshold 9.00")

@@ -178,16 +178,23 @@ def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[floa
 
 def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -> str:
     """One sentence per method, computed from the numbers its chart draws."""
+    from poisonguard.detect.calibration import PER_CLASS_NULL
+
     name = PRETTY.get(det.method, det.method)
     values, threshold, flagged, _ = chart_values(det, evidence)
     targets = row_classes(det)
+    # A per-class null compares each class with the same class on the clean references, not
+    # with the suspect's other classes (`verdict.method_index`); the sentence says which.
+    against_references = bool(evidence) and (det.method in PER_CLASS_NULL or len(targets) < 3)
     if flagged:
         which = ", ".join(f"{_label(targets[i], classes)} (index {values[i]:.2f})" for i in sorted(flagged))
-        return (f"{name}: flags {which}, above the threshold {threshold:.2f}: a far smaller trigger than for the "
-                "other classes turns inputs into it.")
+        than = "on the clean reference models" if against_references else "for the other classes"
+        return f"{name}: flags {which}, above the threshold {threshold:.2f}: a far smaller trigger than {than} turns inputs into it."
     top = max(range(len(values)), key=lambda i: values[i])
+    close = ("no class needs a much smaller trigger than on the clean reference models" if against_references
+             else "every class needs a similarly large trigger")
     return (f"{name}: no class above the threshold {threshold:.2f} (largest index {values[top]:.2f}, "
-            f"{_label(targets[top], classes)}): every class needs a similarly large trigger.")
+            f"{_label(targets[top], classes)}): {close}.")
 
 
 def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, evidence: list[dict] | None = None) -> str:
