@@ -474,3 +474,15 @@ def test_a_users_table_model_names_its_columns_in_metadata_to_read_a_file_lackin
     (folder / "metadata.json").write_text(json.dumps({"features": features, "classes": ["bad", "good"]}))
     code, out, _ = _run(argv, capsys)
     assert code == 0 and json.loads(out)["clean_accuracy"] > 0.8
+
+
+def test_too_few_references_for_a_per_class_null_is_one_line_before_any_training(planted, tmp_path, capsys):
+    """A two-class model (and reference_contrast at any K) is judged against the references' spread per
+    class, which two references cannot give: the fit failed with a traceback after training them."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    torch.save(planted["backdoored"].state_dict(), folder / "model.pt")
+    (folder / "metadata.json").write_text(json.dumps({"architecture": "mlp", "num_classes": 2, "input_shape": [9]}))
+    code, _, err = _run(["scan", str(folder / "model.pt"), "--data", str(planted["path"]), "--label-column", "label",
+                         "--reference-models", "2", "--out", str(tmp_path / "s"), "--quiet"], capsys)
+    assert code == 2 and "needs at least 3 of them" in err and err.count("\n") == 1, err
