@@ -124,6 +124,12 @@ def simulated_maxima(scales: tuple[float, ...], n_refs: int, draws: int = SIM_DR
 PER_CLASS_NULL = frozenset({"reference_contrast"})
 
 
+def judged_per_class(method: str, num_classes: int) -> bool:
+    """Whether the verdict judges `method`'s classes against the same class on the references
+    (`fit_null(per_class=...)`, `verdict.method_index`) rather than across the suspect's classes."""
+    return method in PER_CLASS_NULL or num_classes < 3
+
+
 def fit_null(sizes: list[list[float]], *, per_class: bool = False) -> dict[str, Any]:
     """Per-method null from the per-class sizes of R clean reference models ((R, K) lists).
 
@@ -139,7 +145,7 @@ def fit_null(sizes: list[list[float]], *, per_class: bool = False) -> dict[str, 
     r = len(logs)
     if r < 2:
         raise ValueError("calibration needs at least 2 reference models")
-    per_class = per_class or logs.shape[1] < 3  # the verdict's reference_index: the per-class spread
+    per_class = per_class or logs.shape[1] < 3  # two classes: the verdict's reference_index, the per-class spread
     if per_class and r < 3:
         raise ValueError("a per-class calibration needs at least 3 reference models (a spread per class)")
     per_model = []
@@ -341,7 +347,7 @@ def calibrate_from_models(models, data, *, architecture: str, source: str, metho
                                  input_shape=data.input_shape, num_classes=data.num_classes, references=others,
                                  on_skip=lambda name, exc: log.warning("calibration: %s skipped: %s", name, exc)):
             sizes.setdefault(det.method, []).append(list(det.mask_l1))
-    nulls = {m: fit_null(s, per_class=m in PER_CLASS_NULL) for m, s in sizes.items()}
+    nulls = {m: fit_null(s, per_class=judged_per_class(m, data.num_classes)) for m, s in sizes.items()}
     return Calibration(key="", architecture=architecture, source=source, n_models=len(models), clean_images=len(data),
                        seconds=round(time.perf_counter() - start, 1), methods=nulls)
 

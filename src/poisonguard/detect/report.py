@@ -178,14 +178,14 @@ def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[floa
 
 def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -> str:
     """One sentence per method, computed from the numbers its chart draws."""
-    from poisonguard.detect.calibration import PER_CLASS_NULL
+    from poisonguard.detect.calibration import judged_per_class
 
     name = PRETTY.get(det.method, det.method)
     values, threshold, flagged, _ = chart_values(det, evidence)
     targets = row_classes(det)
     # A per-class null compares each class with the same class on the clean references, not
     # with the suspect's other classes (`verdict.method_index`); the sentence says which.
-    against_references = bool(evidence) and (det.method in PER_CLASS_NULL or len(targets) < 3)
+    against_references = bool(evidence) and judged_per_class(det.method, len(targets))
     if flagged:
         which = ", ".join(f"{_label(targets[i], classes)} (index {values[i]:.2f})" for i in sorted(flagged))
         than = "on the clean reference models" if against_references else "for the other classes"

@@ -101,13 +101,12 @@ def scan_into_report(report, loaded, clean, plan: ScanPlan, *, input_shape, num_
     from poisonguard.detect.report import add_to_report, add_verdict
     from poisonguard.detect.verdict import scan_verdict
 
-    from poisonguard.detect.calibration import PER_CLASS_NULL
+    from poisonguard.detect.calibration import judged_per_class
 
     methods = list(plan.methods)
     calibration, references = None, None
     if clean is not None and plan.calibration == "auto" and plan.statistic != "paper":
-        per_class = num_classes < 3 or any(m in PER_CLASS_NULL for m in methods)
-        if per_class and plan.reference_models < 3:  # before minutes of training, not after
+        if any(judged_per_class(m, num_classes) for m in methods) and plan.reference_models < 3:  # before minutes of training, not after
             raise UserError(f"{'a two-class model' if num_classes < 3 else 'reference_contrast'} is judged per class "
                             f"against the references, whose spread needs at least 3 of them; got "
                             f"--reference-models {plan.reference_models}")
