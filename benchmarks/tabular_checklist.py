@@ -232,6 +232,29 @@ def filter_lines(cases: list[dict]) -> list[str]:
     return lines if cases else []
 
 
+def run_resumable(results: str, tables: str, seeds: str, run, *, progress=None) -> list[dict]:
+    """Every record in `results` (JSON) plus `run(table, seed, folder)`'s records (a list) for each
+    (table, seed) of the comma-separated `tables` and `seeds` not yet there. The file is rewritten
+    after each case, so a stopped run resumes; `progress(record)` gives a line per new record."""
+    path = Path(results)
+    records = json.loads(path.read_text()) if path.is_file() else []
+    done = {(r["table"], r["seed"]) for r in records}
+    with tempfile.TemporaryDirectory() as tmp:
+        for table in filter(None, tables.split(",")):
+            for seed in (int(s) for s in seeds.split(",")):
+                if (table, seed) in done:
+                    continue
+                new = run(table, seed, Path(tmp) / f"{table}-{seed}")
+                records += new
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(records, indent=1))
+                for record in new if progress else ():
+                    print(progress(record), flush=True)
+                if not progress:
+                    print(f"{table} seed {seed} done", flush=True)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default="fair,randhie")
@@ -241,20 +264,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    path = Path(args.results)
-    cases = json.loads(path.read_text()) if path.is_file() else []
-    done = {(c["table"], c["seed"]) for c in cases}
-    with tempfile.TemporaryDirectory() as tmp:
-        for table in filter(None, args.tables.split(",")):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                if (table, seed) in done:
-                    continue
-                case = run_case(table, seed, Path(tmp) / f"{table}-{seed}")
-                cases.append(case)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(cases, indent=1))
-                print(json.dumps({k: case[k] for k in ("table", "seed", "asr_backdoored", "scan_found",
-                                                       "scan_clean_flagged", "seconds")}), flush=True)
+    cases = run_resumable(args.results, args.tables, args.seeds, lambda table, seed, folder: [run_case(table, seed, folder)],
+                          progress=lambda case: json.dumps({k: case[k] for k in ("table", "seed", "asr_backdoored",
+                                                                                 "scan_found", "scan_clean_flagged",
+                                                                                 "seconds")}))
     cases.sort(key=lambda c: (c["table"], c["seed"]))
     groups = {"two classes": [c for c in cases if c["table"] in TARGET],
               "more classes, tuning": [c for c in cases if c["table"] in MULTICLASS and not MULTICLASS[c["table"]][0]],

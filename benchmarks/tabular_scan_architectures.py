@@ -24,15 +24,15 @@ the references' too), which separates "the suspect saw other data" from "it saw 
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-TARGET = {"fair": 1, "randhie": 0}  # as tabular_checklist.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tabular_checklist import TARGET, run_resumable  # noqa: E402
 
 
 class Residual(nn.Module):
@@ -167,18 +167,9 @@ def main() -> None:
     parser.add_argument("--results", default="benchmarks/results/issue-19-tabular-architectures.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    path = Path(args.results)
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    done = {(r["table"], r["seed"]) for r in rows}
-    with tempfile.TemporaryDirectory() as tmp:
-        for table in args.tables.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                if (table, seed) in done:
-                    continue
-                rows += run_case(table, seed, args.suspects.split(","), Path(tmp) / f"{table}-{seed}")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(rows, indent=1))
-                print(f"{table} seed {seed} done", flush=True)
+    suspects = args.suspects.split(",")
+    rows = run_resumable(args.results, args.tables, args.seeds,
+                         lambda table, seed, folder: run_case(table, seed, suspects, folder))
     print("\n".join(summarise(sorted(rows, key=lambda r: (r["table"], r["seed"], r["suspect"])))))
 
 
