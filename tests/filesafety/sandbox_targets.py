@@ -28,3 +28,17 @@ def write(path: str) -> dict:
     finally:
         os.close(descriptor)
     return {"error": error, "cwd": os.getcwd(), "proxy": os.environ.get("HTTPS_PROXY")}
+
+
+def litter_and_hang(count: int) -> None:
+    """Fill the working folder with empty files (slow to remove), then never return."""
+    litter(count)
+    time.sleep(3600)
+
+
+def litter(count: int) -> str:
+    """Fill the working folder with empty files, so that removing it takes a while."""
+    os.mkdir("sub")
+    for index in range(count):
+        open(os.path.join("sub", f"{index}.txt"), "w").close()
+    return os.getcwd()

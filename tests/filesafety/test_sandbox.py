@@ -34,6 +34,20 @@ def test_the_child_writes_nothing_and_starts_elsewhere_without_proxies(tmp_path,
     assert target.stat().st_size == 0
 
 
+def test_the_childs_folder_is_removed_however_the_child_ends(tmp_path, monkeypatch):
+    """The child is killed once its answer arrives; its folder, full of files, must still go."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cwd = run_isolated(targets.litter, 3000, timeout=60)
+    assert cwd.startswith(str(tmp_path))
+    with pytest.raises(SandboxError):
+        run_isolated(targets.litter_and_hang, 3000, timeout=8)
+    with pytest.raises(SandboxError):
+        run_isolated(targets.die, timeout=20)
+    assert list(tmp_path.glob("poisonguard-sandbox-*")) == []
+
+
 def test_timeout_must_be_positive():
     with pytest.raises(ValueError):
         run_isolated(targets.fail, timeout=0)

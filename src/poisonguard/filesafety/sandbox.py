@@ -44,7 +44,7 @@ def _limit_resources(cpu_seconds: int | None, file_bytes: int) -> None:
             continue
 
 
-def _child(conn, fn: Callable[..., Any], args: tuple, cpu_seconds: int | None, file_bytes: int) -> None:
+def _child(conn, cwd: str, fn: Callable[..., Any], args: tuple, cpu_seconds: int | None, file_bytes: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -53,17 +53,16 @@ def _child(conn, fn: Callable[..., Any], args: tuple, cpu_seconds: int | None, f
     for name in list(os.environ):
         if name.lower() in _PROXY_VARS:
             del os.environ[name]
-    with tempfile.TemporaryDirectory(prefix="poisonguard-sandbox-") as cwd:
-        os.chdir(cwd)
-        _limit_resources(cpu_seconds, file_bytes)  # after the folder exists: tempfile probes by writing
-        try:
-            answer = {"ok": True, "value": fn(*args)}
-        except BaseException as exc:  # report any failure as data; the parent decides
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"}
-        try:
-            conn.send_bytes(json.dumps(answer, default=str).encode())
-        except (OSError, ValueError):
-            pass
+    os.chdir(cwd)
+    _limit_resources(cpu_seconds, file_bytes)
+    try:
+        answer = {"ok": True, "value": fn(*args)}
+    except BaseException as exc:  # report any failure as data; the parent decides
+        answer = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"}
+    try:
+        conn.send_bytes(json.dumps(answer, default=str).encode())
+    except (OSError, ValueError):
+        pass
 
 
 def run_isolated(fn: Callable[..., Any], *args: Any, timeout: float = 60.0, cpu_seconds: int | None = None,
@@ -76,9 +75,18 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout: float = 60.0, cpu_
     """
     if timeout <= 0:
         raise ValueError("timeout must be positive")
+    # The parent owns the child's working folder and removes it once the child is gone: the
+    # child is killed as soon as its answer arrives, so a folder it cleaned up itself would be
+    # left behind whenever the kill came first.
+    with tempfile.TemporaryDirectory(prefix="poisonguard-sandbox-", ignore_cleanup_errors=True) as cwd:
+        return _run_in(cwd, fn, args, timeout, cpu_seconds, file_bytes)
+
+
+def _run_in(cwd: str, fn: Callable[..., Any], args: tuple, timeout: float, cpu_seconds: int | None,
+            file_bytes: int) -> Any:
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, fn, args, cpu_seconds, file_bytes), daemon=True)
+    process = context.Process(target=_child, args=(send, cwd, fn, args, cpu_seconds, file_bytes), daemon=True)
     process.start()
     send.close()
     try:
