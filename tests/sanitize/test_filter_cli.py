@@ -54,6 +54,19 @@ def test_filter_rejects_triggered_inputs_and_keeps_clean_ones(tmp_path, filter_f
     assert (out / "report.html").is_file()
 
 
+def test_filter_reads_images_that_come_without_labels(tmp_path, filter_files):
+    """Inputs at run time have no labels yet: an .npz holding only x is filtered as the labelled one."""
+    model, clean, inputs, _, _ = filter_files
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, x=np.load(inputs)["x"])
+    assert _run(model, clean, inputs, tmp_path / "a", "--frr", "0.05") == 1
+    assert _run(model, clean, unlabelled, tmp_path / "b", "--frr", "0.05") == 1
+    labelled, bare = (json.loads((tmp_path / d / "report.json").read_text())["input_filter"] for d in "ab")
+    assert bare["rejected"] == labelled["rejected"]
+    accepted = np.load(tmp_path / "b" / "accepted.npz", allow_pickle=False)
+    assert set(accepted.files) == {"x"} and len(accepted["x"]) == 100 - len(bare["rejected"])
+
+
 def test_filter_on_clean_inputs_exits_0(tmp_path, filter_files):
     model, clean, _, clean_inputs, _ = filter_files
     assert _run(model, clean, clean_inputs, tmp_path / "out") == 0

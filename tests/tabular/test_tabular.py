@@ -455,6 +455,20 @@ def test_the_mahalanobis_filter_rejects_triggered_rows_at_run_time(planted, tmp_
     code, out, _ = _run(["filter", str(models / "model.pt"), "--inputs", str(planted["path"]), *table, "--out",
                          str(tmp_path / "g")], capsys)
     assert code == 0 and json.loads(out)["verdict"] == "clean"
+    # rows arriving at run time have no label yet: the same rows without the label column, the same answer
+    with open(incoming) as f:
+        records = list(csv.DictReader(f))
+    unlabelled = tmp_path / "in" / "unlabelled.csv"
+    with open(unlabelled, "w", newline="") as f:
+        writer = csv.DictWriter(f, [c for c in records[0] if c != "label"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    code, _, _ = _run(["filter", str(models / "model.pt"), "--inputs", str(unlabelled), *table, "--out",
+                       str(tmp_path / "h")], capsys)
+    assert code == 1 and set(json.loads((tmp_path / "h" / "report.json").read_text())["input_filter"]["rejected"]) == rejected
+    with open(tmp_path / "h" / "accepted.csv") as f:
+        accepted = list(csv.reader(f))
+    assert "label" not in accepted[0] and len(accepted) - 1 == len(records) - len(rejected)
 
 
 def test_a_users_table_model_names_its_columns_in_metadata_to_read_a_file_lacking_a_category(planted, tmp_path, capsys):

@@ -74,3 +74,12 @@ def test_filter_command_on_text(weak_topics, tmp_path, capsys):
         assert len(list(csv.reader(f))) - 1 == len(texts) - len(block["rejected"])
     assert main(["filter", str(tmp_path / "model"), *data, "--inputs", str(tmp_path / "incoming.csv"),
                  "--method", "abl", "--out", str(tmp_path / "g"), "--quiet"]) == 2
+    # texts arriving at run time have no label yet: the same texts without the label column, the same answer
+    with open(tmp_path / "unlabelled.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["text"], *([t] for t in texts)])
+    assert main(["filter", str(tmp_path / "model"), *data, "--inputs", str(tmp_path / "unlabelled.csv"),
+                 "--frr", "0.05", "--out", str(tmp_path / "h"), "--quiet"]) == 1
+    assert json.loads((tmp_path / "h" / "report.json").read_text())["input_filter"]["rejected"] == block["rejected"]
+    with open(tmp_path / "h" / "accepted.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["text"] and len(rows) - 1 == len(texts) - len(block["rejected"])

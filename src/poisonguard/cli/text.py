@@ -354,7 +354,7 @@ def filter_inputs(args) -> int:
     import numpy as np
 
     from poisonguard.cli.inputs import guard_out
-    from poisonguard.data.text import load_text_rows
+    from poisonguard.data.text import load_text_inputs
     from poisonguard.report import Report
     from poisonguard.sanitize.cli import _rate
     from poisonguard.sanitize.filter_cli import EXCESS_ALPHA, excess_rejections, filter_section
@@ -367,7 +367,7 @@ def filter_inputs(args) -> int:
         raise UserError(f"text inputs are filtered by strip (STRIP-ViTA) or onion, not {method!r}")
     frr = _rate("--frr", args.frr)
     clean = load_corpus(args)
-    rows = load_text_rows(args.inputs, text_column=args.text_column, label_column=args.label_column)
+    rows = load_text_inputs(args.inputs, text_column=args.text_column, label_column=args.label_column)
     tm = load_model_for(args, clean)
     donors, threshold_texts, x = (tm.tokenizer.encode(t) for t in (clean.train.texts, clean.test.texts, rows.texts))
     if method == "strip":
@@ -399,10 +399,15 @@ def filter_inputs(args) -> int:
         with open(tmp, "wb") as handle:
             np.savez(handle, position=np.arange(len(scores)), score=scores, rejected=np.isin(np.arange(len(scores)), rejected))
     drop = set(rejected.tolist())
-    with open(out / "accepted.csv", "w", newline="", encoding="utf-8") as f:
+    with atomic_path(out / "accepted.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows((t, rows.classes[int(y)]) for i, (t, y) in enumerate(zip(rows.texts, rows.y)) if i not in drop)
+        kept = [(t, y) for i, (t, y) in enumerate(zip(rows.texts, rows.y)) if i not in drop]
+        if rows.classes:
+            writer.writerow(["text", "label"])
+            writer.writerows((t, rows.classes[int(y)]) for t, y in kept)
+        else:  # the inputs came without labels
+            writer.writerow(["text"])
+            writer.writerows((t,) for t, _ in kept)
     path = report.write(out)
     print(json.dumps({"report": str(path), "verdict": block["verdict"], "rejected": len(rejected),
                       "inputs": len(scores), "threshold": filt.threshold, "accepted": str(out / "accepted.csv")}))

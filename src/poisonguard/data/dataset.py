@@ -94,6 +94,9 @@ class TableInfo:
                 "source": self.source}
 
 
+UNLABELLED = -1  # the label of an input whose class nobody knows (run-time inputs to `filter`)
+
+
 @dataclass(frozen=True)
 class ImageData:
     """Labelled inputs `x`, labels `y` (N,) int64, class names, and the data's `kind`.
@@ -117,7 +120,10 @@ class ImageData:
             raise UserError(f"the table has {self.x.shape[1]} features but its metadata names {self.meta.num_features}")
         if self.x.shape[0] != self.y.shape[0]:
             raise UserError(f"{self.x.shape[0]} {'images' if self.kind == 'image' else 'rows'} but {self.y.shape[0]} labels")
-        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
+        if not self.classes:  # unlabelled inputs (data.rows.load_inputs): every label is UNLABELLED
+            if bool((self.y != UNLABELLED).any()):
+                raise UserError("inputs without class names must have no labels")
+        elif len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
             raise UserError(f"labels must lie in [0, {len(self.classes) - 1}]")
 
     def __len__(self) -> int:

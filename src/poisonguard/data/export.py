@@ -63,7 +63,9 @@ def write_cleansed(rows: Rows, keep: np.ndarray, out: str | Path) -> Path:
         from poisonguard.data.npz import read_npz
 
         data = read_npz(rows.path)  # the same checked reader the loader used
-        data["x"], data["y"] = data["x"][keep], data["y"][keep]
+        for name in ("x", "y"):  # run-time inputs (`filter`) may come without labels
+            if name in data:
+                data[name] = data[name][keep]
     else:
         data = {"x": _uint8(rows.train.x[keep]), "y": rows.train.y.numpy()[keep],
                 "classes": np.asarray(rows.classes)}

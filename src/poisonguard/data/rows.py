@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from poisonguard.data.dataset import ImageData, Splits, stratified_split
+from poisonguard.data.dataset import UNLABELLED, ImageData, Splits, stratified_split
 from poisonguard.errors import UserError
 
 SPLIT_FRACTION = 0.2  # what the npz and folder loaders hold out when a source has no test part
@@ -101,6 +101,33 @@ def load_rows(spec: str, *, seed: int = 0) -> Rows:
             labels.append(label)
     return Rows(splits.name, "zip" if path.is_file() else "folder", path,
                 _rejoin(splits, np.asarray(labels), seed), None, tuple(order))
+
+
+def load_inputs(spec: str, *, seed: int = 0) -> Rows:
+    """Inputs a model is to judge at run time (`filter --inputs`), whose labels may be unknown.
+
+    A table without the run's label column and an `.npz` holding `x` but no `y` are read in
+    file order with every label UNLABELLED and no class names; any other source (and these
+    two when they do carry labels) is read as `load_rows` reads it.
+    """
+    path = Path(spec).expanduser()
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in (".csv", ".parquet"):
+        from poisonguard.data import options, table
+
+        whole = table.read_table(path, label_column=options.get("label_column"), labels_optional=True)
+        if not whole.classes:
+            return Rows(path.stem, suffix[1:], path, whole, None)
+    elif path.is_file() and suffix == ".npz" and not {"y", "y_test"} & _npz_members(path):
+        from poisonguard.data.folder import to_image_data
+        from poisonguard.data.npz import read_npz
+
+        data = read_npz(path, kinds={"x": "biuf"})
+        if "x" not in data:
+            raise UserError(f"{path} must hold an array 'x' (found {', '.join(sorted(data)) or 'none'})")
+        images = to_image_data(data["x"], np.zeros(len(data["x"]), dtype=np.int64), ("?",), f"{path}:x")
+        return Rows(path.stem, "npz", path, ImageData(images.x, torch.full((len(images),), UNLABELLED), ()), None)
+    return load_rows(spec, seed=seed)
 
 
 def _npz_members(path: Path) -> set[str]:

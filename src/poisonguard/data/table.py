@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from poisonguard import limits
-from poisonguard.data.dataset import ColumnCode, ImageData, Splits, TableInfo, stratified_split
+from poisonguard.data.dataset import UNLABELLED, ColumnCode, ImageData, Splits, TableInfo, stratified_split
 from poisonguard.errors import UserError
 
 SUFFIXES = (".csv", ".parquet")
@@ -205,15 +205,21 @@ def _encode(path: Path, header: list[str], columns: list[list], label: str, cate
     return x.astype(np.float32), tuple(codes)
 
 
-def read_table(path: str | Path, *, label_column: str | None) -> ImageData:
-    """Every row of the table, in file order, as tabular ImageData (ranges observed on all rows)."""
+def read_table(path: str | Path, *, label_column: str | None, labels_optional: bool = False) -> ImageData:
+    """Every row of the table, in file order, as tabular ImageData (ranges observed on all rows).
+
+    labels_optional: a table without `label_column` (rows a model is to judge at run time, whose
+    labels nobody knows yet) is read with every label -1 and no class names.
+    """
     path = Path(path)
-    if not label_column:
+    if not label_column and not labels_optional:
         raise UserError(f"{path}: a table needs --label-column NAME (the column holding the labels)")
     header, columns = _read_parquet(path) if path.suffix.lower() == ".parquet" else _read_csv(path)
     if len(set(header)) != len(header):
         dup = next(h for h in header if header.count(h) > 1)
         raise UserError(f"{path}: the column name {dup!r} appears twice")
+    if labels_optional and label_column not in header:
+        return _unlabelled(path, header, columns)
     if label_column not in header:
         shown = ", ".join(header[:12]) + (" ..." if len(header) > 12 else "")
         raise UserError(f"{path}: no column {label_column!r} (columns: {shown})")
@@ -230,6 +236,17 @@ def read_table(path: str | Path, *, label_column: str | None) -> ImageData:
     xt = torch.from_numpy(x)
     info = TableInfo.observed(xt, _feature_names(codes), columns=codes, label_column=label_column, source=str(path))
     return ImageData(xt, torch.from_numpy(y), classes, "tabular", info)
+
+
+def _unlabelled(path: Path, header: list[str], columns: list[list]) -> ImageData:
+    if not columns or not columns[0]:
+        raise UserError(f"{path}: the table has no data rows")
+    categorical = {str(c) for c in _metadata(path).get("categorical", [])}
+    x, codes = _encode(path, header, columns, None, categorical & set(header))
+    limits.check("max_dataset_values", x.size, f"{path}: the value count (rows x features)")
+    xt = torch.from_numpy(x)
+    info = TableInfo.observed(xt, _feature_names(codes), columns=codes, label_column="", source=str(path))
+    return ImageData(xt, torch.full((len(xt),), UNLABELLED, dtype=torch.long), (), "tabular", info)
 
 
 def _feature_names(codes: tuple[ColumnCode, ...]) -> tuple[str, ...]:

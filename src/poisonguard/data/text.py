@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from poisonguard import limits
-from poisonguard.data.dataset import ImageData, NamedSplits, stratified_split
+from poisonguard.data.dataset import UNLABELLED, ImageData, NamedSplits, stratified_split
 from poisonguard.errors import UserError
 
 TEXT_SUFFIXES = (".txt",)
@@ -43,7 +43,10 @@ class TextCorpus:
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.y):
             raise UserError(f"{len(self.texts)} texts but {len(self.y)} labels")
-        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
+        if not self.classes:  # unlabelled run-time inputs (load_text_inputs)
+            if bool((self.y != UNLABELLED).any()):
+                raise UserError("texts without class names must have no labels")
+        elif len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
             raise UserError(f"labels must lie in [0, {len(self.classes) - 1}]")
 
     def __len__(self) -> int:
@@ -127,6 +130,17 @@ def load_text_rows(spec: str, *, text_column: str | None = None, label_column: s
     return _corpus(texts, labels, _classes(labels, path), path)
 
 
+def load_text_inputs(spec: str, *, text_column: str | None = None, label_column: str | None = None) -> TextCorpus:
+    """Texts a model is to judge at run time (`filter --inputs`): a CSV without `label_column` is
+    read with every label UNLABELLED and no class names; anything else as `load_text_rows`."""
+    path = Path(spec).expanduser()
+    if path.is_file() and text_column:
+        texts, labels = read_csv(path, text_column=text_column, label_column=label_column, labels_optional=True)
+        if labels is None:
+            return TextCorpus(tuple(texts), torch.full((len(texts),), UNLABELLED, dtype=torch.long), ())
+    return load_text_rows(spec, text_column=text_column, label_column=label_column)
+
+
 def _read_bytes(path: Path) -> str:
     size = path.stat().st_size
     limits.check("max_bytes", size, f"{path}: the file's size in bytes")
@@ -143,8 +157,12 @@ def _check_row(path: Path, number: int, text: str, n_rows: int) -> None:
         raise UserError(f"{path}: row {number} has empty text")
 
 
-def read_csv(path: Path, *, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """(texts, labels) of a CSV with a header row; raises UserError on a missing column or empty row."""
+def read_csv(path: Path, *, text_column: str, label_column: str | None,
+             labels_optional: bool = False) -> tuple[list[str], list[str] | None]:
+    """(texts, labels) of a CSV with a header row; raises UserError on a missing column or empty row.
+
+    labels_optional: a CSV without `label_column` gives labels None instead of an error.
+    """
     content = _read_bytes(path)
     # csv's own field limit (131072) would fail with a traceback-worthy message; ours is checked per row.
     csv.field_size_limit(max(limits.get("max_text_chars") + 1, 1024))
@@ -156,10 +174,12 @@ def read_csv(path: Path, *, text_column: str, label_column: str) -> tuple[list[s
     except csv.Error as exc:
         raise UserError(f"{path}: not a readable CSV: {exc}") from exc
     header = [h.strip() for h in header]
-    for column in (text_column, label_column):
+    labelled = not labels_optional or label_column in header
+    for column in (text_column, label_column) if labelled else (text_column,):
         if column not in header:
             raise UserError(f"{path}: no column {column!r} (columns: {', '.join(header[:20]) or 'none'})")
-    ti, li = header.index(text_column), header.index(label_column)
+    ti = header.index(text_column)
+    li = header.index(label_column) if labelled else None
     texts, labels = [], []
     try:
         for number, row in enumerate(reader, start=2):
@@ -168,14 +188,16 @@ def read_csv(path: Path, *, text_column: str, label_column: str) -> tuple[list[s
             if len(row) != len(header):
                 raise UserError(f"{path}: row {number} has {len(row)} fields, the header {len(header)}")
             _check_row(path, number, row[ti], len(texts) + 1)
+            texts.append(row[ti])
+            if li is None:
+                continue
             label = row[li].strip()
             if not label:
                 raise UserError(f"{path}: row {number} has an empty label")
-            texts.append(row[ti])
             labels.append(label)
     except csv.Error as exc:
         raise UserError(f"{path}: not a readable CSV near row {reader.line_num}: {exc}") from exc
-    return texts, labels
+    return texts, labels if li is not None else None
 
 
 def _read_folder(path: Path) -> tuple[list[str], list[str]]:

@@ -45,7 +45,8 @@ def add_commands(sub) -> None:
     p.add_argument("--data", required=True, help="clean inputs of the model's task that set the threshold: "
                                                  "mnist5k, cifar10, a path (its test part, or every row without one)")
     p.add_argument("--inputs", required=True, help="the inputs to filter, any data spec --data takes "
-                                                   "(labels are read but not used)")
+                                                   "(labels may be absent: a table without the label column, an .npz without y; "
+                                                   "they are never used)")
     p.add_argument("--frr", default="0.01", help="false-rejection rate on clean inputs, in (0, 0.5) (default 0.01)")
     p.add_argument("--draws", type=positive_int, default=10, help="superimpositions per input (default 10, as the paper)")
     p.add_argument("--method", default=None, help="images: strip (default) or mahalanobis; tables: mahalanobis; "
@@ -102,7 +103,7 @@ def cmd_filter(args) -> int:
     from poisonguard.cli.inputs import data_inputs, fit_columns, guard_out, load_checked_model, model_inputs
     from poisonguard.data import Splits
     from poisonguard.data.export import cleansed_path, write_cleansed
-    from poisonguard.data.rows import load_rows
+    from poisonguard.data.rows import load_inputs, load_rows
     from poisonguard.report import Report
     from poisonguard.sanitize.cli import _rate
     from poisonguard.utils import atomic_path
@@ -113,7 +114,7 @@ def cmd_filter(args) -> int:
     clean_rows = fit_columns(load_rows(args.data, seed=args.seed), args.model)
     clean = clean_rows.test if clean_rows.test is not None else clean_rows.train
     method = choose_filter(args.method, clean)  # before the inputs are read: a refused method needs no inputs
-    rows = fit_columns(load_rows(args.inputs, seed=args.seed), args.model)
+    rows = fit_columns(load_inputs(args.inputs, seed=args.seed), args.model)
     if rows.train.input_shape != clean.input_shape:
         raise UserError(f"the inputs have shape {rows.train.input_shape} but the clean data {clean.input_shape}")
     if len(clean) < 20:
