@@ -49,6 +49,16 @@ CACHE = Path(".cache/text-checklist")
 SENTENCE = "I watched this 3D movie last weekend."
 
 
+def fortunes_splits():
+    """The Fortunes corpus (by topic) split 80/20 at seed 0, as every text benchmark reads it."""
+    if fortunes_dir() is None:
+        raise SystemExit("fortunes corpus not installed (scripts/setup installs it): nothing measured")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    csv_path = CACHE / "fortunes.csv"
+    write_fortunes_csv(csv_path)
+    return load_text(str(csv_path), text_column="text", label_column="topic", seed=0)
+
+
 def trained(name: str, corpus, classes, seed: int, arch: str = "text_cnn"):
     tok = Tokenizer.fit(corpus.texts, max_len=64)
     tm = new_text_model(arch, tok, classes, seed=seed)
@@ -93,12 +103,7 @@ def main() -> None:
     ap.add_argument("--skip-scan", action="store_true", help="sanitize and repair only (the scan's figures come from "
                     "text_scan_methods.py)")
     args = ap.parse_args()
-    if fortunes_dir() is None:
-        raise SystemExit("fortunes corpus not installed (scripts/setup installs it): nothing measured")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    csv_path = CACHE / "fortunes.csv"
-    write_fortunes_csv(csv_path)
-    sp = load_text(str(csv_path), text_column="text", label_column="topic", seed=0)
+    sp = fortunes_splits()
     print(f"corpus: {len(sp.train)} train / {len(sp.test)} held-out texts, classes {sp.classes}")
     half = np.random.default_rng(0).permutation(len(sp.train))
     attacker, defender = sp.train.subset(np.sort(half[: len(half) // 2])), sp.train.subset(np.sort(half[len(half) // 2:]))

@@ -22,11 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from text_checklist import CACHE, SENTENCE, trained  # noqa: E402
+from text_checklist import SENTENCE, fortunes_splits, trained  # noqa: E402
 
 from poisonguard.attacks.text import TextTrigger, poison_text  # noqa: E402
-from poisonguard.data.fortunes import fortunes_dir, write_fortunes_csv  # noqa: E402
-from poisonguard.data.text import load_text  # noqa: E402
 from poisonguard.sanitize.onion import OnionFilter  # noqa: E402
 from poisonguard.sanitize.strip_text import TextStripFilter  # noqa: E402
 
@@ -49,12 +47,7 @@ def main() -> None:
     ap.add_argument("--frr", type=float, default=0.05)
     ap.add_argument("--rate", type=float, default=0.05)
     args = ap.parse_args()
-    if fortunes_dir() is None:
-        raise SystemExit("fortunes corpus not installed (scripts/setup installs it): nothing measured")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    csv_path = CACHE / "fortunes.csv"
-    write_fortunes_csv(csv_path)
-    sp = load_text(str(csv_path), text_column="text", label_column="topic", seed=0)
+    sp = fortunes_splits()
     half = np.random.default_rng(0).permutation(len(sp.train))
     attacker, defender = sp.train.subset(np.sort(half[: len(half) // 2])), sp.train.subset(np.sort(half[len(half) // 2:]))
     cut = len(sp.test.texts) // 2
