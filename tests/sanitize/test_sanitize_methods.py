@@ -41,6 +41,38 @@ def test_feature_methods_rank_a_planted_cluster_first(name):
     assert roc_auc_score(truth[in0], scores[in0]) > 0.8
 
 
+class _Predicts(torch.nn.Module):
+    """A stand-in model whose prediction for input row i (x[i, 0] = i) is given."""
+
+    def __init__(self, predictions: np.ndarray, k: int) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.eye(k)[torch.as_tensor(predictions)] * 5)
+
+    def forward(self, x):
+        return self.logits[x[:, 0].long()]
+
+
+@pytest.mark.parametrize("outnumbered", [True, False])
+def test_scan_keeps_a_class_whose_poison_outnumbers_its_own_rows(outnumbered):
+    """5% of all rows relabelled into a rare class make the poison its larger subgroup. The model
+    predicts the class for the poison (its trigger) and not for the class's own rows: SCAn must
+    flag the poison, not the outnumbered real rows. A clean class of two modes the model
+    recognises alike keeps the larger mode as its own."""
+    feats, labels, truth = _clusters(n=60, poison=120 if outnumbered else 8)
+    predictions = labels.copy()
+    if outnumbered:  # the class's own rows are no longer predicted as their class
+        predictions[(labels == 0) & ~truth] = 1
+    x = torch.arange(len(labels), dtype=torch.float32)[:, None]
+    data = ImageData(x, torch.as_tensor(labels), tuple("abcd"), kind="tabular")
+    scan = SANITIZERS.get("scan")()
+    scan.score(ScoringInputs(data=data, features=feats, model=_Predicts(predictions, 4)))
+    assert scan.suspect[truth].mean() > 0.9 and scan.suspect[(labels == 0) & ~truth].mean() < 0.1
+    # the model recognises both modes as the class: the larger is the class's own, as before
+    scan.score(ScoringInputs(data=data, features=feats, model=_Predicts(labels, 4)))
+    own = ~truth if outnumbered else truth
+    assert scan.suspect[(labels == 0) & own].mean() > 0.9
+
+
 @pytest.mark.parametrize("name", SANITIZERS.names())
 def test_bad_hyperparameters_raise_value_error(name):
     cls = SANITIZERS.get(name)

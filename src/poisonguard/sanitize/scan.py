@@ -13,9 +13,19 @@ variation is shared, source-specific triggers are untangled too.
 Differences from the paper: S_eps is the pooled within-class covariance of the data being
 judged (the paper fits S_mu, S_eps by EM on a small clean set, which a user holding only the
 suspect data does not have), computed on the top principal directions for speed; the
-per-sample score is the standardised distance along the Fisher direction from the larger
-subgroup's mean towards the smaller (ties go to the tighter subgroup, as a trigger's
-representations cluster), so samples can be ranked and cut like the other methods' scores.
+per-sample score is the standardised distance along the Fisher direction from the class's own
+subgroup's mean towards the other, so samples can be ranked and cut like the other methods'
+scores. Which subgroup is the class's own: the one its held-out samples resemble, where there
+are any; else the larger, unless the poison outnumbers the class's own rows. That happens when
+a few percent of all rows are relabelled into a rare class (5% into a class of 1.5-4%). The
+model then predicts the class for the poison, through its trigger, and stops predicting it for
+the class's own rows. So when the model predicts the class for most of the larger subgroup and
+for under half of the smaller one, the smaller subgroup is the class's own. The signal is the
+one ABL reads (Li et al., NeurIPS 2021: poison is the part a model fits best). Measured on the
+tuning tables, seed 1-3: fair with its marriage rating as a 5-class label, digits, and two-class
+fair/randhie (notes/issue-19.md, session 14). The larger subgroup was the poison in 2 of 3 fair
+rating cases, and the rule picked it. It flipped none of 46 classes of 7 clean tables, nor the
+classes where the poison was the smaller subgroup.
 Where the source has a held-out part (assumed clean: the paper's defender holds a small clean
 set), one more start is the top tenth of the class along the direction in which its training
 samples differ from its held-out ones: poison exists in training only, so that direction
@@ -27,6 +37,7 @@ separation 8.3 and 3.8 against 3.4 for the other starts). `heldout_start=False` 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from poisonguard.sanitize.base import SANITIZERS, Method, ScoringInputs, check_number, class_indices
 
@@ -146,6 +157,7 @@ class SCAn(Method):
         if inputs.reference_features is not None and inputs.reference is not None:
             ref, ref_labels = (inputs.reference_features.astype(np.float64) - mean) @ basis, inputs.reference.y.numpy()
         precision = np.linalg.inv(pooled_within_cov(z, labels))
+        predicted_own = self._predicted_own(inputs, labels)
         scores = np.zeros(len(labels))
         self.likelihood_ratio, self.separation = {}, {}
         self.suspect = np.zeros(len(labels), bool)
@@ -160,7 +172,7 @@ class SCAn(Method):
             self.likelihood_ratio[c], self.separation[c] = j, sep
             if side.all() or not side.any():
                 continue
-            clean = self._clean_side(z[idx], side, precision, own_ref)
+            clean = self._clean_side(z[idx], side, precision, own_ref, predicted_own[idx])
             w = precision @ (z[idx][~clean].mean(0) - z[idx][clean].mean(0))
             self.suspect[idx[~clean]] = True
             proj = z[idx] @ w
@@ -198,11 +210,26 @@ class SCAn(Method):
         return own[order[: len(own) // 2]], own[order[len(own) // 2:]]
 
     @staticmethod
-    def _clean_side(z, side, precision, ref) -> np.ndarray:
-        """Which subgroup is the class's own: the one its held-out samples resemble, else the larger."""
+    def _predicted_own(inputs: ScoringInputs, labels: np.ndarray) -> np.ndarray:
+        """Whether the model predicts each sample's own label (all True without a model)."""
+        if inputs.model is None:
+            return np.ones(len(labels), bool)
+        from poisonguard.metrics import predict
+
+        with torch.no_grad():
+            return predict(inputs.model, inputs.data.x).numpy() == labels
+
+    @staticmethod
+    def _clean_side(z, side, precision, ref, predicted_own) -> np.ndarray:
+        """Which subgroup is the class's own (module docstring): the one its held-out samples
+        resemble; else the larger, unless the model recognises the class in the larger subgroup
+        and not in the smaller (the poison outnumbers the class's own rows)."""
         if ref is not None and len(ref) >= 3:
             w = precision @ (z[side].mean(0) - z[~side].mean(0))
             r = float((ref @ w).mean())
             near_side = abs(r - float((z[side] @ w).mean())) < abs(r - float((z[~side] @ w).mean()))
             return side if near_side else ~side
-        return side if side.sum() >= (~side).sum() else ~side
+        larger = side if side.sum() >= (~side).sum() else ~side
+        if predicted_own[larger].mean() > 0.5 and predicted_own[~larger].mean() < 0.5:
+            return ~larger
+        return larger
