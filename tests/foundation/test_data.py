@@ -147,3 +147,60 @@ def test_cifar_batches_folder_and_malicious_batch(tmp_path):
     with pytest.raises(UserError, match="refusing"):
         load_cifar10_batches(folder)
     assert not marker.exists()
+
+
+def test_folders_as_users_have_them(tmp_path, caplog):
+    """Sub-folders of a class folder belong to the class (as torchvision's ImageFolder); macOS's
+    `__MACOSX/` and `._x.png`, dot files and a wrapping folder are not data; a grey JPEG among
+    colour ones joins them as RGB; an empty class folder is named in a warning."""
+    root = tmp_path / "photos"
+    for cls, value in (("cat", 40), ("dog", 220)):
+        for year in ("2019", "2020"):
+            (root / cls / year).mkdir(parents=True)
+            for i in range(5):
+                (root / cls / year / f"{i}.png").write_bytes(_png((value,) * 3, mode="RGB"))
+        (root / cls / f"._{cls}.png").write_bytes(b"\x00\x05\x16\x07 apple double, no image")
+    (root / "dog" / "grey.png").write_bytes(_png(220))  # mode L among RGB
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "cat" / "._0.png").write_bytes(b"not an image")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "empty").mkdir()
+    with caplog.at_level("WARNING"):
+        s = load_data(str(root))
+    assert s.classes == ("cat", "dog") and s.input_shape == (3, 8, 8) and len(s.train) + len(s.test) == 21
+    assert "empty" in caplog.text
+    everything = torch.cat([s.train.x, s.test.x]), torch.cat([s.train.y, s.test.y])
+    assert torch.allclose(everything[0][everything[1] == 1], torch.tensor(220 / 255))  # the grey one too
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as zf:  # the same, zipped with a wrapping folder
+        for path in root.rglob("*"):
+            if path.is_file():
+                zf.write(path, f"wrapper/{path.relative_to(root).as_posix()}")
+    z = load_data(str(tmp_path / "photos.zip"))
+    assert z.classes == ("cat", "dog") and len(z.train) + len(z.test) == 21
+
+
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    for cls, value in (("a", 1000), ("b", 60000)):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((8, 8), value, np.uint16)).save(tmp_path / cls / f"{i}.png")
+    s = load_data(str(tmp_path))
+    x, y = torch.cat([s.train.x, s.test.x]), torch.cat([s.train.y, s.test.y])
+    assert torch.allclose(x[y == 0], torch.tensor(round(1000 / 257) / 255)) and torch.allclose(x[y == 1], torch.tensor(round(60000 / 257) / 255))
+
+
+def test_train_and_test_folders_of_different_sizes_are_one_line(tmp_path):
+    for split, size in (("train", (8, 8)), ("test", (10, 10))):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            (tmp_path / split / cls / "0.png").write_bytes(_png(0, size))
+    with pytest.raises(UserError, match="differ in size.*8x8, 10x10"):
+        load_data(str(tmp_path))
+
+
+def test_npz_of_four_channel_images_in_nhwc(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, size=(20, 12, 12, 4), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2)
+    assert load_data(str(tmp_path / "d.npz")).input_shape == (4, 12, 12)

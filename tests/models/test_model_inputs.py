@@ -88,6 +88,27 @@ def test_onnx_operator_the_converter_lacks(work, tmp_path, capfd):
     assert "no converter for operator Shrink" in one_line_error(capfd, rc, tmp_path / "o")
 
 
+def test_onnx_weights_shared_through_identity_nodes_load(work, tmp_path, capsys):
+    """torch's exporter hands equal weights to several layers through Identity nodes (an untrained
+    ResNet's zero batch-norm biases); onnx2torch failed on them with a bare KeyError."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    _, data, _ = work
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 1, 8, 8], rng.normal(0, 0.1, 256).astype(np.float32))
+    zeros = helper.make_tensor("b", TensorProto.FLOAT, [4], np.zeros(4, np.float32))
+    nodes = [helper.make_node("Identity", ["w"], ["w_shared"]), helper.make_node("Identity", ["b"], ["b_shared"]),
+             helper.make_node("Identity", ["b_shared"], ["b_twice"]),
+             helper.make_node("Conv", ["x", "w_shared", "b_twice"], ["c"]), helper.make_node("Flatten", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], initializer=[weight, zeros])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]), str(path))
+    assert main(["evaluate", str(path), "--data", str(data), "--quiet"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["clean_accuracy"] <= 1
+
+
 @pytest.mark.parametrize("spec, words", [
     ("{tmp}/missing.py:f", "is not a file"),
     ("no_such_package_xyz.mod:f", "does not import"),

@@ -52,6 +52,32 @@ def test_folder_of_class_files(tmp_path):
     assert is_text_source(str(tmp_path))
     rows = load_text_rows(str(tmp_path))
     assert rows.texts == ("buy milk", "see you soon", "win money now") and rows.y.tolist() == [0, 0, 1]
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")  # Finder's; a macOS copy adds ._ham.txt too
+    (tmp_path / "._ham.txt").write_bytes(b"\x00\x05\x16\x07")
+    assert is_text_source(str(tmp_path)) and load_text_rows(str(tmp_path)).texts == rows.texts
+
+
+def test_numeric_labels_are_ordered_as_numbers(tmp_path):
+    """Labels 0..11: class index 2 is the label "2" (as for tables), not "10" as text order gives."""
+    from poisonguard.data.text import load_text_rows
+
+    p = tmp_path / "c.csv"
+    p.write_text("text,label\n" + "".join(f"text number {i},{i % 12}\n" for i in range(48)))
+    rows = load_text_rows(str(p), text_column="text", label_column="label")
+    assert rows.classes == tuple(str(i) for i in range(12)) and rows.classes[int(rows.y[2])] == "2"
+
+
+def test_a_cleansed_copy_keeps_the_users_columns_and_cells(tmp_path):
+    from poisonguard.data.text import load_text_rows, write_kept_rows
+
+    p = tmp_path / "reviews.csv"
+    p.write_bytes(b'id,review,topic\r\n7,"good, really",pos\r\n\r\n8,"bad\nvery",neg\r\n9,fine,pos\r\n')
+    rows = load_text_rows(str(p), text_column="review", label_column="topic")
+    write_kept_rows(rows, p, {0, 2}, tmp_path / "kept.csv")
+    import csv
+
+    with open(tmp_path / "kept.csv", newline="") as f:
+        assert list(csv.reader(f)) == [["id", "review", "topic"], ["7", "good, really", "pos"], ["9", "fine", "pos"]]
 
 
 def test_tokenizer_json_round_trip_and_hostile_file(tmp_path, text_splits):

@@ -400,6 +400,11 @@ def load_checked_model(path: str, splits, arch: str | None, *, args=None):
         # a table model poisonguard saved names its labels; another file's labels, sorted, may differ
         raise UserError(f"the model's classes are {recorded} but this table's labels are {list(splits.classes)}; "
                         "label the table with the model's class names")
+    if recorded and not loaded.metadata.get("features") and list(map(str, recorded)) != list(splits.classes):
+        # Images: classes are matched by index, which is right for a folder named otherwise (an
+        # MNIST model read with folders zero..nine) and wrong when the folders differ (one empty).
+        log.warning("the model's classes are %s but the data's are %s; they are matched by index (class i of "
+                    "the data is the model's output i)", list(recorded)[:10], list(splits.classes)[:10])
     try:
         check_classifier(loaded.model, splits.input_shape, splits.num_classes)
     except UserError as exc:

@@ -290,10 +290,8 @@ def sanitize(args) -> int:
     methods that read representations (spectral, scan, spectre) runs the calibrated Sanitizer on
     the text model's sentence representations instead.
     """
-    import csv
-
     from poisonguard.cli.inputs import guard_out
-    from poisonguard.data.text import encode, load_text_rows
+    from poisonguard.data.text import encode, load_text_rows, write_kept_rows
     from poisonguard.models.text_files import new_text_model
     from poisonguard.report import Report
 
@@ -327,10 +325,7 @@ def sanitize(args) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         flagged, targets, verdict = set(result.flagged), list(result.targets), result.verdict
-    with open(out / "cleansed.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows((t, rows.classes[int(y)]) for i, (t, y) in enumerate(zip(rows.texts, rows.y)) if i not in flagged)
+    write_kept_rows(rows, Path(args.data), set(range(len(rows))) - flagged, out / "cleansed.csv")
     report = Report("sanitize")
     report.set("sanitization", {"verdict": verdict, "flagged": sorted(flagged), "targets": targets,
                                 "methods": methods, "n_samples": len(rows), **extra})
@@ -347,14 +342,12 @@ def filter_inputs(args) -> int:
     --data's clean texts: its training part gives STRIP's donor texts and ONION's language
     model, its test part the threshold at --frr. --inputs is a corpus of the same columns.
     Writes report.json ("input_filter"), report.html, entropy.npz (every input's score) and
-    accepted.csv (the inputs not rejected).
+    accepted.csv (the inputs not rejected, in the input's own columns).
     """
-    import csv
-
     import numpy as np
 
     from poisonguard.cli.inputs import guard_out
-    from poisonguard.data.text import load_text_inputs
+    from poisonguard.data.text import load_text_inputs, write_kept_rows
     from poisonguard.report import Report
     from poisonguard.sanitize.cli import _rate
     from poisonguard.sanitize.filter_cli import EXCESS_ALPHA, excess_rejections, filter_section
@@ -398,16 +391,7 @@ def filter_inputs(args) -> int:
     with atomic_path(out / "entropy.npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, position=np.arange(len(scores)), score=scores, rejected=np.isin(np.arange(len(scores)), rejected))
-    drop = set(rejected.tolist())
-    with atomic_path(out / "accepted.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        kept = [(t, y) for i, (t, y) in enumerate(zip(rows.texts, rows.y)) if i not in drop]
-        if rows.classes:
-            writer.writerow(["text", "label"])
-            writer.writerows((t, rows.classes[int(y)]) for t, y in kept)
-        else:  # the inputs came without labels
-            writer.writerow(["text"])
-            writer.writerows((t,) for t, _ in kept)
+    write_kept_rows(rows, Path(args.inputs), set(range(len(rows))) - set(rejected.tolist()), out / "accepted.csv")
     path = report.write(out)
     print(json.dumps({"report": str(path), "verdict": block["verdict"], "rejected": len(rejected),
                       "inputs": len(scores), "threshold": filt.threshold, "accepted": str(out / "accepted.csv")}))

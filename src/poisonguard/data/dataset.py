@@ -94,6 +94,26 @@ class TableInfo:
                 "source": self.source}
 
 
+def label_order(names) -> tuple[str, ...]:
+    """Class names in index order: by number when every name is a number ("2" before "10"),
+    else sorted as text. A table's and a text corpus's labels both follow it, so `--target 2`
+    means the class named 2."""
+    import math
+
+    def number(name: str) -> float | None:
+        try:
+            value = float(name)
+        except ValueError:
+            return None
+        return value if math.isfinite(value) else None
+
+    names = set(names)
+    numbers = {n: number(n) for n in names}
+    if all(v is not None for v in numbers.values()):
+        return tuple(sorted(names, key=lambda n: (numbers[n], n)))
+    return tuple(sorted(names))
+
+
 UNLABELLED = -1  # the label of an input whose class nobody knows (run-time inputs to `filter`)
 
 

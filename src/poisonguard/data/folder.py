@@ -31,15 +31,37 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def is_hidden(path: PurePosixPath) -> bool:
+    """A dot file or folder, or macOS's zip metadata (`__MACOSX/`, `._name`): never data."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+
+
+def _wrapper_depth(paths: list[PurePosixPath]) -> int:
+    """How many leading folders every path shares above the class (or train/test) folders: a
+    zip often wraps its class folders in one folder named after the data set."""
+    depth = 0
+    while paths and all(len(p.parts) > depth + 2 for p in paths) and len({p.parts[depth] for p in paths}) == 1 \
+            and paths[0].parts[depth] not in ("train", "test"):
+        depth += 1
+    return depth
+
+
 def _group(paths: list[PurePosixPath]) -> dict[str, dict[str, list[PurePosixPath]]]:
-    """{split: {class: [paths]}}; split is "all" unless a train/test level exists."""
+    """{split: {class: [paths]}}; split is "all" unless a train/test level exists.
+
+    The class is the top folder (below train/ or test/, and below a folder that wraps them
+    all), as torchvision's ImageFolder: images in sub-folders of a class folder (cat/2019/x.png)
+    belong to that class. Files at the top level and hidden files are not data.
+    """
     tree: dict[str, dict[str, list[PurePosixPath]]] = defaultdict(lambda: defaultdict(list))
+    paths = [p for p in paths if not is_hidden(p)]
+    depth = _wrapper_depth(paths)
     for p in paths:
-        parts = p.parts
-        if len(parts) >= 3 and parts[-3] in ("train", "test"):
-            tree[parts[-3]][parts[-2]].append(p)
+        parts = p.parts[depth:]
+        if len(parts) >= 3 and parts[0] in ("train", "test"):
+            tree[parts[0]][parts[1]].append(p)
         elif len(parts) >= 2:
-            tree["all"][parts[-2]].append(p)
+            tree["all"][parts[0]].append(p)
     return tree
 
 
@@ -68,18 +90,29 @@ def _build(
                 labels.append(label)
         if not images:
             raise UserError(f"{name}: a split holds no images")
-        shapes = {img.shape for img in images}
-        if len(shapes) > 1:
-            raise UserError(f"{name}: images differ in size {sorted(shapes)[:3]}; pass an image size")
-        return np.stack(images), np.asarray(labels)
+        return images, np.asarray(labels)
 
     if "train" in tree and "test" in tree:
-        xtr, ytr = load(tree["train"])
-        xte, yte = load(tree["test"])
+        (xtr, ytr), (xte, yte) = load(tree["train"]), load(tree["test"])
+        both = _stack(name, xtr + xte)  # together: train and test must agree in shape
+        xtr, xte = both[: len(xtr)], both[len(xtr):]
         return Splits(name, from_uint8(xtr, ytr, classes), from_uint8(xte, yte, classes))
-    x, y = load(tree.get("all") or next(iter(tree.values())))
+    images, y = load(tree.get("all") or next(iter(tree.values())))
+    x = _stack(name, images)
     tr, te = stratified_split(y, 0.2, seed)
     return Splits(name, from_uint8(x[tr], y[tr], classes), from_uint8(x[te], y[te], classes))
+
+
+def _stack(name: str, images: list[np.ndarray]) -> np.ndarray:
+    """One (N, C, H, W) array; grey images join colour ones as RGB (a folder of photos often
+    holds a few grey JPEGs). Different sizes are refused: resizing is the user's choice."""
+    if len({img.shape[0] for img in images}) > 1:
+        images = [np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img for img in images]
+    shapes = sorted({img.shape[1:] for img in images})
+    if len(shapes) > 1:
+        raise UserError(f"{name}: images differ in size (height x width {', '.join(f'{h}x{w}' for h, w in shapes[:3])}"
+                        f"{' ...' if len(shapes) > 3 else ''}); resize them to one size first")
+    return np.stack(images)
 
 
 def _walk(root: Path) -> list[PurePosixPath]:
@@ -121,7 +154,22 @@ def _walk(root: Path) -> list[PurePosixPath]:
 def load_image_folder(root: str | Path, *, image_size: tuple[int, int] | None = None, seed: int = 0) -> Splits:
     root = Path(root)
     paths = _walk(root)
-    return _build(root.name, paths, lambda p: read_file(root / p, f"{root.name}/{p}"), image_size, seed)
+    splits = _build(root.name, paths, lambda p: read_file(root / p, f"{root.name}/{p}"), image_size, seed)
+    if _wrapper_depth([p for p in paths if not is_hidden(p)]) == 0:
+        _warn_empty_class_folders(root, splits.classes)
+    return splits
+
+
+def _warn_empty_class_folders(root: Path, classes: tuple[str, ...]) -> None:
+    """A class folder without images is no class, so the classes after it shift down by one
+    index; say so, since a model trained before it emptied would read its outputs wrongly."""
+    tops = [root / part for part in ("train", "test") if (root / part).is_dir()] or [root]
+    empty = sorted({d.name for top in tops for d in top.iterdir()
+                    if d.is_dir() and not is_hidden(PurePosixPath(d.name)) and d.name not in classes
+                    and not (top == root and d.name in ("train", "test"))})
+    if empty:
+        log.warning("%s: folder(s) %s hold no images and are not classes; the classes are %s", root,
+                    ", ".join(empty[:5]), ", ".join(classes[:10]))
 
 
 def _member_path(name: str) -> PurePosixPath | None:
@@ -149,7 +197,7 @@ def load_image_zip(path: str | Path, *, image_size: tuple[int, int] | None = Non
                 raise UserError(f"{path}: two members are both named {str(member)!r}")
             members[member] = info
         limits.check("max_files", len(members), f"{path}: the number of members")
-        images = [m for m in members if m.suffix.lower() in IMAGE_SUFFIXES]
+        images = [m for m in members if m.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(m)]
         limits.check("max_total_bytes", sum(members[m].file_size for m in images),
                      f"{path}: the declared size of all images together")
         for m in images:  # refuse before decoding anything
@@ -179,7 +227,7 @@ def to_image_data(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...] | None,
         x = x[:, None]
     if x.ndim != 4:
         raise UserError(f"{where}: images must be 3- or 4-dimensional, got shape {x.shape}")
-    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):  # (N, H, W, C), RGBA included
         x = x.transpose(0, 3, 1, 2)
     if y.ndim != 1:
         raise UserError(f"{where}: labels must be a 1-d integer array, got shape {y.shape}")

@@ -42,6 +42,7 @@ def decode_image(blob: bytes, name: str, *, mode: str | None = None, size: tuple
                 if expect is not None and (width, height) != tuple(expect):
                     raise UserError(f"image {name} is {width}x{height}, expected {expect[0]}x{expect[1]}")
                 limits.check("max_pixels", width * height, f"image {name}: its pixel count ({width}x{height})")
+                img = _eight_bit(img, name)
                 target = mode or ("RGB" if img.mode not in ("L", "RGB") else img.mode)
                 img = img.convert(target) if img.mode != target else img.copy()
             if size is not None and img.size != tuple(size):
@@ -61,6 +62,23 @@ def decode_image(blob: bytes, name: str, *, mode: str | None = None, size: tuple
     if arr.dtype != np.uint8:
         raise UserError(f"image {name}: {arr.dtype} pixels, expected 8-bit")
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _eight_bit(img, name: str):
+    """A 16- or 32-bit integer grey image scaled to 8 bits ("L"); other modes unchanged.
+
+    Pillow's own conversion clips such values at 255, so a 16-bit scan (values in the
+    thousands) became an all-white image without a word.
+    """
+    if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
+        return img
+    arr = np.asarray(img)
+    if img.mode == "F" or not np.isfinite(arr).all():
+        raise UserError(f"image {name}: floating-point pixels (mode {img.mode}); convert it to 8 or 16 bits")
+    low, high = int(arr.min()), int(arr.max())
+    if low < 0 or high > 65535:
+        raise UserError(f"image {name}: pixel values {low}..{high} lie outside 16 bits (mode {img.mode})")
+    return _pil().fromarray(np.rint(arr.astype(np.float64) / 257).astype(np.uint8))  # 2-D uint8: mode "L"
 
 
 def read_file(path, name: str | None = None) -> bytes:

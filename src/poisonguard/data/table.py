@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from poisonguard import limits
-from poisonguard.data.dataset import UNLABELLED, ColumnCode, ImageData, Splits, TableInfo, stratified_split
+from poisonguard.data.dataset import UNLABELLED, ColumnCode, ImageData, Splits, TableInfo, label_order, stratified_split
 from poisonguard.errors import UserError
 
 SUFFIXES = (".csv", ".parquet")
@@ -152,11 +152,7 @@ def _labels(path: Path, name: str, values: list, classes_meta) -> tuple[np.ndarr
     else:
         distinct = set(text)
         limits.check("max_classes", len(distinct), f"{path}: the number of distinct labels")
-        numbers = {v: _as_number(v) for v in distinct}
-        if all(n is not None for n in numbers.values()):
-            classes = tuple(sorted(distinct, key=lambda v: (numbers[v], v)))
-        else:
-            classes = tuple(sorted(distinct))
+        classes = label_order(distinct)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({t for t in text if t not in index})
     if unknown:

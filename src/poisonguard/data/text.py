@@ -8,8 +8,8 @@ mistake is one line (`UserError`, exit code 2).
     splits = load_text("corpus.csv", text_column="text", label_column="topic")
     splits.train.texts[0], splits.train.y[0], splits.classes
 
-Labels are class names; classes are their sorted unique values (as image folders sort their
-sub-folders). A folder holds `CLASS.txt` files, one example per non-blank line, or `train/`
+Labels are class names; classes are their sorted unique values (`dataset.label_order`: by
+number when every label is a number, as for tables, so `--target 2` is the class named 2). A folder holds `CLASS.txt` files, one example per non-blank line, or `train/`
 and `test/` sub-folders of such files. A source without a test part is split 80/20 by the
 same seeded stratified split the image loaders use.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from poisonguard import limits
-from poisonguard.data.dataset import UNLABELLED, ImageData, NamedSplits, stratified_split
+from poisonguard.data.dataset import UNLABELLED, ImageData, NamedSplits, label_order, stratified_split
 from poisonguard.errors import UserError
 
 TEXT_SUFFIXES = (".txt",)
@@ -82,7 +82,7 @@ def is_text_source(spec: str | None, text_column: str | None = None) -> bool:
     path = Path(spec).expanduser()
     if not path.is_dir():
         return False
-    files = [p for p in path.iterdir() if p.is_file()]
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]  # .DS_Store is no data
     if files:
         return all(p.suffix.lower() in TEXT_SUFFIXES for p in files)
     return all((path / part).is_dir() and any((path / part).glob("*.txt")) for part in ("train", "test"))
@@ -200,8 +200,30 @@ def read_csv(path: Path, *, text_column: str, label_column: str | None,
     return texts, labels if li is not None else None
 
 
+def write_kept_rows(rows: TextCorpus, source: Path, keep: set[int] | list[int], out: Path) -> None:
+    """A copy of the corpus without the dropped rows, atomically: a CSV source's own header and
+    cells (every column kept as the user wrote it, positions as `read_csv` counts them), or for
+    a folder of class files a CSV of `text,label` (`text` alone for unlabelled inputs)."""
+    from poisonguard.utils import atomic_path
+
+    keep = set(int(i) for i in keep)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if Path(source).is_file():
+            reader = csv.reader(io.StringIO(_read_bytes(Path(source)), newline=""))
+            writer.writerow(next(reader))
+            writer.writerows(row for i, row in enumerate(r for r in reader if r) if i in keep)
+        elif rows.classes:
+            writer.writerow(["text", "label"])
+            writer.writerows((rows.texts[i], rows.classes[int(rows.y[i])]) for i in sorted(keep))
+        else:
+            writer.writerow(["text"])
+            writer.writerows((rows.texts[i],) for i in sorted(keep))
+
+
 def _read_folder(path: Path) -> tuple[list[str], list[str]]:
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES and not p.name.startswith("."))  # ._x.txt: macOS
     if not files:
         raise UserError(f"{path}: no CLASS.txt files (one example per line, one file per class)")
     texts, labels = [], []
@@ -216,8 +238,8 @@ def _read_folder(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _classes(labels: list[str], path: Path) -> tuple[str, ...]:
-    classes = tuple(sorted(set(labels)))
-    limits.check("max_classes", len(classes), f"{path}: the number of classes")
+    limits.check("max_classes", len(set(labels)), f"{path}: the number of classes")
+    classes = label_order(labels)
     if len(classes) < 2:
         raise UserError(f"{path}: the labels have {len(classes)} class{'es' if len(classes) != 1 else ''}; "
                         "a classifier needs at least 2")

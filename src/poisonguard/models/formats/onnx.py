@@ -59,6 +59,7 @@ def load(request: LoadRequest) -> tuple[nn.Module, dict[str, Any]]:
         raise UserError(f"{request.path} keeps its weights in external files, which poisonguard does not read; "
                         "save the ONNX model with its weights inside")
     batch = _input_batch(proto)
+    _fold_identity_initializers(onnx, proto)
     try:
         with quiet_torch():
             module = onnx2torch.convert(proto)
@@ -73,6 +74,31 @@ def load(request: LoadRequest) -> tuple[nn.Module, dict[str, Any]]:
     if batch is not None:
         return FixedBatch(module, batch), {"eager": True, "static_batch": batch, "opset": _opset(proto)}
     return module, {"eager": True, "opset": _opset(proto)}
+
+
+def _fold_identity_initializers(onnx, proto) -> None:
+    """Replace each Identity node of a stored weight by a copy of that weight under its output name.
+
+    torch's exporter hands equal constants to several layers through Identity nodes (an
+    untrained ResNet's folded batch-norm biases are all zeros, so every Conv shares one), and
+    onnx2torch reads a Conv's weights only from stored tensors: it failed with a bare KeyError.
+    """
+    stored = {t.name: t for t in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    kept = []
+    for node in proto.graph.node:  # in topological order, so chains of Identity fold in one pass
+        if node.op_type == "Identity" and len(node.input) == 1 and node.input[0] in stored \
+                and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(stored[node.input[0]])
+            copy.name = node.output[0]
+            proto.graph.initializer.append(copy)
+            stored[copy.name] = copy
+        else:
+            kept.append(node)
+    if len(kept) < len(proto.graph.node):
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept)
 
 
 def _opset(proto) -> int | None:
