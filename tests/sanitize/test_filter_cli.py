@@ -65,6 +65,17 @@ def test_filter_reads_images_that_come_without_labels(tmp_path, filter_files):
     assert bare["rejected"] == labelled["rejected"]
     accepted = np.load(tmp_path / "b" / "accepted.npz", allow_pickle=False)
     assert set(accepted.files) == {"x"} and len(accepted["x"]) == 100 - len(bare["rejected"])
+    # the same images as PNG files in one folder, no class sub-folders: read in name order
+    from PIL import Image
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, image in enumerate(np.load(inputs)["x"]):
+        Image.fromarray(image[0]).save(folder / f"{i:03d}.png")
+    assert _run(model, clean, folder, tmp_path / "c", "--frr", "0.05") == 1
+    block = json.loads((tmp_path / "c" / "report.json").read_text())["input_filter"]
+    assert block["rejected"] == labelled["rejected"]
+    assert block["rejected_files"] == [f"{i:03d}.png" for i in labelled["rejected"]]
 
 
 def test_filter_on_clean_inputs_exits_0(tmp_path, filter_files):

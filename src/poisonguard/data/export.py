@@ -67,8 +67,9 @@ def write_cleansed(rows: Rows, keep: np.ndarray, out: str | Path) -> Path:
             if name in data:
                 data[name] = data[name][keep]
     else:
-        data = {"x": _uint8(rows.train.x[keep]), "y": rows.train.y.numpy()[keep],
-                "classes": np.asarray(rows.classes)}
+        data = {"x": _uint8(rows.train.x[keep])}
+        if rows.classes:  # run-time inputs (`filter`) may come without labels
+            data.update(y=rows.train.y.numpy()[keep], classes=np.asarray(rows.classes))
         if rows.test is not None:
             data["x_test"], data["y_test"] = _uint8(rows.test.x), rows.test.y.numpy()
         if rows.names is not None:

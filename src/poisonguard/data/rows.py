@@ -106,9 +106,10 @@ def load_rows(spec: str, *, seed: int = 0) -> Rows:
 def load_inputs(spec: str, *, seed: int = 0) -> Rows:
     """Inputs a model is to judge at run time (`filter --inputs`), whose labels may be unknown.
 
-    A table without the run's label column and an `.npz` holding `x` but no `y` are read in
-    file order with every label UNLABELLED and no class names; any other source (and these
-    two when they do carry labels) is read as `load_rows` reads it.
+    A table without the run's label column, an `.npz` holding `x` but no `y` and a folder of
+    images without class sub-folders are read in file (name) order with every label UNLABELLED
+    and no class names; any other source (and these when they do carry labels) is read as
+    `load_rows` reads it.
     """
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()
@@ -127,7 +128,32 @@ def load_inputs(spec: str, *, seed: int = 0) -> Rows:
             raise UserError(f"{path} must hold an array 'x' (found {', '.join(sorted(data)) or 'none'})")
         images = to_image_data(data["x"], np.zeros(len(data["x"]), dtype=np.int64), ("?",), f"{path}:x")
         return Rows(path.stem, "npz", path, ImageData(images.x, torch.full((len(images),), UNLABELLED), ()), None)
+    elif path.is_dir():
+        flat = _flat_folder(path)
+        if flat is not None:
+            return flat
     return load_rows(spec, seed=seed)
+
+
+def _flat_folder(path: Path) -> Rows | None:
+    """A folder of images with no class sub-folders (inputs nobody has labelled), in name order;
+    None when its images sit in sub-folders (then they are classes)."""
+    from poisonguard import limits
+    from poisonguard.data.dataset import from_uint8
+    from poisonguard.data.folder import IMAGE_SUFFIXES, _stack, _walk, is_hidden
+    from poisonguard.data.images import decode_image, read_file
+
+    files = sorted(p for p in _walk(path) if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p))
+    if not files or any(len(p.parts) > 1 for p in files):
+        return None
+    images, total = [], 0
+    for p in files:
+        images.append(decode_image(read_file(path / p, f"{path.name}/{p}"), f"{path.name}/{p}"))
+        total += images[-1].size
+        limits.check("max_dataset_values", total, f"{path.name}: the data set's value count (so far)")
+    x = from_uint8(_stack(path.name, images), np.zeros(len(images), dtype=np.int64), ("?",)).x
+    return Rows(path.name, "folder", path, ImageData(x, torch.full((len(x),), UNLABELLED), ()), None,
+                tuple(str(p) for p in files))
 
 
 def _npz_members(path: Path) -> set[str]:

@@ -130,11 +130,11 @@ def cmd_filter(args) -> int:
              "rejected": [int(i) for i in rejected], "p_excess": p, "excess_alpha": EXCESS_ALPHA}
     if method == "strip":
         block["draws"] = args.draws
+    if rows.names is not None:
+        block["rejected_files"] = [rows.names[i] for i in rejected]
     report = Report("filter")
     report.set("model", info)
     report.set("input_filter", block)
-    if rows.names is not None:
-        block["rejected_files"] = [rows.names[i] for i in rejected]
     filter_section(report, block, clean_score, score)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / f"{statistic}.npz") as tmp:
