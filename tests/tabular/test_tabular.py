@@ -91,11 +91,20 @@ def test_parquet_reads_like_csv(tmp_path):
     ("one_class", "only one class"),
     ("missing", "missing value"),
     ("ragged", "fields but the header has"),
+    ("infinite", "features must be finite"),
+    ("stray_word", "holds 'unknown' in data row 7"),
+    ("pandas_index", "column 1 has no name"),
 ])
 def test_bad_tables_one_line_exit_2(tmp_path, capsys, case, expected):
     path = tmp_path / "t.csv"
     label = "label"
-    if case == "free_text":
+    if case == "infinite":  # read as text, "inf" made the column categorical without a word
+        path.write_text("a,lvl,label\n" + "".join(f"{i},{[1, 2, 3, 'inf'][i % 4]},{'xy'[i % 2]}\n" for i in range(40)))
+    elif case == "stray_word":  # one "unknown" among ages made one feature per age
+        _write_table(path, n=100, extra_columns={"age": [str(20 + i % 40) if i != 6 else "unknown" for i in range(100)]})
+    elif case == "pandas_index":  # df.to_csv() writes the row index as a nameless first column
+        path.write_text(",a,label\n" + "".join(f"{i},{i * 3 % 7},{'xy'[i % 2]}\n" for i in range(40)))
+    elif case == "free_text":
         _write_table(path, n=100, extra_columns={"name": [f"person {i}" for i in range(100)]})
     elif case == "one_class":
         path.write_text("a,b,label\n1,2,x\n3,4,x\n5,6,x\n")
@@ -109,6 +118,42 @@ def test_bad_tables_one_line_exit_2(tmp_path, capsys, case, expected):
     code, _, err = _run(["train", "--data", str(path), "--label-column", label, "--epochs", "1",
                          "--out", str(tmp_path / "o"), "--quiet"], capsys)
     assert code == 2 and expected in err and err.count("\n") == 1
+
+
+def test_labels_equal_as_numbers_are_one_class_and_true_false_is_a_number(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,flag,label\n" + "".join(f"{i},{['True', 'False'][i % 2]},{['0', '1.0', '1', '0.0'][i % 4]}\n"
+                                               for i in range(40)))
+    rows = read_table(path, label_column="label")
+    assert rows.classes == ("0", "1") and rows.meta.feature_names == ("a", "flag")
+    assert rows.x[:4, 1].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_the_models_columns_decide_how_a_small_batch_is_read(planted, tmp_path, capsys):
+    """Rows at run time are few: three rows of three colours look like no category, and a batch
+    without "green" lacks a column. The model's recorded columns decide each column's kind."""
+    models = tmp_path / "m"
+    models.mkdir()
+    torch.save(planted["backdoored"].state_dict(), models / "model.pt")
+    features = list(planted["splits"].train.meta.feature_names)
+    (models / "metadata.json").write_text(json.dumps({"architecture": "mlp", "num_classes": 2, "input_shape": [9],
+                                                      "features": features, "classes": ["bad", "good"]}))
+    lines = Path(planted["path"]).read_text().splitlines()
+    header = lines[0].split(",")
+    colour = header.index("colour")
+    rows, seen = [], set()
+    for row in lines[1:]:
+        if row.split(",")[colour] not in seen:
+            seen.add(row.split(",")[colour])
+            rows.append(row)
+    batch = tmp_path / "b" / "three.csv"
+    batch.parent.mkdir()
+    batch.write_text("\n".join([lines[0], *rows]) + "\n")
+    assert len(rows) == 3
+    table = ["--data", str(planted["path"]), "--label-column", "label", "--quiet"]
+    code, out, err = _run(["filter", str(models / "model.pt"), "--inputs", str(batch), *table, "--out",
+                           str(tmp_path / "f")], capsys)
+    assert code == 0 and json.loads(out)["inputs"] == 3, err
 
 
 def test_cli_attack_then_width_mismatch(tmp_path, capsys, caplog):

@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from poisonguard import __version__, utils
@@ -58,6 +59,23 @@ def quieten() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _recorded_features(args) -> tuple[str, ...] | None:
+    """The encoded table columns the run's model records (its metadata.json `features`), which
+    decide each column's kind when the run reads a table (`data.table._recorded_kinds`); None
+    for images, text and models that record none."""
+    model = getattr(args, "model", None)
+    if not getattr(args, "label_column", None) or not model or not Path(model).is_file():
+        return None
+    from poisonguard.models.files import read_metadata
+
+    try:
+        features = read_metadata(Path(model)).get("features")
+    except UserError:
+        return None  # the command reports a bad metadata.json itself, in its own words
+    ok = isinstance(features, list) and features and all(isinstance(f, str) for f in features)
+    return tuple(features) if ok else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -73,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from poisonguard.data import options as data_options
 
         data_options.reset()
-        data_options.set_options(label_column=getattr(args, "label_column", None))
+        data_options.set_options(label_column=getattr(args, "label_column", None),
+                                 model_features=_recorded_features(args))
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"poisonguard: error: {exc}", file=sys.stderr)

@@ -8,14 +8,18 @@ Library callers pass `label_column=` to `load_data` instead.
 
 from __future__ import annotations
 
-_options: dict[str, str | None] = {}
+from typing import Any
+
+# label_column: a table's label column. model_features: the encoded columns the run's model
+# records (`data.table._recorded_kinds` reads each column's kind from them).
+_options: dict[str, Any] = {}
 
 
-def set_options(**values: str | None) -> None:
+def set_options(**values: Any) -> None:
     _options.update({k: v for k, v in values.items() if v is not None})
 
 
-def get(name: str) -> str | None:
+def get(name: str) -> Any:
     return _options.get(name)
 
 

@@ -106,10 +106,10 @@ def load_rows(spec: str, *, seed: int = 0) -> Rows:
 def load_inputs(spec: str, *, seed: int = 0) -> Rows:
     """Inputs a model is to judge at run time (`filter --inputs`), whose labels may be unknown.
 
-    A table without the run's label column, an `.npz` holding `x` but no `y` and a folder of
-    images without class sub-folders are read in file (name) order with every label UNLABELLED
-    and no class names; any other source (and these when they do carry labels) is read as
-    `load_rows` reads it.
+    A table (its label column, if any, left out: labels are never used, and a batch may be of
+    one class or partly unlabelled), an `.npz` holding `x` but no `y` and a folder of images
+    without class sub-folders are read in file (name) order with every label UNLABELLED and no
+    class names; any other source is read as `load_rows` reads it.
     """
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()
@@ -117,8 +117,7 @@ def load_inputs(spec: str, *, seed: int = 0) -> Rows:
         from poisonguard.data import options, table
 
         whole = table.read_table(path, label_column=options.get("label_column"), labels_optional=True)
-        if not whole.classes:
-            return Rows(path.stem, suffix[1:], path, whole, None)
+        return Rows(path.stem, suffix[1:], path, whole, None)
     elif path.is_file() and suffix == ".npz" and not {"y", "y_test"} & _npz_members(path):
         from poisonguard.data.folder import to_image_data
         from poisonguard.data.npz import read_npz

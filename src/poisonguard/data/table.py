@@ -22,7 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,8 @@ import torch
 from poisonguard import limits
 from poisonguard.data.dataset import UNLABELLED, ColumnCode, ImageData, Splits, TableInfo, label_order, stratified_split
 from poisonguard.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".csv", ".parquet")
 MISSING = frozenset({"", "na", "nan", "null", "none", "n/a"})
@@ -97,7 +101,12 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list]]:
         raise
     except Exception as exc:  # pyarrow raises many types for a damaged file
         raise UserError(f"{path}: not a readable Parquet table: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    return list(table.column_names), [table.column(i).to_pylist() for i in range(table.num_columns)]
+    # pandas stores a filtered frame's row index as a column of its own; it is no feature
+    index = [i for i, name in enumerate(table.column_names) if re.fullmatch(r"__index_level_\d+__", name)]
+    if index:
+        log.warning("%s: left out pandas' row index column(s) %s", path, ", ".join(table.column_names[i] for i in index))
+    keep = [i for i in range(table.num_columns) if i not in index]
+    return [table.column_names[i] for i in keep], [table.column(i).to_pylist() for i in keep]
 
 
 def _metadata(path: Path) -> dict:
@@ -118,16 +127,34 @@ def _metadata(path: Path) -> dict:
     return data
 
 
+BOOLEANS = {"true": 1.0, "false": 0.0}  # a CSV's True/False is a parquet bool: one numeric 0/1 feature
+
+
 def _as_number(cell) -> float | None:
+    """The cell as a finite number, else None (non-finite numbers are refused by `_check_finite`)."""
     if isinstance(cell, bool):
         return float(cell)
+    if isinstance(cell, str) and cell.strip().lower() in BOOLEANS:
+        return BOOLEANS[cell.strip().lower()]
     if isinstance(cell, (int, float)):
-        return float(cell)
+        return float(cell) if math.isfinite(cell) else None
     try:
         v = float(cell)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+def _check_finite(path: Path, name: str, values: list) -> None:
+    """Refuse inf and -inf in a column: no feature value can hold them, and read as text they
+    would make a numeric column categorical without a word."""
+    for i, cell in enumerate(values):
+        try:
+            value = float(cell) if isinstance(cell, (str, int, float)) and not isinstance(cell, bool) else 0.0
+        except (TypeError, ValueError):
+            continue
+        if math.isinf(value):
+            raise UserError(f"{path}: column {name!r} holds {cell!r} in data row {i + 1}; features must be finite")
 
 
 def _is_missing(cell) -> bool:
@@ -142,11 +169,22 @@ def _check_present(path: Path, name: str, values: list) -> None:
                             "fill or drop missing values first")
 
 
+def _label_names(values: list) -> list[str]:
+    """Each label as its class name. Where every label is a number, equal numbers are one class
+    named in their shortest form ("1", "1.0" and a parquet 1.0 are class "1"; 0.5 is "0.5"):
+    a CSV that writes some labels as 1.0 and others as 1 has two classes, not four."""
+    text = [str(v).strip() for v in values]
+    numbers = [_as_number(v) if not (isinstance(v, str) and v.strip().lower() in BOOLEANS) else None for v in values]
+    if any(n is None for n in numbers):
+        return text
+    return [str(int(n)) if n.is_integer() else repr(n) for n in numbers]
+
+
 def _labels(path: Path, name: str, values: list, classes_meta) -> tuple[np.ndarray, tuple[str, ...]]:
     _check_present(path, name, values)
-    text = [str(v).strip() if not isinstance(v, float) or not v.is_integer() else str(int(v)) for v in values]
+    text = _label_names(values)
     if classes_meta is not None:
-        classes = tuple(str(c) for c in classes_meta)
+        classes = tuple(_label_names([str(c) for c in classes_meta]))
         if len(set(classes)) != len(classes):
             raise UserError(f"{path.parent / 'metadata.json'}: 'classes' names a class twice")
     else:
@@ -168,11 +206,16 @@ def _encode(path: Path, header: list[str], columns: list[list], label: str, cate
     """Features (N, F) float32 and the ColumnCodes, in the table's column order."""
     n = len(columns[0]) if columns else 0
     codes, blocks, start = [], [], 0
+    numeric, recorded_categorical = _recorded_kinds(header)
+    categorical = set(categorical) | recorded_categorical
     for name, values in zip(header, columns):
         if name == label:
             continue
         _check_present(path, name, values)
+        _check_finite(path, name, values)
         numbers = [_as_number(v) for v in values]
+        if name not in categorical:
+            _check_numeric(path, name, values, numbers, recorded=name in numeric)
         if name not in categorical and all(v is not None for v in numbers):
             blocks.append(np.asarray(numbers, dtype=np.float64)[:, None])
             codes.append(ColumnCode(name, "numeric", start))
@@ -201,11 +244,44 @@ def _encode(path: Path, header: list[str], columns: list[list], label: str, cate
     return x.astype(np.float32), tuple(codes)
 
 
+def _recorded_kinds(header: list[str]) -> tuple[set[str], set[str]]:
+    """(numeric, categorical) columns of this header as the run's model records them.
+
+    A column's kind is read from the file's cells, which a few rows at run time cannot show:
+    three rows of three cities look like no category, and sizes 1/2/3 without the XL of the
+    training table look like a number. Where the model names its encoded columns
+    (`options.get("model_features")`: "age" numeric, "city=Nice" one of city's categories),
+    those decide.
+    """
+    from poisonguard.data import options
+
+    features = options.get("model_features") or ()
+    columns = set(header)
+    numeric = {f for f in features if f in columns}
+    categorical = {f.split("=", 1)[0] for f in features if f not in columns and "=" in f} & columns
+    return numeric, categorical - numeric
+
+
+def _check_numeric(path: Path, name: str, values: list, numbers: list, *, recorded: bool) -> None:
+    """Refuse a column that must be numeric (the model records it so) or plainly is (nine in ten
+    cells are numbers of more than ten values) but holds a word: read as a category, a stray
+    "unknown" among ages would make one feature per age without a word."""
+    bad = [i for i, v in enumerate(numbers) if v is None]
+    if not bad:
+        return
+    known = [v for v in numbers if v is not None]
+    if recorded or (len(known) >= 0.9 * len(numbers) and len(set(known)) > 10):
+        why = "the model reads it as a number" if recorded else "its other cells are numbers"
+        raise UserError(f"{path}: column {name!r} holds {str(values[bad[0]])[:40]!r} in data row {bad[0] + 1}, but "
+                        f"{why}; fix the cell{'' if recorded else ', or list the column under categorical in metadata.json'}")
+
+
 def read_table(path: str | Path, *, label_column: str | None, labels_optional: bool = False) -> ImageData:
     """Every row of the table, in file order, as tabular ImageData (ranges observed on all rows).
 
-    labels_optional: a table without `label_column` (rows a model is to judge at run time, whose
-    labels nobody knows yet) is read with every label -1 and no class names.
+    labels_optional: rows a model is to judge at run time, whose labels nobody knows yet (or
+    whose label column is partly empty, or holds one class): read with every label UNLABELLED
+    and no class names, the label column, if any, left out.
     """
     path = Path(path)
     if not label_column and not labels_optional:
@@ -214,7 +290,13 @@ def read_table(path: str | Path, *, label_column: str | None, labels_optional: b
     if len(set(header)) != len(header):
         dup = next(h for h in header if header.count(h) > 1)
         raise UserError(f"{path}: the column name {dup!r} appears twice")
-    if labels_optional and label_column not in header:
+    if "" in header:
+        raise UserError(f"{path}: column {header.index('') + 1} has no name (pandas writes its row index so: "
+                        "to_csv(index=False) leaves it out); name the column or drop it")
+    if labels_optional:
+        if label_column in header:  # run-time rows: a label column, if any, is neither a feature nor used
+            i = header.index(label_column)
+            header, columns = header[:i] + header[i + 1:], columns[:i] + columns[i + 1:]
         return _unlabelled(path, header, columns)
     if label_column not in header:
         shown = ", ".join(header[:12]) + (" ..." if len(header) > 12 else "")

@@ -131,13 +131,12 @@ def load_text_rows(spec: str, *, text_column: str | None = None, label_column: s
 
 
 def load_text_inputs(spec: str, *, text_column: str | None = None, label_column: str | None = None) -> TextCorpus:
-    """Texts a model is to judge at run time (`filter --inputs`): a CSV without `label_column` is
-    read with every label UNLABELLED and no class names; anything else as `load_text_rows`."""
+    """Texts a model is to judge at run time (`filter --inputs`): a CSV is read without its
+    labels (every label UNLABELLED, no class names); a folder as `load_text_rows`."""
     path = Path(spec).expanduser()
-    if path.is_file() and text_column:
-        texts, labels = read_csv(path, text_column=text_column, label_column=label_column, labels_optional=True)
-        if labels is None:
-            return TextCorpus(tuple(texts), torch.full((len(texts),), UNLABELLED, dtype=torch.long), ())
+    if path.is_file() and text_column:  # labels are never used: a batch may be of one class or unlabelled
+        texts, _ = read_csv(path, text_column=text_column, label_column=None, labels_optional=True)
+        return TextCorpus(tuple(texts), torch.full((len(texts),), UNLABELLED, dtype=torch.long), ())
     return load_text_rows(spec, text_column=text_column, label_column=label_column)
 
 
