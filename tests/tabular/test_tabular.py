@@ -545,3 +545,21 @@ def test_too_few_references_for_a_per_class_null_is_one_line_before_any_training
     code, _, err = _run(["scan", str(folder / "model.pt"), "--data", str(planted["path"]), "--label-column", "label",
                          "--reference-models", "2", "--out", str(tmp_path / "s"), "--quiet"], capsys)
     assert code == 2 and "needs at least 3 of them" in err and err.count("\n") == 1, err
+
+
+def test_partition_aggregation_certifies_a_table_model(tmp_path, capsys):
+    """DPA on a table: rows hash by their raw values (clamped to [0, 1] as pixels, most rows of a
+    table shared one partition) and the ensemble of (F,)-input models loads for certification."""
+    from poisonguard.certify.partition import hash_partition
+
+    path = _write_table(tmp_path / "t.csv", n=600)
+    splits = load_data(str(path), label_column="label")
+    sizes = torch.bincount(hash_partition(splits.train.x, 5), minlength=5)
+    assert sizes.min() > 0.6 * len(splits.train) / 5
+    code, _, err = _run(["train", "--data", str(path), "--label-column", "label", "--defense", "partition",
+                         "--partitions", "5", "--epochs", "3", "--out", str(tmp_path / "p"), "--quiet"], capsys)
+    assert code == 0, err
+    code, out, err = _run(["certify", str(tmp_path / "p" / "model.safetensors"), "--data", str(path), "--label-column",
+                           "label", "--poisoning", "--out", str(tmp_path / "c"), "--quiet"], capsys)
+    line = json.loads(out)
+    assert code == 0 and line["clean_accuracy"] > 0.6 and line["certified_accuracy"]["0"] == line["clean_accuracy"], err

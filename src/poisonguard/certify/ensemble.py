@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from poisonguard import __version__
-from poisonguard.certify.partition import HASH_NAME, hash_partition
+from poisonguard.certify.partition import hash_name, hash_partition
 from poisonguard.data import ImageData
 from poisonguard.errors import UserError
 from poisonguard.models import ARCHITECTURES, build_model
@@ -174,7 +174,7 @@ def train_partition_models(arch: str, data: ImageData, k: int, recipe: Partition
     base = build_model(arch, num_classes=data.num_classes, input_shape=data.input_shape)
     ensemble = PartitionEnsemble(base, {n: t.cpu() for n, t in state.items()}, data.num_classes).eval()
     info = {"partitions": k, "partition_sizes": sizes, "steps": steps, "seconds": round(seconds, 3),
-            "batched": batched, "hash": HASH_NAME, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
+            "batched": batched, "hash": hash_name(data.x), "epochs": recipe.epochs, "batch_size": recipe.batch_size,
             "lr": recipe.lr}
     return ensemble, info
 
@@ -234,7 +234,8 @@ def save_ensemble(ensemble: PartitionEnsemble, path: str | Path, *, arch: str, c
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
     metadata = {"tool": "poisonguard", "version": __version__, "format": ENSEMBLE_FORMAT,
-                "base_architecture": ARCHITECTURES.normalise(arch), "partitions": ensemble.k, "hash": HASH_NAME,
+                "base_architecture": ARCHITECTURES.normalise(arch), "partitions": ensemble.k,
+                "hash": (training or {}).get("hash", hash_name(torch.zeros(1, *input_shape))),
                 "num_classes": len(classes), "classes": list(classes), "input_shape": [int(s) for s in input_shape],
                 "sha256": sha256_file(path), "training": training or {}}
     atomic_write_text(path.parent / "metadata.json", json.dumps(metadata, indent=2))
@@ -267,7 +268,7 @@ def load_ensemble(path: str | Path) -> tuple[PartitionEnsemble, dict]:
         arch = str(meta["base_architecture"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{meta_file}: missing or bad field {exc}") from exc
-    if k < 1 or len(shape) != 3 or min(shape) < 1:
+    if k < 1 or len(shape) not in (1, 3) or min(shape) < 1:  # (C, H, W) images, (F,) table rows
         raise UserError(f"{meta_file}: bad partitions or input_shape")
     try:
         tensors = load_file(str(path), device="cpu")

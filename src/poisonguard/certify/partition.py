@@ -1,8 +1,9 @@
 """Deep Partition Aggregation math (Levine & Feizi, 2021), as plain functions.
 
-- `hash_partition`: each training image goes to partition h(image) mod K, with h a
-  SHA-256 of the image's 8-bit pixels. The label and the sample's position play no part,
-  so inserting, removing or relabelling one sample changes exactly one partition.
+- `hash_partition`: each training sample goes to partition h(sample) mod K, with h a
+  SHA-256 of an image's 8-bit pixels, or of a table row's (or token ids') exact values.
+  The label and the sample's position play no part, so inserting, removing or relabelling
+  one sample changes exactly one partition.
 - `plurality_vote`: the ensemble's answer, ties going to the smaller class index.
 - `dpa_certificate`: Theorem 1 of Levine & Feizi (2021),
   rho(x) = floor((n_c - max_{c' != c} (n_{c'} + 1[c' < c])) / 2), c the vote's winner:
@@ -18,24 +19,36 @@ from typing import Sequence
 import numpy as np
 import torch
 
-HASH_NAME = "sha256-uint8-v1"
+HASH_NAME = "sha256-uint8-v1"  # images
+RAW_HASH_NAME = "sha256-raw-v1"  # table rows (float32 in raw units) and token ids (int64)
 
 
-def image_hash(image: torch.Tensor) -> int:
-    """A 64-bit hash of one (C, H, W) image in [0, 1], from its 8-bit quantised pixels.
+def hash_name(x: torch.Tensor) -> str:
+    """The hash `hash_partition` uses for inputs x (N, ...), as recorded in an ensemble's metadata."""
+    return HASH_NAME if x.ndim == 4 else RAW_HASH_NAME
 
-    Quantising first keeps the hash stable across float round-off (e.g. a PNG round trip).
-    """
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous().numpy()
-    shape = np.asarray(pixels.shape, dtype=np.int64).tobytes()
-    return int.from_bytes(hashlib.sha256(shape + pixels.tobytes()).digest()[:8], "little")
+
+def sample_hash(sample: torch.Tensor) -> int:
+    """A 64-bit hash of one sample: a (C, H, W) image in [0, 1] from its 8-bit quantised pixels
+    (stable across float round-off, e.g. a PNG round trip); a table row or token ids from their
+    exact values (a row in raw units is what its file says: clamping it to [0, 1] as a picture
+    put most rows of a table in one partition)."""
+    sample = sample.detach().cpu()
+    if sample.ndim == 3:
+        values = (sample.float().clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
+    elif sample.dtype.is_floating_point:
+        values = (sample.float() + 0.0).contiguous().numpy()  # + 0.0: -0.0 and 0.0 are one value
+    else:
+        values = sample.to(torch.int64).contiguous().numpy()
+    shape = np.asarray(values.shape, dtype=np.int64).tobytes()
+    return int.from_bytes(hashlib.sha256(shape + values.tobytes()).digest()[:8], "little")
 
 
 def hash_partition(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Partition index in [0, k) for each image of x (N, C, H, W); returns (N,) int64."""
+    """Partition index in [0, k) for each sample of x (N, ...); returns (N,) int64."""
     if k < 1:
         raise ValueError(f"the number of partitions must be at least 1, got {k}")
-    return torch.tensor([image_hash(img) % k for img in x], dtype=torch.int64)
+    return torch.tensor([sample_hash(sample) % k for sample in x], dtype=torch.int64)
 
 
 def plurality_vote(votes: torch.Tensor) -> torch.Tensor:
