@@ -46,6 +46,8 @@ def _trigger(method: str, args, num_classes: int):
     from poisonguard.attacks.text import DEFAULT_SENTENCE, TextTrigger
 
     target = args.target
+    if target == -1:
+        raise UserError("--target all (all-to-all) is for image triggers and label-flip; a text trigger needs one class")
     if not 0 <= target < num_classes:
         raise UserError(f"target {target} is not a class of this {num_classes}-class text data")
     position = getattr(args, "insert_position", "random") or "random"

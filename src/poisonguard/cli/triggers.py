@@ -27,6 +27,8 @@ def build_trigger(method: str, args, splits):
     shape = splits.input_shape
     if args.target >= splits.num_classes or args.target < -1:
         raise UserError(f"target {args.target} is not a class of this {splits.num_classes}-class data")
+    if args.target == -1 and method == "tabular_trigger":
+        raise UserError("--target all (all-to-all) is for image triggers and label-flip; tabular-trigger needs one class")
     if splits.kind != "image" and method in ("badnets", "blended", "wanet"):
         raise UserError(f"the {method} attack stamps images; for a table use tabular-trigger or label-flip")
     if method == "badnets":
