@@ -47,6 +47,14 @@ def test_alie_stays_in_the_benign_range_and_shifts_fedavg_down():
     # range a robust rule accepts (every crafted value lies within mu +- sigma).
     assert torch.allclose(shift, -0.2 * z * sigma, atol=1e-6)
     assert ((crafted - mu).abs() <= sigma).all()
+    # untargeted ALIE stamps nothing, so token ids (text) are fine; its backdoor form is refused there
+    from poisonguard.data import ImageData
+    from poisonguard.errors import UserError
+
+    texts = ImageData(torch.ones(8, 24, dtype=torch.long), torch.zeros(8, dtype=torch.long), ("a", "b"), kind="text")
+    assert make_attack("alie", input_shape=(24,), num_classes=2, data=texts, backdoor=False).trigger is None
+    with pytest.raises(UserError, match="backdoor=false"):
+        make_attack("alie", input_shape=(24,), num_classes=2, data=texts)
 
 
 def test_alie_backdoor_training_pulls_hardest_where_benign_clients_agree():

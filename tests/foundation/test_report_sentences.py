@@ -77,9 +77,22 @@ def test_certificate_sentence_matches_its_table_names_the_model_and_the_trigger_
     # certified accuracy at 0.5: only the third image (0.6, correct) -> 25%; at 0: 3 of 4 right.
     assert cert.certified_accuracy["0.5"] == 0.25
     assert "suspect/model.pt" in section.summary and "suspect/model.pt" in section.html
-    assert "up to 0.5 on 25% of 4 test images (75% are right with some guarantee" in section.summary
+    assert "up to 0.5 (pixels in [0, 1]) on 25% of 4 test images (75% are right with some guarantee" in section.summary
     assert cert.extra["trigger"]["l2_median"] == pytest.approx(3.0)
     assert "L2 3.00 (median), 4.3x the largest radius certified (0.70): 0 of 4 images" in section.summary
+    # a table: radii in standardised units, and the trigger measured in them (scale = each feature's std)
+    rows = ImageData(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), ("a", "b"), kind="tabular")
+    from poisonguard.attacks.triggers import PatchTrigger
+
+    stamp = PatchTrigger(mask=torch.tensor([1.0, 0, 0]), pattern=torch.tensor([6.0, 0, 0]), target=1)
+    table_cert = dataclasses.replace(cert, extra={**cert.extra, "input_space": "standardised"})
+    coverage = trigger_coverage(table_cert, stamp, rows, scale=torch.tensor([2.0, 1, 1]))
+    assert coverage["l2_median"] == pytest.approx(3.0)  # 6 raw units of a feature whose std is 2
+    table_cert = dataclasses.replace(table_cert, extra={**table_cert.extra, "trigger": coverage})
+    report = Report("certify")
+    smoothing_section(report, table_cert, model={"path": "suspect/model.pt"})
+    summary = _section(report, "randomized smoothing").summary
+    assert "(standardised feature units) on 25% of 4 test rows" in summary and "changes a row by L2 3.00" in summary
 
 
 def test_certificate_sentence_states_the_radius_it_reads():
@@ -88,7 +101,7 @@ def test_certificate_sentence_states_the_radius_it_reads():
     cert = _certification([0.1, 0.3], [True, True])
     cert = type(cert)(**{**{f: getattr(cert, f) for f in cert.__dataclass_fields__},
                          "certified_accuracy": {"0.0": 1.0, "0.25": 0.5}})
-    assert "up to 0.25 on 50%" in smoothing_summary(cert)
+    assert "up to 0.25 (pixels in [0, 1]) on 50%" in smoothing_summary(cert)
 
 
 # ---------------------------------------------------------------- federated

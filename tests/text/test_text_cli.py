@@ -34,6 +34,13 @@ def test_text_walk_through(corpus_csv, tmp_path, capsys):
                  "--out", str(tmp_path / "rep"), "--quiet"]) == 0
     rep = _last_json(capsys)
     assert rep["after"]["attack_success_rate"] < 0.2 and rep["after"]["clean_accuracy"] > 0.8
+    assert main(["repair", str(folder), *data, "--method", "wild", "--out", str(tmp_path / "w"), "--quiet"]) == 2
+    assert "fine-pruning" in capsys.readouterr().err  # not text fine-pruning run under another method's name
+    # the same folder without model.json (a user's weights and tokenizer only): output i is the data's class i
+    (folder / "model.json").unlink()
+    assert main(["evaluate", str(folder), *data, "--embedding-layer", "embed", "--trigger", str(tmp_path / "trigger.json"),
+                 "--quiet"]) == 0
+    assert _last_json(capsys)["attack_success_rate"] > 0.9
     assert not poisoned_csv.exists()
 
 
@@ -65,6 +72,10 @@ def test_bad_text_input_is_one_line_exit_2(tmp_path, capsys, content, args, mess
 
 def test_text_attack_on_image_method_and_wrong_model_exit_2(corpus_csv, tmp_path, capsys):
     data = ["--data", str(corpus_csv), "--text-column", "text", "--label-column", "label"]
+    (tmp_path / "none").mkdir()
+    for command in ("checklist", "certify"):  # image and table commands say so, before reading anything
+        assert main([command, str(tmp_path / "none"), *data, "--out", str(tmp_path / command), "--quiet"]) == 2
+        assert "text" in capsys.readouterr().err
     assert main(["attack", "badnets", *data, "--out", str(tmp_path / "a"), "--quiet"]) == 2
     assert "rare-word" in capsys.readouterr().err
     (tmp_path / "m").mkdir()
@@ -144,3 +155,10 @@ def test_a_users_own_text_model_is_scanned_against_its_own_architecture(backdoor
                  str(tmp_path / "scan"), "--out", str(tmp_path / "rep"), "--quiet"]) == 0
     rep = _last_json(capsys)
     assert rep["after"]["attack_success_rate"] < 0.2 and rep["after"]["clean_accuracy"] > 0.8
+    assert main(["repair", str(folder), *data, "--method", "wild", "--out", str(tmp_path / "w"), "--quiet"]) == 2
+    assert "fine-pruning" in capsys.readouterr().err  # not text fine-pruning run under another method's name
+    # the same folder without model.json (a user's weights and tokenizer only): output i is the data's class i
+    (folder / "model.json").unlink()
+    assert main(["evaluate", str(folder), *data, "--embedding-layer", "embed", "--trigger", str(tmp_path / "trigger.json"),
+                 "--quiet"]) == 0
+    assert _last_json(capsys)["attack_success_rate"] > 0.9

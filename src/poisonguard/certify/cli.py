@@ -4,6 +4,7 @@ Deep Partition Aggregation certificates of a partition ensemble."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from poisonguard.errors import UserError, user_values
@@ -44,8 +45,13 @@ def add_commands(sub) -> None:
 
 
 def cmd_certify(args) -> int:
+    from poisonguard.cli import text
     from poisonguard.cli.inputs import data_inputs, guard_out, load_checked_model, load_splits, model_inputs
     from poisonguard.report import Report
+
+    if text.wants_text(args):
+        raise UserError("certify is for image and table models, not text: smoothing needs a continuous input "
+                        "space, which token ids are not")
 
     out = guard_out(args.out, command="certify", force=args.force, inputs=[*model_inputs(args.model), *data_inputs(args.data)])
     report = Report("certify")
@@ -63,13 +69,13 @@ def cmd_certify(args) -> int:
         splits = load_splits(args.data, args.seed, model=args.model)
         loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
         report.set("model", info)
-        model, test = loaded.model, splits.test
-        if splits.kind == "tabular":
-            from poisonguard.certify.smoothing import standardised_view
+        from poisonguard.certify.smoothing import STANDARDISED, smoothing_space
 
-            model, test = standardised_view(model, test, splits.train)
-            report.set("input_space", "standardised features: sigma and radii in units of each feature's training std")
+        model, test, scale = smoothing_space(loaded.model, splits)
         cert = method.certify(model, test)
+        if scale is not None:
+            report.set("input_space", STANDARDISED)
+            cert = dataclasses.replace(cert, extra={**cert.extra, "input_space": STANDARDISED})
         report.set("certification", cert)
         smoothing_section(report, cert, model=info)
         summary = {"certified_accuracy": cert.certified_accuracy, "abstain_rate": cert.abstain_rate,

@@ -16,18 +16,20 @@ def model_name(model: dict | None) -> str:
     return str(model.get("path") or model.get("architecture") or "the model")
 
 
-def trigger_coverage(cert: Certification, trigger, data) -> dict:
+def trigger_coverage(cert: Certification, trigger, data, *, scale=None) -> dict:
     """How the certified radii compare with the size of a known trigger.
 
-    For each certified test image i (`cert.extra["indices"]`), the trigger's L2 perturbation
-    ||trigger(x_i) - x_i||_2 against its certified radius r_i: only an image with
-    r_i > ||trigger(x_i) - x_i|| is provably safe from that trigger.
+    For each certified test input i (`cert.extra["indices"]`), the trigger's L2 perturbation
+    ||trigger(x_i) - x_i||_2 against its certified radius r_i: only an input with
+    r_i > ||trigger(x_i) - x_i|| is provably safe from that trigger. `scale` (a table's
+    per-feature std) measures the change in the units the radii are in.
     """
     import torch
 
     index = torch.as_tensor(cert.extra["indices"], dtype=torch.long)
     x = data.x[index]
-    norms = (trigger.apply(x) - x).flatten(1).norm(dim=1)
+    change = trigger.apply(x) - x
+    norms = (change if scale is None else change / scale).flatten(1).norm(dim=1)
     radii = torch.as_tensor(cert.radii, dtype=norms.dtype)
     correct = torch.as_tensor(cert.predictions) == data.y[index]
     covered = correct & (radii > norms)
@@ -36,20 +38,28 @@ def trigger_coverage(cert: Certification, trigger, data) -> dict:
             "covered": int(covered.sum()), "examples": int(len(index))}
 
 
+def _units(cert: Certification) -> tuple[str, str]:
+    """(what one input is, the units of L2): table rows are smoothed in standardised units."""
+    if cert.extra.get("input_space"):
+        return "row", "standardised feature units"
+    return "image", "pixels in [0, 1]"
+
+
 def smoothing_summary(cert: Certification, *, model: dict | None = None) -> str:
     """One or two sentences from the same numbers as the table (and the trigger comparison)."""
+    noun, units = _units(cert)
     radii = list(cert.certified_accuracy)
     key = "0.5" if "0.5" in cert.certified_accuracy else radii[-1]
     at = cert.certified_accuracy[key]
     text = (f"Adding random noise (sigma {cert.sigma:g}) and voting, {model_name(model)} answers right in a way that "
-            f"provably cannot be flipped by any change of L2 size up to {float(key):g} on {at:.0%} of "
-            f"{cert.extra['examples']} test images ({cert.certified_accuracy[radii[0]]:.0%} are right with some "
+            f"provably cannot be flipped by any change of L2 size up to {float(key):g} ({units}) on {at:.0%} of "
+            f"{cert.extra['examples']} test {noun}s ({cert.certified_accuracy[radii[0]]:.0%} are right with some "
             f"guarantee; {cert.abstain_rate:.0%} get none).")
     trig = cert.extra.get("trigger")
     if trig:
-        text += (f" The trigger changes an image by L2 {trig['l2_median']:.2f} (median), "
+        text += (f" The trigger changes a {noun} by L2 {trig['l2_median']:.2f} (median), "
                  f"{trig['l2_median'] / max(trig['largest_radius'], 1e-12):.1f}x the largest radius certified "
-                 f"({trig['largest_radius']:.2f}): {trig['covered']} of {trig['examples']} images are certified "
+                 f"({trig['largest_radius']:.2f}): {trig['covered']} of {trig['examples']} {noun}s are certified "
                  "against it.")
     return text
 
@@ -57,8 +67,9 @@ def smoothing_summary(cert: Certification, *, model: dict | None = None) -> str:
 def smoothing_section(report: Report, cert: Certification, *, model: dict | None = None,
                       title: str = "Certified robustness (randomized smoothing)", order: int = 40) -> None:
     curve = cert.extra["curve"]
+    noun, units = _units(cert)
     chart = line_chart(curve["radius"], {"certified accuracy": curve["certified_accuracy"]},
-                       xlabel="L2 radius (pixels in [0, 1])", ylabel="certified accuracy",
+                       xlabel=f"L2 radius ({units})", ylabel="certified accuracy",
                        title=f"sigma = {cert.sigma:g}, n = {cert.n:,}, alpha = {cert.alpha:g}")
     radii = list(cert.certified_accuracy)
     rows = [[*[cert.certified_accuracy[r] for r in radii], cert.abstain_rate, round(cert.seconds_per_example, 3)]]
@@ -67,7 +78,7 @@ def smoothing_section(report: Report, cert: Certification, *, model: dict | None
             + img(chart, "certified accuracy vs radius"))
     trig = cert.extra.get("trigger")
     if trig:
-        html += table(["trigger L2 (median)", "min", "max", "largest certified radius", "images certified against it"],
+        html += table(["trigger L2 (median)", "min", "max", "largest certified radius", f"{noun}s certified against it"],
                       [[trig["l2_median"], trig["l2_min"], trig["l2_max"], trig["largest_radius"],
                         f"{trig['covered']} of {trig['examples']}"]])
     report.add_section(title, html, summary=smoothing_summary(cert, model=model), order=order)

@@ -241,12 +241,24 @@ class _FromStandardised(nn.Module):
         return self.model(z * self.std + self.mean)
 
 
-def standardised_view(model: nn.Module, data: ImageData, train: ImageData) -> tuple[nn.Module, ImageData]:
-    """(model, data) in the standardised space of `train`'s features (tables), for smoothing there."""
+STANDARDISED = "standardised features: sigma and radii in units of each feature's training std"
+
+
+def standardised_view(model: nn.Module, data: ImageData, train: ImageData) -> tuple[nn.Module, ImageData, torch.Tensor]:
+    """(model, data, std) in the standardised space of `train`'s features (tables), for smoothing
+    there; `std` (F,) measures any other change (a trigger's) in the same units."""
     mean = train.x.mean(0)
     std = train.x.std(0)
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    return _FromStandardised(model, mean, std).eval(), data.with_(x=(data.x - mean) / std)
+    return _FromStandardised(model, mean, std).eval(), data.with_(x=(data.x - mean) / std), std
+
+
+def smoothing_space(model: nn.Module, splits) -> tuple[nn.Module, ImageData, torch.Tensor | None]:
+    """(model, test data, per-feature scale or None) as smoothing certifies them, for `certify` and
+    the checklist's stage alike: images as they are, a table in standardised units."""
+    if splits.kind != "tabular":
+        return model, splits.test, None
+    return standardised_view(model, splits.test, splits.train)
 
 
 def evenly_spaced(total: int, count: int | None) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from poisonguard.certify.sections import smoothing_section, trigger_coverage
-from poisonguard.certify.smoothing import RandomizedSmoothing
+from poisonguard.certify.smoothing import STANDARDISED, RandomizedSmoothing, smoothing_space
 from poisonguard.stages import StageContext, register_stage
 
 QUICK = {"sigma": 0.25, "n0": 64, "n": 500, "max_examples": 60}
@@ -20,9 +20,13 @@ def certify_stage(ctx: StageContext) -> None:
     """
     settings = QUICK if ctx.quick else FULL
     method = RandomizedSmoothing(alpha=0.001, seed=ctx.seed, device=ctx.device, **settings)
-    cert = method.certify(ctx.model, ctx.splits.test)
+    model, test, scale = smoothing_space(ctx.model, ctx.splits)  # a table: standardised units, as `certify`
+    cert = method.certify(model, test)
+    if scale is not None:
+        cert = dataclasses.replace(cert, extra={**cert.extra, "input_space": STANDARDISED})
     if ctx.trigger is not None:
-        cert = dataclasses.replace(cert, extra={**cert.extra, "trigger": trigger_coverage(cert, ctx.trigger, ctx.splits.test)})
+        coverage = trigger_coverage(cert, ctx.trigger, ctx.splits.test, scale=scale)
+        cert = dataclasses.replace(cert, extra={**cert.extra, "trigger": coverage})
     ctx.report.set("certification", cert)
     ctx.shared["certify"] = cert
     smoothing_section(ctx.report, cert, model=ctx.report.data.get("model"))

@@ -183,8 +183,13 @@ def _run_checklist(ctx, report, out: Path) -> int:
 
 
 def cmd_checklist(args) -> int:
+    from poisonguard.cli import text
     from poisonguard.report import Report
     from poisonguard.stages import StageContext, load_stages
+
+    if text.wants_text(args):
+        raise UserError("checklist runs on image and table models; for text run scan, sanitize, repair, filter, "
+                        "fl and train --dp-epsilon one by one (README: text)")
 
     only = None
     if args.stages:

@@ -202,7 +202,8 @@ def load_model_for(args, classes_from=None):
     kwargs = model_options(args)["arch_kwargs"] if getattr(args, "arch_kwargs", None) else None
     tm = load_text_model(args.model, arch=getattr(args, "arch", None), arch_kwargs=kwargs,
                          tokenizer=getattr(args, "tokenizer", None), embedding=getattr(args, "embedding_layer", None),
-                         num_classes=classes_from.num_classes if classes_from is not None else None)
+                         num_classes=classes_from.num_classes if classes_from is not None else None,
+                         classes=classes_from.classes if classes_from is not None else None)
     if classes_from is not None and tuple(tm.classes) != tuple(classes_from.classes):
         raise UserError(f"the model's classes {list(tm.classes)[:6]} are not the data's {list(classes_from.classes)[:6]}")
     check_text_classifier(tm)
@@ -409,6 +410,10 @@ def repair(args) -> int:
     from poisonguard.repair.text_pruning import TextFinePruning
     from poisonguard.report import Report
 
+    methods = [m.strip().lower().replace("_", "-") for m in (args.method or "fine-pruning").split(",") if m.strip()]
+    if methods != ["fine-pruning"]:
+        raise UserError(f"text models are repaired by fine-pruning (its text form: unknown words, dormant units, "
+                        f"fine-tuning; with --from-scan it also unlearns the found words), not {args.method!r}")
     out = guard_out(args.out, command="repair", force=args.force, outputs=OUTPUTS["repair"], inputs=[("data", Path(args.data)), ("model", Path(args.model))])
     splits = load_corpus(args)
     tm = load_model_for(args, splits)

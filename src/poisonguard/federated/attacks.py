@@ -193,13 +193,14 @@ class ALIE(_Backdoor):
 
     def __init__(self, *, backdoor: bool = True, z: float | None = None, alpha: float = 0.2,
                  project: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        self.backdoor = bool(backdoor)
+        if self.backdoor:
+            super().__init__(**kwargs)
+        else:  # untargeted: no trigger to stamp, so any kind of input (text too)
+            self.target, self.poison_rate, self.patch_size, self.trigger = int(kwargs.get("target", 0)), 0.0, 0, None
         _check(0 < alpha <= 1, f"alpha must lie in (0, 1], got {alpha}")
         _check(z is None or z > 0, f"z must be positive, got {z}")
-        self.backdoor = bool(backdoor)
         self.z, self.alpha, self.project = z, float(alpha), bool(project)
-        if not self.backdoor:
-            self.trigger = None
 
     def client_data(self, data, *, seed=0):
         return super().client_data(data, seed=seed) if self.backdoor else data

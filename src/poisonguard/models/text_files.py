@@ -73,8 +73,12 @@ def _read_meta(path: Path) -> dict:
 
 def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
                     tokenizer: str | Path | None = None, embedding: str | None = None,
-                    num_classes: int | None = None) -> TextModel:
-    """Load a text model folder (or its model.safetensors) safely; see the module docstring."""
+                    num_classes: int | None = None, classes: tuple[str, ...] | None = None) -> TextModel:
+    """Load a text model folder (or its model.safetensors) safely; see the module docstring.
+
+    `classes` (the data's) name the outputs of a model whose folder records none (a user's
+    own model: output i is the data's class i); `num_classes` alone names them 0..K-1.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -94,11 +98,15 @@ def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     if meta.get("sha256") and meta["sha256"] != digest:
         raise UserError(f"{weights}: its SHA-256 does not match model.json (the file changed after it was saved)")
     tok = load_tokenizer(tokenizer if tokenizer else folder / "tokenizer.json")
-    classes = tuple(str(c) for c in meta.get("classes") or ())
-    if not classes:
-        if num_classes is None:
-            raise UserError(f"{folder}: no model.json gives the classes; pass the data the model was trained for")
+    recorded = tuple(str(c) for c in meta.get("classes") or ())
+    if recorded:
+        classes = recorded
+    elif classes is not None:
+        classes = tuple(classes)
+    elif num_classes is not None:
         classes = tuple(str(i) for i in range(num_classes))
+    else:
+        raise UserError(f"{folder}: no model.json gives the classes; pass the data the model was trained for")
     if arch is not None and ":" in arch:
         from poisonguard.models.arch import _call, _load_callable
 

@@ -76,7 +76,9 @@ def _compare(ctx: StageContext) -> None:
                  f"{ev_plain.attack_success_rate:.0%} success; training with differential privacy (epsilon "
                  f"{privacy.epsilon:.1f}) gives {ev_dp.attack_success_rate:.0%}"
                  + (" (part of this is the shorter DP run, see below)" if removed else "")
-                 + f", at a cost in clean accuracy ({ev_plain.clean_accuracy:.0%} -> {ev_dp.clean_accuracy:.0%})."))
+                 + (", at a cost in clean accuracy" if ev_dp.clean_accuracy < ev_plain.clean_accuracy else
+                    ", clean accuracy")
+                 + f" {ev_plain.clean_accuracy:.0%} -> {ev_dp.clean_accuracy:.0%}."))
 
 
 def _plan(ctx: StageContext) -> None:
@@ -103,8 +105,15 @@ def _plan(ctx: StageContext) -> None:
         "<code>poisonguard train --data D --dp-epsilon 8 --out DIR</code>. DP bounds what one sample (or, "
         "with k times the epsilon, k samples) can do: it helps against a handful of poisoned images, not against "
         "10% of the data (benchmarks/results/issue-6.md).</p>")
-    ctx.report.add_section(
-        "Differential privacy (what it would cost)", html, order=50,
-        summary=("This model was not trained with differential privacy, which is a training-time defence: retraining "
-                 f"with epsilon 8 needs noise {plan[0]['noise_multiplier']:.2f} x the clipping bound per step, costs "
-                 "some accuracy and limits backdoors planted by a few samples, not by many."))
+    loaded = ctx.shared.get("loaded")
+    training = (getattr(loaded, "metadata", None) or {}).get("training") or {}
+    if isinstance(training, dict) and training.get("defense") == "dp":
+        summary = ("This model's metadata says poisonguard trained it with differential privacy (its training report "
+                   "beside it gives the epsilon): that limits backdoors planted by a few samples, not by many. The "
+                   f"table gives the noise other budgets need for {n} samples.")
+    else:
+        summary = ("This model was not trained with differential privacy by poisonguard (its metadata records no DP "
+                   f"training), a training-time defence: retraining with epsilon 8 needs noise "
+                   f"{plan[0]['noise_multiplier']:.2f} x the clipping bound per step, costs some accuracy and limits "
+                   "backdoors planted by a few samples, not by many.")
+    ctx.report.add_section("Differential privacy (what it would cost)", html, order=50, summary=summary)
