@@ -34,13 +34,6 @@ def test_text_walk_through(corpus_csv, tmp_path, capsys):
                  "--out", str(tmp_path / "rep"), "--quiet"]) == 0
     rep = _last_json(capsys)
     assert rep["after"]["attack_success_rate"] < 0.2 and rep["after"]["clean_accuracy"] > 0.8
-    assert main(["repair", str(folder), *data, "--method", "wild", "--out", str(tmp_path / "w"), "--quiet"]) == 2
-    assert "fine-pruning" in capsys.readouterr().err  # not text fine-pruning run under another method's name
-    # the same folder without model.json (a user's weights and tokenizer only): output i is the data's class i
-    (folder / "model.json").unlink()
-    assert main(["evaluate", str(folder), *data, "--embedding-layer", "embed", "--trigger", str(tmp_path / "trigger.json"),
-                 "--quiet"]) == 0
-    assert _last_json(capsys)["attack_success_rate"] > 0.9
     assert not poisoned_csv.exists()
 
 
