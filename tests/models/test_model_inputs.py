@@ -313,3 +313,24 @@ def test_normalize_and_input_size_wrap_and_travel(work, tmp_path):
     back = load_model(meta["path"], num_classes=4, input_shape=(1, 8, 8))
     assert torch.allclose(back.model(x), want, atol=1e-5)
     assert np.isclose(float(big(torch.rand(1, 1, 16, 16)).shape[1]), 4)
+
+
+def test_a_zoo_folder_shares_one_metadata_json_without_mixing_models(work, tmp_path, capsys, caplog):
+    """Models saved side by side share the name metadata.json: it describes the file it names
+    (or model.*), so another model in the folder is not called "changed after saving" by its
+    sha256; the model it does describe still is, when its bytes change."""
+    _, data, model = work
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    from poisonguard.models import save_model
+
+    save_model(model, folder / "model.pt", arch=ARCH, classes=[str(i) for i in range(C.NUM_CLASSES)],
+               input_shape=[1, C.SIZE, C.SIZE])
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["file"] == "model.pt"
+    made(lambda: torch.jit.save(torch.jit.trace(model.eval(), torch.zeros(1, 1, C.SIZE, C.SIZE)), str(folder / "other.pt")))
+    assert main(["evaluate", str(folder / "other.pt"), "--data", str(data), "--quiet"]) == 0
+    assert "describes another file" in caplog.text
+    (folder / "model.pt").write_bytes((folder / "model.pt").read_bytes() + b"\0")
+    assert main(["evaluate", str(folder / "model.pt"), "--data", str(data), "--arch", ARCH, "--quiet"]) == 2
+    assert "changed after saving" in capsys.readouterr().err

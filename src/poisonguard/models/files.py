@@ -67,12 +67,23 @@ def save_model(
         "num_classes": len(classes),
         "classes": list(classes),
         "input_shape": [int(s) for s in input_shape],
+        "file": path.name,
         "sha256": sha256_file(path),
         "training": training or {},
         **(extra or {}),
     }
     atomic_write_text(metadata_path(path), json.dumps(metadata, indent=2))
     return metadata
+
+
+def describes(meta: dict, path: Path) -> bool:
+    """Whether metadata.json is `path`'s. A folder of models shares one metadata.json name: the
+    file poisonguard saved it for is named in it ("file"; before that, always model.*), so a
+    model saved beside another is not judged by the other's record (its sha256 made every other
+    file in a zoo "changed after saving"). A record without a sha256 (written by hand) applies."""
+    if isinstance(meta.get("file"), str):
+        return meta["file"] == path.name
+    return not meta.get("sha256") or path.stem == "model"
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -89,6 +100,10 @@ def read_metadata(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(f"{meta_file} is not valid JSON: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    if isinstance(meta, dict) and not describes(meta, Path(path)):
+        log.warning("%s describes another file (%s), not %s: not used for it", meta_file,
+                    meta.get("file") or "model.*", Path(path).name)
+        return {}
     if not isinstance(meta, dict):
         raise UserError(f"{meta_file} must hold a JSON object")
     n = meta.get("num_classes")

@@ -199,6 +199,6 @@ def save_in_format(model: nn.Module, folder: str | Path, *, fmt: str, classes: S
             meta["arch_kwargs"] = src_meta["arch_kwargs"]
     if adapter is not None:
         meta.update(adapter.describe())
-    meta.update({"sha256": sha256_file(path), "training": training or {}, **(extra or {})})
+    meta.update({"file": path.name, "sha256": sha256_file(path), "training": training or {}, **(extra or {})})
     atomic_write_text(metadata_path(path), json.dumps(meta, indent=2))
     return {**meta, "path": str(path)}
