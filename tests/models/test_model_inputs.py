@@ -334,3 +334,19 @@ def test_a_zoo_folder_shares_one_metadata_json_without_mixing_models(work, tmp_p
     (folder / "model.pt").write_bytes((folder / "model.pt").read_bytes() + b"\0")
     assert main(["evaluate", str(folder / "model.pt"), "--data", str(data), "--arch", ARCH, "--quiet"]) == 2
     assert "changed after saving" in capsys.readouterr().err
+
+
+def test_a_torchscript_traced_in_train_mode_is_named(work, tmp_path, caplog):
+    """Batch norm traced in training mode normalises with each batch's statistics, so the file
+    answers differently from the eval-mode module poisonguard examines: say so."""
+    from poisonguard.models.graph import uses_batch_statistics
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, C.NUM_CLASSES))
+    example = torch.rand(4, 1, C.SIZE, C.SIZE)
+    traced = {}
+    made(lambda: traced.update(train=torch.jit.trace(net.train(), example), eval=torch.jit.trace(net.eval(), example)))
+    assert uses_batch_statistics(traced["train"]) and not uses_batch_statistics(traced["eval"])
+    _, data, _ = work
+    torch.jit.save(traced["train"], str(tmp_path / "bn.pt"))
+    main(["evaluate", str(tmp_path / "bn.pt"), "--data", str(data), "--quiet"])
+    assert "batch's own statistics" in caplog.text

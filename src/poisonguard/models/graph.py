@@ -203,6 +203,20 @@ def from_exported(program: Any) -> fx.GraphModule:
     return lift_layers(gm)
 
 
+def uses_batch_statistics(script: Any) -> bool:
+    """Whether a TorchScript graph calls batch norm with training fixed to True (a model traced in
+    train mode: the trace bakes the flag in as a constant)."""
+    try:
+        graph = script.inlined_graph
+    except (AttributeError, RuntimeError):
+        return False
+    for node in graph.findAllNodes("aten::batch_norm"):
+        flag = list(node.inputs())[5]  # batch_norm(input, weight, bias, mean, var, training, ...)
+        if flag.node().kind() == "prim::Constant" and flag.toIValue() is True:
+            return True
+    return False
+
+
 def from_torchscript(module: torch.jit.ScriptModule, example: torch.Tensor) -> fx.GraphModule:
     """An eager module computing what `module` computes on inputs like `example` (batch >= 2).
 
@@ -210,6 +224,10 @@ def from_torchscript(module: torch.jit.ScriptModule, example: torch.Tensor) -> f
     """
     from torch._export.converter import TS2EPConverter
 
+    if uses_batch_statistics(module):
+        log.warning("the TorchScript model normalises with each batch's own statistics (batch norm traced in "
+                    "training mode), so its answers depend on the batch; poisonguard reads it with the running "
+                    "statistics. Trace it after model.eval() to check the model as it is used.")
     if example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).clone()
     with torch.no_grad(), _quiet_torch():
