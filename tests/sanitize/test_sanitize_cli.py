@@ -170,3 +170,7 @@ def test_given_model_is_used_and_finds_its_own_poison(tmp_path, mnist, badnets_m
     assert report["model"]["sha256"] and report["sanitization"]["extra"]["trained_model"] is False
     flagged = set(report["sanitization"]["flagged"])
     assert len(flagged & set(p.poisoned_index.tolist())) >= 0.9 * len(p.poisoned_index)
+    # the options every model command takes: a model fed through its own preprocessing
+    assert cli.main(["sanitize", str(data), "--model", str(model), "--normalize", "0,1", "--out", str(tmp_path / "n"),
+                     "--quiet", "--device", "cpu"]) == 1
+    assert json.loads((tmp_path / "n" / "report.json").read_text())["model"]["normalize"] == {"mean": [0.0], "std": [1.0]}

@@ -33,7 +33,10 @@ def scan_model(path: str, settings: AuditSettings):
 
     splits = fit_columns(_splits(settings.data, settings.seed, settings.label_column), path)
     settings = settings.resolved(splits.kind)
-    loaded, info = load_checked_model(path, splits, settings.arch)
+    from types import SimpleNamespace
+
+    options = SimpleNamespace(arch_kwargs=settings.arch_kwargs, normalize=settings.normalize, input_size=settings.input_size)
+    loaded, info = load_checked_model(path, splits, settings.arch, args=options)
     clean, capped_from = clean_share(splits, fraction=settings.clean_fraction, seed=settings.seed,
                                      cap=settings.max_clean_images)
     report = Report("scan")

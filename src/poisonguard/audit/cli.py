@@ -21,6 +21,9 @@ def add_commands(sub) -> None:
                                   "(JSON lines or CSV: path[,arch][,data] per model)")
     p.add_argument("--data", required=True, help="clean data for the scans (a manifest line's 'data' overrides it)")
     p.add_argument("--arch", default=None, help="architecture of bare state dicts (a manifest line's 'arch' overrides it)")
+    from poisonguard.cli.options import add_model_input_options
+
+    add_model_input_options(p)
     p.add_argument("--out", required=True, help="folder for audit.db, report.json, report.html, audit.sarif and models/<key>/; "
                                                 "an audit started again with the same --out resumes")
     p.add_argument("--workers", type=int, default=None, help="models scanned at once (default: the CPU count, or the cluster's)")
@@ -73,7 +76,11 @@ def cmd_audit(args) -> int:
     # Left None, the methods, the clean share and the references are scan's defaults for each
     # model's kind of data (images or tables), which the worker knows once it has the data.
     methods = None if args.method is None else tuple(methods_option(args.method))
-    settings = AuditSettings(data=args.data, arch=args.arch, label_column=args.label_column, methods=methods, fpr=args.fpr,
+    from poisonguard.cli.options import model_options
+
+    model_options(args)  # a malformed --arch-kwargs / --normalize / --input-size fails here, before Ray starts
+    settings = AuditSettings(data=args.data, arch=args.arch, arch_kwargs=args.arch_kwargs, normalize=args.normalize,
+                             input_size=args.input_size, label_column=args.label_column, methods=methods, fpr=args.fpr,
                              statistic=args.statistic, calibration=args.calibration,
                              reference_models=args.reference_models, epochs=args.epochs,
                              steps_per_epoch=args.steps_per_epoch, steps=args.steps, clean_fraction=args.clean_fraction,

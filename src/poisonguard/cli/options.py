@@ -74,6 +74,12 @@ def add_model(parser: argparse.ArgumentParser) -> None:
                    help="architecture of a weights-only file: a built-in name, torchvision:NAME, timm:NAME, or YOUR OWN "
                         "CODE as path/to/file.py:callable or package.module:callable (this runs that code; "
                         "poisonguard never runs code named by a metadata.json)")
+    add_model_input_options(g)
+
+
+def add_model_input_options(g) -> None:
+    """--arch-kwargs, --normalize, --input-size: how a model from elsewhere is built and fed
+    (every command that takes a model file, `model_options` reads them)."""
     g.add_argument("--arch-kwargs", default=None, metavar="K=V,...",
                    help="keyword arguments for the --arch callable, e.g. num_classes=10,width=2 (it gets exactly these)")
     g.add_argument("--normalize", default=None, metavar="MEAN,STD",

@@ -51,6 +51,9 @@ def add_commands(sub) -> None:
     p.add_argument("--arch", default=None, help="architecture of a bare state dict given with --model, or to train "
                                                 "(default: cifar_cnn for colour images of 16 x 16 pixels or more, "
                                                 "else mnist_cnn; the family's built-in for tables and text)")
+    from poisonguard.cli.options import add_model_input_options
+
+    add_model_input_options(p)
     add_verdict_options(p, method_default=",".join(DEFAULT_METHODS),
                         method_help=f"comma-separated, combined into one verdict: {', '.join(SANITIZERS.names())} "
                                     f"(default {','.join(DEFAULT_METHODS)})",
@@ -91,7 +94,7 @@ def _model(args, rows):
     from poisonguard.data import Splits
 
     splits = Splits(rows.name, rows.train, rows.test if rows.test is not None else rows.train)
-    loaded, info = load_checked_model(args.model, splits, args.arch)
+    loaded, info = load_checked_model(args.model, splits, args.arch, args=args)
     return loaded.model, info
 
 
