@@ -37,10 +37,13 @@ def accuracy(model: nn.Module, data: ImageData, *, batch_size: int = 512) -> flo
     return float((predict(model, data.x, batch_size=batch_size) == data.y).float().mean())
 
 
-def attack_success_rate(model: nn.Module, data: ImageData, trigger: Trigger, *, batch_size: int = 512) -> tuple[float, int]:
+def attack_success_rate(model: nn.Module, data: ImageData, trigger: Trigger, *, batch_size: int = 512,
+                        stamped: bool = True) -> tuple[float, int]:
     """(share of triggered images sent to the attack's target, number of images measured).
 
     Measured on the images whose true label is not the target (all-to-all triggers: all).
+    `stamped=False` measures the same images without the trigger: the share a model sends to
+    the target anyway (all of them, for a model that answers the majority class everywhere).
     """
     keep = attack_eligible(trigger, data.y)
     x, y = data.x[keep], data.y[keep]
@@ -48,7 +51,7 @@ def attack_success_rate(model: nn.Module, data: ImageData, trigger: Trigger, *, 
         raise UserError("no test images outside the target class to measure the attack on")
     hits = 0
     for sl in batches(len(x), batch_size):
-        pred = predict(model, trigger.apply(x[sl]), batch_size=batch_size)
+        pred = predict(model, trigger.apply(x[sl]) if stamped else x[sl], batch_size=batch_size)
         hits += int((pred == target_labels(trigger, y[sl], data.num_classes)).sum())
     return hits / len(x), len(x)
 

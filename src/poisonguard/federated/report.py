@@ -15,22 +15,36 @@ def summary_rows(results: list[Federated]) -> list[dict]:
             rows.append({"aggregator": r.aggregator, "attack": r.attack, "error": r.extra.get("error")})
             continue
         asrs = [x.attack_success_rate for x in r.rounds if x.attack_success_rate is not None]
+        # the trigger's own effect: ASR above the share sent to the target without it
+        effects = [x.attack_success_rate - x.extra.get("untriggered_target_rate", 0.0)
+                   for x in r.rounds if x.attack_success_rate is not None]
         rows.append({"aggregator": r.aggregator, "attack": r.attack, "clean_accuracy": r.rounds[-1].clean_accuracy,
                      "attack_success_rate": r.rounds[-1].attack_success_rate,
-                     "max_attack_success_rate": max(asrs) if asrs else None})
+                     "max_attack_success_rate": max(asrs) if asrs else None,
+                     "untriggered_target_rate": r.rounds[-1].extra.get("untriggered_target_rate"),
+                     "max_trigger_effect": max(effects) if effects else None})
     return rows
 
 
 def federated_summary(rows: list[dict], *, threshold: float = 0.5) -> str:
     """One sentence from the table's rows: a backdoor "got through" a rule when its attack success
-    rate passed `threshold` in ANY round (the "highest" column), not only in the last one."""
+    rate passed `threshold` in ANY round (the "highest" column), not only in the last one, and
+    by more than the share of untriggered inputs the model sends to the target anyway (a table
+    model answering the majority class everywhere "succeeds" on every row with no attacker)."""
     measured = [r for r in rows if r.get("max_attack_success_rate") is not None]
     if not measured:
         return "No attack success rate was measured (no backdoor attack in these runs)."
-    through = [r for r in measured if r["max_attack_success_rate"] > threshold]
+    through = [r for r in measured if r["max_attack_success_rate"] > threshold
+               and (r.get("max_trigger_effect") is None or r["max_trigger_effect"] > threshold)]
+    natural = [r for r in measured if r["max_attack_success_rate"] > threshold and r not in through]
+    if natural and not through:
+        top = max(natural, key=lambda r: r["max_attack_success_rate"])
+        return (f"The attack success rate reached {top['max_attack_success_rate']:.0%} ({top['aggregator']}), but the "
+                f"model sends {top['untriggered_target_rate']:.0%} of inputs to the target without the trigger too: "
+                "that is the model's answer for most inputs, not a backdoor the malicious clients planted.")
     if through:
         worst = max(through, key=lambda r: r["max_attack_success_rate"])
-        held = sorted({r["aggregator"] for r in measured} - {r["aggregator"] for r in through})
+        held = sorted({r["aggregator"] for r in measured} - {r["aggregator"] for r in through + natural})
         return ("The backdoor got through " + ", ".join(sorted({r["aggregator"] for r in through})) +
                 f" (up to {worst['max_attack_success_rate']:.0%} attack success with {worst['aggregator']}): with those "
                 "aggregation rules a few malicious clients control what the shared model does on triggered inputs"
@@ -56,8 +70,9 @@ def federated_section(report: Report, results: list[Federated], *, order: int = 
             html += img(line_chart(rounds, asr, xlabel="round", ylabel="attack success rate",
                                    title="Backdoor attack success rate"), "ASR")
     rows = [[r["aggregator"], r["attack"], r.get("clean_accuracy"), r.get("attack_success_rate"),
-             r.get("max_attack_success_rate"), r.get("error")] for r in summary_rows(results)]
+             r.get("max_attack_success_rate"), r.get("untriggered_target_rate"), r.get("error")]
+            for r in summary_rows(results)]
     html += table(["aggregator", "attack", "clean accuracy (last round)", "ASR (last round)", "ASR (highest)",
-                   "error"], rows)
+                   "sent to the target without the trigger (last round)", "error"], rows)
     summary = federated_summary(summary_rows(results))
     report.add_section(title, html, summary=summary, order=order)

@@ -319,6 +319,9 @@ class Simulator:
             acc = accuracy(model, splits.test)
             asr = attack_success_rate(model, splits.test, attack.trigger)[0] if attack.trigger is not None else None
             extra: dict[str, Any] = {"sampled": len(ids), "malicious_sampled": int(bad.sum())}
+            if attack.trigger is not None:  # what the model sends to the target without the trigger
+                extra["untriggered_target_rate"] = attack_success_rate(model, splits.test, attack.trigger,
+                                                                       stamped=False)[0]
             if agg.excluded:
                 extra["excluded_nonfinite"] = [ids[i] for i in agg.excluded]
             if "selected" in agg.info:

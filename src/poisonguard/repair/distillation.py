@@ -88,7 +88,7 @@ class Distillation(Repairer):
         finetune(ctx.model, ctx.clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                  generator=ctx.generator, device=ctx.device, optimizer=self.optimizer,
                  weight_decay=self.weight_decay, schedule=cosine(self.epochs), loss_fn=loss_fn,
-                 desc="distillation", info=info, loss_scale=1 + self.temperature ** 2 * self.alpha)
+                 desc=self.name, info=info, loss_scale=1 + self.temperature ** 2 * self.alpha)
         return {"reinitialised_modules": reset, **info}
 
 
