@@ -144,3 +144,6 @@ def test_gaussian_noise_layer_only_in_training():
     x = torch.zeros(1000, 1, 2, 2)
     assert float(layer.train()(x).std()) == pytest.approx(0.5, rel=0.1)
     assert torch.equal(layer.eval()(x), x)
+    # a table's raw features: sigma in each feature's std, the units certify smooths tables in
+    rows = GaussianNoise(0.5, scale=torch.tensor([1.0, 100.0])).train()(torch.zeros(4000, 2))
+    assert rows.std(0).tolist() == pytest.approx([0.5, 50.0], rel=0.1)

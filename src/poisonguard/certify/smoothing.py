@@ -247,10 +247,14 @@ STANDARDISED = "standardised features: sigma and radii in units of each feature'
 def standardised_view(model: nn.Module, data: ImageData, train: ImageData) -> tuple[nn.Module, ImageData, torch.Tensor]:
     """(model, data, std) in the standardised space of `train`'s features (tables), for smoothing
     there; `std` (F,) measures any other change (a trigger's) in the same units."""
-    mean = train.x.mean(0)
-    std = train.x.std(0)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    mean, std = train.x.mean(0), feature_std(train.x)
     return _FromStandardised(model, mean, std).eval(), data.with_(x=(data.x - mean) / std), std
+
+
+def feature_std(x: torch.Tensor) -> torch.Tensor:
+    """Each feature's std over rows x (N, F), 1 for a constant one: the unit of standardised space."""
+    std = x.std(0)
+    return torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
 def smoothing_space(model: nn.Module, splits) -> tuple[nn.Module, ImageData, torch.Tensor | None]:

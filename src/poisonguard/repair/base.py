@@ -222,8 +222,8 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
     caps the gradient norm of every step for the same reason.
 
     A run that diverges (a non-finite loss, or the epoch loss above both what predicting the class
-    shares alone gives, the labels' entropy, times `loss_scale` for losses that add several
-    terms, and the loss before training, at the end or for a quarter of the epochs in a row; a
+    shares alone gives, the labels' entropy, and the cross-entropy before training, times
+    `loss_scale` for losses that add several terms, at the end or for a quarter of the epochs in a row; a
     shorter spike is allowed) is undone and restarted with half the learning rate, up to
     `max_retries` times; `info` (if given) records the learning rate finally used and the
     number of restarts. The loss before training matters for a model trained from scratch
@@ -233,8 +233,8 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
     snapshot = copy.deepcopy(model.state_dict())
     # Not 0.9 log K: on a table whose columns say little about the label (visits to a doctor
     # from insurance columns) a sound model ends just under the label entropy, 0.95 log K there.
-    chance = max(label_entropy(data.y, data.num_classes) * loss_scale,
-                 _mean_loss(model, data, loss_fn, batch_size=batch_size, device=device))
+    chance = max(label_entropy(data.y, data.num_classes), _cross_entropy(model, data, batch_size=batch_size,
+                                                                        device=device)) * loss_scale
     for attempt in range(max_retries + 1):
         losses = _finetune_once(model, data, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
                                 device=device, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
@@ -252,16 +252,15 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
     return losses
 
 
-def _mean_loss(model: nn.Module, data: ImageData, loss_fn: LossFn | None, *, batch_size: int,
-               device: torch.device) -> float:
-    """The training loss of `model` on `data` as it stands, before any step."""
-    loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
+def _cross_entropy(model: nn.Module, data: ImageData, *, batch_size: int, device: torch.device) -> float:
+    """The cross-entropy of `model` on `data` as it stands, before any step."""
     was_training = model.training
     model.eval()
     total = 0.0
     with torch.no_grad():
         for sl in batches(len(data), batch_size):
-            total += float(loss_fn(model, data.x[sl].to(device), data.y[sl].to(device))) * (sl.stop - sl.start)
+            logits = model(data.x[sl].to(device))
+            total += float(F.cross_entropy(logits, data.y[sl].to(device), reduction="sum"))
     model.train(was_training)
     return total / max(len(data), 1)
 
