@@ -34,7 +34,7 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
     start = time.perf_counter()
     if defense is None:
         model = fit(build_checked_model(arch, splits, seed=config.seed), train_data, config)
-        saved = False
+        saved, job = False, None
     else:
         build_checked_model(arch, splits, seed=config.seed)  # fail before training when the images do not fit
         job = TrainJob(options=defense_options(defense, args), splits=splits, train=train_data, arch=arch, config=config, out_dir=out,
@@ -51,8 +51,12 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
     ev = evaluation_section(report, model, splits, trigger, title="Trained model")
     training = {"command": command, "data": splits.name, "epochs": config.epochs, "optimizer": config.optimizer,
                 "batch_size": config.batch_size, "seed": args.seed, "seconds": round(seconds, 2),
-                "attack": getattr(args, "attack_name", None), "rate": getattr(args, "rate", None),
+                "attack": getattr(args, "attack_name", None),
+                "rate": getattr(args, "rate", None) if getattr(args, "attack_name", None) else None,
                 "defense": getattr(args, "defense", None)}
+    privacy = job.extra.get("privacy") if job is not None else None
+    if privacy is not None:  # DP-SGD trains with its own optimiser and batch, not the plain training's defaults
+        training.update({k: privacy.extra[k] for k in ("optimizer", "batch_size") if k in privacy.extra})
     metrics = {"clean_accuracy": ev.clean_accuracy, "attack_success_rate": ev.attack_success_rate}
     if not saved:
         meta = save_model(model, out / "model.pt", arch=arch, classes=splits.classes, input_shape=splits.input_shape,
@@ -291,7 +295,8 @@ def add_commands(sub) -> None:
     from poisonguard.defenses import load_defenses
 
     registry = load_defenses()
-    p.add_argument("--defense", default=None, choices=["none", *[n.replace("_", "-") for n in registry.names()], *registry.names()],
+    shown = ["none", *[n.replace("_", "-") for n in registry.names()]]
+    p.add_argument("--defense", default=None, choices=[*shown, *registry.names()], metavar="{" + ",".join(shown) + "}",
                    help="training-time defence")
     for name in registry.names():
         registry.get(name).add_arguments(p.add_argument_group(f"defence {name}"))

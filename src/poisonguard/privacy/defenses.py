@@ -98,7 +98,7 @@ def _save_fixed(model: nn.Module, job: TrainJob) -> None:
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp))
     meta = {"tool": "poisonguard", "format": "torchscript", "architecture": None, "num_classes": job.splits.num_classes,
-            "classes": list(job.splits.classes), "input_shape": list(shape), "sha256": sha256_file(path),
+            "classes": list(job.splits.classes), "input_shape": list(shape), "file": path.name, "sha256": sha256_file(path),
             "training": {"command": "train", "defense": "dp", "based_on": job.arch}}
     atomic_write_text(path.parent / "metadata.json", json.dumps(meta, indent=2))
     job.report.set("model", {"path": str(path), "sha256": meta["sha256"], "num_classes": job.splits.num_classes,
