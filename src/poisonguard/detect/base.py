@@ -46,8 +46,9 @@ def check_inputs(model: nn.Module, data: ImageData | None, *, needs_data: bool, 
             out = model(probe.to(device))
             model.train(was_training)
     except Exception as exc:  # a shape mismatch surfaces as one of many error types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{name}: the model does not accept inputs of shape {input_shape}: {first}") from exc
+        from poisonguard.models.formats import first_line
+
+        raise UserError(f"{name}: the model does not accept inputs of shape {input_shape}: {first_line(exc)}") from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"{name}: the model is not a classifier: output {shape}, expected (N, classes)")

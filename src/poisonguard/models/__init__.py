@@ -30,8 +30,9 @@ def check_classifier(model: nn.Module, input_shape: Sequence[int], num_classes: 
     try:
         out = model(probe)
     except Exception as exc:  # a shape mismatch surfaces as one of many error types, over many lines
-        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"the model does not accept inputs of shape {tuple(input_shape)}: {text[:300]}") from exc
+        from poisonguard.models.formats import first_line
+
+        raise UserError(f"the model does not accept inputs of shape {tuple(input_shape)}: {first_line(exc)}") from exc
     finally:
         if was_training and module_kind(model) != "export":
             model.train()

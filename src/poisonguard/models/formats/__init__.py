@@ -78,11 +78,13 @@ def format_for(sniffed: str, path: Path) -> ModelFormat:
 
 
 def first_line(exc: BaseException) -> str:
-    """One line of an exception's message (TorchScript and export errors span many)."""
-    for line in str(exc).strip().splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(exc).__name__
+    """One line of an exception's message (TorchScript and export errors span many): the first,
+    or for the TorchScript interpreter's "The following operation failed" the last, which says
+    what failed (after a TorchScript traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if lines[0].startswith("The following operation failed") else lines[0])[:300]
 
 
 from poisonguard.models.formats import exported, onnx, torchscript, weights  # noqa: E402,F401  (register)
