@@ -174,7 +174,9 @@ def _label_names(values: list) -> list[str]:
     named in their shortest form ("1", "1.0" and a parquet 1.0 are class "1"; 0.5 is "0.5"):
     a CSV that writes some labels as 1.0 and others as 1 has two classes, not four."""
     text = [str(v).strip() for v in values]
-    numbers = [_as_number(v) if not (isinstance(v, str) and v.strip().lower() in BOOLEANS) else None for v in values]
+    # True/False labels stay names (a feature's True/False is a number; a class is not)
+    numbers = [None if isinstance(v, bool) or (isinstance(v, str) and v.strip().lower() in BOOLEANS) else _as_number(v)
+               for v in values]
     if any(n is None for n in numbers):
         return text
     return [str(int(n)) if n.is_integer() else repr(n) for n in numbers]
