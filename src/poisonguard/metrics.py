@@ -37,23 +37,38 @@ def accuracy(model: nn.Module, data: ImageData, *, batch_size: int = 512) -> flo
     return float((predict(model, data.x, batch_size=batch_size) == data.y).float().mean())
 
 
-def attack_success_rate(model: nn.Module, data: ImageData, trigger: Trigger, *, batch_size: int = 512,
-                        stamped: bool = True) -> tuple[float, int]:
+def attack_success_rate(model: nn.Module, data: ImageData, trigger: Trigger, *, batch_size: int = 512) -> tuple[float, int]:
     """(share of triggered images sent to the attack's target, number of images measured).
 
     Measured on the images whose true label is not the target (all-to-all triggers: all).
-    `stamped=False` measures the same images without the trigger: the share a model sends to
-    the target anyway (all of them, for a model that answers the majority class everywhere).
     """
+    hits, _ = _target_hits(model, data, trigger, batch_size=batch_size, untriggered=False)
+    return float(hits.float().mean()), len(hits)
+
+
+def trigger_effect(model: nn.Module, data: ImageData, trigger: Trigger, *, batch_size: int = 512) -> dict[str, float]:
+    """What the trigger itself does: `untriggered` is the share of the attack's images sent to the
+    target without it (all of them, for a model answering the majority class everywhere), and
+    `effect` the share of the others that the trigger sends there (0 when there are none)."""
+    hits, natural = _target_hits(model, data, trigger, batch_size=batch_size, untriggered=True)
+    rest = ~natural
+    return {"untriggered": float(natural.float().mean()),
+            "effect": float(hits[rest].float().mean()) if bool(rest.any()) else 0.0}
+
+
+def _target_hits(model, data, trigger, *, batch_size: int, untriggered: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(sent to the target with the trigger, without it or None), bool, over the attack's images."""
     keep = attack_eligible(trigger, data.y)
     x, y = data.x[keep], data.y[keep]
     if len(x) == 0:
         raise UserError("no test images outside the target class to measure the attack on")
-    hits = 0
+    stamped, plain = [], []
     for sl in batches(len(x), batch_size):
-        pred = predict(model, trigger.apply(x[sl]) if stamped else x[sl], batch_size=batch_size)
-        hits += int((pred == target_labels(trigger, y[sl], data.num_classes)).sum())
-    return hits / len(x), len(x)
+        target = target_labels(trigger, y[sl], data.num_classes)
+        stamped.append(predict(model, trigger.apply(x[sl]), batch_size=batch_size) == target)
+        if untriggered:
+            plain.append(predict(model, x[sl], batch_size=batch_size) == target)
+    return torch.cat(stamped), torch.cat(plain) if untriggered else None
 
 
 def attack_success_or_none(model: nn.Module, data: ImageData, trigger: Trigger | None) -> float | None:

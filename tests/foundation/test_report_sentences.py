@@ -125,11 +125,17 @@ def test_federated_sentence_reads_every_round():
     assert "No backdoor reached a 50% success rate in any round (highest: 30%, flame)" in report.sections[0].summary
     # a table model that answers the majority class (the target) everywhere: "success" with no trigger effect
     rounds = tuple(RoundResult(round=i + 1, clean_accuracy=0.68, attack_success_rate=1.0,
-                               extra={"untriggered_target_rate": 1.0}) for i in range(2))
+                               extra={"untriggered_target_rate": 1.0, "trigger_effect": 0.0}) for i in range(2))
     report = Report("demo")
     federated_section(report, [Federated(aggregator="fedavg", attack="backdoor", rounds=rounds)])
     summary = report.sections[0].summary
     assert "got through" not in summary and "sends 100% of inputs to the target without the trigger" in summary
+    # an early round's weak model sends half the inputs to the target, and the trigger nearly all the rest
+    rounds = (RoundResult(round=1, clean_accuracy=0.25, attack_success_rate=0.976,
+                          extra={"untriggered_target_rate": 0.55, "trigger_effect": 0.95}),)
+    report = Report("demo")
+    federated_section(report, [Federated(aggregator="fedavg", attack="backdoor", rounds=rounds)])
+    assert report.sections[0].summary.startswith("The backdoor got through fedavg")
 
 
 # ---------------------------------------------------------------- privacy

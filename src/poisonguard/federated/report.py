@@ -15,8 +15,8 @@ def summary_rows(results: list[Federated]) -> list[dict]:
             rows.append({"aggregator": r.aggregator, "attack": r.attack, "error": r.extra.get("error")})
             continue
         asrs = [x.attack_success_rate for x in r.rounds if x.attack_success_rate is not None]
-        # the trigger's own effect: ASR above the share sent to the target without it
-        effects = [x.attack_success_rate - x.extra.get("untriggered_target_rate", 0.0)
+        # the trigger's own effect: the share of inputs not sent to the target anyway that it sends there
+        effects = [x.extra.get("trigger_effect", x.attack_success_rate)
                    for x in r.rounds if x.attack_success_rate is not None]
         rows.append({"aggregator": r.aggregator, "attack": r.attack, "clean_accuracy": r.rounds[-1].clean_accuracy,
                      "attack_success_rate": r.rounds[-1].attack_success_rate,
