@@ -57,4 +57,4 @@ class PartitionAggregation:
             predictions=tuple(pred.tolist()), certified=tuple(cert.tolist()),
             extra={"curve": {"poisoned": grid, "certified_accuracy": list(curve.values())},
                    "examples": len(data), "threat_model": "insertions, removals and relabellings of training samples "
-                   "(hash of the image only, so each touches one partition); a changed image counts twice"})
+                   "(hash of the sample's inputs only, so each touches one partition); a changed sample counts twice"})

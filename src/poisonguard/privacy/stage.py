@@ -101,9 +101,9 @@ def _plan(ctx: StageContext) -> None:
     ctx.report.set("privacy_plan", plan)
     rows = [[p["epsilon"], p["noise_multiplier"]] for p in plan]
     html = table(["epsilon", "noise multiplier sigma"], rows) + (
-        f"<p>For {n} training images, batch {batch}, {epochs} epochs, delta {delta:.0e}. Retrain with "
+        f"<p>For {n} training samples, batch {batch}, {epochs} epochs, delta {delta:.0e}. Retrain with "
         "<code>poisonguard train --data D --dp-epsilon 8 --out DIR</code>. DP bounds what one sample (or, "
-        "with k times the epsilon, k samples) can do: it helps against a handful of poisoned images, not against "
+        "with k times the epsilon, k samples) can do: it helps against a handful of poisoned samples, not against "
         "10% of the data (benchmarks/results/issue-6.md).</p>")
     loaded = ctx.shared.get("loaded")
     training = (getattr(loaded, "metadata", None) or {}).get("training") or {}

@@ -176,8 +176,9 @@ def cmd_repair(args) -> int:
         log.warning("attack success rates measured with %s, not the real trigger (give --trigger to measure that)",
                     trigger_label(result))
     majority = float(splits.test.y.bincount().max()) / len(splits.test)
-    if result.after.clean_accuracy < majority <= result.before.clean_accuracy:
-        log.warning("the repaired model is right on %.1f%% of the test data, less than always answering its largest "
-                    "class (%.1f%%): it was saved, but it is no model to use; try another --method or more --epochs",
-                    100 * result.after.clean_accuracy, 100 * majority)
+    if result.after.clean_accuracy <= majority < result.before.clean_accuracy:
+        log.warning("the repaired model is right on %.1f%% of the test data, no more than always answering its "
+                    "largest class (%.1f%%), so its attack success rate says little: it was saved, but it is no "
+                    "model to use; try another --method or more --epochs", 100 * result.after.clean_accuracy,
+                    100 * majority)
     return 0
