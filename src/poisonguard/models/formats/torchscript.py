@@ -38,7 +38,7 @@ def load(request: LoadRequest) -> tuple[nn.Module, dict[str, Any]]:
         raise UnsafeFileError(str(request.path), findings)
     module.eval()
     example = request.example()
-    if example is None:
+    if example is None or not _accepts(module, example):  # the command then says why, in one line
         return module, {"eager": False}
     try:
         return from_torchscript(module, example), {"eager": True}
@@ -56,3 +56,14 @@ def save(module: nn.Module, path: Path, example: torch.Tensor) -> None:
 
 
 FORMAT = register_format(ModelFormat("torchscript", "pt", ("torchscript",), load, save))
+
+
+def _accepts(module: nn.Module, example: torch.Tensor) -> bool:
+    """Whether the module runs on inputs like `example` (a 3-channel model on grey images does not:
+    converting it would fail too, and its warning would only hide the reason)."""
+    try:
+        with torch.no_grad(), quiet_torch():
+            module(example)
+    except Exception:
+        return False
+    return True
