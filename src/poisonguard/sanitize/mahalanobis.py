@@ -79,9 +79,8 @@ def class_gaussians(z: np.ndarray, labels: np.ndarray, num_classes: int) -> tupl
     A class absent from the fitting rows takes the overall mean, so an input the model sends
     there is judged against the data as a whole rather than refused.
     """
+    from poisonguard.sanitize.scan import pooled_within_cov  # SCAn's shared within-class covariance
+
     z = z.astype(np.float64)
     means = np.stack([z[labels == c].mean(0) if (labels == c).any() else z.mean(0) for c in range(num_classes)])
-    offset = z - means[labels]
-    cov = offset.T @ offset / max(1, len(z) - num_classes)
-    cov += RIDGE * max(float(np.trace(cov)) / len(cov), 1e-12) * np.eye(len(cov))
-    return means, np.linalg.pinv(cov, hermitian=True)
+    return means, np.linalg.pinv(pooled_within_cov(z, labels, ridge=RIDGE), hermitian=True)
