@@ -47,12 +47,13 @@ def attack_success_rate(model: nn.Module, data: ImageData, trigger: Trigger, *, 
 
 
 def trigger_effect(model: nn.Module, data: ImageData, trigger: Trigger, *, batch_size: int = 512) -> dict[str, float]:
-    """What the trigger itself does: `untriggered` is the share of the attack's images sent to the
-    target without it (all of them, for a model answering the majority class everywhere), and
-    `effect` the share of the others that the trigger sends there (0 when there are none)."""
+    """What the trigger itself does: `triggered` is `attack_success_rate`, `untriggered` the share
+    of the attack's images sent to the target without it (all of them, for a model answering the
+    majority class everywhere), and `effect` the share of the others that the trigger sends
+    there (0 when there are none)."""
     hits, natural = _target_hits(model, data, trigger, batch_size=batch_size, untriggered=True)
     rest = ~natural
-    return {"untriggered": float(natural.float().mean()),
+    return {"triggered": float(hits.float().mean()), "untriggered": float(natural.float().mean()),
             "effect": float(hits[rest].float().mean()) if bool(rest.any()) else 0.0}
 
 

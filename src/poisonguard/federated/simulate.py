@@ -28,7 +28,7 @@ from poisonguard.federated.attacks import FLAttack, NoAttack
 from poisonguard.federated.input_stats import fit_federated_input_stats
 from poisonguard.models import build_model
 from poisonguard.results import Federated, RoundResult
-from poisonguard.metrics import accuracy, attack_success_rate, trigger_effect
+from poisonguard.metrics import accuracy, trigger_effect
 from poisonguard.utils import progress, resolve_device
 
 log = logging.getLogger(__name__)
@@ -317,10 +317,11 @@ class Simulator:
                 continue
             torch.nn.utils.vector_to_parameters(flat, model.parameters())
             acc = accuracy(model, splits.test)
-            asr = attack_success_rate(model, splits.test, attack.trigger)[0] if attack.trigger is not None else None
+            asr = None
             extra: dict[str, Any] = {"sampled": len(ids), "malicious_sampled": int(bad.sum())}
-            if attack.trigger is not None:  # what the model sends to the target without the trigger
+            if attack.trigger is not None:  # the ASR, and what the model sends to the target without the trigger
                 effect = trigger_effect(model, splits.test, attack.trigger)
+                asr = effect["triggered"]
                 extra.update(untriggered_target_rate=effect["untriggered"], trigger_effect=effect["effect"])
             if agg.excluded:
                 extra["excluded_nonfinite"] = [ids[i] for i in agg.excluded]
