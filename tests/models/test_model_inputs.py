@@ -350,3 +350,49 @@ def test_a_torchscript_traced_in_train_mode_is_named(work, tmp_path, caplog):
     torch.jit.save(traced["train"], str(tmp_path / "bn.pt"))
     main(["evaluate", str(tmp_path / "bn.pt"), "--data", str(data), "--quiet"])
     assert "batch's own statistics" in caplog.text
+
+
+def test_a_model_that_ends_in_softmax_is_read_as_logits(work, tmp_path, caplog):
+    """Exported classifiers often end in a softmax. Taken as logits, its probabilities pass a
+    second softmax and their cross-entropy gradient nearly vanishes (trigger inversion and
+    fine-tuning stall). The loaded model answers log-probabilities, which are logits: the same
+    loss and input gradient as the network without its softmax. A repaired copy is written back
+    with its softmax, and a logits model is left as it is."""
+    from poisonguard.models import load_model
+
+    _, data, model = work
+    shape = (1, C.SIZE, C.SIZE)
+    with_softmax = nn.Sequential(copy_of(model), nn.Softmax(dim=1)).eval()
+    path = tmp_path / "soft.pt"
+    made(lambda: torch.jit.save(torch.jit.trace(with_softmax, torch.rand(2, *shape)), str(path)))
+    loaded = load_model(path, num_classes=C.NUM_CLASSES, input_shape=shape)
+    assert "outputs probabilities" in caplog.text
+    x = torch.rand(6, *shape, requires_grad=True)
+    y = torch.arange(6) % C.NUM_CLASSES
+    ours = torch.nn.functional.cross_entropy(loaded.model(x), y)
+    (ours_grad,) = torch.autograd.grad(ours, x)
+    logits = torch.nn.functional.cross_entropy(model.eval()(x), y)
+    (logits_grad,) = torch.autograd.grad(logits, x)
+    assert torch.isclose(ours, logits, rtol=1e-4)
+    assert torch.allclose(ours_grad, logits_grad, rtol=1e-3, atol=1e-7)
+    naive = torch.nn.functional.cross_entropy(with_softmax(x), y)  # what was computed before
+    (naive_grad,) = torch.autograd.grad(naive, x)
+    assert naive_grad.abs().sum() < 0.5 * logits_grad.abs().sum()
+
+    meta = loaded.save_like(loaded.model, tmp_path / "out", classes=[str(i) for i in range(C.NUM_CLASSES)],
+                            input_shape=list(shape))
+    assert meta["outputs"] == "probabilities"
+    written = torch.jit.load(meta["path"])
+    assert torch.allclose(written(x.detach()).sum(dim=1), torch.ones(6), atol=1e-5)
+    caplog.clear()
+    plain = tmp_path / "plain.pt"
+    made(lambda: torch.jit.save(torch.jit.trace(copy_of(model).eval(), torch.rand(2, *shape)), str(plain)))
+    assert torch.allclose(load_model(plain, num_classes=C.NUM_CLASSES, input_shape=shape).model(x.detach()),
+                          model(x.detach()), atol=1e-5)
+    assert "outputs probabilities" not in caplog.text
+
+
+def copy_of(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).eval()

@@ -226,7 +226,7 @@ def load_model(
         input_size: (H, W) the model expects; inputs are resized to it inside the model.
     """
     from poisonguard.models.formats import FORMATS, LoadRequest, format_for
-    from poisonguard.models.wrappers import InputAdapter, check_normalize, check_size
+    from poisonguard.models.wrappers import InputAdapter, check_normalize, check_size, outputs_probabilities
 
     path = Path(path)
     if not path.is_file():
@@ -260,9 +260,13 @@ def load_model(
     model, found = fmt.load(request)
     model = _check_weights(model, path)
     info = {k: v for k, v in found.items() if k != "eager"}
-    if normalize is not None or input_size is not None:
+    probabilities = inner_shape is not None and outputs_probabilities(model.eval(), inner_shape)
+    if probabilities:
+        log.warning("%s outputs probabilities (its rows sum to 1): poisonguard takes their logarithm as the "
+                    "logits; a repaired model is written back with its softmax", path.name)
+    if normalize is not None or input_size is not None or probabilities:
         mean, std = check_normalize(list(normalize[0]), list(normalize[1]), shape[0] if shape else None) if normalize else (None, None)
-        model = InputAdapter(model, mean=mean, std=std, size=input_size).eval()
+        model = InputAdapter(model, mean=mean, std=std, size=input_size, log_outputs=probabilities).eval()
         info.update(model.describe())
     meta = {**meta, **info, "format": FORMATS.normalise(fmt.name)}
     if n_classes is not None:

@@ -5,6 +5,12 @@ elsewhere often expect normalised inputs (torchvision and timm: ImageNet mean/st
 size (224 pixels); `InputAdapter` puts that inside the model, so the contract holds and
 triggers are still drawn on the [0, 1] image. The adapter is recorded in `metadata.json` and
 taken off again when a repaired model is written back in the input's format.
+
+Some exported classifiers end in a softmax. Every method here takes the model's outputs as
+logits (cross-entropy, margins); probabilities squeezed through a second softmax give almost
+no gradient, so trigger inversion and fine-tuning stall. Their logarithm is a logit vector
+(log softmax(z) = z - logsumexp(z)), so the adapter takes it when the outputs are
+probabilities; the user's model itself is written back unchanged.
 """
 
 from __future__ import annotations
@@ -20,13 +26,20 @@ from poisonguard.errors import UserError
 MAX_SIDE = 4096
 
 
+# Smallest probability whose logarithm is taken: a class the softmax underflowed to 0 gets
+# log(1e-30) ~ -69, far below any class a method could push up, instead of -inf.
+PROBABILITY_FLOOR = 1e-30
+
+
 class InputAdapter(nn.Module):
-    """Resize (bilinear) and/or normalise (N, C, H, W) inputs in [0, 1], then call `inner`."""
+    """Resize (bilinear) and/or normalise (N, C, H, W) inputs in [0, 1], then call `inner`;
+    with `log_outputs`, return the log of `inner`'s probabilities, i.e. logits."""
 
     def __init__(self, inner: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 size: Sequence[int] | None = None) -> None:
+                 size: Sequence[int] | None = None, log_outputs: bool = False) -> None:
         super().__init__()
         self.inner = inner
+        self.log_outputs = bool(log_outputs)
         self.size = tuple(int(s) for s in size) if size is not None else None
         self.normalize = mean is not None
         if mean is not None:
@@ -38,15 +51,33 @@ class InputAdapter(nn.Module):
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         if self.normalize:
             x = (x - self.mean) / self.std
-        return self.inner(x)
+        out = self.inner(x)
+        return torch.log(out.clamp_min(PROBABILITY_FLOOR)) if self.log_outputs else out
 
     def describe(self) -> dict:
-        out: dict = {}
+        out: dict = {"outputs": "probabilities"} if self.log_outputs else {}
         if self.normalize:
             out["normalize"] = {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
         if self.size is not None:
             out["input_size"] = list(self.size)
         return out
+
+
+@torch.no_grad()
+def outputs_probabilities(model: nn.Module, input_shape: Sequence[int]) -> bool:
+    """Whether `model` ends in a softmax: on a probe batch every output row lies in [0, 1] and
+    sums to 1. Logits never do by chance; a probe the model rejects answers False (the
+    caller's own checks say why in one line)."""
+    probe = torch.rand(4, *[int(s) for s in input_shape], generator=torch.Generator().manual_seed(0))
+    try:
+        out = model(probe)
+    except Exception:  # noqa: BLE001  (any failure here is reported by the shape checks that follow)
+        return False
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 2 or not out.is_floating_point():
+        return False
+    out = out.double()
+    return bool(torch.isfinite(out).all() and (out >= 0).all() and (out <= 1).all()
+                and torch.allclose(out.sum(dim=1), torch.ones(out.shape[0], dtype=out.dtype), atol=1e-4))
 
 
 def parse_normalize(text: str | None, channels: int | None = None) -> tuple[list[float], list[float]] | None:
