@@ -223,6 +223,33 @@ class _ForwardSaves(nn.Module):
         return self.fc(x)
 
 
+class _HookedLinear(nn.Module):
+    """A module with a forward pre-hook: hooks run on every call but are not among its methods."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _hook_prints(module: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+    print("HOOK")
+
+
+def _hook_saves_bytes(marker: str) -> bytes:
+    """A scripted pre-hook rewritten, as an attacker edits the archive's code, to call
+    `getattr(torch, "save")`: TorchScript compiles that to aten::save with no `torch.save` in the text."""
+    module = _HookedLinear()
+    module.register_forward_pre_hook(_hook_prints)
+    data = _script_bytes(module)
+    code = next(n for n in zipfile.ZipFile(io.BytesIO(data)).namelist() if n.endswith(".py")
+                and b'print("HOOK")' in _read(data, n))
+    payload = f'getattr(torch, "save")(inputs, "{marker}")'.encode()
+    return _rewrite_zip(data, {code: _read(data, code).replace(b'print("HOOK")', payload)})
+
+
 class _ForwardReadsPasswd(nn.Module):
     def __init__(self, marker: str):
         super().__init__()
@@ -490,6 +517,7 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     files["setstate_named.safetensors"] = _script_bytes(_SetstateFromFile(str(markers / "setstate_named")))
     files["forward_saves.pt"] = _script_bytes(_ForwardSaves(str(markers / "forward_saves")))
     files["forward_reads_passwd.pt"] = _script_bytes(_ForwardReadsPasswd(str(markers / "forward_reads_passwd")))
+    files["hook_getattr_saves.pt"] = _hook_saves_bytes(str(markers / "hook_getattr_saves"))
     scripted = _script_bytes(_small())
     ts_pkl = _member(scripted, "/data.pkl")
     files["torchscript_foreign_global.pt"] = _rewrite_zip(scripted, {ts_pkl: pickle.dumps(_Reduce(os.system, touch("torchscript_foreign_global")), protocol=2)})

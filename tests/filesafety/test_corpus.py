@@ -66,6 +66,7 @@ def test_findings_name_what_the_file_imports(corpus):
     assert any("os.system" in f for f in inspect_file(hostile / "memo_trick.pkl").findings)
     assert any("__setstate__" in f for f in inspect_file(hostile / "setstate_from_file.pt").findings)
     assert any("aten::save" in f for f in inspect_file(hostile / "forward_saves.pt").findings)
+    assert any("aten::save" in f for f in inspect_file(hostile / "hook_getattr_saves.pt").findings)
     assert any("use_pickle" in f for f in inspect_file(hostile / "pt2_use_pickle.pt2").findings)
 
 
@@ -132,7 +133,8 @@ def test_the_payloads_are_real(corpus, tmp_path):
     control.mkdir(exist_ok=True)
     cases = {"os_system.pkl": "pickle", "memo_trick.pkl": "pickle", "pkgutil_resolve_name.pkl": "pickle",
              "unresolved_stack_global.pkl": "pickle", "marshal_function.pkl": "pickle", "importlib_chain.pkl": "pickle",
-             "setstate_from_file.pt": "jit", "forward_saves.pt": "jit", "pt2_guards_code.pt2": "export",
+             "setstate_from_file.pt": "jit", "forward_saves.pt": "jit", "hook_getattr_saves.pt": "jit",
+             "pt2_guards_code.pt2": "export",
              "pt2_sympy_expr.pt2": "export", "pt2_opaque_constant.pt2": "export",
              "legacy_sys_info.pt": "torchload", "payload_in_state_dict.pt": "torchload"}
     jobs: list[list[str]] = [[], []]

@@ -28,3 +28,20 @@ def test_file_operators_in_forward_are_refused_after_load(corpus):
     found = check_loaded_torchscript(_load(root / "hostile" / "forward_reads_passwd.pt"))
     assert any("aten::from_file" in f for f in found)
     assert not list((root / "markers").iterdir())
+
+
+def test_forward_hooks_are_walked_too():
+    """A hook runs on every call of the module but is not among its methods: its graph is checked."""
+    import filesafety_corpus as corpus
+
+    module = corpus._HookedLinear()
+    assert check_loaded_torchscript(torch.jit.script(module)) == []
+    module.register_forward_pre_hook(corpus._hook_prints)
+    assert any("prim::Print" in f for f in check_loaded_torchscript(torch.jit.script(module)))
+    after = corpus._HookedLinear()
+    after.register_forward_hook(_after_prints)
+    assert any("prim::Print" in f for f in check_loaded_torchscript(torch.jit.script(after)))
+
+
+def _after_prints(module: torch.nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+    print("HOOK")

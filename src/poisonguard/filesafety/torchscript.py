@@ -5,8 +5,10 @@ object's `__setstate__` while unpickling `data.pkl`; `forward` then runs whateve
 code calls. The static check refuses a module that defines `__setstate__`, calls an operator
 outside `operators.ALLOWED_OPERATORS`, uses `torch.classes` (native custom classes) or custom
 `ops.<ns>`, and a pickle global other than the archive's own `__torch__` classes and the
-tensor rebuilders the TorchScript unpickler knows. `check_loaded_torchscript` walks every
-method's inlined graph after loading, for what text parsing cannot see.
+tensor rebuilders the TorchScript unpickler knows. `getattr(torch, "name")` is read as
+`torch.name` (TorchScript compiles it to the same operator). `check_loaded_torchscript` walks
+the inlined graph of every method and of every forward hook and pre-hook after loading, for
+what text parsing cannot see: hooks run on each call but are not among a module's methods.
 """
 
 from __future__ import annotations
@@ -86,7 +88,24 @@ class _CodeVisitor(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         if isinstance(node.func, ast.Name) and node.func.id in _REFUSED_CALLS:
             self.problems.append(f"calls {node.func.id} ({_REFUSED_CALLS[node.func.id]})")
+        if isinstance(node.func, ast.Name) and node.func.id == "getattr" and node.args:
+            self._check_getattr(node)
         self.generic_visit(node)
+
+    def _check_getattr(self, node: ast.Call) -> None:
+        """`getattr(torch.x, "name")` names the operator `torch.x.name`; serialised code uses
+        getattr only for submodules with numeric names (`getattr(self.features, "0")`)."""
+        target = node.args[0]
+        base = [target.id] if isinstance(target, ast.Name) else _chain(target) if isinstance(target, ast.Attribute) else []
+        if not base or base[0] not in ("torch", "ops"):
+            return
+        name = node.args[1] if len(node.args) > 1 else None
+        if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+            self.problems.append(f"reads an attribute of {'.'.join(base)} by a computed name")
+            return
+        problem = _check_chain([*base, name.value])
+        if problem:
+            self.problems.append(problem)
 
 
 def _chain(node: ast.Attribute) -> list[str]:
@@ -138,6 +157,8 @@ def check_loaded_torchscript(module: Any) -> list[str]:
             continue
         for method_name in scripted._method_names():
             graph_operators(scripted._get_method(method_name).inlined_graph, kinds)
+        for hook in [*scripted._get_forward_pre_hooks(), *scripted._get_forward_hooks()]:
+            graph_operators(getattr(hook, "inlined_graph", hook.graph), kinds)
         if scripted._has_method("__setstate__"):
             kinds.add("__setstate__")
     refused = sorted(k for k in kinds if normalise_operator(k) not in ALLOWED_OPERATORS)
