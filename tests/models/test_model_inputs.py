@@ -109,6 +109,31 @@ def test_onnx_weights_shared_through_identity_nodes_load(work, tmp_path, capsys)
     assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["clean_accuracy"] <= 1
 
 
+def test_onnx_constant_with_external_data_reads_nothing(work, tmp_path, capfd, monkeypatch):
+    """A Constant node's tensor may point at external data too. The converter read it relative
+    to the working directory, where the file check (which resolves it beside the model) never
+    looked: a file of the user's current folder became weights, and repair wrote them out."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    _, data, _ = work
+    secret = tmp_path / "cwd" / "token.txt"
+    secret.parent.mkdir()
+    secret.write_bytes(np.full((64, 4), 7.0, np.float32).tobytes())
+    monkeypatch.chdir(secret.parent)
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[64, 4], data_location=TensorProto.EXTERNAL)
+    weight.external_data.add(key="location", value="token.txt")
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Constant", [], ["w"], value=weight),
+             helper.make_node("MatMul", ["f", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    path = tmp_path / "model" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]).SerializeToString())
+    rc = run(["evaluate", str(path), "--data", str(data)], tmp_path / "o")
+    assert "external files" in one_line_error(capfd, rc, tmp_path / "o")
+
+
 @pytest.mark.parametrize("spec, words", [
     ("{tmp}/missing.py:f", "is not a file"),
     ("no_such_package_xyz.mod:f", "does not import"),

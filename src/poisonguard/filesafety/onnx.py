@@ -40,7 +40,7 @@ def check_onnx(handle: BinaryIO, size: int, path: Path) -> list[str]:
     for graph_name, node in _nodes(model):
         if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in local:
             findings.append(f"{graph_name}: node {node.op_type} of custom domain {node.domain!r}")
-    for tensor in _tensors(model):
+    for tensor in graph_tensors(model):
         findings += _tensor_problems(tensor, path)
     return sorted(set(findings))[:40]
 
@@ -62,8 +62,8 @@ def _graph_nodes(graph: Any, name: str, depth: int):
                 yield from _graph_nodes(sub, f"{name}/{node.op_type}", depth + 1)
 
 
-def _tensors(model: Any):
-    """Initializers and tensor attributes of every (sub)graph."""
+def graph_tensors(model: Any):
+    """Initializers (dense and sparse) and tensor attributes of every (sub)graph."""
     graphs = [model.graph]
     seen = 0
     while graphs and seen < 10_000:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from poisonguard.errors import UserError
+from poisonguard.filesafety.onnx import graph_tensors
 from poisonguard.models.formats import LoadRequest, ModelFormat, first_line, register_format
 from poisonguard.models.graph import FixedBatch, quiet_torch
 from poisonguard.utils import atomic_path
@@ -55,8 +56,10 @@ def load(request: LoadRequest) -> tuple[nn.Module, dict[str, Any]]:
         proto = onnx.load(str(request.path), load_external_data=False)  # external data could name any file
     except Exception as exc:  # protobuf's DecodeError and friends
         raise UserError(f"cannot read ONNX model {request.path}: {first_line(exc)}") from exc
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        raise UserError(f"{request.path} keeps its weights in external files, which poisonguard does not read; "
+    # Every tensor, not just the initializers: the converter reads a Constant node's external
+    # data relative to the working directory, where the file check could not see it.
+    if any(t.data_location == onnx.TensorProto.EXTERNAL or t.external_data for t in graph_tensors(proto)):
+        raise UserError(f"{request.path} keeps tensors in external files, which poisonguard does not read; "
                         "save the ONNX model with its weights inside")
     batch = _input_batch(proto)
     _fold_identity_initializers(onnx, proto)
