@@ -512,6 +512,9 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     # a storage that claims far more bytes than its record holds (allocation before the read fails)
     files["storage_claim.pt"] = _rewrite_zip(sd, {data_pkl: _read(sd, data_pkl).replace(b"K\x0c", b"J\x00\xe4\x0bT", 1)})
     files["deflate_bomb.pt"] = _deflate_bomb_torch(1600 << 20)
+    # one stored element shown as 2**29 through a zero stride (torch.expand): loading converts it to 2 GiB
+    files["broadcast_bomb.pt"] = _torch_save_bytes({**state, "extra": torch.zeros(1, dtype=torch.float16).expand(1 << 29)})
+    files["broadcast_bomb_legacy.pt"] = _torch_save_bytes({"extra": torch.zeros(1).expand(1 << 40)}, legacy=True)
     # TorchScript
     files["setstate_from_file.pt"] = _script_bytes(_SetstateFromFile(str(markers / "setstate_from_file")))
     files["setstate_named.safetensors"] = _script_bytes(_SetstateFromFile(str(markers / "setstate_named")))

@@ -67,6 +67,8 @@ def test_findings_name_what_the_file_imports(corpus):
     assert any("__setstate__" in f for f in inspect_file(hostile / "setstate_from_file.pt").findings)
     assert any("aten::save" in f for f in inspect_file(hostile / "forward_saves.pt").findings)
     assert any("aten::save" in f for f in inspect_file(hostile / "hook_getattr_saves.pt").findings)
+    assert any("zero strides" in f for f in inspect_file(hostile / "broadcast_bomb.pt").findings)
+    assert any("over the limit" in f for f in inspect_file(hostile / "broadcast_bomb_legacy.pt").findings)
     assert any("use_pickle" in f for f in inspect_file(hostile / "pt2_use_pickle.pt2").findings)
 
 

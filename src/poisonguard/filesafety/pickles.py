@@ -15,6 +15,7 @@ anything not vetted is a finding.
 from __future__ import annotations
 
 import io
+import math
 import pickletools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -111,6 +112,14 @@ class _Unknown:
 
     def __init__(self, origin: str | None = None) -> None:
         self.origin = origin  # the allowlisted global whose call produced it, if any
+
+
+class _Storage(_Unknown):
+    """A tensor storage the pickle loads by persistent id ('storage', type, key, location, numel)."""
+
+    def __init__(self, pid: tuple[Any, ...]) -> None:
+        super().__init__("persistent_load")
+        self.numel = pid[4] if len(pid) >= 5 and isinstance(pid[4], int) else None
 
 
 _MARK = object()
@@ -263,8 +272,9 @@ class _Walk:
 
     def persistent_id(self, op: str, arg: Any) -> None:
         pid = self.pop() if op == "BINPERSID" else arg
-        self.report.storages.append(pid if isinstance(pid, tuple) else (pid,))
-        self.stack.append(_Unknown("persistent_load"))
+        pid = pid if isinstance(pid, tuple) else (pid,)
+        self.report.storages.append(pid)
+        self.stack.append(_Storage(pid))
 
     def generic(self, opcode: pickletools.OpcodeInfo) -> None:
         """Any other opcode's stack effect, from its pickletools description."""
@@ -296,8 +306,40 @@ def _check_call(func: str, args: Any, policy: PicklePolicy) -> str | None:
     if func == CODECS_ENCODE:
         if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) and args[1] == "latin1"):
             return "calls _codecs.encode other than as protocol 2 encodes bytes"
+    if func in TENSOR_REBUILDERS:
+        return _check_tensor_view(args)
     if func == "numpy.dtype":
         spec = args[0] if isinstance(args, tuple) and args else None
         if not (isinstance(spec, str) and spec.lstrip("<>|=") in PLAIN_NUMPY_DTYPES):
             return f"numpy dtype {spec!r} is not a plain number type (only those are vetted; object arrays hold pickles)"
+    return None
+
+
+# torch's tensor rebuilders: (storage, storage_offset, size, stride, ...).
+TENSOR_REBUILDERS = frozenset({"torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
+                               "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_qtensor"})
+# A view may show more elements than its storage holds only through zero strides (expand). A
+# legitimate file rarely saves one, never a large one: past both bounds it is a memory bomb
+# (the loader's dtype conversion materialises every element).
+BROADCAST_FACTOR = 64
+BROADCAST_FLOOR = 1 << 20
+
+
+def _check_tensor_view(args: Any) -> str | None:
+    """Why a rebuilt tensor's size is refused: unreadable, over the element limit, or far more
+    elements than the storage behind it holds."""
+    from poisonguard.filesafety.limits import LIMITS
+
+    size = args[2] if isinstance(args, tuple) and len(args) >= 4 else None
+    if not (isinstance(size, tuple) and all(isinstance(d, int) and not isinstance(d, bool) for d in size)):
+        return "a tensor whose size is not a tuple of integers"
+    if any(d < 0 for d in size):
+        return f"a tensor of negative size {size[:8]}"
+    count = math.prod(size)
+    if count > LIMITS.elements:
+        return f"a tensor of {count} elements (over the limit of {LIMITS.elements})"
+    storage = args[0]
+    held = storage.numel if isinstance(storage, _Storage) else None
+    if held is not None and count > BROADCAST_FLOOR and count > BROADCAST_FACTOR * max(held, 1):
+        return f"a tensor of {count} elements backed by a storage of {held} (a memory bomb through zero strides)"
     return None
