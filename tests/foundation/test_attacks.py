@@ -64,6 +64,15 @@ def test_bad_trigger_files(tmp_path):
     np.savez(tmp_path / "c.npz", mask=np.full((4, 4), 3.0), pattern=np.ones((1, 4, 4)), target=np.int64(0))
     with pytest.raises(UserError, match=r"\[0, 1\]"):
         load_trigger(tmp_path / "c.npz")
+    # a generator trigger's width sets the memory applying it takes (images x width x H x W):
+    # a few kilobytes of zeros may not ask for a 65,536-channel activation
+    wide = {"kind": np.array("generator"), "w1": np.zeros((65536, 1, 3, 3), np.float32), "b1": np.zeros(65536, np.float32),
+            "w2": np.zeros((1, 65536, 3, 3), np.float32), "b2": np.zeros(1, np.float32), "budget": np.float32(0.3),
+            "target": np.int64(0)}
+    np.savez_compressed(tmp_path / "wide.npz", **wide)
+    assert (tmp_path / "wide.npz").stat().st_size < 100_000
+    with pytest.raises(UserError, match="channels wide"):
+        load_trigger(tmp_path / "wide.npz")
     trig = badnets_trigger((1, 28, 28), target=0)
     with pytest.raises(UserError):
         check_trigger_fits(trig, (3, 32, 32), 10)

@@ -137,6 +137,11 @@ class WarpTrigger:
         }
 
 
+# Widest generator a trigger file may hold. Applying it takes (images x width x H x W) values,
+# so the width, not the file's size, sets the memory (FeatureRE writes width 8).
+MAX_GENERATOR_WIDTH = 256
+
+
 @dataclass(frozen=True)
 class GeneratorTrigger:
     """An input transformation learned by a trigger inversion (FeatureRE in `scan`).
@@ -159,6 +164,9 @@ class GeneratorTrigger:
               and self.b2.shape == self.w2.shape[:1] and self.w1.shape[2:] == (3, 3) and self.w2.shape[2:] == (3, 3))
         if not ok:
             raise UserError("generator trigger weights do not fit together (w1 (h, C, 3, 3), w2 (C, h, 3, 3))")
+        if self.w1.shape[0] > MAX_GENERATOR_WIDTH:
+            raise UserError(f"generator trigger is {self.w1.shape[0]} channels wide, over the limit of "
+                            f"{MAX_GENERATOR_WIDTH}")
         if not all(torch.isfinite(t).all() for t in (self.w1, self.b1, self.w2, self.b2)):
             raise UserError("generator trigger weights must be finite")
         if not (0 < self.budget <= 1):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poisonguard.attacks.triggers import GeneratorTrigger
+from poisonguard.attacks.triggers import MAX_GENERATOR_WIDTH, GeneratorTrigger
 from poisonguard.data import ImageData
 from poisonguard.detect import DETECTORS
 from poisonguard.detect.anomaly import THRESHOLD, flag_small, mad_anomaly_index
@@ -91,8 +91,9 @@ class FeatureRE:
     def __init__(self, *, steps: int = 200, batch_size: int = 24, lr: float = 0.01, budget: float = 0.3,
                  hidden: int = 8, alpha: float = 1.0, beta: float = 1.0, threshold: float = THRESHOLD,
                  seed: int = 0, device: str = "auto") -> None:
-        for name, value in (("steps", steps), ("batch_size", batch_size), ("hidden", hidden)):
+        for name, value in (("steps", steps), ("batch_size", batch_size)):
             check_number(name, value, low=1, integer=True)
+        check_number("hidden", hidden, low=1, high=MAX_GENERATOR_WIDTH, integer=True)  # its trigger file must load
         for name, value in (("alpha", alpha), ("beta", beta), ("threshold", threshold)):
             check_number(name, value, low=0)
         check_number("budget", budget, low=0, high=1)
