@@ -70,6 +70,29 @@ def test_partition_defense_and_poisoning_certificate(small_data, tmp_path, capsy
     assert "more than the 640 training samples" in capsys.readouterr().err
 
 
+def test_an_ensembles_metadata_is_as_untrusted_as_a_models(small_data, tmp_path, capfd):
+    """The ensemble's metadata.json sizes the base model before any tensor is compared: its
+    class count, input shape and nesting are bounded as a model's are (2**31 classes asked for
+    a terabyte; deep nesting was a RecursionError traceback)."""
+    import shutil
+
+    out = tmp_path / "dpa"
+    assert main(["train", "--data", small_data, "--defense", "partition", "--partitions", "2", "--epochs", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    for label, text in (("classes", json.dumps({**meta, "num_classes": 2**31})),
+                        ("shape", json.dumps({**meta, "input_shape": [1, 200000, 200000]})),
+                        ("deep", "[" * 100_000)):
+        case = tmp_path / label
+        shutil.copytree(out, case)
+        (case / "metadata.json").write_text(text)
+        capfd.readouterr()
+        rc = main(["certify", str(case / "model.safetensors"), "--poisoning", "--data", small_data,
+                   "--out", str(tmp_path / f"o_{label}"), "--quiet"])
+        err = capfd.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "metadata.json" in err[0], (label, err)
+
+
 def test_stage_adds_certification(clean_model, mnist, tmp_path):
     from poisonguard.report import Report
     from poisonguard.stages import StageContext, run_stages

@@ -191,6 +191,31 @@ def test_metadata_fields_of_wrong_type_or_size(work, tmp_path, capfd, field, val
     assert field in one_line_error(capfd, rc, tmp_path / "o")
 
 
+def test_metadata_sizes_cannot_allocate_before_the_weights_are_compared(work, tmp_path, capfd, monkeypatch):
+    """metadata.json names a built-in MLP over 2**24 features: built for real that is 4 GiB of
+    weights, for a file of a few kilobytes. The architecture is compared with the file's tensors
+    on the meta device first, so no real model is built before the mismatch is reported."""
+    import poisonguard.models.arch as arch
+
+    _, data, model = work
+    weights = tmp_path / "model.pt"
+    torch.save(model.state_dict(), weights)
+    (tmp_path / "metadata.json").write_text(json.dumps({"architecture": "mlp", "num_classes": C.NUM_CLASSES,
+                                                        "input_shape": [1 << 24]}))
+    built = []
+    real_build = arch.build_from_spec
+
+    def recording(*args, **kwargs):
+        net = real_build(*args, **kwargs)
+        built.append({p.device.type for p in net.parameters()})
+        return net
+
+    monkeypatch.setattr(arch, "build_from_spec", recording)
+    rc = run(["evaluate", str(weights), "--data", str(data)], tmp_path / "o")
+    assert "does not fit architecture 'mlp'" in one_line_error(capfd, rc, tmp_path / "o")
+    assert built == [{"meta"}]
+
+
 def test_metadata_never_names_code_to_run(work, tmp_path, capfd):
     _, data, model = work
     marker = tmp_path / "ran"

@@ -36,7 +36,9 @@ from poisonguard import __version__
 from poisonguard.certify.partition import hash_name, hash_partition
 from poisonguard.data import ImageData
 from poisonguard.errors import UserError
+from poisonguard.filesafety import require_safe
 from poisonguard.models import ARCHITECTURES, build_model
+from poisonguard.models.files import metadata_path, read_metadata
 from poisonguard.utils import seeded, atomic_path, atomic_write_text, progress, resolve_device, sha256_file
 
 log = logging.getLogger(__name__)
@@ -250,14 +252,11 @@ def load_ensemble(path: str | Path) -> tuple[PartitionEnsemble, dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
-    meta_file = path.parent / "metadata.json"
+    meta_file = metadata_path(path)
     if not meta_file.is_file():
         raise UserError(f"{path}: no metadata.json beside it; a partition ensemble needs one")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta_file} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != ENSEMBLE_FORMAT:
+    meta = read_metadata(path)  # as untrusted as the file: size, depth, classes and input shape bounded
+    if meta.get("format") != ENSEMBLE_FORMAT:
         raise UserError(f"{path} is not a partition ensemble (train one with --defense partition)")
     digest = sha256_file(path)
     if meta.get("sha256") and meta["sha256"] != digest:
@@ -270,15 +269,20 @@ def load_ensemble(path: str | Path) -> tuple[PartitionEnsemble, dict]:
         raise UserError(f"{meta_file}: missing or bad field {exc}") from exc
     if k < 1 or len(shape) not in (1, 3) or min(shape) < 1:  # (C, H, W) images, (F,) table rows
         raise UserError(f"{meta_file}: bad partitions or input_shape")
+    require_safe(path)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"cannot read safetensors file {path}: {exc}") from exc
-    base = build_model(arch, num_classes=num_classes, input_shape=shape)
-    expected = {**dict(base.named_parameters()), **dict(base.named_buffers())}
+    # the base architecture is compared with the file's tensors on the meta device first, so
+    # the metadata's sizes cannot allocate more than the file holds
+    with torch.device("meta"):
+        skeleton = build_model(arch, num_classes=num_classes, input_shape=shape)
+    expected = {**dict(skeleton.named_parameters()), **dict(skeleton.named_buffers())}
     if set(tensors) != set(expected):
         raise UserError(f"{path} does not hold the tensors of {k} {arch!r} models")
     for name, ref in expected.items():
         if tuple(tensors[name].shape) != (k, *ref.shape):
             raise UserError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {(k, *ref.shape)}")
+    base = build_model(arch, num_classes=num_classes, input_shape=shape)
     return PartitionEnsemble(base, tensors, num_classes).eval(), meta

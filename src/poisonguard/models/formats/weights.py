@@ -15,7 +15,7 @@ import logging
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -140,8 +140,27 @@ def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[st
     return state
 
 
-def fit_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
-    """Load `state` into `model`, or one UserError naming the first missing, unexpected and misshapen keys."""
+def build_fitting(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], path: Path, arch: str) -> nn.Module:
+    """`build()`, loaded with `state`. The architecture is first built on the meta device and
+    compared with the file's tensors, so sizes from an untrusted metadata.json (100,000 classes,
+    a 4096x4096 input to an MLP) cannot allocate gigabytes before the mismatch is found."""
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001  (code that cannot run on the meta device is built as is)
+        skeleton = None
+    if skeleton is not None:
+        check_fits(skeleton, state, path, arch)
+    model = build()
+    fit_state(model, state, path, arch)
+    return model
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> dict[str, torch.Tensor]:
+    """`state` with a wrapper's prefix dropped, or one UserError naming the first missing,
+    unexpected and misshapen keys (shapes only: `model` may live on the meta device)."""
     own = model.state_dict()
     state = _strip_prefix(state, set(own))
     missing = [k for k in own if k not in state]
@@ -155,6 +174,12 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch
                 more = f" (+{len(keys) - SHOWN} more)" if len(keys) > SHOWN else ""
                 parts.append(f"{label}: {', '.join(keys[:SHOWN])}{more}")
         raise UserError(f"{path} does not fit architecture {arch!r}: {'; '.join(parts)}")
+    return state
+
+
+def fit_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    """Load `state` into `model`, or one UserError naming the first missing, unexpected and misshapen keys."""
+    state = check_fits(model, state, path, arch)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -181,9 +206,9 @@ def _loader(kind: str):
         kwargs = request.arch_kwargs if request.arch is not None else (meta.get("arch_kwargs") or {})
         if request.arch is None and is_code(arch):
             trusted = False  # metadata never chooses code to run
-        model = build_from_spec(arch, num_classes=int(request.num_classes), input_shape=request.input_shape,
-                                kwargs=kwargs, trusted=trusted)
-        fit_state(model, state, request.path, arch)
+        model = build_fitting(lambda: build_from_spec(arch, num_classes=int(request.num_classes),
+                                                      input_shape=request.input_shape, kwargs=kwargs, trusted=trusted),
+                              state, request.path, arch)
         return model.eval(), {**info, "architecture": arch, "arch_kwargs": dict(kwargs)}
 
     return load
