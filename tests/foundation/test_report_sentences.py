@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from poisonguard.report import Report, validate_report
-from poisonguard.results import Evaluation, Federated, Privacy, Repair, RoundResult
+from poisonguard.results import Detection, Evaluation, Federated, Privacy, Repair, RoundResult
 
 
 def percents(text: str) -> list[float]:
@@ -307,3 +307,24 @@ def test_method_sentence_names_what_each_class_was_compared_with(method, k, agai
     text = method_sentence(det, evidence)
     assert ("clean reference models" in text) == against and ("other classes" in text) == (flagged and not against)
     assert text.split(": ")[1].startswith("flags class 0 (index 40.00)" if flagged else "no class above the threshold 9.00")
+
+
+# ---------------------------------------------------------------- names the user's files choose
+
+def test_class_and_layer_names_from_user_files_are_escaped_in_html():
+    """A table's label values become class names and a foreign model's module names become
+    layer names; both reach report.html, where markup in them must stay text."""
+    from poisonguard.detect.report import detection_html
+    from poisonguard.repair.report import _curve_html as repair_html
+
+    evil = "<script>alert(1)</script>"
+    det = Detection(method="neural_cleanse", backdoored=True, flagged_classes=(1,), anomaly_index=(0.5, 4.0),
+                    seconds=1.0, mask_l1=(2.0, 0.5), threshold=2.0, masks=torch.zeros(2, 3),
+                    patterns=torch.zeros(2, 3), extra={"feature_names": ["a", "b", "c"]})
+    html = detection_html(det, None, classes=["benign", evil])
+    assert evil not in html and "&lt;script&gt;" in html
+    curve = [{"fraction": f, "clean_accuracy": 0.9, "attack_success_rate": 0.5} for f in (0.0, 0.5)]
+    rep = Repair(method="fine_pruning", seconds=1.0, before=Evaluation(0.9, 0.9), after=Evaluation(0.9, 0.1),
+                 extra={"curve": curve, "layer": evil, "pruned_channels": 1, "channels": 2})
+    html = repair_html(rep)
+    assert evil not in html and "&lt;script&gt;" in html

@@ -215,7 +215,7 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, 
 
         names = det.extra.get("feature_names")
         for i in classes_to_draw(det):
-            html += f"<h4>class {labels[i]}{' *' if i in flagged else ''}: features the trigger sets</h4>"
+            html += f"<h4>class {escape(labels[i])}{' *' if i in flagged else ''}: features the trigger sets</h4>"
             html += feature_trigger_table(det.masks[i].detach().cpu(), det.patterns[i].detach().cpu(), names)
     elif det.masks is not None:
         masks, patterns = det.masks.detach().cpu(), det.patterns.detach().cpu()

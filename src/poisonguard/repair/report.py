@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from typing import Sequence
 
@@ -47,7 +48,7 @@ def _curve_html(r: Repair) -> str:
     curve = r.extra.get("curve")
     if not curve:
         return ""
-    x = [c.get("fraction", c["pruned"]) for c in curve]
+    x = [c["fraction"] if "fraction" in c else c["pruned"] for c in curve]
     series = {"clean accuracy (clean data)": [c["clean_accuracy"] for c in curve]}
     rate_key = "attack_success_rate" if "attack_success_rate" in curve[0] else "trigger_rate"
     if all(c.get(rate_key) is not None for c in curve):
@@ -58,7 +59,7 @@ def _curve_html(r: Repair) -> str:
     return (img(line_chart(x, series, xlabel=xlabel, ylabel="rate",
                            title=f"{r.method}: accuracy vs pruning ({r.extra.get('layer', '')})"), "pruning curve")
             + f"<p>{r.method} pruned {r.extra.get('pruned_channels', r.extra.get('pruned_neurons'))} of "
-              f"{r.extra.get('channels', r.extra.get('neurons'))} in layer <code>{r.extra.get('layer')}</code>.</p>")
+              f"{r.extra.get('channels', r.extra.get('neurons'))} in layer <code>{escape(str(r.extra.get('layer')))}</code>.</p>")
 
 
 def repair_section(results: Sequence[Repair], *, splits=None, trigger=None,
