@@ -546,3 +546,27 @@ def test_memory_bombs_refused_before_allocating(inputs, tmp_path):
     extra_mb = (report["peak_kb"] - report["base_kb"]) / 1024
     assert extra_mb < 1536, f"peak {extra_mb:.0f} MB above the baseline after importing torch"
     assert _checksums(bombs) == before
+
+
+def test_deeply_nested_json_is_one_clear_error(tmp_path):
+    """JSON nested 100,000 deep makes Python's decoder raise RecursionError, which is not a
+    ValueError: every reader of a user's JSON (triggers, tokenizers, model.json, manifests,
+    table metadata, shard indexes) turned it into a traceback."""
+    from poisonguard.audit.discover import _jsonl_entries
+    from poisonguard.data.table import _metadata
+    from poisonguard.errors import UserError
+    from poisonguard.jsonfile import read_tagged_json
+    from poisonguard.models.formats.weights import _sharded
+
+    deep = "[" * 100_000
+    (tmp_path / "deep.json").write_text(deep)
+    with pytest.raises(UserError, match="not a tokenizer JSON"):
+        read_tagged_json(tmp_path / "deep.json", fmt="x", what="tokenizer")
+    with pytest.raises(UserError, match="not a JSON object"):
+        list(_jsonl_entries(tmp_path / "m.jsonl", deep))
+    (tmp_path / "metadata.json").write_text(deep)
+    with pytest.raises(UserError, match="not valid JSON"):
+        _metadata(tmp_path / "table.csv")
+    (tmp_path / "model.index.json").write_text(deep)
+    with pytest.raises(UserError, match="sharded checkpoint index"):
+        _sharded(tmp_path / "model.index.json")

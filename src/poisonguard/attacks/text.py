@@ -108,7 +108,7 @@ def is_text_trigger_file(path: str | Path) -> bool:
         return False
     try:
         return json.loads(p.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
         return False
 
 

@@ -119,7 +119,7 @@ def _jsonl_entries(manifest: Path, text: str):
             continue
         try:
             entry = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UserError(f"{manifest}:{lineno}: not a JSON object: {exc}") from exc
         if not isinstance(entry, dict):
             raise UserError(f"{manifest}:{lineno}: each line must be a JSON object with 'path'")

@@ -112,7 +112,7 @@ def _previous(out: Path) -> dict | None:
     for name in (MARKER, "report.json"):
         try:
             data = json.loads((out / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             continue
         if isinstance(data, dict) and isinstance(data.get("command"), str):
             return {"command": data["command"], "inputs": data.get("inputs") if name == MARKER else None}

@@ -117,7 +117,7 @@ def _metadata(path: Path) -> dict:
         raise UserError(f"{meta}: over 1 MiB, too large for a metadata file")
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(f"{meta}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise UserError(f"{meta}: expected a JSON object")

@@ -76,7 +76,7 @@ def _sharded(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(f"{path} is not a sharded checkpoint index (no weight_map)") from exc
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise UserError(f"{path}: weight_map must map tensor names to shard file names")
