@@ -12,7 +12,8 @@ from poisonguard.data import ImageData
 
 
 def _data(n=20):
-    return ImageData(torch.rand(n, 1, 8, 8), torch.arange(n) % 2, ("a", "b"))
+    """The same images on every call (a calibration is keyed by its data's contents)."""
+    return ImageData(torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(n) % 2, ("a", "b"))
 
 
 def _counting_fit(calls):
@@ -52,4 +53,45 @@ def test_other_settings_are_another_calibration(tmp_path, monkeypatch):
     for n_models in (2, 3, 2):
         calibration.calibrate(_data(), architecture="mnist_cnn", source="s", methods=["neural_cleanse"],
                               n_models=n_models, data_id="d")
+    assert len(calls) == 2
+
+
+def test_a_tampered_cache_file_is_recomputed_not_trusted(tmp_path, monkeypatch):
+    """The cache folder may be shared (POISONGUARD_CACHE on a network disk, Ray workers): a file
+    whose reference count, methods or statistics were edited is another calibration, recomputed.
+    10**7 references had made the simulated null ask for terabytes; a list of methods crashed."""
+    import json
+
+    monkeypatch.setenv("POISONGUARD_CACHE", str(tmp_path))
+    calls: list[str] = []
+    monkeypatch.setattr(calibration, "_train_and_fit", _counting_fit(calls))
+    args = dict(architecture="mnist_cnn", source="s", methods=["neural_cleanse"], n_models=2, data_id="d")
+    first = calibration.calibrate(_data(), **args)
+    path = calibration.cache_path(first.key)
+    original = json.loads(path.read_text())
+    null = {"mu": 0.1, "s": 0.2, "n": 2, "reference": [0.0, 0.0], "scales": [1.0, 1.0], "null": "simulated"}
+    good = {**original, "methods": {"neural_cleanse": null}}
+    tampered = [{**original, "n_models": 10_000_000}, {**original, "methods": [1, 2]},
+                {**good, "methods": {"neural_cleanse": {**null, "scales": [1.0] * 100_000}}},
+                {**good, "methods": {"neural_cleanse": {**null, "mu": "nan"}}} | {"seconds": float("inf")},
+                {**original, "settings": {**original["settings"], "n_models": 10_000_000}}, "[" * 50_000]
+    for text in [*(json.dumps(t) for t in tampered)]:
+        path.write_text(text)
+        assert calibration.calibrate(_data(), **args).n_models == 2
+    assert len(calls) == 1 + len(tampered)
+    path.write_text(json.dumps(good))
+    assert calibration.calibrate(_data(), **args).methods == good["methods"]  # an intact file is used
+    assert len(calls) == 1 + len(tampered)
+
+
+def test_the_same_file_name_with_other_contents_is_another_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("POISONGUARD_CACHE", str(tmp_path))
+    calls: list[str] = []
+    monkeypatch.setattr(calibration, "_train_and_fit", _counting_fit(calls))
+    args = dict(architecture="mnist_cnn", source="s", methods=["neural_cleanse"], n_models=2, data_id="clean.npz")
+    data = _data()
+    calibration.calibrate(data, **args)
+    calibration.calibrate(ImageData(data.x.clone(), data.y.clone(), data.classes), **args)
+    assert len(calls) == 1
+    calibration.calibrate(ImageData(1 - data.x, data.y, data.classes), **args)
     assert len(calls) == 2

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,40 @@ class Calibration:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "Calibration":
-        return cls(**json.loads(text))
+    def from_json(cls, text: str, *, key: str, settings: dict[str, Any]) -> "Calibration":
+        """A cached calibration, checked before use: the cache folder may be shared (a network
+        home, Ray workers), so its files are as untrusted as a model. ValueError unless it is
+        the calibration of exactly `settings` (hence its number of references and classes) and
+        every statistic is a finite number in lists no longer than those counts."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)}:
+            raise ValueError("not a calibration")
+        if data["key"] != key or data["settings"] != json.loads(json.dumps(settings, default=str)):
+            raise ValueError("a calibration of other settings")
+        if data["n_models"] != settings["n_models"] or not isinstance(data["methods"], dict) \
+                or not set(data["methods"]) <= set(settings["methods"]):
+            raise ValueError("a calibration of other references or methods")
+        longest = max(int(settings["classes"]), int(settings["n_models"]))
+        for null in data["methods"].values():
+            if not isinstance(null, dict) or not all(_finite_json(v, longest) for v in null.values()):
+                raise ValueError("a calibration whose statistics are not bounded numbers")
+        for name in ("architecture", "source"):
+            if not isinstance(data[name], str):
+                raise ValueError(f"{name} is not a string")
+        if not all(_finite_json(data[name], 1) for name in ("clean_images", "seconds")):
+            raise ValueError("counts are not numbers")
+        return cls(**data)
+
+
+def _finite_json(value: Any, longest: int, depth: int = 0) -> bool:
+    """A string, a finite number, or a list (at most `longest` long, two levels deep) of them."""
+    if isinstance(value, str) or value is None:
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return math.isfinite(value)
+    if isinstance(value, list) and depth < 2 and len(value) <= longest:
+        return all(_finite_json(v, longest, depth + 1) for v in value)
+    return False
 
 
 SIM_DRAWS = 20_000  # synthetic clean models per simulated null: p-values down to 5e-5
@@ -181,6 +213,18 @@ def settings_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def data_fingerprint(data) -> str:
+    """sha256 (16 hex digits) of the inputs and labels a calibration trains on."""
+    digest = hashlib.sha256()
+    for tensor in (data.x, data.y):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+MAX_CACHE_BYTES = 16 << 20  # a calibration file is a few kilobytes per method
+
+
 def cache_path(key: str) -> Path:
     from poisonguard.data.cifar import cache_dir
 
@@ -253,7 +297,10 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
     if n_models < 2:
         raise ValueError(f"calibration needs at least 2 reference models, got {n_models}")
     recipe_epochs, augment = reference_recipe(data)
-    settings = {"architecture": architecture, "data": data_id, "n": len(data), "classes": data.num_classes,
+    # `content`: the clean data's own bytes, so a file rewritten under the same name is not
+    # served the calibration of what it held before
+    settings = {"architecture": architecture, "data": data_id, "content": data_fingerprint(data), "n": len(data),
+                "classes": data.num_classes,
                 "shape": list(data.input_shape), "methods": list(methods), "n_models": n_models,
                 "epochs": epochs or recipe_epochs, "augment": augment, "seed": seed, "options": options or {}}
     key = settings_key(settings)
@@ -263,14 +310,14 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
     # The key holds every setting that changes the numbers; the sentence saying where the
     # references came from is this suspect's own (a state dict and an ONNX file of one
     # architecture share the references, but only one of them names it).
-    cached = _read_cached(path)
+    cached = _read_cached(path, key, settings)
     if cached is not None:
         return replace(cached, source=source)
     # Parallel scans of one architecture and data (audit workers) compute it once: the others
     # wait on the lock, then read what the first one wrote.
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.with_suffix(".lock")):
-        cached = _read_cached(path)
+        cached = _read_cached(path, key, settings)
         if cached is not None:
             return replace(cached, source=source)
         cal = _train_and_fit(data, settings, key, seed=seed, device=device, source=source, models=models)
@@ -280,13 +327,15 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
     return cal
 
 
-def _read_cached(path: Path) -> "Calibration | None":
+def _read_cached(path: Path, key: str, settings: dict[str, Any]) -> "Calibration | None":
     if not path.is_file():
         return None
     try:
-        cal = Calibration.from_json(path.read_text())
-    except (ValueError, TypeError, KeyError):
-        log.warning("ignoring an unreadable calibration cache file %s", path)
+        if path.stat().st_size > MAX_CACHE_BYTES:
+            raise ValueError("too large")
+        cal = Calibration.from_json(path.read_text(encoding="utf-8"), key=key, settings=settings)
+    except (ValueError, TypeError, KeyError, RecursionError, UnicodeDecodeError):
+        log.warning("ignoring a calibration cache file that is not this calibration (recomputed): %s", path)
         return None
     log.info("calibration %s read from %s", cal.key, path)
     return cal
