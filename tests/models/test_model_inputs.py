@@ -134,6 +134,33 @@ def test_onnx_constant_with_external_data_reads_nothing(work, tmp_path, capfd, m
     assert "external files" in one_line_error(capfd, rc, tmp_path / "o")
 
 
+def test_onnx_dense_layers_written_as_matmul_can_be_repaired(work, tmp_path):
+    """tf2onnx and other exporters write a dense layer as MatMul + Add on stored weights, which
+    onnx2torch keeps as buffers: repair had nothing to train (REFIT stopped with a bare
+    StopIteration). They are parameters now, and the repaired file carries changed weights."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    _, data, _ = work
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.1, (C.SIZE * C.SIZE, C.NUM_CLASSES)).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, C.SIZE, C.SIZE])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", C.NUM_CLASSES])],
+                              initializer=[numpy_helper.from_array(w, "w"),
+                                           numpy_helper.from_array(np.zeros(C.NUM_CLASSES, np.float32), "b")])
+    path = tmp_path / "dense.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]), str(path))
+    out = tmp_path / "rep"
+    assert main(["repair", str(path), "--data", str(data), "--method", "refit", "--epochs", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    repaired = onnx.load(str(out / "model.onnx"))
+    arrays = [numpy_helper.to_array(t) for t in repaired.graph.initializer]
+    big = [a for a in arrays if a.size == w.size]
+    assert len(big) == 1 and not np.allclose(big[0].reshape(w.shape), w)
+
+
 @pytest.mark.parametrize("spec, words", [
     ("{tmp}/missing.py:f", "is not a file"),
     ("no_such_package_xyz.mod:f", "does not import"),

@@ -563,3 +563,15 @@ def test_partition_aggregation_certifies_a_table_model(tmp_path, capsys):
                            "label", "--poisoning", "--out", str(tmp_path / "c"), "--quiet"], capsys)
     line = json.loads(out)
     assert code == 0 and line["clean_accuracy"] > 0.6 and line["certified_accuracy"]["0"] == line["clean_accuracy"], err
+
+
+def test_a_data_free_scan_of_a_table_model_is_one_clear_error():
+    """DeepInspect reconstructs images; on a row model its smoothness prior met a (N, F) tensor
+    and failed with a traceback (`scan --data none` on a table model)."""
+    from torch import nn
+
+    from poisonguard.detect.deepinspect import DeepInspect
+    from poisonguard.errors import UserError
+
+    with pytest.raises(UserError, match="reconstructs images"):
+        DeepInspect(steps=1, inversion_steps=1).detect(nn.Linear(4, 3), input_shape=(4,), num_classes=3)

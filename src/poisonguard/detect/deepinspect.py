@@ -25,6 +25,7 @@ from poisonguard.detect.anomaly import THRESHOLD, dmad_anomaly_index, flag_small
 from poisonguard.detect.base import check_finite, check_inputs, check_number, device_for, make_detection
 from poisonguard.detect.engine import frozen_copy
 from poisonguard.detect.model_inversion import invert_classes
+from poisonguard.errors import UserError
 from poisonguard.results import Detection
 from poisonguard.utils import progress
 
@@ -97,6 +98,9 @@ class DeepInspect:
         start = time.perf_counter()
         shape, k = check_inputs(model, data, needs_data=False, name=self.name, input_shape=input_shape,
                                 num_classes=num_classes)
+        if len(shape) != 3:  # its generator and smoothness prior are for images
+            raise UserError(f"{self.name} reconstructs images (C, H, W); this model takes inputs {tuple(shape)}: "
+                            "scan it with its data (--data FILE, and --label-column for a table)")
         device = device_for(self.device)
         frozen = frozen_copy(model, device, shape)
         torch.manual_seed(self.seed)

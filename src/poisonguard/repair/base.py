@@ -144,6 +144,10 @@ class Repairer:
         from poisonguard.models.handle import as_eager, copy_module
 
         model = as_eager(model, clean_data.x[:2])  # ScriptModule / exported module -> eager (hooks, eval, copy)
+        if not any(p.is_floating_point() for p in model.parameters()):
+            raise UserError(f"{self.name}: the model has no weights to change (its file stores them as constants "
+                            "of the graph); save it as a state dict, safetensors, TorchScript or ONNX with its "
+                            "weights as initializers")
         work = copy_module(model).to(device).eval()
         for p in work.parameters():
             p.requires_grad_(True)

@@ -74,9 +74,24 @@ def load(request: LoadRequest) -> tuple[nn.Module, dict[str, Any]]:
     except Exception as exc:  # a malformed graph fails in many ways inside the converter
         raise UserError(f"cannot convert ONNX model {request.path}: {first_line(exc)}") from exc
     module.eval()
+    _trainable_initializers(module)
     if batch is not None:
         return FixedBatch(module, batch), {"eager": True, "static_batch": batch, "opset": _opset(proto)}
     return module, {"eager": True, "opset": _opset(proto)}
+
+
+def _trainable_initializers(module: nn.Module) -> None:
+    """Stored weights that feed plain operators (MatMul, Add, Mul: how tf2onnx and many
+    exporters write dense layers) become buffers of onnx2torch's `initializers` module, which no
+    optimiser sees, so repair could not change them. Floating-point ones are parameters again,
+    under the same names (integer shapes and indices stay buffers)."""
+    holder = getattr(module, "initializers", None)
+    if not isinstance(holder, nn.Module):
+        return
+    for name, tensor in list(holder._buffers.items()):
+        if tensor is not None and tensor.is_floating_point():
+            del holder._buffers[name]
+            holder.register_parameter(name, nn.Parameter(tensor.detach().clone()))
 
 
 def _fold_identity_initializers(onnx, proto) -> None:
