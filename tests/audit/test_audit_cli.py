@@ -106,3 +106,93 @@ def test_verdict_options_reach_the_settings(tiny_zoo, tmp_path, monkeypatch):
     assert settings.methods == ("tabor",) and settings.fpr == 0.01 and settings.calibration == "none"
     plan = settings.scan_plan()
     assert plan.reference_models == 5 and plan.options == {"tabor": {}}  # tabor takes no generator steps
+
+
+def test_another_commands_outputs_are_not_replaced_without_force(tiny_zoo, tmp_path, capsys):
+    """Audit claimed its --out as no other command did: a `train` folder's report was replaced."""
+    import json
+
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / ".poisonguard-out.json").write_text(json.dumps({"tool": "poisonguard", "command": "train", "inputs": {}}))
+    (train / "report.json").write_text('{"command": "train"}')
+    assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(train)]) == 2
+    assert "poisonguard train" in _one_error_line(capsys)
+    assert (train / "report.json").read_text() == '{"command": "train"}'
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--fpr", "1"], "fpr must lie in (0, 1)"),
+    (["--reference-models", "1"], "at least 2 reference models"),
+])
+def test_settings_the_parser_lets_through_are_one_line(tiny_zoo, tmp_path, capsys, extra, expected):
+    assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tmp_path / "out"), *extra]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_architectures_other_than_built_ins_pass_the_name_check(tiny_zoo, tmp_path, monkeypatch):
+    """--arch torchvision:NAME and file.py:callable are what `scan` takes; audit refused them
+    as unknown. A code file's path is made absolute for workers that start elsewhere."""
+    import poisonguard.audit.run as run
+
+    seen = []
+    monkeypatch.setattr(run, "run_audit", lambda items, settings, out, **kw: (seen.append(settings), 1 / 0))
+    (tmp_path / "net.py").write_text("def build(**kw):\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    for arch in ("torchvision:resnet18", "net.py:build"):
+        with pytest.raises(ZeroDivisionError):
+            main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tmp_path / "out"), "--arch", arch])
+    assert seen[0].arch == "torchvision:resnet18" and seen[1].arch == f"{tmp_path / 'net.py'}:build"
+    from poisonguard.audit.cli import check_names
+    from types import SimpleNamespace
+
+    check_names([SimpleNamespace(settings=s, item=SimpleNamespace(is_model=True)) for s in seen])
+
+
+def test_results_are_keyed_by_the_datas_contents_not_its_name(tmp_path, monkeypatch):
+    """Resume reused verdicts after the data file was rewritten under the same name, and
+    rescanned everything when the same file was typed another way."""
+    import os
+
+    import numpy as np
+
+    from poisonguard.audit.settings import AuditSettings, absolute_if_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "d.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.arange(4))
+    typed = [AuditSettings(data=absolute_if_path(d)) for d in ("data/d.npz", "./data/d.npz", str(tmp_path / "data/d.npz"))]
+    assert len({s.digest() for s in typed}) == 1 and os.path.isabs(typed[0].data)
+    before = typed[0].digest()
+    np.savez(tmp_path / "data" / "d.npz", x=np.full((4, 8, 8), 255, np.uint8), y=np.arange(4))
+    assert AuditSettings(data=absolute_if_path("data/d.npz")).digest() != before
+    assert AuditSettings(data="mnist5k").digest() == AuditSettings(data="mnist5k").digest()
+
+
+def test_discovery_gives_absolute_paths_and_follows_model_links(tmp_path, fake_filesafety, monkeypatch):
+    """A Hugging Face cache snapshot links pytorch_model.bin to ../../blobs/<hash>: every file
+    was skipped ("no model files found"). A link named as a model is followed; one to another
+    kind of file outside the folder is not. Paths are absolute (Ray workers may start elsewhere)."""
+    import os
+
+    from poisonguard.audit import discover
+
+    blobs = tmp_path / "hub" / "blobs"
+    snap = tmp_path / "hub" / "snapshots" / "abc"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (blobs / "f00d").write_bytes(pickle.dumps(1, protocol=4))
+    (snap / "pytorch_model.bin").symlink_to("../../blobs/f00d")
+    (tmp_path / "secret.txt").write_text("not a model")
+    (snap / "notes").symlink_to(tmp_path / "secret.txt")
+    monkeypatch.chdir(tmp_path)
+    items = discover(os.path.relpath(snap))
+    assert [os.path.basename(i.path) for i in items] == ["pytorch_model.bin"]
+    assert all(os.path.isabs(i.path) for i in items)
+
+
+def test_an_excel_csv_manifest_with_a_byte_order_mark(tiny_zoo):
+    from poisonguard.audit import discover
+
+    (tiny_zoo / "m.csv").write_bytes("\ufeffpath,arch\na/model.pt,lenet5\n".encode("utf-8"))
+    assert [i.arch for i in discover(tiny_zoo / "m.csv")] == ["lenet5"]

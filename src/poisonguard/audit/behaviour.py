@@ -36,7 +36,7 @@ def scan_model(path: str, settings: AuditSettings):
     from types import SimpleNamespace
 
     options = SimpleNamespace(arch_kwargs=settings.arch_kwargs, normalize=settings.normalize, input_size=settings.input_size)
-    loaded, info = load_checked_model(path, splits, settings.arch, args=options)
+    loaded, info = load_checked_model(path, splits, _arch_for(path, settings.arch), args=options)
     clean, capped_from = clean_share(splits, fraction=settings.clean_fraction, seed=settings.seed,
                                      cap=settings.max_clean_images)
     report = Report("scan")
@@ -47,3 +47,13 @@ def scan_model(path: str, settings: AuditSettings):
                                examples=splits.test.x[: splits.num_classes], data_label=settings.data,
                                clean_fraction=settings.clean_fraction, capped_from=capped_from)
     return verdict.to_dict(), report
+
+
+def _arch_for(path: str, arch: str | None) -> str | None:
+    """`arch` (--arch, or the manifest's) for a bare state dict; None where the file's own
+    metadata.json names its architecture, so one zoo may mix both."""
+    from pathlib import Path
+
+    from poisonguard.models.files import read_metadata
+
+    return None if read_metadata(Path(path)).get("architecture") else arch

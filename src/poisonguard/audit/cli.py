@@ -57,13 +57,17 @@ def cmd_audit(args) -> int:
     from poisonguard.audit.report import audit_block, exit_code, write_reports
     from poisonguard.audit.run import run_audit
     from poisonguard.audit.runner import RayExecutor, check_address
-    from poisonguard.audit.settings import AuditSettings
     from poisonguard.audit.worker import audit_one
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     target = Path(args.target).expanduser()
     out = _out(args.out, target)
+    from poisonguard.cli.inputs import guard_out
+
+    # another command's outputs are never replaced without --force; an audit's own folder is
+    # resumed whatever the zoo holds now (match_inputs=False)
+    guard_out(args.out, command="audit", force=args.force, inputs=[("zoo", target)], match_inputs=False)
     if args.address:
         check_address(args.address)  # before any work, so a typo costs seconds
     if args.text_column:
@@ -79,12 +83,10 @@ def cmd_audit(args) -> int:
     from poisonguard.cli.options import model_options
 
     model_options(args)  # a malformed --arch-kwargs / --normalize / --input-size fails here, before Ray starts
-    settings = AuditSettings(data=args.data, arch=args.arch, arch_kwargs=args.arch_kwargs, normalize=args.normalize,
-                             input_size=args.input_size, label_column=args.label_column, methods=methods, fpr=args.fpr,
-                             statistic=args.statistic, calibration=args.calibration,
-                             reference_models=args.reference_models, epochs=args.epochs,
-                             steps_per_epoch=args.steps_per_epoch, steps=args.steps, clean_fraction=args.clean_fraction,
-                             max_clean_images=args.max_clean_images, threshold=args.threshold, seed=args.seed, device=args.device)
+    try:
+        settings = _settings(args, methods)
+    except ValueError as exc:  # a value argparse's types let through (--fpr 1, --reference-models 1)
+        raise UserError(str(exc)) from exc
     workers = args.workers or (None if args.address else (os.cpu_count() or 1))
 
     def make_executor():  # only called when something is left to do
@@ -107,6 +109,31 @@ def cmd_audit(args) -> int:
     return exit_code(outcome.rows)
 
 
+def _settings(args, methods):
+    """The audit-wide settings; a data file and an architecture's code file as absolute paths,
+    so Ray workers started in another folder (a cluster's head) find them, and so the same
+    file typed two ways is one setting."""
+    from poisonguard.audit.settings import AuditSettings, absolute_if_path
+
+    return AuditSettings(
+        data=absolute_if_path(args.data), arch=absolute_arch(args.arch), arch_kwargs=args.arch_kwargs,
+        normalize=args.normalize, input_size=args.input_size, label_column=args.label_column, methods=methods,
+        fpr=args.fpr, statistic=args.statistic, calibration=args.calibration, reference_models=args.reference_models,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, steps=args.steps, clean_fraction=args.clean_fraction,
+        max_clean_images=args.max_clean_images, threshold=args.threshold, seed=args.seed, device=args.device)
+
+
+def absolute_arch(spec: str | None) -> str | None:
+    """`file.py:callable` with the file's absolute path; other specs as typed."""
+    from poisonguard.audit.settings import absolute_if_path
+    from poisonguard.models.arch import spec_kind
+
+    if spec is None or spec_kind(spec) != "code":
+        return spec
+    file, _, name = spec.rpartition(":")
+    return f"{absolute_if_path(file)}:{name}"
+
+
 TEXT_REFUSED = ("{data}: audit scans image and table models; scan each text model's folder with "
                 "`poisonguard scan FOLDER --data ...`")
 
@@ -118,9 +145,11 @@ def check_names(jobs) -> None:
     """
     from poisonguard.data import check_spec
     from poisonguard.models import ARCHITECTURES
+    from poisonguard.models.arch import spec_kind
 
     for arch in sorted({j.settings.arch for j in jobs if j.settings.arch}):
-        ARCHITECTURES.get(arch)
+        if spec_kind(arch) == "builtin":  # else torchvision:NAME, timm:NAME or the user's file.py:callable
+            ARCHITECTURES.get(arch)
     for data in sorted({j.settings.data for j in jobs if j.item.is_model}):
         check_spec(data)
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from poisonguard.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Formats `sniff_format` names that hold arrays only: inspected (an .npy object array is a
 # pickle), nothing to scan. Every other recognised format is a model file: inspected, then scanned.
@@ -68,25 +71,47 @@ def discover(target: str | os.PathLike, *, exclude: str | os.PathLike | None = N
 
 
 def _from_folder(root: Path, exclude) -> list[AuditItem]:
+    """Model files under `root`, as absolute paths (Ray workers may start in another folder).
+
+    A linked file is followed when it ends at a regular file and its name says model (a
+    Hugging Face cache snapshot links pytorch_model.bin to ../../blobs/<hash>), or when it stays
+    under `root`; other links, and linked folders (they could loop), are skipped and counted.
+    """
+    root = Path(os.path.abspath(root))
+    inside = root.resolve()
     skip = Path(exclude).expanduser().resolve() if exclude is not None else None
-    items = []
+    items, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        # The output folder holds our own reports; symlinked folders could loop.
+        skipped += [str(here / d) for d in dirnames if (here / d).is_symlink()]
+        # The output folder holds our own reports; linked folders could loop.
         dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() != skip and not (here / d).is_symlink())
         for name in sorted(filenames):
             path = here / name
-            if path.is_symlink() or not path.is_file():
+            if path.is_symlink() and not _followed(path, inside):
+                skipped.append(str(path))
+                continue
+            if not path.is_file():
                 continue
             fmt = _sniff(path)
             if fmt != UNKNOWN or path.suffix.lower() in MODEL_SUFFIXES:
                 items.append(AuditItem(str(path), fmt))
+    if skipped:
+        log.warning("audit: %d link(s) skipped (a linked folder, or a link to a file that neither lies under %s nor "
+                    "is named as a model): %s", len(skipped), root, ", ".join(skipped[:5]))
     return items
+
+
+def _followed(link: Path, inside: Path) -> bool:
+    target = link.resolve()
+    if not target.is_file():  # dangling, a device, a FIFO, a folder
+        return False
+    return target.is_relative_to(inside) or link.suffix.lower() in MODEL_SUFFIXES
 
 
 def _from_manifest(manifest: Path) -> list[AuditItem]:
     try:
-        text = manifest.read_text(encoding="utf-8")
+        text = manifest.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read manifest {manifest}: {exc}") from exc
     first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
@@ -99,7 +124,7 @@ def _from_manifest(manifest: Path) -> list[AuditItem]:
         if not isinstance(raw, str) or not raw.strip():
             raise UserError(f"{where}: each line needs a 'path'")
         path = Path(raw.strip()).expanduser()
-        path = path if path.is_absolute() else manifest.parent / path
+        path = Path(os.path.abspath(path if path.is_absolute() else manifest.parent / path))
         if not path.is_file():
             raise UserError(f"{where}: model file not found: {path}")
         for key in ("arch", "data"):
@@ -107,7 +132,7 @@ def _from_manifest(manifest: Path) -> list[AuditItem]:
                 raise UserError(f"{where}: '{key}' must be a string")
         data = (entry.get("data") or "").strip() or None
         if data is not None and (manifest.parent / data).exists() and not Path(data).is_absolute():
-            data = str(manifest.parent / data)
+            data = os.path.abspath(manifest.parent / data)
         # A listed file is audited whatever its bytes show: the file check says what it is.
         items.append(AuditItem(str(path), _sniff(path), (entry.get("arch") or "").strip() or None, data))
     return items

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
@@ -90,7 +91,41 @@ class AuditSettings:
         return replace(self, arch=arch or self.arch, data=data or self.data)
 
     def digest(self) -> str:
-        """A stable hash of what a result depends on; `device` is left out (it does not change the verdict's meaning)."""
+        """A stable hash of what a result depends on; `device` is left out (it does not change the
+        verdict's meaning). A data file or folder counts by its contents, not its name: rewritten
+        under the same name it is other data (its results are redone); typed another way it is
+        the same."""
         fields = {k: v for k, v in self.to_dict().items() if k != "device"}
+        fields["data"] = data_identity(self.data)
         text = json.dumps({"version": __version__, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def absolute_if_path(spec: str) -> str:
+    """An existing file or folder's absolute path (links kept); a built-in data set's name as is."""
+    import os
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    return os.path.abspath(path) if path.exists() else spec
+
+
+def data_identity(spec: str) -> str:
+    """What the data named by `spec` is: the sha256 of a file, the listing of a folder (names,
+    sizes, times), or a built-in set's name."""
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return f"name:{spec}"
+    stat = path.stat()
+    return _content_identity(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _content_identity(path: str, size: int, mtime_ns: int) -> str:  # size and time: a rewrite is read again
+    from pathlib import Path
+
+    from poisonguard.cli.inputs import fingerprint
+
+    return fingerprint(Path(path))

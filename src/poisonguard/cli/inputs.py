@@ -77,7 +77,7 @@ def file_inputs(*items: tuple[str, str | Path | None]) -> list[tuple[str, Path]]
     return [(label, Path(p).expanduser()) for label, p in items if p]
 
 
-def _fingerprint(item: Path | str) -> str:
+def fingerprint(item: Path | str) -> str:
     """sha256 of a file; of the listing (names, sizes, times) of a folder; the name of a built-in data set."""
     if not isinstance(item, Path):
         return f"name:{item}"
@@ -175,7 +175,7 @@ def guard_out(
     claimed = {}
     for label, item in inputs:
         if not isinstance(item, Path) or not item.exists():
-            claimed[label if label not in claimed else f"{label} {item}"] = _fingerprint(item)
+            claimed[label if label not in claimed else f"{label} {item}"] = fingerprint(item)
             continue
         src = item.resolve()
         if src == real:
@@ -186,7 +186,7 @@ def guard_out(
         if src.is_dir() and real.is_relative_to(src):
             raise UserError(f"--out {out} lies inside the {label} folder {item}; choose a folder outside it so "
                             "nothing there is overwritten")
-        claimed[label if label not in claimed else f"{label} {item}"] = _fingerprint(src)
+        claimed[label if label not in claimed else f"{label} {item}"] = fingerprint(src)
     if real.is_dir():
         _take_over(real, out, command, claimed, force, outputs, match_inputs)
     from poisonguard.utils import atomic_write_text
