@@ -65,6 +65,27 @@ def test_batched_training_equals_one_after_another(mnist):
         assert torch.allclose(t, b.stacked_state()[name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_sample_added_to_one_partition_changes_only_its_model(mnist, batched):
+    """DPA's certificate (Levine & Feizi 2021, Theorem 1) holds when each base model is a function
+    of its own partition alone. One generator drew every partition's batches and the step count
+    followed the largest partition, so one added sample changed all K models and flipped
+    predictions certified against one poisoned sample."""
+    from poisonguard.certify.partition import hash_partition
+    from poisonguard.data import ImageData
+
+    data = mnist.train.subset(torch.arange(90))
+    grown = ImageData(torch.cat([data.x, mnist.train.x[500:501]]), torch.cat([data.y, mnist.train.y[500:501]]),
+                      data.classes)
+    recipe = PartitionTraining(epochs=1, batch_size=8, seed=1, device="cpu")
+    a, _ = train_partition_models("mnist_cnn", data, 3, recipe, batched=batched)
+    b, _ = train_partition_models("mnist_cnn", grown, 3, recipe, batched=batched)
+    added = int(hash_partition(grown.x, 3)[-1])
+    before, after = a.stacked_state(), b.stacked_state()
+    unchanged = [all(torch.equal(before[n][i], after[n][i]) for n in before) for i in range(3)]
+    assert unchanged == [i != added for i in range(3)]
+
+
 def test_ensemble_votes_certify_and_round_trip(mnist, tmp_path):
     data = mnist.train.subset(torch.arange(400))
     ensemble, _ = train_partition_models("mnist_cnn", data, 5, PartitionTraining(epochs=3, batch_size=16, lr=3e-3, device="cpu"))

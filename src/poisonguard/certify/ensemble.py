@@ -122,17 +122,17 @@ def check_partitions(k: int, n: int) -> None:
         raise UserError(f"{k} partitions is more than the {n} training samples: every base model needs data")
 
 
-def _batch_schedule(members: list[torch.Tensor], batch_size: int, steps: int, gen: torch.Generator) -> torch.Tensor:
-    """(steps, K, B) sample indices: each model cycles through fresh permutations of its partition."""
-    out = []
-    for idx in members:
-        if len(idx) == 0:
-            out.append(torch.zeros(steps * batch_size, dtype=torch.int64))
-            continue
-        need = steps * batch_size
-        perms = [idx[torch.randperm(len(idx), generator=gen)] for _ in range(math.ceil(need / len(idx)))]
-        out.append(torch.cat(perms)[:need])
-    return torch.stack(out).view(len(members), steps, batch_size).transpose(0, 1)
+def _schedule(idx: torch.Tensor, batch_size: int, epochs: int, seed: int, part: int) -> torch.Tensor:
+    """(steps, B) sample indices of one partition: fresh permutations of it, from a generator of its
+    own. Its steps (ceil(size / B) per epoch) and order depend on its own samples alone, which
+    DPA's certificate assumes: a sample added to one partition changes only that base model."""
+    if len(idx) == 0:
+        return torch.zeros(0, batch_size, dtype=torch.int64)
+    steps = math.ceil(len(idx) / batch_size) * epochs
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + part)
+    need = steps * batch_size
+    perms = [idx[torch.randperm(len(idx), generator=gen)] for _ in range(math.ceil(need / len(idx)))]
+    return torch.cat(perms)[:need].view(steps, batch_size)
 
 
 def train_partition_models(arch: str, data: ImageData, k: int, recipe: PartitionTraining | None = None, *,
@@ -161,32 +161,37 @@ def train_partition_models(arch: str, data: ImageData, k: int, recipe: Partition
     sizes = [len(m) for m in members]
     if min(sizes) == 0:
         log.warning("%d of %d partitions are empty; their base models stay untrained", sizes.count(0), k)
-    with seeded(recipe.seed) as gen:  # the K initialisations come from the recipe's seed, not the caller's RNG
+    with seeded(recipe.seed):  # the K initialisations come from the recipe's seed, not the caller's RNG
         models = [build_model(arch, num_classes=data.num_classes, input_shape=data.input_shape) for _ in range(k)]
-    steps = max(1, math.ceil(max(sizes) / recipe.batch_size)) * recipe.epochs
-    schedule = _batch_schedule(members, recipe.batch_size, steps, gen)  # (steps, K, B)
-    weights = torch.tensor([1.0 if s else 0.0 for s in sizes])
+    schedules = [_schedule(m, recipe.batch_size, recipe.epochs, recipe.seed, i).to(device) for i, m in enumerate(members)]
+    steps = [len(s) for s in schedules]
     x_all, y_all = data.x.to(device), data.y.to(device)
     start = time.perf_counter()
     if batched:
-        state = _train_stacked(models, x_all, y_all, schedule.to(device), weights.to(device), recipe, device)
+        state = _train_stacked(models, x_all, y_all, schedules, recipe, device)
     else:
-        state = _train_one_by_one(models, x_all, y_all, schedule.to(device), weights, recipe, device)
+        state = _train_one_by_one(models, x_all, y_all, schedules, recipe, device)
     seconds = time.perf_counter() - start
     base = build_model(arch, num_classes=data.num_classes, input_shape=data.input_shape)
     ensemble = PartitionEnsemble(base, {n: t.cpu() for n, t in state.items()}, data.num_classes).eval()
-    info = {"partitions": k, "partition_sizes": sizes, "steps": steps, "seconds": round(seconds, 3),
+    info = {"partitions": k, "partition_sizes": sizes, "steps": max(steps), "seconds": round(seconds, 3),
             "batched": batched, "hash": hash_name(data.x), "epochs": recipe.epochs, "batch_size": recipe.batch_size,
             "lr": recipe.lr}
     return ensemble, info
 
 
-def _adam(params: Sequence[torch.Tensor], recipe: PartitionTraining, total: int):
-    opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+def _cosine_lr(recipe: PartitionTraining, step: int, total: int) -> float:
+    """The learning rate of `step` (from 0) of `total`: CosineAnnealingLR's, from lr to 0."""
+    return recipe.lr * (1 + math.cos(math.pi * step / total)) / 2
 
 
-def _train_stacked(models, x_all, y_all, schedule, weights, recipe, device) -> dict[str, torch.Tensor]:
+def _train_stacked(models, x_all, y_all, schedules, recipe, device) -> dict[str, torch.Tensor]:
+    """All K models at once (vmap), each for its own steps at its own cosine learning rate.
+
+    Adam (L2 weight decay, as torch.optim.Adam) is written out so that each model's step size
+    is its own: one shared optimiser would tie every model's schedule to the longest partition.
+    A model whose steps are done is no longer changed.
+    """
     params, buffers = stack_module_state([m.to(device) for m in models])
     base = copy.deepcopy(models[0]).to("meta")
 
@@ -194,29 +199,46 @@ def _train_stacked(models, x_all, y_all, schedule, weights, recipe, device) -> d
         return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
 
     vloss = torch.vmap(loss_one)
-    opt, sched = _adam(list(params.values()), recipe, len(schedule))
-    for step in progress(range(len(schedule)), total=len(schedule), desc="train partitions"):
-        idx = schedule[step]  # (K, B)
-        losses = vloss(params, buffers, x_all[idx], y_all[idx])  # (K,)
-        opt.zero_grad(set_to_none=True)
-        # Models are independent, so the gradient of the sum is each model's own gradient.
-        (losses * weights).sum().backward()
-        opt.step()
-        sched.step()
+    steps = [len(s) for s in schedules]
+    total = max(steps)
+    batch = schedules[0].shape[1] if schedules else 1
+    padded = torch.stack([torch.cat([s, torch.zeros(total - len(s), batch, dtype=torch.int64, device=device)])
+                          for s in schedules], dim=1)  # (total, K, B)
+    names = list(params)
+    moments = {n: (torch.zeros_like(params[n]), torch.zeros_like(params[n])) for n in names}
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for step in progress(range(total), total=total, desc="train partitions"):
+        active = torch.tensor([step < n for n in steps], device=device)
+        lr = torch.tensor([_cosine_lr(recipe, step, n) if step < n else 0.0 for n in steps], device=device)
+        losses = vloss(params, buffers, x_all[padded[step]], y_all[padded[step]])  # (K,)
+        grads = torch.autograd.grad((losses * active).sum(), [params[n] for n in names])
+        t = step + 1  # every model starts at step 0, so an active model has taken t steps
+        with torch.no_grad():
+            for n, g in zip(names, grads):
+                p, (m, v) = params[n], moments[n]
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                g = g + recipe.weight_decay * p
+                keep = active.view(shape)
+                m.copy_(torch.where(keep, beta1 * m + (1 - beta1) * g, m))
+                v.copy_(torch.where(keep, beta2 * v + (1 - beta2) * g * g, v))
+                update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + eps)
+                p.sub_(lr.view(shape) * update)
     return {**{n: t.detach() for n, t in params.items()}, **buffers}
 
 
-def _train_one_by_one(models, x_all, y_all, schedule, weights, recipe, device) -> dict[str, torch.Tensor]:
+def _train_one_by_one(models, x_all, y_all, schedules, recipe, device) -> dict[str, torch.Tensor]:
     for k, model in enumerate(progress(models, total=len(models), desc="train partitions")):
+        schedule = schedules[k]
         model.to(device).train()
-        opt, sched = _adam(list(model.parameters()), recipe, len(schedule))
-        for step in range(len(schedule)):
-            idx = schedule[step, k]
-            loss = F.cross_entropy(model(x_all[idx]), y_all[idx]) * weights[k]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        if len(schedule):
+            opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=len(schedule))
+            for idx in schedule:
+                loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
         model.eval()
     params, buffers = stack_module_state(models)
     return {**{n: t.detach() for n, t in params.items()}, **buffers}
