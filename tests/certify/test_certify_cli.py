@@ -107,3 +107,14 @@ def test_stage_adds_certification(clean_model, mnist, tmp_path):
     assert report.data["stages"][0]["stage"] == "certify" and report.data["stages"][0]["status"] == "ok"
     assert report.data["certification"]["n"] == 500
     assert any("randomized smoothing" in s.title for s in report.sections)
+
+
+def test_options_of_another_defence_are_refused_not_ignored(small_data, tmp_path, capsys):
+    """--dp-epsilon beside --defense partition trained without DP, exit 0, no privacy block."""
+    for named, stray in ((["--defense", "partition", "--partitions", "2"], ["--dp-epsilon", "4"]),
+                         (["--defense", "gaussian-augment", "--sigma", "0.25"], ["--partitions", "3"])):
+        capsys.readouterr()
+        assert main(["train", "--data", small_data, *named, *stray, "--epochs", "1", "--out", str(tmp_path / "o"),
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and stray[0] in err[0], err

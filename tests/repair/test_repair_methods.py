@@ -212,6 +212,11 @@ def test_random_shift_moves_each_image_within_the_limit():
         assert rows.max() - rows.min() == 1 and cols.max() - cols.min() == 1  # still one 2x2 square
         assert 1 <= rows.min() <= 5 and 1 <= cols.min() <= 5  # moved by at most 2 pixels
     assert torch.equal(random_shift(x, torch.Generator(), max_shift=0), x)
+    # a model that flattens with .view after a convolution takes the shifted batch (it failed:
+    # the strided result kept its layout through the convolution)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    colour = random_shift(torch.rand(5, 3, 8, 8), torch.Generator().manual_seed(0), max_shift=2)
+    assert conv(colour).view(5, -1).shape == (5, 256)
 
 
 def test_distillation_loss_is_zero_on_agreement_and_tempered():

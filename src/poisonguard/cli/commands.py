@@ -110,6 +110,13 @@ def cmd_train(args) -> int:
             raise UserError(f"options given for several defences ({', '.join(implied)}); choose one with --defense")
         name = implied[0] if implied else None
     defense = registry.get(name) if name else None
+    own = set(defense.implied_by) if defense else set()
+    stray = sorted({(o, n) for n in registry.names() if n != name for o in registry.get(n).implied_by
+                    if o not in own and getattr(args, o, None) is not None})
+    if stray:  # e.g. --dp-epsilon beside --defense partition: it would be ignored without a word
+        option, owner = stray[0]
+        raise UserError(f"--{option.replace('_', '-')} is an option of --defense {owner}, not of --defense {name}; "
+                        "give the options of one defence")
     args.defense = name
     if args.poison:
         train_data, trigger = poison(args.poison, args, splits)

@@ -14,11 +14,20 @@ from poisonguard.errors import UserError
 ACCOUNTANTS = ("prv", "rdp")
 
 
+# Largest epsilon a noise search is run for. e^100 bounds nothing a user would call private,
+# and above about 150 Opacus's PRV accountant overflows (its epsilon saturates near 710), so
+# its bisection for the noise never ends: `--dp-epsilon 1000` hung.
+MAX_EPSILON = 100.0
+
+
 def check_epsilon(epsilon: float) -> float:
-    """A finite epsilon > 0, or a ValueError that says why not."""
+    """A finite epsilon in (0, MAX_EPSILON], or a ValueError that says why not."""
     epsilon = float(epsilon)
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError(f"epsilon must be a positive finite number, got {epsilon:g}")
+    if epsilon > MAX_EPSILON:
+        raise ValueError(f"epsilon {epsilon:g} is above {MAX_EPSILON:g}, where the guarantee means nothing and the "
+                         "accountant cannot find a noise level; train without DP, or ask for a smaller epsilon")
     return epsilon
 
 

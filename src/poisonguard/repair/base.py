@@ -353,7 +353,9 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, *, max_shift: int)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (N, W)
     batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    # contiguous: a strided result keeps its layout through a convolution, and a model that
+    # flattens with x.view(n, -1) (the classic pytorch-cifar style) then fails
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
 def shifter(pixels: int, generator: torch.Generator):
