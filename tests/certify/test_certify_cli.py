@@ -66,6 +66,10 @@ def test_partition_defense_and_poisoning_certificate(small_data, tmp_path, capsy
     assert block["partitions"] == 4 and block["certified_accuracy"]["3"] == 0.0
     assert block["certified_accuracy"]["0"] == pytest.approx(block["clean_accuracy"])
     capsys.readouterr()
+    # without --poisoning it is not one model: say which command reads it (it said "name its architecture")
+    assert main(["certify", str(out / "model.safetensors"), "--data", small_data, "--out", str(tmp_path / "c2"),
+                 "--quiet"]) == 2
+    assert "--poisoning" in capsys.readouterr().err
     assert main(["train", "--data", small_data, "--partitions", "641", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "more than the 640 training samples" in capsys.readouterr().err
 

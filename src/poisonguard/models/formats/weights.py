@@ -194,6 +194,9 @@ def _loader(kind: str):
         state = check_dtypes(state, request.path)
         meta = request.metadata
         arch = request.arch or meta.get("architecture")
+        if meta.get("format") == "partition_ensemble":  # certify.ensemble.ENSEMBLE_FORMAT
+            raise UserError(f"{request.path} is a partition ensemble (K models voting): `poisonguard certify "
+                            "--poisoning` reads it; other commands take one model")
         if arch is None:
             from poisonguard.models.registry import ARCHITECTURES
 
