@@ -77,6 +77,11 @@ def test_bad_inputs_exit_2(attacked, tmp_path, capsys):
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 28, 28), np.uint8), y=np.zeros(0, np.int64))
     expect_user_error(capsys, "evaluate", model, "--data", str(tmp_path / "empty.npz"), match="empty")
     expect_user_error(capsys, "attack", "badnets", "--data", "mnist5k", "--target", "12", "--out", str(tmp_path / "x"), match="target")
+    # --rate 0 wrote a "backdoored" model with no poisoned sample; a text attack on images said "unknown attack"
+    expect_user_error(capsys, "attack", "badnets", "--data", "mnist5k", "--rate", "0", "--out", str(tmp_path / "x"),
+                      match="poisons no sample")
+    expect_user_error(capsys, "attack", "rare-word", "--data", "mnist5k", "--out", str(tmp_path / "x"),
+                      match="inserts words into text")
 
 
 def test_argparse_errors_exit_2(capsys):
@@ -85,6 +90,9 @@ def test_argparse_errors_exit_2(capsys):
     assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:
         main(["attack", "trojannn", "--data", "mnist5k", "--out", "x"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:  # -1 is all-to-all inside; a user meant the last class
+        main(["attack", "badnets", "--data", "mnist5k", "--target", "-1", "--out", "x"])
     assert exc.value.code == 2
 
 

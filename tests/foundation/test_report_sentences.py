@@ -168,6 +168,19 @@ def test_evaluation_sentence_matches_its_table(mnist, badnets_model, badnets_tri
     assert f"<td>{ev.attack_success_rate:.3f}</td>" in section.html
 
 
+
+def test_evaluation_sentence_names_the_inputs_and_an_all_to_all_target():
+    """Tables were called "test images", and an all-to-all attack's rate (each class to the next)
+    was described as images going "to the target"."""
+    from poisonguard.report.evaluation import evaluation_summary
+
+    ev = Evaluation(0.9, 0.25)
+    assert "other-class test rows go to the target" in evaluation_summary(ev, kind="tabular")
+    assert "other-class test texts" in evaluation_summary(ev, kind="text")
+    sentence = evaluation_summary(ev, all_to_all=True)
+    assert "25.0% of test images go to the next class (all-to-all)" in sentence and "the target" not in sentence
+
+
 # ---------------------------------------------------------------- checklist: failed / not applicable stages
 
 def test_failed_stage_is_at_the_top_of_the_html_and_exits_incomplete(tmp_path):

@@ -192,7 +192,20 @@ def test_verdict_sentence_names_the_gate_that_fired():
                           class_threshold=7.39, seconds=1.0,
                           extra={"heldout_index": {"0": 6.0, "1": 0.1, "2": 0.3}, "heldout_cut": 3.09})
     text = verdict_sentence(result)
-    assert "held-out test z 6.0 > 3.09" in text and "anomaly index" not in text
+    assert "held-out test z 6.00 > 3.09" in text and "anomaly index" not in text
+
+
+def test_clean_sentence_rounds_the_index_as_its_threshold():
+    """"index 7.4, below 7.39" contradicted itself: both are shown to two decimals, and an index
+    equal to the bar is "not above" it (the gate flags above)."""
+    from poisonguard.results import Sanitization
+    from poisonguard.sanitize.report import verdict_sentence
+
+    result = Sanitization(verdict="clean", flagged=(), targets=(), methods=("scan",), scores={}, n_samples=10,
+                          false_positive_rate=0.01, cut=2.33, class_index={"0": 7.385, "1": 0.5},
+                          class_threshold=7.39, seconds=1.0, extra={})
+    text = verdict_sentence(result, classes=["yes", "no"])
+    assert "7.38, class 0 ('yes'), not above 7.39" in text or "7.39, class 0 ('yes'), not above 7.39" in text
 
 
 def test_trained_model_follows_the_data():

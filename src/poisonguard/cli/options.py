@@ -164,9 +164,12 @@ def parse_target(text: str) -> int:
     if text.lower() in ("all", "all-to-all", "all_to_all"):
         return ALL_TO_ALL
     try:
-        return int(text)
+        value = int(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"target must be a class index or 'all', got {text!r}") from exc
+    if value < 0:  # -1 is ALL_TO_ALL inside: a user who meant "the last class" got an all-to-all attack
+        raise argparse.ArgumentTypeError(f"target must be a class index (0 or more) or 'all', got {text!r}")
+    return value
 
 
 # ---------------------------------------------------------------- attack / train

@@ -120,6 +120,9 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     if method is not None:
         if method not in TEXT_ATTACKS:
             raise UserError(f"text data takes the attacks {', '.join(TEXT_ATTACKS)}, not {method!r}")
+        from poisonguard.cli.triggers import check_rate
+
+        check_rate(args.rate)
         trigger = _trigger(method, args, splits.num_classes)
         train, poisoned = poison_text(splits.train, trigger, rate=args.rate, seed=args.seed)
     tok = fitted_tokenizer(args, train)

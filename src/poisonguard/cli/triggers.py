@@ -61,6 +61,9 @@ def build_trigger(method: str, args, splits):
                                seed=args.seed)
     if method == "wanet":
         return wanet_trigger(shape, target=args.target, k=args.wanet_k, strength=args.wanet_strength, seed=args.seed)
+    if method in ("rare_word", "insert_sentence"):  # text attacks reach here only with other data
+        raise UserError(f"the {method.replace('_', '-')} attack inserts words into text; the data are {splits.kind} "
+                        "(give a text corpus: --data corpus.csv --text-column T --label-column L)")
     raise UserError(f"unknown attack {method!r}")
 
 
@@ -69,9 +72,17 @@ def poison(method: str, args, splits):
     from poisonguard.attacks import flip_labels, poison_dataset
 
     method = method.replace("-", "_")
+    check_rate(args.rate)
     if method == "label_flip":
         target = None if args.target == -1 else args.target
         return flip_labels(splits.train, rate=args.rate, target=target, source=args.source, seed=args.seed).data, None
     trigger = build_trigger(method, args, splits)
     return poison_dataset(splits.train, trigger, rate=args.rate, seed=args.seed).data, trigger
 
+
+
+def check_rate(rate: float) -> None:
+    """A poisoning rate of 0 writes a "backdoored" model and trigger with no poisoned sample."""
+    if rate <= 0:
+        raise UserError("--rate 0 poisons no sample: the model would be saved as backdoored without a backdoor; "
+                        "give a share above 0 (e.g. 0.05)")

@@ -3,12 +3,20 @@ a picture of its trigger."""
 
 from __future__ import annotations
 
-def evaluation_summary(ev, *, trigger_kind: str | None = "real") -> str:
-    """The sentence beside an evaluation table, from the same Evaluation."""
+INPUT_WORDS = {"image": "images", "tabular": "rows", "text": "texts"}
+
+
+def evaluation_summary(ev, *, trigger_kind: str | None = "real", kind: str = "image", all_to_all: bool = False) -> str:
+    """The sentence beside an evaluation table, from the same Evaluation; `kind` is the data's
+    (image, tabular, text) and `all_to_all` an attack that sends each class to the next."""
     text = f"Clean accuracy {ev.clean_accuracy:.1%}"
     if ev.attack_success_rate is None:
         return text + "."
-    return text + (f"; the {trigger_kind} trigger makes {ev.attack_success_rate:.1%} of other-class test images "
+    inputs = INPUT_WORDS.get(kind, "inputs")
+    if all_to_all:
+        return text + (f"; the {trigger_kind} trigger makes {ev.attack_success_rate:.1%} of test {inputs} go to "
+                       "the next class (all-to-all).")
+    return text + (f"; the {trigger_kind} trigger makes {ev.attack_success_rate:.1%} of other-class test {inputs} "
                    "go to the target.")
 
 
@@ -25,7 +33,11 @@ def evaluation_section(report, model, splits, trigger, *, title: str, order: int
                  [[ev.clean_accuracy, ev.attack_success_rate]])
     if trigger is not None:
         html += trigger_figure(trigger, splits)
-    report.add_section(title, html, summary=evaluation_summary(ev, trigger_kind=trigger_kind), order=order)
+    from poisonguard.attacks import ALL_TO_ALL
+
+    all_to_all = trigger is not None and getattr(trigger, "target", None) == ALL_TO_ALL
+    summary = evaluation_summary(ev, trigger_kind=trigger_kind, kind=getattr(splits, "kind", "image"), all_to_all=all_to_all)
+    report.add_section(title, html, summary=summary, order=order)
     return ev
 
 

@@ -31,19 +31,20 @@ def verdict_sentence(result: Sanitization, classes=None) -> str:
         where = ", ".join(_label(c, classes) for c in result.targets)
         return (f"The training data looks POISONED: {k} of {n} samples ({k / n:.1%}) stand out as a separate cluster "
                 f"labelled {where} ({_why(result)}); they are flagged and left out of the cleansed copy.")
+    where = _label(int(top[0]), classes) if str(top[0]).isdigit() else "no class"
     return (f"No poisoning found: no class holds a cluster of samples that stands out (highest class anomaly index "
-            f"{float(top[1]):.1f}, class {top[0]}, below {result.class_threshold:.2f}); {k} of {n} samples flagged.")
+            f"{float(top[1]):.2f}, {where}, not above {result.class_threshold:.2f}); {k} of {n} samples flagged.")
 
 
 def _why(result: Sanitization) -> str:
     """Which gate made the targets: the class anomaly index, the held-out test, or both."""
     index = max(result.class_index[str(c)] for c in result.targets)
-    parts = [f"class anomaly index {index:.1f} > {result.class_threshold:.2f}"] if index > result.class_threshold else []
+    parts = [f"class anomaly index {index:.2f} > {result.class_threshold:.2f}"] if index > result.class_threshold else []
     held, cut = result.extra.get("heldout_index") or {}, result.extra.get("heldout_cut")
     if held and cut is not None:
         top = max(held.get(str(c), 0.0) for c in result.targets)
         if top > cut:
-            parts.append(f"held-out test z {top:.1f} > {cut:.2f}: more of its training samples score high than of "
+            parts.append(f"held-out test z {top:.2f} > {cut:.2f}: more of its training samples score high than of "
                          "its clean held-out samples")
     return "; ".join(parts) or "class gate"
 
