@@ -113,7 +113,7 @@ def test_onnx_constant_with_external_data_reads_nothing(work, tmp_path, capfd, m
     """A Constant node's tensor may point at external data too. The converter read it relative
     to the working directory, where the file check (which resolves it beside the model) never
     looked: a file of the user's current folder became weights, and repair wrote them out."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     _, data, _ = work
