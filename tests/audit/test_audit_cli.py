@@ -196,3 +196,13 @@ def test_an_excel_csv_manifest_with_a_byte_order_mark(tiny_zoo):
 
     (tiny_zoo / "m.csv").write_bytes("\ufeffpath,arch\na/model.pt,lenet5\n".encode("utf-8"))
     assert [i.arch for i in discover(tiny_zoo / "m.csv")] == ["lenet5"]
+
+
+def test_out_may_lie_inside_the_audited_folder(tiny_zoo, monkeypatch):
+    import poisonguard.audit.run as run
+
+    def stop(items, settings, out, **kwargs):
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(run, "run_audit", stop)
+    assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tiny_zoo / "audit-out")]) == 3

@@ -66,8 +66,9 @@ def cmd_audit(args) -> int:
     from poisonguard.cli.inputs import guard_out
 
     # another command's outputs are never replaced without --force; an audit's own folder is
-    # resumed whatever the zoo holds now (match_inputs=False)
-    guard_out(args.out, command="audit", force=args.force, inputs=[("zoo", target)], match_inputs=False)
+    # resumed whatever the zoo holds now. The zoo is not named as an input: --out may lie inside
+    # it (discovery skips it), and `_out` has kept it from being the zoo or the manifest's folder.
+    guard_out(args.out, command="audit", force=args.force, match_inputs=False)
     if args.address:
         check_address(args.address)  # before any work, so a typo costs seconds
     if args.text_column:
