@@ -210,7 +210,11 @@ def _train_stacked(models, x_all, y_all, schedules, recipe, device) -> dict[str,
     for step in progress(range(total), total=total, desc="train partitions"):
         active = torch.tensor([step < n for n in steps], device=device)
         lr = torch.tensor([_cosine_lr(recipe, step, n) if step < n else 0.0 for n in steps], device=device)
+        # a finished model's forward pass (on padding) must not move its batch-norm statistics
+        kept = {n: b.clone() for n, b in buffers.items()} if not active.all() else {}
         losses = vloss(params, buffers, x_all[padded[step]], y_all[padded[step]])  # (K,)
+        for n, before in kept.items():
+            buffers[n] = torch.where(active.view((-1,) + (1,) * (before.dim() - 1)), buffers[n], before)
         grads = torch.autograd.grad((losses * active).sum(), [params[n] for n in names])
         t = step + 1  # every model starts at step 0, so an active model has taken t steps
         with torch.no_grad():
