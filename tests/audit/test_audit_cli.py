@@ -185,6 +185,7 @@ def test_discovery_gives_absolute_paths_and_follows_model_links(tmp_path, fake_f
     (snap / "pytorch_model.bin").symlink_to("../../blobs/f00d")
     (tmp_path / "secret.txt").write_text("not a model")
     (snap / "notes").symlink_to(tmp_path / "secret.txt")
+    (snap / "loop.pt").symlink_to("loop.pt")  # a link to itself: skipped, not a crash
     monkeypatch.chdir(tmp_path)
     items = discover(os.path.relpath(snap))
     assert [os.path.basename(i.path) for i in items] == ["pytorch_model.bin"]

@@ -103,8 +103,11 @@ def _from_folder(root: Path, exclude) -> list[AuditItem]:
 
 
 def _followed(link: Path, inside: Path) -> bool:
-    target = link.resolve()
-    if not target.is_file():  # dangling, a device, a FIFO, a folder
+    try:
+        target = link.resolve()
+        if not target.is_file():  # dangling, a device, a FIFO, a folder
+            return False
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
         return False
     return target.is_relative_to(inside) or link.suffix.lower() in MODEL_SUFFIXES
 
