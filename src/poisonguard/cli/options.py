@@ -202,8 +202,9 @@ def add_fit_options(parser: argparse.ArgumentParser, *, epochs: int = 10) -> Non
     g = parser.add_argument_group("training")
     g.add_argument("--arch", default=None, help="architecture (default: mnist_cnn for 1 channel, preact_resnet18 for 3, "
                                                 "mlp for a table)")
-    g.add_argument("--epochs", type=positive_int, default=epochs)
-    g.add_argument("--batch-size", type=positive_int, default=None, help="default 64 (1 channel) or 128")
+    g.add_argument("--epochs", type=positive_int, default=epochs, help=f"passes over the training data (default {epochs})")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="default 64 (1 channel) or 128; with DP-SGD (--dp-epsilon) min(256, N)")
     g.add_argument("--lr", type=positive_float, default=None, help="default 1e-3 for adam, 0.1 for sgd")
     g.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default adam (1 channel) or sgd")
     g.add_argument("--augment", choices=["auto", "none", "crop", "crop_flip"], default="auto")

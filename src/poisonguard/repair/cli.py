@@ -56,7 +56,7 @@ def add_commands(sub) -> None:
                         "(default 0.05; 0.25 for a table)")
     p.add_argument("--aux-data", default=None, help="unlabelled in-distribution images (REFIT labels them with the model)")
     p.add_argument("--from-scan", default=None, help="folder of a `poisonguard scan` run: its trigger_<class>.npz files")
-    p.add_argument("--trigger", default=None, help="the real trigger .npz, if known, to measure the attack success rate")
+    p.add_argument("--trigger", default=None, help="the real trigger, if known, to measure the attack success rate (trigger.npz; trigger.json for text)")
     p.add_argument("--unlearn-mode", choices=["unlearn", "prune", "filter"], default="unlearn",
                    help="Neural Cleanse mitigation for --method unlearn (default unlearn)")
     p.add_argument("--prune-layer", default=None, help="fine-pruning: dotted name of the layer to prune (default: last conv)")

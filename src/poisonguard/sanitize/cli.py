@@ -77,7 +77,8 @@ def add_commands(sub) -> None:
     p.add_argument("--retrain", action="store_true", help="train a model on the cleansed data and report its accuracy")
     p.add_argument("--retrain-epochs", type=positive_int, default=10, help="epochs for --retrain (default 10)")
     p.add_argument("--trigger", default=None, help="a trigger file: --retrain also reports its attack success rate")
-    p.add_argument("--out", required=True, help="folder for report.json, report.html, scores.npz, cleansed.npz")
+    p.add_argument("--out", required=True, help="folder for report.json, report.html, scores.npz and the cleansed copy (cleansed.npz; "
+                                                "cleansed.csv or .parquet for a table or text corpus)")
     add_common(p)
     p.set_defaults(func=cmd_sanitize)
 
