@@ -27,8 +27,12 @@ from poisonguard.errors import UserError
 def _data(x: Any, y: Any, classes: Sequence[str] | None = None):
     from poisonguard.data import ImageData
 
-    x = torch.as_tensor(x)
-    y = torch.as_tensor(y)
+    try:
+        x = torch.as_tensor(x)
+        y = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a DataLoader, a Dataset, a list of tensors
+        raise UserError("images and labels must be tensors or arrays, (N, C, H, W) floats in [0, 1] and (N,) "
+                        f"integers (e.g. torch.cat over a DataLoader's batches), got {type(x).__name__}") from exc
     if x.ndim != 4 or not x.is_floating_point():
         raise UserError(f"images must be a float tensor (N, C, H, W) in [0, 1], got {x.dtype} {tuple(x.shape)}")
     if y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
@@ -71,6 +75,11 @@ def scan(model: Any, x_clean: Any, y_clean: Any, *, methods: Sequence[str] | Non
     """
     from poisonguard.detect.verdict import route_options, scan_verdict
 
+    if isinstance(methods, str):  # "neural_cleanse" became the methods "n", "e", ...
+        methods = [m for m in methods.split(",") if m.strip()]
+    if calibration is not None and not hasattr(calibration, "null_for"):
+        raise UserError("calibration must be a Calibration (e.g. from detect.calibration.calibrate_from_models) or "
+                        f"None; got {calibration!r} (the CLI's 'auto' trains references: `poisonguard scan`)")
     data = _data(x_clean, y_clean, classes)
     net = _model(model, data.x)
     names = list(methods) if methods is not None else default_scan_methods()

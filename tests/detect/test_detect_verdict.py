@@ -184,6 +184,14 @@ def test_api_scan_returns_the_verdict_and_routes_options():
         route_options(["deepinspect"], {"epochs": 1})
     with pytest.raises(UserError, match="has no option"):
         route_options(["deepinspect"], {"deepinspect": {"epochs": 1}})
+    # what a notebook user types: the CLI's word for calibration, a DataLoader, one method as a string
+    with pytest.raises(UserError, match="calibration must be a Calibration"):
+        poisonguard.scan(model, x, y, methods=["deepinspect"], calibration="auto")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    with pytest.raises(UserError, match="tensors or arrays"):
+        poisonguard.scan(model, loader, y, methods=["deepinspect"])
+    one = poisonguard.scan(model, x, y, methods="deepinspect", deepinspect={"steps": 2, "inversion_steps": 2, "samples": 4})
+    assert one.methods == ("deepinspect",)
 
 
 def test_clean_share_caps_images_balanced_and_says_so():
