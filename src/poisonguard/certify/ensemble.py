@@ -214,20 +214,24 @@ def _train_stacked(models, x_all, y_all, schedules, recipe, device) -> dict[str,
         kept = {n: b.clone() for n, b in buffers.items()} if not active.all() else {}
         losses = vloss(params, buffers, x_all[padded[step]], y_all[padded[step]])  # (K,)
         for n, before in kept.items():
-            buffers[n] = torch.where(active.view((-1,) + (1,) * (before.dim() - 1)), buffers[n], before)
+            buffers[n] = torch.where(_per_model(active, before), buffers[n], before)
         grads = torch.autograd.grad((losses * active).sum(), [params[n] for n in names])
         t = step + 1  # every model starts at step 0, so an active model has taken t steps
         with torch.no_grad():
             for n, g in zip(names, grads):
                 p, (m, v) = params[n], moments[n]
-                shape = (-1,) + (1,) * (p.dim() - 1)
                 g = g + recipe.weight_decay * p
-                keep = active.view(shape)
+                keep = _per_model(active, p)
                 m.copy_(torch.where(keep, beta1 * m + (1 - beta1) * g, m))
                 v.copy_(torch.where(keep, beta2 * v + (1 - beta2) * g * g, v))
                 update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + eps)
-                p.sub_(lr.view(shape) * update)
+                p.sub_(_per_model(lr, p) * update)
     return {**{n: t.detach() for n, t in params.items()}, **buffers}
+
+
+def _per_model(values: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+    """One value per model, (K,), shaped to broadcast over a stacked (K, ...) tensor."""
+    return values.view((-1,) + (1,) * (stacked.dim() - 1))
 
 
 def _train_one_by_one(models, x_all, y_all, schedules, recipe, device) -> dict[str, torch.Tensor]:
