@@ -25,3 +25,11 @@ def test_fl_errors_are_one_line(tmp_path, capsys):
                  "--batch-size", "64", "--out", str(tmp_path / "b"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "unknown attack 'nope'" in err and "n > 2f + 2" in err
+
+
+def test_fl_compare_with_no_runnable_rule_is_a_user_error(tmp_path, capsys):
+    """A table whose every cell failed measured nothing: exit 2 and say why, not exit 0 with gaps."""
+    assert main(["fl", "compare", "--aggregators", "krum", "--attacks", "none", "--clients", "4", "--malicious", "1",
+                 "--rounds", "1", "--batch-size", "64", "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "krum vs none" in err and "n > 2f + 2" in err

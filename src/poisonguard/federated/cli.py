@@ -175,12 +175,16 @@ def cmd_compare(args) -> int:
     _check_model(sim, splits)
     results = run_table(splits, sim, aggs, attacks, warmup_rounds=args.warmup,
                         attack_options=parse_options(args.attack_opt))
+    failed = [r for r in results if not r.rounds]
+    if len(failed) == len(results):  # nothing was measured: a table of gaps is not a result
+        raise UserError("no aggregator could run in this federation: "
+                        + "; ".join(f"{r.aggregator} vs {r.attack}: {r.extra.get('error')}" for r in failed))
     report = Report("fl")
     report.set("data", splits.name)
     report.set("federated", {"table": results})
     federated_section(report, results)
     path = report.write(out)
-    print(json.dumps({"report": str(path), "table": summary_rows(results)}))
+    print(json.dumps({"report": str(path), "table": summary_rows(results), "failed_runs": len(failed)}))
     return 0
 
 
