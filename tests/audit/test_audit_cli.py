@@ -207,3 +207,23 @@ def test_out_may_lie_inside_the_audited_folder(tiny_zoo, monkeypatch):
 
     monkeypatch.setattr(run, "run_audit", stop)
     assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(tiny_zoo / "audit-out")]) == 3
+
+
+def test_a_second_audit_into_the_same_folder_is_refused_while_the_first_runs(tiny_zoo, tmp_path, capsys,
+                                                                            monkeypatch):
+    """Two audits into one --out dispatched the same models twice and interleaved their reports."""
+    import poisonguard.audit.run as run
+    from poisonguard.audit.store import only_writer
+
+    out = tmp_path / "out"
+    calls = []
+    monkeypatch.setattr(run, "run_audit", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(RuntimeError("x")))
+    from poisonguard.cli.inputs import guard_out
+
+    guard_out(str(out), command="audit", force=False, match_inputs=False)  # the first audit claims its folder
+    with only_writer(out):  # and is still running
+        assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(out)]) == 2
+        assert "another audit is writing" in _one_error_line(capsys)
+    assert calls == []
+    assert main(["audit", str(tiny_zoo), "--data", "mnist5k", "--out", str(out)]) == 3  # free again once it ends
+    assert calls == [1]

@@ -94,20 +94,23 @@ def cmd_audit(args) -> int:
         n = workers or _cluster_cpus(args.address)  # an existing cluster: as many workers as it has CPUs
         return RayExecutor(audit_one, workers=n, address=args.address, timeout=args.timeout)
 
-    try:
-        outcome = run_audit(items, settings, out, make_executor=make_executor, retry_failed=args.retry_failed,
-                            before_run=check_names, while_starting=check_data_loads)
-    except RuntimeError as exc:
-        print(f"poisonguard: audit incomplete: {exc}", file=sys.stderr)
-        return EXIT_INCOMPLETE
-    root = target if target.is_dir() else target.parent
-    html = write_reports(out, outcome.rows, resumed=outcome.resumed, root=root, settings=settings.to_dict(),
-                         extra={"workers": workers, "address": args.address, "timeout": args.timeout,
-                                "scanned_this_run": outcome.scanned, "seconds": outcome.seconds})
-    print(json.dumps({"report": str(html), "sarif": str(out / "audit.sarif"), "models": len(outcome.rows),
-                      "counts": audit_block(outcome.rows, outcome.resumed)["counts"], "resumed": outcome.resumed, "scanned": outcome.scanned,
-                      "seconds": outcome.seconds}))
-    return exit_code(outcome.rows)
+    from poisonguard.audit.store import only_writer
+
+    with only_writer(out):  # one audit at a time writes a folder
+        try:
+            outcome = run_audit(items, settings, out, make_executor=make_executor, retry_failed=args.retry_failed,
+                                before_run=check_names, while_starting=check_data_loads)
+        except RuntimeError as exc:
+            print(f"poisonguard: audit incomplete: {exc}", file=sys.stderr)
+            return EXIT_INCOMPLETE
+        root = target if target.is_dir() else target.parent
+        html = write_reports(out, outcome.rows, resumed=outcome.resumed, root=root, settings=settings.to_dict(),
+                             extra={"workers": workers, "address": args.address, "timeout": args.timeout,
+                                    "scanned_this_run": outcome.scanned, "seconds": outcome.seconds})
+        print(json.dumps({"report": str(html), "sarif": str(out / "audit.sarif"), "models": len(outcome.rows),
+                          "counts": audit_block(outcome.rows, outcome.resumed)["counts"], "resumed": outcome.resumed, "scanned": outcome.scanned,
+                          "seconds": outcome.seconds}))
+        return exit_code(outcome.rows)
 
 
 def _settings(args, methods):

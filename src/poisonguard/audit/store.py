@@ -9,11 +9,15 @@ file check, never loaded), `failed` (with its error; retried only with --retry-f
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from poisonguard.errors import UserError
 
 FINISHED = ("done", "unsafe", "failed")
 
@@ -36,6 +40,26 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (sha256, settings)
 )
 """
+
+
+LOCK_NAME = "audit.lock"
+
+
+@contextlib.contextmanager
+def only_writer(out: Path):
+    """Hold `OUT/audit.lock` while this audit writes OUT: a second audit into the same folder
+    would dispatch the same models again and interleave its reports with ours. The lock is the
+    kernel's (flock), so a killed audit never leaves a stale one behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another audit is writing to {out}; wait for it to finish or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class AuditStore:
