@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from poisonguard.audit.runner import RayExecutor
 from poisonguard.audit.worker import audit_one
 
 
-def test_ray_audit_survives_a_crashing_and_a_hanging_model(tmp_path, fake_filesafety):
+def test_ray_audit_survives_a_crashing_and_a_hanging_model(tmp_path, fake_filesafety, monkeypatch):
     pytest.importorskip("ray")
     from ray import cloudpickle
 
@@ -26,6 +28,8 @@ def test_ray_audit_survives_a_crashing_and_a_hanging_model(tmp_path, fake_filesa
     log = tmp_path / "scans.log"
     task = functools.partial(audit_one, inspect=fake_filesafety.fake_inspect,
                              scan=functools.partial(fake_filesafety.fake_scan, log=str(log)))
+    sessions = Path(tempfile.mkdtemp(prefix="pgt-", dir="/tmp"))  # short: Ray's socket paths are limited
+    monkeypatch.setenv("RAY_TMPDIR", str(sessions))  # Ray's session folder goes here, and is removed after
     executor = RayExecutor(task, workers=2, timeout=6, threads=1)
     outcome = run_audit(discover(zoo), AuditSettings(), tmp_path / "out", make_executor=lambda: executor)
     rows = {Path(r["path"]).parent.name: r for r in outcome.rows}
@@ -37,3 +41,6 @@ def test_ray_audit_survives_a_crashing_and_a_hanging_model(tmp_path, fake_filesa
         assert rows[name]["verdict"]["threads"] == 1  # each worker kept to its share
         assert rows[name]["attempts"] == 1
     assert log.read_text().count("end ") == 4
+    left = list(sessions.iterdir())
+    shutil.rmtree(sessions)
+    assert not left, "Ray's session folder (logs, sockets) was left behind"

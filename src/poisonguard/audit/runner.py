@@ -14,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import sys
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +115,7 @@ class RayExecutor:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.task, self.workers, self.address, self.timeout = task, int(workers), address, float(timeout)
         self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
+        self._session_root: str | None = None  # a local instance's logs and sockets, removed at the end
 
     # ------------------------------------------------------------------ Ray start and stop
 
@@ -144,9 +148,12 @@ class RayExecutor:
             # starts each worker about half a second sooner than a runtime_env would.
             # address="local" starts a fresh instance even when another cluster runs on this machine;
             # Ray finds the GPUs itself (importing torch here would add a second to every start).
+            # Its own session folder, removed after shutdown: Ray's default /tmp/ray keeps every
+            # session's logs (megabytes each) for ever. A short root keeps socket paths legal.
+            self._session_root = tempfile.mkdtemp(prefix="pg-ray-", dir=os.environ.get("RAY_TMPDIR", "/tmp"))
             with _environment(env):
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * self.threads),
-                         object_store_memory=128 * 1024 * 1024, **quiet)
+                         object_store_memory=128 * 1024 * 1024, _temp_dir=self._session_root, **quiet)
         return ray.cluster_resources()
 
     def _actor_class(self, resources: dict[str, float]):
@@ -168,17 +175,23 @@ class RayExecutor:
         """
         if not jobs:
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-checks") as pool:
-            checks = pool.submit(before) if before is not None else None
-            resources = self._init()
         try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-checks") as pool:
+                checks = pool.submit(before) if before is not None else None
+                resources = self._init()
             if checks is not None:
                 checks.result()  # their error, raised here
             _Dispatcher(self, self._actor_class(resources), on_start, on_result).run(jobs)
         finally:
-            import ray
+            self._stop()
 
+    def _stop(self) -> None:
+        ray = sys.modules.get("ray")  # not imported when Ray is missing (the error being raised says so)
+        if ray is not None:
             ray.shutdown()
+        if self._session_root is not None:
+            shutil.rmtree(self._session_root, ignore_errors=True)
+            self._session_root = None
 
 
 @contextlib.contextmanager
