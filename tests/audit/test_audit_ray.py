@@ -44,3 +44,58 @@ def test_ray_audit_survives_a_crashing_and_a_hanging_model(tmp_path, fake_filesa
     left = list(sessions.iterdir())
     shutil.rmtree(sessions)
     assert not left, "Ray's session folder (logs, sockets) was left behind"
+
+
+_TERMINATED_AUDIT = """
+import functools, pickle, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import audit_fakes
+from ray import cloudpickle
+from poisonguard.audit import AuditSettings, discover
+from poisonguard.audit.run import run_audit
+from poisonguard.audit.runner import RayExecutor
+from poisonguard.audit.worker import audit_one
+
+cloudpickle.register_pickle_by_value(audit_fakes)
+zoo = Path({zoo!r})
+(zoo / "d_hang").mkdir(parents=True)
+(zoo / "d_hang" / "model.bin").write_bytes(pickle.dumps(0, protocol=4))
+task = functools.partial(audit_one, inspect=audit_fakes.fake_inspect,
+                         scan=functools.partial(audit_fakes.fake_scan, log={log!r}))
+try:
+    run_audit(discover(zoo), AuditSettings(), Path({out!r}), make_executor=lambda: RayExecutor(task, workers=1, threads=1))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_sigterm_stops_the_audit_as_ctrl_c_does(tmp_path):
+    """SIGTERM met Ray's handler: a C++ stack dump, and no clean-up (workers, session folder)."""
+    pytest.importorskip("ray")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sessions = Path(tempfile.mkdtemp(prefix="pgt-", dir="/tmp"))
+    log = tmp_path / "scans.log"
+    script = _TERMINATED_AUDIT.format(tests=str(Path(__file__).parent), zoo=str(tmp_path / "zoo"), log=str(log),
+                                      out=str(tmp_path / "out"))
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "RAY_TMPDIR": str(sessions)})
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and "start" in log.read_text()) and time.monotonic() < deadline:
+            assert child.poll() is None, child.stderr.read()
+            time.sleep(0.5)
+        child.send_signal(signal.SIGTERM)  # the model hangs on its worker: the driver is waiting
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        left = list(sessions.iterdir())
+        shutil.rmtree(sessions)
+    assert child.returncode == 130, err
+    assert "SIGTERM received" not in err
+    assert not left, "Ray's session folder was left behind"

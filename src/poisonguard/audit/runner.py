@@ -15,9 +15,11 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -181,7 +183,8 @@ class RayExecutor:
                 resources = self._init()
             if checks is not None:
                 checks.result()  # their error, raised here
-            _Dispatcher(self, self._actor_class(resources), on_start, on_result).run(jobs)
+            with _terminate_as_interrupt():
+                _Dispatcher(self, self._actor_class(resources), on_start, on_result).run(jobs)
         finally:
             self._stop()
 
@@ -192,6 +195,25 @@ class RayExecutor:
         if self._session_root is not None:
             shutil.rmtree(self._session_root, ignore_errors=True)
             self._session_root = None
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `kill`) ends the run as Ctrl-C does: Ray's own handler dumped
+    a C++ stack trace and skipped our clean-up (the workers, the session folder, the lock).
+    What finished is already committed, so a rerun resumes."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("terminated")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
