@@ -372,6 +372,27 @@ def _huge_dims(model):
     tensor.dims.extend([1_000_000, 1_000_000])
 
 
+def _computed_bomb(op: str) -> bytes:
+    """A graph of a few hundred bytes whose first forward pass asks for 2^34 floats: the shape is
+    a constant the graph builds (Concat of a Constant), so no stored tensor is large."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    side = numpy_helper.from_array(np.array([1 << 17], dtype=np.int64))
+    nodes = [helper.make_node("Constant", [], ["side"], value=side),
+             helper.make_node("Concat", ["side", "side"], ["shape"], axis=0)]
+    if op == "ConstantOfShape":
+        nodes.append(helper.make_node(op, ["shape"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])))
+    else:  # Expand: broadcast the input itself
+        nodes.append(helper.make_node("ReduceSum", ["x"], ["one"], keepdims=1))
+        nodes.append(helper.make_node(op, ["one", "shape"], ["big"]))
+    nodes += [helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+              helper.make_node("Add", ["x", "total"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
 def _npy_bytes(array, allow_pickle: bool = False) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=allow_pickle)
@@ -573,6 +594,8 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     files["onnx_external_dotdot.onnx"] = _onnx_edit(_external("../../secret.bin"))
     files["onnx_custom_domain.onnx"] = _onnx_edit(_custom_domain)
     files["onnx_huge_dims.onnx"] = _onnx_edit(_huge_dims)
+    files["onnx_constant_of_shape_bomb.onnx"] = _computed_bomb("ConstantOfShape")
+    files["onnx_expand_bomb.onnx"] = _computed_bomb("Expand")
     # numpy
     files["object_array.npy"] = _npy_bytes(np.array([_Reduce(os.system, touch("object_array")), 1], dtype=object), allow_pickle=True)
     files["object_in_npz.npz"] = _npz_bytes(x=np.array([_Reduce(os.system, touch("object_in_npz"))], dtype=object))

@@ -32,6 +32,7 @@ class Limits:
     elements: int = 1 << 34         # elements one tensor or array may claim
     nesting: int = 3                # archives inside archives
     onnx_bytes: int = 2 * GiB       # protobuf's own limit
+    computed_elements: int = 1 << 31  # a value an ONNX graph computes, for one input (8 GiB of float32)
 
 
 LIMITS = Limits()

@@ -23,6 +23,7 @@ _BYTES_PER = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 
 
 def check_onnx(handle: BinaryIO, size: int, path: Path) -> list[str]:
     import onnx
+    import onnx.shape_inference
 
     if size > LIMITS.onnx_bytes:
         return [f"an ONNX file of {size} bytes, over protobuf's {LIMITS.onnx_bytes}-byte limit"]
@@ -42,7 +43,33 @@ def check_onnx(handle: BinaryIO, size: int, path: Path) -> list[str]:
             findings.append(f"{graph_name}: node {node.op_type} of custom domain {node.domain!r}")
     for tensor in graph_tensors(model):
         findings += _tensor_problems(tensor, path)
+    if not findings:  # the graph is well formed: what would running it allocate?
+        findings += _computed_bombs(onnx, model)
     return sorted(set(findings))[:40]
+
+
+def _computed_bombs(onnx: Any, model: Any) -> list[str]:
+    """Values the graph computes whose shape is fixed by constants in the file and over the limit.
+
+    A few bytes of `ConstantOfShape`, `Expand` or `Tile` fed a constant shape make the runtime
+    allocate terabytes on the first forward pass. ONNX's shape inference, propagating constant
+    shape arithmetic (`data_prop`), gives each value's static shape; unknown dimensions (the
+    batch) count as 1, so this bounds what one input costs. A graph it cannot infer is left
+    to the sandboxed trial load.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # an operator or opset the inference does not know
+        return []
+    findings = []
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        if math.prod(dims) > LIMITS.computed_elements:
+            findings.append(f"computes {value.name!r} of shape {dims[:8]} for one input "
+                            f"(over the limit of {LIMITS.computed_elements} elements)")
+    return findings[:5]
 
 
 def _nodes(model: Any):
