@@ -57,6 +57,32 @@ def test_folder_of_class_files(tmp_path):
     assert is_text_source(str(tmp_path)) and load_text_rows(str(tmp_path)).texts == rows.texts
 
 
+def test_a_text_folder_reads_no_file_a_link_leads_out_to(tmp_path):
+    """A link named stolen.txt to a file outside became a class, copied into cleansed.csv."""
+    from poisonguard.data.text import load_text, load_text_rows
+
+    secret = tmp_path / "secret"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "ham.txt").write_text("buy milk\nsee you soon\u2028after lunch\n")  # U+2028 sits inside a line
+    (corpus / "spam.txt").write_text("win money now\r\nclaim your prize\n")
+    (corpus / "stolen.txt").symlink_to(secret)
+    (corpus / "inside.txt").symlink_to(corpus / "spam.txt")  # a link that stays inside is data
+    rows = load_text_rows(str(corpus))
+    assert "stolen" not in rows.classes and not any("root:" in t for t in rows.texts)
+    assert rows.classes == ("ham", "inside", "spam")
+    assert rows.texts[:2] == ("buy milk", "see you soon\u2028after lunch")
+    outside = tmp_path / "outside"
+    (outside / "train").mkdir(parents=True)
+    (outside / "train" / "a.txt").write_text("x\n")
+    split = tmp_path / "split"
+    (split / "test").mkdir(parents=True)
+    (split / "train").symlink_to(outside / "train")
+    with pytest.raises(UserError, match="leads out of"):
+        load_text(str(split))
+
+
 def test_numeric_labels_are_ordered_as_numbers(tmp_path):
     """Labels 0..11: class index 2 is the label "2" (as for tables), not "10" as text order gives."""
     from poisonguard.data.text import load_text_rows

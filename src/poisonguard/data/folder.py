@@ -127,28 +127,35 @@ def _walk(root: Path) -> list[PurePosixPath]:
                 dirs.remove(d)
         for n in names:
             p = here / n
-            if p.is_symlink():
-                try:
-                    target = p.resolve(strict=True)
-                except (OSError, RuntimeError):
-                    skipped.append(str(p.relative_to(root)))
-                    continue
-                if not target.is_relative_to(real_root):
-                    skipped.append(str(p.relative_to(root)))
-                    continue
-            try:
-                if not stat.S_ISREG(p.stat().st_mode):  # fifos, devices: reading could block or never end
-                    skipped.append(str(p.relative_to(root)))
-                    continue
-            except OSError:
+            if not regular_file_inside(p, real_root):
                 skipped.append(str(p.relative_to(root)))
                 continue
             files.append(PurePosixPath(p.relative_to(root).as_posix()))
             limits.check("max_files", len(files), f"{root}: the number of files")
+    warn_skipped(root, skipped)
+    return files
+
+
+def regular_file_inside(path: Path, real_root: Path) -> bool:
+    """A regular file, and where `path` is a link, one that resolves inside `real_root` (a link to
+    /etc/passwd named x.png or x.txt must not become data, nor be copied into our outputs)."""
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # dangling, or a loop
+            return False
+        if not target.is_relative_to(real_root):
+            return False
+    try:
+        return stat.S_ISREG(path.stat().st_mode)  # fifos, devices: reading could block or never end
+    except OSError:
+        return False
+
+
+def warn_skipped(root: Path, skipped: list[str]) -> None:
     if skipped:
         log.warning("%s: skipped %d symlink(s) or special file(s) that lead out of the folder or are not regular "
                     "files: %s", root, len(skipped), ", ".join(sorted(skipped)[:5]) + (" ..." if len(skipped) > 5 else ""))
-    return files
 
 
 def load_image_folder(root: str | Path, *, image_size: tuple[int, int] | None = None, seed: int = 0) -> Splits:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def is_text_source(spec: str | None, text_column: str | None = None) -> bool:
     if not path.is_dir():
         return False
     files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]  # .DS_Store is no data
-    if files:
+    if files:  # (links leading out are data of no kind: _read_folder skips them)
         return all(p.suffix.lower() in TEXT_SUFFIXES for p in files)
     return all((path / part).is_dir() and any((path / part).glob("*.txt")) for part in ("train", "test"))
 
@@ -96,8 +97,8 @@ def load_text(spec: str, *, text_column: str | None = None, label_column: str | 
         raise UserError(f"text data {spec!r}: no such file or folder")
     if path.is_dir():
         if (path / "train").is_dir() and (path / "test").is_dir():
-            train_t, train_l = _read_folder(path / "train")
-            test_t, test_l = _read_folder(path / "test")
+            train_t, train_l = _read_folder(path / "train", path)
+            test_t, test_l = _read_folder(path / "test", path)
             classes = _classes(train_l, path)
             return TextSplits(path.name, _corpus(train_t, train_l, classes, path),
                               _corpus(test_t, test_l, classes, path))
@@ -118,7 +119,7 @@ def load_text_rows(spec: str, *, text_column: str | None = None, label_column: s
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / "train").is_dir():
-            texts, labels = _read_folder(path / "train")
+            texts, labels = _read_folder(path / "train", path)
         else:
             texts, labels = _read_folder(path)
     else:
@@ -220,14 +221,25 @@ def write_kept_rows(rows: TextCorpus, source: Path, keep: set[int] | list[int], 
             writer.writerows((rows.texts[i],) for i in sorted(keep))
 
 
-def _read_folder(path: Path) -> tuple[list[str], list[str]]:
-    files = sorted(p for p in path.iterdir()
-                   if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES and not p.name.startswith("."))  # ._x.txt: macOS
+def _read_folder(path: Path, root: Path | None = None) -> tuple[list[str], list[str]]:
+    """`path`'s CLASS.txt files; `root` (default `path`) is the folder the user named, which no
+    file read may lead out of."""
+    from poisonguard.data.folder import regular_file_inside, warn_skipped
+
+    real_root = (root or path).resolve()
+    if not path.resolve().is_relative_to(real_root):
+        raise UserError(f"{path} is a link that leads out of {root}")
+    named = sorted(p for p in path.iterdir()
+                   if p.suffix.lower() in TEXT_SUFFIXES and not p.name.startswith("."))  # ._x.txt: macOS
+    files = [p for p in named if regular_file_inside(p, real_root)]
+    warn_skipped(path, [p.name for p in named if p not in files and not p.is_dir()])
     if not files:
         raise UserError(f"{path}: no CLASS.txt files (one example per line, one file per class)")
     texts, labels = [], []
     for f in files:
-        for number, line in enumerate(_read_bytes(f).splitlines(), start=1):
+        # one example per line: only \n, \r\n and \r end one (str.splitlines also splits at
+        # U+2028, U+0085 and form feeds, which sit inside real sentences)
+        for number, line in enumerate(re.split(r"\r\n|[\r\n]", _read_bytes(f)), start=1):
             if not line.strip():
                 continue  # blank lines separate nothing in a one-example-per-line file
             _check_row(f, number, line, len(texts) + 1)
