@@ -53,7 +53,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    sample = text[:65536]
+    sample = text[:4096]  # csv.Sniffer is quadratic in its sample: 64 KiB of `,"` took 25 s
     try:
         dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample.strip() else csv.excel
     except csv.Error:
@@ -93,20 +93,77 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list]]:
         raise UserError("reading .parquet needs pyarrow: pip install 'poisonguard[tabular]' (or give a .csv)") from exc
     limits.check("max_bytes", path.stat().st_size, f"{path}: the file size")
     try:
-        meta = pq.ParquetFile(path).metadata  # row and column counts, before any data is read
+        parquet = pq.ParquetFile(path)
+        meta = parquet.metadata  # row and column counts, before any data is read
         limits.check("max_columns", meta.num_columns, f"{path}: the column count")
         limits.check("max_table_cells", meta.num_rows * meta.num_columns, f"{path}: the cell count (rows x columns)")
-        table = pq.read_table(path)
+        names = _flat_columns(path, parquet.schema_arrow)
+        columns: list[list] = [[] for _ in names]
+        decoded = 0
+        # in small batches, each checked before it becomes Python objects: Parquet compresses
+        # a repeated 1 MiB string to one dictionary entry (38 KB of file asked for 4.8 GB)
+        for batch in parquet.iter_batches(batch_size=256):
+            for name, column, values in zip(names, batch.columns, columns):
+                _check_cell_lengths(path, name, column)
+                decoded += _decoded_bytes(column)
+                limits.check("max_bytes", decoded, f"{path}: the decoded table's size in bytes (so far)")
+                values.extend(column.to_pylist())
     except UserError:
         raise
     except Exception as exc:  # pyarrow raises many types for a damaged file
         raise UserError(f"{path}: not a readable Parquet table: {type(exc).__name__}: {str(exc)[:200]}") from exc
     # pandas stores a filtered frame's row index as a column of its own; it is no feature
-    index = [i for i, name in enumerate(table.column_names) if re.fullmatch(r"__index_level_\d+__", name)]
+    index = [i for i, name in enumerate(names) if re.fullmatch(r"__index_level_\d+__", name)]
     if index:
-        log.warning("%s: left out pandas' row index column(s) %s", path, ", ".join(table.column_names[i] for i in index))
-    keep = [i for i in range(table.num_columns) if i not in index]
-    return [table.column_names[i] for i in keep], [table.column(i).to_pylist() for i in keep]
+        log.warning("%s: left out pandas' row index column(s) %s", path, ", ".join(names[i] for i in index))
+    keep = [i for i in range(len(names)) if i not in index]
+    return [names[i] for i in keep], [columns[i] for i in keep]
+
+
+def _flat_columns(path: Path, schema) -> list[str]:
+    """The column names, once each, of cells that are single values (no lists, structs or maps)."""
+    import pyarrow.types as pa_types
+
+    names = list(schema.names)
+    repeated = next((n for n in names if names.count(n) > 1), None)
+    if repeated is not None:
+        raise UserError(f"{path}: column name {repeated!r} appears more than once")
+    for field in schema:
+        kind = field.type.value_type if pa_types.is_dictionary(field.type) else field.type
+        if pa_types.is_nested(kind):
+            raise UserError(f"{path}: column {field.name!r} holds {kind} values; a table cell must be one number "
+                            "or one category")
+    return names
+
+
+def _decoded_bytes(column) -> int:
+    """The column's size once every cell is its own value (a dictionary's entry once per row)."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pa_types
+
+    if not pa_types.is_dictionary(column.type):
+        return column.nbytes
+    values = column.dictionary
+    if not (pa_types.is_string(values.type) or pa_types.is_binary(values.type)
+            or pa_types.is_large_string(values.type) or pa_types.is_large_binary(values.type)):
+        return column.nbytes
+    per_row = pc.take(pc.binary_length(values), column.indices)
+    return int(pc.sum(per_row).as_py() or 0) + column.indices.nbytes
+
+
+def _check_cell_lengths(path: Path, name: str, column) -> None:
+    """No text cell over 1 MiB, as for a CSV (a dictionary's entries are checked once each)."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pa_types
+
+    values = column.dictionary if pa_types.is_dictionary(column.type) else column
+    if not (pa_types.is_string(values.type) or pa_types.is_large_string(values.type)
+            or pa_types.is_binary(values.type) or pa_types.is_large_binary(values.type)):
+        return
+    longest = pc.max(pc.binary_length(values)).as_py()
+    if longest is not None and longest > _FIELD_LIMIT:
+        raise UserError(f"{path}: column {name!r} holds a cell of {longest:,} bytes; a table cell of more than "
+                        f"{_FIELD_LIMIT:,} bytes is no feature")
 
 
 def _metadata(path: Path) -> dict:
@@ -138,6 +195,8 @@ def _as_number(cell) -> float | None:
         return BOOLEANS[cell.strip().lower()]
     if isinstance(cell, (int, float)):
         return float(cell) if math.isfinite(cell) else None
+    if isinstance(cell, str) and "_" in cell:  # Python reads "-0_123" as -123; no table means that
+        return None
     try:
         v = float(cell)
     except (TypeError, ValueError):
@@ -219,7 +278,11 @@ def _encode(path: Path, header: list[str], columns: list[list], label: str, cate
         if name not in categorical:
             _check_numeric(path, name, values, numbers, recorded=name in numeric)
         if name not in categorical and all(v is not None for v in numbers):
-            blocks.append(np.asarray(numbers, dtype=np.float64)[:, None])
+            _check_width(path, n, start + 1)
+            column = np.asarray(numbers, dtype=np.float64).astype(np.float32)
+            if not np.isfinite(column).all():
+                raise UserError(f"{path}: a value of column {name!r} overflows float32")
+            blocks.append(column[:, None])
             codes.append(ColumnCode(name, "numeric", start))
             start += 1
             continue
@@ -231,19 +294,23 @@ def _encode(path: Path, header: list[str], columns: list[list], label: str, cate
             raise UserError(f"{path}: column {name!r} is neither numeric (e.g. {bad[:40]!r}) nor categorical "
                             f"({len(cats):,} distinct values in {n:,} rows); drop it, list it under 'categorical' "
                             f"in metadata.json, or raise --limit max_categories")
+        _check_width(path, n, start + len(cats))  # before the one-hot block is allocated
         index = {c: i for i, c in enumerate(cats)}
-        onehot = np.zeros((n, len(cats)), dtype=np.float64)
+        onehot = np.zeros((n, len(cats)), dtype=np.float32)
         onehot[np.arange(n), [index[t] for t in text]] = 1.0
         blocks.append(onehot)
         codes.append(ColumnCode(name, "categorical", start, tuple(cats)))
         start += len(cats)
-        limits.check("max_columns", start, f"{path}: the feature count after one-hot encoding")
     if not blocks:
         raise UserError(f"{path}: the table has no feature columns besides the label {label!r}")
-    x = np.concatenate(blocks, axis=1)
-    if not np.isfinite(x.astype(np.float32)).all():
-        raise UserError(f"{path}: a feature value overflows float32")
-    return x.astype(np.float32), tuple(codes)
+    return np.concatenate(blocks, axis=1), tuple(codes)
+
+
+def _check_width(path: Path, rows: int, features: int) -> None:
+    """The encoded table's size so far, checked before the next block is allocated (a 3 MB CSV
+    of one column with 1,000 categories over 300,000 rows asked for 2.4 GB)."""
+    limits.check("max_columns", features, f"{path}: the feature count after one-hot encoding")
+    limits.check("max_dataset_values", rows * features, f"{path}: the encoded table's value count (rows x features)")
 
 
 def _recorded_kinds(header: list[str]) -> tuple[set[str], set[str]]:
