@@ -30,11 +30,21 @@ def test_text_walk_through(corpus_csv, tmp_path, capsys):
     assert main(["sanitize", str(corpus_csv), "--text-column", "text", "--label-column", "label",
                  "--out", str(tmp_path / "san"), "--quiet"]) == 0  # the clean corpus is called clean
     assert _last_json(capsys)["verdict"] == "clean"
+    sanitized = json.loads((tmp_path / "san" / "report.json").read_text())["sanitization"]
+    assert sanitized["methods"] == ["text_keywords"]  # text's own default: the CLI ran SCAn when none was typed
+    assert f"none of its {sanitized['n_samples']} rows was flagged" in (tmp_path / "san" / "report.html").read_text()
     assert main(["repair", str(atk), *data, "--trigger", str(atk / "trigger.json"), "--from-scan", str(tmp_path / "scan"),
                  "--out", str(tmp_path / "rep"), "--quiet"]) == 0
     rep = _last_json(capsys)
     assert rep["after"]["attack_success_rate"] < 0.2 and rep["after"]["clean_accuracy"] > 0.8
     assert not poisoned_csv.exists()
+    # every report.html says what its report.json holds (they were a title and a model line)
+    attack_html = (atk / "report.html").read_text()
+    assert f"{line['attack_success_rate']:.1%} of other-class test texts go to the target" in attack_html
+    assert "inserts" in attack_html
+    assert scan["sentence"] in (tmp_path / "scan" / "report.html").read_text().replace("&#39;", "'")
+    assert f"attack success {rep['before']['attack_success_rate']:.1%} -&gt; {rep['after']['attack_success_rate']:.1%}" \
+        in (tmp_path / "rep" / "report.html").read_text()
 
 
 def test_each_built_in_text_architecture_trains_with_its_own_recipe(corpus_csv, tmp_path, capsys):

@@ -106,6 +106,12 @@ def _model_info(tm, folder: Path, meta: dict) -> dict:
             "num_classes": len(tm.classes), "input_shape": [tm.tokenizer.max_len], "architecture": tm.arch}
 
 
+def _loaded_info(tm, args) -> dict:
+    """The report's model line for a model the user gave (--model as typed)."""
+    return {"path": str(args.model), "sha256": tm.sha256, "num_classes": len(tm.classes),
+            "input_shape": [tm.tokenizer.max_len], "architecture": tm.arch}
+
+
 def train_or_attack(args, *, command: str, method: str | None) -> int:
     from poisonguard.attacks.text import poison_text, save_text_trigger
     from poisonguard.cli.inputs import guard_out
@@ -147,6 +153,9 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     report.set("model", _model_info(tm, out, meta))
     report.set("evaluation", ev)
     report.set("training", training)
+    from poisonguard.report.text import add_evaluation
+
+    add_evaluation(report, ev, title="Trained model", trigger=trigger)
     report.write(out)
     print(json.dumps({"out": str(out), **ev}))
     return EXIT_OK
@@ -226,7 +235,11 @@ def evaluate(args) -> int:
 
         out = guard_out(args.out, command="evaluate", force=args.force, outputs=OUTPUTS["evaluate"], inputs=[("data", Path(args.data))])
         report = Report("evaluate")
+        report.set("model", _loaded_info(tm, args))
         report.set("evaluation", ev)
+        from poisonguard.report.text import add_evaluation
+
+        add_evaluation(report, ev, title="Evaluation", trigger=trigger)
         report.write(out)
     print(json.dumps(ev))
     return EXIT_OK
@@ -276,10 +289,12 @@ def scan(args) -> int:
         save_text_trigger(TextTrigger(kind="words", target=int(c), tokens=tuple(words), position="start"),
                           out / f"trigger_{c}.json")
     report = Report("scan")
-    report.set("model", {"path": str(args.model), "sha256": tm.sha256, "num_classes": len(tm.classes),
-                         "input_shape": [tm.tokenizer.max_len], "architecture": tm.arch})
+    report.set("model", _loaded_info(tm, args))
     report.set("verdict", {k: v for k, v in verdict.to_dict().items() if k != "detections"})
     report.set("detections", [d.to_dict() for d in verdict.detections])
+    from poisonguard.report.text import add_scan
+
+    add_scan(report, verdict, words_of, tm.classes)
     report.write(out)
     print(json.dumps({"out": str(out), "backdoored": verdict.backdoored, "targets": list(verdict.targets),
                       "trigger_words": {str(c): w for c, w in words_of.items()},
@@ -311,7 +326,7 @@ def sanitize(args) -> int:
         _fit(tm, encode(rows, tm.tokenizer), args)
     data = encode(rows, tm.tokenizer)
     methods = [m.strip().replace("-", "_") for m in (args.method or "").split(",") if m.strip()]
-    if not methods or methods == ["scan", "spectral"]:  # the image default: text has its own
+    if not methods:  # no --method: text's own default
         methods = ["text_keywords"]
     extra = {}
     if methods == ["text_keywords"]:
@@ -335,6 +350,10 @@ def sanitize(args) -> int:
     report = Report("sanitize")
     report.set("sanitization", {"verdict": verdict, "flagged": sorted(flagged), "targets": targets,
                                 "methods": methods, "n_samples": len(rows), **extra})
+    from poisonguard.report.text import add_sanitize
+
+    add_sanitize(report, verdict=verdict, flagged=len(flagged), n=len(rows), targets=targets, methods=methods,
+                 triggers=extra.get("triggers", []), classes=rows.classes)
     report.write(out)
     print(json.dumps({"out": str(out), "verdict": verdict, "flagged": len(flagged), "targets": targets,
                       "triggers": [t["words"] for t in extra.get("triggers", [])]}))
@@ -390,7 +409,7 @@ def filter_inputs(args) -> int:
              "score": "entropy (bits), low = trojaned" if method == "strip" else "log-probability gained without the "
                                                                                "most suspicious word, high = trojaned"}
     report = Report("filter")
-    report.set("model", {"path": str(args.model), "architecture": tm.arch})
+    report.set("model", _loaded_info(tm, args))
     report.set("input_filter", block)
     filter_section(report, block, clean_scores, scores)
     out.mkdir(parents=True, exist_ok=True)
@@ -444,6 +463,9 @@ def repair(args) -> int:
                             "extra": {"attack_success_rate_trigger": "real" if trigger is not None else None,
                                       "pruned_units": info["pruned_units"], "pruned_words": info["pruned_words"],
                                       "unlearned_phrases": len(phrases)}}])
+    from poisonguard.report.text import add_repair
+
+    add_repair(report, before, after, info, unlearned=len(phrases))
     report.write(out)
     print(json.dumps({"out": str(out), "before": before, "after": after, "pruned_units": info["pruned_units"],
                       "pruned_words": info["pruned_words"]}))

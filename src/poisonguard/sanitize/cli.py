@@ -42,6 +42,7 @@ def _rate(option: str, text: str | None) -> float | None:
 def add_commands(sub) -> None:
     from poisonguard.cli.options import add_common, add_verdict_options, positive_int
     from poisonguard.sanitize import DEFAULT_METHODS, SANITIZERS
+    from poisonguard.sanitize.run import TABULAR_METHODS
     from poisonguard.sanitize.calibrate import GATES, HELDOUT_ALPHA
 
     p = sub.add_parser("sanitize", help="is my training data poisoned? flag the poisoned samples, write a cleansed copy")
@@ -54,9 +55,10 @@ def add_commands(sub) -> None:
     from poisonguard.cli.options import add_model_input_options
 
     add_model_input_options(p)
-    add_verdict_options(p, method_default=",".join(DEFAULT_METHODS),
+    add_verdict_options(p, method_default=None,  # None: each kind of data's own default, told apart from a typed one
                         method_help=f"comma-separated, combined into one verdict: {', '.join(SANITIZERS.names())} "
-                                    f"(default {','.join(DEFAULT_METHODS)})",
+                                    f"(default {','.join(DEFAULT_METHODS)} for images, {','.join(TABULAR_METHODS)} "
+                                    "for tables, text_keywords for text)",
                         fpr_type=str, fpr_default=None,  # checked by _rate: a mistake is one line, exit 2
                         fpr_help="share of a target class's clean samples allowed above the cut (default 0.05; tables 0.01)",
                         finding="the data looks poisoned")
@@ -149,7 +151,7 @@ def cmd_sanitize(args) -> int:
 
     out = guard_out(args.out, command="sanitize", force=args.force, outputs=OUTPUTS,
                     inputs=[*data_inputs(args.data), *model_inputs(args.model), *file_inputs(("trigger", args.trigger))])
-    methods = None if args.method == ",".join(DEFAULT_METHODS) else _methods(args.method)
+    methods = None if args.method is None else _methods(args.method)
     fpr, expected = _rate("--fpr", args.fpr), _rate("--expected-rate", args.expected_rate)
     threshold = _number("--class-threshold", args.class_threshold, default=CLASS_THRESHOLD)
     alpha = _rate("--heldout-alpha", args.heldout_alpha)

@@ -1,0 +1,82 @@
+"""The HTML sections of the text commands, each sentence computed from the numbers beside it.
+
+report.json carries the same figures; these put them in report.html, which was a title and a
+model line for every text command.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from markupsafe import escape
+
+from poisonguard.report.evaluation import evaluation_summary
+from poisonguard.report.report import table
+
+
+def _class(c: int, classes) -> str:
+    return f"{c} ({classes[c]})" if classes and 0 <= c < len(classes) else str(c)
+
+
+def trigger_words(trigger) -> str:
+    """What a text trigger inserts, where, and for which class, in words."""
+    pieces = " | ".join(trigger.pieces)
+    where = trigger.position if isinstance(trigger.position, str) else f"at word {trigger.position}"
+    return f"inserts {pieces!r} ({where}), target class {trigger.target}"
+
+
+def add_evaluation(report, ev: dict, *, title: str, trigger=None, order: int = 10) -> None:
+    """Clean accuracy and, with a trigger, its attack success rate on the held-out texts."""
+    head = ["clean accuracy", "test texts"]
+    row = [ev["clean_accuracy"], ev["n_clean"]]
+    if trigger is not None:
+        head += ["attack success rate (real trigger)", "triggered texts"]
+        row += [ev["attack_success_rate"], ev["n_attack"]]
+    html = table(head, [row])
+    if trigger is not None:
+        html += f"<p>The trigger {escape(trigger_words(trigger))}.</p>"
+    summary = evaluation_summary(SimpleNamespace(**ev), trigger_kind="real" if trigger is not None else None, kind="text")
+    report.add_section(title, html, summary=summary, order=order)
+
+
+def add_scan(report, verdict, words_of: dict[int, list[str]], classes) -> None:
+    """The verdict's sentence and evidence (as an image scan shows them), then each found trigger."""
+    from poisonguard.detect.report import verdict_section_html
+
+    report.add_section("Verdict", verdict_section_html(verdict), summary=verdict.sentence, order=10)
+    if words_of:
+        rows = [[_class(c, classes), " ".join(w)] for c, w in sorted(words_of.items())]
+        report.add_section("Reconstructed triggers", table(["target class", "words"], rows),
+                           summary=f"{len(rows)} trigger file(s) written, trigger_<class>.json, for repair --from-scan.",
+                           order=20)
+
+
+def sanitize_sentence(verdict: str, flagged: int, n: int, targets, classes) -> str:
+    if verdict != "poisoned":
+        return f"The corpus looks clean: none of its {n} rows was flagged."
+    names = ", ".join(_class(int(c), classes) for c in targets) or "no single class"
+    return f"The corpus looks poisoned: {flagged} of {n} rows flagged ({flagged / n:.1%}), labelled {names}."
+
+
+def add_sanitize(report, *, verdict: str, flagged: int, n: int, targets, methods, triggers, classes) -> None:
+    html = table(["rows", "flagged", "target classes", "methods"],
+                 [[n, flagged, ", ".join(_class(int(c), classes) for c in targets) or "none", ", ".join(methods)]])
+    if triggers:
+        html += table(["trigger words", "target class"],
+                      [[" ".join(map(str, t["words"])), _class(int(t["class"]), classes)] for t in triggers])
+    report.add_section("Data sanitization", html, summary=sanitize_sentence(verdict, flagged, n, targets, classes),
+                       order=10)
+
+
+def add_repair(report, before: dict, after: dict, info: dict, *, unlearned: int) -> None:
+    rows = [["before", before["clean_accuracy"], before["attack_success_rate"]],
+            ["after", after["clean_accuracy"], after["attack_success_rate"]]]
+    html = table(["model", "clean accuracy", "attack success rate (real trigger)"], rows)
+    html += (f"<p>{info['pruned_units']} hidden unit(s) and {info['pruned_words']} word(s) pruned; "
+             f"{unlearned} phrase(s) from the scan unlearned.</p>")
+    summary = f"Fine-pruning: clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}"
+    if before["attack_success_rate"] is None:
+        summary += " (no --trigger: attack success not measured)."
+    else:
+        summary += f"; attack success {before['attack_success_rate']:.1%} -> {after['attack_success_rate']:.1%}."
+    report.add_section("Repair", html, summary=summary, order=10)
