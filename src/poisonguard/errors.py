@@ -9,6 +9,7 @@ EXIT_OK = 0          # ran, nothing found
 EXIT_FINDING = 1     # a finding: backdoor, poisoned data, unsafe file
 EXIT_USER_ERROR = 2  # the user's mistake
 EXIT_INCOMPLETE = 3  # a stage, method or model could not be checked, and nothing was found
+EXIT_INTERNAL = 4    # poisonguard itself failed (a bug): never read as a verdict
 
 
 class UserError(ValueError):

@@ -204,3 +204,37 @@ def test_npz_of_four_channel_images_in_nhwc(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, size=(20, 12, 12, 4), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2)
     assert load_data(str(tmp_path / "d.npz")).input_shape == (4, 12, 12)
+
+
+def test_a_class_folder_name_that_is_not_utf8_becomes_a_readable_class_name(tmp_path):
+    """A folder named b'caf\\xe9' gave a class name with a lone surrogate, which crashed scan's charts."""
+    root = os.fsencode(tmp_path)
+    for cls in (b"caf\xe9", b"ok"):
+        os.makedirs(os.path.join(root, cls))
+        for i in range(5):
+            with open(os.path.join(root, cls, b"%d.png" % i), "wb") as handle:
+                handle.write(_png(40 * i))
+    classes = load_data(str(tmp_path)).train.classes
+    assert classes == ("caf\ufffd", "ok")
+    assert all(c.encode("utf-8") for c in classes)  # no surrogate left: every writer can encode it
+    os.makedirs(os.path.join(root, b"caf\xe8"))  # differs from the first only in its non-UTF-8 byte
+    for i in range(5):
+        with open(os.path.join(root, b"caf\xe8", b"%d.png" % i), "wb") as handle:
+            handle.write(_png(40 * i))
+    with pytest.raises(UserError, match="differ only in bytes that are not UTF-8"):
+        load_data(str(tmp_path))
+
+
+def test_an_unexpected_failure_is_exit_4_never_the_finding_code(monkeypatch, capsys):
+    """Python's exit code for a traceback is 1, which CI reads as "backdoor found"."""
+    from poisonguard.cli import build_parser, main
+
+    args = build_parser().parse_args(["inspect-file", __file__])
+
+    def broken(_):
+        raise RuntimeError("a bug")
+
+    args.func = broken
+    monkeypatch.setattr("poisonguard.cli.build_parser", lambda: type("Parser", (), {"parse_args": lambda self, argv: args})())
+    assert main(["inspect-file", __file__]) == 4
+    assert "internal error" in capsys.readouterr().err

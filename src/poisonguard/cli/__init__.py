@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from poisonguard import __version__, utils
-from poisonguard.errors import EXIT_FINDING, EXIT_USER_ERROR, UnsafeFileError, UserError
+from poisonguard.errors import EXIT_FINDING, EXIT_INTERNAL, EXIT_USER_ERROR, UnsafeFileError, UserError
 from poisonguard.registry import import_plugins
 
 log = logging.getLogger("poisonguard")
@@ -103,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("poisonguard: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours; Python's own exit code 1 would read as "backdoor found" in CI
+        import traceback
+
+        traceback.print_exc()
+        print(f"poisonguard: internal error (a bug in poisonguard, not a finding; please report the traceback "
+              f"above): {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+        return EXIT_INTERNAL
     finally:
         from poisonguard import limits
 

@@ -94,6 +94,16 @@ class TableInfo:
                 "source": self.source}
 
 
+def readable_names(names, where: str) -> tuple[str, ...]:
+    """File and folder names as class names: bytes that are not UTF-8 (which Python keeps as
+    lone surrogates, and which crashed the report's charts) shown as U+FFFD. Two names that
+    differ only in such bytes would become one class: refused."""
+    shown = tuple(n.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for n in names)
+    if len(set(shown)) < len(set(names)):
+        raise UserError(f"{where}: class names differ only in bytes that are not UTF-8; rename them")
+    return shown
+
+
 def label_order(names) -> tuple[str, ...]:
     """Class names in index order: by number when every name is a number ("2" before "10"),
     else sorted as text. A table's and a text corpus's labels both follow it, so `--target 2`

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from poisonguard import limits
-from poisonguard.data.dataset import ImageData, Splits, from_uint8, stratified_split
+from poisonguard.data.dataset import ImageData, Splits, from_uint8, readable_names, stratified_split
 from poisonguard.data.images import decode_image, read_file
 from poisonguard.data.npz import check_member
 from poisonguard.errors import UserError
@@ -92,15 +92,16 @@ def _build(
             raise UserError(f"{name}: a split holds no images")
         return images, np.asarray(labels)
 
+    named = readable_names(classes, name)
     if "train" in tree and "test" in tree:
         (xtr, ytr), (xte, yte) = load(tree["train"]), load(tree["test"])
         both = _stack(name, xtr + xte)  # together: train and test must agree in shape
         xtr, xte = both[: len(xtr)], both[len(xtr):]
-        return Splits(name, from_uint8(xtr, ytr, classes), from_uint8(xte, yte, classes))
+        return Splits(name, from_uint8(xtr, ytr, named), from_uint8(xte, yte, named))
     images, y = load(tree.get("all") or next(iter(tree.values())))
     x = _stack(name, images)
     tr, te = stratified_split(y, 0.2, seed)
-    return Splits(name, from_uint8(x[tr], y[tr], classes), from_uint8(x[te], y[te], classes))
+    return Splits(name, from_uint8(x[tr], y[tr], named), from_uint8(x[te], y[te], named))
 
 
 def _stack(name: str, images: list[np.ndarray]) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from poisonguard import limits
-from poisonguard.data.dataset import UNLABELLED, ImageData, NamedSplits, label_order, stratified_split
+from poisonguard.data.dataset import UNLABELLED, ImageData, NamedSplits, label_order, readable_names, stratified_split
 from poisonguard.errors import UserError
 
 TEXT_SUFFIXES = (".txt",)
@@ -236,6 +236,7 @@ def _read_folder(path: Path, root: Path | None = None) -> tuple[list[str], list[
     if not files:
         raise UserError(f"{path}: no CLASS.txt files (one example per line, one file per class)")
     texts, labels = [], []
+    shown = dict(zip(files, readable_names([f.stem for f in files], str(path))))
     for f in files:
         # one example per line: only \n, \r\n and \r end one (str.splitlines also splits at
         # U+2028, U+0085 and form feeds, which sit inside real sentences)
@@ -244,7 +245,7 @@ def _read_folder(path: Path, root: Path | None = None) -> tuple[list[str], list[
                 continue  # blank lines separate nothing in a one-example-per-line file
             _check_row(f, number, line, len(texts) + 1)
             texts.append(line)
-            labels.append(f.stem)
+            labels.append(shown[f])
     return texts, labels
 
 
