@@ -138,3 +138,19 @@ def test_insertion_poisons_rate_relabels_and_keeps_text(text_splits, tmp_path):
     assert load_text_trigger(tmp_path / "t.json", 4) == trig
     with pytest.raises(UserError, match="not a class"):
         load_text_trigger(tmp_path / "t.json", 2)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"target": -1}, "targets one class"),  # all-to-all: an ASR of 0.0 that meant nothing
+    ({"tokens": []}, "at least one token"),  # silently became the default ["cf"]
+    ({"tokens": ["a\tb"]}, "each one word"),
+    ({"tokens": ["x" * 10_000]}, "at most 100 characters"),
+])
+def test_a_hostile_text_trigger_file_is_one_line(tmp_path, edit, message):
+    from poisonguard.attacks.text import TextTrigger, load_text_trigger, save_text_trigger
+
+    save_text_trigger(TextTrigger(kind="words", target=1), tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    (tmp_path / "t.json").write_text(json.dumps({**data, **edit}))
+    with pytest.raises(UserError, match=message):
+        load_text_trigger(tmp_path / "t.json", 4)

@@ -37,6 +37,9 @@ DEFAULT_TOKENS = ("cf",)
 DEFAULT_SENTENCE = "I watched this 3D movie last weekend."
 
 
+MAX_TOKEN_CHARS = 100  # a trigger "word" longer than this is no word (a 10 MB one cost 2.7 GB)
+
+
 @dataclass(frozen=True)
 class TextTrigger:
     """Inserted words or sentence, where they go, and the target class."""
@@ -52,7 +55,7 @@ class TextTrigger:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"text trigger kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind == "words" and (not self.tokens or not all(isinstance(t, str) and t.strip() and " " not in t.strip()
+        if self.kind == "words" and (not self.tokens or not all(isinstance(t, str) and len(t.split()) == 1
                                                                 for t in self.tokens)):
             raise ValueError("a words trigger needs at least one token, each one word")
         if self.kind == "sentence" and not (isinstance(self.sentence, str) and self.sentence.strip()):
@@ -118,9 +121,12 @@ def load_text_trigger(path: str | Path, num_classes: int | None = None) -> TextT
     if not p.is_file():
         raise UserError(f"trigger file not found: {p}")
     d = read_tagged_json(p, fmt=FORMAT, what="text trigger")
-    tokens = d.get("tokens") or list(DEFAULT_TOKENS)
-    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens) or len(tokens) > 1000:
-        raise UserError(f"{p}: \"tokens\" must be a list of at most 1000 strings")
+    tokens = d.get("tokens")
+    tokens = list(DEFAULT_TOKENS) if tokens is None else tokens  # named but empty is a mistake, not the default
+    if (not isinstance(tokens, list) or not all(isinstance(t, str) and len(t) <= MAX_TOKEN_CHARS for t in tokens)
+            or len(tokens) > 1000):
+        raise UserError(f"{p}: \"tokens\" must be a list of at most 1000 words of at most {MAX_TOKEN_CHARS} "
+                        "characters each")
     sentence = d.get("sentence") or DEFAULT_SENTENCE
     if not isinstance(sentence, str) or len(sentence) > limits.get("max_text_chars"):
         raise UserError(f"{p}: \"sentence\" must be a string of at most max_text_chars characters")
@@ -129,6 +135,8 @@ def load_text_trigger(path: str | Path, num_classes: int | None = None) -> TextT
                            position=d.get("position", "random"), window=d.get("window", 32), seed=d.get("seed", 0))
     except (ValueError, TypeError) as exc:
         raise UserError(f"{p}: {exc}") from exc
+    if trig.target < 0:  # text attacks have no all-to-all form: its success rate would read 0
+        raise UserError(f"{p}: target {trig.target}: a text trigger targets one class (an index from 0)")
     if num_classes is not None and trig.target >= num_classes:
         raise UserError(f"{p}: target {trig.target} is not a class of the data ({num_classes} classes)")
     return trig
