@@ -17,6 +17,8 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -190,13 +192,18 @@ def test_hostile_npz_files(inputs, tmp_path, capsys):
     np.savez(bad / "strlabels.npz", x=np.zeros((2, 1, 4, 4), np.uint8), y=np.array(["0", "1"]))
     np.savez(bad / "nan.npz", x=np.full((4, 1, 8, 8), np.nan, np.float32), y=y)
     (bad / "notzip.npz").write_bytes(b"not a zip at all")
+    with zipfile.ZipFile(bad / "twice.npz", "w") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it is asked to write
+        archive.writestr("x.npy", _npy(np.zeros((4, 1, 8, 8), np.uint8)))
+        archive.writestr("y.npy", _npy(y))
+        archive.writestr("y.npy", _npy(np.full(4, 1)))  # a second y: which one a reader takes differs
     (bad / "mem.npz").symlink_to("/proc/self/mem")
     os.mkfifo(bad / "fifo.npz")
     before = _checksums(bad)
     model = inputs / "m" / "model.pt"
     cases = {"crc.npz": "crc", "claims.npz": "max_values", "strings.npz": "string", "structured.npz": "structured",
              "complex.npz": "complex", "datetime.npz": "datetime", "object.npz": "object",
-             "labels.npz": "max_classes", "strlabels.npz": "string", "nan.npz": "finite", "notzip.npz": "cannot read",
+             "labels.npz": "max_classes", "strlabels.npz": "string", "nan.npz": "finite", "notzip.npz": "cannot read", "twice.npz": "appears more than once",
              "mem.npz": "cannot read", "fifo.npz": "not a regular file"}
     for name, match in cases.items():
         refused(capsys, "evaluate", model, "--data", bad / name, match=match)

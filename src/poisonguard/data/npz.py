@@ -58,6 +58,8 @@ def read_npz(path: str | Path, *, kinds: dict[str, str] | None = None, what: str
         out = {}
         for info in infos:
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if name in out:  # readers disagree on which copy counts (zipfile: the last; others: the first)
+                raise UserError(f"{what}: the array {name!r} appears more than once")
             out[name] = _read_member(archive, info, f"{what}:{name}", kinds.get(name, NUMERIC + TEXT))
     return out
 
