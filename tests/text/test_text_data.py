@@ -154,3 +154,26 @@ def test_a_hostile_text_trigger_file_is_one_line(tmp_path, edit, message):
     (tmp_path / "t.json").write_text(json.dumps({**data, **edit}))
     with pytest.raises(UserError, match=message):
         load_text_trigger(tmp_path / "t.json", 4)
+
+
+def test_columns_that_would_leak_or_hide_the_label_are_refused(tmp_path):
+    from poisonguard.data.text import read_csv
+
+    p = tmp_path / "c.csv"
+    p.write_text("text,topic,topic\nhello there,a,b\nwin now,b,a\n")
+    with pytest.raises(UserError, match="both name 'topic'"):  # accuracy 1.0 from reading the label
+        read_csv(p, text_column="topic", label_column="topic")
+    with pytest.raises(UserError, match="'topic' appears more than once"):
+        read_csv(p, text_column="text", label_column="topic")
+
+
+def test_a_folder_of_class_files_beside_a_readme_is_text(tmp_path):
+    """It was read as an image folder: "no images in class sub-folders"."""
+    from poisonguard.data.text import is_text_source, load_text_rows
+
+    (tmp_path / "ham.txt").write_text("buy milk\nsee you soon\n")
+    (tmp_path / "spam.txt").write_text("win money now\n")
+    (tmp_path / "README.md").write_text("# my corpus\n")
+    assert is_text_source(str(tmp_path)) and load_text_rows(str(tmp_path)).classes == ("ham", "spam")
+    (tmp_path / "images").mkdir()  # a folder of class sub-folders is an image folder, whatever lies beside
+    assert not is_text_source(str(tmp_path))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ import torch
 from poisonguard import limits
 from poisonguard.data.dataset import UNLABELLED, ImageData, NamedSplits, label_order, readable_names, stratified_split
 from poisonguard.errors import UserError
+
+log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt",)
 TEST_FRACTION = 0.2
@@ -83,9 +86,15 @@ def is_text_source(spec: str | None, text_column: str | None = None) -> bool:
     path = Path(spec).expanduser()
     if not path.is_dir():
         return False
-    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]  # .DS_Store is no data
-    if files:  # (links leading out are data of no kind: _read_folder skips them)
-        return all(p.suffix.lower() in TEXT_SUFFIXES for p in files)
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]  # .DS_Store is no data
+    files = [p for p in entries if p.is_file()]
+    if files and len(files) == len(entries):  # CLASS.txt files, perhaps beside a README.md (an image
+        # folder's classes are sub-folders; links leading out: _read_folder skips them)
+        texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]
+        if texts and len(texts) < len(files):
+            log.warning("%s: reading only its %d CLASS.txt file(s); %s and any other file(s) are not classes",
+                        path, len(texts), next(p.name for p in files if p not in texts))
+        return bool(texts)
     return all((path / part).is_dir() and any((path / part).glob("*.txt")) for part in ("train", "test"))
 
 
@@ -174,10 +183,14 @@ def read_csv(path: Path, *, text_column: str, label_column: str | None,
     except csv.Error as exc:
         raise UserError(f"{path}: not a readable CSV: {exc}") from exc
     header = [h.strip() for h in header]
+    if text_column == label_column:  # the label would be the text: accuracy 1.0, learned from nothing
+        raise UserError(f"{path}: --text-column and --label-column both name {text_column!r}; they must differ")
     labelled = not labels_optional or label_column in header
     for column in (text_column, label_column) if labelled else (text_column,):
         if column not in header:
             raise UserError(f"{path}: no column {column!r} (columns: {', '.join(header[:20]) or 'none'})")
+        if header.count(column) > 1:
+            raise UserError(f"{path}: column name {column!r} appears more than once")
     ti = header.index(text_column)
     li = header.index(label_column) if labelled else None
     texts, labels = [], []
