@@ -164,4 +164,15 @@ def test_a_users_own_text_model_is_scanned_against_its_own_architecture(backdoor
     (folder / "model.json").unlink()
     assert main(["evaluate", str(folder), *data, "--embedding-layer", "embed", "--trigger", str(tmp_path / "trigger.json"),
                  "--quiet"]) == 0
-    assert _last_json(capsys)["attack_success_rate"] > 0.9
+    asr = _last_json(capsys)["attack_success_rate"]
+    assert asr > 0.9
+    # the same weights as a PyTorch state dict (as Hugging Face names it): read by their bytes, not refused by name
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    assert main(["evaluate", str(folder), *data, "--embedding-layer", "embed", "--trigger", str(tmp_path / "trigger.json"),
+                 "--quiet"]) == 0
+    assert _last_json(capsys)["attack_success_rate"] == asr
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.script(model).save(str(scripted))
+    assert main(["evaluate", str(scripted), *data, "--tokenizer", str(folder / "tokenizer.json"), "--quiet"]) == 2
+    assert "is torchscript: a text model is read as weights" in capsys.readouterr().err

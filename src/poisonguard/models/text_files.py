@@ -9,6 +9,9 @@ A built-in architecture is rebuilt from `model.json`; a user's own module needs 
 path/to/file.py:callable` typed on the command line (model.json never names code to run),
 `--tokenizer` when its tokenizer lies elsewhere, and `--embedding-layer` when its embedding is
 not called `embedding`. Weights go through the file-safety scanner like every model file.
+A user's weights may also be a PyTorch state dict (`pytorch_model.bin`, `model.pt`), read with
+`weights_only=True`: the format is read from the bytes. TorchScript and ONNX text models are
+refused in one line (the inversion needs the embedding layer as a module).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from torch import nn
 from poisonguard.data.tokenizer import Tokenizer, load_tokenizer
 from poisonguard.errors import UserError
 from poisonguard.jsonfile import read_tagged_json
+
+# what a text model's weights may be (by their bytes), and the names looked for in its folder
+TEXT_WEIGHT_FORMATS = ("safetensors", "torch-zip", "pickle", "legacy-torch")
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 from poisonguard.models.text import TEXT_ARCHITECTURES, build_text_model, embedding_layer
 
 FORMAT = "poisonguard-text-model"
@@ -87,12 +94,15 @@ def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: d
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    weights = folder / "model.safetensors" if path.is_dir() else path
+    weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), folder / WEIGHT_NAMES[0]) \
+        if path.is_dir() else path
     if not weights.is_file():
         raise UserError(f"text model weights not found: {weights}")
-    if weights.suffix != ".safetensors":
-        raise UserError(f"{weights}: a text model's weights must be a .safetensors file")
-    require_safe(weights)
+    fmt = require_safe(weights).format  # the format from the bytes, never the name
+    if fmt not in TEXT_WEIGHT_FORMATS:
+        raise UserError(f"{weights} is {fmt}: a text model is read as weights (safetensors, or a PyTorch state dict "
+                        "such as pytorch_model.bin) with its architecture (model.json or --arch file.py:callable); "
+                        "save its state_dict()")
     meta = _read_meta(folder / "model.json")
     digest = sha256_file(weights)
     if meta.get("sha256") and meta["sha256"] != digest:
@@ -120,10 +130,18 @@ def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: d
         kwargs = dict(meta.get("arch_kwargs") or {}) if arch is None else dict(arch_kwargs or {})
         _check_kwargs(kwargs, folder)
         model = build_text_model(arch_name, vocab_size=len(tok), num_classes=len(classes), **kwargs)
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"{weights}: not a readable safetensors file: {exc}") from exc
+    if fmt == "safetensors":
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{weights}: not a readable safetensors file: {exc}") from exc
+    else:
+        from poisonguard.models.formats.weights import torch_state
+
+        state, _ = torch_state(weights)  # weights_only: tensors and plain containers, nothing that runs
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise UserError(f"{weights} is not a state dict of tensors")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -31,7 +31,7 @@ PREFIXES = ("model.", "module.", "net.")  # Lightning's self.model, DataParallel
 SHOWN = 5
 
 
-def _torch_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def torch_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -88,7 +88,7 @@ def _sharded(path: Path) -> dict[str, torch.Tensor]:
         if not file.is_file():
             raise UserError(f"{path}: shard {shard} not found beside the index")
         fmt = require_safe(file).format  # each shard is as untrusted as the index
-        part = _safetensors(file) if fmt == "safetensors" else _torch_state(file)[0]
+        part = _safetensors(file) if fmt == "safetensors" else torch_state(file)[0]
         state.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
     missing = sorted(set(weight_map) - set(state))
     if missing:
@@ -104,7 +104,7 @@ def read_state(request: LoadRequest, kind: str) -> tuple[dict[str, torch.Tensor]
     elif kind == "sharded":
         state, info = _sharded(path), {"sharded": True}
     else:
-        state, info = _torch_state(path)
+        state, info = torch_state(path)
     if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                             for k, v in state.items()):
         raise UserError(f"{path} is not a state dict of tensors")
