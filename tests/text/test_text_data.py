@@ -121,6 +121,24 @@ def test_tokenizer_json_round_trip_and_hostile_file(tmp_path, text_splits):
     bad.write_bytes(b"\x80\x81")
     with pytest.raises(UserError, match="not a tokenizer"):
         load_tokenizer(bad)
+    long = tok.to_dict()
+    bad.write_text(json.dumps({**long, "max_len": 100_000}))  # every text padded to it: 8 GB for 80 texts
+    with pytest.raises(UserError, match="max_len"):
+        load_tokenizer(bad)
+
+
+def test_a_tokenizer_other_than_the_models_own_is_refused(tmp_path, text_splits):
+    """model.json records the tokenizer's length and vocabulary size; an edited tokenizer.json changed both unseen."""
+    from poisonguard.data.tokenizer import Tokenizer
+    from poisonguard.models.text_files import load_text_model, new_text_model, save_text_model
+
+    tok = Tokenizer.fit(text_splits.train.texts, max_len=12)
+    tm = new_text_model("text_bag", tok, text_splits.classes, seed=0)
+    save_text_model(tm, tmp_path / "m")
+    assert load_text_model(tmp_path / "m").tokenizer == tok
+    Tokenizer(tok.vocab, max_len=2048).save(tmp_path / "m" / "tokenizer.json")
+    with pytest.raises(UserError, match="records max_len 12, the tokenizer has 2048"):
+        load_text_model(tmp_path / "m")
 
 
 def test_insertion_poisons_rate_relabels_and_keeps_text(text_splits, tmp_path):

@@ -108,6 +108,10 @@ def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     if meta.get("sha256") and meta["sha256"] != digest:
         raise UserError(f"{weights}: its SHA-256 does not match model.json (the file changed after it was saved)")
     tok = load_tokenizer(tokenizer if tokenizer else folder / "tokenizer.json")
+    for key, value in (("max_len", tok.max_len), ("vocab_size", len(tok))):
+        if key in meta and meta[key] != value:  # the tokenizer is not the one the model was saved with
+            raise UserError(f"{folder}/model.json records {key} {meta[key]!r}, the tokenizer has {value}; "
+                            "give the model's own tokenizer")
     recorded = tuple(str(c) for c in meta.get("classes") or ())
     if recorded:
         classes = recorded
