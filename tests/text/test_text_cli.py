@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from poisonguard.cli import main
 
@@ -62,6 +63,8 @@ def test_each_built_in_text_architecture_trains_with_its_own_recipe(corpus_csv, 
     ("text,label\nhello,a\n,b\n", [], "empty text"),
     ("text,label\nhello,a\nworld,a\n", [], "1 class"),
     ("text,label\nhello,a\nworld,b\n", ["--label-column", "topic"], "no column 'topic'"),
+    ("text,label\nhello,a\nworld,b\n", ["--defense", "gaussian-augment", "--sigma", "0.5"],
+     "not gaussian_augment"),  # once: it read "not gaussian-augment, gaussian_augment"
 ])
 def test_bad_text_input_is_one_line_exit_2(tmp_path, capsys, content, args, message):
     p = tmp_path / "bad.csv"
@@ -85,6 +88,13 @@ def test_text_attack_on_image_method_and_wrong_model_exit_2(corpus_csv, tmp_path
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not a model")
     assert main(["evaluate", str(tmp_path / "m"), *data, "--quiet"]) in (1, 2)
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    from poisonguard.data.tokenizer import Tokenizer
+
+    (tmp_path / "own").mkdir()  # a user's weights and tokenizer, no model.json and no --arch
+    torch.save({"w": torch.zeros(2)}, tmp_path / "own" / "pytorch_model.bin")
+    Tokenizer(("<pad>", "<unk>", "a"), max_len=4).save(tmp_path / "own" / "tokenizer.json")
+    assert main(["evaluate", str(tmp_path / "own"), *data, "--quiet"]) == 2
+    assert "no model.json names the architecture; pass --arch" in capsys.readouterr().err
 
 
 USER_MODEL = '''
@@ -118,7 +128,6 @@ def test_a_users_own_text_model_is_scanned_against_its_own_architecture(backdoor
     references rebuilt from the user's code (not a built-in stand-in), and repair removes it."""
     import importlib.util
 
-    import torch
     from safetensors.torch import save_file
 
     _, trigger, poisoned, _ = backdoored_text

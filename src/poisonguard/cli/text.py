@@ -169,6 +169,8 @@ def _text_defense(args):
     registry = load_defenses()
     implied = [n for n in registry.names() if any(getattr(args, o, None) is not None for o in registry.get(n).implied_by)]
     named = getattr(args, "defense", None)
+    if named not in (None, "none"):
+        named = named.strip().lower().replace("-", "_")  # one name per defence, as the registry spells it
     chosen = sorted(set(implied) | ({named} if named not in (None, "none") else set()))
     if not chosen:
         return None

@@ -128,7 +128,10 @@ def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: d
         arch_name, kwargs = arch, dict(arch_kwargs or {})
     else:
         arch_name = arch or meta.get("arch")
-        if not arch_name or arch_name not in TEXT_ARCHITECTURES:
+        if not arch_name:
+            raise UserError(f"{folder}: no model.json names the architecture; pass --arch path/to/file.py:callable "
+                            f"(and --arch-kwargs) for your own model, or a built-in: {', '.join(TEXT_ARCHITECTURES.names())}")
+        if arch_name not in TEXT_ARCHITECTURES:
             raise UserError(f"{folder}: unknown text architecture {arch_name!r}; known: "
                             f"{', '.join(TEXT_ARCHITECTURES.names())}, or --arch path/to/file.py:callable")
         kwargs = dict(meta.get("arch_kwargs") or {}) if arch is None else dict(arch_kwargs or {})
