@@ -473,3 +473,21 @@ def copy_of(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model).eval()
+
+
+def test_a_table_model_with_batchnorm1d_loads_from_torchscript_and_export(tmp_path):
+    """Lifted batch norms were always BatchNorm2d, which refuses the (N, F) input of a table model."""
+    from poisonguard.models import load_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    net.train()(torch.randn(64, 4))  # running statistics that are not the defaults
+    net.eval()
+    x = torch.randn(5, 4)
+    torch.jit.save(torch.jit.trace(net, x), str(tmp_path / "bn1d.pt"))
+    torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("n")},)),
+                      str(tmp_path / "bn1d.pt2"))
+    for name in ("bn1d.pt", "bn1d.pt2"):
+        loaded = load_model(tmp_path / name, num_classes=2, input_shape=(4,))
+        assert any(isinstance(m, nn.BatchNorm1d) for m in loaded.model.modules())
+        assert torch.allclose(loaded.model.eval()(x), net(x), atol=1e-5)

@@ -5,7 +5,7 @@ inversion engine probes activation sizes with hooks, repair deep-copies and trai
 evaluation toggles `eval()`. A graph format gives none of that directly (an exported program's
 module refuses `eval()`; a ScriptModule refuses hooks; ONNX is not PyTorch at all), so each is
 turned into a `torch.fx.GraphModule` whose convolutions, linear layers, batch norms and
-dropouts are real `nn.Conv2d` / `nn.Linear` / `nn.BatchNorm2d` / `nn.Dropout` submodules
+dropouts are real `nn.Conv2d` / `nn.Linear` / `nn.BatchNorm1d|2d|3d` / `nn.Dropout` submodules
 holding the file's own parameters under their original names:
 
 - `.pt2`: `ExportedProgram.module()`, then `lift_layers`;
@@ -100,7 +100,11 @@ def _batch_norm(gm, node) -> tuple[nn.Module, dict[str, str]] | None:
              "running_var": _param_arg(var)}
     if None in names.values() or not isinstance(_get(gm, names["weight"]), nn.Parameter):
         return None
-    bn = nn.BatchNorm2d(_get(gm, names["weight"]).shape[0], eps=float(eps), momentum=float(momentum))
+    # the layer of the input's rank: a table model's BatchNorm1d sees (N, F), which BatchNorm2d refuses
+    value = _x.meta.get("val") if isinstance(_x, fx.Node) else None
+    rank = value.dim() if isinstance(value, torch.Tensor) else 4
+    kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 5: nn.BatchNorm3d}.get(rank, nn.BatchNorm2d)
+    bn = kind(_get(gm, names["weight"]).shape[0], eps=float(eps), momentum=float(momentum))
     return bn, names
 
 
