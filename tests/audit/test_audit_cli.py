@@ -53,6 +53,22 @@ def test_manifest_lines_carry_their_own_arch_and_data(tiny_zoo):
     assert [(i.arch, i.data) for i in discover(tiny_zoo / "m.jsonl")] == [("mnist_cnn", None)]
 
 
+def test_a_manifest_never_chooses_code_to_run(tiny_zoo, tmp_path, capsys, monkeypatch):
+    """A zoo that ships its own manifest named evil.py:build, and the audit imported it."""
+    import poisonguard.audit.run as run
+
+    marker = tmp_path / "RAN"
+    (tiny_zoo / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef build(**kw):\n    return None\n")
+    (tiny_zoo / "m.jsonl").write_text('{"path": "a/model.pt", "arch": "evil.py:build"}\n')
+    monkeypatch.setattr(run, "run_audit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stopped by the test")))
+    assert main(["audit", str(tiny_zoo / "m.jsonl"), "--data", "mnist5k", "--out", str(tmp_path / "out")]) == 2
+    assert "a manifest never chooses code" in _one_error_line(capsys)
+    assert not marker.exists()
+    monkeypatch.chdir(tiny_zoo)  # typed by the user, the same file is allowed (the test stops before any run)
+    assert main(["audit", str(tiny_zoo / "m.jsonl"), "--data", "mnist5k", "--out", str(tmp_path / "out"),
+                 "--arch", "evil.py:build"]) == 3
+
+
 @pytest.mark.parametrize("extra,expected", [
     (["--workers", "0"], "--workers must be at least 1"),
     (["--address", "127.0.0.1:9"], "no Ray head reachable"),

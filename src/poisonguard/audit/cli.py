@@ -76,6 +76,7 @@ def cmd_audit(args) -> int:
     if args.clean_fraction is not None and args.clean_fraction <= 0:
         raise UserError("--clean-fraction must be above 0")
     items = discover(target, exclude=out)
+    check_manifest_code(items, args.arch, target)
     from poisonguard.detect.cli import methods_option
 
     # Left None, the methods, the clean share and the references are scan's defaults for each
@@ -136,6 +137,19 @@ def absolute_arch(spec: str | None) -> str | None:
         return spec
     file, _, name = spec.rpartition(":")
     return f"{absolute_if_path(file)}:{name}"
+
+
+def check_manifest_code(items, typed: str | None, manifest: Path) -> None:
+    """A manifest line may name a built-in, torchvision or timm architecture, but code to run
+    (`file.py:callable`) only when the user typed that same spec as --arch: a manifest shipped
+    with a downloaded zoo must not choose what Python runs, as metadata.json never does."""
+    from poisonguard.models.arch import spec_kind
+
+    allowed = absolute_arch(typed)
+    for item in items:
+        if item.arch and spec_kind(item.arch) == "code" and absolute_arch(item.arch) != allowed:
+            raise UserError(f"{manifest}: the line for {item.path} names code to run as its architecture "
+                            f"({item.arch}); a manifest never chooses code: type it as --arch to allow it")
 
 
 TEXT_REFUSED = ("{data}: audit scans image and table models; scan each text model's folder with "
