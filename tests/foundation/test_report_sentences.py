@@ -221,7 +221,7 @@ def test_schema_requires_version_and_rejects_a_bad_status():
     import jsonschema
 
     data = json.loads(Report("scan").to_json())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     validate_report(data)
     with pytest.raises(jsonschema.ValidationError):
         validate_report({**data, "stages": [{"stage": "x", "status": "maybe"}]})
@@ -341,3 +341,18 @@ def test_class_and_layer_names_from_user_files_are_escaped_in_html():
                  extra={"curve": curve, "layer": evil, "pruned_channels": 1, "channels": 2})
     html = repair_html(rep)
     assert evil not in html and "&lt;script&gt;" in html
+
+
+def test_a_size_counted_as_the_whole_input_is_explained_beside_its_mask():
+    """reference_contrast counts a trigger the clean references follow as the whole input (18 of 18
+    features), beside a drawn mask that sums to 0.8: the page said nothing of why."""
+    from poisonguard.detect.report import detection_html
+
+    masks = torch.zeros(2, 18)
+    masks[1, 3] = 0.8
+    det = Detection("reference_contrast", False, (), (0.0, 0.0), 1.0, mask_l1=(2.0, 18.0), masks=masks,
+                    patterns=torch.zeros(2, 18),
+                    extra={"followed_by_references": [False, True], "max_reference_success": 0.5})
+    page = detection_html(det, None, classes=["no", "yes"])
+    assert "Class(es) yes: the trigger found also moves the clean reference models (more than 50%" in page
+    assert "(18 features)" in page

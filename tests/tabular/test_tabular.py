@@ -294,6 +294,14 @@ def test_scan_verdict_finds_the_target_and_passes_the_clean_model(planted):
     assert bool((det.patterns >= low - 1e-4).all() and (det.patterns <= high + 1e-4).all())
     top = set(torch.argsort(det.masks[0], descending=True)[:2].tolist())
     assert top <= {2, 3, 4}
+    # report.json's entry for the method agrees with the verdict (it said backdoored false, index 0,
+    # for every two-class model); the method's own rule, none here, is kept apart
+    from poisonguard.detect.report import detection_record
+
+    record = detection_record(det, verdicts["backdoored"])
+    assert record["backdoored"] and record["flagged_classes"] == [0]
+    assert record["anomaly_index"] == [e["statistic"] for e in verdicts["backdoored"].evidence]
+    assert record["own_rule"]["flagged_classes"] == []
 
 
 def test_two_class_verdict_needs_calibration(planted):

@@ -293,7 +293,9 @@ def scan(args) -> int:
     report = Report("scan")
     report.set("model", _loaded_info(tm, args))
     report.set("verdict", {k: v for k, v in verdict.to_dict().items() if k != "detections"})
-    report.set("detections", [d.to_dict() for d in verdict.detections])
+    from poisonguard.detect.report import detection_record
+
+    report.set("detections", [detection_record(d, verdict) for d in verdict.detections])
     from poisonguard.report.text import add_scan
 
     add_scan(report, verdict, words_of, tm.classes)

@@ -164,6 +164,7 @@ class ReferenceContrast:
             threshold=self.threshold,
             extra={"targets": list(inv.targets), "attack_success": inv.attack_success.tolist(),
                    "reference_success": moved, "followed_by_references": followed.tolist(),
+                   "max_reference_success": self.max_reference_success,
                    "contrast_mask_l1": inv.mask_l1.tolist(), "found": inv.found.tolist(), "epochs": inv.epochs.tolist(),
                    "references": len(refs), "weight": self.weight, "discrete": self.discrete,
                    "feature_names": list(getattr(data.meta, "feature_names", ()) or ()) or None,

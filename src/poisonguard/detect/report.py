@@ -210,6 +210,14 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, 
     rows = [[targets[i], labels[i], det.mask_l1[i] if det.mask_l1 else None, values[i],
              "flagged" if i in flagged else ""] for i in range(k)]
     html += table(["class", "name", "trigger size", ylabel, ""], rows)
+    followed = [i for i, f in enumerate(det.extra.get("followed_by_references") or []) if f]
+    if followed and det.masks is not None:  # reference_contrast: the size is not the mask drawn below
+        html += (f"<p>Class(es) {escape(', '.join(labels[i] for i in followed))}: the trigger found also moves the "
+                 f"clean reference models (more than {det.extra.get('max_reference_success', 0.5):.0%} of their inputs), "
+                 f"so it is a route every model takes, not "
+                 f"backdoor evidence; its size is counted as the whole input ({det.masks[0].numel()} "
+                 f"{'features' if det.masks.ndim == 2 else 'pixels'}), "
+                 "whatever the mask shown.</p>")
     if det.masks is not None and det.masks.ndim == 2:  # feature vectors: a table per class, not a picture
         from poisonguard.report.evaluation import feature_trigger_table
 
@@ -234,9 +242,30 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, 
     return html
 
 
+def detection_record(det: Detection, verdict=None) -> dict:
+    """The report's `detections` entry for one method.
+
+    With a verdict, `backdoored`, `flagged_classes`, `anomaly_index` and `threshold` are the
+    verdict's own judgement of this method (its statistic and calibrated threshold per class,
+    the numbers the charts and stdout show); the method's own rule (the paper's MAD test; none
+    for a two-class model) is kept beside them under `own_rule`, so the two never read as one.
+    """
+    record = det.to_dict()
+    rows = verdict.method_rows(det.method) if verdict is not None else []
+    if not rows:
+        return record
+    record["own_rule"] = {k: record[k] for k in ("backdoored", "flagged_classes", "anomaly_index", "threshold")}
+    thresholds = sorted({e["threshold"] for e in rows})
+    record.update(backdoored=any(e["flagged"] for e in rows), flagged_classes=[e["class"] for e in rows if e["flagged"]],
+                  anomaly_index=[e["statistic"] for e in rows],
+                  threshold=thresholds[0] if len(thresholds) == 1 else [e["threshold"] for e in rows],
+                  statistic=verdict.statistic)
+    return record
+
+
 def add_to_report(report, det: Detection, examples, classes=None, *, order: int = 20, verdict=None) -> None:
     """The method's section; with a verdict, its chart, table and sentence use the verdict's statistic."""
-    report.append("detections", det)
+    report.append("detections", detection_record(det, verdict))
     title = f"Trigger reconstruction: {PRETTY.get(det.method, det.method)}"
     evidence = verdict.method_rows(det.method) if verdict is not None else None
     summary = method_sentence(det, evidence, classes) if evidence else verdict_sentence(det, classes)

@@ -22,7 +22,8 @@ from poisonguard.utils import atomic_write_text
 LIST_KEYS = ("detections", "repairs")
 # Version of the report.json layout; src/poisonguard/report/schema/report.schema.json describes it.
 # Raise it when a key changes meaning or goes away (new optional keys keep it).
-SCHEMA_VERSION = 1
+# 2: `detections[]` carry the verdict's judgement of each method, the method's own rule in `own_rule`.
+SCHEMA_VERSION = 2
 
 
 @dataclass
