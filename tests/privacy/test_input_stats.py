@@ -24,13 +24,23 @@ def _table(n: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_private_scaling_finds_each_features_scale(seed):
     x = _table(4000, seed)
-    centre, scale = private_scaling(x, epsilon=0.3, delta=1e-6, generator=torch.Generator().manual_seed(seed))
+    centre, scale, resolved = private_scaling(x, epsilon=0.3, delta=1e-6, generator=torch.Generator().manual_seed(seed))
+    assert resolved.all()
     for j, sigma in ((0, 20_000), (1, 7), (4, 0.05)):
         true_median = float(x[:, j].median())
         assert abs(float(centre[j]) - true_median) < 0.35 * sigma, (j, centre[j], true_median)
         assert 0.6 < float(scale[j]) / sigma < 1.6, (j, scale[j], sigma)
     assert 0.4 < float(scale[2]) < 1.5  # quartiles 0 and 1: about the 0/1 column's spread
     assert float(scale[3]) == 1.0  # quartiles share a bin: unit scale, not a sliver
+
+
+def test_a_table_too_small_for_the_noise_is_left_unscaled_not_scaled_by_grid_ends():
+    """455 rows of 18 features at epsilon 0.3: every bin fell under the noise floor, and the
+    quartiles became grid ends (a centre of 1.6e8); the model ended at the majority class."""
+    x = torch.tensor(np.random.default_rng(0).normal(500, 100, size=(455, 18)), dtype=torch.float32)
+    centre, scale, resolved = private_scaling(x, epsilon=0.3, delta=1e-6, generator=torch.Generator().manual_seed(0))
+    assert not resolved.any()  # a bin of pure noise at the floor (225) would weigh half the rows
+    assert torch.equal(centre, torch.zeros(18)) and torch.equal(scale, torch.ones(18))
 
 
 def _income_task(n: int, seed: int) -> ImageData:
@@ -49,6 +59,7 @@ def test_dp_sgd_learns_a_table_in_raw_units_and_counts_the_statistics():
     assert acc > majority + 0.1, (acc, majority)
     stats = privacy.extra["input_statistics"]
     assert stats["epsilon"] == pytest.approx(0.3) and stats["delta"] == pytest.approx(1e-6)
+    assert stats["unresolved_features"] == 0
     assert privacy.extra["dp_sgd_epsilon"] <= 2.7 + 1e-6
     assert privacy.epsilon == pytest.approx(privacy.extra["dp_sgd_epsilon"] + 0.3)
     assert privacy.epsilon <= 3 + 1e-6
