@@ -131,6 +131,15 @@ def _rewrite_zip(src: bytes, replace: dict[str, bytes] | None = None, extra: lis
     return out.getvalue()
 
 
+def _renamed(src: bytes, old: str, new: str, data: bytes) -> bytes:
+    """The archive with member `old` written as `new`, holding `data`, in its place."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(src)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(new if info.filename == old else info.filename, data if info.filename == old else zin.read(info))
+    return out.getvalue()
+
+
 def _patch_central(data: bytes, member: str, *, flag: int | None = None, method: int | None = None,
                    name: str | None = None) -> bytes:
     """Edit one member's central and local headers in place (flag bits, method, name of equal length)."""
@@ -529,6 +538,8 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
         files[f"name_{label}.pt"] = _rewrite_zip(sd, extra=[(name, b"x")])
     evil_pkl = pickle.dumps(_Reduce(os.system, touch("duplicate_name")), protocol=2)
     files["duplicate_name.pt"] = _rewrite_zip(sd, extra=[(data_pkl, evil_pkl)])
+    # torch's zip reader (miniz) finds members ignoring case; Python's zipfile does not
+    files["case_duplicate_pickle.pt"] = _rewrite_zip(sd, extra=[(data_pkl[:-3] + "PKL", evil_pkl)])
     files["polyglot_prefix.pt"] = pickle.dumps(_Reduce(os.system, touch("polyglot_prefix")), protocol=2) + sd
     # a storage that claims far more bytes than its record holds (allocation before the read fails)
     files["storage_claim.pt"] = _rewrite_zip(sd, {data_pkl: _read(sd, data_pkl).replace(b"K\x0c", b"J\x00\xe4\x0bT", 1)})
@@ -547,12 +558,17 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     files["torchscript_foreign_global.pt"] = _rewrite_zip(scripted, {ts_pkl: pickle.dumps(_Reduce(os.system, touch("torchscript_foreign_global")), protocol=2)})
     code_name = next(n for n in zipfile.ZipFile(io.BytesIO(scripted)).namelist() if n.endswith(".py") and b"torch.relu" in _read(scripted, n))
     files["torchscript_custom_op.pt"] = _rewrite_zip(scripted, {code_name: _read(scripted, code_name).replace(b"torch.relu(", b"ops.attacker.relu(")})
+    files["torchscript_code_upper_case.pt"] = _renamed(  # code/X.py, checked; CODE/X.py would be compiled unread
+        scripted, code_name, code_name.replace("/code/", "/CODE/"),
+        _read(scripted, code_name).replace(b"torch.relu(", b"ops.attacker.relu("))
     # torch.export
     base = _export_bytes()
     files["pt2_use_pickle.pt2"] = _pt2_use_pickle(base, _Reduce(os.system, touch("pt2_use_pickle")))
     files["pt2_stealth.pt2"] = _pt2_use_pickle(base, _StealthTensor(touch("pt2_stealth"), state["fc.weight"]))
     inputs_name = _member(base, "data/sample_inputs/model.pt")
     files["pt2_sample_inputs.pt2"] = _rewrite_zip(base, {inputs_name: _torch_save_bytes(_Reduce(os.system, touch("pt2_sample_inputs")))})
+    files["pt2_sample_inputs_upper_case.pt2"] = _renamed(  # torch.export.load reads model.pt, and gets model.PT
+        base, inputs_name, inputs_name[:-3] + ".PT", _torch_save_bytes(_Reduce(os.system, touch("pt2_sample_inputs_upper"))))
     files["pt2_opaque_constant.pt2"] = _pt2_extra_member(
         base, "data/constants/opaque_obj_0", pickle.dumps(_Reduce(os.system, touch("pt2_opaque_constant")), protocol=2),
         {"evil": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}})

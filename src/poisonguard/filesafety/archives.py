@@ -89,9 +89,13 @@ def check_archive(handle: BinaryIO, size: int) -> ArchiveCheck:
     if len(infos) > LIMITS.zip_members:
         findings.append(f"{len(infos)} members, over the limit of {LIMITS.zip_members}")
         return check
-    if len(set(check.names)) != len(check.names):
-        dupes = sorted({n for n in check.names if check.names.count(n) > 1})
-        findings.append(f"duplicate member names {dupes[:5]} (readers disagree on which one counts)")
+    # torch's zip reader (miniz) finds members ignoring case, Python's zipfile does not: two names
+    # equal but for case would let the checker read one and torch load the other
+    folded = [n.lower() for n in check.names]
+    if len(set(folded)) != len(folded):
+        dupes = sorted({n for n, f in zip(check.names, folded) if folded.count(f) > 1})
+        findings.append(f"duplicate member names (ignoring case, as torch's reader does) {dupes[:5]} "
+                        "(readers disagree on which one counts)")
     total = 0
     spans: list[tuple[int, int, str]] = []
     for info in infos:

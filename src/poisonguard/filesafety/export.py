@@ -33,7 +33,9 @@ MAX_FINDINGS = 40
 
 def check_export(check: ArchiveCheck) -> list[str]:
     prefix, findings = archive_prefix(check.names)
-    inner = {name[len(prefix) + 1:]: name for name in check.names}
+    # relative names folded to lower case: torch's reader finds members ignoring case, so
+    # data/sample_inputs/model.PT is the model.pt it torch.load()s
+    inner = {name[len(prefix) + 1:].lower(): name for name in check.names}
     for rel, full in sorted(inner.items()):
         problem = _layout_problem(rel)
         if problem:
@@ -127,10 +129,10 @@ def _check_payload_config(check: ArchiveCheck, name: str, folder: str, inner: di
         if "/" in path_name or path_name.startswith("."):
             findings.append(f"{name}: entry {fqn!r} points outside its folder ({path_name!r})")
             continue
-        member = inner.get(f"{folder}/{path_name}")
-        if path_name.startswith("custom_obj_"):
+        member = inner.get(f"{folder}/{path_name}".lower())
+        if path_name.lower().startswith("custom_obj_"):
             findings.append(f"{name}: {fqn!r} is a native custom object (torch._C._pickle_load_obj runs its class code)")
-        elif path_name.startswith("opaque_obj_"):
+        elif path_name.lower().startswith("opaque_obj_"):
             data = check.read(member, LIMITS.parsed_member) if member else None
             if data is not None:  # read back by the plain unpickler
                 findings += walk_pickle(data, context=f"{member} (opaque object, read by the plain unpickler)").findings

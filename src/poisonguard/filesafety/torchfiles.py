@@ -44,9 +44,11 @@ def check_torch_zip(check: ArchiveCheck, *, policy: PicklePolicy = TORCH_POLICY,
     findings: list[str] = []
     prefix, problems = archive_prefix(check.names)
     findings += problems
-    sizes = {info.filename: info.file_size for info in check.archive.infolist()} if check.archive else {}
-    members = pickles if pickles is not None else [n for n in check.names if n.endswith(".pkl")]
-    if pickles is None and f"{prefix}/data.pkl" not in check.names and not any(n.endswith("constants.pkl") for n in check.names):
+    # keyed and matched ignoring case, as torch's reader finds members (data.PKL is its data.pkl)
+    sizes = {info.filename.lower(): info.file_size for info in check.archive.infolist()} if check.archive else {}
+    folded = {n.lower() for n in check.names}
+    members = pickles if pickles is not None else [n for n in check.names if n.lower().endswith(".pkl")]
+    if pickles is None and f"{prefix}/data.pkl".lower() not in folded and not any(n.endswith("constants.pkl") for n in folded):
         findings.append(f"{label}no data.pkl: not a torch.save archive")
     for name in members:
         data = check.read(name, LIMITS.parsed_member)
@@ -54,7 +56,7 @@ def check_torch_zip(check: ArchiveCheck, *, policy: PicklePolicy = TORCH_POLICY,
             continue
         report = walk_pickle(data, policy, context=f"{label}{name}")
         findings += report.findings
-        folder = name[:-len(".pkl")] if name.endswith(".pkl") else f"{prefix}/data"
+        folder = name[:-len(".pkl")] if name.lower().endswith(".pkl") else f"{prefix}/data"
         findings += _check_storages(report.storages, sizes, prefix, folder, f"{label}{name}")
     return findings
 
@@ -68,7 +70,7 @@ def _check_storages(storages: list[tuple[Any, ...]], sizes: dict[str, int], pref
         if key is None:
             findings.append(f"{context}: a persistent id that is not a tensor storage ({str(pid)[:80]})")
             continue
-        records = [f"{folder}/{key}", f"{prefix}/{key}"]
+        records = [f"{folder}/{key}".lower(), f"{prefix}/{key}".lower()]
         size = next((sizes[r] for r in records if r in sizes), None)
         if size is None:
             findings.append(f"{context}: storage {key!r} has no record in the archive")

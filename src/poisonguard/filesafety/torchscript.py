@@ -34,14 +34,15 @@ def check_torchscript(check: ArchiveCheck) -> list[str]:
     findings += problems
     classes: set[str] = set()
     for name in check.names:
-        if not (name.startswith(f"{prefix}/code/") and name.endswith(".py")):
+        low = name.lower()  # torch finds members ignoring case: code/X.PY is code too
+        if not (low.startswith(f"{prefix.lower()}/code/") and low.endswith(".py")):
             continue
         source = check.read(name, LIMITS.parsed_member)
         if source is None:
             continue
         module = name[len(f"{prefix}/code/"):-3].replace("/", ".")
         findings += _check_source(source, module, name, classes)
-    pickles = [n for n in check.names if n.endswith(".pkl") or n.endswith(".debug_pkl")]
+    pickles = [n for n in check.names if n.lower().endswith((".pkl", ".debug_pkl"))]
     findings += check_torch_zip(check, policy=torchscript_policy(classes), pickles=pickles)
     return findings
 
