@@ -372,6 +372,27 @@ def test_torchvision_and_timm_specs():
             build_from_spec("timm:resnet18", num_classes=7, input_shape=(3, 32, 32))
 
 
+def test_a_library_architecture_never_downloads_or_reads_weights(monkeypatch):
+    """metadata.json naming torchvision:fcn_resnet50 made its builder download ImageNet weights for
+    the backbone (weights_backbone's default); timm's checkpoint_path read any file it named."""
+    import torchvision.models._api as api
+
+    from poisonguard.errors import UserError
+    from poisonguard.models.arch import build_from_spec
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", no_network)
+    net = build_from_spec("torchvision:lraspp_mobilenet_v3_large", num_classes=3, input_shape=(3, 32, 32))
+    assert sum(p.numel() for p in net.parameters()) > 0
+    for spec, kwargs in (("timm:resnet18", {"checkpoint_path": "/etc/passwd"}),
+                         ("torchvision:fcn_resnet50", {"weights_backbone": "IMAGENET1K_V1"}),
+                         ("timm:resnet18", {"pretrained_cfg_overlay": {"file": "/etc/passwd"}})):
+        with pytest.raises(UserError, match="would download or read weights"):
+            build_from_spec(spec, num_classes=3, input_shape=(3, 32, 32), kwargs=kwargs)
+
+
 def test_normalize_and_input_size_wrap_and_travel(work, tmp_path):
     """The adapter normalises and resizes inside the model, is recorded, and is taken off when written back."""
     from poisonguard.models import load_model

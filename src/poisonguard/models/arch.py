@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -109,6 +110,19 @@ def _call(factory, spec: str, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
+# Keywords through which a library's builder downloads weights or reads a file (timm's
+# checkpoint_path, torchvision's weights_backbone, pretrained_cfg ...): the skeleton is built
+# empty, and the weights are only ever the checked file's.
+_FETCHING_KEYWORD = re.compile(r"weight|pretrain|checkpoint|path|url|file|cache|hub|download", re.IGNORECASE)
+
+
+def _check_no_fetch(kwargs: dict[str, Any], spec: str) -> None:
+    for key, value in kwargs.items():
+        if _FETCHING_KEYWORD.search(key) and value not in (None, False):
+            raise UserError(f"{spec}: the keyword {key}={str(value)[:60]!r} would download or read weights; poisonguard "
+                            "builds the architecture empty and loads only the (checked) model file")
+
+
 def build_from_spec(spec: str, *, num_classes: int, input_shape: Sequence[int], kwargs: dict[str, Any] | None = None,
                     trusted: bool = False, seed: int | None = None) -> nn.Module:
     """Instantiate the architecture `spec` names (see the module docstring).
@@ -129,6 +143,9 @@ def build_from_spec(spec: str, *, num_classes: int, input_shape: Sequence[int], 
         raise UserError(f"the architecture {spec!r} is the user's own code, which poisonguard runs only when typed "
                         f"on the command line: pass --arch {spec}")
     name = spec.split(":", 1)[1].strip()
+    if kind in LIBRARIES:
+        kwargs.setdefault("num_classes", num_classes)
+        _check_no_fetch(kwargs, spec)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -137,13 +154,13 @@ def build_from_spec(spec: str, *, num_classes: int, input_shape: Sequence[int], 
 
             if name not in torchvision.models.list_models():
                 raise UserError(f"torchvision has no model {name!r}")
-            kwargs.setdefault("num_classes", num_classes)
+            if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
+                kwargs["weights_backbone"] = None  # its default downloads ImageNet weights for the backbone
             return _call(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), spec, kwargs)
         if kind == "timm":
             try:
                 import timm
             except ImportError as exc:
                 raise UserError(f"--arch {spec!r} needs timm, which is not installed: pip install 'poisonguard[timm]'") from exc
-            kwargs.setdefault("num_classes", num_classes)
             return _call(lambda **kw: timm.create_model(name, pretrained=False, **kw), spec, kwargs)
         return _call(_load_callable(spec), spec, kwargs)
