@@ -577,6 +577,10 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
         {"obj": {"path_name": "custom_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}})
     files["pt2_guards_code.pt2"] = _pt2_model_json(base, lambda p: p.__setitem__(
         "guards_code", [f"__import__('os').system({touch('pt2_guards_code')!r}) == 0"]))
+    # a bytes literal: its quotes survive ast.unparse and close the string torch pastes a guard into
+    escape = "exec(bytes(" + repr(tuple(f"open({touch('pt2_guards_bytes')!r}, 'w')".encode())) + "))"
+    files["pt2_guards_bytes.pt2"] = _pt2_model_json(base, lambda p: p.__setitem__(
+        "guards_code", [f"True or b'\"+{escape}+\"'"]))
     dynamic = _export_bytes(dynamic=True)
 
     def sympy_payload(node):  # every symbolic size of the dynamic program becomes the payload

@@ -44,8 +44,13 @@ def unsafe_expression(text: object, *, guard: bool = False) -> str | None:
             if node.id.startswith("_") or not _SYMBOL.match(node.id):
                 return f"name {node.id!r} in expression {text[:80]!r}"
         elif isinstance(node, ast.Constant):
-            if isinstance(node.value, str) and not _SYMBOL.match(node.value):
-                return f"string {node.value[:40]!r} in expression {text[:80]!r}"
+            # only numbers, booleans, None and symbol-like strings: a bytes literal's quotes survive
+            # ast.unparse and broke out of the string torch pastes a guard into (then exec'd)
+            if isinstance(node.value, str):
+                if not _SYMBOL.match(node.value):
+                    return f"string {node.value[:40]!r} in expression {text[:80]!r}"
+            elif not (node.value is None or isinstance(node.value, (bool, int, float))):
+                return f"a {type(node.value).__name__} constant in expression {text[:80]!r}"
         elif isinstance(node, ast.keyword):
             if node.arg not in _ASSUMPTIONS:
                 return f"keyword {node.arg!r} in expression {text[:80]!r}"
