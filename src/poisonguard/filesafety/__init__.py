@@ -139,9 +139,10 @@ def _trial_findings(report: FileSafety, input_shape: list[int] | None, timeout: 
                                  timeout=timeout, cpu_seconds=int(timeout) + 5))
     except SandboxError as exc:
         return [f"trial load in an isolated process: {exc}"]
-    except RuntimeError as exc:  # the file does not load: the in-process load reports that as a user error
-        log.info("trial load of %s failed: %s", report.path, exc)
-        return []
+    except RuntimeError as exc:
+        # A file that fails only in the isolated child (it may look for the limits) must not then
+        # be loaded here unprotected: the trial is the proof, and it did not pass.
+        return [f"the trial load in an isolated process failed ({str(exc)[:200]}); not loaded in this process"]
 
 
 def check_loaded_torchscript(module: Any) -> list[str]:

@@ -54,6 +54,9 @@ def _child(conn, cwd: str, fn: Callable[..., Any], args: tuple, cpu_seconds: int
         if name.lower() in _PROXY_VARS:
             del os.environ[name]
     os.chdir(cwd)
+    # tempfile probes a folder by writing to it, which the file-size limit forbids: without this,
+    # `import torch._dynamo` (reached by torch.export.load) failed, and no .pt2 trial ever ran
+    tempfile.tempdir = cwd
     _limit_resources(cpu_seconds, file_bytes)
     try:
         answer = {"ok": True, "value": fn(*args)}
@@ -130,7 +133,8 @@ def trial_load(path: str, fmt: str, input_shape: list[int] | None = None) -> lis
         program = torch.export.load(path)
         module = program.module()
         args, kwargs = program.example_inputs or ((), {})
-        if input_shape is not None:
+        fits = len(args) == 1 and isinstance(args[0], torch.Tensor) and list(args[0].shape[1:]) == list(input_shape or [])
+        if input_shape is not None and not fits:  # the exporter's own inputs keep a batch size it fixed
             args, kwargs = (torch.rand(1, *input_shape),), {}
         with torch.no_grad():
             module(*args, **kwargs)
