@@ -356,3 +356,20 @@ def test_a_size_counted_as_the_whole_input_is_explained_beside_its_mask():
     page = detection_html(det, None, classes=["no", "yes"])
     assert "Class(es) yes: the trigger found also moves the clean reference models (more than 50%" in page
     assert "(18 features)" in page
+
+
+def test_a_clean_verdict_on_a_table_of_many_classes_says_how_weak_it_is():
+    """A 10-class table with a real backdoor got "No backdoor found" with no word of the measured
+    weakness (2 of 6 found on held-out tables of 4 and 7 classes)."""
+    from types import SimpleNamespace
+
+    from poisonguard.detect.report import verdict_text
+
+    def verdict(classes, kind):
+        return SimpleNamespace(methods=("reference_contrast",), false_positive_rate=0.05, statistic="robust",
+                               calibrated=True, calibration={"reference_models": 8, "source": "test"},
+                               data={"kind": kind, "clean_images": 300}, score=0.2, backdoored=False, targets=(),
+                               evidence=tuple({"class": c} for c in range(classes)))
+    assert "Caution: on tables of more than two classes" in verdict_text(verdict(10, "tabular"))
+    assert "Caution" not in verdict_text(verdict(2, "tabular"))
+    assert "Caution" not in verdict_text(verdict(10, "image"))

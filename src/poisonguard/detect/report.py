@@ -59,7 +59,12 @@ def verdict_text(verdict, classes=None) -> str:
     if verdict.backdoored:
         which = ", ".join(_label(c, classes) for c in verdict.targets)
         return (f"This model looks BACKDOORED: a trigger far smaller than normal turns inputs into {which}. " + how)
-    return "No backdoor found: no class can be reached with an unusually small trigger by any method. " + how
+    caveat = ""
+    if verdict.data.get("kind") == "tabular" and len({e["class"] for e in verdict.evidence}) > 2:
+        # measured: 2 of 6 backdoors found on held-out tables of 4 and 7 classes (README, Tables)
+        caveat = (" Caution: on tables of more than two classes this scan has found only 2 of 6 planted backdoors "
+                  "so far, so a clean verdict there is weak evidence.")
+    return "No backdoor found: no class can be reached with an unusually small trigger by any method. " + how + caveat
 
 
 def disagreement_notes(verdict, classes=None) -> list[str]:
