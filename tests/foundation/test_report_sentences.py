@@ -373,3 +373,24 @@ def test_a_clean_verdict_on_a_table_of_many_classes_says_how_weak_it_is():
     assert "Caution: on tables of more than two classes" in verdict_text(verdict(10, "tabular"))
     assert "Caution" not in verdict_text(verdict(2, "tabular"))
     assert "Caution" not in verdict_text(verdict(10, "image"))
+
+
+def test_the_federated_stage_never_starts_from_the_model_under_test(mnist, badnets_model, tmp_path, monkeypatch):
+    """It federated on from the suspect: a backdoor the model already held (the stage's own trigger)
+    read as the attackers' getting through FLAME."""
+    from poisonguard.federated.simulate import Simulator, flat_params
+    from poisonguard.stages import StageContext, run_stages
+
+    starts = []
+
+    def spy(self, splits, aggregator, attack, initial=None):
+        starts.append(initial)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(Simulator, "run", spy)
+    report = Report("checklist")
+    ctx = StageContext(command="checklist", model=badnets_model, splits=mnist, report=report, out_dir=tmp_path,
+                       arch="mnist_cnn", quick=True, device="cpu")
+    run_stages(ctx, only=["federated"])
+    assert starts and starts[0] is not None
+    assert not torch.allclose(starts[0], flat_params(badnets_model).cpu())
