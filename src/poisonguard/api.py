@@ -33,6 +33,10 @@ def _data(x: Any, y: Any, classes: Sequence[str] | None = None):
     except (TypeError, ValueError, RuntimeError) as exc:  # a DataLoader, a Dataset, a list of tensors
         raise UserError("images and labels must be tensors or arrays, (N, C, H, W) floats in [0, 1] and (N,) "
                         f"integers (e.g. torch.cat over a DataLoader's batches), got {type(x).__name__}") from exc
+    if x.ndim == 2:  # rows of a table, or token ids of texts
+        raise UserError(f"this Python API takes images (N, C, H, W); got {tuple(x.shape)}, rows or token ids. Tables "
+                        "and text run on the command line (`poisonguard scan MODEL --data table.csv --label-column "
+                        "NAME`, `--text-column T` for text), which encodes them and trains their reference models")
     if x.ndim != 4 or not x.is_floating_point():
         raise UserError(f"images must be a float tensor (N, C, H, W) in [0, 1], got {x.dtype} {tuple(x.shape)}")
     if y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
@@ -55,8 +59,13 @@ def load_model(path: str, *, arch: str | None = None, **options: Any):
 
     `arch` may name your own code (`"file.py:callable"`): you typed it, so it runs.
     """
+    from pathlib import Path
+
     from poisonguard.models import load_model as _load
 
+    if Path(path).is_dir() and (Path(path) / "tokenizer.json").is_file():
+        raise UserError(f"{path} is a text model's folder: load it with "
+                        "poisonguard.models.text_files.load_text_model(path, arch=...)")
     return _load(path, arch=arch, **options)
 
 

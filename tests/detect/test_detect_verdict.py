@@ -192,6 +192,9 @@ def test_api_scan_returns_the_verdict_and_routes_options():
         poisonguard.scan(model, loader, y, methods=["deepinspect"])
     one = poisonguard.scan(model, x, y, methods="deepinspect", deepinspect={"steps": 2, "inversion_steps": 2, "samples": 4})
     assert one.methods == ("deepinspect",)
+    # rows of a table: said plainly (it was "images must be (N, C, H, W)", then "not a classifier")
+    with pytest.raises(UserError, match="Tables and text run on the command line"):
+        poisonguard.scan(nn.Linear(30, 2), torch.rand(20, 30), torch.arange(20) % 2)
 
 
 def test_clean_share_caps_images_balanced_and_says_so():
