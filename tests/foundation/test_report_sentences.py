@@ -136,6 +136,15 @@ def test_federated_sentence_reads_every_round():
     report = Report("demo")
     federated_section(report, [Federated(aggregator="fedavg", attack="backdoor", rounds=rounds)])
     assert report.sections[0].summary.startswith("The backdoor got through fedavg")
+    # a model that collapsed onto the target: one row of 42 left, which the trigger moves (effect 1.0)
+    rounds = (RoundResult(round=1, clean_accuracy=0.64, attack_success_rate=1.0,
+                          extra={"untriggered_target_rate": 0.976, "trigger_effect": 1.0}),
+              RoundResult(round=2, clean_accuracy=0.63, attack_success_rate=1.0,
+                          extra={"untriggered_target_rate": 1.0, "trigger_effect": 0.0}))
+    report = Report("demo")
+    federated_section(report, [Federated(aggregator="fedavg", attack="model_replacement", rounds=rounds)])
+    summary = report.sections[0].summary
+    assert "got through" not in summary and "(clean accuracy 63%)" in summary
 
 
 # ---------------------------------------------------------------- privacy

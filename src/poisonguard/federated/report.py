@@ -16,7 +16,10 @@ def summary_rows(results: list[Federated]) -> list[dict]:
             continue
         asrs = [x.attack_success_rate for x in r.rounds if x.attack_success_rate is not None]
         # the trigger's own effect: the share of inputs not sent to the target anyway that it sends there
-        effects = [x.extra.get("trigger_effect", x.attack_success_rate)
+        # a round counts only where at least a tenth of the attack's inputs do not reach the target
+        # anyway: when the model answers the target everywhere, the "effect" of the trigger on the
+        # one or two others left (1.0 from one row) measures nothing
+        effects = [x.extra.get("trigger_effect", x.attack_success_rate) if _measurable(x) else 0.0
                    for x in r.rounds if x.attack_success_rate is not None]
         rows.append({"aggregator": r.aggregator, "attack": r.attack, "clean_accuracy": r.rounds[-1].clean_accuracy,
                      "attack_success_rate": r.rounds[-1].attack_success_rate,
@@ -24,6 +27,14 @@ def summary_rows(results: list[Federated]) -> list[dict]:
                      "untriggered_target_rate": r.rounds[-1].extra.get("untriggered_target_rate"),
                      "max_trigger_effect": max(effects) if effects else None})
     return rows
+
+
+MAX_UNTRIGGERED = 0.9  # above this share sent to the target without the trigger, its effect is not measured
+
+
+def _measurable(round_result) -> bool:
+    untriggered = round_result.extra.get("untriggered_target_rate")
+    return untriggered is None or untriggered <= MAX_UNTRIGGERED
 
 
 def federated_summary(rows: list[dict], *, threshold: float = 0.5) -> str:
@@ -40,8 +51,9 @@ def federated_summary(rows: list[dict], *, threshold: float = 0.5) -> str:
     if natural and not through:
         top = max(natural, key=lambda r: r["max_attack_success_rate"])
         return (f"The attack success rate reached {top['max_attack_success_rate']:.0%} ({top['aggregator']}), but the "
-                f"model sends {top['untriggered_target_rate']:.0%} of inputs to the target without the trigger too: "
-                "that is the model's answer for most inputs, not a backdoor the malicious clients planted.")
+                f"model sends {top['untriggered_target_rate']:.0%} of inputs to the target without the trigger too "
+                f"(clean accuracy {top['clean_accuracy']:.0%}): that is the model's answer for most inputs, and the "
+                "trigger adds nothing measurable to it; no sign of a backdoor the malicious clients planted.")
     if through:
         worst = max(through, key=lambda r: r["max_attack_success_rate"])
         held = sorted({r["aggregator"] for r in measured} - {r["aggregator"] for r in through + natural})
