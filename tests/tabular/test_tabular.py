@@ -583,3 +583,20 @@ def test_a_data_free_scan_of_a_table_model_is_one_clear_error():
 
     with pytest.raises(UserError, match="reconstructs images"):
         DeepInspect(steps=1, inversion_steps=1).detect(nn.Linear(4, 3), input_shape=(4,), num_classes=3)
+
+
+def test_target_is_a_class_index_and_the_report_names_its_class(tmp_path, capsys):
+    """The README said `--target 2` is the class named 2; with labels 3, 7, 9 index 2 is class 9."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "c", "label"])
+        writer.writerows([*(f"{v:.3f}" for v in rng.random(3)), [3, 7, 9][i % 3]] for i in range(300))
+    code, _, err = _run(["attack", "tabular-trigger", "--data", str(path), "--label-column", "label", "--target", "7",
+                         "--out", str(tmp_path / "a"), "--quiet"], capsys)
+    assert code == 2 and "--target takes an index: 0=3, 1=7, 2=9" in err
+    code, _, _ = _run(["attack", "tabular-trigger", "--data", str(path), "--label-column", "label", "--target", "1",
+                       "--epochs", "1", "--out", str(tmp_path / "b"), "--quiet"], capsys)
+    training = json.loads((tmp_path / "b" / "report.json").read_text())["training"]
+    assert code == 0 and training["target"] == 1 and training["target_class"] == "7"

@@ -54,6 +54,9 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
                 "attack": getattr(args, "attack_name", None),
                 "rate": getattr(args, "rate", None) if getattr(args, "attack_name", None) else None,
                 "defense": getattr(args, "defense", None)}
+    target = getattr(trigger, "target", None)
+    if target is not None and 0 <= target < splits.num_classes:  # the class --target's index named
+        training.update(target=int(target), target_class=str(splits.classes[target]))
     privacy = job.extra.get("privacy") if job is not None else None
     if privacy is not None:  # DP-SGD trains with its own optimiser and batch, not the plain training's defaults
         training.update({k: privacy.extra[k] for k in ("optimizer", "batch_size") if k in privacy.extra})

@@ -176,7 +176,9 @@ def parse_target(text: str) -> int:
 
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("attack")
-    g.add_argument("--target", type=parse_target, default=0, help="target class, or 'all' for all-to-all (y -> y+1)")
+    g.add_argument("--target", type=parse_target, default=0,
+                   help="target class index (classes in sorted order: labels 3, 7, 9 are 0, 1, 2), or 'all' for "
+                        "all-to-all (y -> y+1)")
     g.add_argument("--rate", type=probability, default=0.1, help="share of training images poisoned (default 0.1)")
     g.add_argument("--patch-size", type=positive_int, default=3, help="BadNets patch side in pixels")
     g.add_argument("--position", type=position, default="bottom-right", help="BadNets patch position: bottom-right, top-left, center, ... or ROW,COL")

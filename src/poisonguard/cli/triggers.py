@@ -26,7 +26,9 @@ def build_trigger(method: str, args, splits):
 
     shape = splits.input_shape
     if args.target >= splits.num_classes or args.target < -1:
-        raise UserError(f"target {args.target} is not a class of this {splits.num_classes}-class data")
+        names = ", ".join(f"{i}={c}" for i, c in enumerate(splits.classes[:12]))
+        raise UserError(f"--target {args.target} is not a class index of this {splits.num_classes}-class data "
+                        f"(--target takes an index: {names}{' ...' if splits.num_classes > 12 else ''})")
     if args.target == -1 and method == "tabular_trigger":
         raise UserError("--target all (all-to-all) is for image triggers and label-flip; tabular-trigger needs one class")
     if splits.kind != "image" and method in ("badnets", "blended", "wanet"):
