@@ -392,6 +392,10 @@ def _computed_bomb(op: str) -> bytes:
              helper.make_node("Concat", ["side", "side"], ["shape"], axis=0)]
     if op == "ConstantOfShape":
         nodes.append(helper.make_node(op, ["shape"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])))
+    elif op == "AbsConstantOfShape":  # ONNX's shape inference does not propagate constants through Abs
+        nodes.append(helper.make_node("Abs", ["shape"], ["absolute"]))
+        nodes.append(helper.make_node("ConstantOfShape", ["absolute"], ["big"],
+                                      value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])))
     else:  # Expand: broadcast the input itself
         nodes.append(helper.make_node("ReduceSum", ["x"], ["one"], keepdims=1))
         nodes.append(helper.make_node(op, ["one", "shape"], ["big"]))
@@ -616,6 +620,7 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     files["onnx_huge_dims.onnx"] = _onnx_edit(_huge_dims)
     files["onnx_constant_of_shape_bomb.onnx"] = _computed_bomb("ConstantOfShape")
     files["onnx_expand_bomb.onnx"] = _computed_bomb("Expand")
+    files["onnx_abs_bomb.onnx"] = _computed_bomb("AbsConstantOfShape")
     # numpy
     files["object_array.npy"] = _npy_bytes(np.array([_Reduce(os.system, touch("object_array")), 1], dtype=object), allow_pickle=True)
     files["object_in_npz.npz"] = _npz_bytes(x=np.array([_Reduce(os.system, touch("object_in_npz"))], dtype=object))

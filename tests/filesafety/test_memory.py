@@ -10,7 +10,7 @@ from pathlib import Path
 
 BOMBS = ("deflate_bomb.pt", "npz_bomb.npz", "bytearray_bomb.pkl", "storage_call_bomb.pkl", "storage_claim.pt",
          "st_enormous.safetensors", "st_header_length.safetensors", "npy_shape_lie.npy", "onnx_huge_dims.onnx",
-         "onnx_constant_of_shape_bomb.onnx", "onnx_expand_bomb.onnx")
+         "onnx_constant_of_shape_bomb.onnx", "onnx_expand_bomb.onnx", "onnx_abs_bomb.onnx")
 
 _CHILD = r"""
 import json, resource, sys

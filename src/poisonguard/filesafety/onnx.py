@@ -58,10 +58,13 @@ def _computed_bombs(onnx: Any, model: Any) -> list[str]:
     to the sandboxed trial load.
     """
     try:
+        findings = _folded_bombs(model)  # constant arithmetic the inference does not propagate (an Abs)
+    except Exception:  # a tensor numpy cannot read: left to the inference below
+        findings = []
+    try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # an operator or opset the inference does not know
-        return []
-    findings = []
+        return findings
     for value in list(inferred.graph.value_info) + list(inferred.graph.output):
         if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
             continue
@@ -87,6 +90,64 @@ def _graph_nodes(graph: Any, name: str, depth: int):
         for attribute in node.attribute:
             for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
                 yield from _graph_nodes(sub, f"{name}/{node.op_type}", depth + 1)
+
+
+# Operators folded when every input is a small constant, and the inputs of the operators whose
+# output size they fix.
+_FOLDABLE = frozenset({"Abs", "Neg", "Add", "Sub", "Mul", "Div", "Max", "Min", "Floor", "Ceil", "Sqrt", "Pow",
+                       "Concat", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Gather", "Slice", "Identity",
+                       "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "Clip", "Sign", "Round"})
+_SIZED_BY = {"ConstantOfShape": 1, "Expand": 2, "Tile": 2, "Range": 3}
+_SMALL = 4096  # elements of a constant worth folding (shapes are a few numbers)
+
+
+def _folded_bombs(model: Any) -> list[str]:
+    """Fold the graph's small constants through `_FOLDABLE` operators (ONNX's reference
+    evaluator, one node at a time) and size each `_SIZED_BY` operator fed by them."""
+    import numpy as np
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    def small(tensor) -> bool:  # stored in the file (never external data, which would be read) and tiny
+        return math.prod(tensor.dims) <= _SMALL and not (tensor.data_location == 1 or tensor.external_data)
+
+    values: dict[str, Any] = {}
+    for tensor in model.graph.initializer:
+        if small(tensor):
+            values[tensor.name] = numpy_helper.to_array(tensor)
+    findings = []
+    for node in list(model.graph.node)[:20_000]:
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            if small(node.attribute[0].t):
+                values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type in _FOLDABLE and inputs and all(name in values for name in inputs):
+            try:
+                outputs = ReferenceEvaluator(node).run(None, {name: values[name] for name in inputs})
+            except Exception:  # an attribute or type the evaluator refuses: not folded
+                continue
+            values.update((name, np.asarray(out)) for name, out in zip(node.output, outputs)
+                          if np.asarray(out).size <= _SMALL)
+        elif node.op_type in _SIZED_BY and len(inputs) >= _SIZED_BY[node.op_type] and \
+                all(name in values for name in node.input[1 if node.op_type in ("Expand", "Tile") else 0:
+                                                           _SIZED_BY[node.op_type]]):
+            size = _output_elements(node.op_type, [values.get(name) for name in node.input])
+            if size > LIMITS.computed_elements:
+                findings.append(f"{node.op_type} {node.name or node.output[0]!r} makes {size:.3g} elements from the "
+                                f"file's constants (over the limit of {LIMITS.computed_elements})")
+    return findings[:5]
+
+
+def _output_elements(op: str, args: list) -> float:
+    """Elements the operator allocates, from its constant size inputs (a lower bound where the data's own shape
+    is unknown)."""
+    import numpy as np
+
+    if op == "Range":
+        start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in args[:3])
+        return 0.0 if delta == 0 else max(0.0, math.ceil((limit - start) / delta))
+    shape = np.abs(np.asarray(args[1] if op in ("Expand", "Tile") else args[0], dtype=np.float64)).reshape(-1)
+    return float(np.prod(shape)) if shape.size else 1.0
 
 
 def graph_tensors(model: Any):
