@@ -47,6 +47,10 @@ def test_repair_sentence_names_the_best_row_and_its_trigger():
     assert "<td>0.021</td>" in html and "the real trigger" in html
     _, _, summary = repair_section([_repair("unlearn", 0.97, 0.96, 0.89, 0.011, kind="reconstructed", by="scan")])
     assert "a trigger reconstructed by scan fools the model on 1.1%" in summary
+    from types import SimpleNamespace
+
+    _, html, summary = repair_section(results, splits=SimpleNamespace(kind="tabular"))
+    assert "of clean rows correctly" in summary and "images" not in summary  # a table's repair spoke of images
 
 
 # ---------------------------------------------------------------- certify

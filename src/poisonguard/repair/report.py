@@ -29,8 +29,11 @@ def best_repair(results: Sequence[Repair]) -> Repair:
                                        -r.after.clean_accuracy))
 
 
-def repair_summary(results: Sequence[Repair]) -> str:
-    """One sentence on the best repair, from the same numbers as the table's row for it."""
+def repair_summary(results: Sequence[Repair], *, kind: str = "image") -> str:
+    """One sentence on the best repair, from the same numbers as the table's row for it; `kind`
+    is the data's (image, tabular, text), which names the inputs."""
+    from poisonguard.report.evaluation import INPUT_WORDS
+
     best = best_repair(results)
     if best.after.attack_success_rate is None:
         return (f"{best.method} retrained the model on a little clean data; clean accuracy went from "
@@ -38,7 +41,8 @@ def repair_summary(results: Sequence[Repair]) -> str:
                 "measure the attack with).")
     return (f"After {best.method}, {trigger_label(best)} fools the model on {_pct(best.after.attack_success_rate)} of "
             f"inputs (before: {_pct(best.before.attack_success_rate)}) and it still classifies "
-            f"{_pct(best.after.clean_accuracy)} of clean images correctly (before: {_pct(best.before.clean_accuracy)}).")
+            f"{_pct(best.after.clean_accuracy)} of clean {INPUT_WORDS.get(kind, 'inputs')} correctly "
+            f"(before: {_pct(best.before.clean_accuracy)}).")
 
 
 def _curve_html(r: Repair) -> str:
@@ -70,7 +74,7 @@ def repair_section(results: Sequence[Repair], *, splits=None, trigger=None,
     from poisonguard.report import table
 
     rows = [[r.method, r.before.clean_accuracy, r.after.clean_accuracy, r.before.attack_success_rate,
-             r.after.attack_success_rate, trigger_label(r) or "no trigger", round(r.seconds, 1)] for r in results]
+             r.after.attack_success_rate, trigger_label(r) or "no trigger", f"{r.seconds:.1f}"] for r in results]
     html = table(["method", "clean accuracy before", "after", "attack success before", "after",
                   "attack success measured with", "seconds"], rows)
     html += "".join(_curve_html(r) for r in results)
@@ -82,4 +86,4 @@ def repair_section(results: Sequence[Repair], *, splits=None, trigger=None,
                  + trigger_figure(trigger, splits))
     if saved_to is not None:
         html += f"<p>The repaired model ({escape(best_repair(results).method)}) is saved as <code>{escape(str(saved_to))}</code>.</p>"
-    return "Backdoor removal", html, repair_summary(results)
+    return "Backdoor removal", html, repair_summary(results, kind=getattr(splits, "kind", "image"))
