@@ -30,7 +30,8 @@ def add_commands(sub) -> None:
                                    "samples it provably survives (Levine & Feizi, 2021).")
     add_model(p)
     add_data(p)
-    p.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation on [0, 1] images (default 0.25)")
+    p.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation: on [0, 1] images, or in standardised units (each feature's std) on "
+                        "tables (default 0.25)")
     p.add_argument("--n", type=int, default=10_000, help="noise draws to estimate the top class's probability (default 10,000)")
     p.add_argument("--n0", type=int, default=100, help="noise draws to guess the top class (default 100)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate (default 0.001)")
