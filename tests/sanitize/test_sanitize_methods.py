@@ -219,3 +219,12 @@ def test_trained_model_follows_the_data():
     assert training_architecture(images((3, 8, 8))) == "mnist_cnn"
     assert training_architecture(images((1, 28, 28))) == "mnist_cnn"
     assert Sanitizer(arch="mnist_cnn")._arch(images((3, 32, 32))) == "mnist_cnn"
+
+
+def test_scan_on_representations_that_never_vary_says_why():
+    """Texts with no known word all map to one representation; SCAn said only "Singular matrix"."""
+    from poisonguard.errors import UserError
+
+    data = ImageData(torch.zeros(40, 1, 2, 2), torch.arange(40) % 2, ("a", "b"))
+    with pytest.raises(UserError, match="do not vary within any class"):
+        SANITIZERS.get("scan")().score(ScoringInputs(data=data, features=np.ones((40, 8))))

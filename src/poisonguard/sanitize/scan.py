@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from poisonguard.errors import UserError
 from poisonguard.sanitize.base import SANITIZERS, Method, ScoringInputs, check_number, class_indices
 
 MIN_REFERENCE = 10  # held-out samples of a class before their mean is trusted for a start
@@ -156,7 +157,11 @@ class SCAn(Method):
         ref = ref_labels = None
         if inputs.reference_features is not None and inputs.reference is not None:
             ref, ref_labels = (inputs.reference_features.astype(np.float64) - mean) @ basis, inputs.reference.y.numpy()
-        precision = np.linalg.inv(pooled_within_cov(z, labels))
+        cov = pooled_within_cov(z, labels)
+        if not np.isfinite(cov).all() or np.trace(cov) <= 0:  # np.linalg.inv said only "Singular matrix"
+            raise UserError("SCAn: the model's representations do not vary within any class (every sample looks the "
+                            "same to it, e.g. texts with no word its tokenizer knows): nothing to score")
+        precision = np.linalg.inv(cov)
         predicted_own = self._predicted_own(inputs, labels)
         scores = np.zeros(len(labels))
         self.likelihood_ratio, self.separation = {}, {}
