@@ -384,7 +384,6 @@ def _huge_dims(model):
 def _computed_bomb(op: str) -> bytes:
     """A graph of a few hundred bytes whose first forward pass asks for 2^34 floats: the shape is
     a constant the graph builds (Concat of a Constant), so no stored tensor is large."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     side = numpy_helper.from_array(np.array([1 << 17], dtype=np.int64))
