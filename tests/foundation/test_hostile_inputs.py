@@ -197,13 +197,16 @@ def test_hostile_npz_files(inputs, tmp_path, capsys):
         archive.writestr("x.npy", _npy(np.zeros((4, 1, 8, 8), np.uint8)))
         archive.writestr("y.npy", _npy(y))
         archive.writestr("y.npy", _npy(np.full(4, 1)))  # a second y: which one a reader takes differs
+    np.savez(bad / "classes_twice.npz", x=np.zeros((4, 1, 8, 8), np.uint8), y=y, classes=np.array(["a", "a"]))
+    np.savez(bad / "half_test.npz", x=np.zeros((4, 1, 8, 8), np.uint8), y=y, x_test=np.zeros((2, 1, 8, 8), np.uint8))
     (bad / "mem.npz").symlink_to("/proc/self/mem")
     os.mkfifo(bad / "fifo.npz")
     before = _checksums(bad)
     model = inputs / "m" / "model.pt"
     cases = {"crc.npz": "crc", "claims.npz": "max_values", "strings.npz": "string", "structured.npz": "structured",
              "complex.npz": "complex", "datetime.npz": "datetime", "object.npz": "object",
-             "labels.npz": "max_classes", "strlabels.npz": "string", "nan.npz": "finite", "notzip.npz": "cannot read", "twice.npz": "appears more than once",
+             "labels.npz": "max_classes", "strlabels.npz": "string", "nan.npz": "finite", "notzip.npz": "cannot read", "twice.npz": "appears more than once", "classes_twice.npz": "'a' appears more than once",
+             "half_test.npz": "come together",
              "mem.npz": "cannot read", "fifo.npz": "not a regular file"}
     for name, match in cases.items():
         refused(capsys, "evaluate", model, "--data", bad / name, match=match)

@@ -29,6 +29,9 @@ def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
             raise UserError(f"{path}: 'classes' must be a 1-d array of names")
         limits.check("max_classes", len(data["classes"]), f"{path}: the number of class names")
         classes = tuple(str(c) for c in data["classes"])
+        if len(set(classes)) != len(classes):  # two outputs one name: reports and --target would mix them
+            repeated = next(c for c in classes if classes.count(c) > 1)
+            raise UserError(f"{path}: class name {repeated!r} appears more than once in 'classes'")
     else:
         labels = [data[k] for k in ("y", "y_test") if k in data and data[k].size]
         if any(y.ndim != 1 for y in labels):
@@ -38,6 +41,9 @@ def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
         top = max(int(y.max()) for y in labels)
         limits.check("max_classes", top + 1, f"{path}: the number of classes (largest label + 1)")
         classes = tuple(str(c) for c in range(top + 1))
+    if ("x_test" in data) != ("y_test" in data):  # one without the other was silently ignored
+        raise UserError(f"{path}: 'x_test' and 'y_test' come together (found only "
+                        f"{'x_test' if 'x_test' in data else 'y_test'})")
     if "x_test" in data:  # both parts together, before either becomes float32
         limits.check("max_dataset_values", data["x"].size + data["x_test"].size, f"{path}: the data set's value count")
     train = to_image_data(data["x"], data["y"], classes, f"{path}:x")
