@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import shutil
 import tempfile
@@ -99,3 +100,20 @@ def test_sigterm_stops_the_audit_as_ctrl_c_does(tmp_path):
     assert child.returncode == 130, err
     assert "SIGTERM received" not in err
     assert not left, "Ray's session folder was left behind"
+
+
+def test_session_folders_of_dead_audits_are_swept(tmp_path):
+    """An audit killed with kill -9 left its Ray session folder behind for good."""
+    import subprocess
+    import sys
+
+    from poisonguard.audit.runner import OWNER_FILE, sweep_dead_sessions
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name, owner in (("pg-ray-dead", str(dead.pid)), ("pg-ray-alive", str(os.getpid())), ("pg-ray-unknown", None)):
+        (tmp_path / name / "session_x").mkdir(parents=True)
+        if owner is not None:
+            (tmp_path / name / OWNER_FILE).write_text(owner)
+    sweep_dead_sessions(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pg-ray-alive", "pg-ray-unknown"]

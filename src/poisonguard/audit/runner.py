@@ -152,7 +152,10 @@ class RayExecutor:
             # Ray finds the GPUs itself (importing torch here would add a second to every start).
             # Its own session folder, removed after shutdown: Ray's default /tmp/ray keeps every
             # session's logs (megabytes each) for ever. A short root keeps socket paths legal.
-            self._session_root = tempfile.mkdtemp(prefix="pg-ray-", dir=os.environ.get("RAY_TMPDIR", "/tmp"))
+            parent = os.environ.get("RAY_TMPDIR", "/tmp")
+            sweep_dead_sessions(parent)
+            self._session_root = tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent)
+            Path(self._session_root, OWNER_FILE).write_text(str(os.getpid()))
             with _environment(env):
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * self.threads),
                          object_store_memory=128 * 1024 * 1024, _temp_dir=self._session_root, **quiet)
@@ -195,6 +198,23 @@ class RayExecutor:
         if self._session_root is not None:
             shutil.rmtree(self._session_root, ignore_errors=True)
             self._session_root = None
+
+
+SESSION_PREFIX = "pg-ray-"
+OWNER_FILE = "owner.pid"
+
+
+def sweep_dead_sessions(parent: str) -> None:
+    """Remove the session folders of audits that died without cleaning up (`kill -9`): those whose
+    owner process is gone. A folder whose owner cannot be read, or is alive, is left."""
+    for root in Path(parent).glob(f"{SESSION_PREFIX}*"):
+        try:
+            pid = int((root / OWNER_FILE).read_text().strip())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(root, ignore_errors=True)
+        except (OSError, ValueError):  # no owner file, not ours to judge, or alive under another user
+            continue
 
 
 @contextlib.contextmanager
