@@ -391,6 +391,9 @@ def test_a_library_architecture_never_downloads_or_reads_weights(monkeypatch):
                          ("timm:resnet18", {"pretrained_cfg_overlay": {"file": "/etc/passwd"}})):
         with pytest.raises(UserError, match="would download or read weights"):
             build_from_spec(spec, num_classes=3, input_shape=(3, 32, 32), kwargs=kwargs)
+    from poisonguard.models.arch import _check_no_fetch
+
+    _check_no_fetch({"drop_path_rate": 0.1, "in_chans": 1, "global_pool": "avg"}, "timm:resnet18")  # hyperparameters
 
 
 def test_normalize_and_input_size_wrap_and_travel(work, tmp_path):

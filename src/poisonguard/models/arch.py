@@ -113,12 +113,14 @@ def _call(factory, spec: str, kwargs: dict[str, Any]) -> nn.Module:
 # Keywords through which a library's builder downloads weights or reads a file (timm's
 # checkpoint_path, torchvision's weights_backbone, pretrained_cfg ...): the skeleton is built
 # empty, and the weights are only ever the checked file's.
-_FETCHING_KEYWORD = re.compile(r"weight|pretrain|checkpoint|path|url|file|cache|hub|download", re.IGNORECASE)
+# Whole keyword names only: timm's drop_path_rate is an ordinary hyperparameter.
+_FETCHING_KEYWORD = re.compile(r"(weights|pretrained|checkpoint|download)\w*|\w*(_url|_file|_dir)|url|file|cache\w*",
+                               re.IGNORECASE)
 
 
 def _check_no_fetch(kwargs: dict[str, Any], spec: str) -> None:
     for key, value in kwargs.items():
-        if _FETCHING_KEYWORD.search(key) and value not in (None, False):
+        if _FETCHING_KEYWORD.fullmatch(key) and value not in (None, False):
             raise UserError(f"{spec}: the keyword {key}={str(value)[:60]!r} would download or read weights; poisonguard "
                             "builds the architecture empty and loads only the (checked) model file")
 
