@@ -515,3 +515,19 @@ def test_a_table_model_with_batchnorm1d_loads_from_torchscript_and_export(tmp_pa
         loaded = load_model(tmp_path / name, num_classes=2, input_shape=(4,))
         assert any(isinstance(m, nn.BatchNorm1d) for m in loaded.model.modules())
         assert torch.allclose(loaded.model.eval()(x), net(x), atol=1e-5)
+
+
+def test_a_typed_code_architecture_is_recorded_with_its_absolute_path(tmp_path, monkeypatch):
+    """A repaired model recorded "../mymodel.py:build", so its "pass --arch" hint failed from any other folder."""
+    from poisonguard.models import load_model
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "net.py").write_text("from torch import nn\ndef build(num_classes=2):\n"
+                                              "    return nn.Sequential(nn.Flatten(), nn.Linear(4, num_classes))\n")
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).state_dict(), tmp_path / "w.pt")
+    monkeypatch.chdir(tmp_path / "code")
+    loaded = load_model(tmp_path / "w.pt", arch="net.py:build", num_classes=2, input_shape=(4,))
+    assert loaded.architecture == f"{tmp_path / 'code' / 'net.py'}:build"
+    meta = loaded.save_like(loaded.model, tmp_path / "out", classes=["a", "b"], input_shape=[4])
+    assert json.loads((tmp_path / "out" / "metadata.json").read_text())["architecture"] == loaded.architecture
+    assert meta["architecture"] == loaded.architecture

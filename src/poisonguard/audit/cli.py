@@ -119,35 +119,25 @@ def _settings(args, methods):
     so Ray workers started in another folder (a cluster's head) find them, and so the same
     file typed two ways is one setting."""
     from poisonguard.audit.settings import AuditSettings, absolute_if_path
+    from poisonguard.models.arch import absolute_spec
 
     return AuditSettings(
-        data=absolute_if_path(args.data), arch=absolute_arch(args.arch), arch_kwargs=args.arch_kwargs,
+        data=absolute_if_path(args.data), arch=absolute_spec(args.arch), arch_kwargs=args.arch_kwargs,
         normalize=args.normalize, input_size=args.input_size, label_column=args.label_column, methods=methods,
         fpr=args.fpr, statistic=args.statistic, calibration=args.calibration, reference_models=args.reference_models,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, steps=args.steps, clean_fraction=args.clean_fraction,
         max_clean_images=args.max_clean_images, threshold=args.threshold, seed=args.seed, device=args.device)
 
 
-def absolute_arch(spec: str | None) -> str | None:
-    """`file.py:callable` with the file's absolute path; other specs as typed."""
-    from poisonguard.audit.settings import absolute_if_path
-    from poisonguard.models.arch import spec_kind
-
-    if spec is None or spec_kind(spec) != "code":
-        return spec
-    file, _, name = spec.rpartition(":")
-    return f"{absolute_if_path(file)}:{name}"
-
-
 def check_manifest_code(items, typed: str | None, manifest: Path) -> None:
     """A manifest line may name a built-in, torchvision or timm architecture, but code to run
     (`file.py:callable`) only when the user typed that same spec as --arch: a manifest shipped
     with a downloaded zoo must not choose what Python runs, as metadata.json never does."""
-    from poisonguard.models.arch import spec_kind
+    from poisonguard.models.arch import absolute_spec, spec_kind
 
-    allowed = absolute_arch(typed)
+    allowed = absolute_spec(typed)
     for item in items:
-        if item.arch and spec_kind(item.arch) == "code" and absolute_arch(item.arch) != allowed:
+        if item.arch and spec_kind(item.arch) == "code" and absolute_spec(item.arch) != allowed:
             raise UserError(f"{manifest}: the line for {item.path} names code to run as its architecture "
                             f"({item.arch}); a manifest never chooses code: type it as --arch to allow it")
 

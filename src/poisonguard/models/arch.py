@@ -125,6 +125,18 @@ def _check_no_fetch(kwargs: dict[str, Any], spec: str) -> None:
                             "builds the architecture empty and loads only the (checked) model file")
 
 
+def absolute_spec(spec: str | None) -> str | None:
+    """`file.py:callable` with the file's absolute path (so a report's or a saved model's
+    "pass --arch ..." works from any folder, and Ray workers find the file); other specs as typed."""
+    import os
+
+    if spec is None or spec_kind(spec) != "code":
+        return spec
+    file, _, name = spec.rpartition(":")
+    path = Path(file).expanduser()
+    return f"{os.path.abspath(path) if path.exists() else file}:{name}"
+
+
 def build_from_spec(spec: str, *, num_classes: int, input_shape: Sequence[int], kwargs: dict[str, Any] | None = None,
                     trusted: bool = False, seed: int | None = None) -> nn.Module:
     """Instantiate the architecture `spec` names (see the module docstring).

@@ -212,7 +212,9 @@ def _loader(kind: str):
         model = build_fitting(lambda: build_from_spec(arch, num_classes=int(request.num_classes),
                                                       input_shape=request.input_shape, kwargs=kwargs, trusted=trusted),
                               state, request.path, arch)
-        return model.eval(), {**info, "architecture": arch, "arch_kwargs": dict(kwargs)}
+        from poisonguard.models.arch import absolute_spec
+
+        return model.eval(), {**info, "architecture": absolute_spec(arch), "arch_kwargs": dict(kwargs)}
 
     return load
 
