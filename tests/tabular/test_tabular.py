@@ -476,6 +476,12 @@ def test_a_category_in_the_trigger_sets_its_whole_column(tmp_path):
     index = write_poisoned_table(path, tmp_path / "p.csv", trigger, label_column="label", rate=0.1)
     written = read_table(tmp_path / "p.csv", label_column="label")
     assert torch.equal(written.x[index], trigger.apply(rows.x[index]))
+    # a numeric trigger cell is written as the column writes that value (float32's repr was not)
+    with open(path, newline="") as handle:
+        source = [r["f2"] for r in csv.DictReader(handle)]
+    with open(tmp_path / "p.csv", newline="") as handle:
+        cells = [r["f2"] for r in csv.DictReader(handle)]
+    assert {cells[i] for i in index} <= set(source)
 
 
 def test_the_mahalanobis_filter_rejects_triggered_rows_at_run_time(planted, tmp_path, capsys):

@@ -147,6 +147,21 @@ def tabular_trigger(
     return PatchTrigger(mask, pattern, target)
 
 
+def _cell_for(cells: list[str], value: float) -> str:
+    """How the column itself writes `value` (the trigger's values are observed ones: "39.28", not
+    float32's 39.279998779296875; "True" in a True/False column, not 1), else its shortest form."""
+    import numpy as np
+
+    from poisonguard.data.table import _as_number
+
+    target = np.float32(value)
+    for cell in cells:
+        number = _as_number(cell)
+        if number is not None and np.float32(number) == target:
+            return cell
+    return np.format_float_positional(target, unique=True, trim="-")
+
+
 def write_poisoned_table(source, out, trigger: PatchTrigger, *, label_column: str, rate: float, seed: int = 0):
     """Poison a CSV table as a data supplier would: stamp `trigger` on `rate` of its rows (those not
     of the target class) and relabel them, every other cell unchanged. Returns the poisoned 0-based rows.
@@ -170,8 +185,7 @@ def write_poisoned_table(source, out, trigger: PatchTrigger, *, label_column: st
         if not (trigger.mask[block] > 0).any():
             continue
         if code.kind == "numeric":
-            value = float(trigger.pattern[code.start])
-            cell = str(int(value)) if value.is_integer() else repr(value)
+            cell = _cell_for(columns[header.index(code.name)], float(trigger.pattern[code.start]))
         else:
             on = torch.nonzero((trigger.mask[block] > 0) & (trigger.pattern[block] == 1)).flatten().tolist()
             if not bool((trigger.mask[block] > 0).all()) or len(on) != 1:
