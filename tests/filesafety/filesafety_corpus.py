@@ -289,6 +289,27 @@ def _export_bytes(model=None, dynamic: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+class _WithMode(nn.Module):
+    """A model with a string input: torch.export stores its value as a constant ("as_string")."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x, mode: str):
+        return self.fc(x)
+
+
+def _pt2_string_input(marker: str) -> bytes:
+    """.module() pastes a string input's value into guard code inside '...': a quote breaks out."""
+    program = torch.export.export(_WithMode(), (torch.randn(2, 4), "fast"))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    name = _member(buffer.getvalue(), "models/model.json")
+    text = _read(buffer.getvalue(), name).decode().replace('"fast"', json.dumps(f"fast' and open({marker!r}, 'w') and '"))
+    return _rewrite_zip(buffer.getvalue(), {name: text.encode()})
+
+
 def _member(data: bytes, suffix: str) -> str:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         return next(n for n in archive.namelist() if n.endswith(suffix))
@@ -582,6 +603,7 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
         "guards_code", [f"__import__('os').system({touch('pt2_guards_code')!r}) == 0"]))
     # a bytes literal: its quotes survive ast.unparse and close the string torch pastes a guard into
     escape = "exec(bytes(" + repr(tuple(f"open({touch('pt2_guards_bytes')!r}, 'w')".encode())) + "))"
+    files["pt2_string_input.pt2"] = _pt2_string_input(str(markers / "pt2_string_input"))
     files["pt2_guards_bytes.pt2"] = _pt2_model_json(base, lambda p: p.__setitem__(
         "guards_code", [f"True or b'\"+{escape}+\"'"]))
     dynamic = _export_bytes(dynamic=True)

@@ -94,6 +94,11 @@ def _check_program(check: ArchiveCheck, name: str) -> list[str]:
     for target in sorted(set(_values_under(program, "target"))):
         if not isinstance(target, str) or not is_allowed_operator(target):
             findings.append(f"{name}: graph calls {str(target)[:80]}, not a pure tensor operator on the allowlist")
+    for text in _values_under(program, "as_string"):
+        # .module() pastes a string input's value into the guard code it exec's, inside '...'
+        if not isinstance(text, str) or any(c in text for c in "'\"\\\n\r"):
+            findings.append(f"{name}: a string constant {str(text)[:60]!r} with quotes, backslashes or line breaks "
+                            "(.module() pastes it into the guard code it compiles)")
     graph = (program.get("graph_module") or {}).get("graph") or {}
     if graph.get("custom_obj_values"):
         findings.append(f"{name}: the graph uses custom (native) objects")
