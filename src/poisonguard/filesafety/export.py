@@ -34,7 +34,7 @@ MAX_FINDINGS = 40
 def check_export(check: ArchiveCheck) -> list[str]:
     prefix, findings = archive_prefix(check.names)
     # relative names folded to lower case: torch's reader finds members ignoring case, so
-    # data/sample_inputs/model.PT is the model.pt it torch.load()s
+    # data/sample_inputs/model.PT is the model.pt torch deserialises
     inner = {name[len(prefix) + 1:].lower(): name for name in check.names}
     for rel, full in sorted(inner.items()):
         problem = _layout_problem(rel)
@@ -49,7 +49,7 @@ def check_export(check: ArchiveCheck) -> list[str]:
         elif rel.startswith(("data/weights/", "data/constants/")) and rel.endswith("_config.json"):
             findings += _check_payload_config(check, full, rel.rsplit("/", 1)[0], inner, prefix)
         elif rel.endswith(".pt"):
-            # sample inputs, legacy weights/constants files, TorchScript sample inputs: all torch.load'ed
+            # sample inputs, legacy weights/constants files, TorchScript sample inputs: all unpickled by torch
             data = check.read(full, LIMITS.parsed_member)
             if data is not None:
                 findings += check_torch_bytes(data, label=f"{full} > ", depth=1)
