@@ -27,11 +27,11 @@ from torch import nn
 from poisonguard.data.tokenizer import Tokenizer, load_tokenizer
 from poisonguard.errors import UserError
 from poisonguard.jsonfile import read_tagged_json
+from poisonguard.models.text import TEXT_ARCHITECTURES, build_text_model, embedding_layer
 
 # what a text model's weights may be (by their bytes), and the names looked for in its folder
 TEXT_WEIGHT_FORMATS = ("safetensors", "torch-zip", "pickle", "legacy-torch")
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
-from poisonguard.models.text import TEXT_ARCHITECTURES, build_text_model, embedding_layer
 
 FORMAT = "poisonguard-text-model"
 
@@ -86,9 +86,6 @@ def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     `classes` (the data's) name the outputs of a model whose folder records none (a user's
     own model: output i is the data's class i); `num_classes` alone names them 0..K-1.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from poisonguard.filesafety import require_safe
     from poisonguard.utils import sha256_file
 
@@ -137,18 +134,10 @@ def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: d
         kwargs = dict(meta.get("arch_kwargs") or {}) if arch is None else dict(arch_kwargs or {})
         _check_kwargs(kwargs, folder)
         model = build_text_model(arch_name, vocab_size=len(tok), num_classes=len(classes), **kwargs)
-    if fmt == "safetensors":
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError) as exc:
-            raise UserError(f"{weights}: not a readable safetensors file: {exc}") from exc
-    else:
-        from poisonguard.models.formats.weights import torch_state
+    from poisonguard.models.formats.weights import read_state
 
-        state, _ = torch_state(weights)  # weights_only: tensors and plain containers, nothing that runs
-        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                  for k, v in state.items()):
-            raise UserError(f"{weights} is not a state dict of tensors")
+    # the same reader as every model's weights (torch.load with weights_only for a state dict)
+    state, _ = read_state(weights, "safetensors" if fmt == "safetensors" else "torch")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -31,7 +31,7 @@ PREFIXES = ("model.", "module.", "net.")  # Lightning's self.model, DataParallel
 SHOWN = 5
 
 
-def torch_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _torch_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -88,7 +88,7 @@ def _sharded(path: Path) -> dict[str, torch.Tensor]:
         if not file.is_file():
             raise UserError(f"{path}: shard {shard} not found beside the index")
         fmt = require_safe(file).format  # each shard is as untrusted as the index
-        part = _safetensors(file) if fmt == "safetensors" else torch_state(file)[0]
+        part = _safetensors(file) if fmt == "safetensors" else _torch_state(file)[0]
         state.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
     missing = sorted(set(weight_map) - set(state))
     if missing:
@@ -96,15 +96,14 @@ def _sharded(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_state(request: LoadRequest, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_state(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict in the file (kind: torch, safetensors or sharded) and what else it said."""
-    path = request.path
     if kind == "safetensors":
         state, info = _safetensors(path), {}
     elif kind == "sharded":
         state, info = _sharded(path), {"sharded": True}
     else:
-        state, info = torch_state(path)
+        state, info = _torch_state(path)
     if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                             for k, v in state.items()):
         raise UserError(f"{path} is not a state dict of tensors")
@@ -190,7 +189,7 @@ def _loader(kind: str):
     def load(request: LoadRequest) -> tuple[nn.Module, dict[str, Any]]:
         from poisonguard.models.arch import build_from_spec, is_code
 
-        state, info = read_state(request, kind)
+        state, info = read_state(request.path, kind)
         state = check_dtypes(state, request.path)
         meta = request.metadata
         arch = request.arch or meta.get("architecture")
