@@ -101,14 +101,9 @@ def _evaluation(tm, test, trigger) -> dict:
     return out
 
 
-def _model_info(tm, folder: Path, meta: dict) -> dict:
-    return {"path": str(folder / "model.safetensors"), "sha256": meta.get("sha256") or tm.sha256,
-            "num_classes": len(tm.classes), "input_shape": [tm.tokenizer.max_len], "architecture": tm.arch}
-
-
-def _loaded_info(tm, args) -> dict:
-    """The report's model line for a model the user gave (--model as typed)."""
-    return {"path": str(args.model), "sha256": tm.sha256, "num_classes": len(tm.classes),
+def _model_info(tm, path, sha256: str | None = None) -> dict:
+    """The report's model line: a saved model's file, or the model the user gave (--model as typed)."""
+    return {"path": str(path), "sha256": sha256 or tm.sha256, "num_classes": len(tm.classes),
             "input_shape": [tm.tokenizer.max_len], "architecture": tm.arch}
 
 
@@ -150,7 +145,7 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     if trigger is not None:
         save_text_trigger(trigger, out / "trigger.json")
         _write_poisoned(out / "poisoned.csv", train, poisoned, args)
-    report.set("model", _model_info(tm, out, meta))
+    report.set("model", _model_info(tm, out / "model.safetensors", meta.get("sha256")))
     report.set("evaluation", ev)
     report.set("training", training)
     from poisonguard.report.text import add_evaluation
@@ -168,10 +163,8 @@ def _text_defense(args):
 
     registry = load_defenses()
     implied = [n for n in registry.names() if any(getattr(args, o, None) is not None for o in registry.get(n).implied_by)]
-    named = getattr(args, "defense", None)
-    if named not in (None, "none"):
-        named = named.strip().lower().replace("-", "_")  # one name per defence, as the registry spells it
-    chosen = sorted(set(implied) | ({named} if named not in (None, "none") else set()))
+    named = (getattr(args, "defense", None) or "none").strip().lower().replace("-", "_")  # as the registry spells it
+    chosen = sorted(set(implied) | ({named} - {"none"}))
     if not chosen:
         return None
     if chosen != ["dp"]:
@@ -237,7 +230,7 @@ def evaluate(args) -> int:
 
         out = guard_out(args.out, command="evaluate", force=args.force, outputs=OUTPUTS["evaluate"], inputs=[("data", Path(args.data))])
         report = Report("evaluate")
-        report.set("model", _loaded_info(tm, args))
+        report.set("model", _model_info(tm, args.model))
         report.set("evaluation", ev)
         from poisonguard.report.text import add_evaluation
 
@@ -291,7 +284,7 @@ def scan(args) -> int:
         save_text_trigger(TextTrigger(kind="words", target=int(c), tokens=tuple(words), position="start"),
                           out / f"trigger_{c}.json")
     report = Report("scan")
-    report.set("model", _loaded_info(tm, args))
+    report.set("model", _model_info(tm, args.model))
     report.set("verdict", {k: v for k, v in verdict.to_dict().items() if k != "detections"})
     from poisonguard.detect.report import detection_record
 
@@ -413,7 +406,7 @@ def filter_inputs(args) -> int:
              "score": "entropy (bits), low = trojaned" if method == "strip" else "log-probability gained without the "
                                                                                "most suspicious word, high = trojaned"}
     report = Report("filter")
-    report.set("model", _loaded_info(tm, args))
+    report.set("model", _model_info(tm, args.model))
     report.set("input_filter", block)
     filter_section(report, block, clean_scores, scores)
     out.mkdir(parents=True, exist_ok=True)
@@ -460,7 +453,7 @@ def repair(args) -> int:
     after = _evaluation(tm, splits.test, trigger)
     meta = save_text_model(tm, out / "repaired")
     report = Report("repair")
-    report.set("model", _model_info(tm, out / "repaired", meta))
+    report.set("model", _model_info(tm, out / "repaired" / "model.safetensors", meta.get("sha256")))
     report.set("repairs", [{"method": info["method"], "seconds": info["seconds"],
                             "before": {"clean_accuracy": before["clean_accuracy"], "attack_success_rate": before["attack_success_rate"]},
                             "after": {"clean_accuracy": after["clean_accuracy"], "attack_success_rate": after["attack_success_rate"]},
