@@ -136,17 +136,22 @@ def _flat_columns(path: Path, schema) -> list[str]:
     return names
 
 
+def _holds_bytes(kind) -> bool:
+    """A Parquet value type stored as variable-length bytes (text or binary)."""
+    import pyarrow.types as pa_types
+
+    return any(test(kind) for test in (pa_types.is_string, pa_types.is_large_string, pa_types.is_binary,
+                                       pa_types.is_large_binary))
+
+
 def _decoded_bytes(column) -> int:
     """The column's size once every cell is its own value (a dictionary's entry once per row)."""
     import pyarrow.compute as pc
     import pyarrow.types as pa_types
 
-    if not pa_types.is_dictionary(column.type):
+    if not pa_types.is_dictionary(column.type) or not _holds_bytes(column.dictionary.type):
         return column.nbytes
     values = column.dictionary
-    if not (pa_types.is_string(values.type) or pa_types.is_binary(values.type)
-            or pa_types.is_large_string(values.type) or pa_types.is_large_binary(values.type)):
-        return column.nbytes
     per_row = pc.take(pc.binary_length(values), column.indices)
     return int(pc.sum(per_row).as_py() or 0) + column.indices.nbytes
 
@@ -157,8 +162,7 @@ def _check_cell_lengths(path: Path, name: str, column) -> None:
     import pyarrow.types as pa_types
 
     values = column.dictionary if pa_types.is_dictionary(column.type) else column
-    if not (pa_types.is_string(values.type) or pa_types.is_large_string(values.type)
-            or pa_types.is_binary(values.type) or pa_types.is_large_binary(values.type)):
+    if not _holds_bytes(values.type):
         return
     longest = pc.max(pc.binary_length(values)).as_py()
     if longest is not None and longest > _FIELD_LIMIT:
