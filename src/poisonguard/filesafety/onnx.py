@@ -97,13 +97,13 @@ def _graph_nodes(graph: Any, name: str, depth: int):
 _FOLDABLE = frozenset({"Abs", "Neg", "Add", "Sub", "Mul", "Div", "Max", "Min", "Floor", "Ceil", "Sqrt", "Pow",
                        "Concat", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Gather", "Slice", "Identity",
                        "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "Clip", "Sign", "Round"})
-_SIZED_BY = {"ConstantOfShape": 1, "Expand": 2, "Tile": 2, "Range": 3}
+_SIZE_INPUTS = {"ConstantOfShape": (0, 1), "Expand": (1, 2), "Tile": (1, 2), "Range": (0, 3)}  # [first, stop)
 _SMALL = 4096  # elements of a constant worth folding (shapes are a few numbers)
 
 
 def _folded_bombs(model: Any) -> list[str]:
     """Fold the graph's small constants through `_FOLDABLE` operators (ONNX's reference
-    evaluator, one node at a time) and size each `_SIZED_BY` operator fed by them."""
+    evaluator, one node at a time) and size each `_SIZE_INPUTS` operator fed by them."""
     import numpy as np
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
@@ -128,25 +128,27 @@ def _folded_bombs(model: Any) -> list[str]:
                 continue
             values.update((name, np.asarray(out)) for name, out in zip(node.output, outputs)
                           if np.asarray(out).size <= _SMALL)
-        elif node.op_type in _SIZED_BY and len(inputs) >= _SIZED_BY[node.op_type] and \
-                all(name in values for name in node.input[1 if node.op_type in ("Expand", "Tile") else 0:
-                                                           _SIZED_BY[node.op_type]]):
-            size = _output_elements(node.op_type, [values.get(name) for name in node.input])
+        elif node.op_type in _SIZE_INPUTS:
+            first, stop = _SIZE_INPUTS[node.op_type]
+            sizes = list(node.input)[first:stop]
+            if len(sizes) != stop - first or not all(name in values for name in sizes):
+                continue
+            size = _output_elements(node.op_type, [values[name] for name in sizes])
             if size > LIMITS.computed_elements:
                 findings.append(f"{node.op_type} {node.name or node.output[0]!r} makes {size:.3g} elements from the "
                                 f"file's constants (over the limit of {LIMITS.computed_elements})")
     return findings[:5]
 
 
-def _output_elements(op: str, args: list) -> float:
-    """Elements the operator allocates, from its constant size inputs (a lower bound where the data's own shape
-    is unknown)."""
+def _output_elements(op: str, sizes: list) -> float:
+    """Elements the operator allocates, from its constant size inputs (the shape, the repeats, or
+    Range's start, limit and delta); a lower bound where the data's own shape is unknown."""
     import numpy as np
 
     if op == "Range":
-        start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in args[:3])
+        start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in sizes)
         return 0.0 if delta == 0 else max(0.0, math.ceil((limit - start) / delta))
-    shape = np.abs(np.asarray(args[1] if op in ("Expand", "Tile") else args[0], dtype=np.float64)).reshape(-1)
+    shape = np.abs(np.asarray(sizes[0], dtype=np.float64)).reshape(-1)
     return float(np.prod(shape)) if shape.size else 1.0
 
 
