@@ -9,6 +9,7 @@ import torch
 
 from poisonguard.attacks import PatchTrigger, save_trigger
 from poisonguard.report import img, table
+from poisonguard.report.evaluation import INPUT_WORDS, class_label
 from poisonguard.report.plots import bar_chart, image_grid
 from poisonguard.results import Detection
 
@@ -20,17 +21,11 @@ SEES = {"neural_cleanse": "small pixel patches", "tabor": "small, compact pixel 
         "feature_re": "input transformations (warps, blends, filters) that switch on a few hidden features"}
 
 
-def _label(c: int, classes=None) -> str:
-    return f"class {c}" + (f" ('{classes[c]}')" if classes and c < len(classes) and str(classes[c]) != str(c) else "")
-
-
-# What one clean sample is called in the sentence, by the kind of data (verdict.data["kind"]).
-UNITS = {"image": "images", "tabular": "rows", "text": "texts"}
 
 
 def _data_words(verdict) -> str:
     n = verdict.data.get("clean_images", 0)
-    unit = UNITS.get(verdict.data.get("kind", "image"), "samples")
+    unit = INPUT_WORDS.get(verdict.data.get("kind", "image"), "samples")
     if not n:
         return f"data-free (no clean {unit})"
     frac, pool = verdict.data.get("clean_fraction"), verdict.data.get("capped_from")
@@ -57,7 +52,7 @@ def verdict_text(verdict, classes=None) -> str:
     how = (f"Checked with {', '.join(names)} at a {rate} false-positive rate, {_calibration_words(verdict)}; "
            f"{_data_words(verdict)}; score {verdict.score:.3f}.")
     if verdict.backdoored:
-        which = ", ".join(_label(c, classes) for c in verdict.targets)
+        which = ", ".join(class_label(c, classes) for c in verdict.targets)
         return (f"This model looks BACKDOORED: a trigger far smaller than normal turns inputs into {which}. " + how)
     caveat = ""
     if verdict.data.get("kind") == "tabular" and len({e["class"] for e in verdict.evidence}) > 2:
@@ -83,7 +78,7 @@ def disagreement_notes(verdict, classes=None) -> list[str]:
             continue
         seen = "; ".join(f"{PRETTY.get(e['method'], e['method'])} looks for {SEES.get(e['method'], 'its own kind of trigger')}"
                          for e in yes)
-        notes.append(f"{_label(c, classes).capitalize()}: flagged by {', '.join(fmt(e) for e in yes)}, not by "
+        notes.append(f"{class_label(c, classes).capitalize()}: flagged by {', '.join(fmt(e) for e in yes)}, not by "
                      f"{', '.join(fmt(e) for e in no)}. The methods look for different triggers ({seen}), so one "
                      "finding is enough: the verdict counts a class as a target when any method flags it, with the "
                      "thresholds set so that all methods together keep the stated false-positive rate.")
@@ -94,7 +89,7 @@ def _together_note(verdict, c, rows, fmt, classes) -> str:
     """Why a class no method flags alone is a target: the methods' combined evidence passed the cut."""
     combo = verdict.combination
     p = ", ".join(f"{PRETTY.get(e['method'], e['method'])} {e['p_value']:.3g}" for e in rows)
-    return (f"{_label(c, classes).capitalize()}: no method flags it alone ({', '.join(fmt(e) for e in rows)}), but "
+    return (f"{class_label(c, classes).capitalize()}: no method flags it alone ({', '.join(fmt(e) for e in rows)}), but "
             f"together they do: their p-values for it ({p}) combine by {combo['rule']} to "
             f"{combo['statistic'][str(c)]:.3g}, under the cut {combo['cut']:.3g} that keeps the stated "
             "false-positive rate for all methods together.")
@@ -192,14 +187,14 @@ def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -
     # with the suspect's other classes (`verdict.method_index`); the sentence says which.
     against_references = bool(evidence) and judged_per_class(det.method, len(targets))
     if flagged:
-        which = ", ".join(f"{_label(targets[i], classes)} (index {values[i]:.2f})" for i in sorted(flagged))
+        which = ", ".join(f"{class_label(targets[i], classes)} (index {values[i]:.2f})" for i in sorted(flagged))
         than = "on the clean reference models" if against_references else "for the other classes"
         return f"{name}: flags {which}, above the threshold {threshold:.2f}: a far smaller trigger than {than} turns inputs into it."
     top = max(range(len(values)), key=lambda i: values[i])
     close = ("no class needs a much smaller trigger than on the clean reference models" if against_references
              else "every class needs a similarly large trigger")
     return (f"{name}: no class above the threshold {threshold:.2f} (largest index {values[top]:.2f}, "
-            f"{_label(targets[top], classes)}): {close}.")
+            f"{class_label(targets[top], classes)}): {close}.")
 
 
 def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, evidence: list[dict] | None = None) -> str:

@@ -6,6 +6,12 @@ from __future__ import annotations
 INPUT_WORDS = {"image": "images", "tabular": "rows", "text": "texts"}
 
 
+def class_label(c: int, classes=None) -> str:
+    """"class 3", or "class 3 ('cat')" where the class has a name other than its index."""
+    name = str(classes[c]) if classes and 0 <= c < len(classes) else str(c)
+    return f"class {c}" + (f" ('{name}')" if name != str(c) else "")
+
+
 def evaluation_summary(ev, *, trigger_kind: str | None = "real", kind: str = "image", all_to_all: bool = False) -> str:
     """The sentence beside an evaluation table, from the same Evaluation; `kind` is the data's
     (image, tabular, text) and `all_to_all` an attack that sends each class to the next."""

@@ -10,12 +10,8 @@ from types import SimpleNamespace
 
 from markupsafe import escape
 
-from poisonguard.report.evaluation import evaluation_summary
+from poisonguard.report.evaluation import class_label, evaluation_summary
 from poisonguard.report.report import table
-
-
-def _class(c: int, classes) -> str:
-    return f"{c} ({classes[c]})" if classes and 0 <= c < len(classes) else str(c)
 
 
 def trigger_words(trigger) -> str:
@@ -45,7 +41,7 @@ def add_scan(report, verdict, words_of: dict[int, list[str]], classes) -> None:
 
     report.add_section("Verdict", verdict_section_html(verdict), summary=verdict.sentence, order=10)
     if words_of:
-        rows = [[_class(c, classes), " ".join(w)] for c, w in sorted(words_of.items())]
+        rows = [[class_label(c, classes), " ".join(w)] for c, w in sorted(words_of.items())]
         report.add_section("Reconstructed triggers", table(["target class", "words"], rows),
                            summary=f"{len(rows)} trigger file(s) written, trigger_<class>.json, for repair --from-scan.",
                            order=20)
@@ -54,16 +50,16 @@ def add_scan(report, verdict, words_of: dict[int, list[str]], classes) -> None:
 def sanitize_sentence(verdict: str, flagged: int, n: int, targets, classes) -> str:
     if verdict != "poisoned":
         return f"The corpus looks clean: none of its {n} rows was flagged."
-    names = ", ".join(_class(int(c), classes) for c in targets) or "no single class"
+    names = ", ".join(class_label(int(c), classes) for c in targets) or "no single class"
     return f"The corpus looks poisoned: {flagged} of {n} rows flagged ({flagged / n:.1%}), labelled {names}."
 
 
 def add_sanitize(report, *, verdict: str, flagged: int, n: int, targets, methods, triggers, classes) -> None:
     html = table(["rows", "flagged", "target classes", "methods"],
-                 [[n, flagged, ", ".join(_class(int(c), classes) for c in targets) or "none", ", ".join(methods)]])
+                 [[n, flagged, ", ".join(class_label(int(c), classes) for c in targets) or "none", ", ".join(methods)]])
     if triggers:
         html += table(["trigger words", "target class"],
-                      [[" ".join(map(str, t["words"])), _class(int(t["class"]), classes)] for t in triggers])
+                      [[" ".join(map(str, t["words"])), class_label(int(t["class"]), classes)] for t in triggers])
     report.add_section("Data sanitization", html, summary=sanitize_sentence(verdict, flagged, n, targets, classes),
                        order=10)
 

@@ -8,16 +8,12 @@ import numpy as np
 import torch
 
 from poisonguard.report import img, table
+from poisonguard.report.evaluation import class_label
 from poisonguard.report.plots import _pyplot, bar_chart, figure_to_data_uri, image_grid
 from poisonguard.results import Sanitization
 
 PRETTY = {"spectral": "Spectral signatures", "spectre": "SPECTRE", "scan": "SCAn", "abl": "ABL isolation", "strip": "STRIP"}
 MOST_SUSPICIOUS = 24
-
-
-def _label(c: int, classes) -> str:
-    name = str(classes[c]) if classes and c < len(classes) else str(c)
-    return f"class {c}" + (f" ('{name}')" if name != str(c) else "")
 
 
 def verdict_sentence(result: Sanitization, classes=None) -> str:
@@ -28,10 +24,10 @@ def verdict_sentence(result: Sanitization, classes=None) -> str:
                 "(the calibrated default, without --rule paper, decides that).")
     top = max(result.class_index.items(), key=lambda kv: kv[1]) if result.class_index else ("-", 0.0)
     if result.verdict == "poisoned":
-        where = ", ".join(_label(c, classes) for c in result.targets)
+        where = ", ".join(class_label(c, classes) for c in result.targets)
         return (f"The training data looks POISONED: {k} of {n} samples ({k / n:.1%}) stand out as a separate cluster "
                 f"labelled {where} ({_why(result)}); they are flagged and left out of the cleansed copy.")
-    where = _label(int(top[0]), classes) if str(top[0]).isdigit() else "no class"
+    where = class_label(int(top[0]), classes) if str(top[0]).isdigit() else "no class"
     return (f"No poisoning found: no class holds a cluster of samples that stands out (highest class anomaly index "
             f"{float(top[1]):.2f}, {where}, not above {result.class_threshold:.2f}); {k} of {n} samples flagged.")
 
@@ -60,7 +56,7 @@ def histograms(z: np.ndarray, labels: np.ndarray, cut: float, targets, classes=N
     for ax, c in zip(axes.flat, present):
         ax.hist(z[labels == c], bins=bins, color="#c0392b" if c in targets else "#4a77b4")
         ax.axvline(cut, color="black", linestyle="--", linewidth=1)
-        ax.set_title(_label(c, classes), fontsize=8)
+        ax.set_title(class_label(c, classes), fontsize=8)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
@@ -74,7 +70,7 @@ def suspicious_grid(x: torch.Tensor, labels: np.ndarray, z: np.ndarray, flagged:
     from poisonguard.report.plots import _as_image
 
     order = np.argsort(-z)[:MOST_SUSPICIOUS]
-    cells = [[int(i), _label(int(labels[i]), classes), float(z[i]), "flagged" if int(i) in flagged else ""] for i in order]
+    cells = [[int(i), class_label(int(labels[i]), classes), float(z[i]), "flagged" if int(i) in flagged else ""] for i in order]
     if x.ndim != 4:  # table rows or token ids: no picture, the positions say which rows
         return table(["position", "label", "combined score", ""], cells)
     plt = _pyplot()
