@@ -606,3 +606,23 @@ def test_target_is_a_class_index_and_the_report_names_its_class(tmp_path, capsys
                        "--epochs", "1", "--out", str(tmp_path / "b"), "--quiet"], capsys)
     training = json.loads((tmp_path / "b" / "report.json").read_text())["training"]
     assert code == 0 and training["target"] == 1 and training["target_class"] == "7"
+
+
+def test_checklist_privacy_stage_on_a_table_names_rows_and_the_users_trigger(planted, tmp_path, capsys):
+    # It said "poisoned images ... with the demo trigger" for table rows and the user's --trigger.
+    from poisonguard.attacks.triggers import save_trigger
+    from poisonguard.models.files import save_model
+
+    save_model(planted["backdoored"], tmp_path / "model.pt", arch="mlp", classes=planted["splits"].classes,
+               input_shape=planted["splits"].input_shape)
+    save_trigger(planted["trigger"], tmp_path / "trigger.npz")
+    _run(["checklist", str(tmp_path / "model.pt"), "--data", str(planted["path"]), "--label-column", "label",
+          "--trigger", str(tmp_path / "trigger.npz"), "--stages", "privacy", "--quick", "--out", str(tmp_path / "c"),
+          "--quiet"], capsys)
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["privacy"]["train_samples"] > 0  # the comparison ran
+    html = (tmp_path / "c" / "report.html").read_text()
+    start = html.index("Differential privacy (DP-SGD)")
+    section = html[start:start + 3000]
+    assert "poisoned rows out of" in html and "training rows" in section
+    assert "images" not in section.split("In our benchmark")[0] and "demo trigger" not in section

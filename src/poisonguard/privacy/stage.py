@@ -37,6 +37,7 @@ def _compare(ctx: StageContext) -> None:
     from poisonguard.models import build_model
     from poisonguard.privacy.dp_sgd import DPSGD
     from poisonguard.report import table
+    from poisonguard.report.evaluation import INPUT_WORDS
     from poisonguard.train import evaluate, fit
 
     rng = np.random.default_rng(ctx.seed)
@@ -63,7 +64,9 @@ def _compare(ctx: StageContext) -> None:
             [f"DP-SGD (C = {privacy.max_grad_norm:g}, sigma = {privacy.noise_multiplier:.2f})",
              round(privacy.epsilon, 2), ev_dp.clean_accuracy, ev_dp.attack_success_rate, round(dp_s, 1)]]
     html = table(["training", "epsilon", "clean accuracy", "attack success rate", "seconds"], rows)
-    html += (f"<p>{len(data)} training images, {k} of them poisoned with the demo trigger; delta 1e-5, "
+    inputs = INPUT_WORDS.get(ctx.splits.kind, "inputs")
+    which = "the demo trigger" if ctx.command == "demo" else "the trigger given (--trigger)"
+    html += (f"<p>{len(data)} training {inputs}, {k} of them poisoned with {which}; delta 1e-5, "
              f"{privacy.accountant.upper()} accountant. Read this with care: part of the gap comes from the short, "
              "noisy DP run learning less of everything. In our benchmark (benchmarks/results/issue-6.md), once "
              "training ran long enough for a non-private model to learn the backdoor, DP-SGD at epsilon 8 only "
@@ -72,7 +75,7 @@ def _compare(ctx: StageContext) -> None:
     removed = ev_dp.attack_success_rate < 0.5 * ev_plain.attack_success_rate
     ctx.report.add_section(
         "Differential privacy (DP-SGD)", html, order=50,
-        summary=(f"With {k} poisoned images out of {len(data)}, normal training gives the trigger "
+        summary=(f"With {k} poisoned {inputs} out of {len(data)}, normal training gives the trigger "
                  f"{ev_plain.attack_success_rate:.0%} success; training with differential privacy (epsilon "
                  f"{privacy.epsilon:.1f}) gives {ev_dp.attack_success_rate:.0%}"
                  + (" (part of this is the shorter DP run, see below)" if removed else "")
