@@ -246,3 +246,18 @@ def test_reference_contrast_is_judged_per_class_at_any_number_of_classes():
     # two classes: no other class to centre on, each against its own spread (floored at 0.25)
     two = reference_index([math.exp(-1.0), 1.0], [0.0, 0.0], [0.5, 0.1])
     assert torch.allclose(two, torch.tensor([math.exp(2.0), 1.0], dtype=torch.float64))
+
+
+def test_the_lower_mad_statistic_refuses_models_too_few_classes_to_flag():
+    # With 3 or 4 classes the lower-half MAD index of the smallest class is at most 1.35 (3
+    # classes: exactly), so a 20x smaller trigger read "no backdoor found"; now one clear line.
+    from poisonguard.detect.anomaly import log_lower_mad_index
+    from poisonguard.errors import UserError
+
+    assert float(log_lower_mad_index([1.0, 200.0, 210.0]).max()) == pytest.approx(2 / 1.4826, rel=1e-3)
+    for sizes in ([10.0, 200.0, 190.0], [10.0, 200.0, 190.0, 180.0]):
+        with pytest.raises(UserError, match="cannot flag a model of"):
+            judge([_det(sizes)], statistic="lower_mad")
+        assert judge([_det(sizes)], statistic="robust").targets == (0,)  # the default statistic flags it
+    five = judge([_det([10.0, 200.0, 190.0, 180.0, 210.0])], statistic="lower_mad")
+    assert five.targets == (0,)

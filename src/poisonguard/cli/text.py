@@ -269,7 +269,12 @@ def scan(args) -> int:
     # --steps is the relaxed inversions' budget; the exact n-gram search takes none
     options = {m: {"steps": args.steps} for m in methods if m in STEPPED} if getattr(args, "steps", None) else None
     calibration = None
-    if getattr(args, "calibration", "auto") != "none":
+    if getattr(args, "calibration", "auto") == "none":  # before minutes of inversion, not after
+        from poisonguard.detect.verdict import check_lower_mad_classes
+
+        check_lower_mad_classes(len(tm.classes), "an uncalibrated text scan judges with it; let the scan calibrate "
+                                                  "(leave out --calibration none)")
+    else:
         n_refs = getattr(args, "reference_models", None) or DEFAULT_REFERENCES
         calibration = calibrate_text(tm, splits.train, n_models=max(2, min(n_refs, 8)), seed=args.seed,
                                      device=args.device, options=options, methods=methods, inputs=clean)

@@ -130,6 +130,12 @@ def _log_minus_reference(values, reference) -> torch.Tensor:
     return v - ref
 
 
+# The lower half of K log sizes holds ceil(K/2) of them; for K = 3 or 4 the smallest class's
+# index is bounded by 2 / CONSISTENCY = 1.35 whatever the sizes (K = 3: exactly 1.35, since the
+# scale is half the gap it divides), so below 5 classes the statistic can flag nothing.
+LOWER_MAD_MIN_CLASSES = 5
+
+
 def log_lower_mad_index(values, reference=None, *, signed: bool = False) -> torch.Tensor:
     """The verdict's default statistic: the small-side double-MAD index of log sizes.
 

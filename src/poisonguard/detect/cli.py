@@ -51,7 +51,7 @@ def add_verdict_options(p) -> None:
                                 fpr_help="false-positive rate the verdict is set to (default 0.05)")
     p.add_argument("--statistic", choices=("robust", "lower_mad", "paper"), default="robust",
                    help="robust: calibrated trimmed leave-one-out index of log sizes (default); lower_mad: the "
-                        "calibrated log-space lower-half MAD (the default before calibration version 5); "
+                        "calibrated log-space lower-half MAD (the default before calibration version 5; 5 classes or more); "
                         "paper: each paper's own rule")
     p.add_argument("--calibration", choices=("auto", "none"), default="auto",
                    help="auto: calibrate on clean reference models trained from --data (cached); none: uncalibrated")
@@ -173,6 +173,10 @@ def cmd_scan(args) -> int:
                                          cap=args.max_clean_images)
         examples = splits.test.x[: max(k, 1)]
     report.set("model", info)
+    if args.statistic == "lower_mad" and k is not None:  # before minutes of inversion, not after
+        from poisonguard.detect.verdict import check_lower_mad_classes
+
+        check_lower_mad_classes(int(k))
     options = detector_options(methods, threshold=args.threshold, epochs=args.epochs, prune_after=args.prune_after,
                                steps=args.steps)
     plan = ScanPlan(methods=tuple(methods), fpr=args.fpr, statistic=args.statistic, calibration=args.calibration,

@@ -229,6 +229,16 @@ def method_index(det: Detection, statistic: str, reference=None, reference_sd=No
     return robust_index(statistic, det.mask_l1, reference), classes
 
 
+def check_lower_mad_classes(num_classes: int, remedy: str = "use --statistic robust") -> None:
+    """UserError when the lower-half MAD index cannot flag `num_classes` classes (`LOWER_MAD_MIN_CLASSES`)."""
+    from poisonguard.detect.anomaly import LOWER_MAD_MIN_CLASSES
+
+    if num_classes < LOWER_MAD_MIN_CLASSES:
+        raise UserError(f"the lower-half MAD index cannot flag a model of {num_classes} classes (below "
+                        f"{LOWER_MAD_MIN_CLASSES} its largest value is at most 1.35, whatever the trigger sizes): "
+                        f"{remedy}")
+
+
 def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "robust",
           calibration=None, classes=None, data: dict | None = None) -> Verdict:
     """Combine detections into a Verdict (pure: only the detections' numbers are read)."""
@@ -237,6 +247,8 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
     if not detections:
         raise ValueError("a verdict needs at least one detection")
     index_threshold(DEFAULT_NULL, fpr, 1)  # checks fpr
+    if statistic == "lower_mad":
+        check_lower_mad_classes(min(len(d.mask_l1) for d in detections))
     methods = [d.method for d in detections]
     families, cut, bars = method_bars(methods, fpr)  # the cut on the combined statistic (`combine.py`)
     if statistic == "paper":
