@@ -27,3 +27,26 @@ def test_checklist_stage_unlearns_the_scanned_trigger(mnist, badnets_model, badn
     assert entry["after"]["attack_success_rate"] < 0.1 < entry["before"]["attack_success_rate"]
     assert (tmp_path / "repaired" / "model.pt").is_file()
     assert any(s.title == "Backdoor removal" and s.summary for s in report.sections)
+
+
+def test_a_repair_no_better_than_the_largest_class_says_so_in_the_report():
+    # The warning went only to stderr: report.html said "still classifies 67.8% correctly" of a
+    # table whose largest class is 68.0%.
+    import torch
+
+    from poisonguard.data.dataset import ImageData
+    from poisonguard.repair.report import repair_section
+    from poisonguard.results import Evaluation, Repair
+
+    class Splits:
+        kind = "tabular"
+        test = ImageData(torch.zeros(100, 3), torch.tensor([0] * 68 + [1] * 32), ("no", "yes"), kind="tabular")
+
+    def repaired(after: float) -> Repair:
+        return Repair("retrain", 1.0, Evaluation(0.72, 0.98), Evaluation(after, 0.0),
+                      extra={"attack_success_rate_trigger": "real"})
+
+    _, _, summary = repair_section([repaired(0.678)], splits=Splits())
+    assert "no better than always answering the largest class (68.0%)" in summary and "no model to use" in summary
+    _, _, summary = repair_section([repaired(0.70)], splits=Splits())
+    assert "largest class" not in summary

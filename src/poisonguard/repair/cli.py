@@ -120,7 +120,7 @@ def cmd_repair(args) -> int:
                                         load_checked_model, load_checked_trigger, load_splits, model_inputs)
     from poisonguard.data import per_class_subset
     from poisonguard.report import Report
-    from poisonguard.repair.report import repair_section, trigger_label
+    from poisonguard.repair.report import majority_share, no_better_than_majority, repair_section, trigger_label
 
     if args.clean_fraction is not None and not 0 < args.clean_fraction <= 1:
         raise UserError(f"--clean-fraction must lie in (0, 1], got {args.clean_fraction}")
@@ -161,9 +161,12 @@ def cmd_repair(args) -> int:
                                 "clean_samples": len(clean), "seed": args.seed},
                       extra={"clean_accuracy": result.after.clean_accuracy,
                              "attack_success_rate": result.after.attack_success_rate, **feature_record(splits)})
+    majority = majority_share(splits.test)
+    unusable = no_better_than_majority(result, majority)
     report = Report("repair")
     report.set("model", info)
-    report.set("repaired_model", {"path": meta["path"], "sha256": meta["sha256"], "format": meta["format"]})
+    report.set("repaired_model", {"path": meta["path"], "sha256": meta["sha256"], "format": meta["format"],
+                                  "largest_class_share": round(majority, 6), "no_better_than_largest_class": unusable})
     report.append("repairs", result)
     title, html, summary = repair_section([result], splits=splits, trigger=asr_trigger)
     report.add_section(title, html, summary=summary, order=30)
@@ -175,8 +178,7 @@ def cmd_repair(args) -> int:
     if result.extra["attack_success_rate_trigger"] == "reconstructed":
         log.warning("attack success rates measured with %s, not the real trigger (give --trigger to measure that)",
                     trigger_label(result))
-    majority = float(splits.test.y.bincount().max()) / len(splits.test)
-    if result.after.clean_accuracy <= majority < result.before.clean_accuracy:
+    if unusable:
         log.warning("the repaired model is right on %.1f%% of the test data, no more than always answering its "
                     "largest class (%.1f%%), so its attack success rate says little: it was saved, but it is no "
                     "model to use; try another --method or more --epochs", 100 * result.after.clean_accuracy,

@@ -29,20 +29,38 @@ def best_repair(results: Sequence[Repair]) -> Repair:
                                        -r.after.clean_accuracy))
 
 
-def repair_summary(results: Sequence[Repair], *, kind: str = "image") -> str:
+def majority_share(test) -> float:
+    """The share of the test data's largest class: what always answering that class scores."""
+    return float(test.y.bincount().max()) / len(test)
+
+
+def no_better_than_majority(result: Repair, majority: float | None) -> bool:
+    """The repair took a model that beat always answering the largest class down to no better:
+    its attack success rate then says little, and the model is no model to use."""
+    return majority is not None and result.after.clean_accuracy <= majority < result.before.clean_accuracy
+
+
+def repair_summary(results: Sequence[Repair], *, kind: str = "image", majority: float | None = None) -> str:
     """One sentence on the best repair, from the same numbers as the table's row for it; `kind`
-    is the data's (image, tabular, text), which names the inputs."""
+    is the data's (image, tabular, text), which names the inputs; `majority`, the test data's
+    `majority_share`, adds a warning when the repair left no better than that."""
     from poisonguard.report.evaluation import INPUT_WORDS
 
     best = best_repair(results)
     if best.after.attack_success_rate is None:
-        return (f"{best.method} retrained the model on a little clean data; clean accuracy went from "
+        text = (f"{best.method} retrained the model on a little clean data; clean accuracy went from "
                 f"{_pct(best.before.clean_accuracy)} to {_pct(best.after.clean_accuracy)} (no trigger known to "
                 "measure the attack with).")
-    return (f"After {best.method}, {trigger_label(best)} fools the model on {_pct(best.after.attack_success_rate)} of "
-            f"inputs (before: {_pct(best.before.attack_success_rate)}) and it still classifies "
-            f"{_pct(best.after.clean_accuracy)} of clean {INPUT_WORDS.get(kind, 'inputs')} correctly "
-            f"(before: {_pct(best.before.clean_accuracy)}).")
+    else:
+        text = (f"After {best.method}, {trigger_label(best)} fools the model on {_pct(best.after.attack_success_rate)} "
+                f"of inputs (before: {_pct(best.before.attack_success_rate)}) and it still classifies "
+                f"{_pct(best.after.clean_accuracy)} of clean {INPUT_WORDS.get(kind, 'inputs')} correctly "
+                f"(before: {_pct(best.before.clean_accuracy)}).")
+    if no_better_than_majority(best, majority):
+        text += (f" That is no better than always answering the largest class ({_pct(majority)}), so the attack "
+                 "success rate says little and the repaired model is no model to use: try another method or more "
+                 "epochs.")
+    return text
 
 
 def _curve_html(r: Repair) -> str:
@@ -86,4 +104,5 @@ def repair_section(results: Sequence[Repair], *, splits=None, trigger=None,
                  + trigger_figure(trigger, splits))
     if saved_to is not None:
         html += f"<p>The repaired model ({escape(best_repair(results).method)}) is saved as <code>{escape(str(saved_to))}</code>.</p>"
-    return "Backdoor removal", html, repair_summary(results, kind=getattr(splits, "kind", "image"))
+    majority = majority_share(splits.test) if getattr(splits, "test", None) is not None and len(splits.test) else None
+    return "Backdoor removal", html, repair_summary(results, kind=getattr(splits, "kind", "image"), majority=majority)
