@@ -149,6 +149,17 @@ def test_federated_sentence_reads_every_round():
     federated_section(report, [Federated(aggregator="fedavg", attack="model_replacement", rounds=rounds)])
     summary = report.sections[0].summary
     assert "got through" not in summary and "(clean accuracy 63%)" in summary
+    # ... but a model answering a target that is NOT the test data's largest class everywhere (4
+    # balanced classes at chance) was taken over by the clients: it read "no sign of a backdoor"
+    rounds = tuple(RoundResult(round=i + 1, clean_accuracy=0.252, attack_success_rate=1.0,
+                               extra={"untriggered_target_rate": 1.0, "trigger_effect": 0.0,
+                                      "target_is_largest_class": False}) for i in range(2))
+    report = Report("demo")
+    federated_section(report, [Federated(aggregator="fedavg", attack="model_replacement", rounds=rounds),
+                               _run("flame", [0.05, 0.04])])
+    summary = report.sections[0].summary
+    assert summary.startswith("The backdoor got through fedavg") and "took that model over" in summary
+    assert "no sign" not in summary and "flame kept it at or below 50%" in summary
 
 
 # ---------------------------------------------------------------- privacy

@@ -452,6 +452,11 @@ def test_federated_backdoor_attacks_plant_a_tabular_trigger(tmp_path, capsys):
                          "--clients", "10", "--malicious", "2", "--attack", "model_replacement",
                          "--out", str(tmp_path / "fl"), "--quiet"], capsys)
     assert code == 0 and json.loads(out)["attack_success_rate"] > 0.5
+    # each round says whether the target is the test data's largest class, which tells a model the
+    # clients took over from one answering the majority class everywhere (federated_summary)
+    rounds = json.loads((tmp_path / "fl" / "report.json").read_text())["federated"]["rounds"]
+    largest = int(splits.test.y.bincount().argmax())
+    assert all(r["extra"]["target_is_largest_class"] == (attack.trigger.target == largest) for r in rounds)
 
 
 def test_a_category_in_the_trigger_sets_its_whole_column(tmp_path):

@@ -25,6 +25,7 @@ def summary_rows(results: list[Federated]) -> list[dict]:
                      "attack_success_rate": r.rounds[-1].attack_success_rate,
                      "max_attack_success_rate": max(asrs) if asrs else None,
                      "untriggered_target_rate": r.rounds[-1].extra.get("untriggered_target_rate"),
+                     "target_is_largest_class": r.rounds[-1].extra.get("target_is_largest_class"),
                      "max_trigger_effect": max(effects) if effects else None})
     return rows
 
@@ -33,7 +34,11 @@ MAX_UNTRIGGERED = 0.9  # above this share sent to the target without the trigger
 
 
 def _measurable(round_result) -> bool:
-    untriggered = round_result.extra.get("untriggered_target_rate")
+    return _measurable_row(round_result.extra)
+
+
+def _measurable_row(values: dict) -> bool:
+    untriggered = values.get("untriggered_target_rate")
     return untriggered is None or untriggered <= MAX_UNTRIGGERED
 
 
@@ -45,8 +50,11 @@ def federated_summary(rows: list[dict], *, threshold: float = 0.5) -> str:
     measured = [r for r in rows if r.get("max_attack_success_rate") is not None]
     if not measured:
         return "No attack success rate was measured (no backdoor attack in these runs)."
+    # A model sending (nearly) every input to the target: the majority answer of a table model when
+    # the target is the largest class, else a model the malicious clients took over.
     through = [r for r in measured if r["max_attack_success_rate"] > threshold
-               and (r.get("max_trigger_effect") is None or r["max_trigger_effect"] > threshold)]
+               and (r.get("max_trigger_effect") is None or r["max_trigger_effect"] > threshold
+                    or r.get("target_is_largest_class") is False)]
     natural = [r for r in measured if r["max_attack_success_rate"] > threshold and r not in through]
     if natural and not through:
         top = max(natural, key=lambda r: r["max_attack_success_rate"])
@@ -57,9 +65,13 @@ def federated_summary(rows: list[dict], *, threshold: float = 0.5) -> str:
     if through:
         worst = max(through, key=lambda r: r["max_attack_success_rate"])
         held = sorted({r["aggregator"] for r in measured} - {r["aggregator"] for r in through + natural})
+        taken = [r for r in through if not _measurable_row(r)]
         return ("The backdoor got through " + ", ".join(sorted({r["aggregator"] for r in through})) +
                 f" (up to {worst['max_attack_success_rate']:.0%} attack success with {worst['aggregator']}): with those "
                 "aggregation rules a few malicious clients control what the shared model does on triggered inputs"
+                + (f"; {', '.join(sorted({r['aggregator'] for r in taken}))} even sends most inputs to the target "
+                   "without the trigger, a class that is not the test data's largest: the clients took that model "
+                   "over" if taken else "")
                 + (f"; {', '.join(held)} kept it at or below {threshold:.0%} in every round." if held else "."))
     top = max(measured, key=lambda r: r["max_attack_success_rate"])
     return (f"No backdoor reached a {threshold:.0%} success rate in any round (highest: "

@@ -76,6 +76,16 @@ def unflatten(flat: torch.Tensor, template: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
+
+def _is_largest_class(target: int, y: torch.Tensor) -> bool | None:
+    """Whether the attack's target is the test data's largest class (None for all-to-all): a
+    model answering it everywhere may be a table model's natural majority answer; answering a
+    smaller class everywhere is a model the attackers took over."""
+    if target < 0:
+        return None
+    counts = y.bincount()
+    return bool(target < len(counts) and counts[target] == counts.max())
+
 class LocalTrainer:
     """Local SGD (momentum 0.9) for many clients at once, vmapped or in a loop."""
 
@@ -322,7 +332,8 @@ class Simulator:
             if attack.trigger is not None:  # the ASR, and what the model sends to the target without the trigger
                 effect = trigger_effect(model, splits.test, attack.trigger)
                 asr = effect["triggered"]
-                extra.update(untriggered_target_rate=effect["untriggered"], trigger_effect=effect["effect"])
+                extra.update(untriggered_target_rate=effect["untriggered"], trigger_effect=effect["effect"],
+                             target_is_largest_class=_is_largest_class(attack.trigger.target, splits.test.y))
             if agg.excluded:
                 extra["excluded_nonfinite"] = [ids[i] for i in agg.excluded]
             if "selected" in agg.info:
