@@ -119,3 +119,34 @@ def test_fine_pruning_a_model_without_conv_exits_2(mnist, tmp_path, capsys):
                "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "no convolutional layer" in err and "1 (Linear" in err and "--prune-layer" in err
+
+
+class _DataDependent(nn.Module):
+    """Control flow that torch's TorchScript converter cannot turn into an eager module."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if bool(x.mean() > 0.5):
+            out = out * 2
+        for _ in range(x.shape[0] % 3):
+            out = out + 0.0
+        return out
+
+
+def test_an_unconvertible_torchscript_model_names_the_methods_that_work_once(badnets_model, tmp_path, capsys, caplog):
+    # The warning said "refit, wild and unlearn can", twice in other words; wild then refused it.
+    import logging
+
+    torch.jit.save(torch.jit.script(_DataDependent(badnets_model).eval()), str(tmp_path / "cf.pt"))
+    with caplog.at_level(logging.WARNING):
+        rc = main(["repair", str(tmp_path / "cf.pt"), "--data", "mnist5k", "--method", "wild", "--out",
+                   str(tmp_path / "out")])
+    warnings = [r.getMessage() for r in caplog.records if "TorchScript model" in r.getMessage()]
+    assert len(warnings) == 1 and "wild" in warnings[0].split("cannot work")[0], warnings
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "refit and unlearn's default mode" in err

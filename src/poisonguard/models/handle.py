@@ -21,6 +21,7 @@ import copy
 import io
 import json
 import logging
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -108,8 +109,24 @@ def as_eager(model: Any, example: torch.Tensor | None = None) -> nn.Module:
     try:
         return from_torchscript(model, example)
     except Exception as exc:  # the converter supports most but not all TorchScript
-        log.warning("TorchScript model used as is: torch cannot convert it (%s)", str(exc).splitlines()[0][:200])
+        warn_unconvertible(model, exc)
         return model
+
+
+# Repair methods that read or change a layer's activations through forward hooks, which a
+# TorchScript module torch cannot convert to an eager one does not run; and those that do not.
+HOOK_METHODS = "fine-pruning, wild, and unlearn's prune and filter modes"
+HOOKLESS_METHODS = "refit and unlearn's default mode"
+_warned: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def warn_unconvertible(model: nn.Module, exc: BaseException) -> None:
+    """One warning per module (the loader and the repair both try to convert it)."""
+    if model in _warned:
+        return
+    _warned.add(model)
+    log.warning("TorchScript model kept as is (torch cannot convert it: %s): %s need its layers' activations and "
+                "cannot work on it; %s can", str(exc).splitlines()[0][:200], HOOK_METHODS, HOOKLESS_METHODS)
 
 
 def hooks_or_raise(model: nn.Module, what: str) -> None:
@@ -117,7 +134,7 @@ def hooks_or_raise(model: nn.Module, what: str) -> None:
     if not supports_hooks(model):
         raise UserError(f"{what} needs the activations of the model's layers, which this "
                         f"{module_kind(model)} module does not expose (torch could not convert it to an eager "
-                        "module); use --method refit, or give the model's weights with --arch")
+                        f"module); use {HOOKLESS_METHODS}, or give the model's weights with --arch")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

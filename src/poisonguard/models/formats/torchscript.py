@@ -43,8 +43,9 @@ def load(request: LoadRequest) -> tuple[nn.Module, dict[str, Any]]:
     try:
         return from_torchscript(module, example), {"eager": True}
     except Exception as exc:  # the converter supports most but not all TorchScript
-        log.warning("TorchScript model kept as is (%s): methods that hook layers (fine-pruning, "
-                    "unlearning's pruning mode) cannot work on it; refit, wild and unlearn can", first_line(exc))
+        from poisonguard.models.handle import warn_unconvertible
+
+        warn_unconvertible(module, exc)
         return module, {"eager": False}
 
 
