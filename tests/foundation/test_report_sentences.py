@@ -297,7 +297,8 @@ def test_retrain_sentence_matches_its_table():
 
 
 @pytest.mark.parametrize("method,title", [("strip", "STRIP"), ("mahalanobis", "Mahalanobis")])
-@pytest.mark.parametrize("rejected,verdict,word", [(30, "trojaned", "more than"), (2, "clean", "no more than")])
+@pytest.mark.parametrize("rejected,verdict,word", [(30, "trojaned", "rejected, more than"),
+                                                   (2, "clean", "rejected and left out of the accepted inputs; that many is within")])
 def test_filter_sentence_matches_its_counts(rejected, verdict, word, method, title):
     import numpy as np
 
@@ -309,7 +310,7 @@ def test_filter_sentence_matches_its_counts(rejected, verdict, word, method, tit
     rng = np.random.default_rng(0)
     filter_section(report, block, rng.uniform(0.4, 2.0, 200), rng.uniform(0.0, 2.0, 100))
     text = _section(report, title).summary
-    assert text.startswith(f"{rejected} of 100 inputs are rejected, {word}") and "1.0%" in text
+    assert text.startswith(f"{rejected} of 100 inputs are {word}") and "1.0%" in text
 
 
 def test_partition_sentence_reads_the_budget_it_names():
@@ -418,3 +419,16 @@ def test_the_federated_stage_never_starts_from_the_model_under_test(mnist, badne
     run_stages(ctx, only=["federated"])
     assert starts and starts[0] is not None
     assert not torch.allclose(starts[0], flat_params(badnets_model).cpu())
+
+
+def test_filter_sentence_never_calls_a_rejected_input_no_sign():
+    # One triggered input, rejected: "1 of 1 inputs are rejected ... no sign of triggered inputs".
+    from poisonguard.sanitize.filter_cli import excess_rejections, filter_summary
+
+    one = filter_summary(1, 1, 0.01, excess_rejections(1, 1, 0.01), "clean")
+    assert "no sign" not in one and "1 of 1 input is rejected and left out" in one
+    assert "not even every one rejected would show triggered inputs" in one
+    some = filter_summary(2, 100, 0.01, excess_rejections(2, 100, 0.01), "clean")
+    assert "may be clean inputs rejected by chance" in some and "not even every one" not in some
+    assert filter_summary(0, 100, 0.01, 1.0, "clean") == "None of 100 inputs is rejected: no sign of triggered inputs."
+    assert filter_summary(9, 100, 0.01, 1e-6, "trojaned").startswith("9 of 100 inputs are rejected, more than")

@@ -74,6 +74,10 @@ def test_filter_command_on_text(weak_topics, tmp_path, capsys):
         assert len(list(csv.reader(f))) - 1 == len(texts) - len(block["rejected"])
     assert main(["filter", str(tmp_path / "model"), *data, "--inputs", str(tmp_path / "incoming.csv"),
                  "--method", "abl", "--out", str(tmp_path / "g"), "--quiet"]) == 2
+    # ONION, the other text filter, reports under its own name (it raised KeyError: 'onion')
+    assert main(["filter", str(tmp_path / "model"), *data, "--inputs", str(tmp_path / "incoming.csv"), "--frr", "0.05",
+                 "--method", "onion", "--out", str(tmp_path / "o"), "--quiet"]) in (0, 1)
+    assert "ONION input filter" in (tmp_path / "o" / "report.html").read_text()
     # texts arriving at run time have no label yet: the same texts without the label column, the same answer
     with open(tmp_path / "unlabelled.csv", "w", newline="") as f:
         csv.writer(f).writerows([["text"], *([t] for t in texts)])

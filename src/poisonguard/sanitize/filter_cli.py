@@ -66,11 +66,37 @@ def excess_rejections(rejected: int, n: int, frr: float) -> float:
     return float(binom.sf(rejected - 1, n, frr)) if n else 1.0
 
 
+def _inputs(n: int) -> str:
+    return f"{n} input" if n == 1 else f"{n} inputs"
+
+
+def filter_summary(k: int, n: int, frr: float, p: float, verdict: str) -> str:
+    """The filter's sentence: whether `k` rejections of `n` inputs are more than the false-rejection
+    rate explains, and, where they are not, that the rejected inputs are still left out and
+    whether `n` inputs could have shown triggered ones at all (with one input at a 1% FRR, a
+    rejection has p = 0.01: no count of rejections reaches the test's level)."""
+    if verdict == "trojaned":
+        return (f"{k} of {_inputs(n)} {'is' if k == 1 else 'are'} rejected, more than the {frr:.1%} false-rejection "
+                f"rate explains (p = {p:.2g}): some inputs carry a trigger; the rejected ones are left out of the "
+                "accepted inputs.")
+    if k == 0:
+        return f"None of {_inputs(n)} is rejected: no sign of triggered inputs."
+    text = (f"{k} of {_inputs(n)} {'is' if k == 1 else 'are'} rejected and left out of the accepted inputs; that "
+            f"many is within what the {frr:.1%} false-rejection rate explains (p = {p:.2g}), so "
+            f"{'it may be a clean input' if k == 1 else 'they may be clean inputs'} rejected by chance")
+    if excess_rejections(n, n, frr) >= EXCESS_ALPHA:
+        return text + (f"; with {_inputs(n)} not even every one rejected would show triggered inputs at the "
+                       f"{EXCESS_ALPHA:.0%} level: filter more inputs at once to tell.")
+    return text + "."
+
+
 def filter_section(report, block: dict, clean_score: np.ndarray, score: np.ndarray) -> None:
     from poisonguard.report import img, table
     from poisonguard.report.plots import _pyplot, figure_to_data_uri
 
-    _, _, xlabel, _ = FILTERS[block["method"]]
+    method = block["method"]
+    # ONION (text only, cli.text.filter_inputs) scores with a language model; its block names the score
+    xlabel = FILTERS[method][2] if method in FILTERS else block.get("score", "score")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 2.4))
     bins = np.linspace(min(clean_score.min(), score.min()), max(clean_score.max(), score.max()), 40)
@@ -80,19 +106,13 @@ def filter_section(report, block: dict, clean_score: np.ndarray, score: np.ndarr
     ax.set_xlabel(f"{xlabel}; dashed: the threshold")
     ax.legend(fontsize=7)
     html = table(["inputs", "rejected", "expected at the FRR", "FRR", "threshold", "p (excess)"],
-                 [[block["inputs"], len(block["rejected"]), round(block["frr"] * block["inputs"], 1), block["frr"],
-                   block["threshold"], block["p_excess"]]])
+                 [[block["inputs"], len(block["rejected"]), f"{block['frr'] * block['inputs']:.1f}", block["frr"],
+                   block["threshold"], f"{block['p_excess']:.2g}"]])
     html += img(figure_to_data_uri(fig), f"{xlabel} histograms")
-    k, n = len(block["rejected"]), block["inputs"]
-    if block["verdict"] == "trojaned":
-        summary = (f"{k} of {n} inputs are rejected, more than the {block['frr']:.1%} false-rejection rate explains "
-                   f"(p = {block['p_excess']:.2g}): some inputs carry a trigger; the rejected ones are left out of the "
-                   "accepted inputs.")
-    else:
-        summary = (f"{k} of {n} inputs are rejected, no more than the {block['frr']:.1%} false-rejection rate "
-                   f"explains (p = {block['p_excess']:.2g}): no sign of triggered inputs.")
-    title = "STRIP input filter" if block["method"] == "strip" else "Mahalanobis input filter"
-    report.add_section(title, html, summary=summary, order=30)
+    report_summary = filter_summary(len(block["rejected"]), block["inputs"], block["frr"], block["p_excess"],
+                                    block["verdict"])
+    title = {"strip": "STRIP", "mahalanobis": "Mahalanobis", "onion": "ONION"}.get(method, method) + " input filter"
+    report.add_section(title, html, summary=report_summary, order=30)
 
 
 def cmd_filter(args) -> int:
