@@ -82,6 +82,10 @@ def test_bad_inputs_exit_2(attacked, tmp_path, capsys):
                       match="poisons no sample")
     expect_user_error(capsys, "attack", "rare-word", "--data", "mnist5k", "--out", str(tmp_path / "x"),
                       match="inserts words into text")
+    # train builds built-ins only: a user's own code or a library name says so (it said "unknown architecture")
+    for spec in ("mynet.py:build", "torchvision:resnet18"):
+        expect_user_error(capsys, "train", "--data", "mnist5k", "--arch", spec, "--epochs", "1", "--out",
+                          str(tmp_path / "t"), match="trains its built-in architectures only")
 
 
 def test_argparse_errors_exit_2(capsys):

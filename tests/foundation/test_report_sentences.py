@@ -237,7 +237,7 @@ def test_federated_stage_is_not_applicable_to_a_foreign_architecture(mnist, badn
                        arch=None, quick=True, device="cpu")
     assert run_stages(ctx, only=["federated"])
     (entry,) = report.data["stages"]
-    assert entry["status"] == "not_applicable" and "no registered architecture" in entry["error"]
+    assert entry["status"] == "not_applicable" and "not a built-in one" in entry["error"] and "TorchScript, ONNX" in entry["error"]
     assert "federated" not in report.data
 
 

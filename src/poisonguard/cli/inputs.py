@@ -323,7 +323,15 @@ def build_checked_model(arch: str, splits, seed: int | None = None):
     import warnings
 
     from poisonguard.models import build_model
+    from poisonguard.models.arch import spec_kind
 
+    if spec_kind(arch) != "builtin":
+        from poisonguard.models import ARCHITECTURES
+
+        raise UserError(f"--arch {arch!r}: poisonguard trains its built-in architectures only "
+                        f"({', '.join(ARCHITECTURES.names())}); your own code, torchvision: and timm: name the "
+                        "architecture of a model file you trained yourself, for the commands that read one "
+                        "(evaluate, scan, repair, certify, filter, sanitize, checklist, audit)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zero-sized layers warn at construction; the probe says why
         model = build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=seed)

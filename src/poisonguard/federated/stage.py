@@ -20,7 +20,8 @@ def federated_stage(ctx: StageContext) -> None:
     from poisonguard.federated.simulate import Simulator, flat_params
 
     if ctx.arch is None:
-        raise NotApplicable(FOREIGN.format(why="the model has no registered architecture (TorchScript, torch.export, ...)"))
+        raise NotApplicable(FOREIGN.format(why="the model's architecture is not a built-in one (a TorchScript, ONNX or "
+                                               "torch.export file, or a library's or your own --arch)"))
     splits = ctx.splits
     if ctx.quick:  # half the data keeps the demo stage near 20 s on two cores
         splits = Splits(splits.name, per_class_subset(splits.train, fraction=0.5, seed=ctx.seed), splits.test)
