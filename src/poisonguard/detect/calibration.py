@@ -231,23 +231,106 @@ def cache_path(key: str) -> Path:
     return cache_dir() / "calibration" / f"{key}.json"
 
 
-def reference_architecture(loaded_meta: dict | None, input_shape) -> tuple[str, str]:
-    """(architecture, source sentence) for the reference models."""
-    from poisonguard.models import ARCHITECTURES
+@dataclass(frozen=True)
+class ReferenceArch:
+    """What the clean references are built as: an architecture spec (`models.arch`), its
+    keywords, and the suspect whose buffers each fresh reference keeps.
 
-    arch = (loaded_meta or {}).get("architecture")
+    A user's table model carries its own scaling as buffers (mean, std) that its owner set from
+    the data, not by training; a reference rebuilt by the user's code starts with the code's
+    defaults, so without the suspect's buffers it would train on raw units and learn less than
+    the suspect did, which makes the suspect's classes look small. Parameters are
+    re-initialised, buffers are copied (batch-norm statistics among them, which training then
+    replaces).
+    """
+
+    spec: str
+    source: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    suspect: Any = None  # nn.Module whose buffers the references keep (a user's architecture only)
+
+    def build(self, *, num_classes: int, input_shape, seed: int):
+        from poisonguard.models.arch import build_from_spec
+
+        # trusted: a code spec reaches here only from a model loaded with --arch typed by the user
+        model = build_from_spec(self.spec, num_classes=num_classes, input_shape=input_shape, kwargs=self.kwargs,
+                                trusted=True, seed=seed)
+        if self.suspect is not None:
+            own = dict(model.named_buffers())
+            kept = {name: b.detach().clone() for name, b in self.suspect.named_buffers()
+                    if name in own and own[name].shape == b.shape}
+            model.load_state_dict(kept, strict=False)
+        return model
+
+    def settings(self) -> dict[str, Any]:
+        """What the calibration's cache key adds for this architecture: its keywords, the code's
+        bytes (an edited build file is another architecture) and the kept buffers."""
+        extra: dict[str, Any] = {}
+        if self.kwargs:
+            extra["arch_kwargs"] = dict(self.kwargs)
+        from poisonguard.models.arch import spec_kind
+
+        if spec_kind(self.spec) == "code":
+            file = Path(self.spec.rpartition(":")[0])
+            extra["code"] = hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else self.spec
+        if self.suspect is not None:
+            digest = hashlib.sha256()
+            for name, b in sorted(self.suspect.named_buffers()):
+                digest.update(name.encode())
+                digest.update(b.detach().cpu().float().contiguous().numpy().tobytes())
+            extra["buffers"] = digest.hexdigest()[:16]
+        return extra
+
+
+def _as_reference_arch(architecture: "str | ReferenceArch") -> ReferenceArch:
+    return architecture if isinstance(architecture, ReferenceArch) else ReferenceArch(architecture)
+
+
+def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None) -> ReferenceArch:
+    """The references' architecture for a suspect, and the sentence saying where it came from.
+
+    - A built-in architecture named by the suspect's weights file: that architecture.
+    - A table model whose weights file was loaded with a library or the user's own
+      architecture (`--arch torchvision:...`, `--arch file.py:build`, typed by the user): that
+      architecture again, with its keywords and the suspect's buffers (`ReferenceArch`). The
+      built-in mlp standing in for it flagged a clean user model (a LayerNorm residual net on
+      breast cancer, index 73 against a cut of 2.7): a stand-in that learns otherwise makes the
+      suspect's classes look unusually small or large.
+    - Otherwise the built-in for the data's shape stands in, and the sentence says so:
+      TorchScript, ONNX and export files carry no architecture to rebuild, and an image model's
+      own architecture is not rebuilt (unmeasured: references of a large library network
+      trained on a few hundred images).
+    """
+    from poisonguard.models import ARCHITECTURES
+    from poisonguard.models.arch import spec_kind
+
+    meta = loaded_meta or {}
+    arch = meta.get("architecture")
     if arch and arch in ARCHITECTURES:
-        return arch, f"the suspect's own architecture ({arch}) re-initialised and trained on the clean data"
-    if len(input_shape) == 1:  # feature vectors (token-id models register their own default)
+        return ReferenceArch(arch, f"the suspect's own architecture ({arch}) re-initialised and trained on the clean data")
+    tabular = len(input_shape) == 1
+    if arch and tabular and spec_kind(arch) != "builtin":
+        return ReferenceArch(arch, (f"the suspect's own architecture ({arch}) re-initialised (its buffers, e.g. its own "
+                                    f"scaling, kept) and trained on the clean data with poisonguard's table recipe "
+                                    f"(Adam, {TABLE_REFERENCE_EPOCHS} epochs), which may train it less sharply than "
+                                    "its owner did"),
+                             kwargs=dict(meta.get("arch_kwargs") or {}), suspect=suspect)
+    if tabular:  # feature vectors (token-id models register their own default)
         from poisonguard.models.registry import INPUT_KINDS
 
         builtin = "mlp" if INPUT_KINDS.get("mlp") == "tabular" else next(iter(INPUT_KINDS))
     else:
         builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
-    # TorchScript, ONNX and export files carry no architecture name, and a user's own code
-    # (--arch file.py:build) is not re-run to train references: the built-in for the data stands in.
-    return builtin, (f"the built-in {builtin} trained on the clean data, standing in for the suspect's "
-                     "architecture, which is not a built-in one")
+    return ReferenceArch(builtin, f"the built-in {builtin} trained on the clean data, standing in for the suspect's "
+                                  "architecture, which is not a built-in one")
+
+
+def weights_metadata(loaded) -> dict | None:
+    """The loaded model's metadata when its file holds weights only, whose architecture was
+    rebuilt to load them (so it is the suspect's); None for formats that carry their own graph."""
+    from poisonguard.models.formats import FORMATS
+
+    return loaded.metadata if FORMATS.get(loaded.format).needs_arch else None
 
 
 def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: float, seed: int = 0,
@@ -260,11 +343,14 @@ def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: fl
     leave-one-out check of the stated rate to the calibration's summary. `models`: the
     references `train_references` gives for these settings, when the caller has them already.
     """
-    arch, source = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, input_shape)
-    cal = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=n_models, seed=seed,
+    arch = reference_architecture(weights_metadata(loaded), input_shape, loaded.model)
+    cal = calibrate(clean, architecture=arch, methods=methods, n_models=n_models, seed=seed,
                     device=device, options=options, data_id=data_id, models=models)
     flagged, n, ci = loo_false_positives(cal, fpr, statistic)
     return cal, {**cal.summary(), "leave_one_out_flagged": flagged, "leave_one_out_fpr_ci": list(ci)}
+
+
+TABLE_REFERENCE_EPOCHS = 30
 
 
 def reference_recipe(data) -> tuple[int, str]:
@@ -281,14 +367,17 @@ def reference_recipe(data) -> tuple[int, str]:
     for issue 19.
     """
     if data.kind != "image":
-        return 30, "none"
+        return TABLE_REFERENCE_EPOCHS, "none"
     return 60, "crop" if data.input_shape[0] == 1 else "crop_flip"
 
 
-def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 4, epochs: int | None = None,
-              seed: int = 0, device: str = "auto", options: dict | None = None, data_id: str = "",
-              use_cache: bool = True, models=None) -> Calibration:
+def calibrate(data, *, architecture: "str | ReferenceArch", source: str | None = None, methods, n_models: int = 4,
+              epochs: int | None = None, seed: int = 0, device: str = "auto", options: dict | None = None,
+              data_id: str = "", use_cache: bool = True, models=None) -> Calibration:
     """Train `n_models` clean references on `data` (ImageData), scan each, fit the nulls.
+
+    `architecture`: a spec, or the `ReferenceArch` from `reference_architecture`; `source`, the
+    sentence saying where the references came from (default: the ReferenceArch's).
 
     Cached under the user cache directory by a hash of every setting that changes the result.
     `models`: the references `train_references` gives for these settings, when the caller has
@@ -296,17 +385,19 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
     """
     if n_models < 2:
         raise ValueError(f"calibration needs at least 2 reference models, got {n_models}")
+    arch = _as_reference_arch(architecture)
+    source = arch.source if source is None else source
     recipe_epochs, augment = reference_recipe(data)
     # `content`: the clean data's own bytes, so a file rewritten under the same name is not
     # served the calibration of what it held before
-    settings = {"architecture": architecture, "data": data_id, "content": data_fingerprint(data), "n": len(data),
+    settings = {"architecture": arch.spec, **arch.settings(), "data": data_id, "content": data_fingerprint(data), "n": len(data),
                 "classes": data.num_classes,
                 "shape": list(data.input_shape), "methods": list(methods), "n_models": n_models,
                 "epochs": epochs or recipe_epochs, "augment": augment, "seed": seed, "options": options or {}}
     key = settings_key(settings)
     path = cache_path(key)
     if not use_cache:
-        return _train_and_fit(data, settings, key, seed=seed, device=device, source=source, models=models)
+        return _train_and_fit(data, arch, settings, key, seed=seed, device=device, source=source, models=models)
     # The key holds every setting that changes the numbers; the sentence saying where the
     # references came from is this suspect's own (a state dict and an ONNX file of one
     # architecture share the references, but only one of them names it).
@@ -320,7 +411,7 @@ def calibrate(data, *, architecture: str, source: str, methods, n_models: int = 
         cached = _read_cached(path, key, settings)
         if cached is not None:
             return replace(cached, source=source)
-        cal = _train_and_fit(data, settings, key, seed=seed, device=device, source=source, models=models)
+        cal = _train_and_fit(data, arch, settings, key, seed=seed, device=device, source=source, models=models)
         from poisonguard.utils import atomic_write_text
 
         atomic_write_text(path, cal.to_json())
@@ -351,31 +442,30 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def train_references(data, *, architecture: str, n_models: int, epochs: int | None = None, seed: int = 0,
-                     device: str = "auto"):
+def train_references(data, *, architecture: "str | ReferenceArch", n_models: int, epochs: int | None = None,
+                     seed: int = 0, device: str = "auto"):
     """The clean reference models `calibrate` fits its nulls on (seeded: the same settings give the
     same models), trained by `reference_recipe` (`epochs` overrides its count)."""
-    from poisonguard.models import build_model
     from poisonguard.train import fit
 
+    arch = _as_reference_arch(architecture)
     recipe_epochs, augment = reference_recipe(data)
     models = []
     for r in range(n_models):
         ref_seed = 10_000 + seed * 101 + r
-        model = build_model(architecture, num_classes=data.num_classes, input_shape=data.input_shape, seed=ref_seed)
+        model = arch.build(num_classes=data.num_classes, input_shape=data.input_shape, seed=ref_seed)
         models.append(fit(model, data, epochs=epochs or recipe_epochs, batch_size=64, augment=augment, seed=ref_seed,
                           device=device))
     return models
 
 
-def _train_and_fit(data, settings: dict[str, Any], key: str, *, seed: int, device: str, source: str,
-                   models=None) -> Calibration:
-    architecture, n_models, epochs = settings["architecture"], settings["n_models"], settings["epochs"]
+def _train_and_fit(data, arch: ReferenceArch, settings: dict[str, Any], key: str, *, seed: int, device: str,
+                   source: str, models=None) -> Calibration:
+    n_models, epochs = settings["n_models"], settings["epochs"]
     start = time.perf_counter()
     if models is None:
-        models = train_references(data, architecture=architecture, n_models=n_models, epochs=epochs, seed=seed,
-                                  device=device)
-    cal = calibrate_from_models(models, data, architecture=architecture, source=source, methods=settings["methods"],
+        models = train_references(data, architecture=arch, n_models=n_models, epochs=epochs, seed=seed, device=device)
+    cal = calibrate_from_models(models, data, architecture=arch.spec, source=source, methods=settings["methods"],
                                 seed=seed, device=device, options=settings["options"], start=start)
     return replace(cal, key=key, settings=settings)
 

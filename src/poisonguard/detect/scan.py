@@ -61,11 +61,11 @@ def _references(loaded, clean, input_shape, plan: ScanPlan):
     """The clean references, trained once here when a method contrasts with them (reference_contrast);
     calibration then fits its null on the same models. None when no method needs them."""
     from poisonguard.detect import DETECTORS
-    from poisonguard.detect.calibration import reference_architecture, train_references
+    from poisonguard.detect.calibration import reference_architecture, train_references, weights_metadata
 
     if not any(getattr(DETECTORS.get(m), "needs_references", False) for m in plan.methods):
         return None
-    arch, _ = reference_architecture(loaded.metadata if loaded.format == "state_dict" else None, input_shape)
+    arch = reference_architecture(weights_metadata(loaded), input_shape, loaded.model)
     return train_references(clean, architecture=arch, n_models=plan.reference_models, seed=plan.seed,
                             device=plan.device)
 

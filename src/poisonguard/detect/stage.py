@@ -55,12 +55,14 @@ def _plan(ctx: StageContext, clean) -> dict:
     if ctx.splits.kind != "tabular":
         return {"methods": QUICK_VERDICT_METHODS if ctx.quick else DEFAULT_METHODS,
                 "options": QUICK_OPTIONS if ctx.quick else {}, "data_info": data_info}
-    from poisonguard.detect.calibration import calibrate, reference_architecture, train_references
+    from poisonguard.detect.calibration import calibrate, reference_architecture, train_references, weights_metadata
 
-    arch, source = reference_architecture({"architecture": ctx.arch}, ctx.splits.input_shape)
+    loaded = ctx.shared.get("loaded")  # the checklist's model file; the demo's models are built-ins by name
+    meta = weights_metadata(loaded) if loaded is not None else {"architecture": ctx.arch}
+    arch = reference_architecture(meta, ctx.splits.input_shape, ctx.model)
     n, methods = defaults["reference_models"], list(defaults["methods"])
     references = train_references(clean, architecture=arch, n_models=n, seed=ctx.seed, device=ctx.device)
-    calibration = calibrate(clean, architecture=arch, source=source, methods=methods, n_models=n, seed=ctx.seed,
+    calibration = calibrate(clean, architecture=arch, methods=methods, n_models=n, seed=ctx.seed,
                             device=ctx.device, models=references)
     return {"methods": methods, "calibration": calibration, "references": references, "data_info": data_info}
 

@@ -1,0 +1,93 @@
+"""The clean references of a user's own table model are rebuilt from the user's code, keeping
+the suspect's buffers (its owner's scaling), and not replaced by the built-in mlp: a stand-in that
+learns otherwise made a clean user model look backdoored (notes/issue-19.md, session 17)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import torch
+
+from poisonguard.detect.calibration import ReferenceArch, reference_architecture, train_references, weights_metadata
+from poisonguard.models import load_model
+
+CODE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Scaled(nn.Module):
+        def __init__(self, width, classes):
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(width))
+            self.register_buffer("std", torch.ones(width))
+            self.net = nn.Sequential(nn.Linear(width, 16), nn.GELU(), nn.Linear(16, classes))
+
+        def forward(self, x):
+            return self.net((x - self.mean) / self.std)
+
+    def build(num_classes, width):
+        return Scaled(width, num_classes)
+""")
+
+
+def _users_model(tmp_path, width=5):
+    code = tmp_path / "scaled.py"
+    code.write_text(CODE)
+    spec = f"{code}:build"
+    namespace: dict = {}
+    exec(compile(CODE, str(code), "exec"), namespace)
+    suspect = namespace["build"](2, width)
+    with torch.no_grad():
+        suspect.mean.copy_(torch.arange(width) * 100.0)  # raw units far from 0 and 1
+        suspect.std.copy_(torch.full((width,), 50.0))
+    torch.save(suspect.state_dict(), tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt", arch=spec, arch_kwargs={"num_classes": 2, "width": width}, num_classes=2,
+                        input_shape=[width])
+    return code, spec, loaded
+
+
+def test_a_users_table_model_gets_references_of_its_own_code_and_scaling(tmp_path):
+    code, spec, loaded = _users_model(tmp_path)
+    arch = reference_architecture(weights_metadata(loaded), (5,), loaded.model)
+    assert arch.spec == spec and arch.kwargs == {"num_classes": 2, "width": 5}
+    assert "own architecture" in arch.source and "standing in" not in arch.source
+    ref = arch.build(num_classes=2, input_shape=(5,), seed=3)
+    assert type(ref).__name__ == "Scaled"
+    assert torch.equal(ref.mean, loaded.model.mean) and torch.equal(ref.std, loaded.model.std)
+    assert not torch.equal(ref.net[0].weight, loaded.model.net[0].weight)  # parameters re-initialised
+    # seeded: the same seed gives the same reference
+    assert torch.equal(arch.build(num_classes=2, input_shape=(5,), seed=3).net[0].weight, ref.net[0].weight)
+    # the calibration cache keys the code's bytes and the kept buffers: an edited build file or
+    # another scaling is another calibration
+    before = arch.settings()
+    code.write_text(CODE + "\n# edited\n")
+    assert arch.settings()["code"] != before["code"]
+    kwargs = {"num_classes": 2, "width": 5}
+    unscaled = ReferenceArch(spec, kwargs=kwargs).build(num_classes=2, input_shape=(5,), seed=0)  # the code's defaults
+    other = ReferenceArch(spec, kwargs=kwargs, suspect=unscaled)
+    assert other.settings()["buffers"] != before["buffers"]
+
+
+def test_references_train_as_the_users_model_with_its_scaling(tmp_path):
+    from poisonguard.data.dataset import ImageData
+
+    _, _, loaded = _users_model(tmp_path, width=3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 3, generator=g)
+    x[:, 0] += x[:, 0].sign()  # a margin around the rule x0 > 0
+    x = x * 50 + torch.tensor([0.0, 100.0, 200.0])
+    data = ImageData(x, (x[:, 0] > 0).long(), ["no", "yes"], kind="tabular")
+    arch = reference_architecture(weights_metadata(loaded), (3,), loaded.model)
+    refs = train_references(data, architecture=arch, n_models=2, epochs=10, device="cpu")
+    for ref in refs:
+        assert torch.equal(ref.mean, loaded.model.mean)
+        accuracy = (ref(x).argmax(1) == data.y).float().mean().item()
+        assert accuracy > 0.75  # learns the rule (chance: 0.5) in the owner's scaling
+
+
+def test_files_that_name_no_rebuildable_architecture_get_the_built_in_stand_in():
+    assert reference_architecture(None, (7,)).spec == "mlp"  # TorchScript, ONNX: no architecture to rebuild
+    assert reference_architecture({"architecture": "mlp"}, (7,)).source.startswith("the suspect's own architecture")
+    # an image model's library architecture is not rebuilt (unmeasured), the built-in stands in
+    image = reference_architecture({"architecture": "torchvision:resnet18"}, (3, 32, 32))
+    assert image.spec == "resnet20" and "standing in" in image.source
