@@ -228,3 +228,29 @@ def test_scan_on_representations_that_never_vary_says_why():
     data = ImageData(torch.zeros(40, 1, 2, 2), torch.arange(40) % 2, ("a", "b"))
     with pytest.raises(UserError, match="do not vary within any class"):
         SANITIZERS.get("scan")().score(ScoringInputs(data=data, features=np.ones((40, 8))))
+
+
+def test_a_heldout_gate_that_could_not_run_is_said_not_silently_replaced():
+    # --class-gate heldout on mnist5k (about 100 held-out samples a class, the test needs 200)
+    # recorded gate "index" and said nothing.
+    import numpy as np
+    import torch
+
+    from poisonguard.data.dataset import ImageData
+    from poisonguard.results import Sanitization
+    from poisonguard.sanitize.report import verdict_sentence
+    from poisonguard.sanitize.run import _heldout_missing
+
+    labels = np.repeat(np.arange(3), 50)
+    few = ImageData(torch.zeros(300, 2), torch.arange(300) % 3, ("a", "b", "c"), kind="tabular")
+    many = ImageData(torch.zeros(900, 2), torch.arange(900) % 3, ("a", "b", "c"), kind="tabular")
+    missing = _heldout_missing("heldout", "index", few, labels)
+    assert "at least 200 held-out samples" in missing and "at most 100" in missing
+    assert _heldout_missing("heldout", "heldout", many, labels) is None  # it ran
+    assert _heldout_missing("index", "index", None, labels) is None  # nobody asked for it
+    assert "no test part" in _heldout_missing("either", "index", None, labels)
+    result = Sanitization(verdict="clean", flagged=(), targets=(), methods=("scan",), scores={}, n_samples=150,
+                          false_positive_rate=0.01, cut=2.33, class_index={"0": 1.0, "1": 0.5, "2": 0.2},
+                          class_threshold=7.39, seconds=1.0,
+                          extra={"gate": "index", "gate_requested": "heldout", "heldout_missing": missing})
+    assert "The held-out test (--class-gate heldout) did not run: it needs at least 200" in verdict_sentence(result)

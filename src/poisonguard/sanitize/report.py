@@ -17,6 +17,15 @@ MOST_SUSPICIOUS = 24
 
 
 def verdict_sentence(result: Sanitization, classes=None) -> str:
+    text = _verdict_sentence(result, classes)
+    missing = result.extra.get("heldout_missing")
+    if missing:  # the user asked for the held-out test (or the default gate includes it); say it did not run
+        text += f" The held-out test (--class-gate {result.extra.get('gate_requested')}) did not run: {missing}; the " \
+                "class anomaly index alone decided."
+    return text
+
+
+def _verdict_sentence(result: Sanitization, classes=None) -> str:
     n, k = result.n_samples, len(result.flagged)
     if result.extra.get("rule") == "paper":
         return (f"The papers' own fixed removal rules flag {k} of {n} samples ({k / n:.1%}); these rules remove a set "

@@ -211,9 +211,24 @@ class Sanitizer:
                    "epochs": self.epochs if trained else None, "train_seconds": round(train_seconds, 2),
                    "expected_rate": self.expected_rate, "feature_dim": int(feats.shape[1]),
                    "reference_samples": 0 if reference is None else len(reference), "rule": self.rule,
-                   "gate": decision.gate, "heldout_alpha": self.heldout_alpha, "heldout_cut": decision.heldout_cut,
+                   "gate": decision.gate, "gate_requested": self.gate,
+                   "heldout_missing": _heldout_missing(self.gate, decision.gate, reference, labels),
+                   "heldout_alpha": self.heldout_alpha, "heldout_cut": decision.heldout_cut,
                    "heldout_index": {str(c): round(v, 3) for c, v in decision.heldout_index.items()}},
             z=decision.z, method_scores=raw, method_z=zs, model=model)
+
+
+def _heldout_missing(requested: str, used: str, reference: ImageData | None, labels: np.ndarray) -> str | None:
+    """Why the held-out test asked for (gate "either" or "heldout") did not run, in words; None when it ran."""
+    if requested == "index" or used != "index":
+        return None
+    from poisonguard.sanitize.scan import MIN_TEST
+
+    if reference is None:
+        return "the data has no test part of held-out samples"
+    most = int(np.bincount(reference.y.numpy()).max()) if len(reference) else 0
+    return (f"it needs at least {2 * MIN_TEST} held-out samples of a class, and the data's test part has at most "
+            f"{most} (of {len(np.unique(labels))} classes)")
 
 
 def training_architecture(data: ImageData) -> str:
