@@ -27,6 +27,9 @@ def test_text_walk_through(corpus_csv, tmp_path, capsys):
     code = main(["scan", str(atk), *data, "--reference-models", "2", "--steps", "40", "--out", str(tmp_path / "scan"), "--quiet"])
     scan = _last_json(capsys)
     assert code == 1 and scan["targets"][0] == 1 and (tmp_path / "scan" / "trigger_1.json").is_file()
+    # stdout carries the verdict object as the image scan's does (`jq .verdict.backdoored` failed on text)
+    assert scan["verdict"]["backdoored"] and scan["verdict"]["targets"] == scan["targets"]
+    assert scan["report"] == str(tmp_path / "scan" / "report.html")
     poisoned_csv = tmp_path / "poisoned.csv"
     assert main(["sanitize", str(corpus_csv), "--text-column", "text", "--label-column", "label",
                  "--out", str(tmp_path / "san"), "--quiet"]) == 0  # the clean corpus is called clean

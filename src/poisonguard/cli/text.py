@@ -297,10 +297,11 @@ def scan(args) -> int:
     from poisonguard.report.text import add_scan
 
     add_scan(report, verdict, words_of, tm.classes)
-    report.write(out)
-    print(json.dumps({"out": str(out), "backdoored": verdict.backdoored, "targets": list(verdict.targets),
-                      "trigger_words": {str(c): w for c, w in words_of.items()},
-                      "sentence": verdict.sentence}))
+    path = report.write(out)
+    # the image scan's stdout keys (report, verdict) and the text scan's own
+    print(json.dumps({"report": str(path), "verdict": report.data["verdict"], "out": str(out),
+                      "backdoored": verdict.backdoored, "targets": list(verdict.targets),
+                      "trigger_words": {str(c): w for c, w in words_of.items()}, "sentence": verdict.sentence}))
     if verdict.backdoored and not getattr(args, "exit_zero", False):
         return EXIT_FINDING
     return EXIT_OK
@@ -356,8 +357,8 @@ def sanitize(args) -> int:
 
     add_sanitize(report, verdict=verdict, flagged=len(flagged), n=len(rows), targets=targets, methods=methods,
                  triggers=extra.get("triggers", []), classes=rows.classes)
-    report.write(out)
-    print(json.dumps({"out": str(out), "verdict": verdict, "flagged": len(flagged), "targets": targets,
+    path = report.write(out)
+    print(json.dumps({"report": str(path), "out": str(out), "verdict": verdict, "flagged": len(flagged), "targets": targets,
                       "triggers": [t["words"] for t in extra.get("triggers", [])]}))
     return EXIT_FINDING if verdict == "poisoned" and not getattr(args, "exit_zero", False) else EXIT_OK
 
@@ -468,8 +469,9 @@ def repair(args) -> int:
     from poisonguard.report.text import add_repair
 
     add_repair(report, before, after, info, unlearned=len(phrases))
-    report.write(out)
-    print(json.dumps({"out": str(out), "before": before, "after": after, "pruned_units": info["pruned_units"],
+    path = report.write(out)
+    print(json.dumps({"report": str(path), "out": str(out), "before": before, "after": after,
+                      "pruned_units": info["pruned_units"],
                       "pruned_words": info["pruned_words"]}))
     return EXIT_OK
 
