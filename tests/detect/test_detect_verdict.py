@@ -261,3 +261,16 @@ def test_the_lower_mad_statistic_refuses_models_too_few_classes_to_flag():
         assert judge([_det(sizes)], statistic="robust").targets == (0,)  # the default statistic flags it
     five = judge([_det([10.0, 200.0, 190.0, 180.0, 210.0])], statistic="lower_mad")
     assert five.targets == (0,)
+
+
+def test_when_no_method_can_run_the_error_says_why_each_could_not():
+    from torch import nn
+
+    from poisonguard.data.dataset import ImageData
+    from poisonguard.detect.verdict import run_detectors
+    from poisonguard.errors import UserError
+
+    rows = ImageData(torch.zeros(20, 4), torch.arange(20) % 2, ("a", "b"), kind="tabular")
+    with pytest.raises(UserError, match=r"could run on this model and data \(neural_cleanse: an outlier test over "
+                                        r"classes needs at least 3 classes.*; tabor: an outlier"):
+        run_detectors(nn.Linear(4, 2), rows, ["neural_cleanse", "tabor"], on_skip=lambda name, exc: None)

@@ -352,7 +352,7 @@ def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: in
     """
     from poisonguard.detect import DETECTORS
 
-    detections = []
+    detections, why = [], []
     for name in methods:
         cls = DETECTORS.get(name)
         if data is None and cls.needs_data:
@@ -370,9 +370,11 @@ def run_detectors(model: nn.Module, data: ImageData | None, methods, *, seed: in
         except UserError as exc:
             if on_skip is None or len(methods) == 1:
                 raise
+            why.append(str(exc) if str(exc).startswith(name) else f"{name}: {exc}")
             on_skip(name, exc)
     if not detections:
-        raise UserError("no detection method could run on this model and data")
+        raise UserError("no detection method could run on this model and data"
+                        + (f" ({'; '.join(why)})" if why else " (every method needs data, and --data is none)"))
     return detections
 
 
