@@ -42,7 +42,8 @@ def device(text: str) -> str:
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed, default=0, help="seed for every random choice (default 0)")
     parser.add_argument("--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda[:N] or mps")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines (poisonguard's own "
+                                                          "warnings still print)")
     parser.add_argument("--force", action="store_true",
                         help="write into an --out that holds another command's or other inputs' outputs "
                              "(its old outputs are removed first)")
