@@ -50,3 +50,17 @@ def test_a_repair_no_better_than_the_largest_class_says_so_in_the_report():
     assert "no better than always answering the largest class (68.0%)" in summary and "no model to use" in summary
     _, _, summary = repair_section([repaired(0.70)], splits=Splits())
     assert "largest class" not in summary
+
+
+def test_unlearnings_filter_mode_says_it_left_the_model_and_what_its_filter_does():
+    # It read as a failed repair ("fools the model on 95.1% (before: 95.1%)") and never named the filter.
+    from poisonguard.repair.report import repair_summary
+    from poisonguard.results import Evaluation, Repair
+
+    extra = {"attack_success_rate_trigger": "real", "mode": "filter", "filter_neurons": [10, 3],
+             "filter_detection_rate_reconstructed": 0.67, "filter_detection_rate_real_trigger": 0.36,
+             "filter_false_positive_rate_clean": 0.05}
+    text = repair_summary([Repair("unlearn", 1.0, Evaluation(0.86, 0.951), Evaluation(0.86, 0.951), extra=extra)])
+    assert "leaves the model's weights unchanged" in text and "2 penultimate neurons" in text
+    assert "67.0% of inputs carrying the reconstructed trigger and 36.0% carrying the real one" in text
+    assert "at 5.0% of clean inputs" in text

@@ -40,6 +40,18 @@ def no_better_than_majority(result: Repair, majority: float | None) -> bool:
     return majority is not None and result.after.clean_accuracy <= majority < result.before.clean_accuracy
 
 
+def filter_mode_sentence(extra: dict) -> str:
+    """What unlearning's filter mode (Neural Cleanse's input filter) built: it leaves the weights
+    as they were, so the attack success rate above is unchanged by design."""
+    real = extra.get("filter_detection_rate_real_trigger")
+    return (f"This mode leaves the model's weights unchanged: it builds an input filter on "
+            f"{len(extra.get('filter_neurons', []))} penultimate neurons that flags "
+            f"{_pct(extra.get('filter_detection_rate_reconstructed'))} of inputs carrying the reconstructed trigger"
+            + (f" and {_pct(real)} carrying the real one" if real is not None else "")
+            + f", at {_pct(extra.get('filter_false_positive_rate_clean'))} of clean inputs. The filter is reported, "
+              "not saved; `poisonguard filter` is the run-time input filter.")
+
+
 def repair_summary(results: Sequence[Repair], *, kind: str = "image", majority: float | None = None) -> str:
     """One sentence on the best repair, from the same numbers as the table's row for it; `kind`
     is the data's (image, tabular, text), which names the inputs; `majority`, the test data's
@@ -56,6 +68,8 @@ def repair_summary(results: Sequence[Repair], *, kind: str = "image", majority: 
                 f"of inputs (before: {_pct(best.before.attack_success_rate)}) and it still classifies "
                 f"{_pct(best.after.clean_accuracy)} of clean {INPUT_WORDS.get(kind, 'inputs')} correctly "
                 f"(before: {_pct(best.before.clean_accuracy)}).")
+    if best.extra.get("mode") == "filter":
+        text += " " + filter_mode_sentence(best.extra)
     if no_better_than_majority(best, majority):
         text += (f" That is no better than always answering the largest class ({_pct(majority)}), so the attack "
                  "success rate says little and the repaired model is no model to use: try another method or more "
