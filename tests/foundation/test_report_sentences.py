@@ -84,6 +84,11 @@ def test_certificate_sentence_matches_its_table_names_the_model_and_the_trigger_
     assert "up to 0.5 (pixels in [0, 1]) on 25% of 4 test images (75% are right with some guarantee" in section.summary
     assert cert.extra["trigger"]["l2_median"] == pytest.approx(3.0)
     assert "L2 3.00 (median), 4.3x the largest radius certified (0.70): 0 of 4 images" in section.summary
+    assert "The trigger changes an image by" in section.summary  # "a image"
+    one = dataclasses.replace(cert, extra={**cert.extra, "examples": 1})
+    report = Report("certify")
+    smoothing_section(report, one)
+    assert "of 1 test image (" in _section(report, "randomized smoothing").summary  # "1 test images"
     # a table: radii in standardised units, and the trigger measured in them (scale = each feature's std)
     rows = ImageData(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), ("a", "b"), kind="tabular")
     from poisonguard.attacks.triggers import PatchTrigger

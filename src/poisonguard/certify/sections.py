@@ -45,6 +45,10 @@ def _units(cert: Certification) -> tuple[str, str]:
     return "image", "pixels in [0, 1]"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def smoothing_summary(cert: Certification, *, model: dict | None = None) -> str:
     """One or two sentences from the same numbers as the table (and the trigger comparison)."""
     noun, units = _units(cert)
@@ -53,14 +57,14 @@ def smoothing_summary(cert: Certification, *, model: dict | None = None) -> str:
     at = cert.certified_accuracy[key]
     text = (f"Adding random noise (sigma {cert.sigma:g}) and voting, {model_name(model)} answers right in a way that "
             f"provably cannot be flipped by any change of L2 size up to {float(key):g} ({units}) on {at:.0%} of "
-            f"{cert.extra['examples']} test {noun}s ({cert.certified_accuracy[radii[0]]:.0%} are right with some "
+            f"{_count(cert.extra['examples'], 'test ' + noun)} ({cert.certified_accuracy[radii[0]]:.0%} are right with some "
             f"guarantee; {cert.abstain_rate:.0%} get none).")
     trig = cert.extra.get("trigger")
     if trig:
-        text += (f" The trigger changes a {noun} by L2 {trig['l2_median']:.2f} (median), "
+        text += (f" The trigger changes {'an' if noun[0] in 'aeiou' else 'a'} {noun} by L2 {trig['l2_median']:.2f} (median), "
                  f"{trig['l2_median'] / max(trig['largest_radius'], 1e-12):.1f}x the largest radius certified "
-                 f"({trig['largest_radius']:.2f}): {trig['covered']} of {trig['examples']} {noun}s are certified "
-                 "against it.")
+                 f"({trig['largest_radius']:.2f}): {trig['covered']} of {_count(trig['examples'], noun)} "
+                 f"{'is' if trig['covered'] == 1 else 'are'} certified against it.")
     return text
 
 
@@ -94,6 +98,6 @@ def poisoning_section(report: Report, cert: PoisoningCertification, *, order: in
                  [[cert.clean_accuracy, *[cert.certified_accuracy[b] for b in budgets]]]) + img(chart, "certified accuracy vs poisoned samples")
     b = budgets[min(len(budgets) - 1, 3)]
     summary = (f"The {cert.partitions} models each learned from a separate slice of the training data and vote; "
-               f"{cert.certified_accuracy[b]:.0%} of test images are answered correctly in a way that provably survives "
+               f"{cert.certified_accuracy[b]:.0%} of test inputs are answered correctly in a way that provably survives "
                f"any {b} poisoned training samples (clean accuracy {cert.clean_accuracy:.0%}).")
     report.add_section("Certified robustness to poisoning (partition aggregation)", html, summary=summary, order=order)
