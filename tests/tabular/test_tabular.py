@@ -288,6 +288,7 @@ def test_scan_verdict_finds_the_target_and_passes_the_clean_model(planted):
     assert not verdicts["clean"].backdoored
     # the sentence counts the defender's data in its own unit
     assert f"{len(clean)} clean rows" in verdicts["clean"].sentence and "images" not in verdicts["clean"].sentence
+    assert "Checked with reference contrast (against clean models)" in verdicts["clean"].sentence  # not the code name
     # the reconstructed trigger sets (some of) the planted features and stays inside their observed range
     det = verdicts["backdoored"].detections[0]
     low, high = input_bounds(clean)

@@ -14,11 +14,17 @@ from poisonguard.report.plots import bar_chart, image_grid
 from poisonguard.results import Detection
 
 PRETTY = {"neural_cleanse": "Neural Cleanse", "tabor": "TABOR", "deepinspect": "DeepInspect (data-free)",
-          "feature_re": "FeatureRE (feature space)"}
+          "feature_re": "FeatureRE (feature space)", "reference_contrast": "reference contrast (against clean models)",
+          "text_inversion": "DBS-style word inversion", "text_phrase": "phrase inversion",
+          "text_ngram": "exact n-gram search"}
 # What each method's evidence can see, to explain why methods disagree.
 SEES = {"neural_cleanse": "small pixel patches", "tabor": "small, compact pixel patches",
         "deepinspect": "small perturbations of inputs it synthesises without data",
-        "feature_re": "input transformations (warps, blends, filters) that switch on a few hidden features"}
+        "feature_re": "input transformations (warps, blends, filters) that switch on a few hidden features",
+        "reference_contrast": "small changes that move the suspect but not clean reference models",
+        "text_inversion": "a few inserted words found by relaxed optimisation",
+        "text_phrase": "inserted phrases found by relaxed optimisation",
+        "text_ngram": "inserted words and short phrases found by exact search"}
 
 
 
