@@ -150,7 +150,7 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
     report.set("training", training)
     from poisonguard.report.text import add_evaluation
 
-    add_evaluation(report, ev, title="Trained model", trigger=trigger)
+    add_evaluation(report, ev, title="Trained model", trigger=trigger, classes=splits.classes)
     report.write(out)
     print(json.dumps({"out": str(out), **ev}))
     return EXIT_OK
@@ -234,7 +234,7 @@ def evaluate(args) -> int:
         report.set("evaluation", ev)
         from poisonguard.report.text import add_evaluation
 
-        add_evaluation(report, ev, title="Evaluation", trigger=trigger)
+        add_evaluation(report, ev, title="Evaluation", trigger=trigger, classes=splits.classes)
         report.write(out)
     print(json.dumps(ev))
     return EXIT_OK

@@ -14,14 +14,18 @@ from poisonguard.report.evaluation import class_label, evaluation_summary
 from poisonguard.report.report import table
 
 
-def trigger_words(trigger) -> str:
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def trigger_words(trigger, classes=None) -> str:
     """What a text trigger inserts, where, and for which class, in words."""
-    pieces = " | ".join(trigger.pieces)
+    pieces = " or ".join(f"\u201c{p}\u201d" for p in trigger.pieces)
     where = trigger.position if isinstance(trigger.position, str) else f"at word {trigger.position}"
-    return f"inserts {pieces!r} ({where}), target class {trigger.target}"
+    return f"inserts {pieces} ({where}); target {class_label(int(trigger.target), classes)}"
 
 
-def add_evaluation(report, ev: dict, *, title: str, trigger=None, order: int = 10) -> None:
+def add_evaluation(report, ev: dict, *, title: str, trigger=None, order: int = 10, classes=None) -> None:
     """Clean accuracy and, with a trigger, its attack success rate on the held-out texts."""
     head = ["clean accuracy", "test texts"]
     row = [ev["clean_accuracy"], ev["n_clean"]]
@@ -30,7 +34,7 @@ def add_evaluation(report, ev: dict, *, title: str, trigger=None, order: int = 1
         row += [ev["attack_success_rate"], ev["n_attack"]]
     html = table(head, [row])
     if trigger is not None:
-        html += f"<p>The trigger {escape(trigger_words(trigger))}.</p>"
+        html += f"<p>The trigger {escape(trigger_words(trigger, classes))}.</p>"
     summary = evaluation_summary(SimpleNamespace(**ev), trigger_kind="real" if trigger is not None else None, kind="text")
     report.add_section(title, html, summary=summary, order=order)
 
@@ -43,7 +47,8 @@ def add_scan(report, verdict, words_of: dict[int, list[str]], classes) -> None:
     if words_of:
         rows = [[class_label(c, classes), " ".join(w)] for c, w in sorted(words_of.items())]
         report.add_section("Reconstructed triggers", table(["target class", "words"], rows),
-                           summary=f"{len(rows)} trigger file(s) written, trigger_<class>.json, for repair --from-scan.",
+                           summary=f"{_count(len(rows), 'trigger file')} written, trigger_<class>.json, for repair "
+                                   "--from-scan.",
                            order=20)
 
 
@@ -68,8 +73,8 @@ def add_repair(report, before: dict, after: dict, info: dict, *, unlearned: int)
     rows = [["before", before["clean_accuracy"], before["attack_success_rate"]],
             ["after", after["clean_accuracy"], after["attack_success_rate"]]]
     html = table(["model", "clean accuracy", "attack success rate (real trigger)"], rows)
-    html += (f"<p>{info['pruned_units']} hidden unit(s) and {info['pruned_words']} word(s) pruned; "
-             f"{unlearned} phrase(s) from the scan unlearned.</p>")
+    html += (f"<p>{_count(info['pruned_units'], 'hidden unit')} and {_count(info['pruned_words'], 'word')} pruned; "
+             f"{_count(unlearned, 'phrase')} from the scan unlearned.</p>")
     summary = f"Fine-pruning: clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}"
     if before["attack_success_rate"] is None:
         summary += " (no --trigger: attack success not measured)."
