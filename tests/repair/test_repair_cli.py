@@ -38,6 +38,9 @@ def test_repair_writes_model_and_reports_and_leaves_input_alone(saved, tmp_path,
     entry = report["repairs"][0]
     assert report["command"] == "repair" and entry["method"] == "fine_pruning"
     assert entry["before"]["attack_success_rate"] > 0.9 > entry["after"]["attack_success_rate"]
+    # the pruning curve says what it counts and where it measured (its clean data, not the test set)
+    assert "channels in layer" in (out / "report.html").read_text() and "the table above, on the test set" in \
+        (out / "report.html").read_text()
     assert {"clean_accuracy", "attack_success_rate"} <= set(entry["after"]) and entry["seconds"] > 0
     assert entry["extra"]["curve"]
     html = (out / "report.html").read_text()

@@ -85,17 +85,20 @@ def _curve_html(r: Repair) -> str:
     if not curve:
         return ""
     x = [c["fraction"] if "fraction" in c else c["pruned"] for c in curve]
-    series = {"clean accuracy (clean data)": [c["clean_accuracy"] for c in curve]}
+    # measured on the repair's own clean data, not on the test set the table's columns use
+    series = {"clean accuracy (the repair's clean data)": [c["clean_accuracy"] for c in curve]}
     rate_key = "attack_success_rate" if "attack_success_rate" in curve[0] else "trigger_rate"
     if all(c.get(rate_key) is not None for c in curve):
-        label = "attack success (clean data + trigger)" if rate_key == "attack_success_rate" else \
-            "attack success (clean data + reconstructed trigger)"
+        label = "attack success (its clean data + trigger)" if rate_key == "attack_success_rate" else \
+            "attack success (its clean data + reconstructed trigger)"
         series[label] = [c[rate_key] for c in curve]
     xlabel = "share of channels pruned" if "fraction" in curve[0] else "neurons pruned"
     return (img(line_chart(x, series, xlabel=xlabel, ylabel="rate",
                            title=f"{r.method}: accuracy vs pruning ({r.extra.get('layer', '')})"), "pruning curve")
             + f"<p>{r.method} pruned {r.extra.get('pruned_channels', r.extra.get('pruned_neurons'))} of "
-              f"{r.extra.get('channels', r.extra.get('neurons'))} in layer <code>{escape(str(r.extra.get('layer')))}</code>.</p>")
+              f"{r.extra.get('channels', r.extra.get('neurons'))} {'channels' if 'channels' in r.extra else 'neurons'} "
+              f"in layer <code>{escape(str(r.extra.get('layer')))}</code>. The curve is measured on the clean data "
+              "the repair uses; the table above, on the test set.</p>")
 
 
 def repair_section(results: Sequence[Repair], *, splits=None, trigger=None,
