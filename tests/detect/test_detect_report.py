@@ -38,3 +38,19 @@ def test_a_scan_of_some_classes_labels_and_marks_rows_by_their_class():
     rows = html[html.index("<table"):html.index("</table>")]
     assert rows.index("digit7") < rows.index("digit2") < rows.index("digit5")
     assert rows.count("flagged") == 1 and rows.index("flagged") > rows.index("digit5")
+
+
+def test_a_largest_index_on_a_route_every_model_takes_says_so():
+    # A table scan named class 0 the "largest index" while the section below called it a route
+    # every model takes (its trigger moves the clean references too), not backdoor evidence.
+    from poisonguard.detect.report import method_sentence
+
+    det = Detection(method="reference_contrast", backdoored=False, flagged_classes=(), anomaly_index=(1.0, 0.4),
+                    seconds=1.0, mask_l1=(18.0, 5.7), threshold=4.9,
+                    extra={"targets": [0, 1], "followed_by_references": [True, False]})
+    text = method_sentence(det, None, ["no", "yes"])
+    assert "(largest index 1.00, class 0 ('no'), whose trigger also moves the clean reference models" in text
+    det = Detection(method="reference_contrast", backdoored=False, flagged_classes=(), anomaly_index=(0.2, 0.4),
+                    seconds=1.0, mask_l1=(18.0, 5.7), threshold=4.9,
+                    extra={"targets": [0, 1], "followed_by_references": [True, False]})
+    assert "moves the clean reference" not in method_sentence(det, None, ["no", "yes"])

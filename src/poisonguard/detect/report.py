@@ -199,8 +199,11 @@ def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -
     top = max(range(len(values)), key=lambda i: values[i])
     close = ("no class needs a much smaller trigger than on the clean reference models" if against_references
              else "every class needs a similarly large trigger")
+    followed = det.extra.get("followed_by_references") or []
+    route = (", whose trigger also moves the clean reference models: a route every model takes"
+             if top < len(followed) and followed[top] else "")
     return (f"{name}: no class above the threshold {threshold:.2f} (largest index {values[top]:.2f}, "
-            f"{class_label(targets[top], classes)}): {close}.")
+            f"{class_label(targets[top], classes)}{route}): {close}.")
 
 
 def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, evidence: list[dict] | None = None) -> str:
