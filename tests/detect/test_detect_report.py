@@ -54,3 +54,15 @@ def test_a_largest_index_on_a_route_every_model_takes_says_so():
                     seconds=1.0, mask_l1=(18.0, 5.7), threshold=4.9,
                     extra={"targets": [0, 1], "followed_by_references": [True, False]})
     assert "moves the clean reference" not in method_sentence(det, None, ["no", "yes"])
+
+
+def test_every_class_flagged_is_not_called_smaller_than_the_others():
+    from poisonguard.detect.report import method_sentence, verdict_sentence
+
+    det = Detection(method="neural_cleanse", backdoored=True, flagged_classes=(0, 1, 2), anomaly_index=(3.0, 2.5, 4.0),
+                    seconds=1.0, mask_l1=(5.0, 6.0, 4.0), threshold=2.0, extra={"targets": [0, 1, 2]})
+    for text in (method_sentence(det, None), verdict_sentence(det)):
+        assert "flags every class" in text and "smaller than" not in text, text
+    two = Detection(method="neural_cleanse", backdoored=True, flagged_classes=(0, 2), anomaly_index=(3.0, 0.5, 4.0),
+                    seconds=1.0, mask_l1=(5.0, 60.0, 4.0), threshold=2.0, extra={"targets": [0, 1, 2]})
+    assert method_sentence(two, None).endswith("turns inputs into them.")

@@ -104,11 +104,13 @@ def _together_note(verdict, c, rows, fmt, classes) -> str:
 def verdict_sentence(det: Detection, classes=None) -> str:
     """The verdict in words a non-expert understands."""
     name = PRETTY.get(det.method, det.method)
-    label = (lambda c: f"class {c}" + (f" ('{classes[c]}')" if classes and str(classes[c]) != str(c) else ""))
     if det.backdoored:
-        which = ", ".join(label(c) for c in det.flagged_classes)
+        which = ", ".join(class_label(c, classes) for c in det.flagged_classes)
+        if len(det.flagged_classes) >= len(row_classes(det)):
+            return (f"{name}: flags every class ({which}), so no class stands apart from the others: its rule "
+                    "cannot single out a planted trigger's target here.")
         return (f"{name}: this model looks BACKDOORED. A tiny, unusual pattern is enough to turn almost any input "
-                f"into {which}, far smaller than for any other class - the signature of a planted trigger.")
+                f"into {which}, far smaller than for the other classes - the signature of a planted trigger.")
     return (f"{name}: no backdoor found. Every class needs a similarly large change to the input before the model "
             f"switches to it (no index above {det.threshold:g}).")
 
@@ -195,7 +197,11 @@ def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -
     if flagged:
         which = ", ".join(f"{class_label(targets[i], classes)} (index {values[i]:.2f})" for i in sorted(flagged))
         than = "on the clean reference models" if against_references else "for the other classes"
-        return f"{name}: flags {which}, above the threshold {threshold:.2f}: a far smaller trigger than {than} turns inputs into it."
+        if len(flagged) == len(values) and not against_references:
+            return (f"{name}: flags every class ({which}), above the threshold {threshold:.2f}: no class stands apart "
+                    "from the others, so the index cannot single out a target.")
+        return (f"{name}: flags {which}, above the threshold {threshold:.2f}: a far smaller trigger than {than} turns "
+                f"inputs into {'it' if len(flagged) == 1 else 'them'}.")
     top = max(range(len(values)), key=lambda i: values[i])
     close = ("no class needs a much smaller trigger than on the clean reference models" if against_references
              else "every class needs a similarly large trigger")
