@@ -37,6 +37,12 @@ def test_text_walk_through(corpus_csv, tmp_path, capsys):
     sanitized = json.loads((tmp_path / "san" / "report.json").read_text())["sanitization"]
     assert sanitized["methods"] == ["text_keywords"]  # text's own default: the CLI ran SCAn when none was typed
     assert f"none of its {sanitized['n_samples']} rows was flagged" in (tmp_path / "san" / "report.html").read_text()
+    # a clean verdict shows what it rests on: the word groups tested, and a score per row (scores.npz, as --help says)
+    assert "candidates" in sanitized and all(not c["flagged"] for c in sanitized["candidates"])
+    import numpy as np
+
+    with np.load(tmp_path / "san" / "scores.npz") as scores:
+        assert len(scores["flip_share"]) == sanitized["n_samples"] and not scores["flagged"].any()
     assert main(["repair", str(atk), *data, "--trigger", str(atk / "trigger.json"), "--from-scan", str(tmp_path / "scan"),
                  "--out", str(tmp_path / "rep"), "--quiet"]) == 0
     rep = _last_json(capsys)

@@ -21,7 +21,7 @@ _REPORT = ("report.json", "report.html")
 _MODEL = ("model.safetensors", "model.json", "tokenizer.json")
 # What each text command writes (what --force removes first), as cli.inputs.OUTPUTS for images.
 OUTPUTS = {"attack": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"), "train": (*_REPORT, *_MODEL, "trigger.json", "poisoned.csv"),
-           "evaluate": _REPORT, "scan": (*_REPORT, "trigger_*.json"), "sanitize": (*_REPORT, "cleansed.csv"),
+           "evaluate": _REPORT, "scan": (*_REPORT, "trigger_*.json"), "sanitize": (*_REPORT, "cleansed.csv", "scores.npz"),
            "filter": (*_REPORT, "entropy.npz", "accepted.csv"),
            "repair": (*_REPORT, *(f"repaired/{n}" for n in _MODEL))}
 MAX_LEN = 64
@@ -318,6 +318,7 @@ def sanitize(args) -> int:
     from poisonguard.data.text import encode, load_text_rows, write_kept_rows
     from poisonguard.models.text_files import new_text_model
     from poisonguard.report import Report
+    from poisonguard.sanitize.cli import write_score_arrays, write_scores
 
     out = guard_out(args.out, command="sanitize", force=args.force, outputs=OUTPUTS["sanitize"], inputs=[("data", Path(args.data))])
     rows = load_text_rows(args.data, text_column=args.text_column, label_column=args.label_column)
@@ -338,6 +339,8 @@ def sanitize(args) -> int:
         res = TextKeywordFilter().run(tm.model, data.x, data.y, vocab=tm.tokenizer.vocab)
         flagged, targets, verdict = set(res.flagged), list(res.targets), "poisoned" if res.flagged else "clean"
         extra["triggers"] = [{k: v for k, v in t.items() if k != "phrase_ids"} for t in res.triggers]
+        extra["candidates"] = list(res.candidates)
+        write_score_arrays(out / "scores.npz", data.y.numpy(), flagged, {"flip_share": res.scores})
     else:
         from poisonguard.sanitize import Sanitizer
 
@@ -349,6 +352,7 @@ def sanitize(args) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         flagged, targets, verdict = set(result.flagged), list(result.targets), result.verdict
+        write_scores(out / "scores.npz", result, data.y.numpy())
     write_kept_rows(rows, Path(args.data), set(range(len(rows))) - flagged, out / "cleansed.csv")
     report = Report("sanitize")
     report.set("sanitization", {"verdict": verdict, "flagged": sorted(flagged), "targets": targets,
@@ -356,7 +360,7 @@ def sanitize(args) -> int:
     from poisonguard.report.text import add_sanitize
 
     add_sanitize(report, verdict=verdict, flagged=len(flagged), n=len(rows), targets=targets, methods=methods,
-                 triggers=extra.get("triggers", []), classes=rows.classes)
+                 triggers=extra.get("triggers", []), classes=rows.classes, candidates=extra.get("candidates"))
     path = report.write(out)
     print(json.dumps({"report": str(path), "out": str(out), "verdict": verdict, "flagged": len(flagged), "targets": targets,
                       "triggers": [t["words"] for t in extra.get("triggers", [])]}))

@@ -59,12 +59,25 @@ def sanitize_sentence(verdict: str, flagged: int, n: int, targets, classes) -> s
     return f"The corpus looks poisoned: {flagged} of {n} rows flagged ({flagged / n:.1%}), labelled {names}."
 
 
-def add_sanitize(report, *, verdict: str, flagged: int, n: int, targets, methods, triggers, classes) -> None:
+MAX_CANDIDATES = 20  # word groups shown, highest flip share first (report.json keeps them all)
+
+
+def add_sanitize(report, *, verdict: str, flagged: int, n: int, targets, methods, triggers, classes,
+                 candidates=None) -> None:
     html = table(["rows", "flagged", "target classes", "methods"],
                  [[n, flagged, ", ".join(class_label(int(c), classes) for c in targets) or "none", ", ".join(methods)]])
     if triggers:
         html += table(["trigger words", "target class"],
                       [[" ".join(map(str, t["words"])), class_label(int(t["class"]), classes)] for t in triggers])
+    if candidates is not None:  # the word filter's evidence: every group it tested, flagged or not
+        top = sorted(candidates, key=lambda t: -t["flip_share"])[:MAX_CANDIDATES]
+        html += (f"<p>Word groups found almost only in one class's rows and tested by inserting them into other "
+                 f"classes' texts: {len(candidates)}"
+                 + (f", the {len(top)} that flip most shown" if len(top) < len(candidates) else "") + ".</p>")
+        if top:
+            html += table(["words", "class", "rows", "share of other texts sent to the class", "flagged"],
+                          [[" ".join(map(str, t["words"])), class_label(int(t["class"]), classes), t["rows"],
+                            t["flip_share"], "yes" if t["flagged"] else ""] for t in top])
     report.add_section("Data sanitization", html, summary=sanitize_sentence(verdict, flagged, n, targets, classes),
                        order=10)
 

@@ -102,13 +102,19 @@ def _model(args, rows):
 
 
 def write_scores(path: Path, result, labels: np.ndarray) -> None:
-    from poisonguard.utils import atomic_path
-
-    arrays = {"position": np.arange(result.n_samples), "label": labels, "combined": result.z,
-              "flagged": np.isin(np.arange(result.n_samples), result.flagged)}
+    arrays = {"combined": result.z}
     for name in result.methods:
         arrays[f"score_{name}"] = result.method_scores[name]
         arrays[f"z_{name}"] = result.method_z[name]
+    write_score_arrays(path, labels, result.flagged, arrays)
+
+
+def write_score_arrays(path: Path, labels: np.ndarray, flagged, arrays: dict[str, np.ndarray]) -> None:
+    """scores.npz: each sample's position, label and flag, and the scores in `arrays` (name: (N,))."""
+    from poisonguard.utils import atomic_path
+
+    n = len(labels)
+    arrays = {"position": np.arange(n), "label": labels, "flagged": np.isin(np.arange(n), sorted(flagged)), **arrays}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)

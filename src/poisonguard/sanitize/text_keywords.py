@@ -51,10 +51,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class KeywordResult:
+    """`triggers`: the word groups that passed the flip test; `candidates`: every group tested
+    (its class, words, rows and flip share), the evidence a clean verdict rests on; `scores`:
+    per row, the largest flip share of a tested group it holds (0 for rows in none)."""
+
     flagged: tuple[int, ...]
     targets: tuple[int, ...]
     triggers: tuple[dict, ...]
     scores: np.ndarray
+    candidates: tuple[dict, ...] = ()
 
 
 class TextKeywordFilter:
@@ -90,7 +95,7 @@ class TextKeywordFilter:
         rows_of = _rows_per_word(ids)
         pred = predict(model, ids, batch_size=self.batch_size).numpy()
         scores = np.zeros(len(y))
-        flagged, triggers, targets = set(), [], set()
+        flagged, triggers, targets, candidates = set(), [], set(), []
         rng = np.random.default_rng(self.seed)
         for c in np.unique(y):
             n_c = int((y == c).sum())
@@ -113,15 +118,17 @@ class TextKeywordFilter:
                     without = _remove(ids[torch.as_tensor(held)], group)
                     share = float((predict(model, without, batch_size=self.batch_size).numpy() != c).mean())
                 words = [vocab[w] if vocab is not None and w < len(vocab) else int(w) for w in group]
+                candidates.append({"class": int(c), "words": words, "rows": int(len(rows)), "flip_share": round(share, 4),
+                                   "flagged": share >= self.flip})
+                scores[rows] = np.maximum(scores[rows], share)
                 if share >= self.flip:
                     flagged.update(int(i) for i in rows)
                     targets.add(int(c))
                     triggers.append({"class": int(c), "words": words, "rows": int(len(rows)), "flip_share": round(share, 4),
                                      "phrase_ids": phrase,
                                      "phrase": [vocab[w] if vocab is not None and w < len(vocab) else int(w) for w in phrase]})
-                    scores[rows] = np.maximum(scores[rows], share)
                 log.debug("class %d group %s: %d rows, flip share %.3f", c, words, len(rows), share)
-        return KeywordResult(tuple(sorted(flagged)), tuple(sorted(targets)), tuple(triggers), scores)
+        return KeywordResult(tuple(sorted(flagged)), tuple(sorted(targets)), tuple(triggers), scores, tuple(candidates))
 
 
 def _rows_per_word(ids: torch.Tensor) -> dict[int, np.ndarray]:
