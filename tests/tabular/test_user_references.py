@@ -1,6 +1,6 @@
-"""The clean references of a user's own table model are rebuilt from the user's code, keeping
-the suspect's buffers (its owner's scaling), and not replaced by the built-in mlp: a stand-in that
-learns otherwise made a clean user model look backdoored (notes/issue-19.md, session 17)."""
+"""`scan --references own`: the clean references of a user's own table model rebuilt from the
+user's code, keeping the suspect's buffers (its owner's scaling); by default the built-in mlp stands
+in, which measured better on larger tables (notes/issue-19.md, session 17)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def _users_model(tmp_path, width=5):
 
 def test_a_users_table_model_gets_references_of_its_own_code_and_scaling(tmp_path):
     code, spec, loaded = _users_model(tmp_path)
-    arch = reference_architecture(weights_metadata(loaded), (5,), loaded.model)
+    assert reference_architecture(weights_metadata(loaded), (5,), loaded.model).spec == "mlp"  # the default stand-in
+    arch = reference_architecture(weights_metadata(loaded), (5,), loaded.model, choice="own")
     assert arch.spec == spec and arch.kwargs == {"num_classes": 2, "width": 5}
     assert "own architecture" in arch.source and "standing in" not in arch.source
     ref = arch.build(num_classes=2, input_shape=(5,), seed=3)
@@ -77,7 +78,7 @@ def test_references_train_as_the_users_model_with_its_scaling(tmp_path):
     x[:, 0] += x[:, 0].sign()  # a margin around the rule x0 > 0
     x = x * 50 + torch.tensor([0.0, 100.0, 200.0])
     data = ImageData(x, (x[:, 0] > 0).long(), ["no", "yes"], kind="tabular")
-    arch = reference_architecture(weights_metadata(loaded), (3,), loaded.model)
+    arch = reference_architecture(weights_metadata(loaded), (3,), loaded.model, choice="own")
     refs = train_references(data, architecture=arch, n_models=2, epochs=10, device="cpu")
     for ref in refs:
         assert torch.equal(ref.mean, loaded.model.mean)
@@ -89,5 +90,18 @@ def test_files_that_name_no_rebuildable_architecture_get_the_built_in_stand_in()
     assert reference_architecture(None, (7,)).spec == "mlp"  # TorchScript, ONNX: no architecture to rebuild
     assert reference_architecture({"architecture": "mlp"}, (7,)).source.startswith("the suspect's own architecture")
     # an image model's library architecture is not rebuilt (unmeasured), the built-in stands in
-    image = reference_architecture({"architecture": "torchvision:resnet18"}, (3, 32, 32))
+    image = reference_architecture({"architecture": "torchvision:resnet18"}, (3, 32, 32), choice="own")
     assert image.spec == "resnet20" and "standing in" in image.source
+
+
+def test_scan_plan_references_choice_reaches_the_trained_references(tmp_path):
+    from poisonguard.data.dataset import ImageData
+    from poisonguard.detect.scan import ScanPlan, _references
+
+    _, _, loaded = _users_model(tmp_path, width=3)
+    x = torch.randn(120, 3) * 50 + torch.tensor([0.0, 100.0, 200.0])
+    clean = ImageData(x, (x[:, 0] > 0).long(), ("no", "yes"), kind="tabular")
+    for choice, kind in (("own", "Scaled"), ("builtin", "Sequential")):  # the built-in mlp is a Sequential
+        plan = ScanPlan(methods=("reference_contrast",), references=choice, reference_models=2, device="cpu")
+        refs = _references(loaded, clean, (3,), plan)
+        assert len(refs) == 2 and type(refs[0]).__name__ == kind, (choice, type(refs[0]))

@@ -286,21 +286,29 @@ def _as_reference_arch(architecture: "str | ReferenceArch") -> ReferenceArch:
     return architecture if isinstance(architecture, ReferenceArch) else ReferenceArch(architecture)
 
 
-def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None) -> ReferenceArch:
+REFERENCE_CHOICES = ("builtin", "own")
+
+
+def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, *, choice: str = "builtin") -> ReferenceArch:
     """The references' architecture for a suspect, and the sentence saying where it came from.
 
     - A built-in architecture named by the suspect's weights file: that architecture.
-    - A table model whose weights file was loaded with a library or the user's own
-      architecture (`--arch torchvision:...`, `--arch file.py:build`, typed by the user): that
-      architecture again, with its keywords and the suspect's buffers (`ReferenceArch`). The
-      built-in mlp standing in for it flagged a clean user model (a LayerNorm residual net on
-      breast cancer, index 73 against a cut of 2.7): a stand-in that learns otherwise makes the
-      suspect's classes look unusually small or large.
+    - With `choice="own"` (`scan --references own`), a table model whose weights file was
+      loaded with a library or the user's own architecture (`--arch file.py:build`, typed by
+      the user): that architecture again, with its keywords and the suspect's buffers
+      (`ReferenceArch`), trained by the table recipe. Not the default, by measurement
+      (`benchmarks/tabular_scan_architectures.py`, two user architectures, fair seeds 4-6 and
+      randhie seed 4): own references found 7 of 8 backdoors and flagged 4 of 8 clean models,
+      the built-in mlp standing in 8 of 8 and 2 of 8; references of the user's code trained by
+      our recipe spread widely (thresholds up to 26). On breast cancer (114 clean rows) the
+      stand-in flagged a clean user model at index 73 against a cut of 2.7, own references did not.
     - Otherwise the built-in for the data's shape stands in, and the sentence says so:
       TorchScript, ONNX and export files carry no architecture to rebuild, and an image model's
       own architecture is not rebuilt (unmeasured: references of a large library network
       trained on a few hundred images).
     """
+    if choice not in REFERENCE_CHOICES:
+        raise ValueError(f"choice must be one of {REFERENCE_CHOICES}, got {choice!r}")
     from poisonguard.models import ARCHITECTURES
     from poisonguard.models.arch import spec_kind
 
@@ -309,7 +317,7 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None) 
     if arch and arch in ARCHITECTURES:
         return ReferenceArch(arch, f"the suspect's own architecture ({arch}) re-initialised and trained on the clean data")
     tabular = len(input_shape) == 1
-    if arch and tabular and spec_kind(arch) != "builtin":
+    if arch and tabular and spec_kind(arch) != "builtin" and choice == "own":
         return ReferenceArch(arch, (f"the suspect's own architecture ({arch}) re-initialised (its buffers, e.g. its own "
                                     f"scaling, kept) and trained on the clean data with poisonguard's table recipe "
                                     f"(Adam, {TABLE_REFERENCE_EPOCHS} epochs), which may train it less sharply than "
@@ -335,7 +343,7 @@ def weights_metadata(loaded) -> dict | None:
 
 def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: float, seed: int = 0,
                   device: str = "auto", options: dict | None = None, data_id: str = "",
-                  models=None, statistic: str = "robust") -> tuple[Calibration, dict]:
+                  models=None, statistic: str = "robust", references: str = "builtin") -> tuple[Calibration, dict]:
     """The calibration `scan` (and each audit worker) uses for a loaded suspect, and its report block.
 
     The references are the suspect's own architecture where its file names a built-in one,
@@ -343,7 +351,7 @@ def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: fl
     leave-one-out check of the stated rate to the calibration's summary. `models`: the
     references `train_references` gives for these settings, when the caller has them already.
     """
-    arch = reference_architecture(weights_metadata(loaded), input_shape, loaded.model)
+    arch = reference_architecture(weights_metadata(loaded), input_shape, loaded.model, choice=references)
     cal = calibrate(clean, architecture=arch, methods=methods, n_models=n_models, seed=seed,
                     device=device, options=options, data_id=data_id, models=models)
     flagged, n, ci = loo_false_positives(cal, fpr, statistic)

@@ -31,6 +31,10 @@ def add_commands(sub) -> None:
     p.add_argument("--data", required=True, help="clean data: mnist5k, cifar10, a path ... or 'none' (data-free: uncalibrated, data-free methods only)")
     add_verdict_options(p)
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when a backdoor is found")
+    p.add_argument("--references", choices=("builtin", "own"), default="builtin",
+                   help="a table model loaded with your own --arch (or a library's): builtin (default) trains the "
+                        "built-in mlp as its clean references; own rebuilds your architecture, keeping its buffers "
+                        "(measured: fewer false positives on a small table, more on larger ones; README)")
     add_budget_options(p)
     p.add_argument("--prune-after", type=positive_int, default=None, help="drop the least promising classes after this many epochs (faster; may add false flags, since pruned classes keep unfinished masks)")
     p.add_argument("--input-shape", default=None, help="C,H,W for --data none when the model has no metadata.json")
@@ -180,7 +184,8 @@ def cmd_scan(args) -> int:
     options = detector_options(methods, threshold=args.threshold, epochs=args.epochs, prune_after=args.prune_after,
                                steps=args.steps)
     plan = ScanPlan(methods=tuple(methods), fpr=args.fpr, statistic=args.statistic, calibration=args.calibration,
-                    reference_models=args.reference_models or 4, seed=args.seed, device=args.device, options=options)
+                    reference_models=args.reference_models or 4, references=args.references, seed=args.seed,
+                    device=args.device, options=options)
     verdict = scan_into_report(report, loaded, clean, plan, input_shape=shape, num_classes=k, classes=classes,
                                examples=examples, data_label=args.data,
                                clean_fraction=None if clean is None else args.clean_fraction,

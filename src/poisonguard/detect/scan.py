@@ -28,6 +28,7 @@ class ScanPlan:
     statistic: str = "robust"
     calibration: str = "auto"
     reference_models: int = 4
+    references: str = "builtin"  # "own": a table model's own --arch rebuilt (calibration.reference_architecture)
     seed: int = 0
     device: str = "auto"
     options: dict[str, dict] = field(default_factory=dict)
@@ -37,6 +38,8 @@ class ScanPlan:
             raise ValueError(f"calibration must be 'auto' or 'none', got {self.calibration!r}")
         if self.reference_models < 2:
             raise ValueError(f"calibration needs at least 2 reference models, got {self.reference_models}")
+        if self.references not in ("builtin", "own"):
+            raise ValueError(f"references must be 'builtin' or 'own', got {self.references!r}")
 
 
 # What a scan takes where the user names nothing, by the kind of data (scan's CLI and each audit
@@ -65,7 +68,7 @@ def _references(loaded, clean, input_shape, plan: ScanPlan):
 
     if not any(getattr(DETECTORS.get(m), "needs_references", False) for m in plan.methods):
         return None
-    arch = reference_architecture(weights_metadata(loaded), input_shape, loaded.model)
+    arch = reference_architecture(weights_metadata(loaded), input_shape, loaded.model, choice=plan.references)
     return train_references(clean, architecture=arch, n_models=plan.reference_models, seed=plan.seed,
                             device=plan.device)
 
@@ -114,7 +117,7 @@ def scan_into_report(report, loaded, clean, plan: ScanPlan, *, input_shape, num_
         calibration, block = calibrate_for(loaded, clean, input_shape, methods=methods, n_models=plan.reference_models,
                                            fpr=plan.fpr, seed=plan.seed, device=plan.device, options=plan.options,
                                            data_id=f"{data_label}:{clean_fraction}:{plan.seed}", models=references,
-                                           statistic=plan.statistic)
+                                           statistic=plan.statistic, references=plan.references)
         report.set("calibration", block)
     skipped: list[dict[str, Any]] = []
     verdict = scan_verdict(
