@@ -17,7 +17,7 @@ def _data(n=20):
 
 
 def _counting_fit(calls):
-    def fake(data, settings, key, *, seed, device, source, models=None):
+    def fake(data, arch, settings, key, *, seed, device, source, models=None):
         calls.append(source)
         time.sleep(0.3)  # long enough for the other scans to arrive while this one works
         return calibration.Calibration(key=key, architecture=settings["architecture"], source=source, n_models=2,
@@ -80,8 +80,12 @@ def test_a_tampered_cache_file_is_recomputed_not_trusted(tmp_path, monkeypatch):
         assert calibration.calibrate(_data(), **args).n_models == 2
     assert len(calls) == 1 + len(tampered)
     path.write_text(json.dumps(good))
-    assert calibration.calibrate(_data(), **args).methods == good["methods"]  # an intact file is used
+    read = calibration.calibrate(_data(), **args)
+    assert read.methods == good["methods"]  # an intact file is used
     assert len(calls) == 1 + len(tampered)
+    # the report says a cached calibration's seconds are what it cost when computed, not now
+    assert read.summary()["cached"] and not first.summary()["cached"]
+    assert "cached" not in json.loads(path.read_text())  # written as before: older files stay readable
 
 
 def test_the_same_file_name_with_other_contents_is_another_calibration(tmp_path, monkeypatch):

@@ -59,17 +59,19 @@ class Calibration:
     seconds: float
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False  # read from the cache: `seconds` is what computing it cost then, not now
 
     def null_for(self, method: str) -> dict | None:
         return self.methods.get(method)
 
     def summary(self) -> dict[str, Any]:
         return {"calibrated": True, "architecture": self.architecture, "reference_models": self.n_models,
-                "source": self.source, "clean_images": self.clean_images, "seconds": self.seconds, "key": self.key,
+                "source": self.source, "clean_images": self.clean_images, "seconds": self.seconds,
+                "cached": self.cached, "key": self.key,
                 "null": {m: {"mu": round(v["mu"], 4), "s": round(v["s"], 4)} for m, v in self.methods.items()}}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "cached"})
 
     @classmethod
     def from_json(cls, text: str, *, key: str, settings: dict[str, Any]) -> "Calibration":
@@ -78,7 +80,7 @@ class Calibration:
         the calibration of exactly `settings` (hence its number of references and classes) and
         every statistic is a finite number in lists no longer than those counts."""
         data = json.loads(text)
-        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)}:
+        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)} - {"cached"}:
             raise ValueError("not a calibration")
         if data["key"] != key or data["settings"] != json.loads(json.dumps(settings, default=str)):
             raise ValueError("a calibration of other settings")
@@ -94,7 +96,7 @@ class Calibration:
                 raise ValueError(f"{name} is not a string")
         if not all(_finite_json(data[name], 1) for name in ("clean_images", "seconds")):
             raise ValueError("counts are not numbers")
-        return cls(**data)
+        return cls(**data, cached=True)
 
 
 def _finite_json(value: Any, longest: int, depth: int = 0) -> bool:
