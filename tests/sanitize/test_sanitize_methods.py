@@ -254,3 +254,17 @@ def test_a_heldout_gate_that_could_not_run_is_said_not_silently_replaced():
                           class_threshold=7.39, seconds=1.0,
                           extra={"gate": "index", "gate_requested": "heldout", "heldout_missing": missing})
     assert "The held-out test (--class-gate heldout) did not run: it needs at least 200" in verdict_sentence(result)
+
+
+def test_a_poisoned_verdict_from_a_short_training_run_carries_a_caution():
+    # `sanitize mnist5k --epochs 2` called clean data poisoned; the threshold was set at 10 epochs.
+    from poisonguard.results import Sanitization
+    from poisonguard.sanitize.report import verdict_sentence
+
+    def result(epochs: int) -> Sanitization:
+        return Sanitization(verdict="poisoned", flagged=(1, 2), targets=(1,), methods=("scan",), scores={},
+                            n_samples=4000, false_positive_rate=0.01, cut=2.33, class_index={"0": 1.0, "1": 7.98},
+                            class_threshold=7.39, seconds=1.0, extra={"trained_model": True, "epochs": epochs})
+
+    assert "ran 2 epochs, under half the 10" in verdict_sentence(result(2))
+    assert "Caution" not in verdict_sentence(result(10))

@@ -18,6 +18,12 @@ MOST_SUSPICIOUS = 24
 
 def verdict_sentence(result: Sanitization, classes=None) -> str:
     text = _verdict_sentence(result, classes)
+    from poisonguard.sanitize.run import DEFAULT_EPOCHS
+
+    epochs = result.extra.get("epochs") if result.extra.get("trained_model") else None
+    if result.verdict == "poisoned" and epochs is not None and epochs < DEFAULT_EPOCHS // 2:
+        text += (f" Caution: the model sanitize trained ran {epochs} epochs, under half the {DEFAULT_EPOCHS} the "
+                 "class threshold was set on; such short runs have flagged clean data.")
     missing = result.extra.get("heldout_missing")
     if missing:  # the user asked for the held-out test (or the default gate includes it); say it did not run
         text += f" The held-out test (--class-gate {result.extra.get('gate_requested')}) did not run: {missing}; the " \
