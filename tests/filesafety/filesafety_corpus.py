@@ -346,6 +346,19 @@ def _pt2_model_json(base: bytes, edit) -> bytes:
     return _rewrite_zip(base, {name: json.dumps(program).encode()})
 
 
+def _pt2_renamed_parameter(base: bytes, old: str, new: str) -> bytes:
+    """`old`.weight and `old`.bias renamed in the program and the weights config (as JSON text)."""
+    escaped = json.dumps(new)[1:-1]
+    replace = {}
+    for suffix in ("models/model.json", "data/weights/model_weights_config.json"):
+        name = _member(base, suffix)
+        text = _read(base, name).decode()
+        for part in ("weight", "bias"):
+            text = text.replace(f'"{old}.{part}"', f'"{escaped}.{part}"')
+        replace[name] = text.encode()
+    return _rewrite_zip(base, replace)
+
+
 def _pt2_extra_member(base: bytes, rel: str, data: bytes, config_entry: dict | None = None) -> bytes:
     prefix = _member(base, "archive_format").split("/")[0]
     replace = {}
@@ -624,6 +637,16 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
         program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.save"
     files["pt2_graph_target.pt2"] = _pt2_model_json(base, torch_save_target)
     files["pt2_aotinductor.pt2"] = _pt2_extra_member(base, "data/aotinductor/model/model.so", b"\x7fELF")
+    # .module() pastes a forward argument name into `def forward(self, NAME)` and the tree
+    # flattening after it: a triple quote opened in the first closes in the second, and the default runs
+    arg_payload = "x=''' + str(__import__('os').system(" + repr(touch("pt2_forward_arg_name")) + "))):\n    return ((["
+
+    def forward_arg_names(program):
+        program["graph_module"]["module_call_graph"][0]["signature"]["forward_arg_names"] = [arg_payload]
+    files["pt2_forward_arg_name.pt2"] = _pt2_model_json(base, forward_arg_names)
+    # ... and each segment of a parameter name that is not an identifier into getattr(self, "...")
+    files["pt2_parameter_name.pt2"] = _pt2_renamed_parameter(
+        base, "fc", '1"+str(getattr(__import__("os"),"system")(' + json.dumps(touch("pt2_parameter_name")) + '))+"')
     # safetensors headers that lie
     good = {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
     files["st_offsets_past_end.safetensors"] = _safetensors({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 1 << 40]}}, bytes(16))

@@ -136,7 +136,7 @@ def test_the_payloads_are_real(corpus, tmp_path):
     cases = {"os_system.pkl": "pickle", "memo_trick.pkl": "pickle", "pkgutil_resolve_name.pkl": "pickle",
              "unresolved_stack_global.pkl": "pickle", "marshal_function.pkl": "pickle", "importlib_chain.pkl": "pickle",
              "setstate_from_file.pt": "jit", "forward_saves.pt": "jit", "hook_getattr_saves.pt": "jit",
-             "pt2_guards_code.pt2": "export",
+             "pt2_guards_code.pt2": "export", "pt2_forward_arg_name.pt2": "export", "pt2_parameter_name.pt2": "export",
              "pt2_sympy_expr.pt2": "export", "pt2_opaque_constant.pt2": "export",
              "legacy_sys_info.pt": "torchload", "payload_in_state_dict.pt": "torchload"}
     jobs: list[list[str]] = [[], []]

@@ -13,6 +13,7 @@ and members outside the known layout, custom objects and compiled code are refus
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterator
 
 from poisonguard.filesafety.archives import ArchiveCheck
@@ -29,6 +30,18 @@ _CODE_DIRS = {"data/aotinductor/": "AOTInductor compiled code (a shared library 
               "data/executorch/": "an ExecuTorch program", "data/mtia": "an MTIA payload",
               "xl_model_weights/": "an XL weights payload poisonguard does not read"}
 MAX_FINDINGS = 40
+# Names `.module()` pastes into the Python source it generates and execs (torch.fx codegen):
+# `getattr(self, "...")` for each segment of a parameter, buffer or constant name that is not an
+# identifier, `def forward(self, NAME)` for each forward argument name, `'KEY'` for the keys
+# of a dict input. A quote in any of them closes torch's string and what follows runs. So
+# names must be plain: dotted identifiers (or digits, as nn.Sequential's), identifiers, and
+# tree-spec strings free of quotes, backslashes and line breaks.
+_SEGMENT = r"(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+)"
+_DOTTED_NAME = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STATE_NAME_KEYS = ("parameter_name", "buffer_name", "tensor_constant_name", "constant_name", "custom_obj_name")
+_SPEC_KEYS = ("in_spec", "out_spec")
+_UNSAFE_CHARACTERS = "'\"\\\n\r"
 
 
 def check_export(check: ArchiveCheck) -> list[str]:
@@ -96,29 +109,72 @@ def _check_program(check: ArchiveCheck, name: str) -> list[str]:
             findings.append(f"{name}: graph calls {str(target)[:80]}, not a pure tensor operator on the allowlist")
     for text in _values_under(program, "as_string"):
         # .module() pastes a string input's value into the guard code it exec's, inside '...'
-        if not isinstance(text, str) or any(c in text for c in "'\"\\\n\r"):
+        if not isinstance(text, str) or any(c in text for c in _UNSAFE_CHARACTERS):
             findings.append(f"{name}: a string constant {str(text)[:60]!r} with quotes, backslashes or line breaks "
                             "(.module() pastes it into the guard code it compiles)")
     graph = (program.get("graph_module") or {}).get("graph") or {}
     if graph.get("custom_obj_values"):
         findings.append(f"{name}: the graph uses custom (native) objects")
+    return findings + _pasted_name_problems(program, name)
+
+
+def _pasted_name_problems(program: dict, name: str) -> list[str]:
+    """Names that `.module()` pastes into the code it generates must be plain (see `_DOTTED_NAME`)."""
+    findings = []
+    for key in _STATE_NAME_KEYS:
+        for value in _values_under(program, key):
+            if not isinstance(value, str) or not _DOTTED_NAME.fullmatch(value):
+                findings.append(f"{name}: {key} {str(value)[:60]!r} is not a dotted Python name (.module() pastes it "
+                                "into the code it generates and runs)")
+    for names in _values_under(program, "forward_arg_names", containers=True):
+        for value in names if isinstance(names, list) else [names]:
+            if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+                findings.append(f"{name}: forward argument name {str(value)[:60]!r} is not a Python identifier "
+                                "(.module() pastes it into the def line it generates)")
+    for key in _SPEC_KEYS:
+        for spec in _values_under(program, key):
+            text = _unsafe_spec_string(spec)
+            if text is not None:
+                findings.append(f"{name}: {key} holds {text[:60]!r}, with quotes, backslashes or line breaks "
+                                "(.module() pastes a dict input's keys into the code it generates)")
     return findings
 
 
-def _values_under(obj: Any, key: str, depth: int = 0) -> Iterator[Any]:
-    """Every value stored under `key` at any depth of a JSON tree."""
+def _unsafe_spec_string(value: Any, depth: int = 0) -> str | None:
+    """The first string of a serialized tree spec (JSON, whose context strings are JSON again)
+    that holds a quote, backslash or line break once decoded; None when there is none."""
+    if depth > 20:
+        return "<nested too deep>"
+    if isinstance(value, str):
+        if value[:1] in "[{":
+            try:
+                return _unsafe_spec_string(json.loads(value), depth + 1)
+            except (ValueError, RecursionError):
+                pass
+        return value if any(c in value for c in _UNSAFE_CHARACTERS) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        bad = _unsafe_spec_string(key, depth + 1) if isinstance(key, str) else None
+        bad = bad or _unsafe_spec_string(item, depth + 1)
+        if bad is not None:
+            return bad
+    return None
+
+
+def _values_under(obj: Any, key: str, depth: int = 0, *, containers: bool = False) -> Iterator[Any]:
+    """Every value stored under `key` at any depth of a JSON tree (lists and dicts too with `containers`)."""
     if depth > 200:
         yield f"<JSON nested deeper than {depth}>"
         return
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if k == key and not isinstance(v, (dict, list)):
+            if k == key and (containers or not isinstance(v, (dict, list))):
                 yield v
             else:
-                yield from _values_under(v, key, depth + 1)
+                yield from _values_under(v, key, depth + 1, containers=containers)
     elif isinstance(obj, list):
         for v in obj:
-            yield from _values_under(v, key, depth + 1)
+            yield from _values_under(v, key, depth + 1, containers=containers)
 
 
 def _check_payload_config(check: ArchiveCheck, name: str, folder: str, inner: dict[str, str], prefix: str) -> list[str]:
@@ -127,6 +183,9 @@ def _check_payload_config(check: ArchiveCheck, name: str, folder: str, inner: di
     if not isinstance(entries, dict):
         return findings or [f"{name}: not a payload config"]
     for fqn, meta in entries.items():
+        if not _DOTTED_NAME.fullmatch(fqn):
+            findings.append(f"{name}: entry {fqn[:60]!r} is not a dotted Python name (.module() pastes it into the "
+                            "code it generates and runs)")
         if not isinstance(meta, dict) or not isinstance(meta.get("path_name"), str):
             findings.append(f"{name}: entry {str(fqn)[:60]!r} has no path_name")
             continue
