@@ -357,6 +357,18 @@ def test_downloaded_checkpoints(work, tmp_path):
         loaded = load_model(path, **kw)
         assert torch.allclose(loaded.model(probe), expected, atol=1e-6), path
     assert load_model(ckpt, **kw).metadata["checkpoint_hyper_parameters"] == {"lr": 0.01, "width": 8}
+    # a shard that is a link to a file elsewhere is refused, as ONNX external data is (it was followed)
+    from poisonguard.errors import UserError
+
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    first, second = shards
+    save_file({k: state[k] for k in shards[first]}, str(tmp_path / "linked" / first))
+    save_file({k: state[k] for k in shards[second]}, str(tmp_path / "elsewhere" / "secret.safetensors"))
+    (tmp_path / "linked" / second).symlink_to(tmp_path / "elsewhere" / "secret.safetensors")
+    (tmp_path / "linked" / index.name).write_text(index.read_text())
+    with pytest.raises(UserError, match="is a link"):
+        load_model(tmp_path / "linked" / index.name, **kw)
 
 
 def test_torchvision_and_timm_specs():

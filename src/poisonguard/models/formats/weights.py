@@ -87,6 +87,9 @@ def _sharded(path: Path) -> dict[str, torch.Tensor]:
         file = path.parent / shard
         if not file.is_file():
             raise UserError(f"{path}: shard {shard} not found beside the index")
+        if file.is_symlink() or file.resolve().parent != path.parent.resolve():
+            # as ONNX external data: a link must not make the index read a file elsewhere
+            raise UserError(f"{path}: shard {shard} is a link (to {file.resolve()}); shards must be files beside the index")
         fmt = require_safe(file).format  # each shard is as untrusted as the index
         part = _safetensors(file) if fmt == "safetensors" else _torch_state(file)[0]
         state.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
