@@ -425,10 +425,16 @@ def _computed_bomb(op: str) -> bytes:
              helper.make_node("Concat", ["side", "side"], ["shape"], axis=0)]
     if op == "ConstantOfShape":
         nodes.append(helper.make_node(op, ["shape"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])))
-    elif op == "AbsConstantOfShape":  # ONNX's shape inference does not propagate constants through Abs
-        nodes.append(helper.make_node("Abs", ["shape"], ["absolute"]))
-        nodes.append(helper.make_node("ConstantOfShape", ["absolute"], ["big"],
-                                      value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])))
+    elif op in ("AbsConstantOfShape", "SumConstantOfShape", "MatMulConstantOfShape"):
+        # shape arithmetic ONNX's shape inference does not propagate (Abs, Sum), or that
+        # poisonguard does not evaluate either (MatMul by an identity)
+        inner = op[:-len("ConstantOfShape")]
+        extra = [] if inner != "MatMul" else [helper.make_node("Constant", [], ["eye"], value=numpy_helper.from_array(
+            np.eye(2, dtype=np.int64)))]
+        args = {"Abs": ["shape"], "Sum": ["shape", "shape"], "MatMul": ["shape", "eye"]}[inner]
+        nodes += extra + [helper.make_node(inner, args, ["computed"]),
+                          helper.make_node("ConstantOfShape", ["computed"], ["big"],
+                                           value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))]
     else:  # Expand: broadcast the input itself
         nodes.append(helper.make_node("ReduceSum", ["x"], ["one"], keepdims=1))
         nodes.append(helper.make_node(op, ["one", "shape"], ["big"]))
@@ -437,6 +443,27 @@ def _computed_bomb(op: str) -> bytes:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def _function_chain(depth: int) -> bytes:
+    """Local functions f0 .. f(depth-1), each calling the next twice: ONNX's shape inference
+    expands every call, 2^depth of them (30 levels: hours in the check itself)."""
+    from onnx import TensorProto, helper
+
+    functions = []
+    for i in range(depth):
+        if i == depth - 1:
+            body = [helper.make_node("Identity", ["a"], ["b"])]
+        else:
+            body = [helper.make_node(f"f{i + 1}", ["a"], ["t"], domain="local"),
+                    helper.make_node(f"f{i + 1}", ["t"], ["b"], domain="local")]
+        functions.append(helper.make_function("local", f"f{i}", ["a"], ["b"], body,
+                                              [helper.make_opsetid("", 13), helper.make_opsetid("local", 1)]))
+    graph = helper.make_graph([helper.make_node("f0", ["x"], ["y"], domain="local")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    return helper.make_model(graph, functions=functions, opset_imports=[helper.make_opsetid("", 13),
+                                                                         helper.make_opsetid("local", 1)]).SerializeToString()
 
 
 def _npy_bytes(array, allow_pickle: bool = False) -> bytes:
@@ -665,6 +692,9 @@ def hostile_files(markers: Path) -> dict[str, bytes]:
     files["onnx_constant_of_shape_bomb.onnx"] = _computed_bomb("ConstantOfShape")
     files["onnx_expand_bomb.onnx"] = _computed_bomb("Expand")
     files["onnx_abs_bomb.onnx"] = _computed_bomb("AbsConstantOfShape")
+    files["onnx_sum_bomb.onnx"] = _computed_bomb("SumConstantOfShape")
+    files["onnx_matmul_bomb.onnx"] = _computed_bomb("MatMulConstantOfShape")
+    files["onnx_function_chain.onnx"] = _function_chain(30)
     # numpy
     files["object_array.npy"] = _npy_bytes(np.array([_Reduce(os.system, touch("object_array")), 1], dtype=object), allow_pickle=True)
     files["object_in_npz.npz"] = _npz_bytes(x=np.array([_Reduce(os.system, touch("object_in_npz"))], dtype=object))

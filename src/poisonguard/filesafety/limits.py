@@ -33,6 +33,7 @@ class Limits:
     nesting: int = 3                # archives inside archives
     onnx_bytes: int = 2 * GiB       # protobuf's own limit
     computed_elements: int = 1 << 31  # a value an ONNX graph computes, for one input (8 GiB of float32)
+    expanded_nodes: int = 200_000   # ONNX nodes once local functions are expanded (shape inference expands them)
 
 
 LIMITS = Limits()

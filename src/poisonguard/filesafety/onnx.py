@@ -43,6 +43,8 @@ def check_onnx(handle: BinaryIO, size: int, path: Path) -> list[str]:
             findings.append(f"{graph_name}: node {node.op_type} of custom domain {node.domain!r}")
     for tensor in graph_tensors(model):
         findings += _tensor_problems(tensor, path)
+    if not findings:
+        findings += _function_expansion(model)
     if not findings:  # the graph is well formed: what would running it allocate?
         findings += _computed_bombs(onnx, model)
     return sorted(set(findings))[:40]
@@ -94,9 +96,11 @@ def _graph_nodes(graph: Any, name: str, depth: int):
 
 # Operators folded when every input is a small constant, and the inputs of the operators whose
 # output size they fix.
-_FOLDABLE = frozenset({"Abs", "Neg", "Add", "Sub", "Mul", "Div", "Max", "Min", "Floor", "Ceil", "Sqrt", "Pow",
-                       "Concat", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Gather", "Slice", "Identity",
-                       "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "Clip", "Sign", "Round"})
+_BROADCASTING = frozenset({"Abs", "Neg", "Add", "Sub", "Mul", "Div", "Max", "Min", "Floor", "Ceil", "Sqrt", "Pow",
+                           "Clip", "Sign", "Round", "Sum", "Mod", "Where", "Equal", "Less", "Greater", "Not", "And",
+                           "Or", "Cast", "Identity"})
+_FOLDABLE = _BROADCASTING | {"Concat", "Unsqueeze", "Squeeze", "Reshape", "Gather", "Slice", "ReduceProd", "ReduceSum",
+                             "ReduceMax", "ReduceMin", "Shape", "Size"}
 _SIZE_INPUTS = {"ConstantOfShape": (0, 1), "Expand": (1, 2), "Tile": (1, 2), "Range": (0, 3)}  # [first, stop)
 _SMALL = 4096  # elements of a constant worth folding (shapes are a few numbers)
 
@@ -112,16 +116,22 @@ def _folded_bombs(model: Any) -> list[str]:
         return math.prod(tensor.dims) <= _SMALL and not (tensor.data_location == 1 or tensor.external_data)
 
     values: dict[str, Any] = {}
+    # every value computed from the file's constants alone (folded or not); graph inputs are not
+    constant = {tensor.name for tensor in model.graph.initializer}
     for tensor in model.graph.initializer:
         if small(tensor):
             values[tensor.name] = numpy_helper.to_array(tensor)
     findings = []
     for node in list(model.graph.node)[:20_000]:
         inputs = [name for name in node.input if name]
+        if all(name in constant for name in inputs):
+            constant.update(node.output)
         if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
             if small(node.attribute[0].t):
                 values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         elif node.op_type in _FOLDABLE and inputs and all(name in values for name in inputs):
+            if _fold_bound(node.op_type, [values[name] for name in inputs]) > _SMALL:
+                continue  # folding it would itself allocate what the check guards against
             try:
                 outputs = ReferenceEvaluator(node).run(None, {name: values[name] for name in inputs})
             except Exception:  # an attribute or type the evaluator refuses: not folded
@@ -131,13 +141,56 @@ def _folded_bombs(model: Any) -> list[str]:
         elif node.op_type in _SIZE_INPUTS:
             first, stop = _SIZE_INPUTS[node.op_type]
             sizes = list(node.input)[first:stop]
-            if len(sizes) != stop - first or not all(name in values for name in sizes):
+            if len(sizes) != stop - first:
+                continue
+            if not all(name in values for name in sizes):
+                if all(name in constant for name in sizes):  # fixed by the file, by arithmetic not folded here
+                    findings.append(f"{node.op_type} {node.name or node.output[0]!r} takes its size from the file's "
+                                    "constants through operators poisonguard does not evaluate, so its size is "
+                                    "unknown before it runs")
                 continue
             size = _output_elements(node.op_type, [values[name] for name in sizes])
             if size > LIMITS.computed_elements:
                 findings.append(f"{node.op_type} {node.name or node.output[0]!r} makes {size:.3g} elements from the "
                                 f"file's constants (over the limit of {LIMITS.computed_elements})")
     return findings[:5]
+
+
+def _fold_bound(op: str, arrays: list) -> float:
+    """At most how many elements folding `op` on `arrays` makes (broadcasting multiplies shapes:
+    Max of (n,1,1), (1,n,1), (1,1,n) constants of n elements each makes n^3)."""
+    import numpy as np
+
+    if op in _BROADCASTING:
+        try:
+            return float(math.prod(np.broadcast_shapes(*(np.shape(a) for a in arrays))))
+        except ValueError:
+            return math.inf
+    if op == "Gather":
+        return float(np.size(arrays[0])) * float(np.size(arrays[1])) if len(arrays) > 1 else math.inf
+    return float(sum(np.size(a) for a in arrays))
+
+
+def _function_expansion(model: Any) -> list[str]:
+    """Local functions calling each other: ONNX's shape inference expands every call, so a chain
+    of functions each calling the next twice costs 2^depth (22 levels: 13 s; 40: years)."""
+    local = {(f.domain, f.name): f for f in model.functions}
+    cost: dict[tuple[str, str], float] = {}
+
+    def expanded(key, stack: tuple) -> float:
+        if key in stack:
+            return math.inf  # a function calling itself never ends
+        if key not in cost:
+            cost[key] = sum(1 + (expanded((n.domain, n.op_type), stack + (key,)) if (n.domain, n.op_type) in local
+                                 else 0) for n in local[key].node)
+        return cost[key]
+
+    total = sum(1 + (expanded((n.domain, n.op_type), ()) if (n.domain, n.op_type) in local else 0)
+                for n in model.graph.node)
+    if total > LIMITS.expanded_nodes:
+        return [f"its local functions expand to {total:.3g} nodes (over the limit of {LIMITS.expanded_nodes}; "
+                "a function that calls itself never ends)"]
+    return []
 
 
 def _output_elements(op: str, sizes: list) -> float:
