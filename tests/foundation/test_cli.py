@@ -104,3 +104,31 @@ def test_outputs_never_overwrite_inputs(attacked, capsys):
     before = (attacked / "model.pt").read_bytes()
     expect_user_error(capsys, "evaluate", str(attacked / "model.pt"), "--data", "mnist5k", "--out", str(attacked), match="overwritten")
     assert (attacked / "model.pt").read_bytes() == before
+
+
+def test_out_of_memory_is_one_line_exit_2_and_resizing_goes_in_chunks(monkeypatch, capsys):
+    # A 30-byte metadata.json asking for 4096 x 4096 inputs made a batch of 512 allocate 34 GB,
+    # and the failure printed an internal-error traceback.
+    import torch
+
+    import poisonguard.models.wrappers as wrappers
+    from poisonguard.cli import build_parser
+
+    inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+    adapter = wrappers.InputAdapter(inner, size=(16, 16))
+    x = torch.rand(10, 3, 8, 8)
+    whole = adapter(x)
+    monkeypatch.setattr(wrappers, "MAX_RESIZED_ELEMENTS", 3 * 16 * 16 * 3)  # three inputs at a time
+    assert torch.allclose(adapter(x), whole, atol=1e-6)
+
+    def out_of_memory(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 17179869184 bytes")
+    parser = build_parser()
+    monkeypatch.setattr("poisonguard.cli.build_parser", lambda: parser)
+    args = parser.parse_args(["inspect-file", "x"])
+    monkeypatch.setattr(parser, "parse_args", lambda argv=None: args)
+    monkeypatch.setattr(args, "func", out_of_memory)
+    assert main(["inspect-file", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poisonguard: error: out of memory") and "Traceback" not in err

@@ -103,13 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("poisonguard: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        print(f"poisonguard: error: out of memory ({str(exc)[:200] or 'MemoryError'}): a smaller input size, "
+              "batch or --limit may help", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RuntimeError as exc:
+        if "allocate" not in str(exc) or "memory" not in str(exc):
+            return _internal_error(exc)
+        print(f"poisonguard: error: out of memory ({str(exc).splitlines()[0][:200]}): a smaller input size, "
+              "batch or --limit may help", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as exc:  # a bug of ours; Python's own exit code 1 would read as "backdoor found" in CI
-        import traceback
-
-        traceback.print_exc()
-        print(f"poisonguard: internal error (a bug in poisonguard, not a finding; please report the traceback "
-              f"above): {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal_error(exc)
     finally:
         from poisonguard import limits
 
@@ -117,6 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from poisonguard.data import options as data_options
 
         data_options.reset()
+
+
+def _internal_error(exc: BaseException) -> int:
+    import traceback
+
+    traceback.print_exception(exc)
+    print(f"poisonguard: internal error (a bug in poisonguard, not a finding; please report the traceback "
+          f"above): {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ MAX_SIDE = 4096
 PROBABILITY_FLOOR = 1e-30
 
 
+MAX_RESIZED_ELEMENTS = 1 << 26  # resized inputs held at once (256 MB of float32); larger batches go in chunks
+
+
 class InputAdapter(nn.Module):
     """Resize (bilinear) and/or normalise (N, C, H, W) inputs in [0, 1], then call `inner`;
     with `log_outputs`, return the log of `inner`'s probabilities, i.e. logits."""
@@ -48,6 +51,10 @@ class InputAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            # a metadata.json may ask for 4096 x 4096 inputs: a batch of 512 resized at once is 34 GB
+            step = max(1, MAX_RESIZED_ELEMENTS // (int(x.shape[1]) * self.size[0] * self.size[1]))
+            if len(x) > step:
+                return torch.cat([self(x[i:i + step]) for i in range(0, len(x), step)])
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         if self.normalize:
             x = (x - self.mean) / self.std
