@@ -299,9 +299,9 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
       loaded with a library or the user's own architecture (`--arch file.py:build`, typed by
       the user): that architecture again, with its keywords and the suspect's buffers
       (`ReferenceArch`), trained by the table recipe. Not the default, by measurement
-      (`benchmarks/tabular_scan_architectures.py`, two user architectures, fair seeds 4-6 and
-      randhie seed 4): own references found 7 of 8 backdoors and flagged 4 of 8 clean models,
-      the built-in mlp standing in 8 of 8 and 2 of 8; references of the user's code trained by
+      (`benchmarks/tabular_scan_architectures.py`, two user architectures, fair and randhie
+      seeds 4-6): own references found 11 of 12 backdoors and flagged 5 of 12 clean models, the
+      built-in mlp standing in 12 of 12 and 3 of 12; references of the user's code trained by
       our recipe spread widely (thresholds up to 26). On breast cancer (114 clean rows) the
       stand-in flagged a clean user model at index 73 against a cut of 2.7, own references did not.
     - Otherwise the built-in for the data's shape stands in, and the sentence says so:
