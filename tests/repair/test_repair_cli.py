@@ -152,4 +152,4 @@ def test_an_unconvertible_torchscript_model_names_the_methods_that_work_once(bad
     assert len(warnings) == 1 and "wild" in warnings[0].split("cannot work")[0], warnings
     assert rc == 2
     err = capsys.readouterr().err
-    assert "refit and unlearn's default mode" in err
+    assert "--method refit and --method unlearn (its default mode) work on it" in err

@@ -116,7 +116,7 @@ def as_eager(model: Any, example: torch.Tensor | None = None) -> nn.Module:
 # Repair methods that read or change a layer's activations through forward hooks, which a
 # TorchScript module torch cannot convert to an eager one does not run; and those that do not.
 HOOK_METHODS = "fine-pruning, wild, and unlearn's prune and filter modes"
-HOOKLESS_METHODS = "refit and unlearn's default mode"
+HOOKLESS_METHODS = "--method refit and --method unlearn (its default mode)"
 _warned: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
@@ -134,7 +134,7 @@ def hooks_or_raise(model: nn.Module, what: str) -> None:
     if not supports_hooks(model):
         raise UserError(f"{what} needs the activations of the model's layers, which this "
                         f"{module_kind(model)} module does not expose (torch could not convert it to an eager "
-                        f"module); use {HOOKLESS_METHODS}, or give the model's weights with --arch")
+                        f"module); {HOOKLESS_METHODS} work on it, or give the model's weights with --arch")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
