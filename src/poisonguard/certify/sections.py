@@ -5,6 +5,7 @@ from __future__ import annotations
 from markupsafe import escape
 
 from poisonguard.report import Report, img, table
+from poisonguard.report.evaluation import counted
 from poisonguard.report.plots import line_chart
 from poisonguard.results import Certification, PoisoningCertification
 
@@ -45,10 +46,6 @@ def _units(cert: Certification) -> tuple[str, str]:
     return "image", "pixels in [0, 1]"
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
 def smoothing_summary(cert: Certification, *, model: dict | None = None) -> str:
     """One or two sentences from the same numbers as the table (and the trigger comparison)."""
     noun, units = _units(cert)
@@ -57,13 +54,13 @@ def smoothing_summary(cert: Certification, *, model: dict | None = None) -> str:
     at = cert.certified_accuracy[key]
     text = (f"Adding random noise (sigma {cert.sigma:g}) and voting, {model_name(model)} answers right in a way that "
             f"provably cannot be flipped by any change of L2 size up to {float(key):g} ({units}) on {at:.0%} of "
-            f"{_count(cert.extra['examples'], 'test ' + noun)} ({cert.certified_accuracy[radii[0]]:.0%} are right with some "
+            f"{counted(cert.extra['examples'], 'test ' + noun)} ({cert.certified_accuracy[radii[0]]:.0%} are right with some "
             f"guarantee; {cert.abstain_rate:.0%} get none).")
     trig = cert.extra.get("trigger")
     if trig:
         text += (f" The trigger changes {'an' if noun[0] in 'aeiou' else 'a'} {noun} by L2 {trig['l2_median']:.2f} (median), "
                  f"{trig['l2_median'] / max(trig['largest_radius'], 1e-12):.1f}x the largest radius certified "
-                 f"({trig['largest_radius']:.2f}): {trig['covered']} of {_count(trig['examples'], noun)} "
+                 f"({trig['largest_radius']:.2f}): {trig['covered']} of {counted(trig['examples'], noun)} "
                  f"{'is' if trig['covered'] == 1 else 'are'} certified against it.")
     return text
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 INPUT_WORDS = {"image": "images", "tabular": "rows", "text": "texts"}
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 input", "3 inputs": a count with its noun in the right number (regular plurals)."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def class_label(c: int, classes=None) -> str:
     """"class 3", or "class 3 ('cat')" where the class has a name other than its index."""
     name = str(classes[c]) if classes and 0 <= c < len(classes) else str(c)

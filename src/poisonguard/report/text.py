@@ -10,12 +10,8 @@ from types import SimpleNamespace
 
 from markupsafe import escape
 
-from poisonguard.report.evaluation import class_label, evaluation_summary
+from poisonguard.report.evaluation import class_label, counted, evaluation_summary
 from poisonguard.report.report import table
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def trigger_words(trigger, classes=None) -> str:
@@ -47,7 +43,7 @@ def add_scan(report, verdict, words_of: dict[int, list[str]], classes) -> None:
     if words_of:
         rows = [[class_label(c, classes), " ".join(w)] for c, w in sorted(words_of.items())]
         report.add_section("Reconstructed triggers", table(["target class", "words"], rows),
-                           summary=f"{_count(len(rows), 'trigger file')} written, trigger_<class>.json, for repair "
+                           summary=f"{counted(len(rows), 'trigger file')} written, trigger_<class>.json, for repair "
                                    "--from-scan.",
                            order=20)
 
@@ -86,8 +82,8 @@ def add_repair(report, before: dict, after: dict, info: dict, *, unlearned: int)
     rows = [["before", before["clean_accuracy"], before["attack_success_rate"]],
             ["after", after["clean_accuracy"], after["attack_success_rate"]]]
     html = table(["model", "clean accuracy", "attack success rate (real trigger)"], rows)
-    html += (f"<p>{_count(info['pruned_units'], 'hidden unit')} and {_count(info['pruned_words'], 'word')} pruned; "
-             f"{_count(unlearned, 'phrase')} from the scan unlearned.</p>")
+    html += (f"<p>{counted(info['pruned_units'], 'hidden unit')} and {counted(info['pruned_words'], 'word')} pruned; "
+             f"{counted(unlearned, 'phrase')} from the scan unlearned.</p>")
     summary = f"Fine-pruning: clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}"
     if before["attack_success_rate"] is None:
         summary += " (no --trigger: attack success not measured)."

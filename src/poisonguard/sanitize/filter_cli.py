@@ -66,26 +66,24 @@ def excess_rejections(rejected: int, n: int, frr: float) -> float:
     return float(binom.sf(rejected - 1, n, frr)) if n else 1.0
 
 
-def _inputs(n: int) -> str:
-    return f"{n} input" if n == 1 else f"{n} inputs"
-
-
 def filter_summary(k: int, n: int, frr: float, p: float, verdict: str) -> str:
     """The filter's sentence: whether `k` rejections of `n` inputs are more than the false-rejection
     rate explains, and, where they are not, that the rejected inputs are still left out and
     whether `n` inputs could have shown triggered ones at all (with one input at a 1% FRR, a
     rejection has p = 0.01: no count of rejections reaches the test's level)."""
+    from poisonguard.report.evaluation import counted
+
     if verdict == "trojaned":
-        return (f"{k} of {_inputs(n)} {'is' if k == 1 else 'are'} rejected, more than the {frr:.1%} false-rejection "
+        return (f"{k} of {counted(n, 'input')} {'is' if k == 1 else 'are'} rejected, more than the {frr:.1%} false-rejection "
                 f"rate explains (p = {p:.2g}): some inputs carry a trigger; the rejected ones are left out of the "
                 "accepted inputs.")
     if k == 0:
-        return f"None of {_inputs(n)} is rejected: no sign of triggered inputs."
-    text = (f"{k} of {_inputs(n)} {'is' if k == 1 else 'are'} rejected and left out of the accepted inputs; that "
+        return f"None of {counted(n, 'input')} is rejected: no sign of triggered inputs."
+    text = (f"{k} of {counted(n, 'input')} {'is' if k == 1 else 'are'} rejected and left out of the accepted inputs; that "
             f"many is within what the {frr:.1%} false-rejection rate explains (p = {p:.2g}), so "
             f"{'it may be a clean input' if k == 1 else 'they may be clean inputs'} rejected by chance")
     if excess_rejections(n, n, frr) >= EXCESS_ALPHA:
-        return text + (f"; with {_inputs(n)} not even every one rejected would show triggered inputs at the "
+        return text + (f"; with {counted(n, 'input')} not even every one rejected would show triggered inputs at the "
                        f"{EXCESS_ALPHA:.0%} level: filter more inputs at once to tell.")
     return text + "."
 
