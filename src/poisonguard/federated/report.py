@@ -19,7 +19,7 @@ def summary_rows(results: list[Federated]) -> list[dict]:
         # a round counts only where at least a tenth of the attack's inputs do not reach the target
         # anyway: when the model answers the target everywhere, the "effect" of the trigger on the
         # one or two others left (1.0 from one row) measures nothing
-        effects = [x.extra.get("trigger_effect", x.attack_success_rate) if _measurable(x) else 0.0
+        effects = [x.extra.get("trigger_effect", x.attack_success_rate) if _measurable(x.extra) else 0.0
                    for x in r.rounds if x.attack_success_rate is not None]
         rows.append({"aggregator": r.aggregator, "attack": r.attack, "clean_accuracy": r.rounds[-1].clean_accuracy,
                      "attack_success_rate": r.rounds[-1].attack_success_rate,
@@ -33,11 +33,8 @@ def summary_rows(results: list[Federated]) -> list[dict]:
 MAX_UNTRIGGERED = 0.9  # above this share sent to the target without the trigger, its effect is not measured
 
 
-def _measurable(round_result) -> bool:
-    return _measurable_row(round_result.extra)
-
-
-def _measurable_row(values: dict) -> bool:
+def _measurable(values: dict) -> bool:
+    """Whether the trigger's own effect can be measured: a round's `extra`, or a summary row."""
     untriggered = values.get("untriggered_target_rate")
     return untriggered is None or untriggered <= MAX_UNTRIGGERED
 
@@ -65,7 +62,7 @@ def federated_summary(rows: list[dict], *, threshold: float = 0.5) -> str:
     if through:
         worst = max(through, key=lambda r: r["max_attack_success_rate"])
         held = sorted({r["aggregator"] for r in measured} - {r["aggregator"] for r in through + natural})
-        taken = [r for r in through if not _measurable_row(r)]
+        taken = [r for r in through if not _measurable(r)]
         return ("The backdoor got through " + ", ".join(sorted({r["aggregator"] for r in through})) +
                 f" (up to {worst['max_attack_success_rate']:.0%} attack success with {worst['aggregator']}): with those "
                 "aggregation rules a few malicious clients control what the shared model does on triggered inputs"
