@@ -103,15 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("poisonguard: interrupted", file=sys.stderr)
         return 130
-    except MemoryError as exc:
-        print(f"poisonguard: error: out of memory ({str(exc)[:200] or 'MemoryError'}): a smaller input size, "
-              "batch or --limit may help", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except RuntimeError as exc:
-        if "allocate" not in str(exc) or "memory" not in str(exc):
+    except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
+        if isinstance(exc, RuntimeError) and not ("allocate" in str(exc) and "memory" in str(exc)):
             return _internal_error(exc)
-        print(f"poisonguard: error: out of memory ({str(exc).splitlines()[0][:200]}): a smaller input size, "
-              "batch or --limit may help", file=sys.stderr)
+        print(f"poisonguard: error: out of memory ({(str(exc).splitlines() or ['MemoryError'])[0][:200]}): a smaller "
+              "input size, batch or --limit may help", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:  # a bug of ours; Python's own exit code 1 would read as "backdoor found" in CI
         return _internal_error(exc)
