@@ -25,13 +25,14 @@ def __getattr__(name: str):
 
 def add_commands(sub) -> None:
     from poisonguard.cli.options import add_common, add_model, positive_int
+    from poisonguard.detect.calibration import REFERENCE_CHOICES
 
     p = sub.add_parser("scan", help="is this model backdoored? one calibrated verdict from several trigger-inversion methods")
     add_model(p)
     p.add_argument("--data", required=True, help="clean data: mnist5k, cifar10, a path ... or 'none' (data-free: uncalibrated, data-free methods only)")
     add_verdict_options(p)
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when a backdoor is found")
-    p.add_argument("--references", choices=("builtin", "own"), default="builtin",
+    p.add_argument("--references", choices=REFERENCE_CHOICES, default="builtin",
                    help="a table model loaded with your own --arch (or a library's): builtin (default) trains the "
                         "built-in mlp as its clean references; own rebuilds your architecture, keeping its buffers "
                         "(measured: fewer false positives on a small table, more on larger ones; README)")

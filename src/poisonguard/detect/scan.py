@@ -38,8 +38,10 @@ class ScanPlan:
             raise ValueError(f"calibration must be 'auto' or 'none', got {self.calibration!r}")
         if self.reference_models < 2:
             raise ValueError(f"calibration needs at least 2 reference models, got {self.reference_models}")
-        if self.references not in ("builtin", "own"):
-            raise ValueError(f"references must be 'builtin' or 'own', got {self.references!r}")
+        from poisonguard.detect.calibration import REFERENCE_CHOICES
+
+        if self.references not in REFERENCE_CHOICES:
+            raise ValueError(f"references must be one of {REFERENCE_CHOICES}, got {self.references!r}")
 
 
 # What a scan takes where the user names nothing, by the kind of data (scan's CLI and each audit
