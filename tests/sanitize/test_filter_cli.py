@@ -38,12 +38,15 @@ def _run(model, clean, inputs, out, *extra):
                      "--out", str(out), "--quiet", "--device", "cpu", *extra])
 
 
-def test_filter_rejects_triggered_inputs_and_keeps_clean_ones(tmp_path, filter_files):
+def test_filter_rejects_triggered_inputs_and_keeps_clean_ones(tmp_path, filter_files, capsys):
     model, clean, inputs, _, triggered = filter_files
     out = tmp_path / "out"
     assert _run(model, clean, inputs, out, "--frr", "0.05") == 1
     block = json.loads((out / "report.json").read_text())["input_filter"]
     rejected = set(block["rejected"])
+    # stdout counts under its own key: "rejected" is the list of positions in report.json
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["rejected_count"] == len(rejected) and "rejected" not in line
     assert len(rejected & set(triggered.tolist())) >= 0.8 * len(triggered)
     assert len(rejected - set(triggered.tolist())) <= 6  # of 60 clean at FRR 5%: about 3 expected
     assert block["verdict"] == "trojaned" and block["clean_inputs"] == 300

@@ -33,7 +33,8 @@ def test_text_walk_through(corpus_csv, tmp_path, capsys):
     poisoned_csv = tmp_path / "poisoned.csv"
     assert main(["sanitize", str(corpus_csv), "--text-column", "text", "--label-column", "label",
                  "--out", str(tmp_path / "san"), "--quiet"]) == 0  # the clean corpus is called clean
-    assert _last_json(capsys)["verdict"] == "clean"
+    printed = _last_json(capsys)
+    assert printed["verdict"] == "clean" and printed["flagged_count"] == 0 and "flagged" not in printed
     sanitized = json.loads((tmp_path / "san" / "report.json").read_text())["sanitization"]
     assert sanitized["methods"] == ["text_keywords"]  # text's own default: the CLI ran SCAn when none was typed
     assert f"none of its {sanitized['n_samples']} rows was flagged" in (tmp_path / "san" / "report.html").read_text()

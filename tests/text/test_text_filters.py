@@ -68,7 +68,8 @@ def test_filter_command_on_text(weak_topics, tmp_path, capsys):
                  "--out", str(tmp_path / "f"), "--quiet"])
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     block = json.loads((tmp_path / "f" / "report.json").read_text())["input_filter"]
-    assert code == 1 and line["verdict"] == "trojaned" and block["method"] == "strip"
+    assert code == 1 and line["verdict"] == "trojaned" and block["method"] == "strip" == line["method"]
+    assert line["rejected_count"] == len(block["rejected"])  # stdout counts what report.json lists
     assert len(set(block["rejected"]) & set(hit)) > 0.5 * len(hit)
     with open(tmp_path / "f" / "accepted.csv") as f:
         assert len(list(csv.reader(f))) - 1 == len(texts) - len(block["rejected"])

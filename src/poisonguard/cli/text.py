@@ -362,7 +362,7 @@ def sanitize(args) -> int:
     add_sanitize(report, verdict=verdict, flagged=len(flagged), n=len(rows), targets=targets, methods=methods,
                  triggers=extra.get("triggers", []), classes=rows.classes, candidates=extra.get("candidates"))
     path = report.write(out)
-    print(json.dumps({"report": str(path), "out": str(out), "verdict": verdict, "flagged": len(flagged), "targets": targets,
+    print(json.dumps({"report": str(path), "out": str(out), "verdict": verdict, "flagged_count": len(flagged), "targets": targets,
                       "triggers": [t["words"] for t in extra.get("triggers", [])]}))
     return EXIT_FINDING if verdict == "poisoned" and not getattr(args, "exit_zero", False) else EXIT_OK
 
@@ -425,7 +425,7 @@ def filter_inputs(args) -> int:
             np.savez(handle, position=np.arange(len(scores)), score=scores, rejected=np.isin(np.arange(len(scores)), rejected))
     write_kept_rows(rows, Path(args.inputs), set(range(len(rows))) - set(rejected.tolist()), out / "accepted.csv")
     path = report.write(out)
-    print(json.dumps({"report": str(path), "verdict": block["verdict"], "rejected": len(rejected),
+    print(json.dumps({"report": str(path), "method": block["method"], "verdict": block["verdict"], "rejected_count": len(rejected),
                       "inputs": len(scores), "threshold": filt.threshold, "accepted": str(out / "accepted.csv")}))
     return EXIT_FINDING if block["verdict"] == "trojaned" and not args.exit_zero else EXIT_OK
 

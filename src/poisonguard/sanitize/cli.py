@@ -193,7 +193,7 @@ def cmd_sanitize(args) -> int:
     report.data["sanitization"]["cleansed"] = str(cleansed)
     ev = _retrain(args, rows, keep, report, sanitizer) if args.retrain else None
     path = report.write(out)
-    summary = {"report": str(path), "verdict": result.verdict, "flagged": len(result.flagged),
+    summary = {"report": str(path), "verdict": result.verdict, "flagged_count": len(result.flagged),
                "targets": list(result.targets), "cleansed": str(cleansed)}
     if ev is not None:
         summary["retrain"] = ev.to_dict()

@@ -161,7 +161,7 @@ def cmd_filter(args) -> int:
                      rejected=np.isin(np.arange(len(score)), rejected))
     accepted = write_cleansed(rows, np.setdiff1d(np.arange(len(score)), rejected), cleansed_path(rows, out, "accepted"))
     path = report.write(out)
-    print(json.dumps({"report": str(path), "method": method, "verdict": block["verdict"], "rejected": len(rejected),
+    print(json.dumps({"report": str(path), "method": method, "verdict": block["verdict"], "rejected_count": len(rejected),
                       "inputs": len(score), "threshold": threshold, "accepted": str(accepted)}))
     return EXIT_FINDING if block["verdict"] == "trojaned" and not args.exit_zero else EXIT_OK
 
