@@ -54,6 +54,25 @@ def test_trigger_files_roundtrip(tmp_path):
         assert f["target"].dtype == np.int64
 
 
+def test_trigger_files_say_who_made_them(tmp_path):
+    """A file scan wrote must not be measured as "the real trigger": the origin travels with it."""
+    from dataclasses import replace
+
+    from poisonguard.report.evaluation import trigger_word
+
+    planted = badnets_trigger((1, 28, 28), target=3)
+    for trig, word in ((planted, "real"), (replace(planted, origin="reconstructed"), "reconstructed")):
+        save_trigger(trig, tmp_path / "t.npz")
+        assert trigger_word(load_trigger(tmp_path / "t.npz")) == word
+    # a hand-made file says nothing: "given", never "real"
+    np.savez(tmp_path / "hand.npz", mask=np.ones((28, 28)), pattern=np.ones((1, 28, 28)), target=np.int64(0))
+    assert load_trigger(tmp_path / "hand.npz").origin is None and trigger_word(load_trigger(tmp_path / "hand.npz")) == "given"
+    np.savez(tmp_path / "odd.npz", mask=np.ones((28, 28)), pattern=np.ones((1, 28, 28)), target=np.int64(0),
+             origin=np.asarray("oracle"))
+    with pytest.raises(UserError, match="origin"):
+        load_trigger(tmp_path / "odd.npz")
+
+
 def test_bad_trigger_files(tmp_path):
     np.savez(tmp_path / "a.npz", mask=np.ones((4, 4)), target=np.int64(0))
     with pytest.raises(UserError, match="pattern"):

@@ -40,6 +40,25 @@ def test_evaluate_with_trigger(attacked, capsys):
     assert code == 0
     ev = json.loads(out)
     assert ev["clean_accuracy"] >= 0.9 and ev["attack_success_rate"] >= 0.9
+    assert ev["attack_success_rate_trigger"] == "real"
+
+
+def test_evaluate_names_a_reconstructed_trigger_as_such(attacked, tmp_path, capsys):
+    """A trigger file scan wrote, given by --trigger, was reported as "real"; a hand-made one is "given"."""
+    from dataclasses import replace
+
+    from poisonguard.attacks import load_trigger, save_trigger
+
+    planted = load_trigger(attacked / "trigger.npz")
+    save_trigger(replace(planted, origin="reconstructed"), tmp_path / "trigger_0.npz")
+    np.savez(tmp_path / "hand.npz", **{k: v for k, v in planted.to_arrays().items() if k != "origin"})
+    for name, word in (("trigger_0.npz", "reconstructed"), ("hand.npz", "given")):
+        out_dir = tmp_path / f"ev_{word}"
+        code, out, _ = run(capsys, "evaluate", str(attacked / "model.pt"), "--data", "mnist5k", "--trigger",
+                           str(tmp_path / name), "--out", str(out_dir))
+        assert code == 0 and json.loads(out)["attack_success_rate_trigger"] == word
+        html = (out_dir / "report.html").read_text()
+        assert f"the {word} trigger makes" in html and "real trigger" not in html
 
 
 def test_label_flip_attack_runs(tmp_path, capsys):

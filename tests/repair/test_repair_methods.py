@@ -265,3 +265,26 @@ def test_finetune_restarts_a_collapsed_run_but_allows_a_spike():
     finetune(model, data, epochs=8, lr=0.1, batch_size=8, generator=torch.Generator().manual_seed(0),
              device=torch.device("cpu"), loss_fn=spike, info=info)
     assert info["lr_restarts"] == 0
+
+
+def test_a_reconstructed_trigger_file_is_never_called_the_real_one(mnist, clean, badnets_model, badnets_trigger_3x3):
+    """`repair --trigger scan/trigger_0.npz` measured with a scan's reconstruction and called it "real"."""
+    from dataclasses import replace
+
+    from poisonguard.repair.base import Repairer
+
+    class Untouched(Repairer):
+        name = "untouched"
+
+        def _run(self, ctx):
+            return {}
+
+    few = per_class_subset(mnist.test, fraction=0.1, seed=0)
+    got = {}
+    for origin in ("attack", "reconstructed", None):
+        trigger = replace(badnets_trigger_3x3, origin=origin)
+        got[origin] = Untouched().repair(badnets_model, clean, trigger=trigger, test=few).extra
+    assert got["attack"]["attack_success_rate_trigger"] == "real"
+    assert got["reconstructed"]["attack_success_rate_trigger"] == "reconstructed"
+    assert got["reconstructed"]["trigger_reconstructed_by"].startswith("scan")
+    assert got[None]["attack_success_rate_trigger"] == "given"

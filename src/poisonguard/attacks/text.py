@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from poisonguard import limits
-from poisonguard.attacks.triggers import ALL_TO_ALL
+from poisonguard.attacks.triggers import ALL_TO_ALL, check_origin, origin_field
 from poisonguard.errors import UserError
 from poisonguard.jsonfile import read_tagged_json
 
@@ -51,8 +51,10 @@ class TextTrigger:
     position: str | int = "random"
     window: int = 32
     seed: int = 0
+    origin: str | None = origin_field()  # attacks.triggers.ORIGINS; None: a file that does not say
 
     def __post_init__(self) -> None:
+        check_origin(self.origin)
         if self.kind not in KINDS:
             raise ValueError(f"text trigger kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "words" and (not self.tokens or not all(isinstance(t, str) and len(t.split()) == 1
@@ -96,7 +98,8 @@ class TextTrigger:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": 1, "kind": self.kind, "tokens": list(self.tokens) if self.kind == "words" else None,
                 "sentence": self.sentence if self.kind == "sentence" else None, "position": self.position,
-                "window": self.window, "target": self.target, "seed": self.seed}
+                "window": self.window, "target": self.target, "seed": self.seed,
+                **({} if self.origin is None else {"origin": self.origin})}
 
 
 def save_text_trigger(trigger: TextTrigger, path: str | Path) -> None:
@@ -132,8 +135,9 @@ def load_text_trigger(path: str | Path, num_classes: int | None = None) -> TextT
         raise UserError(f"{p}: \"sentence\" must be a string of at most max_text_chars characters")
     try:
         trig = TextTrigger(kind=d.get("kind"), target=d.get("target"), tokens=tuple(tokens), sentence=sentence,
-                           position=d.get("position", "random"), window=d.get("window", 32), seed=d.get("seed", 0))
-    except (ValueError, TypeError) as exc:
+                           position=d.get("position", "random"), window=d.get("window", 32), seed=d.get("seed", 0),
+                           origin=d.get("origin"))
+    except (ValueError, TypeError, UserError) as exc:
         raise UserError(f"{p}: {exc}") from exc
     if trig.target < 0:  # text attacks have no all-to-all form: its success rate would read 0
         raise UserError(f"{p}: target {trig.target}: a text trigger targets one class (an index from 0)")

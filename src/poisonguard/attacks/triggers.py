@@ -10,12 +10,14 @@ A `WarpTrigger` is WaNet's warping field, which no mask can express.
 Trigger files are `.npz` read with `allow_pickle=False`: `mask`, `pattern`, `target` (int64)
 for a patch; `kind="wanet"`, `flow` (H, W, 2), `target` for a warp; `kind="generator"`,
 two convolutions' weights, `budget`, `target` for a learned transformation (FeatureRE). A negative `target`
-means all-to-all (label y goes to (y + 1) mod K).
+means all-to-all (label y goes to (y + 1) mod K). An optional `origin` says who wrote the file:
+"attack" (the attack that planted it) or "reconstructed" (a scan); reports call a file without it
+"given", since nothing says it is the attack's own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +29,30 @@ from poisonguard.errors import UserError
 from poisonguard.utils import atomic_path
 
 ALL_TO_ALL = -1
+
+# Who made a trigger: the attack that planted it, or a detector that reconstructed it. A trigger
+# built in memory by an attack is the attack's; a detector marks its own. A file read without an
+# origin has None: a hand-made file, or one older than the field.
+ORIGINS = ("attack", "reconstructed")
+
+
+def origin_field():
+    return field(default="attack", compare=False)
+
+
+def check_origin(origin) -> None:
+    if origin is not None and origin not in ORIGINS:
+        raise UserError(f"trigger origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
+
+
+def reconstructed(trigger):
+    """The same trigger marked as reconstructed by a detector (its file then says so)."""
+    return replace(trigger, origin="reconstructed")
+
+
+def origin_arrays(trigger) -> dict[str, np.ndarray]:
+    origin = getattr(trigger, "origin", None)
+    return {} if origin is None else {"origin": np.asarray(origin)}
 
 
 class Trigger(Protocol):
@@ -62,8 +88,10 @@ class PatchTrigger:
     mask: torch.Tensor
     pattern: torch.Tensor
     target: int
+    origin: str | None = origin_field()
 
     def __post_init__(self) -> None:
+        check_origin(self.origin)
         image = self.mask.ndim == 2 and self.pattern.ndim == 3 and self.pattern.shape[1:] == self.mask.shape
         vector = self.mask.ndim == 1 and self.pattern.ndim == 1 and self.pattern.shape == self.mask.shape
         if not (image or vector):
@@ -95,6 +123,7 @@ class PatchTrigger:
             "mask": self.mask.cpu().numpy().astype(np.float32),
             "pattern": self.pattern.cpu().numpy().astype(np.float32),
             "target": np.asarray(self.target, dtype=np.int64),
+            **origin_arrays(self),
         }
 
 
@@ -107,8 +136,10 @@ class WarpTrigger:
 
     flow: torch.Tensor
     target: int
+    origin: str | None = origin_field()
 
     def __post_init__(self) -> None:
+        check_origin(self.origin)
         if self.flow.ndim != 3 or self.flow.shape[2] != 2 or not torch.isfinite(self.flow).all():
             raise UserError(f"warp flow must be a finite (H, W, 2) array, got {tuple(self.flow.shape)}")
 
@@ -134,6 +165,7 @@ class WarpTrigger:
             "kind": np.asarray("wanet"),
             "flow": self.flow.cpu().numpy().astype(np.float32),
             "target": np.asarray(self.target, dtype=np.int64),
+            **origin_arrays(self),
         }
 
 
@@ -157,8 +189,10 @@ class GeneratorTrigger:
     b2: torch.Tensor
     budget: float
     target: int
+    origin: str | None = origin_field()
 
     def __post_init__(self) -> None:
+        check_origin(self.origin)
         ok = (self.w1.ndim == 4 and self.w2.ndim == 4 and self.w1.shape[1] == self.w2.shape[0]
               and self.w2.shape[1] == self.w1.shape[0] and self.b1.shape == self.w1.shape[:1]
               and self.b2.shape == self.w2.shape[:1] and self.w1.shape[2:] == (3, 3) and self.w2.shape[2:] == (3, 3))
@@ -182,7 +216,7 @@ class GeneratorTrigger:
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {k: getattr(self, k).detach().cpu().numpy().astype(np.float32) for k in ("w1", "b1", "w2", "b2")}
         return {"kind": np.array("generator"), **arrays, "budget": np.float32(self.budget),
-                "target": np.int64(self.target)}
+                "target": np.int64(self.target), **origin_arrays(self)}
 
 
 def check_fits(shape: tuple[int, ...], x: torch.Tensor) -> None:
@@ -205,18 +239,22 @@ def load_trigger(path: str | Path) -> Trigger:
         raise UserError(f"trigger file {'is not a regular file' if path.exists() else 'not found'}: {path}")
     real = "biuf"  # bool, integer or float values; strings, objects, complex numbers are refused
     data = read_npz(path, kinds={"mask": real, "pattern": real, "flow": real, "target": INTEGER, "kind": TEXT,
+                                 "origin": TEXT,
                                  **{k: real for k in ("w1", "b1", "w2", "b2", "budget")}},
                     what=f"trigger file {path}")
     if "target" not in data or data["target"].size != 1:
         raise UserError(f"{path}: trigger file needs an integer 'target'")
     target = int(data["target"].reshape(()))
+    origin = str(data["origin"].reshape(-1)[0]) if "origin" in data and data["origin"].size == 1 else None
+    if "origin" in data and origin not in ORIGINS:
+        raise UserError(f"{path}: trigger origin must be one of {', '.join(ORIGINS)}")
     kind = str(data["kind"].reshape(-1)[0]) if "kind" in data and data["kind"].size else "patch"
     if kind == "wanet":
         if "flow" not in data:
             raise UserError(f"{path}: a wanet trigger needs 'flow'")
         if data["flow"].size == 0:
             raise UserError(f"{path}: the warp flow is empty")
-        return WarpTrigger(torch.from_numpy(data["flow"].astype(np.float32)), target)
+        return WarpTrigger(torch.from_numpy(data["flow"].astype(np.float32)), target, origin)
     if kind == "generator":
         missing = [k for k in ("w1", "b1", "w2", "b2", "budget") if k not in data]
         if missing:
@@ -224,7 +262,7 @@ def load_trigger(path: str | Path) -> Trigger:
         weights = {k: torch.from_numpy(data[k].astype(np.float32)) for k in ("w1", "b1", "w2", "b2")}
         if data["budget"].size != 1:
             raise UserError(f"{path}: a generator trigger's budget is one number")
-        return GeneratorTrigger(**weights, budget=float(data["budget"].reshape(())), target=target)
+        return GeneratorTrigger(**weights, budget=float(data["budget"].reshape(())), target=target, origin=origin)
     if kind != "patch":
         raise UserError(f"{path}: unknown trigger kind {kind!r} (known: patch, wanet, generator)")
     if "mask" not in data or "pattern" not in data:
@@ -237,7 +275,7 @@ def load_trigger(path: str | Path) -> Trigger:
                         f"features; got {mask.shape} and {pattern.shape}")
     if mask.size == 0 or pattern.size == 0:
         raise UserError(f"{path}: the trigger mask or pattern is empty")
-    return PatchTrigger(torch.from_numpy(mask), torch.from_numpy(pattern), target)
+    return PatchTrigger(torch.from_numpy(mask), torch.from_numpy(pattern), target, origin)
 
 
 def check_trigger_fits(trigger: Trigger, input_shape: tuple[int, ...], num_classes: int) -> None:

@@ -161,7 +161,9 @@ def cmd_evaluate(args) -> int:
 
 def evaluation_line(ev, trigger) -> dict:
     """An evaluation for the stdout line, saying which trigger its attack success rate used."""
-    return {**ev.to_dict(), "attack_success_rate_trigger": "real" if trigger is not None else None}
+    from poisonguard.report.evaluation import trigger_word
+
+    return {**ev.to_dict(), "attack_success_rate_trigger": trigger_word(trigger)}
 
 
 def found_something(data: dict) -> bool:
@@ -325,7 +327,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("checklist", help="run every available defence stage on a model: one report card")
     add_model(p)
     add_data(p)
-    p.add_argument("--trigger", default=None, help="the real trigger, if known, to measure attack success")
+    p.add_argument("--trigger", default=None, help="the real trigger, if known, to measure attack success (a trigger "
+                   "file that scan reconstructed is reported as such)")
     p.add_argument("--stages", default=None, help="comma-separated subset of stages to run")
     p.add_argument("--quick", action="store_true", help="short settings for every stage")
     p.add_argument("--out", default="poisonguard-checklist")

@@ -15,6 +15,7 @@ import numpy as np
 
 from poisonguard.errors import EXIT_FINDING, EXIT_OK, UserError
 from poisonguard.models.text import DEFAULT_TEXT_ARCH
+from poisonguard.report.evaluation import trigger_word
 
 TEXT_ATTACKS = ("rare-word", "insert-sentence")
 _REPORT = ("report.json", "report.html")
@@ -97,7 +98,7 @@ def _evaluation(tm, test, trigger) -> dict:
            "n_clean": len(test), "n_attack": 0, "attack_success_rate_trigger": None}
     if trigger is not None:
         asr, n = text_attack_success_rate(tm.model, tm.tokenizer, test, trigger, seed=1)
-        out.update(attack_success_rate=asr, n_attack=n, attack_success_rate_trigger="real")
+        out.update(attack_success_rate=asr, n_attack=n, attack_success_rate_trigger=trigger_word(trigger))
     return out
 
 
@@ -286,7 +287,8 @@ def scan(args) -> int:
         best = max((e for e in verdict.evidence if e["class"] == c), key=lambda e: e["statistic"])
         words_of[c] = [str(w) for w in dets[best["method"]].extra["trigger_words"][c]]
         words = words_of[c]
-        save_text_trigger(TextTrigger(kind="words", target=int(c), tokens=tuple(words), position="start"),
+        save_text_trigger(TextTrigger(kind="words", target=int(c), tokens=tuple(words), position="start",
+                                      origin="reconstructed"),
                           out / f"trigger_{c}.json")
     report = Report("scan")
     report.set("model", _model_info(tm, args.model))
@@ -467,7 +469,7 @@ def repair(args) -> int:
     report.set("repairs", [{"method": info["method"], "seconds": info["seconds"],
                             "before": {"clean_accuracy": before["clean_accuracy"], "attack_success_rate": before["attack_success_rate"]},
                             "after": {"clean_accuracy": after["clean_accuracy"], "attack_success_rate": after["attack_success_rate"]},
-                            "extra": {"attack_success_rate_trigger": "real" if trigger is not None else None,
+                            "extra": {"attack_success_rate_trigger": trigger_word(trigger),
                                       "pruned_units": info["pruned_units"], "pruned_words": info["pruned_words"],
                                       "unlearned_phrases": len(phrases)}}])
     from poisonguard.report.text import add_repair

@@ -72,7 +72,7 @@ class GroupedGenerators(nn.Module):
         h, c = self.h, self.c
         return GeneratorTrigger(self.w1[i * h:(i + 1) * h].detach().cpu(), self.b1[i * h:(i + 1) * h].detach().cpu(),
                                 self.w2[i * c:(i + 1) * c].detach().cpu(), self.b2[i * c:(i + 1) * c].detach().cpu(),
-                                float(self.budget), int(target))
+                                float(self.budget), int(target), origin="reconstructed")
 
 
 @DETECTORS.register("feature_re")

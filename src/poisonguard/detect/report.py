@@ -126,7 +126,7 @@ def trigger_of(det: Detection, cls: int) -> PatchTrigger:
     pattern = det.patterns[i].detach().cpu().float()
     if pattern.ndim == 3:  # image patterns live in [0, 1]; a feature vector's pattern is in raw units
         pattern = pattern.clamp(0, 1)
-    return PatchTrigger(det.masks[i].detach().cpu().float().clamp(0, 1), pattern, int(cls))
+    return PatchTrigger(det.masks[i].detach().cpu().float().clamp(0, 1), pattern, int(cls), origin="reconstructed")
 
 
 def write_triggers(det: Detection, out: Path, *, taken: set[int] | None = None, classes=None) -> list[Path]:

@@ -108,8 +108,9 @@ class Repairer:
 
     Every result says which trigger its attack success rates were measured with:
     `extra["attack_success_rate_trigger"]` is "real" (the attack's own trigger),
-    "reconstructed" (then `extra["trigger_reconstructed_by"]` names who reconstructed it)
-    or None (no trigger: no attack success rate).
+    "reconstructed" (then `extra["trigger_reconstructed_by"]` names who reconstructed it),
+    "given" (a trigger file that does not say who made it) or None (no trigger: no attack
+    success rate).
     """
 
     name = "repairer"
@@ -161,7 +162,12 @@ class Repairer:
         own = extra.pop("trigger", None)
         asr_trigger = trigger if trigger is not None else own
         if trigger is not None and trigger_reconstructed_by is None:
-            extra["attack_success_rate_trigger"] = "real"
+            from poisonguard.report.evaluation import trigger_word
+
+            # a trigger file scan wrote says so, though it came by --trigger rather than --from-scan
+            extra["attack_success_rate_trigger"] = trigger_word(trigger)
+            if extra["attack_success_rate_trigger"] == "reconstructed":
+                extra["trigger_reconstructed_by"] = "scan (a trigger file it wrote)"
         elif asr_trigger is not None:
             extra["attack_success_rate_trigger"] = "reconstructed"
             extra["trigger_reconstructed_by"] = trigger_reconstructed_by if trigger is not None else self.name

@@ -20,6 +20,8 @@ def trigger_label(result: Repair) -> str | None:
         return "the real trigger"
     if kind == "reconstructed":
         return f"a trigger reconstructed by {result.extra.get('trigger_reconstructed_by', 'the method')}"
+    if kind == "given":
+        return "the given trigger (its file does not say whether the attack or a scan made it)"
     return None
 
 

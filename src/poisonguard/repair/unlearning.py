@@ -79,7 +79,7 @@ def detection_triggers(detection: Detection | None, classes: Sequence[int] | Non
         row = targets.index(k)  # a scan over some classes keeps one row per scanned class
         mask = detection.masks[row].detach().float().cpu().clamp(0, 1)
         pattern = detection.patterns[row].detach().float().cpu().clamp(0, 1)
-        out.append(PatchTrigger(mask, pattern, int(k)))
+        out.append(PatchTrigger(mask, pattern, int(k), origin="reconstructed"))
     return out
 
 

@@ -17,6 +17,18 @@ def class_label(c: int, classes=None) -> str:
     return f"class {c}" + (f" ('{name}')" if name != str(c) else "")
 
 
+# What an attack success rate's trigger is, by the trigger's origin (attacks.triggers.ORIGINS).
+TRIGGER_WORDS = {"attack": "real", "reconstructed": "reconstructed"}
+
+
+def trigger_word(trigger) -> str | None:
+    """"real" (the attack's own trigger), "reconstructed" (a detector's), "given" (a file that
+    does not say who made it, so no report may call it the attack's); None without a trigger."""
+    if trigger is None:
+        return None
+    return TRIGGER_WORDS.get(getattr(trigger, "origin", None), "given")
+
+
 def evaluation_summary(ev, *, trigger_kind: str | None = "real", kind: str = "image", all_to_all: bool = False) -> str:
     """The sentence beside an evaluation table, from the same Evaluation; `kind` is the data's
     (image, tabular, text) and `all_to_all` an attack that sends each class to the next."""
@@ -31,13 +43,15 @@ def evaluation_summary(ev, *, trigger_kind: str | None = "real", kind: str = "im
                    "go to the target.")
 
 
-def evaluation_section(report, model, splits, trigger, *, title: str, order: int = 10, trigger_kind: str = "real"):
+def evaluation_section(report, model, splits, trigger, *, title: str, order: int = 10):
     """Evaluate, add a before-anything section with the trigger shown, and return the Evaluation.
 
-    `trigger_kind` says what the trigger is ("real": the attack's own; "reconstructed").
+    The trigger's origin says what it is (`trigger_word`: real, reconstructed or given).
     """
     from poisonguard.report import table
     from poisonguard.train import evaluate
+
+    trigger_kind = trigger_word(trigger)
 
     ev = evaluate(model, splits.test, trigger)
     html = table(["clean accuracy", f"attack success rate ({trigger_kind} trigger)" if trigger else "attack success rate"],

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from markupsafe import escape
 
-from poisonguard.report.evaluation import class_label, counted, evaluation_summary
+from poisonguard.report.evaluation import class_label, counted, evaluation_summary, trigger_word
 from poisonguard.report.report import table
 
 
@@ -26,12 +26,12 @@ def add_evaluation(report, ev: dict, *, title: str, trigger=None, order: int = 1
     head = ["clean accuracy", "test texts"]
     row = [ev["clean_accuracy"], ev["n_clean"]]
     if trigger is not None:
-        head += ["attack success rate (real trigger)", "triggered texts"]
+        head += [f"attack success rate ({trigger_word(trigger)} trigger)", "triggered texts"]
         row += [ev["attack_success_rate"], ev["n_attack"]]
     html = table(head, [row])
     if trigger is not None:
         html += f"<p>The trigger {escape(trigger_words(trigger, classes))}.</p>"
-    summary = evaluation_summary(SimpleNamespace(**ev), trigger_kind="real" if trigger is not None else None, kind="text")
+    summary = evaluation_summary(SimpleNamespace(**ev), trigger_kind=trigger_word(trigger), kind="text")
     report.add_section(title, html, summary=summary, order=order)
 
 
