@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +56,15 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     sample = text[:4096]  # csv.Sniffer is quadratic in its sample: 64 KiB of `,"` took 25 s
     try:
-        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample.strip() else csv.excel
+        delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t").delimiter if sample.strip() else ","
     except csv.Error:
-        dialect = csv.excel
+        delimiter = ","
     old = csv.field_size_limit(_FIELD_LIMIT)
     try:
-        reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        # Only the delimiter is guessed; quoting is the standard's (RFC 4180, as pandas reads it).
+        # The sniffer's whole dialect turned doubled quotes off when the sample had none, and took
+        # the apostrophe of 's-Hertogenbosch for a quote character.
+        reader = csv.reader(io.StringIO(text, newline=""), csv.excel, delimiter=delimiter)
         header = next(reader, None)
         if not header:
             raise UserError(f"{path}: the table is empty (no header row)")
@@ -134,6 +138,29 @@ def _flat_columns(path: Path, schema) -> list[str]:
             raise UserError(f"{path}: column {field.name!r} holds {kind} values; a table cell must be one number "
                             "or one category")
     return names
+
+
+def _dictionary_columns(path: Path) -> set[str]:
+    """Columns a Parquet file declares categorical (pandas' Categorical, recorded in the file's
+    pandas metadata; Arrow's dictionary type): categorical whatever their values, as a
+    `categorical` entry in metadata.json makes them. A Categorical of integer codes read as one
+    number would order categories that have no order."""
+    if path.suffix.lower() != ".parquet":
+        return set()
+    import pyarrow.parquet as pq
+    import pyarrow.types as pa_types
+
+    try:
+        schema = pq.ParquetFile(path).schema_arrow  # already read once by _read_parquet: readable
+        found = {f.name for f in schema if pa_types.is_dictionary(f.type)}
+        pandas = (schema.metadata or {}).get(b"pandas", b"")
+        if 0 < len(pandas) <= 1 << 20:  # the footer's own JSON, from a hostile file: bounded, checked
+            columns = json.loads(pandas).get("columns", [])
+            found |= {c["name"] for c in columns if isinstance(c, dict) and c.get("pandas_type") == "categorical"
+                      and isinstance(c.get("name"), str)}
+    except Exception:  # pyarrow and a damaged footer raise many types; the data was read already
+        return set()
+    return found
 
 
 def _holds_bytes(kind) -> bool:
@@ -242,7 +269,17 @@ def _label_names(values: list) -> list[str]:
                for v in values]
     if any(n is None for n in numbers):
         return text
-    return [str(int(n)) if n.is_integer() else repr(n) for n in numbers]
+    return [_exact_integer(v) or repr(n) for v, n in zip(values, numbers)]
+
+
+def _exact_integer(value) -> str | None:
+    """A whole-number label in its shortest form, exactly: through a float, labels
+    9007199254740993 and 9007199254740992 were one class. None for a fraction."""
+    try:
+        exact = Decimal(value.strip() if isinstance(value, str) else value)
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+    return str(int(exact)) if exact.is_finite() and exact == exact.to_integral_value() else None
 
 
 def _labels(path: Path, name: str, values: list, classes_meta) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -298,6 +335,8 @@ def _encode(path: Path, header: list[str], columns: list[list], label: str, cate
             raise UserError(f"{path}: column {name!r} is neither numeric (e.g. {bad[:40]!r}) nor categorical "
                             f"({len(cats):,} distinct values in {n:,} rows); drop it, list it under 'categorical' "
                             f"in metadata.json, or raise --limit max_categories")
+        if name not in categorical:
+            _warn_numbers_read_as_categories(path, name, cats)
         _check_width(path, n, start + len(cats))  # before the one-hot block is allocated
         index = {c: i for i, c in enumerate(cats)}
         onehot = np.zeros((n, len(cats)), dtype=np.float32)
@@ -308,6 +347,28 @@ def _encode(path: Path, header: list[str], columns: list[list], label: str, cate
     if not blocks:
         raise UserError(f"{path}: the table has no feature columns besides the label {label!r}")
     return np.concatenate(blocks, axis=1), tuple(codes)
+
+
+# "1,000", "1.000.000", "0,5", "12 500": numbers written with separators, which float() cannot read
+_SEPARATED_NUMBER = re.compile(r"[+-]?(\d{1,3}([,.' ]\d{3})+([.,]\d+)?|\d+,\d+)")
+
+
+def _warn_numbers_read_as_categories(path: Path, name: str, categories: list[str]) -> None:
+    """A column with few distinct values that are numbers in a form float() cannot read (thousands
+    separators, decimal commas), or numbers but for one marker such as "?", becomes categorical:
+    its values then have no order, which is rarely what the file meant. Say so once."""
+    separated = all(_SEPARATED_NUMBER.fullmatch(c) or _as_number(c) is not None for c in categories) and any(
+        _SEPARATED_NUMBER.fullmatch(c) for c in categories)
+    words = [c for c in categories if _as_number(c) is None and not _SEPARATED_NUMBER.fullmatch(c)]
+    if separated:
+        why = "numbers written with separators (e.g. " + repr(next(c for c in categories if _SEPARATED_NUMBER.fullmatch(c))) + ")"
+    elif len(words) == 1 and len(categories) > 2:
+        why = f"numbers but for {words[0]!r} (a missing-value marker?)"
+    else:
+        return
+    log.warning("%s: column %r is read as %d unordered categories, though its values are %s; write plain numbers "
+                "(and fill missing values) if it is a number, or list it under 'categorical' in metadata.json",
+                path, name, len(categories), why)
 
 
 def _check_width(path: Path, rows: int, features: int) -> None:
@@ -381,29 +442,37 @@ def read_table(path: str | Path, *, label_column: str | None, labels_optional: b
     unknown = sorted(categorical - set(header))
     if unknown:
         raise UserError(f"{path.parent / 'metadata.json'}: 'categorical' names no such column {unknown[0]!r}")
+    categorical |= _dictionary_columns(path)
     y, classes = _labels(path, label_column, columns[header.index(label_column)], meta.get("classes"))
     x, codes = _encode(path, header, columns, label_column, categorical)
     limits.check("max_dataset_values", x.size, f"{path}: the value count (rows x features)")
     xt = torch.from_numpy(x)
-    info = TableInfo.observed(xt, _feature_names(codes), columns=codes, label_column=label_column, source=str(path))
+    info = TableInfo.observed(xt, _feature_names(codes, path), columns=codes, label_column=label_column, source=str(path))
     return ImageData(xt, torch.from_numpy(y), classes, "tabular", info)
 
 
 def _unlabelled(path: Path, header: list[str], columns: list[list]) -> ImageData:
     if not columns or not columns[0]:
         raise UserError(f"{path}: the table has no data rows")
-    categorical = {str(c) for c in _metadata(path).get("categorical", [])}
+    categorical = {str(c) for c in _metadata(path).get("categorical", [])} | _dictionary_columns(path)
     x, codes = _encode(path, header, columns, None, categorical & set(header))
     limits.check("max_dataset_values", x.size, f"{path}: the value count (rows x features)")
     xt = torch.from_numpy(x)
-    info = TableInfo.observed(xt, _feature_names(codes), columns=codes, label_column="", source=str(path))
+    info = TableInfo.observed(xt, _feature_names(codes, path), columns=codes, label_column="", source=str(path))
     return ImageData(xt, torch.full((len(xt),), UNLABELLED, dtype=torch.long), (), "tabular", info)
 
 
-def _feature_names(codes: tuple[ColumnCode, ...]) -> tuple[str, ...]:
+def _feature_names(codes: tuple[ColumnCode, ...], path: Path) -> tuple[str, ...]:
+    """Each encoded column's name: a numeric column's own, `column=category` for one-hot ones.
+    Names are how a second file is matched to a model's columns (`encode_as`), so they must be
+    unique: a numeric column named "color=red" beside a category "red" of "color" is refused."""
     names: list[str] = []
     for c in codes:
         names += [c.name] if c.kind == "numeric" else [f"{c.name}={v}" for v in c.categories]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"{path}: the encoded column name {twice!r} is both a column and a category of column "
+                        f"{twice.partition('=')[0]!r}; rename the column")
     return tuple(names)
 
 
