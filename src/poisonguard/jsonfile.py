@@ -20,7 +20,8 @@ def read_tagged_json(path: str | Path, *, fmt: str, what: str) -> dict[str, Any]
     limits.check("max_bytes", path.stat().st_size, f"{path}: the file's size in bytes")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
+    # deep nesting: RecursionError; an integer of over 4300 digits: ValueError (JSONDecodeError is one)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise UserError(f"{path}: not a {what} JSON file: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise UserError(f"{path}: not a poisonguard {what} (expected \"format\": \"{fmt}\")")

@@ -580,3 +580,20 @@ def test_deeply_nested_json_is_one_clear_error(tmp_path):
     (tmp_path / "model.index.json").write_text(deep)
     with pytest.raises(UserError, match="sharded checkpoint index"):
         _sharded(tmp_path / "model.index.json")
+
+
+def test_a_json_integer_of_thousands_of_digits_is_one_clear_error(tmp_path):
+    """Python refuses to convert an integer of over 4300 digits with a ValueError that is not a
+    JSONDecodeError: a tokenizer, text trigger or text model.json holding one was a traceback."""
+    from poisonguard.attacks.text import is_text_trigger_file, load_text_trigger
+    from poisonguard.errors import UserError
+    from poisonguard.jsonfile import read_tagged_json
+
+    huge = "9" * 5000
+    (tmp_path / "t.json").write_text('{"format": "poisonguard-text-trigger", "kind": "words", "target": ' + huge + "}")
+    with pytest.raises(UserError, match="not a text trigger JSON"):
+        load_text_trigger(tmp_path / "t.json")
+    assert not is_text_trigger_file(tmp_path / "t.json")
+    (tmp_path / "tok.json").write_text('{"format": "x", "max_len": ' + huge + "}")
+    with pytest.raises(UserError, match="not a tokenizer JSON"):
+        read_tagged_json(tmp_path / "tok.json", fmt="x", what="tokenizer")

@@ -195,3 +195,23 @@ def test_a_folder_of_class_files_beside_a_readme_is_text(tmp_path):
     assert is_text_source(str(tmp_path)) and load_text_rows(str(tmp_path)).classes == ("ham", "spam")
     (tmp_path / "images").mkdir()  # a folder of class sub-folders is an image folder, whatever lies beside
     assert not is_text_source(str(tmp_path))
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"classes": 5}, "'classes' must be a JSON list"),  # TypeError: 'int' object is not iterable
+    ({"classes": "abcde"}, "'classes' must be a JSON list"),  # was split into five letter classes
+    ({"classes": [["a"], "b"]}, "class names"),
+    ({"arch_kwargs": "ab"}, "'arch_kwargs' must be a JSON object"),
+    ({"arch_kwargs": [1, 2]}, "'arch_kwargs' must be a JSON object"),
+    ({"arch": ["text_cnn"]}, "'arch' must be a JSON string"),  # AttributeError: no .strip
+])
+def test_a_model_json_field_of_the_wrong_type_is_one_line(tmp_path, text_splits, edit, message):
+    from poisonguard.data.tokenizer import Tokenizer
+    from poisonguard.models.text_files import load_text_model, new_text_model, save_text_model
+
+    tok = Tokenizer.fit(text_splits.train.texts, max_len=12)
+    save_text_model(new_text_model("text_bag", tok, text_splits.classes, seed=0), tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    (tmp_path / "m" / "model.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(UserError, match=message):
+        load_text_model(tmp_path / "m")

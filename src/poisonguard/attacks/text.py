@@ -114,7 +114,7 @@ def is_text_trigger_file(path: str | Path) -> bool:
         return False
     try:
         return json.loads(p.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, AttributeError, RecursionError):  # ValueError: a 5000-digit integer
         return False
 
 

@@ -72,10 +72,21 @@ def save_text_model(tm: TextModel, folder: str | Path, *, extra: dict | None = N
     return meta
 
 
+# model.json's fields and the JSON types each may hold (checked before any is used)
+META_TYPES = {"classes": (list,), "arch": (str,), "arch_kwargs": (dict,), "embedding_layer": (str,), "sha256": (str,)}
+
+
 def _read_meta(path: Path) -> dict:
     if not path.is_file():
         return {}
-    return read_tagged_json(path, fmt=FORMAT, what="text model's metadata")
+    meta = read_tagged_json(path, fmt=FORMAT, what="text model's metadata")
+    for key, types in META_TYPES.items():
+        if meta.get(key) is not None and not isinstance(meta[key], types):
+            raise UserError(f"{path}: {key!r} must be a JSON {'list' if types == (list,) else 'object' if types == (dict,) else 'string'}, "
+                            f"got {type(meta[key]).__name__}")
+    if any(not isinstance(c, (str, int)) or isinstance(c, bool) for c in meta.get("classes") or ()):
+        raise UserError(f"{path}: 'classes' must list class names (strings or integers)")
+    return meta
 
 
 def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
