@@ -74,6 +74,21 @@ def test_the_default_trigger_never_sets_a_constant_column(tmp_path):
         assert len(chosen) == 3 and not chosen & set(blank)
 
 
+def test_the_default_trigger_size_fits_a_table_with_fewer_numeric_features(tmp_path):
+    """The default of 3 features on a table with 2 numeric ones: `attack` and the checklist's
+    federated stage refused with "got 3", a number the user never typed."""
+    from poisonguard.attacks.tabular import tabular_trigger
+
+    rng = np.random.default_rng(0)
+    rows = ["a,b,colour,label"] + [f"{rng.normal():.3f},{rng.normal():.3f},{['red', 'blue'][i % 2]},{i % 2}"
+                                   for i in range(100)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    train = load_data(str(tmp_path / "t.csv"), label_column="label").train
+    assert int(tabular_trigger(train, target=0).mask.sum()) == 2
+    with pytest.raises(UserError, match="1 to 2 features .* got 3"):  # typed, it is still the user's to fix
+        tabular_trigger(train, target=0, k=3)
+
+
 def test_parquet_reads_like_csv(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.csv as pacsv

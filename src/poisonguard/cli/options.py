@@ -195,7 +195,8 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                    help="rare-word: the inserted words (default cf, BadNL's rare word)")
     g.add_argument("--trigger-sentence", default=None, help="insert-sentence: the inserted sentence")
     g.add_argument("--insert-position", default="random", help="rare-word / insert-sentence: random, start, end or a word index")
-    g.add_argument("--trigger-size", type=positive_int, default=3, help="tabular-trigger: how many features (default 3)")
+    g.add_argument("--trigger-size", type=positive_int, default=None,
+                   help="tabular-trigger: how many features (default 3, or every numeric one where the table has fewer)")
     g.add_argument("--trigger-value", default="max", metavar="RULE|V1,V2,...",
                    help="tabular-trigger: max (default: each feature's observed maximum), min, mode (Tabdoor's), "
                         "or one in-range value per feature")
