@@ -89,6 +89,15 @@ def test_the_default_trigger_size_fits_a_table_with_fewer_numeric_features(tmp_p
         tabular_trigger(train, target=0, k=3)
 
 
+def test_a_missing_model_is_named_before_the_tables_columns_are_fitted(tmp_path):
+    """`filter` with a mistyped model path said the inputs' shape did not match the clean data."""
+    from poisonguard.cli.inputs import fit_columns
+
+    path = _write_table(tmp_path / "t.csv", n=60)
+    with pytest.raises(UserError, match="model file not found"):
+        fit_columns(load_data(str(path), label_column="label"), tmp_path / "no-such-model.pt")
+
+
 def test_parquet_reads_like_csv(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.csv as pacsv

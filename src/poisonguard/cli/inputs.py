@@ -275,7 +275,11 @@ def fit_columns(parts, model: str | Path):
     from poisonguard.data.table import encode_as
     from poisonguard.models.files import read_metadata
 
-    if parts.train.kind != "tabular" or not Path(model).is_file():
+    if parts.train.kind != "tabular":
+        return parts
+    if not Path(model).exists():  # else the columns' mismatch, not the missing file, was the one line
+        raise UserError(f"model file not found: {model}")
+    if not Path(model).is_file():
         return parts
     recorded = read_metadata(Path(model)).get("features")
     names = feature_record(parts).get("features")
