@@ -238,3 +238,72 @@ def test_an_unexpected_failure_is_exit_4_never_the_finding_code(monkeypatch, cap
     monkeypatch.setattr("poisonguard.cli.build_parser", lambda: type("Parser", (), {"parse_args": lambda self, argv: args})())
     assert main(["inspect-file", __file__]) == 4
     assert "internal error" in capsys.readouterr().err
+
+
+def _class_folders(root, classes=("0", "1", "2"), n=5, value=None):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            (root / c / f"{i}.png").write_bytes(_png(value if value is not None else 40 + 60 * int(c)))
+
+
+@pytest.mark.parametrize("train, held", [("train", "val"), ("Train", "Test"), ("Training", "Testing"),
+                                         ("train", "validation")])
+def test_split_folders_as_data_sets_name_them(tmp_path, caplog, train, held):
+    """train/ + val/ made a class "val" out of the held-out images and dropped train/ (exit 0, accuracy
+    1.0 on one class); Train/ + Test/ was read as a two-class problem."""
+    _class_folders(tmp_path / "d" / train, n=8)
+    _class_folders(tmp_path / "d" / held, n=3)
+    with caplog.at_level("WARNING"):
+        s = load_data(str(tmp_path / "d"))
+    assert s.classes == ("0", "1", "2") and (len(s.train), len(s.test)) == (24, 9)
+    assert ("val/ is used as the test part" in caplog.text) == (held.lower().startswith("val"))
+
+
+def test_a_val_folder_beside_test_is_left_out_with_a_warning_and_a_class_lacking_from_a_split_is_named(tmp_path, caplog):
+    for part, n in (("train", 6), ("val", 2), ("test", 3)):
+        _class_folders(tmp_path / "d" / part, n=n)
+    _class_folders(tmp_path / "d" / "test", classes=("3",), n=3)  # a class the model never trains on
+    with caplog.at_level("WARNING"):
+        s = load_data(str(tmp_path / "d"))
+    assert s.classes == ("0", "1", "2", "3") and (len(s.train), len(s.test)) == (18, 12)
+    assert "val/ left out" in caplog.text and "train/ holds no images of class(es) 3" in caplog.text
+
+
+def test_images_of_two_channels_are_read_and_drawn(tmp_path):
+    """(N, 2, H, W) and (N, H, W, 2) (grey + alpha) trained, then the report's picture crashed (exit 4),
+    and channels-last was read as 32 channels of 32x2."""
+    from poisonguard.report.plots import image_grid
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 2), dtype=np.uint8)
+    np.savez(tmp_path / "two.npz", x=x, y=np.arange(40) % 2)
+    s = load_data(str(tmp_path / "two.npz"))
+    assert s.input_shape == (2, 32, 32)
+    assert image_grid([[s.train.x[0], s.train.x[1]]]).startswith("data:image/png")
+    assert image_grid([[torch.rand(5, 8, 8)]]).startswith("data:image/png")  # multispectral: drawn as the mean
+
+
+def test_npz_labels_that_skip_classes_are_named(tmp_path, caplog):
+    np.savez(tmp_path / "d.npz", x=np.zeros((40, 8, 8), np.uint8), y=np.where(np.arange(40) % 2, 7, 3))
+    with caplog.at_level("WARNING"):
+        s = load_data(str(tmp_path / "d.npz"))
+    assert s.num_classes == 8 and "6 of 8 classes have no training image (0, 1, 2, 4, 5 ...)" in caplog.text
+
+
+def test_classes_too_small_for_a_test_part_are_one_clear_line(tmp_path, capsys):
+    from poisonguard.cli import main
+
+    _class_folders(tmp_path / "d", classes=tuple(str(i) for i in range(5)), n=2)
+    assert main(["evaluate", str(tmp_path / "m.pt"), "--data", str(tmp_path / "d"), "--arch", "mnist_cnn"]) == 2
+    assert "each class needs at least 3 images" in capsys.readouterr().err
+
+
+def test_a_zipped_image_that_inflates_like_a_bomb_is_refused(tmp_path):
+    """A PNG followed by 800 MiB of zeros is 837 KB deflated, and Pillow reads past the junk: 1.5 GB."""
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for c in ("a", "b"):
+            for i in range(3):
+                zf.writestr(f"{c}/{i}.png", _png(50))
+        zf.writestr("a/bomb.png", _png(50) + bytes(16 << 20))  # 16 MiB of zeros: ~1000x
+    with pytest.raises(UserError, match="decompression bomb"):
+        load_data(str(tmp_path / "bomb.zip"))

@@ -257,8 +257,11 @@ def load_splits(spec: str, seed: int, *, label_column: str | None = None, model:
     if spec is None or not str(spec).strip():
         raise UserError("--data is empty; name a data set or a file")
     splits = load_data(spec, seed=seed, label_column=label_column)
-    if len(splits.train) == 0 or len(splits.test) == 0:
+    if len(splits.train) == 0:
         raise UserError(f"data set {spec!r} is empty")
+    if len(splits.test) == 0:  # an 80/20 split of classes of 1 or 2 images leaves no test image
+        raise UserError(f"data set {spec!r} has no test part: each class needs at least 3 images for the 80/20 "
+                        "split (or give train/ and test/ parts)")
     check_input_shape(splits.input_shape, f"data set {spec!r}: one image")
     return fit_columns(splits, model) if model is not None else splits
 

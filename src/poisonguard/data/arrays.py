@@ -5,14 +5,18 @@ Read through `data.npz.read_npz`: sizes and dtypes are checked before any array 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 
 from poisonguard import limits
 from poisonguard.data.dataset import Splits
 from poisonguard.data.folder import to_image_data
 from poisonguard.data.npz import INTEGER, NUMERIC, TEXT, read_npz
 from poisonguard.errors import UserError
+
+log = logging.getLogger(__name__)
 
 _KINDS = {"x": "biuf", "x_test": "biuf", "y": INTEGER, "y_test": INTEGER, "classes": TEXT + NUMERIC}
 
@@ -56,4 +60,16 @@ def load_npz(path: str | Path, *, seed: int = 0) -> Splits:
         train, test = train.subset(tr), train.subset(te)
     if train.input_shape != test.input_shape:
         raise UserError(f"{path}: train and test images differ in shape")
+    _warn_empty_classes(path, train)
     return Splits(path.stem, train, test)
+
+
+def _warn_empty_classes(path: Path, train) -> None:
+    """Labels are class indices, so labels {3, 7} make 8 classes, 6 of them without an image: the
+    model gets outputs no image trains, and a --target or a scan's finding can name one. Say so."""
+    counts = np.bincount(train.y.numpy(), minlength=len(train.classes))
+    empty = [train.classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        log.warning("%s: %d of %d classes have no training image (%s%s); labels are class indices from 0, so "
+                    "renumber them if these are no classes", path, len(empty), len(train.classes),
+                    ", ".join(empty[:5]), " ..." if len(empty) > 5 else "")

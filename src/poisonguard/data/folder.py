@@ -29,6 +29,16 @@ from poisonguard.errors import UserError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Split folders as data sets name them (Kaggle's Train/ and Testing/, Keras' validation/), matched
+# without regard to case. Read as class folders, a val/ became a class "val" and Train/ + Test/
+# a two-class problem.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing": "test",
+                 "val": "val", "valid": "val", "validation": "val"}
+
+
+def split_of(name: str) -> str | None:
+    """The split a folder name stands for ("train", "test", "val"), or None for a class folder."""
+    return SPLIT_FOLDERS.get(name.lower())
 
 
 def is_hidden(path: PurePosixPath) -> bool:
@@ -41,13 +51,13 @@ def _wrapper_depth(paths: list[PurePosixPath]) -> int:
     zip often wraps its class folders in one folder named after the data set."""
     depth = 0
     while paths and all(len(p.parts) > depth + 2 for p in paths) and len({p.parts[depth] for p in paths}) == 1 \
-            and paths[0].parts[depth] not in ("train", "test"):
+            and split_of(paths[0].parts[depth]) is None:
         depth += 1
     return depth
 
 
 def _group(paths: list[PurePosixPath]) -> dict[str, dict[str, list[PurePosixPath]]]:
-    """{split: {class: [paths]}}; split is "all" unless a train/test level exists.
+    """{split: {class: [paths]}}; split is "all" unless a train/test/val level exists (`SPLIT_FOLDERS`).
 
     The class is the top folder (below train/ or test/, and below a folder that wraps them
     all), as torchvision's ImageFolder: images in sub-folders of a class folder (cat/2019/x.png)
@@ -58,8 +68,8 @@ def _group(paths: list[PurePosixPath]) -> dict[str, dict[str, list[PurePosixPath
     depth = _wrapper_depth(paths)
     for p in paths:
         parts = p.parts[depth:]
-        if len(parts) >= 3 and parts[0] in ("train", "test"):
-            tree[parts[0]][parts[1]].append(p)
+        if len(parts) >= 3 and split_of(parts[0]) is not None:
+            tree[split_of(parts[0])][parts[1]].append(p)
         elif len(parts) >= 2:
             tree["all"][parts[0]].append(p)
     return tree
@@ -72,10 +82,14 @@ def _build(
     image_size: tuple[int, int] | None,
     seed: int,
 ) -> Splits:
-    tree = _group([p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES])
+    tree = _choose_splits(name, _group([p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]))
     if not tree:
         raise UserError(f"{name}: no images in class sub-folders")
     classes = tuple(sorted({c for split in tree.values() for c in split}))
+    for split, held in tree.items():
+        lacking = [c for c in classes if c not in held]
+        if split != "all" and lacking:  # a class the model never trains on, or one never tested
+            log.warning("%s: %s/ holds no images of class(es) %s", name, split, ", ".join(lacking[:5]))
     limits.check("max_classes", len(classes), f"{name}: the number of class folders")
     total = [0]
 
@@ -102,6 +116,28 @@ def _build(
     x = _stack(name, images)
     tr, te = stratified_split(y, 0.2, seed)
     return Splits(name, from_uint8(x[tr], y[tr], named), from_uint8(x[te], y[te], named))
+
+
+def _choose_splits(name: str, tree: dict) -> dict:
+    """The parts the data set is read from: train/ and test/; a val/ stands in for a missing
+    test/ and is left out beside one; images outside the split folders are left out beside them.
+    Each choice that leaves images out says so."""
+    if "train" not in tree:
+        parts = [s for s in ("test", "val") if s in tree]
+        if not parts:
+            return tree
+        used = "all" if "all" in tree else parts[0]
+        log.warning("%s: no train/ folder; %s split 80/20%s", name,
+                    "the class folders are" if used == "all" else f"{used}/ is",
+                    f" ({', '.join(f'{s}/' for s in parts if s != used)} left out)" if len(parts) > (used != "all") else "")
+        return {"all": tree[used]}
+    if "test" not in tree and "val" in tree:
+        log.warning("%s: no test/ folder; val/ is used as the test part", name)
+        tree["test"] = tree.pop("val")
+    left = [f"{s}/" if s != "all" else "class folders beside train/" for s in sorted(tree) if s not in ("train", "test")]
+    if left:
+        log.warning("%s: %s left out (poisonguard reads train/ and test/)", name, ", ".join(left))
+    return {s: tree[s] for s in ("train", "test") if s in tree} if "test" in tree else {"all": tree["train"]}
 
 
 def _stack(name: str, images: list[np.ndarray]) -> np.ndarray:
@@ -171,10 +207,11 @@ def load_image_folder(root: str | Path, *, image_size: tuple[int, int] | None = 
 def _warn_empty_class_folders(root: Path, classes: tuple[str, ...]) -> None:
     """A class folder without images is no class, so the classes after it shift down by one
     index; say so, since a model trained before it emptied would read its outputs wrongly."""
-    tops = [root / part for part in ("train", "test") if (root / part).is_dir()] or [root]
+    tops = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink() and split_of(d.name)] or [root]
     empty = sorted({d.name for top in tops for d in top.iterdir()
-                    if d.is_dir() and not is_hidden(PurePosixPath(d.name)) and d.name not in classes
-                    and not (top == root and d.name in ("train", "test"))})
+                    if d.is_dir() and not d.is_symlink()  # a skipped link was warned about already
+                    and not is_hidden(PurePosixPath(d.name)) and d.name not in classes
+                    and not (top == root and split_of(d.name))})
     if empty:
         log.warning("%s: folder(s) %s hold no images and are not classes; the classes are %s", root,
                     ", ".join(empty[:5]), ", ".join(classes[:10]))
@@ -210,6 +247,7 @@ def load_image_zip(path: str | Path, *, image_size: tuple[int, int] | None = Non
                      f"{path}: the declared size of all images together")
         for m in images:  # refuse before decoding anything
             check_member(members[m], f"{path}:{m}")
+            _check_ratio(members[m], f"{path}:{m}")
 
         def read(member: PurePosixPath) -> bytes:
             cap = limits.get("max_bytes")
@@ -224,6 +262,19 @@ def load_image_zip(path: str | Path, *, image_size: tuple[int, int] | None = Non
         return _build(path.stem, list(members), read, image_size, seed)
 
 
+def _check_ratio(info: zipfile.ZipInfo, what: str) -> None:
+    """An image member that inflates far beyond its stored size is a decompression bomb: image
+    formats compress their own pixels, and a PNG followed by 800 MiB of zeros (837 KB in the zip)
+    took 1.5 GB to read, as Pillow ignores what follows the image. The model files' limits."""
+    from poisonguard.filesafety.limits import LIMITS
+
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > LIMITS.ratio_floor:
+        ratio = info.file_size / max(1, info.compress_size)
+        if ratio > LIMITS.zip_ratio:
+            raise UserError(f"{what}: decompresses {ratio:.0f}x ({info.file_size} bytes from {info.compress_size}), "
+                            f"over the ratio limit of {LIMITS.zip_ratio} (a decompression bomb)")
+
+
 def to_image_data(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...] | None, where: str) -> ImageData:
     """Accept (N, H, W), (N, H, W, C) or (N, C, H, W); integers 0-255, floats in [0, 1] or booleans."""
     from poisonguard.data.npz import INTEGER, check_dtype
@@ -235,7 +286,8 @@ def to_image_data(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...] | None,
         x = x[:, None]
     if x.ndim != 4:
         raise UserError(f"{where}: images must be 3- or 4-dimensional, got shape {x.shape}")
-    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):  # (N, H, W, C), RGBA included
+    # (N, H, W, C): a few channels last, more pixels second (grey + alpha and RGBA included)
+    if x.shape[-1] <= 4 and (x.shape[1] > 4 or (x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4))):
         x = x.transpose(0, 3, 1, 2)
     if y.ndim != 1:
         raise UserError(f"{where}: labels must be a 1-d integer array, got shape {y.shape}")

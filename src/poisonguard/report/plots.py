@@ -31,10 +31,11 @@ def figure_to_data_uri(fig) -> str:
 
 
 def _as_image(t: torch.Tensor) -> np.ndarray:
-    """(C, H, W) or (H, W) tensor in [0, 1] -> array imshow understands."""
+    """(C, H, W) or (H, W) tensor in [0, 1] -> array imshow understands: grey, RGB or RGBA; other
+    channel counts (grey + alpha, multispectral) are drawn as their mean, in grey."""
     a = t.detach().cpu().float().clamp(0, 1).numpy()
     if a.ndim == 3:
-        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+        a = a.transpose(1, 2, 0) if a.shape[0] in (3, 4) else a.mean(axis=0)
     return a
 
 
