@@ -307,3 +307,14 @@ def test_a_zipped_image_that_inflates_like_a_bomb_is_refused(tmp_path):
         zf.writestr("a/bomb.png", _png(50) + bytes(16 << 20))  # 16 MiB of zeros: ~1000x
     with pytest.raises(UserError, match="decompression bomb"):
         load_data(str(tmp_path / "bomb.zip"))
+
+
+def test_a_zip_written_with_backslashes_and_an_npz_short_of_class_names(tmp_path):
+    with zipfile.ZipFile(tmp_path / "win.zip", "w") as zf:
+        for c in ("a", "b"):
+            for i in range(4):
+                zf.writestr(f"{c}\\{i}.png", _png(50))
+    assert load_data(str(tmp_path / "win.zip")).classes == ("a", "b")
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 3, classes=np.array(["a", "b"]))
+    with pytest.raises(UserError, match=r"d.npz:x: label 2 has no class name \('classes' names 2\)"):
+        load_data(str(tmp_path / "d.npz"))

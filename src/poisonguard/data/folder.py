@@ -220,6 +220,8 @@ def _warn_empty_class_folders(root: Path, classes: tuple[str, ...]) -> None:
 def _member_path(name: str) -> PurePosixPath | None:
     """The member's path with empty and "." parts dropped ("1/./x.png" and "1//x.png" are "1/x.png");
     None for a folder. Names are only labels here (nothing is extracted), so ".." cannot escape."""
+    if "\\" in name and "/" not in name:  # old Windows tools separate with backslashes
+        name = name.replace("\\", "/")
     if name.endswith("/"):
         return None
     parts = [part for part in name.split("/") if part not in ("", ".")]
@@ -299,6 +301,8 @@ def to_image_data(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...] | None,
     low, high = int(y.min()), int(y.max())
     if low < 0:
         raise UserError(f"{where}: labels must be class indices from 0, found {low}")
+    if classes is not None and high >= len(classes):
+        raise UserError(f"{where}: label {high} has no class name ('classes' names {len(classes)})")
     if classes is None:  # checked before 1e8 class names are made for labels [0, 1e8]
         limits.check("max_classes", high + 1, f"{where}: the number of classes (largest label + 1)")
         classes = tuple(str(c) for c in range(high + 1))
