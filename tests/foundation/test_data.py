@@ -318,3 +318,26 @@ def test_a_zip_written_with_backslashes_and_an_npz_short_of_class_names(tmp_path
     np.savez(tmp_path / "d.npz", x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 3, classes=np.array(["a", "b"]))
     with pytest.raises(UserError, match=r"d.npz:x: label 2 has no class name \('classes' names 2\)"):
         load_data(str(tmp_path / "d.npz"))
+
+
+def test_class_folders_named_like_splits_stay_classes(tmp_path):
+    """Control/ and Test/ (patients in sub-folders) is a two-class data set, not a test split."""
+    for cls in ("Control", "Test"):
+        for patient in ("p1", "p2"):
+            (tmp_path / "d" / cls / patient).mkdir(parents=True)
+            for i in range(3):
+                (tmp_path / "d" / cls / patient / f"{i}.png").write_bytes(_png(30 if cls == "Test" else 200))
+    assert load_data(str(tmp_path / "d")).classes == ("Control", "Test")
+
+
+def test_sparse_raw_bitmaps_are_no_bomb(tmp_path):
+    """A BMP holds raw pixels: a mostly white drawing deflates 500x and is a legitimate image."""
+    from PIL import Image
+
+    with zipfile.ZipFile(tmp_path / "bmp.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for c in ("a", "b"):
+            for i in range(3):
+                buf = io.BytesIO()
+                Image.new("RGB", (700, 700), (255, 255, 255)).save(buf, format="BMP")
+                zf.writestr(f"{c}/{i}.bmp", buf.getvalue())
+    assert load_data(str(tmp_path / "bmp.zip")).input_shape == (3, 700, 700)

@@ -117,6 +117,9 @@ def test_only_the_delimiter_is_guessed_and_quoting_is_the_standards(tmp_path):
     (tmp_path / "a.csv").write_text("\n".join(lines) + "\n")
     data = read_table(tmp_path / "a.csv", label_column="label")
     assert "city='s-Hertogenbosch" in data.meta.feature_names and "band=rock 'n' roll" in data.meta.feature_names
+    # a space after each comma before a quoted field (", ") keeps the field whole
+    (tmp_path / "s.csv").write_text("x, city, label\n" + "".join(f'{i}, "Paris, FR", {i % 2}\n' for i in range(20)))
+    assert "city=Paris, FR" in read_table(tmp_path / "s.csv", label_column="label").meta.feature_names
 
 
 def test_a_column_named_like_a_category_is_refused(tmp_path):
@@ -124,7 +127,7 @@ def test_a_column_named_like_a_category_is_refused(tmp_path):
     and a second file with its columns reordered fed one to the other (accuracy 0.75 -> 0.46)."""
     (tmp_path / "t.csv").write_text("color,color=red,label\n" + "".join(
         f"{'red' if i % 2 else 'blue'},{i / 10},{i % 3 == 0}\n" for i in range(40)))
-    with pytest.raises(UserError, match="'color=red' is both a column and a category of column 'color'"):
+    with pytest.raises(UserError, match="two encoded columns are both named 'color=red'"):
         read_table(tmp_path / "t.csv", label_column="label")
 
 

@@ -36,6 +36,9 @@ SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing
                  "val": "val", "valid": "val", "validation": "val"}
 
 
+RAW_PIXEL_SUFFIXES = {".bmp", ".tif", ".tiff"}
+
+
 def split_of(name: str) -> str | None:
     """The split a folder name stands for ("train", "test", "val"), or None for a class folder."""
     return SPLIT_FOLDERS.get(name.lower())
@@ -62,13 +65,18 @@ def _group(paths: list[PurePosixPath]) -> dict[str, dict[str, list[PurePosixPath
     The class is the top folder (below train/ or test/, and below a folder that wraps them
     all), as torchvision's ImageFolder: images in sub-folders of a class folder (cat/2019/x.png)
     belong to that class. Files at the top level and hidden files are not data.
+
+    Top folders are splits only where one of them is train/ (or training/), or all of them are
+    split names: a class named Test or valid beside a class Control or invalid stays a class.
     """
     tree: dict[str, dict[str, list[PurePosixPath]]] = defaultdict(lambda: defaultdict(list))
     paths = [p for p in paths if not is_hidden(p)]
     depth = _wrapper_depth(paths)
+    tops = {p.parts[depth] for p in paths if len(p.parts) > depth + 1}
+    split_level = any(split_of(t) == "train" for t in tops) or all(split_of(t) for t in tops)
     for p in paths:
         parts = p.parts[depth:]
-        if len(parts) >= 3 and split_of(parts[0]) is not None:
+        if split_level and len(parts) >= 3 and split_of(parts[0]) is not None:
             tree[split_of(parts[0])][parts[1]].append(p)
         elif len(parts) >= 2:
             tree["all"][parts[0]].append(p)
@@ -265,12 +273,15 @@ def load_image_zip(path: str | Path, *, image_size: tuple[int, int] | None = Non
 
 
 def _check_ratio(info: zipfile.ZipInfo, what: str) -> None:
-    """An image member that inflates far beyond its stored size is a decompression bomb: image
-    formats compress their own pixels, and a PNG followed by 800 MiB of zeros (837 KB in the zip)
-    took 1.5 GB to read, as Pillow ignores what follows the image. The model files' limits."""
+    """An image member that inflates far beyond its stored size is a decompression bomb: PNG,
+    JPEG, GIF and WebP compress their own pixels, and a PNG followed by 800 MiB of zeros (837 KB
+    in the zip) took 1.5 GB to read, as Pillow ignores what follows the image. The model files'
+    limits. BMP and TIFF may hold raw pixels, which a sparse drawing deflates 500x: they are
+    bounded by `max_bytes` alone."""
     from poisonguard.filesafety.limits import LIMITS
 
-    if info.compress_type != zipfile.ZIP_STORED and info.file_size > LIMITS.ratio_floor:
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > LIMITS.ratio_floor \
+            and PurePosixPath(info.filename).suffix.lower() not in RAW_PIXEL_SUFFIXES:
         ratio = info.file_size / max(1, info.compress_size)
         if ratio > LIMITS.zip_ratio:
             raise UserError(f"{what}: decompresses {ratio:.0f}x ({info.file_size} bytes from {info.compress_size}), "

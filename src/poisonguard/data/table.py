@@ -64,7 +64,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         # Only the delimiter is guessed; quoting is the standard's (RFC 4180, as pandas reads it).
         # The sniffer's whole dialect turned doubled quotes off when the sample had none, and took
         # the apostrophe of 's-Hertogenbosch for a quote character.
-        reader = csv.reader(io.StringIO(text, newline=""), csv.excel, delimiter=delimiter)
+        # skipinitialspace: `1, "Paris, FR"` (a space after each comma) keeps its quoted field whole
+        reader = csv.reader(io.StringIO(text, newline=""), csv.excel, delimiter=delimiter, skipinitialspace=True)
         header = next(reader, None)
         if not header:
             raise UserError(f"{path}: the table is empty (no header row)")
@@ -471,8 +472,8 @@ def _feature_names(codes: tuple[ColumnCode, ...], path: Path) -> tuple[str, ...]
         names += [c.name] if c.kind == "numeric" else [f"{c.name}={v}" for v in c.categories]
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
-        raise UserError(f"{path}: the encoded column name {twice!r} is both a column and a category of column "
-                        f"{twice.partition('=')[0]!r}; rename the column")
+        raise UserError(f"{path}: two encoded columns are both named {twice!r} (a column's own name and a "
+                        "column=category name, or two such names); rename the column")
     return tuple(names)
 
 
