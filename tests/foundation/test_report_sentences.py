@@ -53,6 +53,21 @@ def test_repair_sentence_names_the_best_row_and_its_trigger():
     assert "of clean rows correctly" in summary and "images" not in summary  # a table's repair spoke of images
 
 
+def test_text_repair_names_the_trigger_it_measured_with():
+    """The text repair's table said "real trigger" for a scan's reconstruction given by --trigger."""
+    from poisonguard.attacks.text import TextTrigger
+    from poisonguard.report.text import add_repair
+
+    before, after = {"clean_accuracy": 0.9, "attack_success_rate": 0.95}, {"clean_accuracy": 0.88, "attack_success_rate": 0.04}
+    info = {"pruned_units": 3, "pruned_words": 1}
+    for origin, word in (("reconstructed", "reconstructed"), ("attack", "real"), (None, "given")):
+        report = Report("repair")
+        add_repair(report, before, after, info, unlearned=0, trigger=TextTrigger(kind="words", target=1, origin=origin))
+        section = _section(report, "Repair")
+        assert f"attack success rate ({word} trigger)" in section.html and f"({word} trigger)" in section.summary
+        assert ("real" in section.html) == (word == "real")
+
+
 # ---------------------------------------------------------------- certify
 
 def _certification(radii, correct_mask):

@@ -474,7 +474,7 @@ def repair(args) -> int:
                                       "unlearned_phrases": len(phrases)}}])
     from poisonguard.report.text import add_repair
 
-    add_repair(report, before, after, info, unlearned=len(phrases))
+    add_repair(report, before, after, info, unlearned=len(phrases), trigger=trigger)
     path = report.write(out)
     print(json.dumps({"report": str(path), "out": str(out), "before": before, "after": after,
                       "pruned_units": info["pruned_units"],

@@ -79,7 +79,8 @@ def scan_stage(ctx: StageContext) -> None:
     plan = _plan(ctx, clean)
     verdict = _scan(ctx, ctx.model, clean, plan)
     detections = list(verdict.detections)
-    true_target = getattr(ctx.trigger, "target", None)  # known only when the caller gave the real trigger
+    # known only when the caller gave the attack's trigger: a scan's own reconstruction would grade itself
+    true_target = None if getattr(ctx.trigger, "origin", None) == "reconstructed" else getattr(ctx.trigger, "target", None)
     detections = [_with_truth(d, true_target) for d in detections]
     add_verdict(ctx.report, verdict, list(ctx.splits.classes), title="Verdict: the model under examination", order=19)
     ctx.shared["verdict"] = verdict

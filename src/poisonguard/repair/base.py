@@ -167,7 +167,7 @@ class Repairer:
             # a trigger file scan wrote says so, though it came by --trigger rather than --from-scan
             extra["attack_success_rate_trigger"] = trigger_word(trigger)
             if extra["attack_success_rate_trigger"] == "reconstructed":
-                extra["trigger_reconstructed_by"] = "scan (a trigger file it wrote)"
+                extra["trigger_reconstructed_by"] = "scan"  # the only writer of reconstructed trigger files
         elif asr_trigger is not None:
             extra["attack_success_rate_trigger"] = "reconstructed"
             extra["trigger_reconstructed_by"] = trigger_reconstructed_by if trigger is not None else self.name

@@ -176,8 +176,9 @@ def cmd_repair(args) -> int:
                       "attack_success_rate_trigger": result.extra["attack_success_rate_trigger"],
                       "trigger_reconstructed_by": result.extra.get("trigger_reconstructed_by")}))
     if result.extra["attack_success_rate_trigger"] == "reconstructed":
-        log.warning("attack success rates measured with %s, not the real trigger (give --trigger to measure that)",
-                    trigger_label(result))
+        log.warning("attack success rates measured with %s, not the attack's own trigger (%s)", trigger_label(result),
+                    "the --trigger file is one scan wrote; give the attack's trigger file to measure that"
+                    if args.trigger else "give --trigger to measure that")
     if unusable:
         log.warning("the repaired model is right on %.1f%% of the test data, no more than always answering its "
                     "largest class (%.1f%%), so its attack success rate says little: it was saved, but it is no "

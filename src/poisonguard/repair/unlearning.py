@@ -220,7 +220,7 @@ class Unlearning(Repairer):
         result = {"filter_neurons": top.tolist(), "filter_threshold": threshold,
                   "filter_false_positive_rate_clean": float((clean_score > threshold).float().mean()),
                   "filter_detection_rate_reconstructed": float((stamped_score > threshold).float().mean())}
-        if ctx.trigger is not None:
+        if ctx.trigger is not None and getattr(ctx.trigger, "origin", None) != "reconstructed":  # not a scan's own
             keep = attack_eligible(ctx.trigger, ctx.clean.y)
             real = penultimate(model, head, ctx.trigger.apply(ctx.clean.x[keep]), ctx.device)[:, top].mean(1)
             result["filter_detection_rate_real_trigger"] = float((real > threshold).float().mean())

@@ -78,15 +78,17 @@ def add_sanitize(report, *, verdict: str, flagged: int, n: int, targets, methods
                        order=10)
 
 
-def add_repair(report, before: dict, after: dict, info: dict, *, unlearned: int) -> None:
+def add_repair(report, before: dict, after: dict, info: dict, *, unlearned: int, trigger=None) -> None:
     rows = [["before", before["clean_accuracy"], before["attack_success_rate"]],
             ["after", after["clean_accuracy"], after["attack_success_rate"]]]
-    html = table(["model", "clean accuracy", "attack success rate (real trigger)"], rows)
+    word = trigger_word(trigger)
+    html = table(["model", "clean accuracy", f"attack success rate ({word} trigger)" if word else "attack success rate"],
+                 rows)
     html += (f"<p>{counted(info['pruned_units'], 'hidden unit')} and {counted(info['pruned_words'], 'word')} pruned; "
              f"{counted(unlearned, 'phrase')} from the scan unlearned.</p>")
     summary = f"Fine-pruning: clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}"
     if before["attack_success_rate"] is None:
         summary += " (no --trigger: attack success not measured)."
     else:
-        summary += f"; attack success {before['attack_success_rate']:.1%} -> {after['attack_success_rate']:.1%}."
+        summary += f"; attack success ({word} trigger) {before['attack_success_rate']:.1%} -> {after['attack_success_rate']:.1%}."
     report.add_section("Repair", html, summary=summary, order=10)
