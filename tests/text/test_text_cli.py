@@ -56,7 +56,7 @@ def test_text_walk_through(corpus_csv, tmp_path, capsys):
     # the target by index and name, the words quoted as words (was "target class 1" and a Python repr)
     assert "target class 1 (" in attack_html and "[&#39;" not in attack_html and "&#39;cf" not in attack_html
     assert scan["sentence"] in (tmp_path / "scan" / "report.html").read_text().replace("&#39;", "'")
-    assert f"attack success {rep['before']['attack_success_rate']:.1%} -&gt; {rep['after']['attack_success_rate']:.1%}" \
+    assert f"attack success (real trigger) {rep['before']['attack_success_rate']:.1%} -&gt; {rep['after']['attack_success_rate']:.1%}" \
         in (tmp_path / "rep" / "report.html").read_text()
 
 
