@@ -89,7 +89,7 @@ def _bad_inputs(tmp_path):
     return [
         (_npz(tmp_path, "one.npz", x=x, y=np.zeros(60, np.int64)), [], "at least 2 classes"),
         (_npz(tmp_path, "few.npz", x=x[:12], y=np.arange(12) % 3), [], "fewer than"),
-        (_npz(tmp_path, "range.npz", x=x, y=y, classes=np.array(["a", "b"])), [], "labels must lie"),
+        (_npz(tmp_path, "range.npz", x=x, y=y, classes=np.array(["a", "b"])), [], "label 2 has no class name"),
         (_npz(tmp_path, "neg.npz", x=x, y=y - 1), [], "from 0"),
         (_npz(tmp_path, "nan.npz", x=nan, y=y), [], "finite"),
         (_npz(tmp_path, "ok.npz", x=x, y=y), ["--expected-rate", "0.7"], "--expected-rate"),
