@@ -89,9 +89,34 @@ def test_references_train_as_the_users_model_with_its_scaling(tmp_path):
 def test_files_that_name_no_rebuildable_architecture_get_the_built_in_stand_in():
     assert reference_architecture(None, (7,)).spec == "mlp"  # TorchScript, ONNX: no architecture to rebuild
     assert reference_architecture({"architecture": "mlp"}, (7,)).source.startswith("the suspect's own architecture")
-    # an image model's library architecture is not rebuilt (unmeasured), the built-in stands in
-    image = reference_architecture({"architecture": "torchvision:resnet18"}, (3, 32, 32), choice="own")
-    assert image.spec == "resnet20" and "standing in" in image.source
+    # by default an image model's library architecture gets the built-in stand-in; asked for, its own
+    library = {"architecture": "torchvision:resnet18"}
+    assert reference_architecture(library, (3, 32, 32)).spec == "resnet20"
+    image = reference_architecture(library, (3, 32, 32), choice="own")
+    assert image.spec == "torchvision:resnet18" and "image recipe" in image.source
+    # --references own on a file with no architecture to rebuild says why the built-in stands in
+    graph = reference_architecture(None, (3, 32, 32), choice="own")
+    assert graph.spec == "resnet20" and "--references own needs a weights file loaded with --arch" in graph.source
+    assert "--references own" not in reference_architecture(None, (3, 32, 32)).source
+
+
+def test_batch_norm_statistics_are_neither_kept_nor_keyed():
+    """Training replaces running statistics, so suspects of one architecture that differ only there
+    share one calibration; an owner's normalisation buffer is kept and keyed."""
+    from torch import nn
+
+    from poisonguard.detect.calibration import owner_buffers
+
+    def users(mean: float, bn_mean: float) -> nn.Module:
+        m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+        m.register_buffer("mean", torch.full((1,), mean))
+        m[1].running_mean.fill_(bn_mean)
+        return m
+
+    assert set(owner_buffers(users(0.1, 0.0))) == {"mean"}
+    key = {b: ReferenceArch("torchvision:resnet18", suspect=users(0.1, b)).settings()["buffers"] for b in (0.0, 5.0)}
+    assert key[0.0] == key[5.0]
+    assert ReferenceArch("torchvision:resnet18", suspect=users(0.2, 0.0)).settings()["buffers"] != key[0.0]
 
 
 def test_scan_plan_references_choice_reaches_the_trained_references(tmp_path):
@@ -105,3 +130,26 @@ def test_scan_plan_references_choice_reaches_the_trained_references(tmp_path):
         plan = ScanPlan(methods=("reference_contrast",), references=choice, reference_models=2, device="cpu")
         refs = _references(loaded, clean, (3,), plan)
         assert len(refs) == 2 and type(refs[0]).__name__ == kind, (choice, type(refs[0]))
+
+
+def test_a_wrapped_suspects_references_sit_in_the_same_adapter_with_its_own_buffers(monkeypatch):
+    """With --normalize / --input-size the suspect is an InputAdapter: no buffer name matched, so
+    the owner's scaling was silently not kept, and the reference skipped the resizing."""
+    from torch import nn
+
+    from poisonguard.models.wrappers import InputAdapter
+
+    inner = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    inner.register_buffer("scale", torch.tensor([7.0]))
+    suspect = InputAdapter(inner, mean=[0.5], std=[0.25], size=(16, 16))
+
+    def build(**kwargs):
+        m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        m.register_buffer("scale", torch.tensor([1.0]))
+        return m
+
+    monkeypatch.setattr("poisonguard.models.arch.build_from_spec", lambda spec, **kwargs: build())
+    ref = ReferenceArch("torchvision:whatever", suspect=suspect).build(num_classes=3, input_shape=(1, 8, 8), seed=0)
+    assert isinstance(ref, InputAdapter) and ref.size == (16, 16) and torch.equal(ref.mean, suspect.mean)
+    assert torch.equal(ref.inner.scale, torch.tensor([7.0]))
+    assert ref(torch.rand(2, 1, 8, 8)).shape == (2, 3)

@@ -242,8 +242,9 @@ class ReferenceArch:
     the data, not by training; a reference rebuilt by the user's code starts with the code's
     defaults, so without the suspect's buffers it would train on raw units and learn less than
     the suspect did, which makes the suspect's classes look small. Parameters are
-    re-initialised, buffers are copied (batch-norm statistics among them, which training then
-    replaces).
+    re-initialised; the buffers its owner set are copied (`owner_buffers`: not the running
+    statistics of normalisation layers, which training replaces). A suspect inside an
+    `InputAdapter` (--normalize, --input-size) gives the reference the same adapter.
     """
 
     spec: str
@@ -255,13 +256,23 @@ class ReferenceArch:
         from poisonguard.models.arch import build_from_spec
 
         # trusted: a code spec reaches here only from a model loaded with --arch typed by the user
+        from poisonguard.models.wrappers import InputAdapter
+
         model = build_from_spec(self.spec, num_classes=num_classes, input_shape=input_shape, kwargs=self.kwargs,
                                 trusted=True, seed=seed)
-        if self.suspect is not None:
+        # a suspect loaded with --normalize / --input-size sits in an adapter: its own buffers are
+        # the inner model's, and the reference goes into the same adapter (same resizing and scaling)
+        adapter = self.suspect if isinstance(self.suspect, InputAdapter) else None
+        owner = adapter.inner if adapter is not None else self.suspect
+        if owner is not None:
             own = dict(model.named_buffers())
-            kept = {name: b.detach().clone() for name, b in self.suspect.named_buffers()
+            kept = {name: b.detach().clone() for name, b in owner_buffers(owner).items()
                     if name in own and own[name].shape == b.shape}
             model.load_state_dict(kept, strict=False)
+        if adapter is not None:
+            scaling = {"mean": adapter.mean.flatten().tolist(), "std": adapter.std.flatten().tolist()} \
+                if adapter.normalize else {}
+            model = InputAdapter(model, size=adapter.size, **scaling)
         return model
 
     def settings(self) -> dict[str, Any]:
@@ -277,11 +288,23 @@ class ReferenceArch:
             extra["code"] = hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else self.spec
         if self.suspect is not None:
             digest = hashlib.sha256()
-            for name, b in sorted(self.suspect.named_buffers()):
+            for name, b in sorted(owner_buffers(self.suspect).items()):
                 digest.update(name.encode())
                 digest.update(b.detach().cpu().float().contiguous().numpy().tobytes())
             extra["buffers"] = digest.hexdigest()[:16]
         return extra
+
+
+def owner_buffers(model) -> dict[str, Any]:
+    """The buffers a model's owner set (its scaling, constants), without the running statistics
+    of its normalisation layers: training replaces those, so a reference need not inherit them,
+    and suspects of one architecture that differ only there share one cached calibration."""
+    from torch import nn
+
+    running = {f"{prefix}.{name}" if prefix else name
+               for prefix, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._NormBase)
+               for name in ("running_mean", "running_var", "num_batches_tracked")}
+    return {name: b for name, b in model.named_buffers() if name not in running}
 
 
 def _as_reference_arch(architecture: "str | ReferenceArch") -> ReferenceArch:
@@ -295,19 +318,23 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
     """The references' architecture for a suspect, and the sentence saying where it came from.
 
     - A built-in architecture named by the suspect's weights file: that architecture.
-    - With `choice="own"` (`scan --references own`), a table model whose weights file was
-      loaded with a library or the user's own architecture (`--arch file.py:build`, typed by
-      the user): that architecture again, with its keywords and the suspect's buffers
-      (`ReferenceArch`), trained by the table recipe. Not the default, by measurement
-      (`benchmarks/tabular_scan_architectures.py`, two user architectures, fair and randhie
-      seeds 4-6): own references found 11 of 12 backdoors and flagged 5 of 12 clean models, the
-      built-in mlp standing in 12 of 12 and 3 of 12; references of the user's code trained by
-      our recipe spread widely (thresholds up to 26). On breast cancer (114 clean rows) the
-      stand-in flagged a clean user model at index 73 against a cut of 2.7, own references did not.
+    - With `choice="own"` (`scan --references own`), a model whose weights file was loaded
+      with a library or the user's own architecture (`--arch file.py:build`, typed by the user):
+      that architecture again, with its keywords and the suspect's buffers (`ReferenceArch`),
+      trained by the recipe for the data (`reference_recipe`). Not the default, by measurement:
+      - tables (`benchmarks/tabular_scan_architectures.py`, two user architectures, fair and
+        randhie seeds 4-6): own references found 11 of 12 backdoors and flagged 5 of 12 clean
+        models, the built-in mlp standing in 12 of 12 and 3 of 12; references of the user's code
+        trained by our recipe spread widely (thresholds up to 26). On breast cancer (114 clean
+        rows) the stand-in flagged a clean user model at index 73 against a cut of 2.7, own
+        references did not;
+      - images (`benchmarks/image_scan_architectures.py`, two user architectures on MNIST 5k,
+        seeds 4-6): own references found 3 of 6 backdoors and flagged 1 of 6 clean models, the
+        mnist_cnn stand-in 1 of 6 and 0 of 6. Neither is good: Neural Cleanse's smallest mask
+        was the target in all six backdoored models, which neither set of references lets
+        through the threshold.
     - Otherwise the built-in for the data's shape stands in, and the sentence says so:
-      TorchScript, ONNX and export files carry no architecture to rebuild, and an image model's
-      own architecture is not rebuilt (unmeasured: references of a large library network
-      trained on a few hundred images).
+      TorchScript, ONNX and export files carry no architecture to rebuild.
     """
     if choice not in REFERENCE_CHOICES:
         raise ValueError(f"choice must be one of {REFERENCE_CHOICES}, got {choice!r}")
@@ -319,11 +346,12 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
     if arch and arch in ARCHITECTURES:
         return ReferenceArch(arch, f"the suspect's own architecture ({arch}) re-initialised and trained on the clean data")
     tabular = len(input_shape) == 1
-    if arch and tabular and spec_kind(arch) != "builtin" and choice == "own":
+    if arch and spec_kind(arch) != "builtin" and choice == "own":
+        recipe = (f"table recipe (Adam, {TABLE_REFERENCE_EPOCHS} epochs)" if tabular else
+                  f"image recipe ({IMAGE_REFERENCE_EPOCHS} epochs with random shifts)")
         return ReferenceArch(arch, (f"the suspect's own architecture ({arch}) re-initialised (its buffers, e.g. its own "
-                                    f"scaling, kept) and trained on the clean data with poisonguard's table recipe "
-                                    f"(Adam, {TABLE_REFERENCE_EPOCHS} epochs), which may train it less sharply than "
-                                    "its owner did"),
+                                    f"scaling, kept) and trained on the clean data with poisonguard's {recipe}, which "
+                                    "may train it less sharply than its owner did"),
                              kwargs=dict(meta.get("arch_kwargs") or {}), suspect=suspect)
     if tabular:  # feature vectors (token-id models register their own default)
         from poisonguard.models.registry import INPUT_KINDS
@@ -331,8 +359,12 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
         builtin = "mlp" if INPUT_KINDS.get("mlp") == "tabular" else next(iter(INPUT_KINDS))
     else:
         builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
+    why = ""
+    if choice == "own":  # asked for, and impossible: say so rather than stand in silently
+        why = ("; --references own needs a weights file loaded with --arch, and this file's format carries no "
+               "architecture poisonguard can rebuild" if not arch else "")
     return ReferenceArch(builtin, f"the built-in {builtin} trained on the clean data, standing in for the suspect's "
-                                  "architecture, which is not a built-in one")
+                                  f"architecture, which is not a built-in one{why}")
 
 
 def weights_metadata(loaded) -> dict | None:
@@ -361,6 +393,7 @@ def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: fl
 
 
 TABLE_REFERENCE_EPOCHS = 30
+IMAGE_REFERENCE_EPOCHS = 60  # with random shifts: `reference_recipe`
 
 
 def reference_recipe(data) -> tuple[int, str]:
@@ -378,7 +411,7 @@ def reference_recipe(data) -> tuple[int, str]:
     """
     if data.kind != "image":
         return TABLE_REFERENCE_EPOCHS, "none"
-    return 60, "crop" if data.input_shape[0] == 1 else "crop_flip"
+    return IMAGE_REFERENCE_EPOCHS, "crop" if data.input_shape[0] == 1 else "crop_flip"
 
 
 def calibrate(data, *, architecture: "str | ReferenceArch", source: str | None = None, methods, n_models: int = 4,
