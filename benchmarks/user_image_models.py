@@ -1,0 +1,57 @@
+"""Image models a user writes, for `benchmarks/image_scan_architectures.py` (and `--arch
+benchmarks/user_image_models.py:vggish` on a state dict of one).
+
+Neither is ours and neither was tuned against poisonguard: each keeps the input normalisation
+its owner fixed as buffers (as `torchvision.transforms.Normalize` inside a model does), one uses
+batch norm and max pooling, the other group norm, SiLU, a strided residual block and dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the values every MNIST tutorial normalises with
+
+
+class Normalised(nn.Module):
+    """The owner's normalisation as buffers, then the network."""
+
+    def __init__(self, net: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.full((1, channels, 1, 1), MNIST_MEAN))
+        self.register_buffer("std", torch.full((1, channels, 1, 1), MNIST_STD))
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def vggish(num_classes: int = 10, channels: int = 1) -> nn.Module:
+    """VGG-style: conv-BN-ReLU and max pool, two conv-BN-ReLU and max pool, global average pooling, a linear head."""
+    net = nn.Sequential(_conv_bn(channels, 16), nn.MaxPool2d(2), _conv_bn(16, 32),
+                        _conv_bn(32, 32), nn.MaxPool2d(2),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+    return Normalised(net, channels)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(4, cout), nn.SiLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1), nn.GroupNorm(4, cout))
+        self.skip = nn.Conv2d(cin, cout, 1, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.silu(self.body(x) + self.skip(x))
+
+
+def resgn(num_classes: int = 10, channels: int = 1) -> nn.Module:
+    """A strided stem, two residual blocks (one strided) with group norm and SiLU, dropout, a linear head."""
+    net = nn.Sequential(nn.Conv2d(channels, 16, 3, stride=2, padding=1), nn.SiLU(), _Block(16, 32, 2), _Block(32, 32, 1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(32, num_classes))
+    return Normalised(net, channels)
