@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -215,3 +216,75 @@ def test_a_model_json_field_of_the_wrong_type_is_one_line(tmp_path, text_splits,
     (tmp_path / "m" / "model.json").write_text(json.dumps({**meta, **edit}))
     with pytest.raises(UserError, match=message):
         load_text_model(tmp_path / "m")
+
+
+USER_TEXT_MODELS = '''
+import torch
+from torch import nn
+
+
+class Bag(nn.Module):
+    def __init__(self, vocab_size, num_classes):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(vocab_size, 8, mode="mean", padding_idx=0)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, ids):
+        return self.fc(self.bag(ids))
+
+
+class Positions(nn.Module):
+    def __init__(self, vocab_size, num_classes):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, 8, padding_idx=0)
+        self.pos = nn.Embedding(64, 8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, ids):
+        return self.fc((self.tok(ids) + self.pos(torch.arange(ids.shape[1]))).mean(1))
+
+
+def bag(vocab_size, num_classes):
+    return Bag(vocab_size, num_classes)
+
+
+def positions(vocab_size, num_classes):
+    return Positions(vocab_size, num_classes)
+'''
+
+
+@pytest.mark.parametrize("name, message", [
+    ("bag", "embeds words with nn.EmbeddingBag, which pools them"),
+    ("positions", "2 nn.Embedding layers (embeddings: tok (Embedding), pos (Embedding)); name the word embedding"),
+])
+def test_a_text_model_whose_word_embedding_is_not_one_nn_embedding_loads_and_says_so_where_needed(
+        tmp_path, text_splits, name, message):
+    """An EmbeddingBag model, or one with token and position embeddings, was refused by every text
+    command, evaluate included; now only the commands that work on each word's embedding refuse."""
+    import torch
+
+    from poisonguard.data.text import encode
+    from poisonguard.data.tokenizer import Tokenizer
+    from poisonguard.models.text_files import load_text_model
+
+    (tmp_path / "user.py").write_text(USER_TEXT_MODELS)
+    tok = Tokenizer.fit(text_splits.train.texts, max_len=12)
+    tok.save(tmp_path / "tokenizer.json")
+    spec, kwargs = f"{tmp_path / 'user.py'}:{name}", {"vocab_size": len(tok), "num_classes": len(text_splits.classes)}
+    namespace: dict = {}
+    exec(compile(USER_TEXT_MODELS, "user.py", "exec"), namespace)  # the same code, for the state dict
+    torch.save(namespace[name](**kwargs).state_dict(), tmp_path / "model.pt")
+    tm = load_text_model(tmp_path / "model.pt", arch=spec, arch_kwargs=kwargs, tokenizer=tmp_path / "tokenizer.json",
+                         classes=text_splits.classes)
+    assert tm.model(encode(text_splits.test, tok).x[:4]).shape == (4, len(text_splits.classes))
+    with pytest.raises(UserError, match=re.escape(message)):
+        tm.embedding_module
+    if name == "positions":  # named, it is found
+        named = load_text_model(tmp_path / "model.pt", arch=spec, arch_kwargs=kwargs, embedding="tok",
+                                tokenizer=tmp_path / "tokenizer.json", classes=text_splits.classes)
+        assert named.embedding_module is named.model.tok
+    # a tokenizer larger than the model's vocabulary is still one line at load
+    Tokenizer((*tok.vocab, *(f"extra{i}" for i in range(50))), max_len=12).save(tmp_path / "big.json")
+    with pytest.raises(UserError, match="words"):
+        load_text_model(tmp_path / "model.pt", arch=spec, arch_kwargs=kwargs, tokenizer=tmp_path / "big.json",
+                        classes=text_splits.classes)

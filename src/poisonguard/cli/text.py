@@ -263,6 +263,7 @@ def scan(args) -> int:
     out = guard_out(args.out, command="scan", force=args.force, outputs=OUTPUTS["scan"], inputs=[("data", Path(args.data))])
     splits = load_corpus(args)
     tm = load_model_for(args, splits)
+    tm.embedding_module  # the inversions work in the word embedding: a model without one is told now, not after training
     # --data is the defender's clean corpus: references train on its training part, every model
     # is inverted on its held-out part (benchmarks/text_checklist.py measures this set-up).
     clean = splits.test

@@ -92,21 +92,40 @@ def build_text_model(arch: str, *, vocab_size: int, num_classes: int, seed: int 
         return factory(vocab_size=vocab_size, num_classes=num_classes, **kwargs)
 
 
-def embedding_layer(model: nn.Module, name: str | None = None) -> nn.Embedding:
-    """The model's `nn.Embedding` called `name` (default: `embedding`, else the only one)."""
+def embedding_layer(model: nn.Module, name: str | None = None, *, bags: bool = False) -> nn.Module:
+    """The model's word embedding called `name` (default: `embedding`, else the only one): an
+    `nn.Embedding`, or with `bags` also an `nn.EmbeddingBag` (which pools its words, so the
+    methods that work on each word's embedding cannot take it; pruning its rows can)."""
+    kinds = (nn.Embedding, nn.EmbeddingBag) if bags else (nn.Embedding,)
     modules = dict(model.named_modules())
-    if name is not None:
+    if name:
         layer = modules.get(name)
-        if not isinstance(layer, nn.Embedding):
-            found = [n for n, m in modules.items() if isinstance(m, nn.Embedding)]
-            raise UserError(f"the model has no nn.Embedding called {name!r} (embeddings: {', '.join(found) or 'none'})")
+        if not isinstance(layer, kinds):
+            raise UserError(f"the model has no {'word embedding' if bags else 'nn.Embedding'} called {name!r} "
+                            f"({_embeddings_said(modules)}){_pooled(layer)}")
         return layer
-    if isinstance(modules.get(EMBEDDING_LAYER), nn.Embedding):
-        return modules[EMBEDDING_LAYER]  # type: ignore[return-value]
-    found = [m for m in modules.values() if isinstance(m, nn.Embedding)]
+    if isinstance(modules.get(EMBEDDING_LAYER), kinds):
+        return modules[EMBEDDING_LAYER]
+    found = [m for m in modules.values() if isinstance(m, kinds)]
     if len(found) != 1:
-        raise UserError(f"the model has {len(found)} nn.Embedding layers; name one with --embedding-layer")
+        bag = next((n for n, m in modules.items() if isinstance(m, nn.EmbeddingBag)), None)
+        if not found and bag is not None:
+            raise UserError(_pooled(modules[bag], bag))
+        raise UserError(f"the model has {len(found)} nn.Embedding layers ({_embeddings_said(modules)}); name the "
+                        "word embedding with --embedding-layer")
     return found[0]
+
+
+def _embeddings_said(modules: dict) -> str:
+    found = [f"{n} ({type(m).__name__})" for n, m in modules.items() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    return "embeddings: " + (", ".join(found) or "none")
+
+
+def _pooled(layer, name: str = "") -> str:
+    if not isinstance(layer, nn.EmbeddingBag):
+        return ""
+    return (f"{'; ' if not name else ''}the model embeds words with nn.EmbeddingBag{f' ({name!r})' if name else ''}, "
+            "which pools them: this command works on each word's embedding and needs an nn.Embedding")
 
 
 def sentence_features(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:

@@ -51,7 +51,9 @@ class TextModel:
 
     @property
     def embedding_module(self) -> nn.Embedding:
-        return embedding_layer(self.model, self.embedding)
+        """The word embedding, for the commands that work on it (scan); "" when loading could not
+        tell which it is, so the command that needs it says why in one line."""
+        return embedding_layer(self.model, self.embedding or None)
 
 
 def save_text_model(tm: TextModel, folder: str | Path, *, extra: dict | None = None) -> dict:
@@ -155,14 +157,36 @@ def load_text_model(path: str | Path, *, arch: str | None = None, arch_kwargs: d
         raise UserError(f"{weights}: the weights do not fit the architecture {arch_name!r}: "
                         f"{str(exc).splitlines()[0][:300]}") from exc
     layer = embedding if embedding is not None else meta.get("embedding_layer")
-    tm = TextModel(model.eval(), tok, classes, arch_name, str(layer) if layer else "embedding", kwargs, str(weights), digest)
-    emb = embedding_layer(model, layer if isinstance(layer, str) else None)
-    tm.embedding = next(n for n, m in model.named_modules() if m is emb)
-    if emb.num_embeddings != len(tok):
-        raise UserError(f"the tokenizer has {len(tok)} words but the model's embedding {emb.num_embeddings}")
+    tm = TextModel(model.eval(), tok, classes, arch_name, "", kwargs, str(weights), digest)
+    try:
+        emb = embedding_layer(model, layer if isinstance(layer, str) else None, bags=True)
+    except UserError:
+        if embedding:  # named by the user: a mistake now, not later
+            raise
+        emb = None  # two embeddings (words, positions) or none: only the commands that need it ask (scan)
+    if emb is not None:
+        tm.embedding = next(n for n, m in model.named_modules() if m is emb)
+        if emb.num_embeddings != len(tok):
+            raise UserError(f"the tokenizer has {len(tok)} words but the model's embedding {emb.num_embeddings}")
+    else:
+        _check_vocabulary_fits(model, tok)
     if num_classes is not None and len(classes) != num_classes:
         raise UserError(f"the model has {len(classes)} classes but the data has {num_classes}")
     return tm
+
+
+def _check_vocabulary_fits(model: nn.Module, tok: Tokenizer) -> None:
+    """Without a known word embedding, one forward pass of the tokenizer's largest id says whether
+    the model can take its ids (else every command would stop on an index error)."""
+    import torch
+
+    probe = torch.full((2, tok.max_len), len(tok) - 1, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            model(probe)
+    except (IndexError, RuntimeError) as exc:
+        raise UserError(f"the model cannot take the tokenizer's ids (it has {len(tok)} words): "
+                        f"{str(exc).splitlines()[0][:200]}") from exc
 
 
 def _check_kwargs(kwargs: dict, folder: Path) -> None:

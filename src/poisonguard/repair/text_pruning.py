@@ -126,7 +126,7 @@ class TextFinePruning:
         from poisonguard.data.tokenizer import PAD, UNK
         from poisonguard.models.text import embedding_layer
 
-        emb = embedding_layer(model, self.embedding)
+        emb = embedding_layer(model, self.embedding or None, bags=True)  # pruning rows works on a bag too
         seen = torch.zeros(emb.num_embeddings, dtype=torch.bool)
         seen[ids.flatten().clamp(0, emb.num_embeddings - 1)] = True
         seen[[PAD, UNK]] = True
