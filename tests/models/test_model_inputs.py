@@ -321,6 +321,42 @@ def test_weight_dtypes(work, tmp_path, capfd, caplog):
     assert "bool" in one_line_error(capfd, rc, tmp_path / "o")
 
 
+MASKED = """
+import torch
+from torch import nn
+
+
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+        self.register_buffer("keep", torch.ones(6, dtype=torch.bool))
+
+    def forward(self, x):
+        return self.fc(x * self.keep)
+
+
+def build():
+    return Masked()
+"""
+
+
+def test_a_bool_mask_buffer_in_a_state_dict_loads(tmp_path):
+    """A mask kept as a bool buffer (as attention masks are) was refused as if it were a weight."""
+    from poisonguard.errors import UserError
+    from poisonguard.models import load_model
+
+    (tmp_path / "masked.py").write_text(MASKED)
+    spec = f"{tmp_path / 'masked.py'}:build"
+    state = {"fc.weight": torch.randn(2, 6), "fc.bias": torch.zeros(2), "keep": torch.tensor([True, False] * 3)}
+    torch.save(state, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", arch=spec, num_classes=2, input_shape=[6])
+    assert loaded.model.keep.dtype == torch.bool and loaded.model.keep.tolist() == [True, False] * 3
+    torch.save({**state, "fc.bias": torch.tensor([True, False])}, tmp_path / "w.pt")  # a weight stays refused
+    with pytest.raises(UserError, match="fc.bias has dtype bool"):
+        load_model(tmp_path / "w.pt", arch=spec, num_classes=2, input_shape=[6])
+
+
 def test_format_by_bytes_not_name(work, tmp_path):
     from poisonguard.models import load_model
 

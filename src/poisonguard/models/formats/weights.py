@@ -114,11 +114,13 @@ def read_state(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def check_dtypes(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """Refuse bool/complex weights; convert other floating types to float32 with a warning."""
+    """Refuse complex weights; convert other floating types to float32 with a warning. Bool tensors
+    pass here (a mask buffer, as attention masks are) and `fit_state` refuses one that would fill
+    a weight."""
     out = {}
     converted = []
     for key, value in state.items():
-        if value.dtype.is_complex or value.dtype == torch.bool:
+        if value.dtype.is_complex:
             raise UserError(f"{path}: tensor {key} has dtype {str(value.dtype).replace('torch.', '')}; "
                             "a classifier's weights are real numbers")
         if value.is_floating_point() and value.dtype != torch.float32:
@@ -182,6 +184,11 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arc
 def fit_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
     """Load `state` into `model`, or one UserError naming the first missing, unexpected and misshapen keys."""
     state = check_fits(model, state, path, arch)
+    own = dict(model.state_dict())
+    for key, value in state.items():
+        if value.dtype == torch.bool and key in own and own[key].dtype != torch.bool:
+            raise UserError(f"{path}: tensor {key} has dtype bool, where architecture {arch!r} has "
+                            f"{str(own[key].dtype).replace('torch.', '')} (a classifier's weights are real numbers)")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
