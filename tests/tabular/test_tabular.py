@@ -656,3 +656,16 @@ def test_checklist_privacy_stage_on_a_table_names_rows_and_the_users_trigger(pla
     section = html[start:start + 3000]
     assert "poisoned rows out of" in html and "training rows" in section
     assert "images" not in section.split("In our benchmark")[0] and "demo trigger" not in section
+
+
+def test_a_single_output_two_class_table_model_is_told_what_to_return(tmp_path, capsys):
+    """A sigmoid head on a two-class table got a hint about one-hot columns, which had nothing to do with it."""
+    from poisonguard.cli import main
+
+    path = _write_table(tmp_path / "t.csv", n=60)
+    width = load_data(str(path), label_column="label").input_shape[0]
+    model = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(width, 1), torch.nn.Sigmoid()))
+    torch.jit.save(model, str(tmp_path / "sigmoid.pt"))
+    assert main(["evaluate", str(tmp_path / "sigmoid.pt"), "--data", str(path), "--label-column", "label"]) == 2
+    err = capsys.readouterr().err
+    assert "1 outputs but the data has 2 classes" in err and "torch.cat([-z, z], 1)" in err and "one-hot" not in err

@@ -422,8 +422,8 @@ def load_checked_model(path: str, splits, arch: str | None, *, args=None):
                     "the data is the model's output i)", list(recorded)[:10], list(splits.classes)[:10])
     try:
         check_classifier(loaded.model, splits.input_shape, splits.num_classes)
-    except UserError as exc:
-        raise UserError(f"{exc}{hint}") from exc
+    except UserError as exc:  # the columns' hint where the input was refused, not the outputs' count
+        raise UserError(f"{exc}{hint if 'inputs of shape' in str(exc) else ''}") from exc
     warn_near_chance(loaded, splits)
     info = {"path": str(path), "sha256": loaded.sha256, "num_classes": splits.num_classes,
             "input_shape": list(splits.input_shape), "format": loaded.format,
