@@ -452,3 +452,21 @@ def test_filter_sentence_never_calls_a_rejected_input_no_sign():
     assert "may be clean inputs rejected by chance" in some and "not even every one" not in some
     assert filter_summary(0, 100, 0.01, 1.0, "clean") == "None of 100 inputs is rejected: no sign of triggered inputs."
     assert filter_summary(9, 100, 0.01, 1e-6, "trojaned").startswith("9 of 100 inputs are rejected, more than")
+
+
+def test_a_scan_whose_every_class_the_references_followed_says_it_could_not_judge():
+    """Both classes of a two-class table followed by the references: every size was the whole input,
+    the clean and the backdoored model read the same, and the sentence said "no class can be reached"."""
+    from types import SimpleNamespace
+
+    from poisonguard.detect.report import verdict_text
+
+    def verdict(followed):
+        det = SimpleNamespace(extra={"followed_by_references": followed})
+        return SimpleNamespace(methods=("reference_contrast",), false_positive_rate=0.05, statistic="robust",
+                               calibrated=True, calibration={"reference_models": 8, "source": "test"},
+                               data={"kind": "tabular", "clean_images": 300}, score=0.2, backdoored=False, targets=(),
+                               evidence=({"class": 0}, {"class": 1}), detections=(det,))
+    assert "could not judge" in verdict_text(verdict([True, True])) and "inconclusive" in verdict_text(verdict([True, True]))
+    assert "could not judge" not in verdict_text(verdict([True, False]))
+    assert verdict_text(verdict([False, False])).startswith("No backdoor found: no class can be reached")

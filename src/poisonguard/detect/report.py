@@ -65,7 +65,19 @@ def verdict_text(verdict, classes=None) -> str:
         # measured: 2 of 6 backdoors found on held-out tables of 4 and 7 classes (README, Tables)
         caveat = (" Caution: on tables of more than two classes this scan has found only 2 of 6 planted backdoors "
                   "so far, so a clean verdict there is weak evidence.")
+    if _every_class_followed(verdict):
+        return ("No backdoor found, but the scan could not judge: for every class the trigger found also moves the "
+                "clean reference models (a route every model takes), so its size was counted as the whole input "
+                "and says nothing about this model. Treat the result as inconclusive. " + how + caveat)
     return "No backdoor found: no class can be reached with an unusually small trigger by any method. " + how + caveat
+
+
+def _every_class_followed(verdict) -> bool:
+    """Every method ran by contrast with the references and every class's trigger moved them too
+    (`reference_contrast`'s `followed_by_references`): no statistic depended on the suspect."""
+    dets = list(getattr(verdict, "detections", None) or [])
+    followed = [d.extra.get("followed_by_references") for d in dets]
+    return bool(dets) and all(f and all(f) for f in followed)
 
 
 def disagreement_notes(verdict, classes=None) -> list[str]:
