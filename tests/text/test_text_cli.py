@@ -77,6 +77,7 @@ def test_each_built_in_text_architecture_trains_with_its_own_recipe(corpus_csv, 
     ("text,label\nhello,a\nworld,b\n", ["--label-column", "topic"], "no column 'topic'"),
     ("text,label\nhello,a\nworld,b\n", ["--defense", "gaussian-augment", "--sigma", "0.5"],
      "not gaussian_augment"),  # once: it read "not gaussian-augment, gaussian_augment"
+    ("text,label\nhello,a\nworld,b\n", ["--arch", "mine.py:gru"], "trains its built-in text architectures only"),
 ])
 def test_bad_text_input_is_one_line_exit_2(tmp_path, capsys, content, args, message):
     p = tmp_path / "bad.csv"

@@ -129,6 +129,12 @@ def train_or_attack(args, *, command: str, method: str | None) -> int:
         train, poisoned = poison_text(splits.train, trigger, rate=args.rate, seed=args.seed)
     tok = fitted_tokenizer(args, train)
     arch = args.arch or DEFAULT_TEXT_ARCH
+    if ":" in arch:  # a code or library spec: what another command reads, not what train builds
+        from poisonguard.models.text import TEXT_ARCHITECTURES
+
+        raise UserError(f"--arch {arch!r}: poisonguard trains its built-in text architectures only "
+                        f"({', '.join(TEXT_ARCHITECTURES.names())}); your own code names the architecture of a model "
+                        "you trained yourself, for the commands that read one (evaluate, scan, sanitize, filter, repair)")
     tm = new_text_model(arch, tok, splits.classes, seed=args.seed)
     report = Report(command)
     start = time.perf_counter()
