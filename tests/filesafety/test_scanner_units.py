@@ -119,3 +119,22 @@ def test_onnx_external_data_inside_the_folder_is_accepted(tmp_path):
     (tmp_path / "sub" / "ext.onnx").write_bytes((tmp_path / "ext.onnx").read_bytes())
     (tmp_path / "sub" / "weights.bin").symlink_to(tmp_path / "weights.bin")  # a link out of the folder
     assert not inspect_file(tmp_path / "sub" / "ext.onnx").safe
+
+
+def test_a_safetensors_header_of_640_bytes_is_not_taken_for_a_pickle(tmp_path):
+    """The header's length is the file's first 8 bytes: 640 is `80 02 ...`, a protocol-2 pickle's
+    start, and `train --defense partition` wrote a model poisonguard then refused as unsafe."""
+    import torch
+    from safetensors.torch import save_file
+
+    from poisonguard.filesafety import inspect_file
+    from poisonguard.filesafety.formats import sniff_path
+
+    for n in range(1, 700):  # find a tensor name that makes the header exactly 640 bytes
+        save_file({"w" * n: torch.zeros(2), "b": torch.zeros(1)}, str(tmp_path / "m.safetensors"))
+        if (tmp_path / "m.safetensors").read_bytes()[:2] == b"\x80\x02":
+            break
+    assert (tmp_path / "m.safetensors").read_bytes()[:2] == b"\x80\x02"
+    assert sniff_path(tmp_path / "m.safetensors") == "safetensors"
+    report = inspect_file(tmp_path / "m.safetensors")
+    assert report.format == "safetensors" and report.safe, report

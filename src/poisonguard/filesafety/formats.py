@@ -47,12 +47,15 @@ def sniff(handle: BinaryIO, size: int) -> str:
         return "npy"
     if head.startswith(LEGACY_MAGIC):
         return "legacy-torch"
-    if len(head) >= 2 and head[0] == 0x80 and head[1] <= 5:
-        return "pickle"
+    # safetensors before pickle: a header of 640 (0x280) bytes starts `80 02`, as a protocol-2
+    # pickle does, and a file `train` wrote was refused as a malformed pickle. A pickle taken for
+    # safetensors is never unpickled (the safetensors check and reader parse JSON and raw bytes).
     if len(head) >= 9:
         (header_len,) = struct.unpack("<Q", head[:8])
         if header_len >= 2 and head[8:9] == b"{":  # a length past the file is a lie the check reports
             return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and head[1] <= 5:
+        return "pickle"
     if head[:1] == b"\x08" and _looks_like_onnx(handle, size):
         return "onnx"
     if head[:1] and head[:1] in _OLD_PICKLE_STARTS and _parses_as_pickle(handle):
