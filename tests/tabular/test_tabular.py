@@ -558,6 +558,16 @@ def test_the_mahalanobis_filter_rejects_triggered_rows_at_run_time(planted, tmp_
     with open(tmp_path / "h" / "accepted.csv") as f:
         accepted = list(csv.reader(f))
     assert "label" not in accepted[0] and len(accepted) - 1 == len(records) - len(rejected)
+    # the same rows with their columns in another order: read by name (the model records no columns;
+    # the clean table's names order them), not fed as they stand (every row was rejected)
+    reordered = tmp_path / "in" / "reordered.csv"
+    with open(reordered, "w", newline="") as f:
+        writer = csv.DictWriter(f, [c for c in records[0] if c != "label"][::-1], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    code, _, _ = _run(["filter", str(models / "model.pt"), "--inputs", str(reordered), *table, "--out",
+                       str(tmp_path / "r")], capsys)
+    assert code == 1 and set(json.loads((tmp_path / "r" / "report.json").read_text())["input_filter"]["rejected"]) == rejected
 
 
 def test_a_users_table_model_names_its_columns_in_metadata_to_read_a_file_lacking_a_category(planted, tmp_path, capsys):

@@ -273,9 +273,6 @@ def fit_columns(parts, model: str | Path):
     columns then differ from the model's (`data.table.encode_as`). Images, text and models that
     record no columns pass unchanged; `check_features` still refuses whatever could not be fitted.
     """
-    import dataclasses
-
-    from poisonguard.data.table import encode_as
     from poisonguard.models.files import read_metadata
 
     if parts.train.kind != "tabular":
@@ -284,14 +281,23 @@ def fit_columns(parts, model: str | Path):
         raise UserError(f"model file not found: {model}")
     if not Path(model).is_file():
         return parts
-    recorded = read_metadata(Path(model)).get("features")
+    return encode_to(parts, read_metadata(Path(model)).get("features"), "the model's")
+
+
+def encode_to(parts, recorded, whose: str):
+    """`parts` (Splits or Rows) of a table encoded to the columns `recorded` (names in order;
+    `whose` says whose they are in the warning); unchanged where they already match."""
+    import dataclasses
+
+    from poisonguard.data.table import encode_as
+
     names = feature_record(parts).get("features")
-    if not recorded or not names or list(recorded) == names:
+    if parts.train.kind != "tabular" or not recorded or not names or list(recorded) == names:
         return parts
     fitted = dataclasses.replace(parts, train=encode_as(parts.train, recorded),
                                  test=None if parts.test is None else encode_as(parts.test, recorded))
     zeros = [n for n in recorded if n not in names]
-    log.warning("the table was encoded to the model's %d columns%s", len(recorded),
+    log.warning("the table was encoded to %s %d columns%s", whose, len(recorded),
                 f"; {len(zeros)} categor{'y' if len(zeros) == 1 else 'ies'} it lacks ({', '.join(zeros[:3])}"
                 f"{' ...' if len(zeros) > 3 else ''}) {'is' if len(zeros) == 1 else 'are'} all zeros" if zeros else
                 " (its columns were in another order)")

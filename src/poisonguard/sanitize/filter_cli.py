@@ -118,7 +118,7 @@ def cmd_filter(args) -> int:
 
     if text.wants_text(args):
         return text.filter_inputs(args)
-    from poisonguard.cli.inputs import data_inputs, fit_columns, guard_out, load_checked_model, model_inputs
+    from poisonguard.cli.inputs import data_inputs, encode_to, fit_columns, guard_out, load_checked_model, model_inputs
     from poisonguard.data import Splits
     from poisonguard.data.export import cleansed_path, write_cleansed
     from poisonguard.data.rows import load_inputs, load_rows
@@ -133,6 +133,9 @@ def cmd_filter(args) -> int:
     clean = clean_rows.test if clean_rows.test is not None else clean_rows.train
     method = choose_filter(args.method, clean)  # before the inputs are read: a refused method needs no inputs
     rows = fit_columns(load_inputs(args.inputs, seed=args.seed), args.model)
+    # a model that records no columns: the clean table's names order the incoming rows (a file
+    # with its columns in another order was fed to the model as it stood: every row rejected)
+    rows = encode_to(rows, getattr(clean.meta, "feature_names", None), "the clean data's")
     if rows.train.input_shape != clean.input_shape:
         raise UserError(f"the inputs have shape {rows.train.input_shape} but the clean data {clean.input_shape}")
     if len(clean) < 20:
