@@ -295,3 +295,22 @@ def test_a_reconstructed_trigger_file_is_never_called_the_real_one(mnist, clean,
     assert got["reconstructed"]["attack_success_rate_trigger"] == "reconstructed"
     assert got["reconstructed"]["trigger_reconstructed_by"] == "scan"
     assert got[None]["attack_success_rate_trigger"] == "given"
+
+
+def test_a_fine_tune_that_diverges_at_every_rate_says_why_and_restarts_only_what_it_runs(monkeypatch, caplog):
+    """On a softmax-output model the log of saturated probabilities is flat: the advice to lower the
+    learning rate could never help, and the last failure announced a restart that never came."""
+    import poisonguard.repair.base as base
+    from poisonguard.data import ImageData
+    from poisonguard.models.wrappers import InputAdapter
+
+    monkeypatch.setattr(base, "_finetune_once", lambda *a, **k: None)  # every attempt diverges
+    data = ImageData(torch.rand(8, 1, 4, 4), torch.arange(8) % 2, ("a", "b"))
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    for model, words in ((plain, "lower the learning rate"),
+                         (InputAdapter(nn.Sequential(plain, nn.Softmax(1)), log_outputs=True), "ends in a softmax")):
+        caplog.clear()
+        with caplog.at_level("WARNING"), pytest.raises(UserError, match=words):
+            finetune(model, data, epochs=1, lr=0.1, batch_size=4, generator=torch.Generator(), device="cpu",
+                     max_retries=2)
+        assert caplog.text.count("restarting") == 2

@@ -213,6 +213,17 @@ def label_entropy(y: torch.Tensor, num_classes: int) -> float:
     return float(-(share * share.log()).sum()) if len(share) > 1 else math.log(2)
 
 
+def _divergence_hint(model: nn.Module) -> str:
+    """What to do about a fine-tune that diverged at every rate."""
+    from poisonguard.models.wrappers import InputAdapter
+
+    if any(isinstance(m, InputAdapter) and m.log_outputs for m in model.modules()):
+        # the log of a saturated softmax is flat: no rate makes the loss fall
+        return ("the model ends in a softmax (it outputs probabilities), and where those saturate no gradient "
+                "flows at any learning rate: save the model without its final softmax (returning logits)")
+    return "lower the learning rate"
+
+
 def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch_size: int, generator: torch.Generator,
              device: torch.device, optimizer: str = "sgd", weight_decay: float = 5e-4,
              schedule: Callable[[int], float] | None = None, loss_fn: LossFn | None = None,
@@ -252,11 +263,12 @@ def finetune(model: nn.Module, data: ImageData, *, epochs: int, lr: float, batch
                                 warmup_epochs=warmup_epochs, clip_norm=clip_norm)
         if losses is not None:
             break
-        log.warning("%s diverged at learning rate %g; restarting at %g", desc, lr, lr / 2)
         model.load_state_dict(snapshot)
-        lr /= 2
+        if attempt < max_retries:  # the last failure restarts nothing
+            log.warning("%s diverged at learning rate %g; restarting at %g", desc, lr, lr / 2)
+            lr /= 2
     else:
-        raise UserError(f"{desc} diverged even at learning rate {lr * 2:g}; lower the learning rate")
+        raise UserError(f"{desc} diverged even at learning rate {lr:g}; {_divergence_hint(model)}")
     if info is not None:
         info.update({"lr_used": lr, "lr_restarts": attempt})
     return losses
