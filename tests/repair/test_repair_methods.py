@@ -314,3 +314,13 @@ def test_a_fine_tune_that_diverges_at_every_rate_says_why_and_restarts_only_what
             finetune(model, data, epochs=1, lr=0.1, batch_size=4, generator=torch.Generator(), device="cpu",
                      max_retries=2)
         assert caplog.text.count("restarting") == 2
+
+
+def test_unlearn_on_two_classes_asks_for_a_scans_triggers():
+    """Its own Neural Cleanse run cannot judge two classes; the refusal named reference_contrast,
+    which is no option of repair, instead of --from-scan, which works."""
+    from poisonguard.data import ImageData
+
+    data = ImageData(torch.rand(40, 5), torch.arange(40) % 2, ("no", "yes"), kind="tabular")
+    with pytest.raises(UserError, match="--from-scan"):
+        Unlearning(seed=0, device="cpu").repair(nn.Sequential(nn.Linear(5, 2)), data)

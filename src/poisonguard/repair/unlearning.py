@@ -146,6 +146,10 @@ class Unlearning(Repairer):
             return self.triggers, {"trigger_source": self.triggers_source}
         from poisonguard.detect import DETECTORS
 
+        if ctx.clean.num_classes < 3:  # its own Neural Cleanse run needs an outlier among 3+ classes
+            raise UserError("unlearn reconstructs its trigger with Neural Cleanse, whose outlier test needs at least "
+                            "3 classes; on a two-class model give it a scan's triggers (--from-scan SCAN_FOLDER, "
+                            "which the two-class scan's reference_contrast writes)")
         scan = DETECTORS.get("neural_cleanse")(epochs=self.reverse_epochs, seed=self.seed, device=str(ctx.device))
         rec = scan.detect(ctx.model, ctx.clean)
         classes = list(rec.flagged_classes) or [int(torch.tensor(rec.mask_l1).argmin())]
