@@ -25,6 +25,10 @@ def test_fl_errors_are_one_line(tmp_path, capsys):
                  "--batch-size", "64", "--out", str(tmp_path / "b"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "unknown attack 'nope'" in err and "n > 2f + 2" in err
+    # the clients train the model: a user's code is refused as train refuses it, with where it is read
+    assert main(["fl", "simulate", "--arch", "mine.py:build", "--rounds", "1", "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 2
+    assert "trains its built-in architectures only" in capsys.readouterr().err
 
 
 def test_fl_compare_with_no_runnable_rule_is_a_user_error(tmp_path, capsys):

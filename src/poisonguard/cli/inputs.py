@@ -330,21 +330,27 @@ def check_num_classes(k, what: str = "the number of classes") -> int:
     return k
 
 
-def build_checked_model(arch: str, splits, seed: int | None = None):
-    """A registered architecture for this data, checked with one forward pass (e.g. 1x1 images
-    are too small for the pooling of mnist_cnn: one line instead of a traceback mid-training)."""
-    import warnings
-
-    from poisonguard.models import build_model
+def check_trainable(arch: str | None) -> None:
+    """UserError for an --arch that names code or a library: poisonguard trains built-ins only."""
     from poisonguard.models.arch import spec_kind
 
-    if spec_kind(arch) != "builtin":
+    if arch and spec_kind(arch) != "builtin":
         from poisonguard.models import ARCHITECTURES
 
         raise UserError(f"--arch {arch!r}: poisonguard trains its built-in architectures only "
                         f"({', '.join(ARCHITECTURES.names())}); your own code, torchvision: and timm: name the "
                         "architecture of a model file you trained yourself, for the commands that read one "
                         "(evaluate, scan, repair, certify, filter, sanitize, checklist, audit)")
+
+
+def build_checked_model(arch: str, splits, seed: int | None = None):
+    """A registered architecture for this data, checked with one forward pass (e.g. 1x1 images
+    are too small for the pooling of mnist_cnn: one line instead of a traceback mid-training)."""
+    import warnings
+
+    from poisonguard.models import build_model
+
+    check_trainable(arch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zero-sized layers warn at construction; the probe says why
         model = build_model(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, seed=seed)

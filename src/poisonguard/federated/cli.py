@@ -49,6 +49,9 @@ def _simulator(args, splits):
         raise UserError(f"--malicious must lie in [0, --clients={args.clients}], got {args.malicious}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be non-negative, got {args.warmup}")
+    from poisonguard.cli.inputs import check_trainable
+
+    check_trainable(args.arch)  # the clients train it: a built-in, as train's
     return Simulator(clients=args.clients, malicious=args.malicious, rounds=args.rounds, dirichlet=args.dirichlet,
                      sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
                      batch_size=args.batch_size, lr=args.lr or DEFAULT_LR[splits.kind], arch=args.arch, vectorize={'auto': None, 'on': True, 'off': False}[args.vmap],
