@@ -470,3 +470,18 @@ def test_a_scan_whose_every_class_the_references_followed_says_it_could_not_judg
     assert "could not judge" in verdict_text(verdict([True, True])) and "inconclusive" in verdict_text(verdict([True, True]))
     assert "could not judge" not in verdict_text(verdict([True, False]))
     assert verdict_text(verdict([False, False])).startswith("No backdoor found: no class can be reached")
+
+
+def test_a_checklist_whose_given_trigger_works_says_the_scan_missed_it():
+    """checklist said backdoor_found false beside "the real trigger makes 100.0% ... go to the target"."""
+    from poisonguard.cli.commands import missed_backdoor
+
+    def data(asr, word="real", backdoored=False):
+        return {"evaluation": {"attack_success_rate": asr, "attack_success_rate_trigger": word},
+                "verdict": {"backdoored": backdoored}}
+    assert "100.0%" in missed_backdoor(data(1.0)) and "missed detection" in missed_backdoor(data(1.0))
+    assert missed_backdoor(data(1.0, "given")) is not None
+    assert missed_backdoor(data(1.0, backdoored=True)) is None  # found: nothing missed
+    assert missed_backdoor(data(0.03)) is None  # the trigger does not work: a clean model
+    assert missed_backdoor(data(1.0, "reconstructed")) is None  # the scan's own trigger proves nothing here
+    assert missed_backdoor(data(None, None)) is None

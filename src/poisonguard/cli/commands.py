@@ -183,10 +183,31 @@ def stages_exit_code(data: dict, *, findings_count: bool = True) -> int:
     return EXIT_OK
 
 
+# The given trigger "works" when it sends at least this share of other-class inputs to its target
+# (a clean model's share for a trigger is a few percent; a planted backdoor's, 90% and more).
+TRIGGER_WORKS = 0.5
+
+
+def missed_backdoor(data: dict) -> str | None:
+    """The sentence for a checklist whose given trigger works while no stage found a backdoor."""
+    ev = data.get("evaluation") or {}
+    asr = ev.get("attack_success_rate")
+    if asr is None or asr < TRIGGER_WORKS or ev.get("attack_success_rate_trigger") == "reconstructed" \
+            or found_something(data):
+        return None
+    return (f"The given trigger sends {asr:.1%} of other-class test inputs to its target, so this model is "
+            "backdoored, yet no stage found it: read the scan's clean verdict as a missed detection.")
+
+
 def _run_checklist(ctx, report, out: Path) -> int:
     from poisonguard.stages import run_stages
 
     run_stages(ctx, only=ctx.shared.get("only"))
+    missed = missed_backdoor(report.data) if ctx.command != "demo" else None
+    if missed:
+        report.set("missed_backdoor", {"attack_success_rate": report.data["evaluation"]["attack_success_rate"],
+                                       "sentence": missed})
+        report.add_section("A backdoor the scan missed", "", summary=missed, order=18)
     path = report.write(out)
     stages = report.data.get("stages", [])
     # The demo plants its backdoor on purpose: finding it is the demonstration, not a finding to report.
@@ -194,7 +215,8 @@ def _run_checklist(ctx, report, out: Path) -> int:
     print(json.dumps({"report": str(path), "stages": [s["stage"] for s in stages],
                       "failed": [s["stage"] for s in stages if s["status"] == "failed"],
                       "not_applicable": [s["stage"] for s in stages if s["status"] == "not_applicable"],
-                      "backdoor_found": found_something(report.data), "exit_code": code}))
+                      "backdoor_found": found_something(report.data), "missed_backdoor": bool(missed),
+                      "exit_code": code}))
     return code
 
 
