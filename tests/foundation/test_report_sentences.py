@@ -485,3 +485,21 @@ def test_a_checklist_whose_given_trigger_works_says_the_scan_missed_it():
     assert missed_backdoor(data(0.03)) is None  # the trigger does not work: a clean model
     assert missed_backdoor(data(1.0, "reconstructed")) is None  # the scan's own trigger proves nothing here
     assert missed_backdoor(data(None, None)) is None
+
+
+def test_a_trained_model_no_better_than_its_largest_class_is_warned_about(caplog):
+    """A 10-partition ensemble on a small table answered one class everywhere (0.58, the class's
+    share) with nothing said; the README lists that warning among those that always print."""
+    from types import SimpleNamespace
+
+    from poisonguard.cli.commands import _warn_if_majority_only
+
+    test = type("Test", (), {"y": torch.tensor([1] * 58 + [0] * 42), "__len__": lambda self: 100})()
+    splits = SimpleNamespace(test=test)
+    with caplog.at_level("WARNING"):
+        _warn_if_majority_only(SimpleNamespace(clean_accuracy=0.58), splits)
+    assert "no more than always answering its largest class (58.0%)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _warn_if_majority_only(SimpleNamespace(clean_accuracy=0.9), splits)
+    assert not caplog.records

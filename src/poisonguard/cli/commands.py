@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from poisonguard.cli.options import add_attack_options, add_common, add_data, ad
 from poisonguard.cli.triggers import poison
 from poisonguard.errors import EXIT_FINDING, EXIT_INCOMPLETE, EXIT_OK, UserError, user_values
 from poisonguard.report.evaluation import evaluation_section, trigger_figure
+
+log = logging.getLogger(__name__)
 
 
 def defense_options(defense, args):
@@ -49,6 +52,7 @@ def _train_and_save(args, splits, train_data, trigger, out: Path, report, *, com
         raise
     seconds = time.perf_counter() - start
     ev = evaluation_section(report, model, splits, trigger, title="Trained model")
+    _warn_if_majority_only(ev, splits)
     training = {"command": command, "data": splits.name, "epochs": config.epochs, "optimizer": config.optimizer,
                 "batch_size": config.batch_size, "seed": args.seed, "seconds": round(seconds, 2),
                 "attack": getattr(args, "attack_name", None),
@@ -157,6 +161,18 @@ def cmd_evaluate(args) -> int:
         report.write(out)
     print(json.dumps(evaluation_line(ev, trigger)))
     return 0
+
+
+def _warn_if_majority_only(ev, splits) -> None:
+    """A trained model no better than always answering the test data's largest class (a partition
+    ensemble of too-small parts, a diverged defence) says so, as repair's does."""
+    from poisonguard.repair.report import majority_share
+
+    majority = majority_share(splits.test)
+    if ev.clean_accuracy <= majority:
+        log.warning("the trained model is right on %.1f%% of the test data, no more than always answering its "
+                    "largest class (%.1f%%): it has learnt nothing usable; try more --epochs, another --lr, or "
+                    "fewer --partitions", 100 * ev.clean_accuracy, 100 * majority)
 
 
 def evaluation_line(ev, trigger) -> dict:
