@@ -171,8 +171,8 @@ def _warn_if_majority_only(ev, splits) -> None:
     majority = majority_share(splits.test)
     if ev.clean_accuracy <= majority:
         log.warning("the trained model is right on %.1f%% of the test data, no more than always answering its "
-                    "largest class (%.1f%%): it has learnt nothing usable; try more --epochs, another --lr, or "
-                    "fewer --partitions", 100 * ev.clean_accuracy, 100 * majority)
+                    "largest class (%.1f%%): it has learnt nothing usable; try more --epochs or another --lr "
+                    "(for --defense partition, fewer --partitions: larger parts)", 100 * ev.clean_accuracy, 100 * majority)
 
 
 def evaluation_line(ev, trigger) -> dict:
