@@ -29,14 +29,12 @@ from poisonguard.errors import UserError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+RAW_PIXEL_SUFFIXES = {".bmp", ".tif", ".tiff"}  # may hold uncompressed pixels (`_check_ratio`)
 # Split folders as data sets name them (Kaggle's Train/ and Testing/, Keras' validation/), matched
 # without regard to case. Read as class folders, a val/ became a class "val" and Train/ + Test/
 # a two-class problem.
 SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing": "test",
                  "val": "val", "valid": "val", "validation": "val"}
-
-
-RAW_PIXEL_SUFFIXES = {".bmp", ".tif", ".tiff"}
 
 
 def split_of(name: str) -> str | None:
@@ -135,9 +133,10 @@ def _choose_splits(name: str, tree: dict) -> dict:
         if not parts:
             return tree
         used = "all" if "all" in tree else parts[0]
+        left = [f"{s}/" for s in parts if s != used]
         log.warning("%s: no train/ folder; %s split 80/20%s", name,
                     "the class folders are" if used == "all" else f"{used}/ is",
-                    f" ({', '.join(f'{s}/' for s in parts if s != used)} left out)" if len(parts) > (used != "all") else "")
+                    f" ({', '.join(left)} left out)" if left else "")
         return {"all": tree[used]}
     if "test" not in tree and "val" in tree:
         log.warning("%s: no test/ folder; val/ is used as the test part", name)

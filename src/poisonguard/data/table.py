@@ -91,7 +91,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, columns
 
 
-def _read_parquet(path: Path) -> tuple[list[str], list[list]]:
+def _read_parquet(path: Path) -> tuple[list[str], list[list], set[str]]:
+    """Header, columns and the columns the file declares categorical (`_declared_categorical`)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
@@ -103,6 +104,7 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list]]:
         limits.check("max_columns", meta.num_columns, f"{path}: the column count")
         limits.check("max_table_cells", meta.num_rows * meta.num_columns, f"{path}: the cell count (rows x columns)")
         names = _flat_columns(path, parquet.schema_arrow)
+        declared = _declared_categorical(parquet.schema_arrow)
         columns: list[list] = [[] for _ in names]
         decoded = 0
         # in small batches, each checked before it becomes Python objects: Parquet compresses
@@ -122,7 +124,7 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list]]:
     if index:
         log.warning("%s: left out pandas' row index column(s) %s", path, ", ".join(names[i] for i in index))
     keep = [i for i in range(len(names)) if i not in index]
-    return [names[i] for i in keep], [columns[i] for i in keep]
+    return [names[i] for i in keep], [columns[i] for i in keep], declared
 
 
 def _flat_columns(path: Path, schema) -> list[str]:
@@ -141,26 +143,23 @@ def _flat_columns(path: Path, schema) -> list[str]:
     return names
 
 
-def _dictionary_columns(path: Path) -> set[str]:
-    """Columns a Parquet file declares categorical (pandas' Categorical, recorded in the file's
+def _declared_categorical(schema) -> set[str]:
+    """Columns a Parquet schema declares categorical (pandas' Categorical, recorded in the file's
     pandas metadata; Arrow's dictionary type): categorical whatever their values, as a
     `categorical` entry in metadata.json makes them. A Categorical of integer codes read as one
     number would order categories that have no order."""
-    if path.suffix.lower() != ".parquet":
-        return set()
-    import pyarrow.parquet as pq
     import pyarrow.types as pa_types
 
-    try:
-        schema = pq.ParquetFile(path).schema_arrow  # already read once by _read_parquet: readable
-        found = {f.name for f in schema if pa_types.is_dictionary(f.type)}
-        pandas = (schema.metadata or {}).get(b"pandas", b"")
-        if 0 < len(pandas) <= 1 << 20:  # the footer's own JSON, from a hostile file: bounded, checked
+    found = {f.name for f in schema if pa_types.is_dictionary(f.type)}
+    pandas = (schema.metadata or {}).get(b"pandas", b"")
+    if 0 < len(pandas) <= 1 << 20:  # the footer's own JSON, from a hostile file: bounded, checked
+        try:
             columns = json.loads(pandas).get("columns", [])
+        except (ValueError, AttributeError, RecursionError):  # not the JSON object pandas writes
+            return found
+        if isinstance(columns, list):
             found |= {c["name"] for c in columns if isinstance(c, dict) and c.get("pandas_type") == "categorical"
                       and isinstance(c.get("name"), str)}
-    except Exception:  # pyarrow and a damaged footer raise many types; the data was read already
-        return set()
     return found
 
 
@@ -358,11 +357,10 @@ def _warn_numbers_read_as_categories(path: Path, name: str, categories: list[str
     """A column with few distinct values that are numbers in a form float() cannot read (thousands
     separators, decimal commas), or numbers but for one marker such as "?", becomes categorical:
     its values then have no order, which is rarely what the file meant. Say so once."""
-    separated = all(_SEPARATED_NUMBER.fullmatch(c) or _as_number(c) is not None for c in categories) and any(
-        _SEPARATED_NUMBER.fullmatch(c) for c in categories)
-    words = [c for c in categories if _as_number(c) is None and not _SEPARATED_NUMBER.fullmatch(c)]
-    if separated:
-        why = "numbers written with separators (e.g. " + repr(next(c for c in categories if _SEPARATED_NUMBER.fullmatch(c))) + ")"
+    separated = [c for c in categories if _SEPARATED_NUMBER.fullmatch(c)]
+    words = [c for c in categories if c not in separated and _as_number(c) is None]
+    if separated and not words:
+        why = f"numbers written with separators (e.g. {separated[0]!r})"
     elif len(words) == 1 and len(categories) > 2:
         why = f"numbers but for {words[0]!r} (a missing-value marker?)"
     else:
@@ -421,7 +419,7 @@ def read_table(path: str | Path, *, label_column: str | None, labels_optional: b
     path = Path(path)
     if not label_column and not labels_optional:
         raise UserError(f"{path}: a table needs --label-column NAME (the column holding the labels)")
-    header, columns = _read_parquet(path) if path.suffix.lower() == ".parquet" else _read_csv(path)
+    header, columns, declared = _read_parquet(path) if path.suffix.lower() == ".parquet" else (*_read_csv(path), set())
     if len(set(header)) != len(header):
         dup = next(h for h in header if header.count(h) > 1)
         raise UserError(f"{path}: the column name {dup!r} appears twice")
@@ -432,7 +430,7 @@ def read_table(path: str | Path, *, label_column: str | None, labels_optional: b
         if label_column in header:  # run-time rows: a label column, if any, is neither a feature nor used
             i = header.index(label_column)
             header, columns = header[:i] + header[i + 1:], columns[:i] + columns[i + 1:]
-        return _unlabelled(path, header, columns)
+        return _unlabelled(path, header, columns, declared)
     if label_column not in header:
         shown = ", ".join(header[:12]) + (" ..." if len(header) > 12 else "")
         raise UserError(f"{path}: no column {label_column!r} (columns: {shown})")
@@ -443,7 +441,7 @@ def read_table(path: str | Path, *, label_column: str | None, labels_optional: b
     unknown = sorted(categorical - set(header))
     if unknown:
         raise UserError(f"{path.parent / 'metadata.json'}: 'categorical' names no such column {unknown[0]!r}")
-    categorical |= _dictionary_columns(path)
+    categorical |= declared
     y, classes = _labels(path, label_column, columns[header.index(label_column)], meta.get("classes"))
     x, codes = _encode(path, header, columns, label_column, categorical)
     limits.check("max_dataset_values", x.size, f"{path}: the value count (rows x features)")
@@ -452,10 +450,10 @@ def read_table(path: str | Path, *, label_column: str | None, labels_optional: b
     return ImageData(xt, torch.from_numpy(y), classes, "tabular", info)
 
 
-def _unlabelled(path: Path, header: list[str], columns: list[list]) -> ImageData:
+def _unlabelled(path: Path, header: list[str], columns: list[list], declared: set[str]) -> ImageData:
     if not columns or not columns[0]:
         raise UserError(f"{path}: the table has no data rows")
-    categorical = {str(c) for c in _metadata(path).get("categorical", [])} | _dictionary_columns(path)
+    categorical = {str(c) for c in _metadata(path).get("categorical", [])} | declared
     x, codes = _encode(path, header, columns, None, categorical & set(header))
     limits.check("max_dataset_values", x.size, f"{path}: the value count (rows x features)")
     xt = torch.from_numpy(x)
