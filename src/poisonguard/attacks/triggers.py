@@ -17,7 +17,7 @@ means all-to-all (label y goes to (y + 1) mod K). An optional `origin` says who 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -43,11 +43,6 @@ def origin_field():
 def check_origin(origin) -> None:
     if origin is not None and origin not in ORIGINS:
         raise UserError(f"trigger origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
-
-
-def reconstructed(trigger):
-    """The same trigger marked as reconstructed by a detector (its file then says so)."""
-    return replace(trigger, origin="reconstructed")
 
 
 def origin_arrays(trigger) -> dict[str, np.ndarray]:

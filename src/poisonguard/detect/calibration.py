@@ -254,10 +254,9 @@ class ReferenceArch:
 
     def build(self, *, num_classes: int, input_shape, seed: int):
         from poisonguard.models.arch import build_from_spec
-
-        # trusted: a code spec reaches here only from a model loaded with --arch typed by the user
         from poisonguard.models.wrappers import InputAdapter
 
+        # trusted: a code spec reaches here only from a model loaded with --arch typed by the user
         model = build_from_spec(self.spec, num_classes=num_classes, input_shape=input_shape, kwargs=self.kwargs,
                                 trusted=True, seed=seed)
         # a suspect loaded with --normalize / --input-size sits in an adapter: its own buffers are
@@ -359,10 +358,9 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
         builtin = "mlp" if INPUT_KINDS.get("mlp") == "tabular" else next(iter(INPUT_KINDS))
     else:
         builtin = "mnist_cnn" if int(input_shape[0]) == 1 else "resnet20"
-    why = ""
-    if choice == "own":  # asked for, and impossible: say so rather than stand in silently
-        why = ("; --references own needs a weights file loaded with --arch, and this file's format carries no "
-               "architecture poisonguard can rebuild" if not arch else "")
+    # asked for, and impossible: say so rather than stand in silently
+    why = ("; --references own needs a weights file loaded with --arch, and this file's format carries no "
+           "architecture poisonguard can rebuild") if choice == "own" and not arch else ""
     return ReferenceArch(builtin, f"the built-in {builtin} trained on the clean data, standing in for the suspect's "
                                   f"architecture, which is not a built-in one{why}")
 

@@ -21,6 +21,7 @@ from poisonguard.data import per_class_subset
 from poisonguard.detect.report import add_to_report, add_verdict, write_triggers
 from poisonguard.detect.scan import defaults_for
 from poisonguard.detect.verdict import DEFAULT_METHODS, QUICK_VERDICT_METHODS, scan_verdict
+from poisonguard.report.evaluation import trigger_word
 from poisonguard.stages import StageContext, register_stage
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def scan_stage(ctx: StageContext) -> None:
     verdict = _scan(ctx, ctx.model, clean, plan)
     detections = list(verdict.detections)
     # known only when the caller gave the attack's trigger: a scan's own reconstruction would grade itself
-    true_target = None if getattr(ctx.trigger, "origin", None) == "reconstructed" else getattr(ctx.trigger, "target", None)
+    true_target = getattr(ctx.trigger, "target", None) if trigger_word(ctx.trigger) != "reconstructed" else None
     detections = [_with_truth(d, true_target) for d in detections]
     add_verdict(ctx.report, verdict, list(ctx.splits.classes), title="Verdict: the model under examination", order=19)
     ctx.shared["verdict"] = verdict

@@ -75,17 +75,17 @@ def save_text_model(tm: TextModel, folder: str | Path, *, extra: dict | None = N
 
 
 # model.json's fields and the JSON types each may hold (checked before any is used)
-META_TYPES = {"classes": (list,), "arch": (str,), "arch_kwargs": (dict,), "embedding_layer": (str,), "sha256": (str,)}
+META_TYPES = {"classes": (list, "list"), "arch": (str, "string"), "arch_kwargs": (dict, "object"),
+              "embedding_layer": (str, "string"), "sha256": (str, "string")}
 
 
 def _read_meta(path: Path) -> dict:
     if not path.is_file():
         return {}
     meta = read_tagged_json(path, fmt=FORMAT, what="text model's metadata")
-    for key, types in META_TYPES.items():
-        if meta.get(key) is not None and not isinstance(meta[key], types):
-            raise UserError(f"{path}: {key!r} must be a JSON {'list' if types == (list,) else 'object' if types == (dict,) else 'string'}, "
-                            f"got {type(meta[key]).__name__}")
+    for key, (kind, word) in META_TYPES.items():
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise UserError(f"{path}: {key!r} must be a JSON {word}, got {type(meta[key]).__name__}")
     if any(not isinstance(c, (str, int)) or isinstance(c, bool) for c in meta.get("classes") or ()):
         raise UserError(f"{path}: 'classes' must list class names (strings or integers)")
     return meta

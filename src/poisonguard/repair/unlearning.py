@@ -27,6 +27,7 @@ from poisonguard.repair.base import (
     Context, Repairer, check_choice, check_fraction, check_positive, cosine, finetune, last_linear,
     register_repairer, set_optimiser,
 )
+from poisonguard.report.evaluation import trigger_word
 from poisonguard.results import Detection
 from poisonguard.utils import batches
 
@@ -224,7 +225,7 @@ class Unlearning(Repairer):
         result = {"filter_neurons": top.tolist(), "filter_threshold": threshold,
                   "filter_false_positive_rate_clean": float((clean_score > threshold).float().mean()),
                   "filter_detection_rate_reconstructed": float((stamped_score > threshold).float().mean())}
-        if ctx.trigger is not None and getattr(ctx.trigger, "origin", None) != "reconstructed":  # not a scan's own
+        if trigger_word(ctx.trigger) in ("real", "given"):  # a trigger, and not a scan's own
             keep = attack_eligible(ctx.trigger, ctx.clean.y)
             real = penultimate(model, head, ctx.trigger.apply(ctx.clean.x[keep]), ctx.device)[:, top].mean(1)
             result["filter_detection_rate_real_trigger"] = float((real > threshold).float().mean())
