@@ -45,6 +45,7 @@ import user_image_models  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 USER_MODELS = Path(user_image_models.__file__).resolve()
 POSITIONS = ("bottom-right", "top-left", "center")
+REFERENCES = ("builtin", "own")
 
 
 def target_of(seed: int) -> int:
@@ -89,13 +90,27 @@ def scan(model_path: Path, arch: str, references: str, out: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     verdict = line["verdict"]
     calibration = (report.get("calibration") or {})
+    # Per method, the suspect's per-class trigger sizes and the references' (from the cached
+    # calibration): what a decision rule is computed from, so rules can be compared offline.
+    sizes = {d["method"]: d["mask_l1"] for d in report.get("detections", [])}
     return {"flagged": bool(verdict["backdoored"]), "targets": list(verdict["targets"]), "score": verdict.get("score"),
             "seconds": round(seconds, 1), "calibration_cached": calibration.get("cached"),
-            "calibration_seconds": calibration.get("seconds"),
+            "calibration_seconds": calibration.get("seconds"), "sizes": sizes,
+            "reference_sizes": reference_sizes(calibration.get("key")),
             "references_source": calibration.get("source") or report.get("verdict", {}).get("references")}
 
 
-def run_case(arch: str, seed: int, folder: Path) -> dict:
+def reference_sizes(key: str | None) -> dict | None:
+    """Per method, the (R, K) per-class trigger sizes of the calibration's clean references."""
+    from poisonguard.detect.calibration import cache_path
+
+    path = cache_path(key) if key else None
+    if path is None or not path.is_file():
+        return None
+    return {m: null["sizes"] for m, null in json.loads(path.read_text())["methods"].items()}
+
+
+def run_case(arch: str, seed: int, folder: Path, references: tuple[str, ...] = REFERENCES) -> dict:
     from poisonguard.attacks import poison_dataset
     from poisonguard.data import load_data
     from poisonguard.train import evaluate
@@ -115,8 +130,8 @@ def run_case(arch: str, seed: int, folder: Path) -> dict:
         torch.save(model.state_dict(), path)
         row = {"accuracy": round(ev.clean_accuracy, 4), "asr": round(ev.attack_success_rate, 4),
                "train_seconds": round(time.perf_counter() - t, 1)}
-        for references in ("builtin", "own"):
-            row[references] = scan(path, arch, references, folder / name / f"scan-{references}")
+        for choice in references:
+            row[choice] = scan(path, arch, choice, folder / name / f"scan-{choice}")
         record[name] = row
     return record
 
@@ -126,26 +141,35 @@ def found(r: dict, references: str) -> bool:
     return got["flagged"] and got["targets"] == [r["target"]]
 
 
+def _cells(r: dict, references: str) -> tuple[str, str]:
+    """(found, clean flagged) of one row with these references; '-' where they were not run."""
+    if references not in r["backdoored"]:
+        return "-", "-"
+    return (f"{'yes' if found(r, references) else 'NO'} {r['backdoored'][references]['targets']}",
+            "FLAGGED" if r["clean"][references]["flagged"] else "no")
+
+
 def summarise(records: list[dict]) -> list[str]:
     lines = ["| arch | seed | trigger (target) | backdoored acc / ASR | found: stand-in / own | "
              "clean acc | clean flagged: stand-in / own |", "|---|---|---|---|---|---|---|"]
     for r in records:
         bd, cl = r["backdoored"], r["clean"]
+        (fb, cb), (fo, co) = _cells(r, "builtin"), _cells(r, "own")
         lines.append(f"| {r['arch']} | {r['seed']} | {r['family']} ({r['target']}) | {bd['accuracy']:.3f} / "
-                     f"{bd['asr']:.3f} | {'yes' if found(r, 'builtin') else 'NO'} {bd['builtin']['targets']} / "
-                     f"{'yes' if found(r, 'own') else 'NO'} {bd['own']['targets']} | {cl['accuracy']:.3f} | "
-                     f"{'FLAGGED' if cl['builtin']['flagged'] else 'no'} / {'FLAGGED' if cl['own']['flagged'] else 'no'} |")
+                     f"{bd['asr']:.3f} | {fb} / {fo} | {cl['accuracy']:.3f} | {cb} / {co} |")
     for references, words in (("builtin", "built-in stand-in (default)"), ("own", "own architecture")):
-        lines.append(f"{words}: found {sum(found(r, references) for r in records)}/{len(records)}, clean flagged "
-                     f"{sum(r['clean'][references]['flagged'] for r in records)}/{len(records)}")
-    scans = [r[k][references] for r in records for k in ("backdoored", "clean") for references in ("builtin", "own")
-             if r[k][references]["calibration_cached"]]
+        ran = [r for r in records if references in r["backdoored"]]
+        if ran:
+            lines.append(f"{words}: found {sum(found(r, references) for r in ran)}/{len(ran)}, clean flagged "
+                         f"{sum(r['clean'][references]['flagged'] for r in ran)}/{len(ran)}")
+    scans = [r[k][references] for r in records for k in ("backdoored", "clean") for references in REFERENCES
+             if references in r[k] and r[k][references]["calibration_cached"]]
     if scans:
         lines.append(f"scan seconds with a cached calibration: {min(s['seconds'] for s in scans)}-"
                      f"{max(s['seconds'] for s in scans)}")
     computed = {(r["arch"], references): r[k][references]["calibration_seconds"] for r in records
-                for k in ("backdoored", "clean") for references in ("builtin", "own")
-                if r[k][references]["calibration_cached"] is False}
+                for k in ("backdoored", "clean") for references in REFERENCES
+                if references in r[k] and r[k][references]["calibration_cached"] is False}
     lines += [f"calibration computed for {arch} ({references}): {s} s" for (arch, references), s in sorted(computed.items())]
     return lines
 
@@ -154,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="vggish,resgn")
     parser.add_argument("--seeds", default="4,5,6")
+    parser.add_argument("--references", default=",".join(REFERENCES), help="which references to scan with: builtin, own")
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "image-architectures"))
     parser.add_argument("--results", default="benchmarks/results/issue-16-image-architectures.json")
     args = parser.parse_args()
@@ -167,7 +192,7 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 if (arch, seed) in done:
                     continue
-                records.append(run_case(arch, seed, Path(tmp) / f"{arch}-{seed}"))
+                records.append(run_case(arch, seed, Path(tmp) / f"{arch}-{seed}", tuple(args.references.split(","))))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(records, indent=1))
                 print(f"{arch} seed {seed} done", flush=True)

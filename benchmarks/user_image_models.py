@@ -1,7 +1,7 @@
 """Image models a user writes, for `benchmarks/image_scan_architectures.py` (and `--arch
 benchmarks/user_image_models.py:vggish` on a state dict of one).
 
-Neither is ours and neither was tuned against poisonguard: each keeps the input normalisation
+None is ours and none was tuned against poisonguard: each keeps the input normalisation
 its owner fixed as buffers (as `torchvision.transforms.Normalize` inside a model does), one uses
 batch norm and max pooling, the other group norm, SiLU, a strided residual block and dropout.
 """
@@ -54,4 +54,28 @@ def resgn(num_classes: int = 10, channels: int = 1) -> nn.Module:
     """A strided stem, two residual blocks (one strided) with group norm and SiLU, dropout, a linear head."""
     net = nn.Sequential(nn.Conv2d(channels, 16, 3, stride=2, padding=1), nn.SiLU(), _Block(16, 32, 2), _Block(32, 32, 1),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(32, num_classes))
+    return Normalised(net, channels)
+
+
+# Written in session 19 after the stand-in rule was chosen on vggish and resgn, and run only to
+# report it: a depthwise-separable net with a flattened head (no global pooling), and a net of
+# fully connected layers only.
+
+def _separable(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.Hardswish(),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.Hardswish())
+
+
+def mobile(num_classes: int = 10, channels: int = 1) -> nn.Module:
+    """MobileNet-style: a conv stem, three depthwise-separable blocks (two strided), flattened into a linear head."""
+    net = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.Hardswish(),
+                        _separable(16, 32, 2), _separable(32, 32, 1), _separable(32, 48, 2),
+                        nn.Flatten(), nn.Linear(48 * 7 * 7, num_classes))
+    return Normalised(net, channels)
+
+
+def dense(num_classes: int = 10, channels: int = 1, side: int = 28) -> nn.Module:
+    """Fully connected only: 784 -> 256 -> 128 -> classes, GELU and layer norm."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, 256), nn.GELU(), nn.LayerNorm(256),
+                        nn.Linear(256, 128), nn.GELU(), nn.Linear(128, num_classes))
     return Normalised(net, channels)

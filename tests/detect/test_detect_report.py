@@ -66,3 +66,28 @@ def test_every_class_flagged_is_not_called_smaller_than_the_others():
     two = Detection(method="neural_cleanse", backdoored=True, flagged_classes=(0, 2), anomaly_index=(3.0, 0.5, 4.0),
                     seconds=1.0, mask_l1=(5.0, 60.0, 4.0), threshold=2.0, extra={"targets": [0, 1, 2]})
     assert method_sentence(two, None).endswith("turns inputs into them.")
+
+
+def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
+    # With stand-in references each class has two tests (verdict.stand_in_rows); the chart, the
+    # table and the sentence read the one number they share, each test's index over its threshold.
+    from poisonguard.detect.calibration import Calibration, fit_null
+    from poisonguard.detect.report import chart_values, method_sentence
+    from poisonguard.detect.verdict import judge
+
+    gen = torch.Generator().manual_seed(0)
+    effect = torch.tensor([4.0, 5.3, 3.8, 3.9, 4.5, 4.0, 4.3, 4.5, 4.3, 4.7], dtype=torch.float64)
+    refs = (effect + 0.15 * torch.randn(4, 10, generator=gen, dtype=torch.float64)).exp()
+    sizes = [60.0, 62.0, 58.0, 61.0, 5.0, 59.0, 63.0, 60.0, 57.0, 64.0]  # class 4: a planted target
+    det = _detection(10, (), sizes)
+    cal = Calibration(key="k", architecture="mnist_cnn", source="a stand-in", n_models=4, clean_images=200,
+                      seconds=1.0, methods={"neural_cleanse": fit_null(refs.tolist())}, stand_in=True)
+    verdict = judge([det], calibration=cal)
+    rows = verdict.method_rows("neural_cleanse")
+    values, threshold, flagged, label = chart_values(det, rows)
+    assert verdict.targets == (4,) and flagged == {4} and threshold == 1.0 and "over its threshold" in label
+    ratio = max(rows[4]["own_sizes"]["index"] / rows[4]["own_sizes"]["threshold"],
+                rows[4]["against_references"]["index"] / rows[4]["against_references"]["threshold"])
+    assert abs(values[4] - ratio) < 1e-4  # the row's figures are rounded to 6 digits
+    assert f"class 4 (index over its threshold {values[4]:.2f})" in method_sentence(det, rows)
+    assert "index over its threshold" in detection_html(det, None, None, rows)

@@ -274,3 +274,69 @@ def test_when_no_method_can_run_the_error_says_why_each_could_not():
     with pytest.raises(UserError, match=r"could run on this model and data \(neural_cleanse: an outlier test over "
                                         r"classes needs at least 3 classes.*; tabor: an outlier"):
         run_detectors(nn.Linear(4, 2), rows, ["neural_cleanse", "tabor"], on_skip=lambda name, exc: None)
+
+
+
+def _stand_in_case(gen, *, target: int | None):
+    """Four references of one architecture and a suspect of another, with a planted target 10x smaller.
+
+    Measured on session 19's user architectures (benchmarks/results/issue-16-image-architectures-s19.json):
+    a clean suspect's log NC sizes correlate 0.65-0.80 with the mnist_cnn references' mean, their
+    difference spreading 0.3-0.7 across classes; here the suspect keeps the references' class
+    effects plus its own per-class difference of spread 0.5.
+    """
+    from poisonguard.detect.calibration import Calibration
+
+    effect = torch.tensor([4.0, 5.3, 3.8, 3.9, 4.5, 4.0, 4.3, 4.5, 4.3, 4.7], dtype=torch.float64)
+    refs = _clean_sizes(gen, 4, effect, 0.15)
+    suspect = (effect + 0.5 * torch.randn(10, generator=gen, dtype=torch.float64)).exp()
+    if target is not None:
+        suspect[target] = suspect[target] / 10
+    cal = Calibration(key="k", architecture="mnist_cnn", source="a stand-in", n_models=4, clean_images=200,
+                      seconds=1.0, methods={"neural_cleanse": fit_null(refs.tolist())})
+    return _det(suspect.tolist()), cal
+
+
+def test_stand_in_references_do_not_hide_the_suspects_own_smallest_class():
+    # References of another architecture: their class offsets are only partly the suspect's, and
+    # subtracting them spreads its other classes so that a 10x smaller target can stay under the
+    # bar. The stand-in verdict also judges the suspect's own sizes, each test at half the rate
+    # (verdict.stand_in_rows). 40 synthetic pairs: 22 found by the references alone and 26 by
+    # both tests; clean suspects flagged 1 and 3 times (the stated rate is 5%).
+    from dataclasses import replace
+
+    found_alone = found = flagged = 0
+    hit = None
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        det, cal = _stand_in_case(gen, target=seed % 10)
+        found_alone += judge([det], calibration=cal).targets == (seed % 10,)
+        verdict = judge([det], calibration=replace(cal, stand_in=True))
+        if verdict.targets == (seed % 10,):
+            found, hit = found + 1, (verdict, seed % 10)
+        clean_det, clean_cal = _stand_in_case(gen, target=None)
+        flagged += judge([clean_det], calibration=replace(clean_cal, stand_in=True)).backdoored
+    assert found >= found_alone + 2 and found >= 20 and flagged <= 6, (found_alone, found, flagged)
+
+    verdict, target = hit
+    row = next(e for e in verdict.evidence if e["class"] == target)
+    assert row["threshold"] == 1.0 and row["flagged"] and row["statistic"] > 1
+    assert {"index", "threshold"} <= set(row["own_sizes"]) and {"index", "threshold"} <= set(row["against_references"])
+    assert all(e["flagged"] == (e["statistic"] > e["threshold"]) for e in verdict.evidence)
+    assert verdict.calibration["stand_in"] and "another architecture" in verdict.sentence
+
+
+def test_a_stand_in_is_known_to_the_run_not_to_the_cached_calibration():
+    # One architecture's references on one data set are one calibration, whatever suspect they
+    # stand in for: the flag is set by calibrate_for and never written to the cache file.
+    from dataclasses import replace
+
+    from poisonguard.detect.calibration import Calibration, reference_architecture
+
+    _, cal = _stand_in_case(torch.Generator().manual_seed(0), target=None)
+    settings = {"n_models": 4, "classes": 10, "methods": ["neural_cleanse"]}
+    cal = replace(cal, settings=settings, stand_in=True)
+    assert "stand_in" not in cal.to_json()
+    assert Calibration.from_json(cal.to_json(), key="k", settings=settings).stand_in is False
+    assert reference_architecture(None, (1, 28, 28)).stand_in  # a graph file: the built-in stands in
+    assert not reference_architecture({"architecture": "mnist_cnn"}, (1, 28, 28)).stand_in

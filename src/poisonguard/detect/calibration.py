@@ -60,6 +60,11 @@ class Calibration:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     cached: bool = False  # read from the cache: `seconds` is what computing it cost then, not now
+    # The references are another architecture than the suspect's (a built-in standing in): set by
+    # `calibrate_for`, which knows the suspect; not part of the cached calibration, which one
+    # architecture's references share whatever suspect they stand in for. `verdict.judge` then
+    # also judges the suspect's own sizes (`verdict.STAND_IN_TESTS`).
+    stand_in: bool = False
 
     def null_for(self, method: str) -> dict | None:
         return self.methods.get(method)
@@ -67,11 +72,11 @@ class Calibration:
     def summary(self) -> dict[str, Any]:
         return {"calibrated": True, "architecture": self.architecture, "reference_models": self.n_models,
                 "source": self.source, "clean_images": self.clean_images, "seconds": self.seconds,
-                "cached": self.cached, "key": self.key,
+                "cached": self.cached, "stand_in": self.stand_in, "key": self.key,
                 "null": {m: {"mu": round(v["mu"], 4), "s": round(v["s"], 4)} for m, v in self.methods.items()}}
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if k != "cached"})
+        return json.dumps({k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS})
 
     @classmethod
     def from_json(cls, text: str, *, key: str, settings: dict[str, Any]) -> "Calibration":
@@ -80,7 +85,7 @@ class Calibration:
         the calibration of exactly `settings` (hence its number of references and classes) and
         every statistic is a finite number in lists no longer than those counts."""
         data = json.loads(text)
-        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)} - {"cached"}:
+        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)} - RUNTIME_FIELDS:
             raise ValueError("not a calibration")
         if data["key"] != key or data["settings"] != json.loads(json.dumps(settings, default=str)):
             raise ValueError("a calibration of other settings")
@@ -97,6 +102,9 @@ class Calibration:
         if not all(_finite_json(data[name], 1) for name in ("clean_images", "seconds")):
             raise ValueError("counts are not numbers")
         return cls(**data, cached=True)
+
+
+RUNTIME_FIELDS = {"cached", "stand_in"}  # what this run knows of a calibration, not what the cache file holds
 
 
 def _finite_json(value: Any, longest: int, depth: int = 0) -> bool:
@@ -251,6 +259,7 @@ class ReferenceArch:
     source: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
     suspect: Any = None  # nn.Module whose buffers the references keep (a user's architecture only)
+    stand_in: bool = False  # a built-in standing in for an architecture poisonguard cannot rebuild
 
     def build(self, *, num_classes: int, input_shape, seed: int):
         from poisonguard.models.arch import build_from_spec
@@ -329,11 +338,12 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
         references did not;
       - images (`benchmarks/image_scan_architectures.py`, two user architectures on MNIST 5k,
         seeds 4-6): own references found 3 of 6 backdoors and flagged 1 of 6 clean models, the
-        mnist_cnn stand-in 1 of 6 and 0 of 6. Neither is good: Neural Cleanse's smallest mask
-        was the target in all six backdoored models, which neither set of references lets
-        through the threshold.
-    - Otherwise the built-in for the data's shape stands in, and the sentence says so:
-      TorchScript, ONNX and export files carry no architecture to rebuild.
+        mnist_cnn stand-in 1 of 6 and 0 of 6 as the verdict judged it then. Neural Cleanse's
+        smallest mask was the target in all six backdoored models, which neither set of
+        references let through the threshold.
+    - Otherwise the built-in for the data's shape stands in (`stand_in`), and the sentence says
+      so: TorchScript, ONNX and export files carry no architecture to rebuild. The verdict then
+      also judges the suspect's own sizes (`verdict.stand_in_rows`).
     """
     if choice not in REFERENCE_CHOICES:
         raise ValueError(f"choice must be one of {REFERENCE_CHOICES}, got {choice!r}")
@@ -362,7 +372,7 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
     why = ("; --references own needs a weights file loaded with --arch, and this file's format carries no "
            "architecture poisonguard can rebuild") if choice == "own" and not arch else ""
     return ReferenceArch(builtin, f"the built-in {builtin} trained on the clean data, standing in for the suspect's "
-                                  f"architecture, which is not a built-in one{why}")
+                                  f"architecture, which is not a built-in one{why}", stand_in=True)
 
 
 def weights_metadata(loaded) -> dict | None:
@@ -386,6 +396,7 @@ def calibrate_for(loaded, clean, input_shape, *, methods, n_models: int, fpr: fl
     arch = reference_architecture(weights_metadata(loaded), input_shape, loaded.model, choice=references)
     cal = calibrate(clean, architecture=arch, methods=methods, n_models=n_models, seed=seed,
                     device=device, options=options, data_id=data_id, models=models)
+    cal = replace(cal, stand_in=arch.stand_in)
     flagged, n, ci = loo_false_positives(cal, fpr, statistic)
     return cal, {**cal.summary(), "leave_one_out_flagged": flagged, "leave_one_out_fpr_ci": list(ci)}
 

@@ -48,7 +48,11 @@ def _calibration_words(verdict) -> str:
     if not verdict.calibrated:
         return (f"{statistic}UNCALIBRATED (no clean reference models: the stated false-positive rate assumes a normal "
                 "spread of clean classes)")
-    return (f"{statistic}calibrated on {cal.get('reference_models')} clean reference models: {cal.get('source')}")
+    words = f"{statistic}calibrated on {cal.get('reference_models')} clean reference models: {cal.get('source')}"
+    if cal.get("stand_in"):  # verdict.stand_in_rows
+        words += ("; as they are another architecture, each method is also judged on the model's own trigger sizes "
+                  "(uncalibrated priors), each of the two tests at half the rate")
+    return words
 
 
 def verdict_text(verdict, classes=None) -> str:
@@ -191,6 +195,9 @@ def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[floa
         values = [by_class[c]["statistic"] for c in targets]
         threshold = by_class[targets[0]]["threshold"]
         flagged = {i for i, c in enumerate(targets) if by_class[c]["flagged"]}
+        if "own_sizes" in evidence[0]:  # verdict.stand_in_rows: two tests, each over its own threshold
+            return values, threshold, flagged, ("index over its threshold, the larger of two tests (against the "
+                                                "stand-in references; on the model's own sizes)")
         return values, threshold, flagged, "one-sided index (the verdict's statistic)"
     flagged = {i for i, c in enumerate(targets) if c in det.flagged_classes}
     return list(det.anomaly_index), det.threshold, flagged, "anomaly index"
@@ -203,11 +210,13 @@ def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -
     name = PRETTY.get(det.method, det.method)
     values, threshold, flagged, _ = chart_values(det, evidence)
     targets = row_classes(det)
+    # stand-in references (verdict.stand_in_rows): the number is each test's index over its own threshold
+    index = "index over its threshold" if evidence and "own_sizes" in evidence[0] else "index"
     # A per-class null compares each class with the same class on the clean references, not
     # with the suspect's other classes (`verdict.method_index`); the sentence says which.
     against_references = bool(evidence) and judged_per_class(det.method, len(targets))
     if flagged:
-        which = ", ".join(f"{class_label(targets[i], classes)} (index {values[i]:.2f})" for i in sorted(flagged))
+        which = ", ".join(f"{class_label(targets[i], classes)} ({index} {values[i]:.2f})" for i in sorted(flagged))
         than = "on the clean reference models" if against_references else "for the other classes"
         if len(flagged) == len(values) and not against_references:
             return (f"{name}: flags every class ({which}), above the threshold {threshold:.2f}: no class stands apart "
@@ -220,7 +229,7 @@ def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -
     followed = det.extra.get("followed_by_references") or []
     route = (", whose trigger also moves the clean reference models: a route every model takes"
              if top < len(followed) and followed[top] else "")
-    return (f"{name}: no class above the threshold {threshold:.2f} (largest index {values[top]:.2f}, "
+    return (f"{name}: no class above the threshold {threshold:.2f} (largest {index} {values[top]:.2f}, "
             f"{class_label(targets[top], classes)}{route}): {close}.")
 
 

@@ -12,7 +12,9 @@ first) and its relative spread, and 20,000 synthetic clean models drawn from tho
 the law of the statistic itself, small-sample noise of its scale included (`simulated_maxima`).
 Each class gets a p-value per method (the Monte Carlo one under that law). Without references
 the log-normal priors `UNCALIBRATED_NULL` (log max ~ N(mu, s), measured on the tuning zoo)
-hold, with the normal quantile, and the verdict says it is uncalibrated. The methods'
+hold, with the normal quantile, and the verdict says it is uncalibrated. References of another
+architecture than the suspect's (a built-in standing in) judge each method twice, against them
+and on the suspect's own sizes with those priors, each test at half the rate (`stand_in_rows`). The methods'
 p-values of a class are combined by min(Bonferroni, Fisher) (`combine.py`), cut so that all
 methods together keep the stated false-positive rate `fpr`: a class is a target when one
 method alone passes its threshold (the one every chart draws, its index at the level cut / M)
@@ -40,6 +42,7 @@ from torch import nn
 from poisonguard.data import ImageData
 from poisonguard.detect import combine
 from poisonguard.detect.anomaly import reference_index, robust_index
+from poisonguard.detect.calibration import judged_per_class
 from poisonguard.errors import UserError
 from poisonguard.results import Detection, _ToDict
 
@@ -180,6 +183,55 @@ def _combined(evidence: list[dict], methods: list[str], families: list[str]) -> 
     return dict(zip(classes, combine.statistic(per_family).tolist()))
 
 
+def method_rows(det: Detection, index: torch.Tensor, rows: list[int], null: dict, cut: float, bar: int,
+                statistic: str) -> list[dict]:
+    """One evidence row per class: the statistic, the method's own threshold at the cut, its p-value."""
+    if statistic == "paper":
+        threshold, hits = det.threshold, set(det.flagged_classes)
+    else:
+        threshold = index_threshold(null, cut, bar, statistic=statistic)
+        hits = {c for c, v in zip(rows, index.tolist()) if v > threshold}
+    return [{"method": det.method, "class": int(c), "statistic": round(float(v), 6), "threshold": round(float(threshold), 6),
+             "flagged": c in hits, "p_value": round(float(p), 8)}
+            for c, v, p in zip(rows, index.tolist(), class_p_values(index, null, statistic))]
+
+
+# References that are another architecture than the suspect's (a built-in standing in for a user's
+# architecture, or for a graph file's unknown one) share the data's class difficulties only in
+# part: subtracting their class offsets hid Neural Cleanse targets that were the suspect's smallest
+# class by 4.5-7x (benchmarks/results/issue-16.md, session 18). Each method is then judged twice,
+# against the references and on the suspect's own sizes with the uncalibrated priors, each test
+# at half the rate (a union bound keeps the stated one). Chosen on user architectures' seeds 4-6
+# before seeds 7-9 were judged (session 19): 1/6 -> 3/6 and 0/6 -> 2/6 found, 0/12 clean flagged.
+STAND_IN_TESTS = 2
+
+
+def stand_in_rows(det: Detection, index: torch.Tensor, rows: list[int], null: dict, cut: float, bar: int,
+                  statistic: str) -> list[dict]:
+    """Evidence rows of a method judged against stand-in references AND on its own sizes (`STAND_IN_TESTS`).
+
+    A class's p-value is min(1, 2 min(p against the references, p of its own sizes)); `statistic`
+    is the larger of each test's index over its own threshold (so `threshold` is 1 and the chart
+    reads one number), and both tests' figures are kept in the row.
+    """
+    own_null = uncalibrated_null(det.method, statistic)
+    own = robust_index(statistic, det.mask_l1)
+    tests = []
+    for name, values, law in (("against_references", index, null), ("own_sizes", own, own_null)):
+        threshold = index_threshold(law, cut, STAND_IN_TESTS * bar, statistic=statistic)
+        tests.append((name, values.tolist(), threshold, class_p_values(values, law, statistic)))
+    out = []
+    for i, c in enumerate(rows):
+        strength = max(values[i] / threshold for _, values, threshold, _ in tests)
+        p = min(1.0, STAND_IN_TESTS * min(ps[i] for *_, ps in tests))
+        row = {"method": det.method, "class": int(c), "statistic": round(float(strength), 6), "threshold": 1.0,
+               "flagged": strength > 1, "p_value": round(float(p), 8)}
+        for name, values, threshold, _ in tests:
+            row[name] = {"index": round(float(values[i]), 6), "threshold": round(float(threshold), 6)}
+        out.append(row)
+    return out
+
+
 @dataclass(frozen=True)
 class Verdict(_ToDict):
     """The scan's answer (report.json["verdict"]).
@@ -258,18 +310,12 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         null = calibration.null_for(det.method) if calibration is not None and statistic != "paper" else None
         index, rows = method_index(det, statistic, null.get("reference") if null else None,
                                    null.get("reference_sd") if null else None)
-        null = null or uncalibrated_null(det.method, statistic)
-        if statistic == "paper":
-            threshold = det.threshold
-            hits = set(det.flagged_classes)
+        if null is not None and getattr(calibration, "stand_in", False) and not judged_per_class(det.method, len(rows)):
+            mine = stand_in_rows(det, index, rows, null, cut, bar, statistic)
         else:
-            threshold = index_threshold(null, cut, bar, statistic=statistic)
-            hits = {c for c, v in zip(rows, index.tolist()) if v > threshold}
-        flagged_by[det.method] = hits
-        for c, v, p in zip(rows, index.tolist(), class_p_values(index, null, statistic)):
-            evidence.append({"method": det.method, "class": int(c), "statistic": round(float(v), 6),
-                             "threshold": round(float(threshold), 6), "flagged": c in hits,
-                             "p_value": round(float(p), 8)})
+            mine = method_rows(det, index, rows, null or uncalibrated_null(det.method, statistic), cut, bar, statistic)
+        flagged_by[det.method] = {e["class"] for e in mine if e["flagged"]}
+        evidence += mine
     combined = _combined(evidence, methods, families)
     targets = set().union(*flagged_by.values())
     if statistic != "paper":
