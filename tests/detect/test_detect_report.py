@@ -91,3 +91,6 @@ def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
     assert abs(values[4] - ratio) < 1e-4  # the row's figures are rounded to 6 digits
     assert f"class 4 (index over its threshold {values[4]:.2f})" in method_sentence(det, rows)
     assert "index over its threshold" in detection_html(det, None, None, rows)
+    from poisonguard.detect.report import verdict_section_html
+
+    assert f"{values[4]:.2f} over its threshold (4)" in verdict_section_html(verdict)

@@ -92,7 +92,8 @@ def disagreement_notes(verdict, classes=None) -> list[str]:
         rows = [e for e in verdict.evidence if e["class"] == c]
         yes = [e for e in rows if e["flagged"]]
         no = [e for e in rows if not e["flagged"]]
-        fmt = lambda e: f"{PRETTY.get(e['method'], e['method'])} (index {e['statistic']:.2f} vs threshold {e['threshold']:.2f})"
+        fmt = lambda e: (f"{PRETTY.get(e['method'], e['method'])} (index{' over its threshold' if 'own_sizes' in e else ''} "
+                         f"{e['statistic']:.2f} vs threshold {e['threshold']:.2f})")
         if not yes and c in verdict.targets:
             notes.append(_together_note(verdict, c, rows, fmt, classes))
             continue
@@ -315,8 +316,9 @@ def verdict_section_html(verdict) -> str:
     for method in verdict.methods:
         mine = verdict.method_rows(method)
         top = max(mine, key=lambda e: e["statistic"])
+        over = " over its threshold" if "own_sizes" in top else ""  # verdict.stand_in_rows
         rows.append([PRETTY.get(method, method), ", ".join(str(e["class"]) for e in mine if e["flagged"]) or "none",
-                     f"{top['statistic']:.2f} ({top['class']})", f"{top['threshold']:.2f}"])
+                     f"{top['statistic']:.2f}{over} ({top['class']})", f"{top['threshold']:.2f}"])
     html = table(head, rows)
     if verdict.disagreements:
         html += "<p><b>Where the methods disagree</b></p><ul>" + "".join(

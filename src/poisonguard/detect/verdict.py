@@ -183,8 +183,8 @@ def _combined(evidence: list[dict], methods: list[str], families: list[str]) -> 
     return dict(zip(classes, combine.statistic(per_family).tolist()))
 
 
-def method_rows(det: Detection, index: torch.Tensor, rows: list[int], null: dict, cut: float, bar: int,
-                statistic: str) -> list[dict]:
+def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: dict, cut: float, bar: int,
+                  statistic: str) -> list[dict]:
     """One evidence row per class: the statistic, the method's own threshold at the cut, its p-value."""
     if statistic == "paper":
         threshold, hits = det.threshold, set(det.flagged_classes)
@@ -313,7 +313,7 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         if null is not None and getattr(calibration, "stand_in", False) and not judged_per_class(det.method, len(rows)):
             mine = stand_in_rows(det, index, rows, null, cut, bar, statistic)
         else:
-            mine = method_rows(det, index, rows, null or uncalibrated_null(det.method, statistic), cut, bar, statistic)
+            mine = evidence_rows(det, index, rows, null or uncalibrated_null(det.method, statistic), cut, bar, statistic)
         flagged_by[det.method] = {e["class"] for e in mine if e["flagged"]}
         evidence += mine
     combined = _combined(evidence, methods, families)
