@@ -94,3 +94,8 @@ def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
     from poisonguard.detect.report import verdict_section_html
 
     assert f"{values[4]:.2f} over its threshold (4)" in verdict_section_html(verdict)
+    from poisonguard.detect.report import detection_record
+
+    record = detection_record(det, verdict)
+    assert "over its own threshold" in record["anomaly_index_is"] and record["anomaly_index"][4] == values[4]
+    assert record["tests"]["own_sizes"]["index"][4] == rows[4]["own_sizes"]["index"]

@@ -340,3 +340,45 @@ def test_a_stand_in_is_known_to_the_run_not_to_the_cached_calibration():
     assert Calibration.from_json(cal.to_json(), key="k", settings=settings).stand_in is False
     assert reference_architecture(None, (1, 28, 28)).stand_in  # a graph file: the built-in stands in
     assert not reference_architecture({"architecture": "mnist_cnn"}, (1, 28, 28)).stand_in
+    assert not reference_architecture(None, (7,)).stand_in  # tables: measured on images only
+
+
+def test_a_stand_in_verdict_names_the_second_test_only_where_it_ran():
+    # A two-class model is judged per class against the references: no second test, and the
+    # sentence must not claim one (the review's reproducer).
+    from dataclasses import replace
+
+    from poisonguard.detect.calibration import Calibration
+
+    refs = [[50.0, 80.0], [55.0, 85.0], [48.0, 90.0], [52.0, 82.0]]
+    cal = Calibration(key="k", architecture="mnist_cnn", source="a stand-in", n_models=4, clean_images=200,
+                      seconds=1.0, methods={"neural_cleanse": fit_null(refs, per_class=True)}, stand_in=True)
+    verdict = judge([_det([50.0, 90.0])], calibration=cal)
+    assert not any("own_sizes" in e for e in verdict.evidence) and "own trigger sizes" not in verdict.sentence
+    det, ten = _stand_in_case(torch.Generator().manual_seed(0), target=3)
+    assert "own trigger sizes" in judge([det], calibration=replace(ten, stand_in=True)).sentence
+
+
+def test_the_second_stand_in_test_is_dropped_where_the_priors_flag_the_clean_references():
+    # The priors were measured on MNIST. On data where every model finds one class far easier
+    # (class 2 here, 12x), they flag every clean reference's own sizes; the verdict then judges
+    # that method against the references alone, and a clean suspect of that data stays clean.
+    from poisonguard.detect.calibration import Calibration, loo_false_positives
+
+    gen = torch.Generator().manual_seed(4)
+    easy = torch.full((10,), 4.0, dtype=torch.float64)
+    easy[2] = 1.5
+    plain = torch.tensor([4.0, 5.3, 3.8, 3.9, 4.5, 4.0, 4.3, 4.5, 4.3, 4.7], dtype=torch.float64)
+    nulls = {"neural_cleanse": fit_null(_clean_sizes(gen, 4, easy, 0.15).tolist()),
+             "deepinspect": fit_null(_clean_sizes(gen, 4, plain, 0.15).tolist())}
+    cal = Calibration(key="k", architecture="mnist_cnn", source="a stand-in", n_models=4, clean_images=200,
+                      seconds=1.0, methods=nulls, stand_in=True)
+    suspect = _clean_sizes(gen, 1, easy, 0.15)[0].tolist()
+    verdict = judge([_det(suspect), _det(_clean_sizes(gen, 1, plain, 0.15)[0].tolist(), method="deepinspect")],
+                    calibration=cal)
+    assert not verdict.backdoored
+    assert not any("own_sizes" in e for e in verdict.method_rows("neural_cleanse"))
+    assert all("own_sizes" in e for e in verdict.method_rows("deepinspect"))
+    assert "DeepInspect (data-free) is also judged on the model's own trigger sizes" in verdict.sentence
+    assert "Neural Cleanse: against the references alone" in verdict.sentence
+    assert loo_false_positives(cal, 0.05)[0] == 0

@@ -259,7 +259,10 @@ class ReferenceArch:
     source: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
     suspect: Any = None  # nn.Module whose buffers the references keep (a user's architecture only)
-    stand_in: bool = False  # a built-in standing in for an architecture poisonguard cannot rebuild
+    # a built-in standing in for an image architecture poisonguard cannot rebuild, whose class
+    # offsets the verdict does not trust alone (`verdict.stand_in_rows`; measured on images only:
+    # tables are judged per class by reference_contrast, where NC's smallest trigger is a natural route)
+    stand_in: bool = False
 
     def build(self, *, num_classes: int, input_shape, seed: int):
         from poisonguard.models.arch import build_from_spec
@@ -372,7 +375,7 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
     why = ("; --references own needs a weights file loaded with --arch, and this file's format carries no "
            "architecture poisonguard can rebuild") if choice == "own" and not arch else ""
     return ReferenceArch(builtin, f"the built-in {builtin} trained on the clean data, standing in for the suspect's "
-                                  f"architecture, which is not a built-in one{why}", stand_in=True)
+                                  f"architecture, which is not a built-in one{why}", stand_in=not tabular)
 
 
 def weights_metadata(loaded) -> dict | None:
@@ -553,15 +556,24 @@ def loo_index(null: dict, i: int, statistic: str = "robust") -> list[float]:
 
 
 def loo_false_positives(cal: Calibration, fpr: float, statistic: str = "robust") -> tuple[int, int, tuple[float, float]]:
-    """How many references the verdict flags against the others at `fpr`: (flagged, n, 95% CI)."""
-    from poisonguard.detect.verdict import index_threshold, method_bars
+    """How many references the verdict flags against the others at `fpr`: (flagged, n, 95% CI).
+
+    A stand-in's verdict judges a method twice at half the rate (`verdict.stand_in_rows`) where
+    the second test passes every reference (`verdict.own_sizes_hold`), so here too the test
+    against the others is then at half the rate.
+    """
+    from poisonguard.detect.verdict import STAND_IN_TESTS, index_threshold, method_bars, own_sizes_hold
 
     _, cut, bars = method_bars(list(cal.methods), fpr)  # each method's own threshold, as the verdict's charts draw it
     flagged = 0
     for i in range(cal.n_models):
         hit = False
-        for null, bar in zip(cal.methods.values(), bars):
-            threshold = index_threshold(null, cut, bar, n_refs=cal.n_models - 1, statistic=statistic)
+        for method, bar in zip(cal.methods, bars):
+            null = cal.methods[method]
+            # per-class nulls are judged once, as in the verdict
+            twice = cal.stand_in and "scales" in null and own_sizes_hold(method, null, cut, bar, statistic)
+            threshold = index_threshold(null, cut, (STAND_IN_TESTS if twice else 1) * bar, n_refs=cal.n_models - 1,
+                                        statistic=statistic)
             hit |= max(loo_index(null, i, statistic)) > threshold
         flagged += hit
     return flagged, cal.n_models, clopper_pearson(flagged, cal.n_models)

@@ -49,9 +49,16 @@ def _calibration_words(verdict) -> str:
         return (f"{statistic}UNCALIBRATED (no clean reference models: the stated false-positive rate assumes a normal "
                 "spread of clean classes)")
     words = f"{statistic}calibrated on {cal.get('reference_models')} clean reference models: {cal.get('source')}"
-    if cal.get("stand_in"):  # verdict.stand_in_rows
-        words += ("; as they are another architecture, each method is also judged on the model's own trigger sizes "
-                  "(uncalibrated priors), each of the two tests at half the rate")
+    if cal.get("stand_in"):  # verdict.stand_in_rows: only the methods whose rows carry the second test
+        twice = [PRETTY.get(m, m) for m in verdict.methods if any("own_sizes" in e for e in verdict.method_rows(m))]
+        once = [PRETTY.get(m, m) for m in verdict.methods if PRETTY.get(m, m) not in twice]
+        if twice:
+            words += (f"; as they are another architecture, {', '.join(twice)} {'is' if len(twice) == 1 else 'are'} "
+                      "also judged on the model's own trigger sizes (uncalibrated priors), each of the two tests at half "
+                      "the rate")
+        if twice and once:
+            words += (f" ({', '.join(once)}: against the references alone, as the priors flag some of these clean "
+                      "references or the method is judged per class)")
     return words
 
 
@@ -297,6 +304,11 @@ def detection_record(det: Detection, verdict=None) -> dict:
                   anomaly_index=[e["statistic"] for e in rows],
                   threshold=thresholds[0] if len(thresholds) == 1 else [e["threshold"] for e in rows],
                   statistic=verdict.statistic)
+    if "own_sizes" in rows[0]:  # verdict.stand_in_rows: say what `anomaly_index` holds, and keep each test's figures
+        record["anomaly_index_is"] = ("each test's index over its own threshold, the larger of two: against the "
+                                      "stand-in references, and on the model's own sizes")
+        record["tests"] = {name: {"index": [e[name]["index"] for e in rows], "threshold": rows[0][name]["threshold"]}
+                           for name in ("against_references", "own_sizes")}
     return record
 
 

@@ -203,7 +203,16 @@ def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
 # against the references and on the suspect's own sizes with the uncalibrated priors, each test
 # at half the rate (a union bound keeps the stated one). Chosen on user architectures' seeds 4-6
 # before seeds 7-9 were judged (session 19): 1/6 -> 3/6 and 0/6 -> 2/6 found, 0/12 clean flagged.
+# The priors were measured on MNIST; where they flag one of this data's clean references (e.g. a
+# class every model finds easy), the second test is not used (`own_sizes_hold`).
 STAND_IN_TESTS = 2
+
+
+def own_sizes_hold(method: str, null: dict, cut: float, bar: int, statistic: str) -> bool:
+    """Whether the second stand-in test (a method's own sizes under the priors) passes every clean
+    reference of the calibration (`null["sizes"]`) at the threshold it would judge the suspect by."""
+    threshold = index_threshold(uncalibrated_null(method, statistic), cut, STAND_IN_TESTS * bar, statistic=statistic)
+    return all(float(robust_index(statistic, sizes).max()) <= threshold for sizes in null.get("sizes", []))
 
 
 def stand_in_rows(det: Detection, index: torch.Tensor, rows: list[int], null: dict, cut: float, bar: int,
@@ -310,7 +319,8 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         null = calibration.null_for(det.method) if calibration is not None and statistic != "paper" else None
         index, rows = method_index(det, statistic, null.get("reference") if null else None,
                                    null.get("reference_sd") if null else None)
-        if null is not None and getattr(calibration, "stand_in", False) and not judged_per_class(det.method, len(rows)):
+        if (null is not None and getattr(calibration, "stand_in", False) and not judged_per_class(det.method, len(rows))
+                and own_sizes_hold(det.method, null, cut, bar, statistic)):
             mine = stand_in_rows(det, index, rows, null, cut, bar, statistic)
         else:
             mine = evidence_rows(det, index, rows, null or uncalibrated_null(det.method, statistic), cut, bar, statistic)
