@@ -92,3 +92,18 @@ def test_untraceable_or_shared_outputs_are_left_as_they_are():
         assert fold_batch_norms(copy.deepcopy(model)) == 0
         x = torch.rand(4, 1, 8, 8)
         assert torch.allclose(frozen_copy(model, torch.device("cpu"))(x), _plain(model)(x))
+
+
+def test_a_graph_file_whose_graph_reads_a_batch_norms_counter_keeps_it(tmp_path):
+    # torch.export keeps `num_batches_tracked` read outside the batch norm's call; lifted to
+    # modules, folding that norm into an Identity made every scan of the .pt2 crash.
+    from poisonguard.models import load_model
+
+    shape = (1, 12, 12)
+    model = _trained_stats(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                         nn.Linear(4 * 12 * 12, 3)), shape)
+    torch.export.save(torch.export.export(model, (torch.rand(2, *shape),)), tmp_path / "m.pt2")
+    loaded = load_model(str(tmp_path / "m.pt2"), input_shape=shape, num_classes=3)
+    frozen = frozen_copy(loaded.model, torch.device("cpu"), shape)
+    x = torch.rand(5, *shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(frozen(x), model(x), rtol=1e-4, atol=1e-5)

@@ -9,9 +9,9 @@ unfolded model to float rounding.
 
 Which conv feeds which batch norm is read from a `torch.fx` trace of the forward; only pairs
 where the conv's output goes to the batch norm alone, and each module is called once, are
-folded. The module tree is kept (the conv is replaced in place, the batch norm becomes
-`nn.Identity`), so hooks on any other layer still fire. A model that cannot be traced is left
-as it is.
+folded, and only modules whose tensors the graph does not also read directly. The module tree
+is kept (the conv is replaced in place, the batch norm becomes `nn.Identity`), so hooks on any
+other layer still fire. A model that cannot be traced is left as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ def _conv_norm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+    # Modules whose tensors a graph reads directly (`get_attr`), not by calling them. A GraphModule's
+    # own graph counts too: the trace drops reads whose value is unused, which still run.
+    own = getattr(model, "graph", None)
+    read = {str(node.target).rpartition(".")[0]
+            for g in (graph, own) if isinstance(g, fx.Graph) for node in g.nodes if node.op == "get_attr"}
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(model.get_submodule(node.target), _NORMS):
@@ -41,7 +46,10 @@ def _conv_norm_pairs(model: nn.Module) -> list[tuple[str, str]]:
         source = node.args[0] if node.args else None
         if (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1
                 and isinstance(model.get_submodule(source.target), _CONVS)
-                and calls[source.target] == 1 and calls[node.target] == 1):
+                and calls[source.target] == 1 and calls[node.target] == 1
+                # a graph file's layers lifted to modules may still read a batch norm's counter or
+                # statistics outside the call (torch.export keeps `num_batches_tracked += 1`)
+                and not {source.target, node.target} & read):
             pairs.append((source.target, node.target))
     return pairs
 
