@@ -90,7 +90,9 @@ def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
                 rows[4]["against_references"]["index"] / rows[4]["against_references"]["threshold"])
     assert abs(values[4] - ratio) < 1e-4  # the row's figures are rounded to 6 digits
     assert f"class 4 (index over its threshold {values[4]:.2f})" in method_sentence(det, rows)
-    assert "index over its threshold" in detection_html(det, None, None, rows)
+    html = detection_html(det, None, None, rows)
+    assert "index over its threshold" in html and "each class is tested twice" in html
+    assert len(label) < 30  # the chart's axis holds it (the long words sit under the chart)
     from poisonguard.detect.report import verdict_section_html
 
     assert f"{values[4]:.2f} over its threshold (4)" in verdict_section_html(verdict)

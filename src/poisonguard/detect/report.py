@@ -191,6 +191,13 @@ def classes_to_draw(det: Detection) -> list[int]:
     return (flagged + rest)[:MAX_DRAWN]
 
 
+# What a stand-in row's number is (verdict.stand_in_rows), said once under its chart and table.
+STAND_IN_WORDS = ("The references are another architecture than this model's, so each class is tested twice, each "
+                  "at half the rate: against the references, and on this model's own trigger sizes (uncalibrated "
+                  "priors). The number drawn is each test's index divided by its own threshold, the larger of the two; "
+                  "above 1 flags the class. report.json keeps both tests' figures.")
+
+
 def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[float], float, set[int], str]:
     """What the chart and table show: the verdict's one-sided statistic when a verdict is given.
 
@@ -204,8 +211,7 @@ def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[floa
         threshold = by_class[targets[0]]["threshold"]
         flagged = {i for i, c in enumerate(targets) if by_class[c]["flagged"]}
         if "own_sizes" in evidence[0]:  # verdict.stand_in_rows: two tests, each over its own threshold
-            return values, threshold, flagged, ("index over its threshold, the larger of two tests (against the "
-                                                "stand-in references; on the model's own sizes)")
+            return values, threshold, flagged, "index over its threshold"  # STAND_IN_WORDS under the chart
         return values, threshold, flagged, "one-sided index (the verdict's statistic)"
     flagged = {i for i, c in enumerate(targets) if c in det.flagged_classes}
     return list(det.anomaly_index), det.threshold, flagged, "anomaly index"
@@ -254,6 +260,8 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, 
     rows = [[targets[i], labels[i], det.mask_l1[i] if det.mask_l1 else None, values[i],
              "flagged" if i in flagged else ""] for i in range(k)]
     html += table(["class", "name", "trigger size", ylabel, ""], rows)
+    if evidence and "own_sizes" in evidence[0]:
+        html += f"<p>{STAND_IN_WORDS}</p>"
     followed = [i for i, f in enumerate(det.extra.get("followed_by_references") or []) if f]
     if followed and det.masks is not None:  # reference_contrast: the size is not the mask drawn below
         html += (f"<p>Class(es) {escape(', '.join(labels[i] for i in followed))}: the trigger found also moves the "
