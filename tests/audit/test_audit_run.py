@@ -192,3 +192,27 @@ def test_real_file_check_refuses_a_hostile_pickle_and_passes_a_state_dict(zoo, t
     outcome = run_audit(items, TINY, tmp_path / "out", make_executor=lambda: InProcessExecutor(task))
     assert [finding(r) for r in outcome.rows] == ["clean", "unsafe", "unsafe"]
     assert not zoo["marker"].exists()
+
+
+def test_a_failed_row_says_whether_the_file_or_poisonguard_failed():
+    # A .pt2 crash in the scan read like any corrupt file; a bug must say it is one, and a loader's
+    # own safety finding is an unsafe row, not a failure.
+    from poisonguard.audit.discover import AuditItem
+    from poisonguard.errors import UnsafeFileError, UserError
+    from poisonguard.filesafety import FileSafety
+
+    item = AuditItem(path="/zoo/m.pt2", format="torch.export")
+    safe = lambda path: FileSafety(path, "0" * 64, "torch.export", True)
+
+    def scan_raising(exc):
+        def scan(path, settings):
+            raise exc
+        return scan
+
+    bug = audit_one(item, AuditSettings(), inspect=safe, scan=scan_raising(AttributeError("no num_batches_tracked")))
+    assert bug["status"] == "failed" and bug["error"].startswith("internal error (a bug in poisonguard")
+    assert "AttributeError: no num_batches_tracked" in bug["error"]
+    mine = audit_one(item, AuditSettings(), inspect=safe, scan=scan_raising(UserError("cannot read model file")))
+    assert mine["status"] == "failed" and mine["error"] == "UserError: cannot read model file"
+    unsafe = audit_one(item, AuditSettings(), inspect=safe, scan=scan_raising(UnsafeFileError("/zoo/m.pt2", ["runs code"])))
+    assert unsafe["status"] == "unsafe" and unsafe["file_safety"] == "unsafe" and unsafe["file_findings"] == ["runs code"]

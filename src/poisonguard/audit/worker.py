@@ -9,8 +9,11 @@ from typing import Any, Callable
 
 from poisonguard.audit.discover import AuditItem
 from poisonguard.audit.settings import AuditSettings
+from poisonguard.errors import UnsafeFileError, UserError
 
 log = logging.getLogger(__name__)
+INTERNAL = ("internal error (a bug in poisonguard, not a finding; `poisonguard scan` on this file prints the "
+            "traceback to report):")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -45,8 +48,13 @@ def audit_one(item: AuditItem, settings: AuditSettings, *, inspect: Callable | N
             result.update(status="done", verdict=verdict,
                           report_json=report.to_json() if report is not None else None,
                           report_html=report.to_html() if report is not None else None)
-    except Exception as exc:  # a corrupt file, a model that is no classifier, a bug: one failed row
+    except UnsafeFileError as exc:  # a loader's own check (e.g. the trial load) found what the static one did not
+        result.update(status="unsafe", file_safety="unsafe", file_findings=list(exc.findings))
+    except UserError as exc:  # the file or the settings: a corrupt file, a model that is no classifier
         log.debug("audit of %s failed", item.path, exc_info=True)
         result.update(status="failed", error=_first_line(exc))
+    except Exception as exc:  # a bug in poisonguard: one failed row that says so, and the traceback in the log
+        log.warning("audit of %s: internal error", item.path, exc_info=True)
+        result.update(status="failed", error=f"{INTERNAL} {_first_line(exc)}")
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

@@ -35,8 +35,12 @@ def _torch_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"refused {path}: it holds pickled Python objects beyond tensors, which could run code "
-                        "when loaded; save a state_dict, safetensors, TorchScript or torch.export file instead") from exc
+        # The file passed the safety check (`require_safe` runs first), so it imports nothing
+        # dangerous: it is a pickle torch's weights-only reader cannot take (a plain pickle.dump, or
+        # objects beyond tensors), not a file that would run code.
+        raise UserError(f"cannot read model file {path}: torch's weights-only reader refuses this pickle (it was not "
+                        "written by torch.save, or it holds Python objects beyond tensors); save a state_dict, "
+                        "safetensors, TorchScript or torch.export file instead") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read model file {path}: {first_line(exc)}") from exc
     info: dict[str, Any] = {}
