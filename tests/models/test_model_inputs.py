@@ -70,6 +70,18 @@ def test_unknown_format(work, tmp_path, capfd):
     assert "unknown format" in one_line_error(capfd, rc, tmp_path / "o")
 
 
+def test_a_plain_pickle_is_not_called_code_that_would_run(work, tmp_path, capfd):
+    # The file safety check passes it (it imports nothing); the refusal must not say it could run code.
+    import pickle
+
+    _, data, _ = work
+    plain = tmp_path / "model.pt"
+    plain.write_bytes(pickle.dumps({"hello": [1, 2, 3], "cfg": {"lr": 0.1}}, protocol=4))
+    rc = run(["evaluate", str(plain), "--data", str(data), "--arch", ARCH], tmp_path / "o")
+    line = one_line_error(capfd, rc, tmp_path / "o")
+    assert "weights-only reader refuses this pickle" in line and "run code" not in line
+
+
 def test_onnx_operator_the_converter_lacks(work, tmp_path, capfd):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
