@@ -202,8 +202,8 @@ def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
 # class by 4.5-7x (benchmarks/results/issue-16.md, session 18). Each method is then judged twice,
 # against the references and on the suspect's own sizes with the uncalibrated priors, each test
 # at half the rate (a union bound keeps the stated one). Chosen on user architectures' seeds 4-6
-# before seeds 7-9 were judged (session 19): 1/6 -> 3/6 there, then 0/6 -> 2/6 on seeds 7-9 and
-# 1/6 -> 3/6 on two architectures written after the choice; 0/18 clean flagged before and after.
+# before seeds 7-9 were judged (session 19): 1/6 -> 3/6 there; on the 24 suspects judged after
+# (seeds 7-12, two architectures written after the choice) 6/24 -> 12/24, 0/24 clean flagged either way.
 # The priors were measured on MNIST; where they flag one of this data's clean references (e.g. a
 # class every model finds easy), the second test is not used (`own_sizes_hold`).
 STAND_IN_TESTS = 2
