@@ -565,15 +565,13 @@ def loo_false_positives(cal: Calibration, fpr: float, statistic: str = "robust")
     from poisonguard.detect.verdict import STAND_IN_TESTS, index_threshold, method_bars, own_sizes_hold
 
     _, cut, bars = method_bars(list(cal.methods), fpr)  # each method's own threshold, as the verdict's charts draw it
-    flagged = 0
-    for i in range(cal.n_models):
-        hit = False
-        for method, bar in zip(cal.methods, bars):
-            null = cal.methods[method]
-            # per-class nulls are judged once, as in the verdict
-            twice = cal.stand_in and "scales" in null and own_sizes_hold(method, null, cut, bar, statistic)
-            threshold = index_threshold(null, cut, (STAND_IN_TESTS if twice else 1) * bar, n_refs=cal.n_models - 1,
-                                        statistic=statistic)
-            hit |= max(loo_index(null, i, statistic)) > threshold
-        flagged += hit
+    thresholds = []
+    for (method, null), bar in zip(cal.methods.items(), bars):
+        # per-class nulls are judged once, as in the verdict
+        twice = cal.stand_in and "scales" in null and own_sizes_hold(method, null, cut, bar, statistic)
+        thresholds.append(index_threshold(null, cut, (STAND_IN_TESTS if twice else 1) * bar, n_refs=cal.n_models - 1,
+                                          statistic=statistic))
+    flagged = sum(any(max(loo_index(null, i, statistic)) > threshold
+                      for null, threshold in zip(cal.methods.values(), thresholds))
+                  for i in range(cal.n_models))
     return flagged, cal.n_models, clopper_pearson(flagged, cal.n_models)

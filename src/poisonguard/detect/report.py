@@ -50,7 +50,7 @@ def _calibration_words(verdict) -> str:
                 "spread of clean classes)")
     words = f"{statistic}calibrated on {cal.get('reference_models')} clean reference models: {cal.get('source')}"
     if cal.get("stand_in"):  # verdict.stand_in_rows: only the methods whose rows carry the second test
-        twice = [PRETTY.get(m, m) for m in verdict.methods if any("own_sizes" in e for e in verdict.method_rows(m))]
+        twice = [PRETTY.get(m, m) for m in verdict.methods if judged_twice(verdict.method_rows(m))]
         once = [PRETTY.get(m, m) for m in verdict.methods if PRETTY.get(m, m) not in twice]
         if twice:
             words += (f"; as they are another architecture, {', '.join(twice)} {'is' if len(twice) == 1 else 'are'} "
@@ -99,7 +99,7 @@ def disagreement_notes(verdict, classes=None) -> list[str]:
         rows = [e for e in verdict.evidence if e["class"] == c]
         yes = [e for e in rows if e["flagged"]]
         no = [e for e in rows if not e["flagged"]]
-        fmt = lambda e: (f"{PRETTY.get(e['method'], e['method'])} (index{' over its threshold' if 'own_sizes' in e else ''} "
+        fmt = lambda e: (f"{PRETTY.get(e['method'], e['method'])} (index{' over its threshold' if judged_twice([e]) else ''} "
                          f"{e['statistic']:.2f} vs threshold {e['threshold']:.2f})")
         if not yes and c in verdict.targets:
             notes.append(_together_note(verdict, c, rows, fmt, classes))
@@ -191,6 +191,12 @@ def classes_to_draw(det: Detection) -> list[int]:
     return (flagged + rest)[:MAX_DRAWN]
 
 
+def judged_twice(rows) -> bool:
+    """Whether a method's evidence rows come from `verdict.stand_in_rows`: each number is then a
+    test's index over its own threshold (threshold 1), the larger of two tests."""
+    return bool(rows) and "own_sizes" in rows[0]
+
+
 # What a stand-in row's number is (verdict.stand_in_rows), said once under its chart and table.
 STAND_IN_WORDS = ("The references are another architecture than this model's, so each class is tested twice, each "
                   "at half the rate: against the references, and on this model's own trigger sizes (uncalibrated "
@@ -210,7 +216,7 @@ def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[floa
         values = [by_class[c]["statistic"] for c in targets]
         threshold = by_class[targets[0]]["threshold"]
         flagged = {i for i, c in enumerate(targets) if by_class[c]["flagged"]}
-        if "own_sizes" in evidence[0]:  # verdict.stand_in_rows: two tests, each over its own threshold
+        if judged_twice(evidence):
             return values, threshold, flagged, "index over its threshold"  # STAND_IN_WORDS under the chart
         return values, threshold, flagged, "one-sided index (the verdict's statistic)"
     flagged = {i for i, c in enumerate(targets) if c in det.flagged_classes}
@@ -224,8 +230,7 @@ def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -
     name = PRETTY.get(det.method, det.method)
     values, threshold, flagged, _ = chart_values(det, evidence)
     targets = row_classes(det)
-    # stand-in references (verdict.stand_in_rows): the number is each test's index over its own threshold
-    index = "index over its threshold" if evidence and "own_sizes" in evidence[0] else "index"
+    index = "index over its threshold" if judged_twice(evidence) else "index"
     # A per-class null compares each class with the same class on the clean references, not
     # with the suspect's other classes (`verdict.method_index`); the sentence says which.
     against_references = bool(evidence) and judged_per_class(det.method, len(targets))
@@ -260,7 +265,7 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, 
     rows = [[targets[i], labels[i], det.mask_l1[i] if det.mask_l1 else None, values[i],
              "flagged" if i in flagged else ""] for i in range(k)]
     html += table(["class", "name", "trigger size", ylabel, ""], rows)
-    if evidence and "own_sizes" in evidence[0]:
+    if judged_twice(evidence):
         html += f"<p>{STAND_IN_WORDS}</p>"
     followed = [i for i, f in enumerate(det.extra.get("followed_by_references") or []) if f]
     if followed and det.masks is not None:  # reference_contrast: the size is not the mask drawn below
@@ -312,7 +317,7 @@ def detection_record(det: Detection, verdict=None) -> dict:
                   anomaly_index=[e["statistic"] for e in rows],
                   threshold=thresholds[0] if len(thresholds) == 1 else [e["threshold"] for e in rows],
                   statistic=verdict.statistic)
-    if "own_sizes" in rows[0]:  # verdict.stand_in_rows: say what `anomaly_index` holds, and keep each test's figures
+    if judged_twice(rows):  # say what `anomaly_index` holds, and keep each test's figures
         record["anomaly_index_is"] = ("each test's index over its own threshold, the larger of two: against the "
                                       "stand-in references, and on the model's own sizes")
         record["tests"] = {name: {"index": [e[name]["index"] for e in rows], "threshold": rows[0][name]["threshold"]}
@@ -336,7 +341,7 @@ def verdict_section_html(verdict) -> str:
     for method in verdict.methods:
         mine = verdict.method_rows(method)
         top = max(mine, key=lambda e: e["statistic"])
-        over = " over its threshold" if "own_sizes" in top else ""  # verdict.stand_in_rows
+        over = " over its threshold" if judged_twice(mine) else ""
         rows.append([PRETTY.get(method, method), ", ".join(str(e["class"]) for e in mine if e["flagged"]) or "none",
                      f"{top['statistic']:.2f}{over} ({top['class']})", f"{top['threshold']:.2f}"])
     html = table(head, rows)
