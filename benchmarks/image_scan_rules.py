@@ -8,8 +8,10 @@ these numbers, so other rules can be compared on the same scans without scanning
   sizes subtracted (calibrated; `verdict.judge` with `calibration.fit_null`);
 - `own sizes`: the suspect's own sizes, uncalibrated priors (`judge` without a calibration,
   as `--calibration none`);
-- `both, half rate each` (the default since session 19, `verdict.stand_in_rows`): each method
-  judged by the two tests above, a class's p-value min(1, 2 min(p, p')), a union bound;
+- `references + own sizes` (the default of session 19): each method judged by the two tests
+  above, a class's p-value min(1, 2 min(p, p')), a union bound;
+- `default` (since session 20, `verdict.stand_in_rows`): as above plus Neural Cleanse's smallest
+  trigger gap (`detect/gap.py`), three tests at a third of the rate each;
 - `ratio > 2` (diagnostic, uncalibrated): Neural Cleanse alone, the smallest class flagged when
   the second smallest mask is more than twice its size (the `karm_ratio` rule of
   `detect_verdict.py`, after K-Arm's ratio test; Shen et al., ICML 2021).
@@ -20,8 +22,12 @@ these numbers, so other rules can be compared on the same scans without scanning
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
+from unittest import mock
+
+from poisonguard.detect import gap
 
 from poisonguard.detect.calibration import Calibration, fit_null
 from poisonguard.detect.verdict import judge
@@ -42,9 +48,11 @@ def calibration(reference_sizes: dict[str, list[list[float]]], *, stand_in: bool
 
 
 def targets(rule: str, sizes: dict, reference_sizes: dict, fpr: float = FPR) -> set[int]:
-    if rule in ("references only", "both, half rate each"):
+    if rule in ("references only", "references + own sizes", "default"):
         cal = calibration(reference_sizes, stand_in=rule != "references only")
-        return set(judge(detections(sizes), fpr=fpr, calibration=cal).targets)
+        # session 19's rule is today's without the gap test
+        with mock.patch.dict(gap.PRIORS, clear=True) if rule != "default" else contextlib.nullcontext():
+            return set(judge(detections(sizes), fpr=fpr, calibration=cal).targets)
     if rule == "own sizes":
         return set(judge(detections(sizes), fpr=fpr).targets)
     if rule == "ratio > 2":
@@ -54,7 +62,7 @@ def targets(rule: str, sizes: dict, reference_sizes: dict, fpr: float = FPR) -> 
     raise ValueError(rule)
 
 
-RULES = ("references only", "own sizes", "both, half rate each", "ratio > 2")
+RULES = ("references only", "own sizes", "references + own sizes", "default", "ratio > 2")
 
 
 def main() -> None:

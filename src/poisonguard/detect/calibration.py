@@ -63,7 +63,7 @@ class Calibration:
     # The references are another architecture than the suspect's (a built-in standing in): set by
     # `calibrate_for`, which knows the suspect; not part of the cached calibration, which one
     # architecture's references share whatever suspect they stand in for. `verdict.judge` then
-    # also judges the suspect's own sizes (`verdict.STAND_IN_TESTS`).
+    # also judges the suspect's own sizes and smallest gap (`verdict.stand_in_tests`).
     stand_in: bool = False
 
     def null_for(self, method: str) -> dict | None:
@@ -558,19 +558,17 @@ def loo_index(null: dict, i: int, statistic: str = "robust") -> list[float]:
 def loo_false_positives(cal: Calibration, fpr: float, statistic: str = "robust") -> tuple[int, int, tuple[float, float]]:
     """How many references the verdict flags against the others at `fpr`: (flagged, n, 95% CI).
 
-    A stand-in's verdict judges a method twice at half the rate (`verdict.stand_in_rows`) where
-    the second test passes every reference (`verdict.own_sizes_hold`), so here too the test
-    against the others is then at half the rate.
+    A stand-in's verdict judges a method by T tests, each at 1/T of the rate
+    (`verdict.stand_in_tests`), so here too the test against the others is at 1/T of the rate.
     """
-    from poisonguard.detect.verdict import STAND_IN_TESTS, index_threshold, method_bars, own_sizes_hold
+    from poisonguard.detect.verdict import index_threshold, method_bars, stand_in_tests
 
     _, cut, bars = method_bars(list(cal.methods), fpr)  # each method's own threshold, as the verdict's charts draw it
     thresholds = []
     for (method, null), bar in zip(cal.methods.items(), bars):
         # per-class nulls are judged once, as in the verdict
-        twice = cal.stand_in and "scales" in null and own_sizes_hold(method, null, cut, bar, statistic)
-        thresholds.append(index_threshold(null, cut, (STAND_IN_TESTS if twice else 1) * bar, n_refs=cal.n_models - 1,
-                                          statistic=statistic))
+        tests = len(stand_in_tests(method, null, cut, bar, statistic)) if cal.stand_in and "scales" in null else 1
+        thresholds.append(index_threshold(null, cut, tests * bar, n_refs=cal.n_models - 1, statistic=statistic))
     flagged = sum(any(max(loo_index(null, i, statistic)) > threshold
                       for null, threshold in zip(cal.methods.values(), thresholds))
                   for i in range(cal.n_models))

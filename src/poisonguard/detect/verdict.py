@@ -14,7 +14,8 @@ Each class gets a p-value per method (the Monte Carlo one under that law). Witho
 the log-normal priors `UNCALIBRATED_NULL` (log max ~ N(mu, s), measured on the tuning zoo)
 hold, with the normal quantile, and the verdict says it is uncalibrated. References of another
 architecture than the suspect's (a built-in standing in) judge each method twice, against them
-and on the suspect's own sizes with those priors, each test at half the rate (`stand_in_rows`). The methods'
+on the suspect's own sizes with those priors and by its smallest trigger's gap (`gap.py`), each
+test at 1/T of the rate (`stand_in_rows`). The methods'
 p-values of a class are combined by min(Bonferroni, Fisher) (`combine.py`), cut so that all
 methods together keep the stated false-positive rate `fpr`: a class is a target when one
 method alone passes its threshold (the one every chart draws, its index at the level cut / M)
@@ -199,44 +200,70 @@ def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
 # References that are another architecture than the suspect's (a built-in standing in for a user's
 # architecture, or for a graph file's unknown one) share the data's class difficulties only in
 # part: subtracting their class offsets hid Neural Cleanse targets that were the suspect's smallest
-# class by 4.5-7x (benchmarks/results/issue-16.md, session 18). Each method is then judged twice,
-# against the references and on the suspect's own sizes with the uncalibrated priors, each test
-# at half the rate (a union bound keeps the stated one). Chosen on user architectures' seeds 4-6
-# before seeds 7-9 were judged (session 19): 1/6 -> 3/6 there; on the 24 suspects judged after
-# (seeds 7-12, two architectures written after the choice) 6/24 -> 12/24, 0/24 clean flagged either way.
-# The priors were measured on MNIST; where they flag one of this data's clean references (e.g. a
-# class every model finds easy), the second test is not used (`own_sizes_hold`).
-STAND_IN_TESTS = 2
+# class by 4.5-7x (benchmarks/results/issue-16.md, session 18). Each method is then judged by
+# up to three tests, each at 1/T of the rate (a union bound keeps the stated one):
+# - against the references (as for any calibration);
+# - on the suspect's own sizes with the uncalibrated priors (session 19: chosen on user
+#   architectures' seeds 4-6; on the 24 suspects judged after, 6/24 -> 12/24 found, 0/24 clean
+#   flagged either way). The priors were measured on MNIST; where they flag one of this data's
+#   clean references (e.g. a class every model finds easy), this test is not used (`own_sizes_hold`);
+# - the smallest trigger's gap to the second smallest (`gap.py`, after K-Arm), for the methods
+#   with a measured gap prior (Neural Cleanse), its null updated with the references' own gaps
+#   (session 20: chosen on seeds 4-12, judged on fresh seeds 13-15; figures in results/issue-16.md).
+STAND_IN_TEST_WORDS = {
+    "against_references": "against the stand-in references",
+    "own_sizes": "on the model's own trigger sizes (uncalibrated priors)",
+    "smallest_gap": "on how far its trigger is below every other class's (the smallest trigger's gap, calibrated)",
+}
 
 
 def own_sizes_hold(method: str, null: dict, cut: float, bar: int, statistic: str) -> bool:
-    """Whether the second stand-in test (a method's own sizes under the priors) passes every clean
-    reference of the calibration (`null["sizes"]`) at the threshold it would judge the suspect by."""
-    threshold = index_threshold(uncalibrated_null(method, statistic), cut, STAND_IN_TESTS * bar, statistic=statistic)
+    """Whether the own-sizes stand-in test (a method's own sizes under the priors) passes every clean
+    reference of the calibration (`null["sizes"]`) at the threshold it would judge the suspect by
+    (`bar`: the count the cut is divided by, the tests included)."""
+    threshold = index_threshold(uncalibrated_null(method, statistic), cut, bar, statistic=statistic)
     return all(float(robust_index(statistic, sizes).max()) <= threshold for sizes in null.get("sizes", []))
 
 
-def stand_in_rows(det: Detection, index: torch.Tensor, rows: list[int], null: dict, cut: float, bar: int,
-                  statistic: str) -> list[dict]:
-    """Evidence rows of a method judged against stand-in references AND on its own sizes (`STAND_IN_TESTS`).
+def stand_in_tests(method: str, null: dict, cut: float, bar: int, statistic: str) -> tuple[str, ...]:
+    """The tests a method is judged by when its references stand in for another architecture."""
+    from poisonguard.detect import gap
 
-    A class's p-value is min(1, 2 min(p against the references, p of its own sizes)); `statistic`
-    is the larger of each test's index over its own threshold (so `threshold` is 1 and the chart
-    reads one number), and both tests' figures are kept in the row.
+    smallest_gap = ("smallest_gap",) if method in gap.PRIORS else ()
+    most = 2 + len(smallest_gap)
+    own = ("own_sizes",) if own_sizes_hold(method, null, cut, most * bar, statistic) else ()
+    return ("against_references", *own, *smallest_gap)
+
+
+def stand_in_rows(det: Detection, index: torch.Tensor, rows: list[int], null: dict, cut: float, bar: int,
+                  statistic: str, tests: tuple[str, ...]) -> list[dict]:
+    """Evidence rows of a method judged by several stand-in tests (`stand_in_tests`), each at 1/T of the rate.
+
+    A class's p-value is min(1, T min over tests of p); `statistic` is the largest of each test's
+    value over its own threshold (so `threshold` is 1 and the chart reads one number), and every
+    test's figures are kept in the row.
     """
-    own_null = uncalibrated_null(det.method, statistic)
-    own = robust_index(statistic, det.mask_l1)
-    tests = []
-    for name, values, law in (("against_references", index, null), ("own_sizes", own, own_null)):
-        threshold = index_threshold(law, cut, STAND_IN_TESTS * bar, statistic=statistic)
-        tests.append((name, values.tolist(), threshold, class_p_values(values, law, statistic)))
+    from poisonguard.detect import gap
+
+    share = len(tests) * bar
+    judged = []
+    for name in tests:
+        if name == "smallest_gap":
+            law = gap.gap_null(det.method, null.get("sizes", []))
+            values = gap.gap_index(det.mask_l1)
+            threshold, ps = gap.gap_threshold(law, cut / share), gap.gap_p_values(values, law)
+        else:
+            values, law = (index, null) if name == "against_references" else (
+                robust_index(statistic, det.mask_l1), uncalibrated_null(det.method, statistic))
+            threshold, ps = index_threshold(law, cut, share, statistic=statistic), class_p_values(values, law, statistic)
+        judged.append((name, values.tolist(), threshold, ps))
     out = []
     for i, c in enumerate(rows):
-        strength = max(values[i] / threshold for _, values, threshold, _ in tests)
-        p = min(1.0, STAND_IN_TESTS * min(ps[i] for *_, ps in tests))
+        strength = max(values[i] / threshold for _, values, threshold, _ in judged)
+        p = min(1.0, len(tests) * min(ps[i] for *_, ps in judged))
         row = {"method": det.method, "class": int(c), "statistic": round(float(strength), 6), "threshold": 1.0,
                "flagged": strength > 1, "p_value": round(float(p), 8)}
-        for name, values, threshold, _ in tests:
+        for name, values, threshold, _ in judged:
             row[name] = {"index": round(float(values[i]), 6), "threshold": round(float(threshold), 6)}
         out.append(row)
     return out
@@ -320,9 +347,10 @@ def judge(detections: list[Detection], *, fpr: float = 0.05, statistic: str = "r
         null = calibration.null_for(det.method) if calibration is not None and statistic != "paper" else None
         index, rows = method_index(det, statistic, null.get("reference") if null else None,
                                    null.get("reference_sd") if null else None)
-        if (null is not None and getattr(calibration, "stand_in", False) and not judged_per_class(det.method, len(rows))
-                and own_sizes_hold(det.method, null, cut, bar, statistic)):
-            mine = stand_in_rows(det, index, rows, null, cut, bar, statistic)
+        tests = (stand_in_tests(det.method, null, cut, bar, statistic) if null is not None
+                 and getattr(calibration, "stand_in", False) and not judged_per_class(det.method, len(rows)) else ())
+        if len(tests) > 1:
+            mine = stand_in_rows(det, index, rows, null, cut, bar, statistic, tests)
         else:
             mine = evidence_rows(det, index, rows, null or uncalibrated_null(det.method, statistic), cut, bar, statistic)
         flagged_by[det.method] = {e["class"] for e in mine if e["flagged"]}
