@@ -79,3 +79,29 @@ def dense(num_classes: int = 10, channels: int = 1, side: int = 28) -> nn.Module
     net = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, 256), nn.GELU(), nn.LayerNorm(256),
                         nn.Linear(256, 128), nn.GELU(), nn.Linear(128, num_classes))
     return Normalised(net, channels)
+
+
+# Written in session 20 after the smallest-gap test was chosen, and run only to report it: a
+# vision transformer (patch embedding, learned positions, pre-norm encoder, class token).
+
+class _PatchTransformer(nn.Module):
+    def __init__(self, num_classes: int, channels: int, side: int, patch: int = 7, dim: int = 64, depth: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, (side // patch) ** 2 + 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=2 * dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos
+        return self.head(self.norm(self.encoder(tokens)[:, 0]))
+
+
+def patchvit(num_classes: int = 10, channels: int = 1, side: int = 28) -> nn.Module:
+    """A tiny vision transformer: 7x7 patches, 2 pre-norm encoder layers of width 64, a class token."""
+    return Normalised(_PatchTransformer(num_classes, channels, side), channels)

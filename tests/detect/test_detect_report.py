@@ -69,8 +69,9 @@ def test_every_class_flagged_is_not_called_smaller_than_the_others():
 
 
 def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
-    # With stand-in references each class has two tests (verdict.stand_in_rows); the chart, the
-    # table and the sentence read the one number they share, each test's index over its threshold.
+    # With stand-in references each class has several tests (verdict.stand_in_rows: Neural Cleanse
+    # three); the chart, the table and the sentence read the one number they share, the largest of
+    # each test's index over its threshold.
     from poisonguard.detect.calibration import Calibration, fit_null
     from poisonguard.detect.report import chart_values, method_sentence
     from poisonguard.detect.verdict import judge
@@ -86,12 +87,13 @@ def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
     rows = verdict.method_rows("neural_cleanse")
     values, threshold, flagged, label = chart_values(det, rows)
     assert verdict.targets == (4,) and flagged == {4} and threshold == 1.0 and "over its threshold" in label
-    ratio = max(rows[4]["own_sizes"]["index"] / rows[4]["own_sizes"]["threshold"],
-                rows[4]["against_references"]["index"] / rows[4]["against_references"]["threshold"])
+    tests = ("against_references", "own_sizes", "smallest_gap")
+    ratio = max(rows[4][t]["index"] / rows[4][t]["threshold"] for t in tests)
     assert abs(values[4] - ratio) < 1e-4  # the row's figures are rounded to 6 digits
     assert f"class 4 (index over its threshold {values[4]:.2f})" in method_sentence(det, rows)
     html = detection_html(det, None, None, rows)
-    assert "index over its threshold" in html and "each class is tested twice" in html
+    assert "index over its threshold" in html and "each class is tested 3 ways, each at 1/3 of the rate" in html
+    assert "how far its trigger is below every other class" in html
     assert len(label) < 30  # the chart's axis holds it (the long words sit under the chart)
     from poisonguard.detect.report import verdict_section_html
 
@@ -100,4 +102,5 @@ def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
 
     record = detection_record(det, verdict)
     assert "over its own threshold" in record["anomaly_index_is"] and record["anomaly_index"][4] == values[4]
-    assert record["tests"]["own_sizes"]["index"][4] == rows[4]["own_sizes"]["index"]
+    assert all(record["tests"][t]["index"][4] == rows[4][t]["index"] for t in tests)
+    assert "Neural Cleanse also on its own trigger sizes" in verdict.sentence and "3 tests" in verdict.sentence

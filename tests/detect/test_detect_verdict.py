@@ -300,9 +300,10 @@ def _stand_in_case(gen, *, target: int | None):
 def test_stand_in_references_do_not_hide_the_suspects_own_smallest_class():
     # References of another architecture: their class offsets are only partly the suspect's, and
     # subtracting them spreads its other classes so that a 10x smaller target can stay under the
-    # bar. The stand-in verdict also judges the suspect's own sizes, each test at half the rate
-    # (verdict.stand_in_rows). 40 synthetic pairs: 22 found by the references alone and 26 by
-    # both tests; clean suspects flagged 1 and 3 times (the stated rate is 5%).
+    # bar. The stand-in verdict also judges the suspect's own sizes and Neural Cleanse's smallest
+    # gap, each test at a third of the rate (verdict.stand_in_rows). 40 synthetic pairs: 22 found by
+    # the references alone, 26 with the own-sizes test at half the rate (session 19), 25 with the
+    # gap too; clean suspects flagged 1, 3 and 2 times (the stated rate is 5%).
     from dataclasses import replace
 
     found_alone = found = flagged = 0
@@ -321,7 +322,7 @@ def test_stand_in_references_do_not_hide_the_suspects_own_smallest_class():
     verdict, target = hit
     row = next(e for e in verdict.evidence if e["class"] == target)
     assert row["threshold"] == 1.0 and row["flagged"] and row["statistic"] > 1
-    assert {"index", "threshold"} <= set(row["own_sizes"]) and {"index", "threshold"} <= set(row["against_references"])
+    assert all({"index", "threshold"} <= set(row[t]) for t in ("against_references", "own_sizes", "smallest_gap"))
     assert all(e["flagged"] == (e["statistic"] > e["threshold"]) for e in verdict.evidence)
     assert verdict.calibration["stand_in"] and "another architecture" in verdict.sentence
 
@@ -361,8 +362,9 @@ def test_a_stand_in_verdict_names_the_second_test_only_where_it_ran():
 
 def test_the_second_stand_in_test_is_dropped_where_the_priors_flag_the_clean_references():
     # The priors were measured on MNIST. On data where every model finds one class far easier
-    # (class 2 here, 12x), they flag every clean reference's own sizes; the verdict then judges
-    # that method against the references alone, and a clean suspect of that data stays clean.
+    # (class 2 here, 12x), they flag every clean reference's own sizes, and the gap prior flags
+    # every reference's smallest gap; the verdict then judges that method against the references
+    # alone, and a clean suspect of that data stays clean.
     from poisonguard.detect.calibration import Calibration, loo_false_positives
 
     gen = torch.Generator().manual_seed(4)
@@ -377,8 +379,8 @@ def test_the_second_stand_in_test_is_dropped_where_the_priors_flag_the_clean_ref
     verdict = judge([_det(suspect), _det(_clean_sizes(gen, 1, plain, 0.15)[0].tolist(), method="deepinspect")],
                     calibration=cal)
     assert not verdict.backdoored
-    assert not any("own_sizes" in e for e in verdict.method_rows("neural_cleanse"))
+    assert not any("own_sizes" in e or "smallest_gap" in e for e in verdict.method_rows("neural_cleanse"))
     assert all("own_sizes" in e for e in verdict.method_rows("deepinspect"))
-    assert "DeepInspect (data-free) is also judged on the model's own trigger sizes" in verdict.sentence
+    assert "DeepInspect (data-free) also on its own trigger sizes (uncalibrated priors) (each of its 2" in verdict.sentence
     assert "Neural Cleanse: against the references alone" in verdict.sentence
     assert loo_false_positives(cal, 0.05)[0] == 0

@@ -8,10 +8,15 @@ from pathlib import Path
 import torch
 
 from poisonguard.attacks import PatchTrigger, save_trigger
+from poisonguard.detect.verdict import STAND_IN_TEST_WORDS
 from poisonguard.report import img, table
 from poisonguard.report.evaluation import INPUT_WORDS, class_label
 from poisonguard.report.plots import bar_chart, image_grid
 from poisonguard.results import Detection
+
+# The stand-in tests beyond the references', as the verdict's sentence names them (verdict.stand_in_tests).
+EXTRA_TEST_WORDS = {"own_sizes": "on its own trigger sizes (uncalibrated priors)",
+                    "smallest_gap": "by how far its smallest trigger is below the next (calibrated)"}
 
 PRETTY = {"neural_cleanse": "Neural Cleanse", "tabor": "TABOR", "deepinspect": "DeepInspect (data-free)",
           "feature_re": "FeatureRE (feature space)", "reference_contrast": "reference contrast (against clean models)",
@@ -49,16 +54,16 @@ def _calibration_words(verdict) -> str:
         return (f"{statistic}UNCALIBRATED (no clean reference models: the stated false-positive rate assumes a normal "
                 "spread of clean classes)")
     words = f"{statistic}calibrated on {cal.get('reference_models')} clean reference models: {cal.get('source')}"
-    if cal.get("stand_in"):  # verdict.stand_in_rows: only the methods whose rows carry the second test
-        twice = [PRETTY.get(m, m) for m in verdict.methods if judged_twice(verdict.method_rows(m))]
-        once = [PRETTY.get(m, m) for m in verdict.methods if PRETTY.get(m, m) not in twice]
-        if twice:
-            words += (f"; as they are another architecture, {', '.join(twice)} {'is' if len(twice) == 1 else 'are'} "
-                      "also judged on the model's own trigger sizes (uncalibrated priors), each of the two tests at half "
-                      "the rate")
-        if twice and once:
+    if cal.get("stand_in"):  # verdict.stand_in_rows: only the methods whose rows carry more tests
+        extra = {PRETTY.get(m, m): row_tests(verdict.method_rows(m))[1:] for m in verdict.methods}
+        judged = [f"{name} also {' and '.join(EXTRA_TEST_WORDS[t] for t in tests)} (each of its {len(tests) + 1} tests "
+                  f"at 1/{len(tests) + 1} of the rate)" for name, tests in extra.items() if tests]
+        once = [name for name, tests in extra.items() if not tests]
+        if judged:
+            words += f"; as they are another architecture, {'; '.join(judged)}"
+        if judged and once:
             words += (f" ({', '.join(once)}: against the references alone, as the priors flag some of these clean "
-                      "references or the method is judged per class)")
+                      "references, the method is judged per class or has no measured gap prior)")
     return words
 
 
@@ -99,7 +104,7 @@ def disagreement_notes(verdict, classes=None) -> list[str]:
         rows = [e for e in verdict.evidence if e["class"] == c]
         yes = [e for e in rows if e["flagged"]]
         no = [e for e in rows if not e["flagged"]]
-        fmt = lambda e: (f"{PRETTY.get(e['method'], e['method'])} (index{' over its threshold' if judged_twice([e]) else ''} "
+        fmt = lambda e: (f"{PRETTY.get(e['method'], e['method'])} (index{' over its threshold' if judged_by_tests([e]) else ''} "
                          f"{e['statistic']:.2f} vs threshold {e['threshold']:.2f})")
         if not yes and c in verdict.targets:
             notes.append(_together_note(verdict, c, rows, fmt, classes))
@@ -191,17 +196,25 @@ def classes_to_draw(det: Detection) -> list[int]:
     return (flagged + rest)[:MAX_DRAWN]
 
 
-def judged_twice(rows) -> bool:
-    """Whether a method's evidence rows come from `verdict.stand_in_rows`: each number is then a
-    test's index over its own threshold (threshold 1), the larger of two tests."""
-    return bool(rows) and "own_sizes" in rows[0]
+def judged_by_tests(rows) -> bool:
+    """Whether a method's evidence rows come from `verdict.stand_in_rows`: each number is then the
+    largest of several tests' index over its own threshold (threshold 1)."""
+    return bool(rows) and "against_references" in rows[0]
 
 
-# What a stand-in row's number is (verdict.stand_in_rows), said once under its chart and table.
-STAND_IN_WORDS = ("The references are another architecture than this model's, so each class is tested twice, each "
-                  "at half the rate: against the references, and on this model's own trigger sizes (uncalibrated "
-                  "priors). The number drawn is each test's index divided by its own threshold, the larger of the two; "
-                  "above 1 flags the class. report.json keeps both tests' figures.")
+def row_tests(rows) -> list[str]:
+    """The stand-in tests a method's rows carry, in the verdict's order."""
+    return [name for name in STAND_IN_TEST_WORDS if rows and name in rows[0]]
+
+
+def stand_in_words(rows) -> str:
+    """What a stand-in row's number is (verdict.stand_in_rows), said once under its chart and table."""
+    tests = row_tests(rows)
+    n = len(tests)
+    return (f"The references are another architecture than this model's, so each class is tested {n} ways, each at "
+            f"1/{n} of the rate: {'; '.join(STAND_IN_TEST_WORDS[t] for t in tests)}. The number drawn is each test's "
+            f"value divided by its own threshold, the largest of the {n}; above 1 flags the class. report.json keeps "
+            "every test's figures.")
 
 
 def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[float], float, set[int], str]:
@@ -216,8 +229,8 @@ def chart_values(det: Detection, evidence: list[dict] | None) -> tuple[list[floa
         values = [by_class[c]["statistic"] for c in targets]
         threshold = by_class[targets[0]]["threshold"]
         flagged = {i for i, c in enumerate(targets) if by_class[c]["flagged"]}
-        if judged_twice(evidence):
-            return values, threshold, flagged, "index over its threshold"  # STAND_IN_WORDS under the chart
+        if judged_by_tests(evidence):
+            return values, threshold, flagged, "index over its threshold"  # stand_in_words under the chart
         return values, threshold, flagged, "one-sided index (the verdict's statistic)"
     flagged = {i for i, c in enumerate(targets) if c in det.flagged_classes}
     return list(det.anomaly_index), det.threshold, flagged, "anomaly index"
@@ -230,7 +243,7 @@ def method_sentence(det: Detection, evidence: list[dict] | None, classes=None) -
     name = PRETTY.get(det.method, det.method)
     values, threshold, flagged, _ = chart_values(det, evidence)
     targets = row_classes(det)
-    index = "index over its threshold" if judged_twice(evidence) else "index"
+    index = "index over its threshold" if judged_by_tests(evidence) else "index"
     # A per-class null compares each class with the same class on the clean references, not
     # with the suspect's other classes (`verdict.method_index`); the sentence says which.
     against_references = bool(evidence) and judged_per_class(det.method, len(targets))
@@ -265,8 +278,8 @@ def detection_html(det: Detection, examples: torch.Tensor | None, classes=None, 
     rows = [[targets[i], labels[i], det.mask_l1[i] if det.mask_l1 else None, values[i],
              "flagged" if i in flagged else ""] for i in range(k)]
     html += table(["class", "name", "trigger size", ylabel, ""], rows)
-    if judged_twice(evidence):
-        html += f"<p>{STAND_IN_WORDS}</p>"
+    if judged_by_tests(evidence):
+        html += f"<p>{escape(stand_in_words(evidence))}</p>"
     followed = [i for i, f in enumerate(det.extra.get("followed_by_references") or []) if f]
     if followed and det.masks is not None:  # reference_contrast: the size is not the mask drawn below
         html += (f"<p>Class(es) {escape(', '.join(labels[i] for i in followed))}: the trigger found also moves the "
@@ -317,11 +330,11 @@ def detection_record(det: Detection, verdict=None) -> dict:
                   anomaly_index=[e["statistic"] for e in rows],
                   threshold=thresholds[0] if len(thresholds) == 1 else [e["threshold"] for e in rows],
                   statistic=verdict.statistic)
-    if judged_twice(rows):  # say what `anomaly_index` holds, and keep each test's figures
-        record["anomaly_index_is"] = ("each test's index over its own threshold, the larger of two: against the "
-                                      "stand-in references, and on the model's own sizes")
+    if judged_by_tests(rows):  # say what `anomaly_index` holds, and keep each test's figures
+        record["anomaly_index_is"] = ("each test's index over its own threshold, the largest of: "
+                                      + "; ".join(STAND_IN_TEST_WORDS[t] for t in row_tests(rows)))
         record["tests"] = {name: {"index": [e[name]["index"] for e in rows], "threshold": rows[0][name]["threshold"]}
-                           for name in ("against_references", "own_sizes")}
+                           for name in row_tests(rows)}
     return record
 
 
@@ -341,7 +354,7 @@ def verdict_section_html(verdict) -> str:
     for method in verdict.methods:
         mine = verdict.method_rows(method)
         top = max(mine, key=lambda e: e["statistic"])
-        over = " over its threshold" if judged_twice(mine) else ""
+        over = " over its threshold" if judged_by_tests(mine) else ""
         rows.append([PRETTY.get(method, method), ", ".join(str(e["class"]) for e in mine if e["flagged"]) or "none",
                      f"{top['statistic']:.2f}{over} ({top['class']})", f"{top['threshold']:.2f}"])
     html = table(head, rows)

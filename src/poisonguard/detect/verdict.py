@@ -208,8 +208,9 @@ def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
 #   flagged either way). The priors were measured on MNIST; where they flag one of this data's
 #   clean references (e.g. a class every model finds easy), this test is not used (`own_sizes_hold`);
 # - the smallest trigger's gap to the second smallest (`gap.py`, after K-Arm), for the methods
-#   with a measured gap prior (Neural Cleanse), its null updated with the references' own gaps
-#   (session 20: chosen on seeds 4-12, judged on fresh seeds 13-15; figures in results/issue-16.md).
+#   with a measured gap prior (Neural Cleanse), its null updated with the references' own gaps,
+#   not used where the prior flags a clean reference (`gap_prior_holds`) (session 20: chosen on
+#   seeds 4-12, judged on fresh seeds 13-15; figures in results/issue-16.md).
 STAND_IN_TEST_WORDS = {
     "against_references": "against the stand-in references",
     "own_sizes": "on the model's own trigger sizes (uncalibrated priors)",
@@ -225,14 +226,32 @@ def own_sizes_hold(method: str, null: dict, cut: float, bar: int, statistic: str
     return all(float(robust_index(statistic, sizes).max()) <= threshold for sizes in null.get("sizes", []))
 
 
-def stand_in_tests(method: str, null: dict, cut: float, bar: int, statistic: str) -> tuple[str, ...]:
-    """The tests a method is judged by when its references stand in for another architecture."""
+def gap_prior_holds(method: str, null: dict, cut: float, bar: int) -> bool:
+    """Whether the gap prior alone (before the references update it) passes every clean reference's
+    smallest gap at the threshold it would judge the suspect by: where it does not (a class every
+    model of this data finds far easier), the gap says nothing about a backdoor."""
     from poisonguard.detect import gap
 
-    smallest_gap = ("smallest_gap",) if method in gap.PRIORS else ()
-    most = 2 + len(smallest_gap)
-    own = ("own_sizes",) if own_sizes_hold(method, null, cut, most * bar, statistic) else ()
-    return ("against_references", *own, *smallest_gap)
+    threshold = gap.gap_threshold(gap.gap_null(method), cut / bar)
+    return all(float(gap.gap_index(sizes).max()) <= threshold for sizes in null.get("sizes", []))
+
+
+def stand_in_tests(method: str, null: dict, cut: float, bar: int, statistic: str) -> tuple[str, ...]:
+    """The tests a method is judged by when its references stand in for another architecture.
+
+    Each further test is kept only where it passes every clean reference at the threshold of the
+    final count of tests (dropping one raises the others' level, so the check is repeated).
+    """
+    from poisonguard.detect import gap
+
+    holds = {"own_sizes": lambda share: own_sizes_hold(method, null, cut, share, statistic),
+             "smallest_gap": lambda share: gap_prior_holds(method, null, cut, share)}
+    extra = ["own_sizes"] + (["smallest_gap"] if method in gap.PRIORS else [])
+    while True:
+        kept = [t for t in extra if holds[t]((1 + len(extra)) * bar)]
+        if kept == extra:
+            return ("against_references", *extra)
+        extra = kept
 
 
 def stand_in_rows(det: Detection, index: torch.Tensor, rows: list[int], null: dict, cut: float, bar: int,
@@ -249,7 +268,7 @@ def stand_in_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
     judged = []
     for name in tests:
         if name == "smallest_gap":
-            law = gap.gap_null(det.method, null.get("sizes", []))
+            law = gap.gap_null(det.method, null.get("sizes", []), det.mask_l1)
             values = gap.gap_index(det.mask_l1)
             threshold, ps = gap.gap_threshold(law, cut / share), gap.gap_p_values(values, law)
         else:
