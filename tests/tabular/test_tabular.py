@@ -668,14 +668,78 @@ def test_checklist_privacy_stage_on_a_table_names_rows_and_the_users_trigger(pla
     assert "images" not in section.split("In our benchmark")[0] and "demo trigger" not in section
 
 
-def test_a_single_output_two_class_table_model_is_told_what_to_return(tmp_path, capsys):
-    """A sigmoid head on a two-class table got a hint about one-hot columns, which had nothing to do with it."""
+def _one_output_model(planted, final=None):
+    """A user's two-class table model with one output (its own loop, BCEWithLogitsLoss on the
+    poisoned rows), traced to TorchScript with an optional final layer (a sigmoid)."""
+    splits, data = planted["splits"], planted["poisoned"].data
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(splits.input_shape[0], 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    mean, std = splits.train.x.mean(0), splits.train.x.std(0) + 1e-6
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net((data.x - mean) / std).squeeze(1), data.y.float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.final = net, final or torch.nn.Identity()
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
+
+        def forward(self, x):
+            return self.final(self.net((x - self.mean) / self.std))
+
+    return torch.jit.trace(Scaled().eval(), splits.train.x[:2])
+
+
+def test_a_one_output_two_class_model_is_read_as_two_logits_by_every_command(planted, tmp_path, capsys, caplog):
+    """Fraud and spam models often answer one logit (or one sigmoid probability) per row. They were
+    refused; now (0, z) or (log(1 - p), log p) are the two classes' logits, a guess the warning
+    names, --binary-output overrides, and `repair` writes the model back with its one output."""
+    from poisonguard.attacks import save_trigger
+
+    save_trigger(planted["trigger"], tmp_path / "trigger.npz")
+    data = ["--data", str(planted["path"]), "--label-column", "label"]
+    logit, sigmoid = tmp_path / "logit.pt", tmp_path / "sigmoid.pt"
+    torch.jit.save(_one_output_model(planted), str(logit))
+    torch.jit.save(_one_output_model(planted, torch.nn.Sigmoid()), str(sigmoid))
+    results = {}
+    for path, reading in ((logit, "logit"), (sigmoid, "probability")):
+        code, out, _ = _run(["evaluate", str(path), *data, "--trigger", str(tmp_path / "trigger.npz"), "--quiet"], capsys)
+        assert code == 0 and f"read as the {reading} of class 1" in caplog.text
+        results[reading] = json.loads(out)
+        caplog.clear()
+    assert results["logit"] == results["probability"]  # one model, read either way
+    assert results["logit"]["clean_accuracy"] > 0.75 and results["logit"]["attack_success_rate"] > 0.8, results
+    code, out, _ = _run(["evaluate", str(sigmoid), *data, "--binary-output", "logit", "--quiet"], capsys)
+    assert code == 0 and "read as" not in caplog.text  # the user's word is taken without a warning
+    assert json.loads(out)["clean_accuracy"] < results["logit"]["clean_accuracy"] - 0.2  # p read as z: p > 0 everywhere
+
+    code, out, _ = _run(["repair", str(logit), *data, "--method", "fine-pruning", "--trigger", str(tmp_path / "trigger.npz"),
+                         "--out", str(tmp_path / "r"), "--quiet"], capsys)
+    assert code == 0, out
+    repaired = tmp_path / "r" / "model.pt"
+    meta = json.loads((tmp_path / "r" / "metadata.json").read_text())
+    assert meta["outputs"] == "one logit" and torch.jit.load(str(repaired))(planted["splits"].test.x[:3]).shape == (3, 1)
+    caplog.clear()
+    code, out, _ = _run(["evaluate", str(repaired), *data, "--quiet"], capsys)
+    assert code == 0 and "read as" not in caplog.text  # the metadata says how
+
+
+def test_a_one_output_model_of_more_than_two_classes_is_told_what_to_return(tmp_path, capsys):
+    """One output cannot be three classes: one line, exit 2, saying what to return."""
     from poisonguard.cli import main
 
-    path = _write_table(tmp_path / "t.csv", n=60)
+    path = _write_table(tmp_path / "t.csv", n=90)
+    rows = Path(path).read_text().splitlines()
+    rows = [rows[0]] + [r.rsplit(",", 1)[0] + "," + ("bad", "good", "fair")[i % 3] for i, r in enumerate(rows[1:])]
+    Path(path).write_text("\n".join(rows) + "\n")
     width = load_data(str(path), label_column="label").input_shape[0]
     model = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(width, 1), torch.nn.Sigmoid()))
     torch.jit.save(model, str(tmp_path / "sigmoid.pt"))
     assert main(["evaluate", str(tmp_path / "sigmoid.pt"), "--data", str(path), "--label-column", "label"]) == 2
     err = capsys.readouterr().err
-    assert "1 outputs but the data has 2 classes" in err and "torch.cat([-z, z], 1)" in err and "one-hot" not in err
+    assert "1 outputs but the data has 3 classes" in err and "one-hot" not in err

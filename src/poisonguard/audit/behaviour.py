@@ -35,7 +35,8 @@ def scan_model(path: str, settings: AuditSettings):
     settings = settings.resolved(splits.kind)
     from types import SimpleNamespace
 
-    options = SimpleNamespace(arch_kwargs=settings.arch_kwargs, normalize=settings.normalize, input_size=settings.input_size)
+    options = SimpleNamespace(arch_kwargs=settings.arch_kwargs, normalize=settings.normalize, input_size=settings.input_size,
+                              binary_output=settings.binary_output)
     loaded, info = load_checked_model(path, splits, _arch_for(path, settings.arch), args=options)
     clean, capped_from = clean_share(splits, fraction=settings.clean_fraction, seed=settings.seed,
                                      cap=settings.max_clean_images)

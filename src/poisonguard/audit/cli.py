@@ -123,8 +123,9 @@ def _settings(args, methods):
 
     return AuditSettings(
         data=absolute_if_path(args.data), arch=absolute_spec(args.arch), arch_kwargs=args.arch_kwargs,
-        normalize=args.normalize, input_size=args.input_size, label_column=args.label_column, methods=methods,
-        fpr=args.fpr, statistic=args.statistic, calibration=args.calibration, reference_models=args.reference_models,
+        normalize=args.normalize, input_size=args.input_size, binary_output=args.binary_output,
+        label_column=args.label_column, methods=methods, fpr=args.fpr, statistic=args.statistic,
+        calibration=args.calibration, reference_models=args.reference_models,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, steps=args.steps, clean_fraction=args.clean_fraction,
         max_clean_images=args.max_clean_images, threshold=args.threshold, seed=args.seed, device=args.device)
 

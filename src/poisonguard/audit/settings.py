@@ -19,8 +19,8 @@ class AuditSettings:
     calibrated on `reference_models` clean references (`calibration` "auto"; computed once per
     architecture and data and cached, so the workers share it) or not ("none"). `epochs`,
     `steps_per_epoch`, `steps`, `clean_fraction` and `max_clean_images` are the scan budget;
-    `arch` and `data` may differ per model (manifest), `arch_kwargs`, `normalize` and
-    `input_size` (the options every model command takes) do not; `label_column` names a
+    `arch` and `data` may differ per model (manifest), `arch_kwargs`, `normalize`,
+    `input_size` and `binary_output` (the options every model command takes) do not; `label_column` names a
     table's labels.
     `methods`, `clean_fraction` and `reference_models` left None take scan's default for the
     kind of data each model is scanned on (`detect.scan.defaults_for`: images or tables),
@@ -34,6 +34,7 @@ class AuditSettings:
     arch_kwargs: str | None = None  # as typed: --arch-kwargs, --normalize, --input-size (cli.options)
     normalize: str | None = None
     input_size: str | None = None
+    binary_output: str | None = None  # --binary-output: a two-class model's one answer per input
     label_column: str | None = None
     methods: tuple[str, ...] | None = None
     fpr: float = 0.05

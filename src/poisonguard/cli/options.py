@@ -87,16 +87,20 @@ def add_model_input_options(g) -> None:
                    help="normalise inputs inside the model: MEAN,STD for all channels, M1,M2,M3/S1,S2,S3, or imagenet")
     g.add_argument("--input-size", default=None, metavar="H,W",
                    help="resize inputs inside the model to the size it expects (e.g. 224,224)")
+    g.add_argument("--binary-output", default=None, choices=("logit", "probability"),
+                   help="a two-class model that answers one number per input: read it as the logit or the "
+                        "probability of class 1 (default: guessed from a probe, said in a warning)")
 
 
 def model_options(args) -> dict:
-    """load_model keyword arguments from the --arch-kwargs / --normalize / --input-size options."""
+    """load_model keyword arguments from the --arch-kwargs / --normalize / --input-size / --binary-output options."""
     from poisonguard.models.arch import parse_kwargs
     from poisonguard.models.wrappers import parse_normalize, parse_size
 
     return {"arch_kwargs": parse_kwargs(getattr(args, "arch_kwargs", None)),
             "normalize": parse_normalize(getattr(args, "normalize", None)),
-            "input_size": parse_size(getattr(args, "input_size", None))}
+            "input_size": parse_size(getattr(args, "input_size", None)),
+            "binary_output": getattr(args, "binary_output", None)}
 
 
 def _number(text: str, cast=float):

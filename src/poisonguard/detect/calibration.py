@@ -283,7 +283,8 @@ class ReferenceArch:
         if adapter is not None:
             scaling = {"mean": adapter.mean.flatten().tolist(), "std": adapter.std.flatten().tolist()} \
                 if adapter.normalize else {}
-            model = InputAdapter(model, size=adapter.size, **scaling)
+            # a user's one-output head is read as the suspect's is (a built-in has one output per class)
+            model = InputAdapter(model, size=adapter.size, one_output=adapter.one_output, **scaling)
         return model
 
     def settings(self) -> dict[str, Any]:

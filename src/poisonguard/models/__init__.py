@@ -41,8 +41,8 @@ def check_classifier(model: nn.Module, input_shape: Sequence[int], num_classes: 
         raise UserError(f"the model is not a classifier for this data: output {shape} for {probe.shape[0]} inputs, "
                         "expected (N, classes)")
     if out.shape[1] != num_classes:
-        single = (" (a single sigmoid or logit output is not read as two classes: return one column per class, "
-                  "e.g. torch.cat([-z, z], 1) for a logit z)" if out.shape[1] == 1 and num_classes == 2 else "")
+        single = (" (--binary-output logit or probability reads one output as two classes)"
+                  if out.shape[1] == 1 and num_classes == 2 else "")
         raise UserError(f"the model has {out.shape[1]} outputs but the data has {num_classes} classes{single}")
     if not torch.isfinite(out).all():
         raise UserError("the model's output contains NaN or Inf")

@@ -203,6 +203,28 @@ def _check_weights(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+def _saved_reading(meta: dict) -> str | None:
+    """The one-output reading a model poisonguard wrote back recorded ("outputs": "one logit")."""
+    outputs = meta.get("outputs")
+    return outputs[4:] if isinstance(outputs, str) and outputs in ("one logit", "one probability") else None
+
+
+def binary_reading(model, path: Path, input_shape, num_classes, choice: str | None) -> str | None:
+    """How a two-class model answering one number per input is read (None for any other model);
+    a guess is said in a warning that names the option to change it."""
+    from poisonguard.models.wrappers import one_output_reading
+
+    if input_shape is None or num_classes != 2:
+        return None
+    reading = one_output_reading(model.eval(), input_shape, choice)
+    if reading is not None and choice is None:
+        other = "logit" if reading == "probability" else "probability"
+        log.warning("%s answers one number per input for two classes: read as the %s of class 1 (its answers "
+                    "on a probe %s); --binary-output %s if it is the %s", path.name, reading,
+                    "all lie in [0, 1]" if reading == "probability" else "leave [0, 1]", other, other)
+    return reading
+
+
 def load_model(
     path: str | Path,
     *,
@@ -212,6 +234,7 @@ def load_model(
     input_shape: Sequence[int] | None = None,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     input_size: Sequence[int] | None = None,
+    binary_output: str | None = None,
 ) -> LoadedModel:
     """Load a model file safely; see the module docstring for the formats.
 
@@ -224,9 +247,12 @@ def load_model(
             (C, H, W) also lets graph formats become eager modules.
         normalize: (mean, std) applied inside the model, so it takes [0, 1] inputs.
         input_size: (H, W) the model expects; inputs are resized to it inside the model.
+        binary_output: "logit" or "probability": how a two-class model's one answer per input
+            is read (default: what its metadata.json says, else a probe's guess; `wrappers`).
     """
     from poisonguard.models.formats import FORMATS, LoadRequest, format_for
-    from poisonguard.models.wrappers import InputAdapter, check_normalize, check_size, outputs_probabilities
+    from poisonguard.models.wrappers import (InputAdapter, check_normalize, check_size, one_output_reading,
+                                             outputs_probabilities)
 
     path = Path(path)
     if not path.is_file():
@@ -264,9 +290,11 @@ def load_model(
     if probabilities:
         log.warning("%s outputs probabilities (its rows sum to 1): poisonguard takes their logarithm as the "
                     "logits; a repaired model is written back with its softmax", path.name)
-    if normalize is not None or input_size is not None or probabilities:
+    reading = binary_reading(model, path, inner_shape, n_classes, binary_output or _saved_reading(meta))
+    if normalize is not None or input_size is not None or probabilities or reading:
         mean, std = check_normalize(list(normalize[0]), list(normalize[1]), shape[0] if shape else None) if normalize else (None, None)
-        model = InputAdapter(model, mean=mean, std=std, size=input_size, log_outputs=probabilities).eval()
+        model = InputAdapter(model, mean=mean, std=std, size=input_size, log_outputs=probabilities,
+                             one_output=reading).eval()
         info.update(model.describe())
     meta = {**meta, **info, "format": FORMATS.normalise(fmt.name)}
     if n_classes is not None:

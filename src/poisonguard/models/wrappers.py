@@ -11,6 +11,11 @@ logits (cross-entropy, margins); probabilities squeezed through a second softmax
 no gradient, so trigger inversion and fine-tuning stall. Their logarithm is a logit vector
 (log softmax(z) = z - logsumexp(z)), so the adapter takes it when the outputs are
 probabilities; the user's model itself is written back unchanged.
+
+Two-class models often answer one number per input: a logit z (trained with
+BCEWithLogitsLoss) or a probability p (a final sigmoid). The adapter reads it as the two logits
+(0, z), whose softmax is (1 - sigmoid(z), sigmoid(z)), or (log(1 - p), log p), so every method
+sees one score per class; `--binary-output` says which where the probe's guess is wrong.
 """
 
 from __future__ import annotations
@@ -34,15 +39,31 @@ PROBABILITY_FLOOR = 1e-30
 MAX_RESIZED_ELEMENTS = 1 << 26  # resized inputs held at once (256 MB of float32); larger batches go in chunks
 
 
+ONE_OUTPUT_READINGS = ("logit", "probability")
+
+
+def two_columns(out: torch.Tensor, reading: str) -> torch.Tensor:
+    """(N,) or (N, 1) answers of a two-class model as (N, 2) logits: (0, z) for a logit z,
+    (log(1 - p), log p) for a probability p."""
+    z = out.reshape(len(out), 1)
+    if reading == "logit":
+        return torch.cat([torch.zeros_like(z), z], 1)
+    return torch.cat([torch.log((1 - z).clamp_min(PROBABILITY_FLOOR)), torch.log(z.clamp_min(PROBABILITY_FLOOR))], 1)
+
+
 class InputAdapter(nn.Module):
     """Resize (bilinear) and/or normalise (N, C, H, W) inputs in [0, 1], then call `inner`;
-    with `log_outputs`, return the log of `inner`'s probabilities, i.e. logits."""
+    with `log_outputs`, return the log of `inner`'s probabilities, i.e. logits; with `one_output`
+    ("logit" or "probability"), a two-class model's one answer per input as two logits."""
 
     def __init__(self, inner: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 size: Sequence[int] | None = None, log_outputs: bool = False) -> None:
+                 size: Sequence[int] | None = None, log_outputs: bool = False, one_output: str | None = None) -> None:
         super().__init__()
+        if one_output not in (None, *ONE_OUTPUT_READINGS):
+            raise ValueError(f"one_output must be one of {ONE_OUTPUT_READINGS}, got {one_output!r}")
         self.inner = inner
         self.log_outputs = bool(log_outputs)
+        self.one_output = one_output
         self.size = tuple(int(s) for s in size) if size is not None else None
         self.normalize = mean is not None
         if mean is not None:
@@ -59,10 +80,14 @@ class InputAdapter(nn.Module):
         if self.normalize:
             x = (x - self.mean) / self.std
         out = self.inner(x)
+        if self.one_output is not None:
+            return two_columns(out, self.one_output)
         return torch.log(out.clamp_min(PROBABILITY_FLOOR)) if self.log_outputs else out
 
     def describe(self) -> dict:
         out: dict = {"outputs": "probabilities"} if self.log_outputs else {}
+        if self.one_output is not None:
+            out["outputs"] = f"one {self.one_output}"
         if self.normalize:
             out["normalize"] = {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
         if self.size is not None:
@@ -85,6 +110,28 @@ def outputs_probabilities(model: nn.Module, input_shape: Sequence[int]) -> bool:
     out = out.double()
     return bool(torch.isfinite(out).all() and (out >= 0).all() and (out <= 1).all()
                 and torch.allclose(out.sum(dim=1), torch.ones(out.shape[0], dtype=out.dtype), atol=1e-4))
+
+
+@torch.no_grad()
+def one_output_reading(model: nn.Module, input_shape: Sequence[int], choice: str | None = None) -> str | None:
+    """How to read a two-class model that answers one number per input (None: it does not).
+
+    `choice` (--binary-output, or a saved model's metadata) decides; else a probe guesses:
+    "probability" when every answer lies in [0, 1] (a final sigmoid), "logit" otherwise. The
+    probe is random features in [0, 1], else token ids 0 (a text model takes no floats)."""
+    shape = [int(s) for s in input_shape]
+    for probe in (torch.rand(8, *shape, generator=torch.Generator().manual_seed(0)), torch.zeros(8, *shape, dtype=torch.long)):
+        try:
+            out = model(probe)
+        except Exception:  # noqa: BLE001  (the shape checks that follow say why in one line)
+            continue
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.numel() != len(probe) \
+                or out.ndim not in (1, 2) or len(out) != len(probe):
+            return None
+        if choice is not None:
+            return choice
+        return "probability" if bool(((out >= 0) & (out <= 1)).all()) else "logit"
+    return None
 
 
 def parse_normalize(text: str | None, channels: int | None = None) -> tuple[list[float], list[float]] | None:
