@@ -198,3 +198,15 @@ def test_a_users_own_text_model_is_scanned_against_its_own_architecture(backdoor
     torch.jit.script(model).save(str(scripted))
     assert main(["evaluate", str(scripted), *data, "--tokenizer", str(folder / "tokenizer.json"), "--quiet"]) == 2
     assert "is torchscript: a text model is read as weights" in capsys.readouterr().err
+
+
+def test_binary_output_is_refused_for_text_models_in_one_line():
+    """--binary-output reads one output as two classes for image and table models; text commands
+    took the option and ignored it."""
+    from types import SimpleNamespace
+
+    from poisonguard.cli.text import load_model_for
+    from poisonguard.errors import UserError
+
+    with pytest.raises(UserError, match="is for image and table models; a text model must return one score per class"):
+        load_model_for(SimpleNamespace(model="unused.pt", binary_output="logit"))

@@ -213,6 +213,10 @@ def load_model_for(args, classes_from=None):
     from poisonguard.cli.options import model_options
     from poisonguard.models.text_files import check_text_classifier, load_text_model
 
+    if getattr(args, "binary_output", None):
+        # text models are read through their embedding layer by name, which an output adapter would rename
+        raise UserError("--binary-output is for image and table models; a text model must return one score per "
+                        "class, e.g. torch.cat([torch.zeros_like(z), z], 1) for a logit z")
     kwargs = model_options(args)["arch_kwargs"] if getattr(args, "arch_kwargs", None) else None
     tm = load_text_model(args.model, arch=getattr(args, "arch", None), arch_kwargs=kwargs,
                          tokenizer=getattr(args, "tokenizer", None), embedding=getattr(args, "embedding_layer", None),

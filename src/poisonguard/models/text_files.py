@@ -210,4 +210,7 @@ def check_text_classifier(tm: TextModel) -> None:
         raise UserError(f"the model does not accept token ids of shape {tuple(probe.shape)}: "
                         f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
     if not isinstance(out, torch.Tensor) or out.shape != (2, len(tm.classes)) or not torch.isfinite(out).all():
-        raise UserError(f"the model is not a finite classifier of {len(tm.classes)} classes for token ids")
+        one = (" (it answers one number per input: return one score per class, e.g. "
+               "torch.cat([torch.zeros_like(z), z], 1) for a logit z)"
+               if isinstance(out, torch.Tensor) and out.numel() == 2 and len(tm.classes) == 2 else "")
+        raise UserError(f"the model is not a finite classifier of {len(tm.classes)} classes for token ids{one}")
