@@ -251,8 +251,7 @@ def load_model(
             is read (default: what its metadata.json says, else a probe's guess; `wrappers`).
     """
     from poisonguard.models.formats import FORMATS, LoadRequest, format_for
-    from poisonguard.models.wrappers import (InputAdapter, check_normalize, check_size, one_output_reading,
-                                             outputs_probabilities)
+    from poisonguard.models.wrappers import InputAdapter, check_normalize, check_size, outputs_probabilities
 
     path = Path(path)
     if not path.is_file():
