@@ -1,6 +1,7 @@
 """The smallest trigger's gap (detect/gap.py): known answers, a calibrated null, and the stand-in verdict's use of it."""
 
 import math
+from dataclasses import replace
 from unittest import mock
 
 import pytest
@@ -26,17 +27,44 @@ def test_the_gap_is_positive_for_the_smallest_class_only():
     assert gap.gap_p_values(g, {"mean": 0.2, "n": 10})[0] == 1.0
 
 
-def test_the_lomax_null_keeps_its_rate_on_exponential_clean_gaps():
-    # Clean gaps drawn from the law the null assumes (exponential, the prior's mean): the share
-    # flagged at each level stays at or under it (Lomax is the heavier-tailed predictive law).
-    law = gap.gap_null("neural_cleanse")
+def test_the_gap_test_keeps_its_rate_on_clean_models_spread_like_the_stand_in():
+    # Clean suspects and references whose log sizes spread across classes as the MNIST stand-in's
+    # do (sd 0.46, iid): the smallest class's gap p-value, under the law updated with four
+    # references and the suspect's own spacings, falls under the level no more often than stated.
+    # (Where a suspect's low classes spread far wider, sd 0.8 iid, the rate is several times the
+    # level: results/issue-16.md, session 20, states it.)
     gen = torch.Generator().manual_seed(0)
-    gaps = -law["mean"] * torch.rand(20000, generator=gen, dtype=torch.float64).log()
-    p = torch.tensor(gap.gap_p_values(gaps, law))
-    for level in (0.1, 0.01):
-        assert float((p <= level).double().mean()) <= level * 1.1
-        threshold = gap.gap_threshold(law, level)
-        assert abs(gap.gap_p_values(torch.tensor([threshold], dtype=torch.float64), law)[0] - level) < 1e-9  # threshold and p agree
+    level, hits, draws = 0.02, 0, 1500
+    for _ in range(draws):
+        refs = (4 + 0.46 * torch.randn(4, 10, generator=gen, dtype=torch.float64)).exp().tolist()
+        sizes = (4 + 0.46 * torch.randn(10, generator=gen, dtype=torch.float64)).exp()
+        law = gap.gap_null("neural_cleanse", refs, sizes)
+        hits += gap.gap_p_values(gap.gap_index(sizes), law)[int(sizes.argmin())] <= level
+    assert hits / draws <= 1.5 * level, hits
+    law = gap.gap_null("neural_cleanse")
+    threshold = gap.gap_threshold(law, level)
+    assert abs(gap.gap_p_values(torch.tensor([threshold], dtype=torch.float64), law)[0] - level) < 1e-9
+
+
+def test_the_leave_one_out_check_counts_what_the_gap_test_would_flag():
+    # References with tight low ends, one of them 1.7x below its next class: judged against the
+    # others and its own spacings the gap test would flag it, so it is not used, and the
+    # calibration's leave-one-out check (which assumes the extra tests pass every reference) holds.
+    from poisonguard.detect.calibration import loo_false_positives
+    from poisonguard.detect.verdict import method_bars, stand_in_tests
+
+    gen = torch.Generator().manual_seed(3)
+    base = [10.0, 10.3, 10.7, 11.0, 11.4, 12.0, 30.0, 40.0, 50.0, 60.0]
+    refs = [[v * float(1 + 0.01 * torch.randn(1, generator=gen)) for v in base] for _ in range(8)]
+    refs[0][0] = refs[0][1] / 1.7
+    cal = Calibration(key="k", architecture="mnist_cnn", source="a stand-in", n_models=8, clean_images=200,
+                      seconds=1.0, methods={"neural_cleanse": fit_null(refs)}, stand_in=True)
+    _, cut, bars = method_bars(["neural_cleanse"], 0.05)
+    assert "smallest_gap" not in stand_in_tests("neural_cleanse", cal.methods["neural_cleanse"], cut, bars[0], "robust")
+    refs[0][0] = refs[0][1] / 1.02  # no reference stands out: the gap test is used
+    kept = fit_null(refs)
+    assert "smallest_gap" in stand_in_tests("neural_cleanse", kept, cut, bars[0], "robust")
+    assert loo_false_positives(replace(cal, methods={"neural_cleanse": kept}), 0.05)[0] == 0
 
 
 def test_references_with_a_wide_gap_widen_the_null():

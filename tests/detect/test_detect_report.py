@@ -93,7 +93,7 @@ def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
     assert f"class 4 (index over its threshold {values[4]:.2f})" in method_sentence(det, rows)
     html = detection_html(det, None, None, rows)
     assert "index over its threshold" in html and "each class is tested 3 ways, each at 1/3 of the rate" in html
-    assert "how far its trigger is below every other class" in html
+    assert "by how far its smallest trigger is below the next" in html
     assert len(label) < 30  # the chart's axis holds it (the long words sit under the chart)
     from poisonguard.detect.report import verdict_section_html
 
@@ -103,4 +103,5 @@ def test_a_stand_in_verdicts_section_says_what_its_one_number_is():
     record = detection_record(det, verdict)
     assert "over its own threshold" in record["anomaly_index_is"] and record["anomaly_index"][4] == values[4]
     assert all(record["tests"][t]["index"][4] == rows[4][t]["index"] for t in tests)
-    assert "Neural Cleanse also on its own trigger sizes" in verdict.sentence and "3 tests" in verdict.sentence
+    assert "Neural Cleanse is also judged on its own trigger sizes" in verdict.sentence
+    assert "each of its 3 tests at a third of the rate" in verdict.sentence

@@ -381,6 +381,7 @@ def test_the_second_stand_in_test_is_dropped_where_the_priors_flag_the_clean_ref
     assert not verdict.backdoored
     assert not any("own_sizes" in e or "smallest_gap" in e for e in verdict.method_rows("neural_cleanse"))
     assert all("own_sizes" in e for e in verdict.method_rows("deepinspect"))
-    assert "DeepInspect (data-free) also on its own trigger sizes (uncalibrated priors) (each of its 2" in verdict.sentence
+    assert ("DeepInspect (data-free) is also judged on its own trigger sizes (uncalibrated priors), each of its 2 "
+            "tests at half of the rate") in verdict.sentence
     assert "Neural Cleanse: against the references alone" in verdict.sentence
     assert loo_false_positives(cal, 0.05)[0] == 0

@@ -347,7 +347,7 @@ def reference_architecture(loaded_meta: dict | None, input_shape, suspect=None, 
         references let through the threshold.
     - Otherwise the built-in for the data's shape stands in (`stand_in`), and the sentence says
       so: TorchScript, ONNX and export files carry no architecture to rebuild. The verdict then
-      also judges the suspect's own sizes (`verdict.stand_in_rows`).
+      also judges the suspect's own sizes and smallest trigger gap (`verdict.stand_in_tests`).
     """
     if choice not in REFERENCE_CHOICES:
         raise ValueError(f"choice must be one of {REFERENCE_CHOICES}, got {choice!r}")

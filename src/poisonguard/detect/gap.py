@@ -11,8 +11,8 @@ the smallest class, where it is log(second smallest / smallest).
 
 The null is calibrated, not a fixed ratio. Spacings at the low end of a sample in the Gumbel
 domain are close to exponential, and k times the k-th spacing has the same law as the first
-(Weissman, JASA 1978), so a clean model's gap is taken as Exponential with mean m. The prior on
-m counts as `n` clean models of mean gap `mean` (`PRIORS`, measured); two kinds of clean
+(Weissman, JASA 1978), so a clean model's gap is taken as Exponential with mean m. The Gamma
+prior on its rate 1/m counts as `n` clean models of mean gap `mean` (`PRIORS`, measured); two kinds of clean
 evidence update it, a conjugate Gamma update: the calibration's reference models' gaps, and the
 suspect's own 2nd-4th normalised spacings (`own_spacings`: an architecture whose low classes
 spread widely widens its own null; a backdoor that shrinks one class leaves them alone). The

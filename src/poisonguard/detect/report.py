@@ -56,14 +56,16 @@ def _calibration_words(verdict) -> str:
     words = f"{statistic}calibrated on {cal.get('reference_models')} clean reference models: {cal.get('source')}"
     if cal.get("stand_in"):  # verdict.stand_in_rows: only the methods whose rows carry more tests
         extra = {PRETTY.get(m, m): row_tests(verdict.method_rows(m))[1:] for m in verdict.methods}
-        judged = [f"{name} also {' and '.join(EXTRA_TEST_WORDS[t] for t in tests)} (each of its {len(tests) + 1} tests "
-                  f"at 1/{len(tests) + 1} of the rate)" for name, tests in extra.items() if tests]
+        share = {2: "half", 3: "a third"}
+        judged = [f"{name} is also judged {' and '.join(EXTRA_TEST_WORDS[t] for t in tests)}, each of its "
+                  f"{len(tests) + 1} tests at {share.get(len(tests) + 1, f'1/{len(tests) + 1}')} of the rate"
+                  for name, tests in extra.items() if tests]
         once = [name for name, tests in extra.items() if not tests]
         if judged:
             words += f"; as they are another architecture, {'; '.join(judged)}"
         if judged and once:
             words += (f" ({', '.join(once)}: against the references alone, as the priors flag some of these clean "
-                      "references, the method is judged per class or has no measured gap prior)")
+                      "references or the method is judged per class)")
     return words
 
 

@@ -13,10 +13,10 @@ the law of the statistic itself, small-sample noise of its scale included (`simu
 Each class gets a p-value per method (the Monte Carlo one under that law). Without references
 the log-normal priors `UNCALIBRATED_NULL` (log max ~ N(mu, s), measured on the tuning zoo)
 hold, with the normal quantile, and the verdict says it is uncalibrated. References of another
-architecture than the suspect's (a built-in standing in) judge each method twice, against them
-on the suspect's own sizes with those priors and by its smallest trigger's gap (`gap.py`), each
-test at 1/T of the rate (`stand_in_rows`). The methods'
-p-values of a class are combined by min(Bonferroni, Fisher) (`combine.py`), cut so that all
+architecture than the suspect's (a built-in standing in) judge each method by up to three
+tests, each at 1/T of the rate (`stand_in_tests`, `stand_in_rows`): against them, on the
+suspect's own sizes with those priors, and (Neural Cleanse) by its smallest trigger's gap
+(`gap.py`). The methods' p-values of a class are combined by min(Bonferroni, Fisher) (`combine.py`), cut so that all
 methods together keep the stated false-positive rate `fpr`: a class is a target when one
 method alone passes its threshold (the one every chart draws, its index at the level cut / M)
 or when the methods' evidence together passes the cut. `score` is 1 minus the model's
@@ -209,12 +209,12 @@ def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
 #   clean references (e.g. a class every model finds easy), this test is not used (`own_sizes_hold`);
 # - the smallest trigger's gap to the second smallest (`gap.py`, after K-Arm), for the methods
 #   with a measured gap prior (Neural Cleanse), its null updated with the references' own gaps,
-#   not used where the prior flags a clean reference (`gap_prior_holds`) (session 20: chosen on
+#   not used where it flags a clean reference (`gap_holds`) (session 20: chosen on
 #   seeds 4-12, judged on fresh seeds 13-15; figures in results/issue-16.md).
 STAND_IN_TEST_WORDS = {
     "against_references": "against the stand-in references",
     "own_sizes": "on the model's own trigger sizes (uncalibrated priors)",
-    "smallest_gap": "on how far its trigger is below every other class's (the smallest trigger's gap, calibrated)",
+    "smallest_gap": "by how far its smallest trigger is below the next (calibrated)",
 }
 
 
@@ -226,14 +226,21 @@ def own_sizes_hold(method: str, null: dict, cut: float, bar: int, statistic: str
     return all(float(robust_index(statistic, sizes).max()) <= threshold for sizes in null.get("sizes", []))
 
 
-def gap_prior_holds(method: str, null: dict, cut: float, bar: int) -> bool:
-    """Whether the gap prior alone (before the references update it) passes every clean reference's
-    smallest gap at the threshold it would judge the suspect by: where it does not (a class every
-    model of this data finds far easier), the gap says nothing about a backdoor."""
+def gap_holds(method: str, null: dict, cut: float, bar: int) -> bool:
+    """Whether the gap test passes every clean reference of the calibration at the threshold it
+    would judge the suspect by, twice: under the prior alone (measured on MNIST: where it flags a
+    reference, e.g. a class every model of this data finds far easier, the gap says nothing about
+    a backdoor) and under the law the verdict uses, leave-one-out (the other references' gaps and
+    the reference's own spacings), so the calibration's leave-one-out check holds for it too."""
     from poisonguard.detect import gap
 
-    threshold = gap.gap_threshold(gap.gap_null(method), cut / bar)
-    return all(float(gap.gap_index(sizes).max()) <= threshold for sizes in null.get("sizes", []))
+    refs = null.get("sizes", [])
+    for i, sizes in enumerate(refs):
+        g = float(gap.gap_index(sizes).max())
+        for law in (gap.gap_null(method), gap.gap_null(method, refs[:i] + refs[i + 1:], sizes)):
+            if g > gap.gap_threshold(law, cut / bar):
+                return False
+    return True
 
 
 def stand_in_tests(method: str, null: dict, cut: float, bar: int, statistic: str) -> tuple[str, ...]:
@@ -245,7 +252,7 @@ def stand_in_tests(method: str, null: dict, cut: float, bar: int, statistic: str
     from poisonguard.detect import gap
 
     holds = {"own_sizes": lambda share: own_sizes_hold(method, null, cut, share, statistic),
-             "smallest_gap": lambda share: gap_prior_holds(method, null, cut, share)}
+             "smallest_gap": lambda share: gap_holds(method, null, cut, share)}
     extra = ["own_sizes"] + (["smallest_gap"] if method in gap.PRIORS else [])
     while True:
         kept = [t for t in extra if holds[t]((1 + len(extra)) * bar)]
