@@ -10,8 +10,9 @@ these numbers, so other rules can be compared on the same scans without scanning
   as `--calibration none`);
 - `references + own sizes` (the default of session 19): each method judged by the two tests
   above, a class's p-value min(1, 2 min(p, p')), a union bound;
-- `default` (since session 20, `verdict.stand_in_rows`): as above plus Neural Cleanse's smallest
-  trigger gap (`detect/gap.py`), three tests at a third of the rate each;
+- `default` (since session 20, `verdict.stand_in_rows`): the own-sizes test for Neural Cleanse
+  (and TABOR) only, plus Neural Cleanse's smallest trigger gap (`detect/gap.py`): NC three tests
+  at a third of the rate each, DeepInspect and FeatureRE against the references alone;
 - `ratio > 2` (diagnostic, uncalibrated): Neural Cleanse alone, the smallest class flagged when
   the second smallest mask is more than twice its size (the `karm_ratio` rule of
   `detect_verdict.py`, after K-Arm's ratio test; Shen et al., ICML 2021).
@@ -27,7 +28,7 @@ import json
 from pathlib import Path
 from unittest import mock
 
-from poisonguard.detect import gap
+from poisonguard.detect import gap, verdict
 
 from poisonguard.detect.calibration import Calibration, fit_null
 from poisonguard.detect.verdict import judge
@@ -50,8 +51,10 @@ def calibration(reference_sizes: dict[str, list[list[float]]], *, stand_in: bool
 def targets(rule: str, sizes: dict, reference_sizes: dict, fpr: float = FPR) -> set[int]:
     if rule in ("references only", "references + own sizes", "default"):
         cal = calibration(reference_sizes, stand_in=rule != "references only")
-        # session 19's rule is today's without the gap test
-        with mock.patch.dict(gap.PRIORS, clear=True) if rule != "default" else contextlib.nullcontext():
+        with contextlib.ExitStack() as session_19:
+            if rule != "default":  # session 19's rule: no gap test, the own-sizes test for every method
+                session_19.enter_context(mock.patch.dict(gap.PRIORS, clear=True))
+                session_19.enter_context(mock.patch.object(verdict, "OWN_SIZES_METHODS", tuple(sizes)))
             return set(judge(detections(sizes), fpr=fpr, calibration=cal).targets)
     if rule == "own sizes":
         return set(judge(detections(sizes), fpr=fpr).targets)

@@ -364,7 +364,8 @@ def test_the_second_stand_in_test_is_dropped_where_the_priors_flag_the_clean_ref
     # The priors were measured on MNIST. On data where every model finds one class far easier
     # (class 2 here, 12x), they flag every clean reference's own sizes, and the gap prior flags
     # every reference's smallest gap; the verdict then judges that method against the references
-    # alone, and a clean suspect of that data stays clean.
+    # alone, and a clean suspect of that data stays clean. TABOR, on data without such a class,
+    # keeps its own-sizes test; DeepInspect never has one (`OWN_SIZES_METHODS`).
     from poisonguard.detect.calibration import Calibration, loo_false_positives
 
     gen = torch.Generator().manual_seed(4)
@@ -372,16 +373,18 @@ def test_the_second_stand_in_test_is_dropped_where_the_priors_flag_the_clean_ref
     easy[2] = 1.5
     plain = torch.tensor([4.0, 5.3, 3.8, 3.9, 4.5, 4.0, 4.3, 4.5, 4.3, 4.7], dtype=torch.float64)
     nulls = {"neural_cleanse": fit_null(_clean_sizes(gen, 4, easy, 0.15).tolist()),
+             "tabor": fit_null(_clean_sizes(gen, 4, plain, 0.15).tolist()),
              "deepinspect": fit_null(_clean_sizes(gen, 4, plain, 0.15).tolist())}
     cal = Calibration(key="k", architecture="mnist_cnn", source="a stand-in", n_models=4, clean_images=200,
                       seconds=1.0, methods=nulls, stand_in=True)
     suspect = _clean_sizes(gen, 1, easy, 0.15)[0].tolist()
-    verdict = judge([_det(suspect), _det(_clean_sizes(gen, 1, plain, 0.15)[0].tolist(), method="deepinspect")],
-                    calibration=cal)
+    verdict = judge([_det(suspect), _det(_clean_sizes(gen, 1, plain, 0.15)[0].tolist(), method="tabor"),
+                     _det(_clean_sizes(gen, 1, plain, 0.15)[0].tolist(), method="deepinspect")], calibration=cal)
     assert not verdict.backdoored
     assert not any("own_sizes" in e or "smallest_gap" in e for e in verdict.method_rows("neural_cleanse"))
-    assert all("own_sizes" in e for e in verdict.method_rows("deepinspect"))
-    assert ("DeepInspect (data-free) is also judged on its own trigger sizes (uncalibrated priors), each of its 2 "
+    assert all("own_sizes" in e for e in verdict.method_rows("tabor"))
+    assert not any("own_sizes" in e for e in verdict.method_rows("deepinspect"))
+    assert ("TABOR is also judged on its own trigger sizes (uncalibrated priors), each of its 2 "
             "tests at half of the rate") in verdict.sentence
-    assert "Neural Cleanse: against the references alone" in verdict.sentence
+    assert "Neural Cleanse, DeepInspect (data-free): against the references alone" in verdict.sentence
     assert loo_false_positives(cal, 0.05)[0] == 0

@@ -203,7 +203,8 @@ def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
 # class by 4.5-7x (benchmarks/results/issue-16.md, session 18). Each method is then judged by
 # up to three tests, each at 1/T of the rate (a union bound keeps the stated one):
 # - against the references (as for any calibration);
-# - on the suspect's own sizes with the uncalibrated priors (session 19: chosen on user
+# - on the suspect's own sizes with the uncalibrated priors, Neural Cleanse and TABOR only
+#   (`OWN_SIZES_METHODS`; session 19, for every method: chosen on user
 #   architectures' seeds 4-6; on the 24 suspects judged after, 6/24 -> 12/24 found, 0/24 clean
 #   flagged either way). The priors were measured on MNIST; where they flag one of this data's
 #   clean references (e.g. a class every model finds easy), this test is not used (`own_sizes_hold`);
@@ -211,6 +212,10 @@ def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
 #   with a measured gap prior (Neural Cleanse), its null updated with the references' own gaps,
 #   not used where it flags a clean reference (`gap_holds`) (session 20: chosen on
 #   seeds 4-12, judged on fresh seeds 13-15; figures in results/issue-16.md).
+# The own-sizes test stands on the smallest class marking the target: Neural Cleanse's did in 30 of
+# 30 backdoored user-architecture models (seeds 4-12), DeepInspect's in few; DeepInspect's test
+# found none of them and flagged two clean models on seeds 13-15 (session 20). TABOR shares NC's engine.
+OWN_SIZES_METHODS = ("neural_cleanse", "tabor")
 STAND_IN_TEST_WORDS = {
     "against_references": "against the stand-in references",
     "own_sizes": "on the model's own trigger sizes (uncalibrated priors)",
@@ -253,7 +258,7 @@ def stand_in_tests(method: str, null: dict, cut: float, bar: int, statistic: str
 
     holds = {"own_sizes": lambda share: own_sizes_hold(method, null, cut, share, statistic),
              "smallest_gap": lambda share: gap_holds(method, null, cut, share)}
-    extra = ["own_sizes"] + (["smallest_gap"] if method in gap.PRIORS else [])
+    extra = (["own_sizes"] if method in OWN_SIZES_METHODS else []) + (["smallest_gap"] if method in gap.PRIORS else [])
     while True:
         kept = [t for t in extra if holds[t]((1 + len(extra)) * bar)]
         if kept == extra:
