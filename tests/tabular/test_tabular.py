@@ -727,6 +727,10 @@ def test_a_one_output_two_class_model_is_read_as_two_logits_by_every_command(pla
     caplog.clear()
     code, out, _ = _run(["evaluate", str(repaired), *data, "--quiet"], capsys)
     assert code == 0 and "read as" not in caplog.text  # the metadata says how
+    two = tmp_path / "two.pt"  # a model with one output per class: the option is said to do nothing
+    torch.jit.save(torch.jit.trace(planted["clean"].eval(), planted["splits"].train.x[:2]), str(two))
+    code, _, _ = _run(["evaluate", str(two), *data, "--binary-output", "logit", "--quiet"], capsys)
+    assert code == 0 and "--binary-output logit ignored" in caplog.text
 
 
 def test_a_one_output_model_of_more_than_two_classes_is_told_what_to_return(tmp_path, capsys):

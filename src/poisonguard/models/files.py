@@ -214,9 +214,12 @@ def binary_reading(model, path: Path, input_shape, num_classes, choice: str | No
     a guess is said in a warning that names the option to change it."""
     from poisonguard.models.wrappers import one_output_reading
 
-    if input_shape is None or num_classes != 2:
-        return None
-    reading = one_output_reading(model.eval(), input_shape, choice)
+    reading = None
+    if input_shape is not None and num_classes == 2:
+        reading = one_output_reading(model.eval(), input_shape, choice)
+    if reading is None and choice is not None:
+        log.warning("--binary-output %s ignored: it is for a two-class model that answers one number per input, "
+                    "and %s does not", choice, path.name)
     if reading is not None and choice is None:
         other = "logit" if reading == "probability" else "probability"
         log.warning("%s answers one number per input for two classes: read as the %s of class 1 (its answers "
