@@ -14,10 +14,6 @@ from poisonguard.report.evaluation import INPUT_WORDS, class_label
 from poisonguard.report.plots import bar_chart, image_grid
 from poisonguard.results import Detection
 
-# The stand-in tests beyond the references', as the verdict's sentence names them (verdict.stand_in_tests).
-EXTRA_TEST_WORDS = {"own_sizes": "on its own trigger sizes (uncalibrated priors)",
-                    "smallest_gap": "by how far its smallest trigger is below the next (calibrated)"}
-
 PRETTY = {"neural_cleanse": "Neural Cleanse", "tabor": "TABOR", "deepinspect": "DeepInspect (data-free)",
           "feature_re": "FeatureRE (feature space)", "reference_contrast": "reference contrast (against clean models)",
           "text_inversion": "DBS-style word inversion", "text_phrase": "phrase inversion",
@@ -57,7 +53,7 @@ def _calibration_words(verdict) -> str:
     if cal.get("stand_in"):  # verdict.stand_in_rows: only the methods whose rows carry more tests
         extra = {PRETTY.get(m, m): row_tests(verdict.method_rows(m))[1:] for m in verdict.methods}
         share = {2: "half", 3: "a third"}
-        judged = [f"{name} is also judged {' and '.join(EXTRA_TEST_WORDS[t] for t in tests)}, each of its "
+        judged = [f"{name} is also judged {' and '.join(STAND_IN_TEST_WORDS[t] for t in tests)}, each of its "
                   f"{len(tests) + 1} tests at {share.get(len(tests) + 1, f'1/{len(tests) + 1}')} of the rate"
                   for name, tests in extra.items() if tests]
         once = [name for name, tests in extra.items() if not tests]
@@ -198,15 +194,15 @@ def classes_to_draw(det: Detection) -> list[int]:
     return (flagged + rest)[:MAX_DRAWN]
 
 
+def row_tests(rows) -> list[str]:
+    """The stand-in tests a method's rows carry, in the verdict's order (none: not a stand-in row)."""
+    return [name for name in STAND_IN_TEST_WORDS if rows and name in rows[0]]
+
+
 def judged_by_tests(rows) -> bool:
     """Whether a method's evidence rows come from `verdict.stand_in_rows`: each number is then the
     largest of several tests' index over its own threshold (threshold 1)."""
-    return bool(rows) and "against_references" in rows[0]
-
-
-def row_tests(rows) -> list[str]:
-    """The stand-in tests a method's rows carry, in the verdict's order."""
-    return [name for name in STAND_IN_TEST_WORDS if rows and name in rows[0]]
+    return bool(row_tests(rows))
 
 
 def stand_in_words(rows) -> str:

@@ -216,9 +216,10 @@ def evidence_rows(det: Detection, index: torch.Tensor, rows: list[int], null: di
 # 30 backdoored user-architecture models (seeds 4-12), DeepInspect's in few; DeepInspect's test
 # found none of them and flagged two clean models on seeds 13-15 (session 20). TABOR shares NC's engine.
 OWN_SIZES_METHODS = ("neural_cleanse", "tabor")
+# Each test as the report names it: the verdict's sentence, the note under a chart, report.json.
 STAND_IN_TEST_WORDS = {
     "against_references": "against the stand-in references",
-    "own_sizes": "on the model's own trigger sizes (uncalibrated priors)",
+    "own_sizes": "on its own trigger sizes (uncalibrated priors)",
     "smallest_gap": "by how far its smallest trigger is below the next (calibrated)",
 }
 

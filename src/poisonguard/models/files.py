@@ -204,9 +204,11 @@ def _check_weights(model: nn.Module, path: Path) -> nn.Module:
 
 
 def _saved_reading(meta: dict) -> str | None:
-    """The one-output reading a model poisonguard wrote back recorded ("outputs": "one logit")."""
-    outputs = meta.get("outputs")
-    return outputs[4:] if isinstance(outputs, str) and outputs in ("one logit", "one probability") else None
+    """The one-output reading a model poisonguard wrote back recorded (`InputAdapter.describe`: "one logit")."""
+    from poisonguard.models.wrappers import ONE_OUTPUT_READINGS
+
+    outputs = meta.get("outputs")  # a hand-written metadata.json may hold any JSON here
+    return {f"one {r}": r for r in ONE_OUTPUT_READINGS}.get(outputs) if isinstance(outputs, str) else None
 
 
 def binary_reading(model, path: Path, input_shape, num_classes, choice: str | None) -> str | None:
